@@ -1,0 +1,239 @@
+//! `agent.toml`: every key has a default except `id` and `secret`; `conf/agent.toml` documents
+//! them all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use verge_mqtt::BrokerUrl;
+use verge_protocol::topic::Topics;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This box's name in the fleet; also its broker client id and username.
+    pub id: String,
+    /// Shared with the manager: broker password and message key.
+    pub secret: String,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub rtmp: RtmpConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub url: String,
+    pub prefix: String,
+    pub keepalive_secs: u16,
+    pub ca_file: Option<PathBuf>,
+    pub max_backoff_secs: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: "mqtt://127.0.0.1:1883".into(),
+            prefix: "verge".into(),
+            keepalive_secs: 10,
+            ca_file: None,
+            max_backoff_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmpConfig {
+    pub listen: SocketAddr,
+    /// The URL publishers use, when `listen` is not what they can reach.
+    pub advertise: Option<String>,
+}
+
+impl Default for RtmpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1935)),
+            advertise: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub advertise: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7001)),
+            advertise: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub pub_max: u16,
+    pub sub_max: u16,
+    /// RPC calls handled at once; more are answered `busy`.
+    pub rpc_concurrency: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            pub_max: 8,
+            sub_max: 64,
+            rpc_concurrency: 16,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("id {id:?}: {source}")]
+    Id { id: String, source: verge_protocol::id::IdError },
+    #[error("secret must not be empty")]
+    EmptySecret,
+    #[error("[mqtt] url: {0}")]
+    Url(#[from] verge_mqtt::url::UrlError),
+    #[error("[mqtt] prefix {0:?} is not a valid topic prefix")]
+    Prefix(String),
+    #[error("[mqtt] keepalive_secs must be at least 1")]
+    Keepalive,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: shown, source },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: "agent config".into(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// A config for `id` with every default, for `verge up` and the swarm example.
+    pub fn with_defaults(id: &str, secret: &str, url: &str) -> Self {
+        Self {
+            id: id.into(),
+            secret: secret.into(),
+            mqtt: MqttConfig {
+                url: url.into(),
+                ..MqttConfig::default()
+            },
+            rtmp: RtmpConfig::default(),
+            http: HttpConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        verge_protocol::id::validate(&self.id).map_err(|source| ConfigError::Id {
+            id: self.id.clone(),
+            source,
+        })?;
+        if self.secret.is_empty() {
+            return Err(ConfigError::EmptySecret);
+        }
+        self.broker_url()?;
+        self.topics()?;
+        if self.mqtt.keepalive_secs == 0 {
+            return Err(ConfigError::Keepalive);
+        }
+        Ok(())
+    }
+
+    pub fn broker_url(&self) -> Result<BrokerUrl, ConfigError> {
+        Ok(BrokerUrl::parse(&self.mqtt.url)?)
+    }
+
+    pub fn topics(&self) -> Result<Topics, ConfigError> {
+        Topics::new(&self.mqtt.prefix).map_err(|_| ConfigError::Prefix(self.mqtt.prefix.clone()))
+    }
+
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_secs(u64::from(self.mqtt.keepalive_secs))
+    }
+
+    pub fn rtmp_url(&self) -> String {
+        self.rtmp
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("rtmp://{}", reachable(self.rtmp.listen)))
+    }
+
+    pub fn http_url(&self) -> String {
+        self.http
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", reachable(self.http.listen)))
+    }
+}
+
+/// A listen address as others would dial it: a wildcard address becomes this host's name.
+fn reachable(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{host}:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let cfg = AgentConfig::parse("id = \"edge-1\"\nsecret = \"s\"\n").unwrap();
+        assert_eq!(cfg.mqtt.url, "mqtt://127.0.0.1:1883");
+        assert_eq!(cfg.mqtt.prefix, "verge");
+        assert_eq!(cfg.rtmp.listen.port(), 1935);
+        assert_eq!(cfg.http.listen.port(), 7001);
+        assert_eq!(cfg.keepalive(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        let err = |text: &str| AgentConfig::parse(text).unwrap_err().to_string();
+        assert!(err("secret = \"s\"").contains("missing field `id`"));
+        assert!(err("id = \"a/b\"\nsecret = \"s\"").contains("id \"a/b\""));
+        assert!(err("id = \"a\"\nsecret = \"\"").contains("secret"));
+        assert!(err("id = \"a\"\nsecret = \"s\"\n[mqtt]\nurl = \"http://x\"").contains("mqtt://"));
+        assert!(err("id = \"a\"\nsecret = \"s\"\n[mqtt]\nprefix = \"a/+\"").contains("prefix"));
+        assert!(err("id = \"a\"\nsecret = \"s\"\ntypo = 1").contains("unknown field"));
+    }
+}

@@ -1,0 +1,265 @@
+//! The agent's MQTT session: announce presence and state, answer RPCs, say goodbye.
+//!
+//! Three kinds of task share one [`Link`]: the event loop that reads [`LinkEvent`]s (it never
+//! waits on a publish, so it can never block the link it drains), an announcer that publishes
+//! presence and state after every (re)connect and on every state change, and one short task per
+//! RPC call, bounded by a semaphore; a call over the bound is answered `busy` at once.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, LastWill, QoS};
+use tokio::sync::{Semaphore, watch};
+use verge_mqtt::link::{LinkError, LinkOptions, WillFn};
+use verge_mqtt::{Link, LinkEvent};
+use verge_protocol::envelope::{self, Message};
+use verge_protocol::key::MacKey;
+use verge_protocol::presence::{Presence, Status};
+use verge_protocol::rpc::{ErrorCode, Outcome, ReplayGuard, Reply, Request, RpcError};
+use verge_protocol::state::State;
+use verge_protocol::topic::Topics;
+
+use crate::config::{AgentConfig, ConfigError};
+use crate::rpc;
+use crate::state::StateHandle;
+
+/// How long a goodbye may take before the process exits anyway.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("the MQTT link task ended unexpectedly")]
+    LinkEnded,
+}
+
+/// What every task of one session needs, built once.
+struct Shared {
+    id: String,
+    key: MacKey,
+    topics: Topics,
+    client: AsyncClient,
+    online: Presence,
+    state: StateHandle,
+}
+
+impl Shared {
+    fn seal<M: Message>(&self, body: &M) -> Vec<u8> {
+        envelope::seal(&self.key, &self.id, verge_protocol::now_ms(), body)
+    }
+
+    fn presence(&self, status: Status) -> Presence {
+        Presence {
+            status,
+            ..self.online.clone()
+        }
+    }
+}
+
+/// Runs the agent's MQTT session until `shutdown` completes, then publishes `offline`.
+pub async fn run(
+    cfg: &AgentConfig,
+    state: StateHandle,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    cfg.validate()?;
+    let topics = cfg.topics()?;
+    let key = MacKey::new(&cfg.secret);
+    let online = Presence {
+        status: Status::Online,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at: verge_protocol::now_ms(),
+        capabilities: vec!["rpc".into()],
+        rtmp_url: Some(cfg.rtmp_url()),
+        http_url: Some(cfg.http_url()),
+        keepalive_secs: cfg.mqtt.keepalive_secs,
+        pub_max: cfg.limits.pub_max,
+        sub_max: cfg.limits.sub_max,
+    };
+
+    let mut opts = LinkOptions::new(cfg.broker_url()?, &cfg.id);
+    opts.username = Some(cfg.id.clone());
+    opts.password = Some(cfg.secret.clone());
+    opts.keepalive = cfg.keepalive();
+    opts.ca_file = cfg.mqtt.ca_file.clone();
+    opts.max_backoff = Duration::from_secs(cfg.mqtt.max_backoff_secs.max(1));
+    let will: WillFn = {
+        let (key, id, topic) = (key.clone(), cfg.id.clone(), topics.presence(&cfg.id));
+        let offline = Presence {
+            status: Status::Offline,
+            ..online.clone()
+        };
+        Box::new(move || {
+            let payload = envelope::seal(&key, &id, verge_protocol::now_ms(), &offline);
+            LastWill::new(topic.clone(), payload, QoS::AtLeastOnce, true)
+        })
+    };
+    let Link {
+        client,
+        mut events,
+        task,
+    } = Link::spawn(&opts, Some(will))?;
+
+    let shared = Arc::new(Shared {
+        id: cfg.id.clone(),
+        key,
+        topics,
+        client,
+        online,
+        state,
+    });
+    let (connected_tx, connected_rx) = watch::channel(0u64);
+    let announcer = tokio::spawn(announce(shared.clone(), connected_rx));
+    let permits = Arc::new(Semaphore::new(cfg.limits.rpc_concurrency.max(1)));
+    let replays = Mutex::new(ReplayGuard::new(4096));
+    let request_topic = shared.topics.request(&shared.id);
+
+    tokio::pin!(shutdown);
+    let result = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            event = events.recv() => match event {
+                None => break Err(AgentError::LinkEnded),
+                Some(LinkEvent::Connected) => connected_tx.send_modify(|generation| *generation += 1),
+                Some(LinkEvent::Message { topic, payload }) if topic == request_topic => {
+                    on_request(&shared, &payload, &permits, &replays);
+                }
+                Some(LinkEvent::Message { topic, .. }) => {
+                    tracing::debug!(agent = %shared.id, %topic, "ignoring message on unexpected topic");
+                }
+                Some(LinkEvent::Disconnected { .. }) => {}
+            },
+        }
+    };
+
+    announcer.abort();
+    goodbye(&shared, events, task).await;
+    result
+}
+
+/// Publishes `offline` (retained), disconnects, and lets the link flush both.
+async fn goodbye(shared: &Shared, mut events: tokio::sync::mpsc::Receiver<LinkEvent>, task: tokio::task::JoinHandle<()>) {
+    let offline = shared.seal(&shared.presence(Status::Offline));
+    let topic = shared.topics.presence(&shared.id);
+    let client = shared.client.clone();
+    let send = async move {
+        client.publish(topic, QoS::AtLeastOnce, true, offline).await?;
+        client.disconnect().await
+    };
+    let drain = async move {
+        while events.recv().await.is_some() {}
+        let _ = task.await;
+    };
+    let flushed = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        let sent = send.await;
+        drain.await;
+        sent
+    })
+    .await;
+    match flushed {
+        Ok(Ok(())) => tracing::info!(agent = %shared.id, "published offline and disconnected"),
+        Ok(Err(e)) => tracing::warn!(agent = %shared.id, error = %e, "could not queue the offline presence"),
+        Err(_) => tracing::warn!(agent = %shared.id, "broker unreachable at shutdown; the last will reports offline"),
+    }
+}
+
+/// After every (re)connect: subscribe and announce; on every state change: republish the state.
+async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver<u64>) {
+    let mut state_rx = shared.state.subscribe();
+    let mut announced_generation = 0u64;
+    let mut published: Option<(u64, u64)> = None;
+    loop {
+        tokio::select! {
+            changed = connected.changed() => if changed.is_err() { return },
+            changed = state_rx.changed() => if changed.is_err() { return },
+        }
+        let generation = *connected.borrow_and_update();
+        if generation == 0 {
+            continue;
+        }
+        if announced_generation != generation {
+            let topic = shared.topics.request(&shared.id);
+            let presence = shared.seal(&shared.presence(Status::Online));
+            let presence_topic = shared.topics.presence(&shared.id);
+            if let Err(e) = shared.client.subscribe(topic, QoS::AtLeastOnce).await {
+                tracing::warn!(agent = %shared.id, error = %e, "subscribe failed");
+            }
+            if let Err(e) = shared.client.publish(presence_topic, QoS::AtLeastOnce, true, presence).await {
+                tracing::warn!(agent = %shared.id, error = %e, "presence publish failed");
+            }
+            announced_generation = generation;
+        }
+        let state: State = state_rx.borrow_and_update().clone();
+        if published != Some((generation, state.seq)) {
+            let topic = shared.topics.state(&shared.id);
+            if let Err(e) = shared.client.publish(topic, QoS::AtLeastOnce, true, shared.seal(&state)).await {
+                tracing::warn!(agent = %shared.id, error = %e, "state publish failed");
+            }
+            published = Some((generation, state.seq));
+        }
+    }
+}
+
+/// Checks a request and starts it on its own task; never waits.
+fn on_request(shared: &Arc<Shared>, payload: &[u8], permits: &Arc<Semaphore>, replays: &Mutex<ReplayGuard>) {
+    let request = match envelope::open::<Request>(payload, &shared.key) {
+        Ok(opened) => opened.body,
+        Err(e) => {
+            tracing::warn!(agent = %shared.id, error = %e, "dropping a request that does not open");
+            return;
+        }
+    };
+    if verge_protocol::id::validate(&request.reply_to).is_err() {
+        tracing::warn!(agent = %shared.id, reply_to = %request.reply_to, "dropping a request with an invalid reply_to");
+        return;
+    }
+    let first = replays
+        .lock()
+        .map(|mut guard| guard.first_time(&request.reply_to, request.id))
+        .unwrap_or(false);
+    if !first {
+        tracing::warn!(agent = %shared.id, id = request.id, "dropping a replayed request");
+        return;
+    }
+    let reply_topic = shared.topics.reply(&request.reply_to);
+    match permits.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let outcome = serve(&shared, request.method.clone(), request.params, request.timeout_ms).await;
+                let reply = shared.seal(&Reply { id: request.id, result: outcome });
+                if let Err(e) = shared.client.publish(reply_topic, QoS::AtLeastOnce, false, reply).await {
+                    tracing::warn!(agent = %shared.id, method = %request.method, error = %e, "reply publish failed");
+                }
+                drop(permit);
+            });
+        }
+        Err(_) => {
+            let busy = RpcError::new(ErrorCode::Busy, "too many calls in flight on this agent");
+            let reply = shared.seal(&Reply {
+                id: request.id,
+                result: Outcome::Err(busy),
+            });
+            if shared.client.try_publish(reply_topic, QoS::AtLeastOnce, false, reply).is_err() {
+                tracing::warn!(agent = %shared.id, "overloaded: dropped a request without reply");
+            }
+        }
+    }
+}
+
+async fn serve(shared: &Shared, method: String, params: serde_json::Value, timeout_ms: u64) -> Outcome {
+    let ctx = rpc::Context {
+        presence: shared.online.clone(),
+        state: shared.state.snapshot(),
+    };
+    let budget = Duration::from_millis(timeout_ms.max(1));
+    match tokio::time::timeout(budget, rpc::dispatch(&method, params, ctx)).await {
+        Ok(Ok(value)) => Outcome::Ok(value),
+        Ok(Err(e)) => Outcome::Err(e),
+        Err(_) => Outcome::Err(RpcError::new(ErrorCode::DeadlineExceeded, format!("{method} took longer than {timeout_ms} ms"))),
+    }
+}

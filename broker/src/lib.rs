@@ -1,0 +1,228 @@
+//! The manager's embedded MQTT broker: rumqttd with Verge's listeners, limits and credential
+//! check.
+//!
+//! - [`BrokerSettings`]: listeners (TCP, optionally TLS), payload limit, router segment sizes.
+//! - [`Credentials`]: who may connect. A client's id must equal its username, and its password
+//!   must be that id's secret; rumqttd asks [`Credentials::check`] on every CONNECT.
+//! - [`start`]: checks the ports are free and runs rumqttd on threads of its own. The manager
+//!   then waits for its own MQTT session, the proof that the broker is serving.
+//!
+//! rumqttd keeps every published message in a commit log per subscription filter; memory per
+//! filter is bounded by `segment_size × segment_count`, so those two numbers bound the broker.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
+use verge_protocol::key::{derive_agent_secret, secrets_equal};
+
+/// Who may connect: enrolled agents (listed, or derived from an enrollment secret) and the
+/// managers' own internal credentials.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    inner: Arc<RwLock<CredentialTable>>,
+}
+
+#[derive(Default)]
+struct CredentialTable {
+    listed: HashMap<String, String>,
+    enrollment_secret: Option<String>,
+}
+
+impl Credentials {
+    pub fn new(listed: impl IntoIterator<Item = (String, String)>, enrollment_secret: Option<String>) -> Self {
+        Self {
+            inner: Arc::new(RwLock::new(CredentialTable {
+                listed: listed.into_iter().collect(),
+                enrollment_secret,
+            })),
+        }
+    }
+
+    /// Adds or replaces one identity (the manager's own, an agent enrolled at run time).
+    pub fn insert(&self, id: &str, secret: &str) {
+        if let Ok(mut table) = self.inner.write() {
+            table.listed.insert(id.to_string(), secret.to_string());
+        }
+    }
+
+    /// The secret of `id`: listed ones first, then the derived one.
+    pub fn secret_of(&self, id: &str) -> Option<String> {
+        let table = self.inner.read().ok()?;
+        if let Some(secret) = table.listed.get(id) {
+            return Some(secret.clone());
+        }
+        if verge_protocol::id::validate(id).is_err() {
+            return None;
+        }
+        table
+            .enrollment_secret
+            .as_deref()
+            .map(|enrollment| derive_agent_secret(enrollment, id))
+    }
+
+    /// The broker's CONNECT check.
+    pub fn check(&self, client_id: &str, username: &str, password: &str) -> bool {
+        if client_id != username {
+            return false;
+        }
+        match self.secret_of(username) {
+            Some(secret) => secrets_equal(&secret, password),
+            None => false,
+        }
+    }
+}
+
+/// Listeners and limits of the embedded broker.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsListener>,
+    pub max_connections: usize,
+    pub max_payload_size: usize,
+    pub segment_size: usize,
+    pub segment_count: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("TLS file {0} does not exist")]
+    MissingTlsFile(String),
+    #[error("cannot start the broker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The embedded broker, running on its own threads for the life of the process (rumqttd has
+/// no shutdown; the threads end with the process).
+pub struct EmbeddedBroker {
+    pub listen: SocketAddr,
+    pub tls_listen: Option<SocketAddr>,
+}
+
+/// Starts rumqttd on its own threads.
+pub fn start(settings: &BrokerSettings, credentials: Credentials) -> Result<EmbeddedBroker, BrokerError> {
+    // rumqttd logs a failed bind on its own thread and carries on without the listener;
+    // binding first turns a taken port into an error the operator sees.
+    let mut addrs = vec![settings.listen];
+    if let Some(tls) = &settings.tls {
+        for file in [&tls.cert, &tls.key] {
+            if !file.exists() {
+                return Err(BrokerError::MissingTlsFile(file.display().to_string()));
+            }
+        }
+        addrs.push(tls.listen);
+    }
+    for addr in &addrs {
+        TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr: *addr, source })?;
+    }
+
+    let config = rumqttd_config(settings, &credentials);
+    let mut broker = Broker::new(config);
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })
+        .map_err(BrokerError::Thread)?;
+
+    tracing::info!(listen = %settings.listen, tls = ?settings.tls.as_ref().map(|t| t.listen), "embedded MQTT broker up");
+    Ok(EmbeddedBroker {
+        listen: settings.listen,
+        tls_listen: settings.tls.as_ref().map(|t| t.listen),
+    })
+}
+
+fn rumqttd_config(settings: &BrokerSettings, credentials: &Credentials) -> Config {
+    let mut connections = ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: settings.max_payload_size,
+        max_inflight_count: 100,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let creds = credentials.clone();
+    connections.set_auth_handler(move |client_id: String, username: String, password: String| {
+        let ok = creds.check(&client_id, &username, &password);
+        if !ok {
+            tracing::warn!(%client_id, %username, "refused MQTT connection: unknown id or wrong secret");
+        }
+        async move { ok }
+    });
+    let server = |name: &str, listen: SocketAddr, tls: Option<TlsConfig>| ServerSettings {
+        name: name.to_string(),
+        listen,
+        tls,
+        next_connection_delay_ms: 0,
+        connections: connections.clone(),
+    };
+    let mut v4 = HashMap::new();
+    v4.insert("tcp".to_string(), server("mqtt-tcp", settings.listen, None));
+    if let Some(tls) = &settings.tls {
+        let tls_config = TlsConfig::Rustls {
+            capath: None,
+            certpath: tls.cert.display().to_string(),
+            keypath: tls.key.display().to_string(),
+        };
+        v4.insert("tls".to_string(), server("mqtt-tls", tls.listen, Some(tls_config)));
+    }
+    Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: settings.max_connections,
+            max_outgoing_packet_count: 200,
+            max_segment_size: settings.segment_size,
+            max_segment_count: settings.segment_count,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(v4),
+        v5: None,
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_need_matching_id_and_secret() {
+        let creds = Credentials::new([("edge-1".to_string(), "s1".to_string())], Some("fleet".into()));
+        assert!(creds.check("edge-1", "edge-1", "s1"));
+        assert!(!creds.check("edge-1", "edge-1", "s2"), "wrong secret");
+        assert!(!creds.check("edge-2", "edge-1", "s1"), "client id must equal username");
+        let derived = derive_agent_secret("fleet", "edge-9");
+        assert!(creds.check("edge-9", "edge-9", &derived));
+        assert!(!creds.check("edge-8", "edge-8", &derived), "derived secrets are per agent");
+        assert!(!creds.check("a/b", "a/b", &derive_agent_secret("fleet", "a/b")), "invalid ids are never derived");
+        creds.insert("verge-manager:m", "internal");
+        assert!(creds.check("verge-manager:m", "verge-manager:m", "internal"));
+    }
+
+    #[test]
+    fn without_enrollment_only_listed_agents_connect() {
+        let creds = Credentials::new([], None);
+        assert!(!creds.check("x", "x", ""));
+        assert_eq!(creds.secret_of("x"), None);
+    }
+}

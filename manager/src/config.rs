@@ -1,0 +1,235 @@
+//! `manager.toml`. Every key has a default, so an empty file runs a manager with its embedded
+//! broker; `conf/manager.toml` documents them all. Sections that later releases read
+//! (`[database]`, `[auth]`, `[extra_ice]`) are accepted and reported as not yet used.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use verge_mqtt::BrokerUrl;
+use verge_protocol::topic::Topics;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ManagerConfig {
+    pub http: HttpConfig,
+    pub broker: BrokerConfig,
+    pub mqtt: MqttConfig,
+    pub enrollment: EnrollmentConfig,
+    pub agents: Vec<EnrolledAgent>,
+    /// Sections this build does not read yet, kept to warn about them.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
+    }
+}
+
+/// The embedded broker; not started when `[mqtt] url` names an external one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub listen: SocketAddr,
+    pub tls_listen: Option<SocketAddr>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub max_connections: usize,
+    pub max_payload_size: usize,
+    /// Size of one commit-log segment per subscription filter, in bytes.
+    pub segment_size: usize,
+    /// Segments kept per filter; memory per filter is at most `segment_size × segment_count`.
+    pub segment_count: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            tls_listen: None,
+            cert: None,
+            key: None,
+            max_connections: 20_000,
+            max_payload_size: verge_protocol::envelope::MAX_PAYLOAD + 64 * 1024,
+            segment_size: 4 * 1024 * 1024,
+            segment_count: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// An external broker (`mqtt://user:pass@host:1883`); empty runs the embedded one.
+    pub url: Option<String>,
+    pub prefix: String,
+    /// This manager instance's id: its RPC replies come back on `{p}/v1/m/{id}/res`.
+    pub id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub keepalive_secs: u16,
+    /// Default RPC timeout.
+    pub rpc_timeout_ms: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            prefix: "verge".into(),
+            id: "manager".into(),
+            username: None,
+            password: None,
+            ca_file: None,
+            keepalive_secs: 10,
+            rpc_timeout_ms: 3000,
+        }
+    }
+}
+
+/// Admits agents whose secret is derived from this one (`verge secret <id>` prints it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollmentConfig {
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolledAgent {
+    pub id: String,
+    pub secret: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("[mqtt] url: {0}")]
+    Url(#[from] verge_mqtt::url::UrlError),
+    #[error("[mqtt] prefix {0:?} is not a valid topic prefix")]
+    Prefix(String),
+    #[error("[mqtt] id {id:?}: {source}")]
+    ManagerId { id: String, source: verge_protocol::id::IdError },
+    #[error("[[agents]] id {id:?}: {source}")]
+    AgentId { id: String, source: verge_protocol::id::IdError },
+    #[error("[[agents]] {0:?} is listed twice")]
+    DuplicateAgent(String),
+    #[error("[[agents]] {0:?} has an empty secret")]
+    EmptySecret(String),
+    #[error("[broker] tls_listen needs both cert and key")]
+    TlsFiles,
+}
+
+impl ManagerConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: shown, source },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: "manager config".into(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.topics()?;
+        self.external_broker()?;
+        verge_protocol::id::validate(&self.mqtt.id).map_err(|source| ConfigError::ManagerId {
+            id: self.mqtt.id.clone(),
+            source,
+        })?;
+        let mut seen = std::collections::HashSet::new();
+        for agent in &self.agents {
+            verge_protocol::id::validate(&agent.id).map_err(|source| ConfigError::AgentId {
+                id: agent.id.clone(),
+                source,
+            })?;
+            if !seen.insert(agent.id.as_str()) {
+                return Err(ConfigError::DuplicateAgent(agent.id.clone()));
+            }
+            if agent.secret.is_empty() {
+                return Err(ConfigError::EmptySecret(agent.id.clone()));
+            }
+        }
+        if self.broker.tls_listen.is_some() && (self.broker.cert.is_none() || self.broker.key.is_none()) {
+            return Err(ConfigError::TlsFiles);
+        }
+        Ok(())
+    }
+
+    pub fn topics(&self) -> Result<Topics, ConfigError> {
+        Topics::new(&self.mqtt.prefix).map_err(|_| ConfigError::Prefix(self.mqtt.prefix.clone()))
+    }
+
+    /// The external broker, if one is configured.
+    pub fn external_broker(&self) -> Result<Option<BrokerUrl>, ConfigError> {
+        match self.mqtt.url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => Ok(Some(BrokerUrl::parse(url)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.mqtt.rpc_timeout_ms.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_runs_the_embedded_broker_on_livego_and_liveman_ports() {
+        let cfg = ManagerConfig::parse("").unwrap();
+        assert_eq!(cfg.http.listen.port(), 8080);
+        assert_eq!(cfg.broker.listen.port(), 1883);
+        assert!(cfg.external_broker().unwrap().is_none());
+        assert!(cfg.broker.max_payload_size >= 1024 * 1024);
+    }
+
+    #[test]
+    fn seed_sections_are_accepted_and_kept_aside() {
+        let cfg = ManagerConfig::parse("[database]\nurl = \"sqlite://./x.db\"\n[[agents]]\nid = \"e1\"\nsecret = \"s\"\n").unwrap();
+        assert!(cfg.unknown.contains_key("database"));
+        assert_eq!(cfg.agents.len(), 1);
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        let err = |t: &str| ManagerConfig::parse(t).unwrap_err().to_string();
+        assert!(err("[[agents]]\nid = \"a\"\nsecret = \"s\"\n[[agents]]\nid = \"a\"\nsecret = \"t\"").contains("twice"));
+        assert!(err("[[agents]]\nid = \"a b\"\nsecret = \"s\"").contains("\"a b\""));
+        assert!(err("[[agents]]\nid = \"a\"\nsecret = \"\"").contains("empty secret"));
+        assert!(err("[mqtt]\nurl = \"tcp://x\"").contains("mqtt://"));
+        assert!(err("[broker]\ntls_listen = \"0.0.0.0:8883\"").contains("cert and key"));
+        assert!(err("[http]\nlisten = \"nowhere\"").contains("listen"));
+        assert!(err("[broker]\nlisen = \"0.0.0.0:1\"").contains("unknown field"));
+    }
+}

@@ -1,0 +1,141 @@
+//! REST handlers over the registry and the RPC client.
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Serialize;
+use verge_protocol::presence::Presence;
+use verge_protocol::rpc::{METHOD_PING, Pong};
+use verge_protocol::state::State as AgentState;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::registry::AgentRecord;
+
+/// One entry of `GET /api/nodes/`: liveman's node (`alias`, `url`, `pub_max`, `sub_max`,
+/// `status`, `duration`) plus what Verge knows of an agent.
+#[derive(Debug, Serialize)]
+pub struct Node {
+    pub alias: String,
+    pub url: String,
+    pub pub_max: u16,
+    pub sub_max: u16,
+    /// `running` while the agent is online, else `stopped`.
+    pub status: &'static str,
+    /// Round trip of the last RPC, as liveman prints it (`12ms`), or `-`.
+    pub duration: String,
+    pub online: bool,
+    /// Unix ms.
+    pub last_seen: u64,
+    pub version: Option<String>,
+    /// `{app}/{name}` of each live stream.
+    pub streams: Vec<String>,
+}
+
+impl From<&AgentRecord> for Node {
+    fn from(r: &AgentRecord) -> Self {
+        let p = r.presence.as_ref();
+        Self {
+            alias: r.id.clone(),
+            url: p.and_then(|p| p.http_url.clone()).unwrap_or_default(),
+            pub_max: p.map_or(0, |p| p.pub_max),
+            sub_max: p.map_or(0, |p| p.sub_max),
+            status: if r.online() { "running" } else { "stopped" },
+            duration: r.last_rtt_ms.map_or_else(|| "-".into(), |ms| format!("{}ms", ms.round() as u64)),
+            online: r.online(),
+            last_seen: r.last_seen,
+            version: p.map(|p| p.version.clone()),
+            streams: r
+                .state
+                .as_ref()
+                .map(|s| s.streams.iter().map(|s| s.id()).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+pub async fn nodes(State(app): State<AppState>) -> Json<Vec<Node>> {
+    Json(app.registry.list().iter().map(Node::from).collect())
+}
+
+/// `GET /api/agents/{id}`: what the registry holds, and a live ping.
+#[derive(Debug, Serialize)]
+pub struct AgentDetail {
+    pub id: String,
+    pub online: bool,
+    pub last_seen: u64,
+    pub presence: Option<Presence>,
+    pub state: Option<AgentState>,
+    pub ping: Option<Ping>,
+    /// Why there is no ping (offline, timeout, …).
+    pub ping_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ping {
+    pub rtt_ms: f64,
+    /// The agent's clock minus the manager's at the middle of the round trip, in ms.
+    pub clock_offset_ms: i64,
+}
+
+pub async fn agent(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<AgentDetail>, ApiError> {
+    if app.registry.get(&id).is_none() {
+        return Err(ApiError::not_found(format!("agent {id:?} is not known to this manager")));
+    }
+    let sent = verge_protocol::now_ms();
+    let started = std::time::Instant::now();
+    let ping = app
+        .rpc
+        .call(&id, METHOD_PING, serde_json::Value::Null, app.rpc_timeout)
+        .await;
+    let rtt_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (ping, ping_error) = match ping.map(serde_json::from_value::<Pong>) {
+        Ok(Ok(pong)) => {
+            let middle = sent as i64 + (rtt_ms / 2.0) as i64;
+            (
+                Some(Ping {
+                    rtt_ms,
+                    clock_offset_ms: pong.agent_time as i64 - middle,
+                }),
+                None,
+            )
+        }
+        Ok(Err(e)) => (None, Some(format!("bad ping reply: {e}"))),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let record = app
+        .registry
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("agent {id:?} is not known to this manager")))?;
+    Ok(Json(AgentDetail {
+        id: record.id.clone(),
+        online: record.online(),
+        last_seen: record.last_seen,
+        presence: record.presence,
+        state: record.state,
+        ping,
+        ping_error,
+    }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Health {
+    pub status: &'static str,
+    pub broker: &'static str,
+    pub broker_connected: bool,
+    pub agents: usize,
+    pub online: usize,
+}
+
+pub async fn health(State(app): State<AppState>) -> Json<Health> {
+    let (agents, online) = app.registry.counts();
+    let broker_connected = app.connected.load(Ordering::Relaxed);
+    Json(Health {
+        status: if broker_connected { "ok" } else { "degraded" },
+        broker: app.broker,
+        broker_connected,
+        agents,
+        online,
+    })
+}

@@ -1,0 +1,43 @@
+//! The manager's HTTP face (axum).
+//!
+//! - [`api`]: the REST API: `/api/nodes/` (liveman's shape), `/api/agents/{id}`, `/api/health`.
+//! - [`error`]: errors as a status and a one-line reason a client can act on.
+
+pub mod api;
+pub mod error;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+
+use crate::registry::Registry;
+use crate::rpc::RpcClient;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub rpc: Arc<RpcClient>,
+    pub connected: Arc<AtomicBool>,
+    pub broker: &'static str,
+    pub rpc_timeout: Duration,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/api/health", get(api::health))
+        .route("/api/nodes", get(api::nodes))
+        .route("/api/nodes/", get(api::nodes))
+        .route("/api/agents", get(api::nodes))
+        .route("/api/agents/", get(api::nodes))
+        .route("/api/agents/{id}", get(api::agent))
+        .with_state(state)
+}
+
+async fn index() -> &'static str {
+    "Verge manager\n\nGET /api/nodes/        the fleet (liveman's node shape plus online, last_seen, version, streams)\nGET /api/agents/{id}   one agent, with a live ping\nGET /api/health        broker link and fleet counts\n"
+}

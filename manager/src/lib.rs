@@ -1,0 +1,208 @@
+//! The Verge cloud manager: the fleet's public face.
+//!
+//! - [`config`]: `manager.toml`.
+//! - [`session`]: the MQTT session that learns the fleet from retained presence and state.
+//! - [`registry`]: the fleet as known from those messages.
+//! - [`rpc`]: calls to agents over MQTT, with deadlines and typed failures.
+//! - [`http`]: the REST API.
+//!
+//! Start-up ([`start`]): the embedded broker (unless `[mqtt] url` names an external one), the
+//! MQTT link with this manager's own credential, the fleet session, then HTTP. A request such as
+//! `GET /api/agents/edge-1` reads the [`registry::Registry`] and pings through
+//! [`rpc::RpcClient`], whose reply comes back through [`session::FleetSession`].
+
+pub mod config;
+pub mod http;
+pub mod registry;
+pub mod rpc;
+pub mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use verge_broker::{BrokerSettings, Credentials, EmbeddedBroker, TlsListener};
+use verge_mqtt::link::{LinkError, LinkOptions};
+use verge_mqtt::{BrokerUrl, Link};
+
+pub use config::ManagerConfig;
+use config::ConfigError;
+use registry::Registry;
+use rpc::RpcClient;
+use session::FleetSession;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("embedded broker: {0}")]
+    Broker(#[from] verge_broker::BrokerError),
+    #[error("MQTT link: {0}")]
+    Link(#[from] LinkError),
+    #[error("the embedded broker did not accept this manager's session within {0:?}")]
+    BrokerNotReady(Duration),
+    #[error("HTTP listener {addr}: {source}")]
+    Http { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A started manager.
+pub struct Manager {
+    pub http_addr: SocketAddr,
+    pub broker: Option<EmbeddedBroker>,
+    pub registry: Arc<Registry>,
+    pub rpc: Arc<RpcClient>,
+    client: rumqttc::AsyncClient,
+    http: tokio::task::JoinHandle<()>,
+    stop_http: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts every part and returns once HTTP accepts connections.
+pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
+    cfg.validate()?;
+    for section in cfg.unknown.keys() {
+        tracing::warn!(%section, "config section not used by this release; ignored");
+    }
+    let topics = cfg.topics()?;
+    let credentials = Credentials::new(
+        cfg.agents.iter().map(|a| (a.id.clone(), a.secret.clone())),
+        cfg.enrollment.secret.clone().filter(|s| !s.is_empty()),
+    );
+    // ':' cannot appear in an agent id, so no agent can take this client id.
+    let client_id = format!("verge-manager:{}", cfg.mqtt.id);
+
+    let (url, broker, username, password, broker_kind) = match cfg.external_broker()? {
+        Some(url) => {
+            tracing::info!(broker = %url, "using an external MQTT broker");
+            (url, None, cfg.mqtt.username.clone(), cfg.mqtt.password.clone(), "external")
+        }
+        None => {
+            let internal_secret = verge_protocol::key::random_secret();
+            credentials.insert(&client_id, &internal_secret);
+            let settings = BrokerSettings {
+                listen: cfg.broker.listen,
+                tls: cfg.broker.tls_listen.map(|listen| TlsListener {
+                    listen,
+                    cert: cfg.broker.cert.clone().unwrap_or_default(),
+                    key: cfg.broker.key.clone().unwrap_or_default(),
+                }),
+                max_connections: cfg.broker.max_connections,
+                max_payload_size: cfg.broker.max_payload_size,
+                segment_size: cfg.broker.segment_size,
+                segment_count: cfg.broker.segment_count,
+            };
+            let broker = tokio::task::spawn_blocking({
+                let credentials = credentials.clone();
+                move || verge_broker::start(&settings, credentials)
+            })
+            .await
+            .expect("the broker start-up task does not panic")?;
+            let local = loopback_for(broker.listen);
+            let url = BrokerUrl::parse(&format!("mqtt://{local}")).map_err(ConfigError::Url)?;
+            (url, Some(broker), Some(client_id.clone()), Some(internal_secret), "embedded")
+        }
+    };
+
+    let mut opts = LinkOptions::new(url, &client_id);
+    opts.username = username;
+    opts.password = password;
+    opts.ca_file = cfg.mqtt.ca_file.clone();
+    opts.keepalive = Duration::from_secs(u64::from(cfg.mqtt.keepalive_secs.max(1)));
+    opts.queue = 4096;
+    opts.max_backoff = Duration::from_secs(5);
+    let Link { client, events, .. } = Link::spawn(&opts, None)?;
+
+    let registry = Arc::new(Registry::new());
+    let rpc = Arc::new(RpcClient::new(
+        cfg.mqtt.id.clone(),
+        topics.clone(),
+        client.clone(),
+        credentials.clone(),
+        registry.clone(),
+    ));
+    let connected = Arc::new(AtomicBool::new(false));
+    let session = FleetSession {
+        manager_id: cfg.mqtt.id.clone(),
+        topics,
+        client: client.clone(),
+        credentials,
+        registry: registry.clone(),
+        rpc: rpc.clone(),
+        connected: connected.clone(),
+    };
+    tokio::spawn(session.run(events));
+    if broker.is_some() {
+        // Our own session coming up is the proof that the embedded broker serves.
+        let patience = Duration::from_secs(10);
+        let ready = tokio::time::timeout(patience, async {
+            while !connected.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        ready.await.map_err(|_| ManagerError::BrokerNotReady(patience))?;
+    }
+
+    let app = http::router(http::AppState {
+        registry: registry.clone(),
+        rpc: rpc.clone(),
+        connected,
+        broker: broker_kind,
+        rpc_timeout: cfg.rpc_timeout(),
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .map_err(|source| ManagerError::Http {
+            addr: cfg.http.listen,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| ManagerError::Http {
+        addr: cfg.http.listen,
+        source,
+    })?;
+    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    tracing::info!(http = %http_addr, broker = broker_kind, "manager up");
+    Ok(Manager {
+        http_addr,
+        broker,
+        registry,
+        rpc,
+        client,
+        http,
+        stop_http,
+    })
+}
+
+impl Manager {
+    /// Stops HTTP and leaves the broker cleanly.
+    pub async fn stop(self) {
+        let _ = self.stop_http.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.disconnect()).await;
+    }
+}
+
+/// Runs a manager until `shutdown` completes.
+pub async fn run(cfg: &ManagerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ManagerError> {
+    let manager = start(cfg).await?;
+    shutdown.await;
+    manager.stop().await;
+    Ok(())
+}
+
+/// The address a local client dials to reach a listener bound to `addr`.
+pub fn loopback_for(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}

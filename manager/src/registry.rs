@@ -1,0 +1,142 @@
+//! The fleet as the manager knows it, built only from what agents publish: retained presence
+//! and state (so a manager started later knows the fleet at once), plus RPC replies.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use verge_protocol::presence::{Presence, Status};
+use verge_protocol::state::State;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRecord {
+    pub id: String,
+    pub presence: Option<Presence>,
+    pub state: Option<State>,
+    /// Last time the agent was heard from (Unix ms; the agent's clock for what it published).
+    pub last_seen: u64,
+    /// Round trip of the last RPC that succeeded, in milliseconds.
+    pub last_rtt_ms: Option<f64>,
+}
+
+impl AgentRecord {
+    fn new(id: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            presence: None,
+            state: None,
+            last_seen: 0,
+            last_rtt_ms: None,
+        }
+    }
+
+    pub fn online(&self) -> bool {
+        self.presence.as_ref().is_some_and(|p| p.status == Status::Online)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    agents: RwLock<BTreeMap<String, AgentRecord>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn update(&self, id: &str, change: impl FnOnce(&mut AgentRecord)) {
+        if let Ok(mut agents) = self.agents.write() {
+            change(agents.entry(id.to_string()).or_insert_with(|| AgentRecord::new(id)));
+        }
+    }
+
+    pub fn apply_presence(&self, id: &str, sent_at: u64, presence: Presence) {
+        self.update(id, |r| {
+            r.last_seen = r.last_seen.max(sent_at);
+            r.presence = Some(presence);
+        });
+    }
+
+    pub fn apply_state(&self, id: &str, sent_at: u64, state: State) {
+        self.update(id, |r| {
+            r.last_seen = r.last_seen.max(sent_at);
+            r.state = Some(state);
+        });
+    }
+
+    /// An RPC reply arrived: the agent is alive now.
+    pub fn heard_from(&self, id: &str, rtt_ms: Option<f64>) {
+        self.update(id, |r| {
+            r.last_seen = r.last_seen.max(verge_protocol::now_ms());
+            if rtt_ms.is_some() {
+                r.last_rtt_ms = rtt_ms;
+            }
+        });
+    }
+
+    /// The agent's retained presence was cleared: it was decommissioned.
+    pub fn forget(&self, id: &str) {
+        if let Ok(mut agents) = self.agents.write() {
+            agents.remove(id);
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<AgentRecord> {
+        self.agents.read().ok()?.get(id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<AgentRecord> {
+        self.agents
+            .read()
+            .map(|agents| agents.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// (known, online)
+    pub fn counts(&self) -> (usize, usize) {
+        self.agents
+            .read()
+            .map(|agents| (agents.len(), agents.values().filter(|r| r.online()).count()))
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn presence(status: Status) -> Presence {
+        Presence {
+            status,
+            version: "0.1.0".into(),
+            started_at: 1,
+            capabilities: vec![],
+            rtmp_url: None,
+            http_url: None,
+            keepalive_secs: 10,
+            pub_max: 1,
+            sub_max: 1,
+        }
+    }
+
+    #[test]
+    fn presence_decides_online_and_last_seen_only_grows() {
+        let reg = Registry::new();
+        reg.apply_presence("e1", 100, presence(Status::Online));
+        assert!(reg.get("e1").unwrap().online());
+        reg.apply_presence("e1", 50, presence(Status::Offline));
+        let r = reg.get("e1").unwrap();
+        assert!(!r.online());
+        assert_eq!(r.last_seen, 100);
+        assert_eq!(reg.counts(), (1, 0));
+        reg.forget("e1");
+        assert_eq!(reg.get("e1"), None);
+    }
+
+    #[test]
+    fn state_alone_does_not_make_an_agent_online() {
+        let reg = Registry::new();
+        reg.apply_state("e2", 5, State::default());
+        assert!(!reg.get("e2").unwrap().online());
+    }
+}

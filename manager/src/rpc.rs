@@ -1,0 +1,167 @@
+//! The manager's RPC client: signs a request with the target agent's secret, publishes it on
+//! the agent's `req` topic and waits, under a deadline, for the signed reply on this manager's
+//! `res` topic. Errors say which of "unknown", "offline", "timed out" and "the agent said no"
+//! happened, because each calls for something different from the caller.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, QoS};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use verge_broker::Credentials;
+use verge_protocol::envelope;
+use verge_protocol::key::MacKey;
+use verge_protocol::rpc::{Calls, Outcome, Reply, Request, RpcError};
+use verge_protocol::topic::Topics;
+
+use crate::registry::Registry;
+
+/// Calls in flight at once across all agents.
+const MAX_IN_FLIGHT: usize = 65_536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("agent {0:?} is not known to this manager")]
+    UnknownAgent(String),
+    #[error("agent {0:?} is offline")]
+    Offline(String),
+    #[error("agent {agent:?} did not answer {method} within {timeout:?}")]
+    Timeout { agent: String, method: String, timeout: Duration },
+    #[error("agent {agent:?} refused {method}: {error}")]
+    Agent { agent: String, method: String, error: RpcError },
+    #[error("too many calls in flight ({0})")]
+    Overloaded(usize),
+    #[error("cannot reach the broker: {0}")]
+    Link(String),
+}
+
+struct Waiter {
+    agent: String,
+    tx: oneshot::Sender<Outcome>,
+}
+
+pub struct RpcClient {
+    manager_id: String,
+    topics: Topics,
+    client: AsyncClient,
+    credentials: Credentials,
+    registry: Arc<Registry>,
+    calls: Mutex<Calls<Waiter>>,
+}
+
+impl RpcClient {
+    pub fn new(
+        manager_id: String,
+        topics: Topics,
+        client: AsyncClient,
+        credentials: Credentials,
+        registry: Arc<Registry>,
+    ) -> Self {
+        // A random first id, so a reply meant for an earlier run of this manager is not taken
+        // for a call of this one.
+        let first_id = u64::from_str_radix(&verge_protocol::key::random_secret()[..12], 16).unwrap_or(1) << 16;
+        Self {
+            manager_id,
+            topics,
+            client,
+            credentials,
+            registry,
+            calls: Mutex::new(Calls::new(first_id, MAX_IN_FLIGHT)),
+        }
+    }
+
+    /// Calls `method` on `agent` and returns its result, or why there is none, within `timeout`.
+    pub async fn call(&self, agent: &str, method: &str, params: Value, timeout: Duration) -> Result<Value, CallError> {
+        let record = self
+            .registry
+            .get(agent)
+            .ok_or_else(|| CallError::UnknownAgent(agent.to_string()))?;
+        if !record.online() {
+            return Err(CallError::Offline(agent.to_string()));
+        }
+        let secret = self
+            .credentials
+            .secret_of(agent)
+            .ok_or_else(|| CallError::UnknownAgent(agent.to_string()))?;
+        let started = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let id = self
+            .lock_calls()
+            .start(Waiter { agent: agent.to_string(), tx }, started, timeout)
+            .map_err(|e| CallError::Overloaded(e.0))?;
+        let request = Request {
+            id,
+            method: method.to_string(),
+            params,
+            timeout_ms: timeout.as_millis() as u64,
+            reply_to: self.manager_id.clone(),
+        };
+        let payload = envelope::seal(&MacKey::new(&secret), &self.manager_id, verge_protocol::now_ms(), &request);
+        let timed_out = || CallError::Timeout {
+            agent: agent.to_string(),
+            method: method.to_string(),
+            timeout,
+        };
+        let publish = self.client.publish(self.topics.request(agent), QoS::AtLeastOnce, false, payload);
+        let outcome = tokio::time::timeout(timeout, async {
+            publish.await.map_err(|e| CallError::Link(e.to_string()))?;
+            rx.await.map_err(|_| CallError::Link("the MQTT session ended".into()))
+        })
+        .await;
+        let outcome = match outcome {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => {
+                self.lock_calls().finish(id);
+                return Err(e);
+            }
+            Err(_) => {
+                self.lock_calls().finish(id);
+                return Err(timed_out());
+            }
+        };
+        let rtt_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.registry.heard_from(agent, Some(rtt_ms));
+        match outcome {
+            Outcome::Ok(value) => Ok(value),
+            Outcome::Err(error) => Err(CallError::Agent {
+                agent: agent.to_string(),
+                method: method.to_string(),
+                error,
+            }),
+        }
+    }
+
+    /// Routes a payload from this manager's `res` topic to the call waiting for it.
+    pub fn on_reply(&self, payload: &[u8]) {
+        let Some(sender) = envelope::sender(payload) else {
+            tracing::warn!("dropping an RPC reply that is not an envelope");
+            return;
+        };
+        let Some(secret) = self.credentials.secret_of(&sender) else {
+            tracing::warn!(agent = %sender, "dropping an RPC reply from an unknown agent");
+            return;
+        };
+        let reply = match envelope::open::<Reply>(payload, &MacKey::new(&secret)) {
+            Ok(opened) => opened.body,
+            Err(e) => {
+                tracing::warn!(agent = %sender, error = %e, "dropping an RPC reply that does not open");
+                return;
+            }
+        };
+        let mut calls = self.lock_calls();
+        // Only the agent that was called may answer the call.
+        if calls.get(reply.id).is_none_or(|w| w.agent != sender) {
+            tracing::debug!(agent = %sender, id = reply.id, "reply to no call in flight (late or foreign)");
+            return;
+        }
+        if let Some(waiter) = calls.finish(reply.id) {
+            let _ = waiter.tx.send(reply.result);
+        }
+    }
+
+    fn lock_calls(&self) -> std::sync::MutexGuard<'_, Calls<Waiter>> {
+        // A panic while holding this lock leaves only plain data behind; keep serving.
+        self.calls.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

@@ -1,0 +1,114 @@
+//! The manager's MQTT session: subscribes to every agent's presence and state and to its own
+//! reply topic after each (re)connect, and turns what arrives into registry updates and RPC
+//! completions. The loop never waits on a publish, so it can always drain the link.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rumqttc::{AsyncClient, QoS, SubscribeFilter};
+use tokio::sync::mpsc;
+use verge_broker::Credentials;
+use verge_mqtt::LinkEvent;
+use verge_protocol::envelope::{self, Message};
+use verge_protocol::key::MacKey;
+use verge_protocol::presence::Presence;
+use verge_protocol::state::State;
+use verge_protocol::topic::{Topic, Topics};
+
+use crate::registry::Registry;
+use crate::rpc::RpcClient;
+
+/// Unknown senders are logged once each, up to this many, so a noisy broker cannot flood logs.
+const MAX_WARNED: usize = 1024;
+
+pub struct FleetSession {
+    pub manager_id: String,
+    pub topics: Topics,
+    pub client: AsyncClient,
+    pub credentials: Credentials,
+    pub registry: Arc<Registry>,
+    pub rpc: Arc<RpcClient>,
+    pub connected: Arc<AtomicBool>,
+}
+
+impl FleetSession {
+    pub async fn run(self, mut events: mpsc::Receiver<LinkEvent>) {
+        let mut warned = HashSet::new();
+        while let Some(event) = events.recv().await {
+            match event {
+                LinkEvent::Connected => {
+                    self.connected.store(true, Ordering::Relaxed);
+                    self.subscribe();
+                }
+                LinkEvent::Disconnected { .. } => self.connected.store(false, Ordering::Relaxed),
+                LinkEvent::Message { topic, payload } => self.on_message(&topic, &payload, &mut warned),
+            }
+        }
+    }
+
+    fn subscribe(&self) {
+        let filters = vec![
+            SubscribeFilter::new(self.topics.all_presence(), QoS::AtLeastOnce),
+            SubscribeFilter::new(self.topics.all_state(), QoS::AtLeastOnce),
+            SubscribeFilter::new(self.topics.reply(&self.manager_id), QoS::AtLeastOnce),
+        ];
+        let client = self.client.clone();
+        // On a task: the subscribe waits for room in the request queue that this loop's
+        // draining makes.
+        tokio::spawn(async move {
+            if let Err(e) = client.subscribe_many(filters).await {
+                tracing::error!(error = %e, "subscribing to the fleet's topics failed");
+            }
+        });
+    }
+
+    fn on_message(&self, topic: &str, payload: &[u8], warned: &mut HashSet<String>) {
+        match self.topics.parse(topic) {
+            Ok(Topic::Presence { agent }) if payload.is_empty() => {
+                tracing::info!(%agent, "retained presence cleared: forgetting the agent");
+                self.registry.forget(&agent);
+            }
+            Ok(Topic::Presence { agent }) => {
+                if let Some((ts, presence)) = self.open_from::<Presence>(&agent, payload, warned) {
+                    tracing::info!(%agent, status = ?presence.status, version = %presence.version, "presence");
+                    self.registry.apply_presence(&agent, ts, presence);
+                }
+            }
+            Ok(Topic::State { .. }) if payload.is_empty() => {}
+            Ok(Topic::State { agent }) => {
+                if let Some((ts, state)) = self.open_from::<State>(&agent, payload, warned) {
+                    tracing::debug!(%agent, seq = state.seq, streams = state.streams.len(), "state");
+                    self.registry.apply_state(&agent, ts, state);
+                }
+            }
+            Ok(Topic::Reply { manager }) if manager == self.manager_id => self.rpc.on_reply(payload),
+            Ok(other) => tracing::debug!(?other, "ignoring a message on a topic this manager does not read"),
+            Err(e) => tracing::debug!(error = %e, "ignoring a message on an unknown topic"),
+        }
+    }
+
+    /// Opens a message published on `agent`'s topic, which must be signed by that agent.
+    fn open_from<M: Message>(&self, agent: &str, payload: &[u8], warned: &mut HashSet<String>) -> Option<(u64, M)> {
+        let mut warn_once = |why: String| {
+            if warned.len() < MAX_WARNED && warned.insert(format!("{agent}:{why}")) {
+                tracing::warn!(%agent, "ignoring a message: {why}");
+            }
+        };
+        let Some(secret) = self.credentials.secret_of(agent) else {
+            warn_once("the agent is not enrolled".into());
+            return None;
+        };
+        match envelope::open::<M>(payload, &MacKey::new(&secret)) {
+            Ok(opened) if opened.from == agent => Some((opened.ts, opened.body)),
+            Ok(opened) => {
+                warn_once(format!("signed by {:?}, not by the topic's agent", opened.from));
+                None
+            }
+            Err(e) => {
+                warn_once(e.to_string());
+                None
+            }
+        }
+    }
+}

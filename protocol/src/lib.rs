@@ -1,0 +1,39 @@
+//! Verge's wire contract, shared by the agent and the manager. Pure code: no sockets, no tasks.
+//!
+//! - [`id`]: the names of agents and managers, which become MQTT topic levels.
+//! - [`topic`]: the MQTT layout (`{prefix}/v1/a/{agent}/presence`, …), built and parsed.
+//! - [`key`]: HMAC keys from secrets, and per-agent secrets derived from one enrollment secret.
+//! - [`envelope`]: every MQTT payload: a version, a kind, the sender, a body and a MAC. Decoding
+//!   checks the version first, then the MAC, then the body.
+//! - [`presence`], [`state`]: what an agent announces (retained).
+//! - [`rpc`]: requests from a manager to an agent, their replies, error codes, and the
+//!   correlation table a caller keeps.
+//!
+//! A message's path: the agent builds a [`presence::Presence`], seals it with
+//! [`envelope::seal`] under its secret and publishes it retained on [`topic::Topics::presence`];
+//! the manager parses the topic with [`topic::Topics::parse`], looks up that agent's key and
+//! opens the payload with [`envelope::open`], which refuses garbage, unknown versions, a sender
+//! that does not match the topic and a wrong MAC, each with its own [`envelope::EnvelopeError`].
+
+pub mod envelope;
+pub mod id;
+pub mod key;
+pub mod presence;
+pub mod rpc;
+pub mod state;
+pub mod topic;
+
+/// The version of every message this crate writes. A reader refuses any other.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Milliseconds since the Unix epoch, the one clock format on the wire.
+pub fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// [`unix_ms`] of now.
+pub fn now_ms() -> u64 {
+    unix_ms(std::time::SystemTime::now())
+}

@@ -1,0 +1,65 @@
+//! An agent's state snapshot, retained on `{p}/v1/a/{agent}/state` and republished when it
+//! changes. `seq` grows with every change, so a reader can tell a newer snapshot from a replay.
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{Kind, Message};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub seq: u64,
+    #[serde(default)]
+    pub streams: Vec<StreamInfo>,
+}
+
+/// One live stream on an agent. Fields beyond `app` and `name` are filled as the agent learns
+/// them from the publisher.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    pub app: String,
+    pub name: String,
+    /// When the publisher started (Unix ms).
+    #[serde(default)]
+    pub started_at: u64,
+    #[serde(default)]
+    pub video: Option<String>,
+    #[serde(default)]
+    pub audio: Option<String>,
+    #[serde(default)]
+    pub width: Option<u32>,
+    #[serde(default)]
+    pub height: Option<u32>,
+    #[serde(default)]
+    pub fps: Option<f64>,
+    #[serde(default)]
+    pub bitrate_kbps: Option<u32>,
+    #[serde(default)]
+    pub publisher: Option<String>,
+    #[serde(default)]
+    pub readers: u32,
+}
+
+impl StreamInfo {
+    /// `{app}/{name}`, the stream's id across Verge.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.app, self.name)
+    }
+}
+
+impl Message for State {
+    const KIND: Kind = Kind::State;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_default_to_empty_and_ids_join_app_and_name() {
+        let s: State = serde_json::from_str(r#"{"seq":3}"#).unwrap();
+        assert_eq!(s, State { seq: 3, streams: vec![] });
+        let s: State =
+            serde_json::from_str(r#"{"seq":4,"streams":[{"app":"live","name":"cam","new_field":1}]}"#).unwrap();
+        assert_eq!(s.streams[0].id(), "live/cam");
+    }
+}

@@ -1,0 +1,134 @@
+//! The MQTT topic layout. One prefix (default `verge`) roots everything, so several Verge
+//! installations can share a broker.
+//!
+//! ```text
+//! {p}/v1/a/{agent}/presence   retained; the last will says offline
+//! {p}/v1/a/{agent}/state      retained stream snapshot
+//! {p}/v1/a/{agent}/req        manager -> agent RPC requests
+//! {p}/v1/m/{manager}/res      agent -> manager RPC replies
+//! ```
+
+use crate::id::{self, IdError};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic {0:?} is not under this installation's prefix")]
+    ForeignPrefix(String),
+    #[error("topic {0:?} does not match the v1 layout")]
+    Unknown(String),
+    #[error("topic {topic:?} names an invalid id: {source}")]
+    BadId { topic: String, source: IdError },
+}
+
+/// A topic this crate knows, with the id it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topic {
+    Presence { agent: String },
+    State { agent: String },
+    Request { agent: String },
+    Reply { manager: String },
+}
+
+/// Builds and parses topics under one prefix.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    /// `prefix` may hold several levels (`site/verge`) but no wildcards.
+    pub fn new(prefix: &str) -> Result<Self, TopicError> {
+        let prefix = prefix.trim_matches('/');
+        if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.contains("//") {
+            return Err(TopicError::Unknown(prefix.to_string()));
+        }
+        Ok(Self {
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn presence(&self, agent: &str) -> String {
+        format!("{}/v1/a/{agent}/presence", self.prefix)
+    }
+
+    pub fn state(&self, agent: &str) -> String {
+        format!("{}/v1/a/{agent}/state", self.prefix)
+    }
+
+    pub fn request(&self, agent: &str) -> String {
+        format!("{}/v1/a/{agent}/req", self.prefix)
+    }
+
+    pub fn reply(&self, manager: &str) -> String {
+        format!("{}/v1/m/{manager}/res", self.prefix)
+    }
+
+    /// Filter matching every agent's presence.
+    pub fn all_presence(&self) -> String {
+        self.presence("+")
+    }
+
+    /// Filter matching every agent's state.
+    pub fn all_state(&self) -> String {
+        self.state("+")
+    }
+
+    pub fn parse(&self, topic: &str) -> Result<Topic, TopicError> {
+        let rest = topic
+            .strip_prefix(&self.prefix)
+            .and_then(|r| r.strip_prefix('/'))
+            .ok_or_else(|| TopicError::ForeignPrefix(topic.to_string()))?;
+        let levels: Vec<&str> = rest.split('/').collect();
+        let (id, parsed) = match levels.as_slice() {
+            ["v1", "a", agent, "presence"] => (*agent, Topic::Presence { agent: agent.to_string() }),
+            ["v1", "a", agent, "state"] => (*agent, Topic::State { agent: agent.to_string() }),
+            ["v1", "a", agent, "req"] => (*agent, Topic::Request { agent: agent.to_string() }),
+            ["v1", "m", manager, "res"] => (*manager, Topic::Reply { manager: manager.to_string() }),
+            _ => return Err(TopicError::Unknown(topic.to_string())),
+        };
+        id::validate(id).map_err(|source| TopicError::BadId {
+            topic: topic.to_string(),
+            source,
+        })?;
+        Ok(parsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_and_parses_every_topic() {
+        let t = Topics::new("verge").unwrap();
+        assert_eq!(t.presence("e1"), "verge/v1/a/e1/presence");
+        assert_eq!(t.parse(&t.presence("e1")), Ok(Topic::Presence { agent: "e1".into() }));
+        assert_eq!(t.parse(&t.state("e1")), Ok(Topic::State { agent: "e1".into() }));
+        assert_eq!(t.parse(&t.request("e1")), Ok(Topic::Request { agent: "e1".into() }));
+        assert_eq!(t.parse(&t.reply("m1")), Ok(Topic::Reply { manager: "m1".into() }));
+        assert_eq!(t.all_presence(), "verge/v1/a/+/presence");
+    }
+
+    #[test]
+    fn multi_level_prefix_is_trimmed() {
+        let t = Topics::new("/site/verge/").unwrap();
+        assert_eq!(t.state("x"), "site/verge/v1/a/x/state");
+        assert!(t.parse("site/verge/v1/a/x/state").is_ok());
+    }
+
+    #[test]
+    fn refuses_foreign_unknown_and_bad_topics() {
+        let t = Topics::new("verge").unwrap();
+        assert!(matches!(t.parse("other/v1/a/x/state"), Err(TopicError::ForeignPrefix(_))));
+        assert!(matches!(t.parse("vergex/v1/a/x/state"), Err(TopicError::ForeignPrefix(_))));
+        assert!(matches!(t.parse("verge/v2/a/x/state"), Err(TopicError::Unknown(_))));
+        assert!(matches!(t.parse("verge/v1/a/x/state/extra"), Err(TopicError::Unknown(_))));
+        assert!(matches!(t.parse("verge/v1/a//state"), Err(TopicError::BadId { .. })));
+        assert!(Topics::new("a/#").is_err());
+        assert!(Topics::new("").is_err());
+    }
+}

@@ -1,0 +1,155 @@
+//! `verge`: the one command for a laptop.
+//!
+//! - `verge up`: a manager (embedded broker, defaults) and one local agent in one process,
+//!   and a summary of what runs where.
+//! - `verge secret <enrollment-secret> <agent-id>`: the secret an agent needs when the
+//!   manager admits agents by `[enrollment] secret`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use verge_agent::{AgentConfig, StateHandle};
+use verge_manager::config::EnrolledAgent;
+use verge_manager::{ManagerConfig, loopback_for};
+
+const USAGE: &str = "\
+usage:
+  verge up [--http ADDR] [--mqtt ADDR] [--agent-id ID]
+      Run a manager with its embedded MQTT broker and one local agent.
+      Defaults: --http 0.0.0.0:8080 --mqtt 0.0.0.0:1883 --agent-id local
+  verge secret <enrollment-secret> <agent-id>
+      Print the secret of an agent admitted by [enrollment] secret.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("up") => up(&args[1..]),
+        Some("secret") if args.len() == 3 => {
+            println!("{}", verge_protocol::key::derive_agent_secret(&args[1], &args[2]));
+            ExitCode::SUCCESS
+        }
+        Some("--version" | "-V") => {
+            println!("verge {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Some("--help" | "-h" | "help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+struct UpOptions {
+    http: SocketAddr,
+    mqtt: SocketAddr,
+    agent_id: String,
+}
+
+fn parse_up(args: &[String]) -> Result<UpOptions, String> {
+    let mut opts = UpOptions {
+        http: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        mqtt: SocketAddr::from(([0, 0, 0, 0], 1883)),
+        agent_id: "local".into(),
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--http" => opts.http = value.parse().map_err(|e| format!("--http {value}: {e}"))?,
+            "--mqtt" => opts.mqtt = value.parse().map_err(|e| format!("--mqtt {value}: {e}"))?,
+            "--agent-id" => {
+                verge_protocol::id::validate(value).map_err(|e| format!("--agent-id {value}: {e}"))?;
+                opts.agent_id = value.clone();
+            }
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(opts)
+}
+
+fn up(args: &[String]) -> ExitCode {
+    let opts = match parse_up(args) {
+        Ok(opts) => opts,
+        Err(e) => {
+            eprintln!("verge up: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,verge_manager=info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("verge up: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_up(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("verge up: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_up(opts: UpOptions) -> Result<(), String> {
+    let secret = verge_protocol::key::random_secret();
+    let mut manager_cfg = ManagerConfig::default();
+    manager_cfg.http.listen = opts.http;
+    manager_cfg.broker.listen = opts.mqtt;
+    manager_cfg.agents.push(EnrolledAgent {
+        id: opts.agent_id.clone(),
+        secret: secret.clone(),
+    });
+    let manager = verge_manager::start(&manager_cfg).await.map_err(|e| e.to_string())?;
+
+    let broker = loopback_for(opts.mqtt);
+    let agent_cfg = AgentConfig::with_defaults(&opts.agent_id, &secret, &format!("mqtt://{broker}"));
+    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = agent_stopped.await;
+        };
+        verge_agent::run(&agent_cfg, StateHandle::new(), shutdown).await
+    });
+
+    // Wait until the manager lists the local agent, so the summary is true when printed.
+    let online = tokio::time::timeout(Duration::from_secs(10), async {
+        while !manager.registry.get(&opts.agent_id).is_some_and(|r| r.online()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .is_ok();
+
+    let http = loopback_for(manager.http_addr);
+    println!("Verge {} is up.", env!("CARGO_PKG_VERSION"));
+    println!("  manager   http://{http}/  (fleet: http://{http}/api/nodes/)");
+    println!("  broker    mqtt://{} (embedded)", opts.mqtt);
+    println!(
+        "  agent     {} {}  (details: http://{http}/api/agents/{})",
+        opts.agent_id,
+        if online { "online" } else { "NOT online yet, see the log" },
+        opts.agent_id
+    );
+    println!("  publish   RTMP ingest is not in this release yet");
+    println!("Press Ctrl-C to stop.");
+
+    let _ = tokio::signal::ctrl_c().await;
+    println!("stopping…");
+    let _ = stop_agent.send(());
+    match tokio::time::timeout(Duration::from_secs(5), agent).await {
+        Ok(Ok(Err(e))) => eprintln!("agent: {e}"),
+        Ok(Err(e)) => eprintln!("agent task: {e}"),
+        _ => {}
+    }
+    manager.stop().await;
+    Ok(())
+}
