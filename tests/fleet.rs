@@ -2,15 +2,13 @@
 //! an external mosquitto) and `verge-agent`s register, go offline, survive a manager restart,
 //! and a wrong secret is refused.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Proc, TempDir, bin, free_port, get, wait_for};
+use verge::testkit::{Proc, TempDir, bin, free_port, get, wait_for};
 
 const KEEPALIVE_SECS: u64 = 2;
 

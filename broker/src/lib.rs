@@ -7,15 +7,23 @@
 //! - [`start`]: checks the ports are free and runs rumqttd on threads of its own. The manager
 //!   then waits for its own MQTT session, the proof that the broker is serving.
 //!
-//! rumqttd keeps every published message in a commit log per subscription filter; memory per
-//! filter is bounded by `segment_size × segment_count`, so those two numbers bound the broker.
+//! rumqttd keeps every published message in a commit log per subscription filter, and a log
+//! stays at its high-water mark until segments rotate out. So the few fleet-wide filters the
+//! manager subscribes to (`fleet_filters`) get `segment_size × segment_count`, and every other
+//! filter (one per agent: its request topic) gets the much smaller
+//! `agent_segment_size × agent_segment_count`. The broker's log memory is then at most
+//! `fleet filters × segment_size × segment_count + agents × agent_segment_size × agent_segment_count`.
+//!
+//! rumqttd hands a new wildcard subscriber at most 100 retained messages at QoS 1 (a fixed
+//! in-flight window) but up to `max_outgoing_packet_count` at QoS 0; that count is set to cover
+//! every connection, so a manager that resubscribes gets the whole fleet's presence.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings, TlsConfig};
 use verge_protocol::key::{derive_agent_secret, secrets_equal};
 
 /// Who may connect: enrolled agents (listed, or derived from an enrollment secret) and the
@@ -82,8 +90,12 @@ pub struct BrokerSettings {
     pub tls: Option<TlsListener>,
     pub max_connections: usize,
     pub max_payload_size: usize,
+    /// Filters that carry the whole fleet's traffic (`verge/v1/a/+/presence`, …).
+    pub fleet_filters: Vec<String>,
     pub segment_size: usize,
     pub segment_count: usize,
+    pub agent_segment_size: usize,
+    pub agent_segment_count: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -179,14 +191,25 @@ fn rumqttd_config(settings: &BrokerSettings, credentials: &Credentials) -> Confi
         };
         v4.insert("tls".to_string(), server("mqtt-tls", tls.listen, Some(tls_config)));
     }
+    // rumqttd panics on segments under 1 KiB or a count of 0.
+    let fleet_segment = SegmentConfig {
+        max_segment_size: settings.segment_size.max(1024),
+        max_segment_count: settings.segment_count.max(1),
+    };
+    let custom_segment = settings
+        .fleet_filters
+        .iter()
+        .map(|filter| (filter.clone(), fleet_segment.clone()))
+        .collect();
     Config {
         id: 0,
         router: RouterConfig {
             max_connections: settings.max_connections,
-            max_outgoing_packet_count: 200,
-            max_segment_size: settings.segment_size,
-            max_segment_count: settings.segment_count,
-            custom_segment: None,
+            // Also the number of retained messages a QoS 0 subscriber gets at once.
+            max_outgoing_packet_count: (2 * settings.max_connections).max(1000) as u64,
+            max_segment_size: settings.agent_segment_size.max(1024),
+            max_segment_count: settings.agent_segment_count.max(1),
+            custom_segment: Some(custom_segment),
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },

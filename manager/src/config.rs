@@ -48,10 +48,14 @@ pub struct BrokerConfig {
     pub key: Option<PathBuf>,
     pub max_connections: usize,
     pub max_payload_size: usize,
-    /// Size of one commit-log segment per subscription filter, in bytes.
+    /// Commit-log segment size of each fleet-wide filter (presence, state, replies), in bytes.
     pub segment_size: usize,
-    /// Segments kept per filter; memory per filter is at most `segment_size × segment_count`.
+    /// Segments kept per fleet-wide filter.
     pub segment_count: usize,
+    /// Commit-log segment size of each agent's own request filter, in bytes.
+    pub agent_segment_size: usize,
+    /// Segments kept per agent filter.
+    pub agent_segment_count: usize,
 }
 
 impl Default for BrokerConfig {
@@ -65,6 +69,8 @@ impl Default for BrokerConfig {
             max_payload_size: verge_protocol::envelope::MAX_PAYLOAD + 64 * 1024,
             segment_size: 4 * 1024 * 1024,
             segment_count: 4,
+            agent_segment_size: 64 * 1024,
+            agent_segment_count: 2,
         }
     }
 }

@@ -89,8 +89,11 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
                 }),
                 max_connections: cfg.broker.max_connections,
                 max_payload_size: cfg.broker.max_payload_size,
+                fleet_filters: vec![topics.all_presence(), topics.all_state(), topics.reply("+")],
                 segment_size: cfg.broker.segment_size,
                 segment_count: cfg.broker.segment_count,
+                agent_segment_size: cfg.broker.agent_segment_size,
+                agent_segment_count: cfg.broker.agent_segment_count,
             };
             let broker = tokio::task::spawn_blocking({
                 let credentials = credentials.clone();
@@ -123,6 +126,9 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     ));
     let connected = Arc::new(AtomicBool::new(false));
     let session = FleetSession {
+        // rumqttd hands a QoS 1 subscriber only 100 retained messages; at QoS 0 it hands all
+        // (see verge-broker). mosquitto drops QoS 0 beyond its queue limit, so QoS 1 there.
+        retained_qos: if broker.is_some() { rumqttc::QoS::AtMostOnce } else { rumqttc::QoS::AtLeastOnce },
         manager_id: cfg.mqtt.id.clone(),
         topics,
         client: client.clone(),

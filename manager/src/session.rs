@@ -23,6 +23,8 @@ use crate::rpc::RpcClient;
 const MAX_WARNED: usize = 1024;
 
 pub struct FleetSession {
+    /// QoS of the presence and state subscriptions, chosen for the broker's retained delivery.
+    pub retained_qos: QoS,
     pub manager_id: String,
     pub topics: Topics,
     pub client: AsyncClient,
@@ -49,8 +51,8 @@ impl FleetSession {
 
     fn subscribe(&self) {
         let filters = vec![
-            SubscribeFilter::new(self.topics.all_presence(), QoS::AtLeastOnce),
-            SubscribeFilter::new(self.topics.all_state(), QoS::AtLeastOnce),
+            SubscribeFilter::new(self.topics.all_presence(), self.retained_qos),
+            SubscribeFilter::new(self.topics.all_state(), self.retained_qos),
             SubscribeFilter::new(self.topics.reply(&self.manager_id), QoS::AtLeastOnce),
         ];
         let client = self.client.clone();

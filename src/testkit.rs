@@ -1,8 +1,6 @@
-//! Helpers for tests that run real processes on loopback: free ports, the workspace's
-//! binaries, child processes that are killed and whose files are removed when the test ends,
-//! a minimal HTTP client, and bounded waits.
-
-#![allow(dead_code)]
+//! Helpers for the tests, examples and benchmarks that run real processes on loopback: free
+//! ports, the workspace's binaries, child processes that are killed (and scratch directories
+//! removed) when they go out of scope, a minimal HTTP/1.1 client, and bounded waits.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -86,6 +84,11 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, program: &Path, args: &[&str], log_dir: &Path) -> Self {
+        Self::spawn_with_env(name, program, args, log_dir, &[])
+    }
+
+    /// [`Proc::spawn`] with extra environment variables (they override the defaults).
+    pub fn spawn_with_env(name: &str, program: &Path, args: &[&str], log_dir: &Path, env: &[(&str, &str)]) -> Self {
         let log = log_dir.join(format!("{name}.log"));
         let out = File::create(&log).expect("create log file");
         let err = out.try_clone().expect("clone log file");
@@ -93,6 +96,7 @@ impl Proc {
             .args(args)
             .env("RUST_LOG", "info,rumqttd=warn")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

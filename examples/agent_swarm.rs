@@ -1,0 +1,222 @@
+//! Load test of the MQTT backbone: N simulated agents in this process against a real
+//! `verge-manager` process with its embedded broker.
+//!
+//! ```text
+//! cargo run --release --example agent_swarm -- --agents 1000,10000 [--pings 1000] [--concurrency 16]
+//! ```
+//!
+//! For each N it prints the time until the manager lists all N online, the manager's RSS, the
+//! swarm's RSS per agent, and RPC `ping` round trips (p50/p99) through the manager's HTTP API
+//! with all N connected. The baseline row is the same manager with one agent, in the same run.
+//! Each simulated agent is the real agent session (`verge_agent::run`): presence, last will,
+//! state, RPC server.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use verge::testkit::{Proc, TempDir, bin, free_port, get, wait_for};
+use verge_agent::{AgentConfig, StateHandle};
+
+const ENROLLMENT: &str = "swarm-bench-enrollment";
+
+struct Args {
+    agents: Vec<usize>,
+    pings: usize,
+    concurrency: usize,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        agents: vec![1000, 10_000],
+        pings: 1000,
+        concurrency: 16,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_default();
+        match flag.as_str() {
+            "--agents" => args.agents = value.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+            "--pings" => args.pings = value.parse().expect("--pings N"),
+            "--concurrency" => args.concurrency = value.parse().expect("--concurrency N"),
+            other => panic!("unknown flag {other}; see the header of examples/agent_swarm.rs"),
+        }
+    }
+    args
+}
+
+struct Row {
+    agents: usize,
+    all_online: Duration,
+    manager_rss_mib: f64,
+    manager_peak_mib: f64,
+    swarm_kib_per_agent: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    http_p50_ms: f64,
+    failed: usize,
+}
+
+fn main() {
+    let args = parse_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut rows = Vec::new();
+    for n in std::iter::once(1).chain(args.agents.iter().copied()) {
+        eprintln!("== {n} agent(s)");
+        rows.push(run_one(&runtime, n, &args));
+    }
+    println!();
+    println!("| agents | all online | manager RSS (peak) | swarm RSS/agent | ping p50 | ping p99 | HTTP p50 | failed |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let label = if r.agents == 1 { "1 (baseline)".to_string() } else { r.agents.to_string() };
+        println!(
+            "| {label} | {:.2} s | {:.1} MiB ({:.1}) | {:.1} KiB | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+            r.all_online.as_secs_f64(),
+            r.manager_rss_mib,
+            r.manager_peak_mib,
+            r.swarm_kib_per_agent,
+            r.p50_ms,
+            r.p99_ms,
+            r.http_p50_ms,
+            r.failed
+        );
+    }
+}
+
+fn run_one(runtime: &tokio::runtime::Runtime, n: usize, args: &Args) -> Row {
+    let dir = TempDir::new("swarm");
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let http = SocketAddr::from(([127, 0, 0, 1], http_port));
+    let config = dir.write(
+        "manager.toml",
+        &format!(
+            "[http]\nlisten = \"{http}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt_port}\"\nmax_connections = {}\n\
+             [mqtt]\nrpc_timeout_ms = 5000\n[enrollment]\nsecret = \"{ENROLLMENT}\"\n",
+            n + 100
+        ),
+    );
+    let manager = Proc::spawn_with_env(
+        "manager",
+        &bin("verge-manager"),
+        &["--config", config.to_str().unwrap()],
+        dir.path(),
+        &[("RUST_LOG", "warn")],
+    );
+    wait_for(Duration::from_secs(15), || get(http, "/api/health").ok().filter(|r| r.status == 200))
+        .expect("manager up");
+
+    let rss_before = rss_kib(std::process::id()).unwrap_or(0);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let url = format!("mqtt://127.0.0.1:{mqtt_port}");
+    let agents: Vec<_> = (0..n)
+        .map(|i| {
+            let id = format!("sim-{i:05}");
+            let secret = verge_protocol::key::derive_agent_secret(ENROLLMENT, &id);
+            let cfg = AgentConfig::with_defaults(&id, &secret, &url);
+            let mut stop = stop_rx.clone();
+            runtime.spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                verge_agent::run(&cfg, StateHandle::new(), shutdown).await
+            })
+        })
+        .collect();
+
+    let mut last_report = Instant::now();
+    let all_online = wait_for(Duration::from_secs(300), || {
+        let health = get(http, "/api/health").ok()?.json();
+        let online = health["online"].as_u64().unwrap_or(0) as usize;
+        if last_report.elapsed() > Duration::from_secs(2) {
+            eprintln!("   {online}/{n} online after {:.1} s", started.elapsed().as_secs_f64());
+            last_report = Instant::now();
+        }
+        (online == n).then(|| started.elapsed())
+    })
+    .expect("all agents online within 300 s");
+    eprintln!("   all {n} online after {:.2} s", all_online.as_secs_f64());
+    let swarm_kib_per_agent = rss_kib(std::process::id()).unwrap_or(0).saturating_sub(rss_before) as f64 / n as f64;
+
+    let (rtts, http_times, failed) = ping_load(http, n, args.pings, args.concurrency);
+    let (manager_rss, manager_peak) = (rss_kib(manager.pid()).unwrap_or(0), peak_kib(manager.pid()).unwrap_or(0));
+
+    let _ = stop_tx.send(true);
+    runtime.block_on(async {
+        for agent in agents {
+            let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
+        }
+    });
+    drop(manager);
+    Row {
+        agents: n,
+        all_online,
+        manager_rss_mib: manager_rss as f64 / 1024.0,
+        manager_peak_mib: manager_peak as f64 / 1024.0,
+        swarm_kib_per_agent,
+        p50_ms: percentile(&rtts, 0.50),
+        p99_ms: percentile(&rtts, 0.99),
+        http_p50_ms: percentile(&http_times, 0.50),
+        failed,
+    }
+}
+
+/// `pings` calls of `GET /api/agents/{id}` (each a live RPC ping) to agents spread over the
+/// fleet, `concurrency` at a time. Returns the manager-measured RTTs, the HTTP times, failures.
+fn ping_load(http: SocketAddr, n: usize, pings: usize, concurrency: usize) -> (Vec<f64>, Vec<f64>, usize) {
+    let per_worker = pings.div_ceil(concurrency.max(1));
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|w| {
+            std::thread::spawn(move || {
+                let (mut rtts, mut times, mut failed) = (vec![], vec![], 0);
+                for k in 0..per_worker {
+                    // A stride walk so workers hit different agents.
+                    let id = format!("sim-{:05}", (w * 7919 + k * 104_729) % n);
+                    let t = Instant::now();
+                    match get(http, &format!("/api/agents/{id}")).map(|r| r.json()) {
+                        Ok(v) if v["ping"]["rtt_ms"].is_number() => {
+                            times.push(t.elapsed().as_secs_f64() * 1000.0);
+                            rtts.push(v["ping"]["rtt_ms"].as_f64().unwrap_or(0.0));
+                        }
+                        _ => failed += 1,
+                    }
+                }
+                (rtts, times, failed)
+            })
+        })
+        .collect();
+    let (mut rtts, mut times, mut failed) = (vec![], vec![], 0);
+    for w in workers {
+        let (r, t, f) = w.join().expect("ping worker");
+        rtts.extend(r);
+        times.extend(t);
+        failed += f;
+    }
+    (rtts, times, failed)
+}
+
+fn percentile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+fn peak_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
