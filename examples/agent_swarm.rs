@@ -35,7 +35,12 @@ fn parse_args() -> Args {
     while let Some(flag) = it.next() {
         let value = it.next().unwrap_or_default();
         match flag.as_str() {
-            "--agents" => args.agents = value.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+            "--agents" => {
+                args.agents = value
+                    .split(',')
+                    .filter_map(|n| n.trim().parse().ok())
+                    .collect()
+            }
             "--pings" => args.pings = value.parse().expect("--pings N"),
             "--concurrency" => args.concurrency = value.parse().expect("--concurrency N"),
             other => panic!("unknown flag {other}; see the header of examples/agent_swarm.rs"),
@@ -54,6 +59,7 @@ struct Row {
     p99_ms: f64,
     http_p50_ms: f64,
     failed: usize,
+    idle_cpu_percent: f64,
 }
 
 fn main() {
@@ -68,15 +74,22 @@ fn main() {
         rows.push(run_one(&runtime, n, &args));
     }
     println!();
-    println!("| agents | all online | manager RSS (peak) | swarm RSS/agent | ping p50 | ping p99 | HTTP p50 | failed |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| agents | all online | manager RSS (peak) | manager CPU idle | swarm RSS/agent | ping p50 | ping p99 | HTTP p50 | failed |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
-        let label = if r.agents == 1 { "1 (baseline)".to_string() } else { r.agents.to_string() };
+        let label = if r.agents == 1 {
+            "1 (baseline)".to_string()
+        } else {
+            r.agents.to_string()
+        };
         println!(
-            "| {label} | {:.2} s | {:.1} MiB ({:.1}) | {:.1} KiB | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+            "| {label} | {:.2} s | {:.1} MiB ({:.1}) | {:.0} % | {:.1} KiB | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
             r.all_online.as_secs_f64(),
             r.manager_rss_mib,
             r.manager_peak_mib,
+            r.idle_cpu_percent,
             r.swarm_kib_per_agent,
             r.p50_ms,
             r.p99_ms,
@@ -105,8 +118,10 @@ fn run_one(runtime: &tokio::runtime::Runtime, n: usize, args: &Args) -> Row {
         dir.path(),
         &[("RUST_LOG", "warn")],
     );
-    wait_for(Duration::from_secs(15), || get(http, "/api/health").ok().filter(|r| r.status == 200))
-        .expect("manager up");
+    wait_for(Duration::from_secs(15), || {
+        get(http, "/api/health").ok().filter(|r| r.status == 200)
+    })
+    .expect("manager up");
 
     let rss_before = rss_kib(std::process::id()).unwrap_or(0);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -132,17 +147,34 @@ fn run_one(runtime: &tokio::runtime::Runtime, n: usize, args: &Args) -> Row {
         let health = get(http, "/api/health").ok()?.json();
         let online = health["online"].as_u64().unwrap_or(0) as usize;
         if last_report.elapsed() > Duration::from_secs(2) {
-            eprintln!("   {online}/{n} online after {:.1} s", started.elapsed().as_secs_f64());
+            eprintln!(
+                "   {online}/{n} online after {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
             last_report = Instant::now();
         }
         (online == n).then(|| started.elapsed())
     })
     .expect("all agents online within 300 s");
     eprintln!("   all {n} online after {:.2} s", all_online.as_secs_f64());
-    let swarm_kib_per_agent = rss_kib(std::process::id()).unwrap_or(0).saturating_sub(rss_before) as f64 / n as f64;
+    let swarm_kib_per_agent = rss_kib(std::process::id())
+        .unwrap_or(0)
+        .saturating_sub(rss_before) as f64
+        / n as f64;
+
+    // CPU the manager burns holding N idle sessions (keepalives only).
+    let cpu_before = cpu_ticks(manager.pid()).unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(5));
+    let idle_cpu_percent = cpu_ticks(manager.pid())
+        .unwrap_or(0)
+        .saturating_sub(cpu_before) as f64
+        / 5.0;
 
     let (rtts, http_times, failed) = ping_load(http, n, args.pings, args.concurrency);
-    let (manager_rss, manager_peak) = (rss_kib(manager.pid()).unwrap_or(0), peak_kib(manager.pid()).unwrap_or(0));
+    let (manager_rss, manager_peak) = (
+        rss_kib(manager.pid()).unwrap_or(0),
+        peak_kib(manager.pid()).unwrap_or(0),
+    );
 
     let _ = stop_tx.send(true);
     runtime.block_on(async {
@@ -161,12 +193,26 @@ fn run_one(runtime: &tokio::runtime::Runtime, n: usize, args: &Args) -> Row {
         p99_ms: percentile(&rtts, 0.99),
         http_p50_ms: percentile(&http_times, 0.50),
         failed,
+        idle_cpu_percent,
     }
+}
+
+/// utime + stime of a process, in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 /// `pings` calls of `GET /api/agents/{id}` (each a live RPC ping) to agents spread over the
 /// fleet, `concurrency` at a time. Returns the manager-measured RTTs, the HTTP times, failures.
-fn ping_load(http: SocketAddr, n: usize, pings: usize, concurrency: usize) -> (Vec<f64>, Vec<f64>, usize) {
+fn ping_load(
+    http: SocketAddr,
+    n: usize,
+    pings: usize,
+    concurrency: usize,
+) -> (Vec<f64>, Vec<f64>, usize) {
     let per_worker = pings.div_ceil(concurrency.max(1));
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|w| {

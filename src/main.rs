@@ -26,7 +26,10 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("up") => up(&args[1..]),
         Some("secret") if args.len() == 3 => {
-            println!("{}", verge_protocol::key::derive_agent_secret(&args[1], &args[2]));
+            println!(
+                "{}",
+                verge_protocol::key::derive_agent_secret(&args[1], &args[2])
+            );
             ExitCode::SUCCESS
         }
         Some("--version" | "-V") => {
@@ -63,7 +66,8 @@ fn parse_up(args: &[String]) -> Result<UpOptions, String> {
             "--http" => opts.http = value.parse().map_err(|e| format!("--http {value}: {e}"))?,
             "--mqtt" => opts.mqtt = value.parse().map_err(|e| format!("--mqtt {value}: {e}"))?,
             "--agent-id" => {
-                verge_protocol::id::validate(value).map_err(|e| format!("--agent-id {value}: {e}"))?;
+                verge_protocol::id::validate(value)
+                    .map_err(|e| format!("--agent-id {value}: {e}"))?;
                 opts.agent_id = value.clone();
             }
             other => return Err(format!("unknown option {other}")),
@@ -82,8 +86,14 @@ fn up(args: &[String]) -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,verge_manager=info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("verge up: cannot start the runtime: {e}");
@@ -108,10 +118,13 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
         id: opts.agent_id.clone(),
         secret: secret.clone(),
     });
-    let manager = verge_manager::start(&manager_cfg).await.map_err(|e| e.to_string())?;
+    let manager = verge_manager::start(&manager_cfg)
+        .await
+        .map_err(|e| e.to_string())?;
 
     let broker = loopback_for(opts.mqtt);
-    let agent_cfg = AgentConfig::with_defaults(&opts.agent_id, &secret, &format!("mqtt://{broker}"));
+    let agent_cfg =
+        AgentConfig::with_defaults(&opts.agent_id, &secret, &format!("mqtt://{broker}"));
     let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(async move {
         let shutdown = async {
@@ -122,7 +135,11 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
 
     // Wait until the manager lists the local agent, so the summary is true when printed.
     let online = tokio::time::timeout(Duration::from_secs(10), async {
-        while !manager.registry.get(&opts.agent_id).is_some_and(|r| r.online()) {
+        while !manager
+            .registry
+            .get(&opts.agent_id)
+            .is_some_and(|r| r.online())
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -136,7 +153,11 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
     println!(
         "  agent     {} {}  (details: http://{http}/api/agents/{})",
         opts.agent_id,
-        if online { "online" } else { "NOT online yet, see the log" },
+        if online {
+            "online"
+        } else {
+            "NOT online yet, see the log"
+        },
         opts.agent_id
     );
     println!("  publish   RTMP ingest is not in this release yet");

@@ -28,15 +28,32 @@ fn agent_toml(id: &str, secret: &str, broker: &str) -> String {
 
 fn start_agent(dir: &TempDir, id: &str, secret: &str, broker: &str) -> Proc {
     let config = dir.write(&format!("{id}.toml"), &agent_toml(id, secret, broker));
-    Proc::spawn(id, &bin("verge-agent"), &["--config", config.to_str().unwrap()], dir.path())
+    Proc::spawn(
+        id,
+        &bin("verge-agent"),
+        &["--config", config.to_str().unwrap()],
+        dir.path(),
+    )
 }
 
 fn start_manager(dir: &TempDir, setup: &ManagerSetup, label: &str) -> Proc {
-    let proc = Proc::spawn(label, &bin("verge-manager"), &["--config", setup.config.to_str().unwrap()], dir.path());
+    let proc = Proc::spawn(
+        label,
+        &bin("verge-manager"),
+        &["--config", setup.config.to_str().unwrap()],
+        dir.path(),
+    );
     let up = wait_for(Duration::from_secs(15), || {
-        get(setup.http, "/api/health").ok().filter(|r| r.status == 200).map(|_| ())
+        get(setup.http, "/api/health")
+            .ok()
+            .filter(|r| r.status == 200)
+            .map(|_| ())
     });
-    assert!(up.is_some(), "manager did not answer /api/health:\n{}", proc.log_text());
+    assert!(
+        up.is_some(),
+        "manager did not answer /api/health:\n{}",
+        proc.log_text()
+    );
     proc
 }
 
@@ -51,19 +68,30 @@ fn nodes(http: SocketAddr) -> BTreeMap<String, (bool, String)> {
         .map(|n| {
             (
                 n["alias"].as_str().unwrap().to_string(),
-                (n["online"].as_bool().unwrap(), n["status"].as_str().unwrap().to_string()),
+                (
+                    n["online"].as_bool().unwrap(),
+                    n["status"].as_str().unwrap().to_string(),
+                ),
             )
         })
         .collect()
 }
 
 fn online(http: SocketAddr) -> Vec<String> {
-    nodes(http).into_iter().filter(|(_, (on, _))| *on).map(|(id, _)| id).collect()
+    nodes(http)
+        .into_iter()
+        .filter(|(_, (on, _))| *on)
+        .map(|(id, _)| id)
+        .collect()
 }
 
 fn wait_online(http: SocketAddr, expected: &[&str], timeout: Duration) {
     let ok = wait_for(timeout, || (online(http) == expected).then_some(()));
-    assert!(ok.is_some(), "expected online {expected:?}, got {:?}", nodes(http));
+    assert!(
+        ok.is_some(),
+        "expected online {expected:?}, got {:?}",
+        nodes(http)
+    );
 }
 
 /// Time from now until `id` is listed as stopped.
@@ -74,7 +102,12 @@ fn time_until_offline(http: SocketAddr, id: &str, since: Instant, timeout: Durat
             .filter(|(on, status)| !on && status == "stopped")
             .map(|_| since.elapsed())
     })
-    .unwrap_or_else(|| panic!("{id} still not offline after {timeout:?}: {:?}", nodes(http)))
+    .unwrap_or_else(|| {
+        panic!(
+            "{id} still not offline after {timeout:?}: {:?}",
+            nodes(http)
+        )
+    })
 }
 
 fn count(text: &str, needle: &str) -> usize {
@@ -98,12 +131,29 @@ fn embedded_broker_fleet_registers_goes_offline_and_returns_after_manager_restar
     };
     let manager = start_manager(&dir, &setup, "manager");
     let broker = format!("mqtt://127.0.0.1:{mqtt_port}");
-    let mut procs: Vec<Proc> = agents.iter().map(|(id, s)| start_agent(&dir, id, s, &broker)).collect();
+    let mut procs: Vec<Proc> = agents
+        .iter()
+        .map(|(id, s)| start_agent(&dir, id, s, &broker))
+        .collect();
 
-    wait_online(setup.http, &["edge-1", "edge-2", "edge-3"], Duration::from_secs(10));
+    wait_online(
+        setup.http,
+        &["edge-1", "edge-2", "edge-3"],
+        Duration::from_secs(10),
+    );
     let all = get(setup.http, "/api/nodes/").unwrap().json();
     let first = &all[0];
-    for key in ["alias", "url", "pub_max", "sub_max", "status", "online", "last_seen", "version", "streams"] {
+    for key in [
+        "alias",
+        "url",
+        "pub_max",
+        "sub_max",
+        "status",
+        "online",
+        "last_seen",
+        "version",
+        "streams",
+    ] {
         assert!(!first[key].is_null(), "node lacks {key}: {first}");
     }
 
@@ -116,24 +166,49 @@ fn embedded_broker_fleet_registers_goes_offline_and_returns_after_manager_restar
     let killed_at = Instant::now();
     procs[2].signal("KILL");
     let limit = Duration::from_millis(KEEPALIVE_SECS * 1500);
-    let took = time_until_offline(setup.http, "edge-3", killed_at, limit + Duration::from_secs(2));
+    let took = time_until_offline(
+        setup.http,
+        "edge-3",
+        killed_at,
+        limit + Duration::from_secs(2),
+    );
     println!("edge-3 SIGKILL → offline in {took:?}");
-    assert!(took <= limit, "offline after {took:?}, more than 1.5 × keepalive");
+    assert!(
+        took <= limit,
+        "offline after {took:?}, more than 1.5 × keepalive"
+    );
 
     // SIGSTOP: the socket stays open and silent; only the keepalive can tell.
     let stopped_at = Instant::now();
     procs[1].signal("STOP");
     // Meanwhile the manager still believes edge-2 online: a call to it times out.
     let detail = get(setup.http, "/api/agents/edge-2").unwrap().json();
-    let why = detail["ping_error"].as_str().unwrap_or_default().to_string();
-    assert!(why.contains("did not answer"), "expected an RPC timeout, got {detail}");
-    let took = time_until_offline(setup.http, "edge-2", stopped_at, limit + Duration::from_secs(3));
+    let why = detail["ping_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        why.contains("did not answer"),
+        "expected an RPC timeout, got {detail}"
+    );
+    let took = time_until_offline(
+        setup.http,
+        "edge-2",
+        stopped_at,
+        limit + Duration::from_secs(3),
+    );
     println!("edge-2 SIGSTOP → offline in {took:?}");
     // The broker counts 1.5 × keepalive from the last packet it read, at most one keepalive
     // before the stop; 500 ms covers this test's polling.
-    assert!(took <= limit + Duration::from_millis(500), "offline after {took:?}");
+    assert!(
+        took <= limit + Duration::from_millis(500),
+        "offline after {took:?}"
+    );
     let detail = get(setup.http, "/api/agents/edge-2").unwrap().json();
-    assert!(detail["ping_error"].as_str().unwrap().contains("offline"), "{detail}");
+    assert!(
+        detail["ping_error"].as_str().unwrap().contains("offline"),
+        "{detail}"
+    );
     procs[1].signal("CONT");
     wait_online(setup.http, &["edge-1", "edge-2"], Duration::from_secs(10));
 
@@ -143,14 +218,20 @@ fn embedded_broker_fleet_registers_goes_offline_and_returns_after_manager_restar
 
     // Restart the manager: its embedded broker restarts too, the agents reconnect on their own.
     let status = manager.terminate(Duration::from_secs(10));
-    assert!(status.is_some_and(|s| s.success()), "manager did not exit cleanly on SIGTERM");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "manager did not exit cleanly on SIGTERM"
+    );
     let _manager = start_manager(&dir, &setup, "manager-2");
     wait_online(setup.http, &["edge-1", "edge-2"], Duration::from_secs(10));
 
     // SIGTERM on an agent: it says goodbye itself.
     let agent = procs.remove(0);
     let status = agent.terminate(Duration::from_secs(5));
-    assert!(status.is_some_and(|s| s.success()), "agent did not exit cleanly on SIGTERM");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "agent did not exit cleanly on SIGTERM"
+    );
     time_until_offline(setup.http, "edge-1", Instant::now(), Duration::from_secs(2));
 }
 
@@ -171,7 +252,9 @@ fn agent_with_a_wrong_secret_is_refused_and_says_so() {
     let _manager = start_manager(&dir, &setup, "manager");
     let broker = format!("mqtt://127.0.0.1:{mqtt_port}");
     let wrong = start_agent(&dir, "edge-1", "wrong", &broker);
-    let said = wait_for(Duration::from_secs(10), || wrong.log_text().contains("refused").then_some(()));
+    let said = wait_for(Duration::from_secs(10), || {
+        wrong.log_text().contains("refused").then_some(())
+    });
     assert!(said.is_some(), "agent log does not say it was refused");
     assert!(online(setup.http).is_empty(), "{:?}", nodes(setup.http));
 
@@ -197,12 +280,21 @@ fn external_mosquitto_fleet_is_known_at_once_after_a_manager_restart() {
     let (http_port, mqtt_port) = (free_port(), free_port());
     let agents = [("edge-1", "s1"), ("edge-2", "s2"), ("edge-3", "s3")];
     let passwd = dir.path().join("passwd");
-    for (i, (user, pass)) in agents.iter().chain(&[("verge-manager", "mgr-secret")]).enumerate() {
+    for (i, (user, pass)) in agents
+        .iter()
+        .chain(&[("verge-manager", "mgr-secret")])
+        .enumerate()
+    {
         let mut cmd = Command::new("mosquitto_passwd");
         if i == 0 {
             cmd.arg("-c");
         }
-        let status = cmd.arg("-b").arg(&passwd).args([user, pass]).status().expect("run mosquitto_passwd");
+        let status = cmd
+            .arg("-b")
+            .arg(&passwd)
+            .args([user, pass])
+            .status()
+            .expect("run mosquitto_passwd");
         assert!(status.success());
     }
     let acl = dir.write("acl", include_str!("../conf/mosquitto/acl"));
@@ -214,7 +306,12 @@ fn external_mosquitto_fleet_is_known_at_once_after_a_manager_restart() {
             acl.display()
         ),
     );
-    let _broker = Proc::spawn("mosquitto", mosquitto, &["-c", conf.to_str().unwrap()], dir.path());
+    let _broker = Proc::spawn(
+        "mosquitto",
+        mosquitto,
+        &["-c", conf.to_str().unwrap()],
+        dir.path(),
+    );
 
     let mut toml = format!(
         "[http]\nlisten = \"127.0.0.1:{http_port}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\n\
@@ -229,8 +326,15 @@ fn external_mosquitto_fleet_is_known_at_once_after_a_manager_restart() {
     };
     let manager = start_manager(&dir, &setup, "manager");
     let broker = format!("mqtt://127.0.0.1:{mqtt_port}");
-    let procs: Vec<Proc> = agents.iter().map(|(id, s)| start_agent(&dir, id, s, &broker)).collect();
-    wait_online(setup.http, &["edge-1", "edge-2", "edge-3"], Duration::from_secs(10));
+    let procs: Vec<Proc> = agents
+        .iter()
+        .map(|(id, s)| start_agent(&dir, id, s, &broker))
+        .collect();
+    wait_online(
+        setup.http,
+        &["edge-1", "edge-2", "edge-3"],
+        Duration::from_secs(10),
+    );
     let detail = get(setup.http, "/api/agents/edge-2").unwrap().json();
     assert!(detail["ping"]["rtt_ms"].as_f64().is_some(), "{detail}");
 
@@ -241,21 +345,37 @@ fn external_mosquitto_fleet_is_known_at_once_after_a_manager_restart() {
     assert!(took <= Duration::from_millis(KEEPALIVE_SECS * 1500));
 
     // A new manager learns the whole fleet from retained messages, without agents reconnecting.
-    manager.terminate(Duration::from_secs(10)).expect("manager exits on SIGTERM");
+    manager
+        .terminate(Duration::from_secs(10))
+        .expect("manager exits on SIGTERM");
     let restarted_at = Instant::now();
     let _manager = start_manager(&dir, &setup, "manager-2");
     let known = wait_for(Duration::from_secs(3), || {
         let n = nodes(setup.http);
         (n.len() == 3 && online(setup.http) == ["edge-1", "edge-2"]).then_some(n)
     });
-    assert!(known.is_some(), "restarted manager does not know the fleet: {:?}", nodes(setup.http));
-    println!("mosquitto: restarted manager knew the fleet {:?} after start", restarted_at.elapsed());
+    assert!(
+        known.is_some(),
+        "restarted manager does not know the fleet: {:?}",
+        nodes(setup.http)
+    );
+    println!(
+        "mosquitto: restarted manager knew the fleet {:?} after start",
+        restarted_at.elapsed()
+    );
     for agent in &procs[..2] {
-        assert_eq!(count(&agent.log_text(), "connected to broker"), 1, "{} reconnected", agent.name);
+        assert_eq!(
+            count(&agent.log_text(), "connected to broker"),
+            1,
+            "{} reconnected",
+            agent.name
+        );
     }
 
     // mosquitto refuses a wrong secret with a CONNACK code, and the agent says so.
     let wrong = start_agent(&dir, "edge-4", "nope", &broker);
-    let said = wait_for(Duration::from_secs(10), || wrong.log_text().contains("refused").then_some(()));
+    let said = wait_for(Duration::from_secs(10), || {
+        wrong.log_text().contains("refused").then_some(())
+    });
     assert!(said.is_some(), "agent log does not say it was refused");
 }

@@ -103,11 +103,20 @@ impl Default for Limits {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Parse { path: String, source: toml::de::Error },
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
     #[error("id {id:?}: {source}")]
-    Id { id: String, source: verge_protocol::id::IdError },
+    Id {
+        id: String,
+        source: verge_protocol::id::IdError,
+    },
     #[error("secret must not be empty")]
     EmptySecret,
     #[error("[mqtt] url: {0}")]
@@ -126,7 +135,10 @@ impl AgentConfig {
             source,
         })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse { path: shown, source },
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: shown,
+                source,
+            },
             other => other,
         })
     }

@@ -1,6 +1,6 @@
 //! The Verge edge agent. It connects *out* to the fleet's MQTT broker, so it works behind NAT.
 //!
-//! - [`config`]: `agent.toml`.
+//! - [`config`]: the `agent.toml` keys.
 //! - [`session`]: the MQTT session: retained presence with an `offline` last will, retained
 //!   state, the RPC server, the goodbye on shutdown.
 //! - [`rpc`]: the methods the manager can call.

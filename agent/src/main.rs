@@ -39,7 +39,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("verge-agent: cannot start the runtime: {e}");
@@ -47,7 +50,11 @@ fn main() -> ExitCode {
         }
     };
     tracing::info!(agent = %cfg.id, broker = %cfg.mqtt.url, "starting");
-    match runtime.block_on(verge_agent::run(&cfg, StateHandle::new(), shutdown_signal())) {
+    match runtime.block_on(verge_agent::run(
+        &cfg,
+        StateHandle::new(),
+        shutdown_signal(),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(agent = %cfg.id, error = %e, "agent stopped");
@@ -59,7 +66,10 @@ fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 /// Completes on SIGINT or SIGTERM.

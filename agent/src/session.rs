@@ -142,12 +142,18 @@ pub async fn run(
 }
 
 /// Publishes `offline` (retained), disconnects, and lets the link flush both.
-async fn goodbye(shared: &Shared, mut events: tokio::sync::mpsc::Receiver<LinkEvent>, task: tokio::task::JoinHandle<()>) {
+async fn goodbye(
+    shared: &Shared,
+    mut events: tokio::sync::mpsc::Receiver<LinkEvent>,
+    task: tokio::task::JoinHandle<()>,
+) {
     let offline = shared.seal(&shared.presence(Status::Offline));
     let topic = shared.topics.presence(&shared.id);
     let client = shared.client.clone();
     let send = async move {
-        client.publish(topic, QoS::AtLeastOnce, true, offline).await?;
+        client
+            .publish(topic, QoS::AtLeastOnce, true, offline)
+            .await?;
         client.disconnect().await
     };
     let drain = async move {
@@ -162,8 +168,12 @@ async fn goodbye(shared: &Shared, mut events: tokio::sync::mpsc::Receiver<LinkEv
     .await;
     match flushed {
         Ok(Ok(())) => tracing::info!(agent = %shared.id, "published offline and disconnected"),
-        Ok(Err(e)) => tracing::warn!(agent = %shared.id, error = %e, "could not queue the offline presence"),
-        Err(_) => tracing::warn!(agent = %shared.id, "broker unreachable at shutdown; the last will reports offline"),
+        Ok(Err(e)) => {
+            tracing::warn!(agent = %shared.id, error = %e, "could not queue the offline presence")
+        }
+        Err(_) => {
+            tracing::warn!(agent = %shared.id, "broker unreachable at shutdown; the last will reports offline")
+        }
     }
 }
 
@@ -185,10 +195,14 @@ async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver<u64>) {
             let topic = shared.topics.request(&shared.id);
             let presence = shared.seal(&shared.presence(Status::Online));
             let presence_topic = shared.topics.presence(&shared.id);
-            if let Err(e) = shared.client.subscribe(topic, QoS::AtLeastOnce).await {
+            if let Err(e) = shared.client.subscribe(topic, QoS::AtMostOnce).await {
                 tracing::warn!(agent = %shared.id, error = %e, "subscribe failed");
             }
-            if let Err(e) = shared.client.publish(presence_topic, QoS::AtLeastOnce, true, presence).await {
+            if let Err(e) = shared
+                .client
+                .publish(presence_topic, QoS::AtLeastOnce, true, presence)
+                .await
+            {
                 tracing::warn!(agent = %shared.id, error = %e, "presence publish failed");
             }
             announced_generation = generation;
@@ -196,7 +210,11 @@ async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver<u64>) {
         let state: State = state_rx.borrow_and_update().clone();
         if published != Some((generation, state.seq)) {
             let topic = shared.topics.state(&shared.id);
-            if let Err(e) = shared.client.publish(topic, QoS::AtLeastOnce, true, shared.seal(&state)).await {
+            if let Err(e) = shared
+                .client
+                .publish(topic, QoS::AtLeastOnce, true, shared.seal(&state))
+                .await
+            {
                 tracing::warn!(agent = %shared.id, error = %e, "state publish failed");
             }
             published = Some((generation, state.seq));
@@ -205,7 +223,12 @@ async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver<u64>) {
 }
 
 /// Checks a request and starts it on its own task; never waits.
-fn on_request(shared: &Arc<Shared>, payload: &[u8], permits: &Arc<Semaphore>, replays: &Mutex<ReplayGuard>) {
+fn on_request(
+    shared: &Arc<Shared>,
+    payload: &[u8],
+    permits: &Arc<Semaphore>,
+    replays: &Mutex<ReplayGuard>,
+) {
     let request = match envelope::open::<Request>(payload, &shared.key) {
         Ok(opened) => opened.body,
         Err(e) => {
@@ -230,9 +253,22 @@ fn on_request(shared: &Arc<Shared>, payload: &[u8], permits: &Arc<Semaphore>, re
         Ok(permit) => {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let outcome = serve(&shared, request.method.clone(), request.params, request.timeout_ms).await;
-                let reply = shared.seal(&Reply { id: request.id, result: outcome });
-                if let Err(e) = shared.client.publish(reply_topic, QoS::AtLeastOnce, false, reply).await {
+                let outcome = serve(
+                    &shared,
+                    request.method.clone(),
+                    request.params,
+                    request.timeout_ms,
+                )
+                .await;
+                let reply = shared.seal(&Reply {
+                    id: request.id,
+                    result: outcome,
+                });
+                if let Err(e) = shared
+                    .client
+                    .publish(reply_topic, QoS::AtMostOnce, false, reply)
+                    .await
+                {
                     tracing::warn!(agent = %shared.id, method = %request.method, error = %e, "reply publish failed");
                 }
                 drop(permit);
@@ -244,14 +280,23 @@ fn on_request(shared: &Arc<Shared>, payload: &[u8], permits: &Arc<Semaphore>, re
                 id: request.id,
                 result: Outcome::Err(busy),
             });
-            if shared.client.try_publish(reply_topic, QoS::AtLeastOnce, false, reply).is_err() {
+            if shared
+                .client
+                .try_publish(reply_topic, QoS::AtMostOnce, false, reply)
+                .is_err()
+            {
                 tracing::warn!(agent = %shared.id, "overloaded: dropped a request without reply");
             }
         }
     }
 }
 
-async fn serve(shared: &Shared, method: String, params: serde_json::Value, timeout_ms: u64) -> Outcome {
+async fn serve(
+    shared: &Shared,
+    method: String,
+    params: serde_json::Value,
+    timeout_ms: u64,
+) -> Outcome {
     let ctx = rpc::Context {
         presence: shared.online.clone(),
         state: shared.state.snapshot(),
@@ -260,6 +305,9 @@ async fn serve(shared: &Shared, method: String, params: serde_json::Value, timeo
     match tokio::time::timeout(budget, rpc::dispatch(&method, params, ctx)).await {
         Ok(Ok(value)) => Outcome::Ok(value),
         Ok(Err(e)) => Outcome::Err(e),
-        Err(_) => Outcome::Err(RpcError::new(ErrorCode::DeadlineExceeded, format!("{method} took longer than {timeout_ms} ms"))),
+        Err(_) => Outcome::Err(RpcError::new(
+            ErrorCode::DeadlineExceeded,
+            format!("{method} took longer than {timeout_ms} ms"),
+        )),
     }
 }

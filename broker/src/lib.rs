@@ -23,7 +23,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings, TlsConfig};
+use rumqttd::{
+    Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings, TlsConfig,
+};
 use verge_protocol::key::{derive_agent_secret, secrets_equal};
 
 /// Who may connect: enrolled agents (listed, or derived from an enrollment secret) and the
@@ -40,7 +42,10 @@ struct CredentialTable {
 }
 
 impl Credentials {
-    pub fn new(listed: impl IntoIterator<Item = (String, String)>, enrollment_secret: Option<String>) -> Self {
+    pub fn new(
+        listed: impl IntoIterator<Item = (String, String)>,
+        enrollment_secret: Option<String>,
+    ) -> Self {
         Self {
             inner: Arc::new(RwLock::new(CredentialTable {
                 listed: listed.into_iter().collect(),
@@ -108,7 +113,10 @@ pub struct TlsListener {
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("TLS file {0} does not exist")]
     MissingTlsFile(String),
     #[error("cannot start the broker thread: {0}")]
@@ -123,7 +131,10 @@ pub struct EmbeddedBroker {
 }
 
 /// Starts rumqttd on its own threads.
-pub fn start(settings: &BrokerSettings, credentials: Credentials) -> Result<EmbeddedBroker, BrokerError> {
+pub fn start(
+    settings: &BrokerSettings,
+    credentials: Credentials,
+) -> Result<EmbeddedBroker, BrokerError> {
     // rumqttd logs a failed bind on its own thread and carries on without the listener;
     // binding first turns a taken port into an error the operator sees.
     let mut addrs = vec![settings.listen];
@@ -136,7 +147,10 @@ pub fn start(settings: &BrokerSettings, credentials: Credentials) -> Result<Embe
         addrs.push(tls.listen);
     }
     for addr in &addrs {
-        TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr: *addr, source })?;
+        TcpListener::bind(addr).map_err(|source| BrokerError::Bind {
+            addr: *addr,
+            source,
+        })?;
     }
 
     let config = rumqttd_config(settings, &credentials);
@@ -189,7 +203,10 @@ fn rumqttd_config(settings: &BrokerSettings, credentials: &Credentials) -> Confi
             certpath: tls.cert.display().to_string(),
             keypath: tls.key.display().to_string(),
         };
-        v4.insert("tls".to_string(), server("mqtt-tls", tls.listen, Some(tls_config)));
+        v4.insert(
+            "tls".to_string(),
+            server("mqtt-tls", tls.listen, Some(tls_config)),
+        );
     }
     // rumqttd panics on segments under 1 KiB or a count of 0.
     let fleet_segment = SegmentConfig {
@@ -230,14 +247,26 @@ mod tests {
 
     #[test]
     fn credentials_need_matching_id_and_secret() {
-        let creds = Credentials::new([("edge-1".to_string(), "s1".to_string())], Some("fleet".into()));
+        let creds = Credentials::new(
+            [("edge-1".to_string(), "s1".to_string())],
+            Some("fleet".into()),
+        );
         assert!(creds.check("edge-1", "edge-1", "s1"));
         assert!(!creds.check("edge-1", "edge-1", "s2"), "wrong secret");
-        assert!(!creds.check("edge-2", "edge-1", "s1"), "client id must equal username");
+        assert!(
+            !creds.check("edge-2", "edge-1", "s1"),
+            "client id must equal username"
+        );
         let derived = derive_agent_secret("fleet", "edge-9");
         assert!(creds.check("edge-9", "edge-9", &derived));
-        assert!(!creds.check("edge-8", "edge-8", &derived), "derived secrets are per agent");
-        assert!(!creds.check("a/b", "a/b", &derive_agent_secret("fleet", "a/b")), "invalid ids are never derived");
+        assert!(
+            !creds.check("edge-8", "edge-8", &derived),
+            "derived secrets are per agent"
+        );
+        assert!(
+            !creds.check("a/b", "a/b", &derive_agent_secret("fleet", "a/b")),
+            "invalid ids are never derived"
+        );
         creds.insert("verge-manager:m", "internal");
         assert!(creds.check("verge-manager:m", "verge-manager:m", "internal"));
     }

@@ -22,13 +22,18 @@ fn settings(port: u16) -> BrokerSettings {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A client whose session is up; the broker's listener thread may still be binding.
 async fn client(port: u16, id: &str, secret: &str) -> (AsyncClient, rumqttc::EventLoop) {
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-    opts.set_credentials(id, secret).set_keep_alive(Duration::from_secs(5));
+    opts.set_credentials(id, secret)
+        .set_keep_alive(Duration::from_secs(5));
     let (client, mut el) = AsyncClient::new(opts, 1024);
     for _ in 0..100 {
         match tokio::time::timeout(Duration::from_secs(5), el.poll()).await {
@@ -45,7 +50,13 @@ async fn client(port: u16, id: &str, secret: &str) -> (AsyncClient, rumqttc::Eve
 async fn late_wildcard_subscriber_gets_every_retained_presence() {
     const AGENTS: usize = 600;
     let port = free_port();
-    let creds = Credentials::new([("writer".to_string(), "w".to_string()), ("reader".to_string(), "r".to_string())], None);
+    let creds = Credentials::new(
+        [
+            ("writer".to_string(), "w".to_string()),
+            ("reader".to_string(), "r".to_string()),
+        ],
+        None,
+    );
     let _broker = verge_broker::start(&settings(port), creds).expect("broker starts");
 
     let (writer, mut writer_loop) = client(port, "writer", "w").await;
@@ -62,12 +73,18 @@ async fn late_wildcard_subscriber_gets_every_retained_presence() {
     });
     for i in 0..AGENTS {
         let topic = format!("verge/v1/a/a{i:04}/presence");
-        writer.publish(topic, QoS::AtLeastOnce, true, vec![b'x'; 300]).await.unwrap();
+        writer
+            .publish(topic, QoS::AtLeastOnce, true, vec![b'x'; 300])
+            .await
+            .unwrap();
     }
     pump.await.unwrap();
 
     let (reader, mut reader_loop) = client(port, "reader", "r").await;
-    reader.subscribe("verge/v1/a/+/presence", QoS::AtMostOnce).await.unwrap();
+    reader
+        .subscribe("verge/v1/a/+/presence", QoS::AtMostOnce)
+        .await
+        .unwrap();
     let mut seen = std::collections::HashSet::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while seen.len() < AGENTS && std::time::Instant::now() < deadline {
@@ -81,7 +98,11 @@ async fn late_wildcard_subscriber_gets_every_retained_presence() {
             Err(_) => break,
         }
     }
-    assert_eq!(seen.len(), AGENTS, "a late subscriber missed retained presences");
+    assert_eq!(
+        seen.len(),
+        AGENTS,
+        "a late subscriber missed retained presences"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,11 +111,17 @@ async fn wrong_secret_and_mismatched_client_id_are_refused() {
     let creds = Credentials::new([("edge-1".to_string(), "s".to_string())], None);
     let _broker = verge_broker::start(&settings(port), creds).expect("broker starts");
     let (_ok, _ok_loop) = client(port, "edge-1", "s").await;
-    for (client_id, user, secret) in [("edge-1", "edge-1", "bad"), ("edge-2", "edge-1", "s"), ("x", "x", "")] {
+    for (client_id, user, secret) in [
+        ("edge-1", "edge-1", "bad"),
+        ("edge-2", "edge-1", "s"),
+        ("x", "x", ""),
+    ] {
         let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
         opts.set_credentials(user, secret);
         let (_c, mut el) = AsyncClient::new(opts, 10);
-        let first = tokio::time::timeout(Duration::from_secs(5), el.poll()).await.expect("answer in time");
+        let first = tokio::time::timeout(Duration::from_secs(5), el.poll())
+            .await
+            .expect("answer in time");
         assert!(first.is_err(), "{client_id}/{user}/{secret:?} was accepted");
     }
 }
@@ -103,6 +130,8 @@ async fn wrong_secret_and_mismatched_client_id_are_refused() {
 fn a_taken_port_is_an_error_not_a_silent_broker() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let err = verge_broker::start(&settings(port), Credentials::default()).err().expect("refused");
+    let err = verge_broker::start(&settings(port), Credentials::default())
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("cannot listen"), "{err}");
 }

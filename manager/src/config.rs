@@ -123,17 +123,29 @@ pub struct EnrolledAgent {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Parse { path: String, source: toml::de::Error },
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
     #[error("[mqtt] url: {0}")]
     Url(#[from] verge_mqtt::url::UrlError),
     #[error("[mqtt] prefix {0:?} is not a valid topic prefix")]
     Prefix(String),
     #[error("[mqtt] id {id:?}: {source}")]
-    ManagerId { id: String, source: verge_protocol::id::IdError },
+    ManagerId {
+        id: String,
+        source: verge_protocol::id::IdError,
+    },
     #[error("[[agents]] id {id:?}: {source}")]
-    AgentId { id: String, source: verge_protocol::id::IdError },
+    AgentId {
+        id: String,
+        source: verge_protocol::id::IdError,
+    },
     #[error("[[agents]] {0:?} is listed twice")]
     DuplicateAgent(String),
     #[error("[[agents]] {0:?} has an empty secret")]
@@ -150,7 +162,10 @@ impl ManagerConfig {
             source,
         })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse { path: shown, source },
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: shown,
+                source,
+            },
             other => other,
         })
     }
@@ -184,7 +199,9 @@ impl ManagerConfig {
                 return Err(ConfigError::EmptySecret(agent.id.clone()));
             }
         }
-        if self.broker.tls_listen.is_some() && (self.broker.cert.is_none() || self.broker.key.is_none()) {
+        if self.broker.tls_listen.is_some()
+            && (self.broker.cert.is_none() || self.broker.key.is_none())
+        {
             return Err(ConfigError::TlsFiles);
         }
         Ok(())
@@ -222,7 +239,10 @@ mod tests {
 
     #[test]
     fn seed_sections_are_accepted_and_kept_aside() {
-        let cfg = ManagerConfig::parse("[database]\nurl = \"sqlite://./x.db\"\n[[agents]]\nid = \"e1\"\nsecret = \"s\"\n").unwrap();
+        let cfg = ManagerConfig::parse(
+            "[database]\nurl = \"sqlite://./x.db\"\n[[agents]]\nid = \"e1\"\nsecret = \"s\"\n",
+        )
+        .unwrap();
         assert!(cfg.unknown.contains_key("database"));
         assert_eq!(cfg.agents.len(), 1);
     }
@@ -230,7 +250,10 @@ mod tests {
     #[test]
     fn bad_configs_say_what_is_wrong() {
         let err = |t: &str| ManagerConfig::parse(t).unwrap_err().to_string();
-        assert!(err("[[agents]]\nid = \"a\"\nsecret = \"s\"\n[[agents]]\nid = \"a\"\nsecret = \"t\"").contains("twice"));
+        assert!(
+            err("[[agents]]\nid = \"a\"\nsecret = \"s\"\n[[agents]]\nid = \"a\"\nsecret = \"t\"")
+                .contains("twice")
+        );
         assert!(err("[[agents]]\nid = \"a b\"\nsecret = \"s\"").contains("\"a b\""));
         assert!(err("[[agents]]\nid = \"a\"\nsecret = \"\"").contains("empty secret"));
         assert!(err("[mqtt]\nurl = \"tcp://x\"").contains("mqtt://"));

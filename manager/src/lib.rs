@@ -1,6 +1,6 @@
 //! The Verge cloud manager: the fleet's public face.
 //!
-//! - [`config`]: `manager.toml`.
+//! - [`config`]: the `manager.toml` keys.
 //! - [`session`]: the MQTT session that learns the fleet from retained presence and state.
 //! - [`registry`]: the fleet as known from those messages.
 //! - [`rpc`]: calls to agents over MQTT, with deadlines and typed failures.
@@ -27,8 +27,8 @@ use verge_broker::{BrokerSettings, Credentials, EmbeddedBroker, TlsListener};
 use verge_mqtt::link::{LinkError, LinkOptions};
 use verge_mqtt::{BrokerUrl, Link};
 
-pub use config::ManagerConfig;
 use config::ConfigError;
+pub use config::ManagerConfig;
 use registry::Registry;
 use rpc::RpcClient;
 use session::FleetSession;
@@ -44,7 +44,10 @@ pub enum ManagerError {
     #[error("the embedded broker did not accept this manager's session within {0:?}")]
     BrokerNotReady(Duration),
     #[error("HTTP listener {addr}: {source}")]
-    Http { addr: SocketAddr, source: std::io::Error },
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A started manager.
@@ -75,7 +78,13 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     let (url, broker, username, password, broker_kind) = match cfg.external_broker()? {
         Some(url) => {
             tracing::info!(broker = %url, "using an external MQTT broker");
-            (url, None, cfg.mqtt.username.clone(), cfg.mqtt.password.clone(), "external")
+            (
+                url,
+                None,
+                cfg.mqtt.username.clone(),
+                cfg.mqtt.password.clone(),
+                "external",
+            )
         }
         None => {
             let internal_secret = verge_protocol::key::random_secret();
@@ -103,7 +112,13 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             .expect("the broker start-up task does not panic")?;
             let local = loopback_for(broker.listen);
             let url = BrokerUrl::parse(&format!("mqtt://{local}")).map_err(ConfigError::Url)?;
-            (url, Some(broker), Some(client_id.clone()), Some(internal_secret), "embedded")
+            (
+                url,
+                Some(broker),
+                Some(client_id.clone()),
+                Some(internal_secret),
+                "embedded",
+            )
         }
     };
 
@@ -128,7 +143,11 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     let session = FleetSession {
         // rumqttd hands a QoS 1 subscriber only 100 retained messages; at QoS 0 it hands all
         // (see verge-broker). mosquitto drops QoS 0 beyond its queue limit, so QoS 1 there.
-        retained_qos: if broker.is_some() { rumqttc::QoS::AtMostOnce } else { rumqttc::QoS::AtLeastOnce },
+        retained_qos: if broker.is_some() {
+            rumqttc::QoS::AtMostOnce
+        } else {
+            rumqttc::QoS::AtLeastOnce
+        },
         manager_id: cfg.mqtt.id.clone(),
         topics,
         client: client.clone(),
@@ -146,7 +165,9 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         });
-        ready.await.map_err(|_| ManagerError::BrokerNotReady(patience))?;
+        ready
+            .await
+            .map_err(|_| ManagerError::BrokerNotReady(patience))?;
     }
 
     let app = http::router(http::AppState {
@@ -197,7 +218,10 @@ impl Manager {
 }
 
 /// Runs a manager until `shutdown` completes.
-pub async fn run(cfg: &ManagerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ManagerError> {
+pub async fn run(
+    cfg: &ManagerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ManagerError> {
     let manager = start(cfg).await?;
     shutdown.await;
     manager.stop().await;

@@ -30,7 +30,9 @@ impl AgentRecord {
     }
 
     pub fn online(&self) -> bool {
-        self.presence.as_ref().is_some_and(|p| p.status == Status::Online)
+        self.presence
+            .as_ref()
+            .is_some_and(|p| p.status == Status::Online)
     }
 }
 
@@ -46,7 +48,11 @@ impl Registry {
 
     fn update(&self, id: &str, change: impl FnOnce(&mut AgentRecord)) {
         if let Ok(mut agents) = self.agents.write() {
-            change(agents.entry(id.to_string()).or_insert_with(|| AgentRecord::new(id)));
+            change(
+                agents
+                    .entry(id.to_string())
+                    .or_insert_with(|| AgentRecord::new(id)),
+            );
         }
     }
 

@@ -27,9 +27,17 @@ pub enum CallError {
     #[error("agent {0:?} is offline")]
     Offline(String),
     #[error("agent {agent:?} did not answer {method} within {timeout:?}")]
-    Timeout { agent: String, method: String, timeout: Duration },
+    Timeout {
+        agent: String,
+        method: String,
+        timeout: Duration,
+    },
     #[error("agent {agent:?} refused {method}: {error}")]
-    Agent { agent: String, method: String, error: RpcError },
+    Agent {
+        agent: String,
+        method: String,
+        error: RpcError,
+    },
     #[error("too many calls in flight ({0})")]
     Overloaded(usize),
     #[error("cannot reach the broker: {0}")]
@@ -60,7 +68,8 @@ impl RpcClient {
     ) -> Self {
         // A random first id, so a reply meant for an earlier run of this manager is not taken
         // for a call of this one.
-        let first_id = u64::from_str_radix(&verge_protocol::key::random_secret()[..12], 16).unwrap_or(1) << 16;
+        let first_id =
+            u64::from_str_radix(&verge_protocol::key::random_secret()[..12], 16).unwrap_or(1) << 16;
         Self {
             manager_id,
             topics,
@@ -72,7 +81,13 @@ impl RpcClient {
     }
 
     /// Calls `method` on `agent` and returns its result, or why there is none, within `timeout`.
-    pub async fn call(&self, agent: &str, method: &str, params: Value, timeout: Duration) -> Result<Value, CallError> {
+    pub async fn call(
+        &self,
+        agent: &str,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
         let record = self
             .registry
             .get(agent)
@@ -88,7 +103,14 @@ impl RpcClient {
         let (tx, rx) = oneshot::channel();
         let id = self
             .lock_calls()
-            .start(Waiter { agent: agent.to_string(), tx }, started, timeout)
+            .start(
+                Waiter {
+                    agent: agent.to_string(),
+                    tx,
+                },
+                started,
+                timeout,
+            )
             .map_err(|e| CallError::Overloaded(e.0))?;
         let request = Request {
             id,
@@ -97,16 +119,24 @@ impl RpcClient {
             timeout_ms: timeout.as_millis() as u64,
             reply_to: self.manager_id.clone(),
         };
-        let payload = envelope::seal(&MacKey::new(&secret), &self.manager_id, verge_protocol::now_ms(), &request);
+        let payload = envelope::seal(
+            &MacKey::new(&secret),
+            &self.manager_id,
+            verge_protocol::now_ms(),
+            &request,
+        );
         let timed_out = || CallError::Timeout {
             agent: agent.to_string(),
             method: method.to_string(),
             timeout,
         };
-        let publish = self.client.publish(self.topics.request(agent), QoS::AtLeastOnce, false, payload);
+        let publish =
+            self.client
+                .publish(self.topics.request(agent), QoS::AtMostOnce, false, payload);
         let outcome = tokio::time::timeout(timeout, async {
             publish.await.map_err(|e| CallError::Link(e.to_string()))?;
-            rx.await.map_err(|_| CallError::Link("the MQTT session ended".into()))
+            rx.await
+                .map_err(|_| CallError::Link("the MQTT session ended".into()))
         })
         .await;
         let outcome = match outcome {
@@ -162,6 +192,8 @@ impl RpcClient {
 
     fn lock_calls(&self) -> std::sync::MutexGuard<'_, Calls<Waiter>> {
         // A panic while holding this lock leaves only plain data behind; keep serving.
-        self.calls.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

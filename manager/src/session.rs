@@ -44,7 +44,9 @@ impl FleetSession {
                     self.subscribe();
                 }
                 LinkEvent::Disconnected { .. } => self.connected.store(false, Ordering::Relaxed),
-                LinkEvent::Message { topic, payload } => self.on_message(&topic, &payload, &mut warned),
+                LinkEvent::Message { topic, payload } => {
+                    self.on_message(&topic, &payload, &mut warned)
+                }
             }
         }
     }
@@ -53,7 +55,7 @@ impl FleetSession {
         let filters = vec![
             SubscribeFilter::new(self.topics.all_presence(), self.retained_qos),
             SubscribeFilter::new(self.topics.all_state(), self.retained_qos),
-            SubscribeFilter::new(self.topics.reply(&self.manager_id), QoS::AtLeastOnce),
+            SubscribeFilter::new(self.topics.reply(&self.manager_id), QoS::AtMostOnce),
         ];
         let client = self.client.clone();
         // On a task: the subscribe waits for room in the request queue that this loop's
@@ -84,14 +86,24 @@ impl FleetSession {
                     self.registry.apply_state(&agent, ts, state);
                 }
             }
-            Ok(Topic::Reply { manager }) if manager == self.manager_id => self.rpc.on_reply(payload),
-            Ok(other) => tracing::debug!(?other, "ignoring a message on a topic this manager does not read"),
+            Ok(Topic::Reply { manager }) if manager == self.manager_id => {
+                self.rpc.on_reply(payload)
+            }
+            Ok(other) => tracing::debug!(
+                ?other,
+                "ignoring a message on a topic this manager does not read"
+            ),
             Err(e) => tracing::debug!(error = %e, "ignoring a message on an unknown topic"),
         }
     }
 
     /// Opens a message published on `agent`'s topic, which must be signed by that agent.
-    fn open_from<M: Message>(&self, agent: &str, payload: &[u8], warned: &mut HashSet<String>) -> Option<(u64, M)> {
+    fn open_from<M: Message>(
+        &self,
+        agent: &str,
+        payload: &[u8],
+        warned: &mut HashSet<String>,
+    ) -> Option<(u64, M)> {
         let mut warn_once = |why: String| {
             if warned.len() < MAX_WARNED && warned.insert(format!("{agent}:{why}")) {
                 tracing::warn!(%agent, "ignoring a message: {why}");
@@ -104,7 +116,10 @@ impl FleetSession {
         match envelope::open::<M>(payload, &MacKey::new(&secret)) {
             Ok(opened) if opened.from == agent => Some((opened.ts, opened.body)),
             Ok(opened) => {
-                warn_once(format!("signed by {:?}, not by the topic's agent", opened.from));
+                warn_once(format!(
+                    "signed by {:?}, not by the topic's agent",
+                    opened.from
+                ));
                 None
             }
             Err(e) => {

@@ -58,7 +58,10 @@ mod tests {
         for attempt in 0..40u32 {
             let d = b.next_delay();
             let ceiling = min.saturating_mul(1 << attempt.min(16)).min(max);
-            assert!(d >= min && d <= ceiling, "attempt {attempt}: {d:?} outside [{min:?}, {ceiling:?}]");
+            assert!(
+                d >= min && d <= ceiling,
+                "attempt {attempt}: {d:?} outside [{min:?}, {ceiling:?}]"
+            );
             ceilings.push(ceiling);
         }
         assert_eq!(*ceilings.last().unwrap(), max);
@@ -78,6 +81,9 @@ mod tests {
             })
             .collect();
         delays.dedup();
-        assert!(delays.len() > 10, "twenty fresh backoffs gave nearly the same delay: {delays:?}");
+        assert!(
+            delays.len() > 10,
+            "twenty fresh backoffs gave nearly the same delay: {delays:?}"
+        );
     }
 }

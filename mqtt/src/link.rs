@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions, NetworkOptions,
-    Outgoing, Packet, StateError, TlsConfiguration, Transport,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
+    NetworkOptions, Outgoing, Packet, StateError, TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -53,7 +53,10 @@ impl LinkOptions {
 pub enum LinkEvent {
     /// A session is up (after every reconnect): subscribe and publish retained state now.
     Connected,
-    Message { topic: String, payload: bytes::Bytes },
+    Message {
+        topic: String,
+        payload: bytes::Bytes,
+    },
     /// The session broke or could not be set up; the link retries after `retry_in`.
     Disconnected {
         reason: String,
@@ -106,7 +109,14 @@ impl Link {
         eventloop.set_network_options(network);
         let (tx, events) = mpsc::channel(opts.queue.max(1));
         let backoff = Backoff::new(Duration::from_millis(200), opts.max_backoff);
-        let task = tokio::spawn(run(eventloop, tx, will, backoff, opts.url.clone(), opts.keepalive));
+        let task = tokio::spawn(run(
+            eventloop,
+            tx,
+            will,
+            backoff,
+            opts.url.clone(),
+            opts.keepalive,
+        ));
         Ok(Self {
             client,
             events,
@@ -184,7 +194,12 @@ async fn run(
 /// The broker closed the connection, so it knows the session is gone.
 fn peer_hung_up(err: &ConnectionError) -> bool {
     use std::io::ErrorKind;
-    let hung_up = |e: &std::io::Error| matches!(e.kind(), ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset);
+    let hung_up = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+        )
+    };
     match err {
         ConnectionError::MqttState(StateError::ConnectionAborted) => true,
         ConnectionError::Io(e) | ConnectionError::MqttState(StateError::Io(e)) => hung_up(e),
@@ -199,7 +214,10 @@ fn refused_credentials(err: &ConnectionError, session_up: bool) -> bool {
     let hung_up = |e: &std::io::Error| {
         matches!(
             e.kind(),
-            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+            ErrorKind::UnexpectedEof
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
         )
     };
     match err {
@@ -215,7 +233,9 @@ fn refused_credentials(err: &ConnectionError, session_up: bool) -> bool {
 
 fn describe(err: &ConnectionError) -> String {
     match err {
-        ConnectionError::ConnectionRefused(code) => format!("connection refused by broker: {code:?}"),
+        ConnectionError::ConnectionRefused(code) => {
+            format!("connection refused by broker: {code:?}")
+        }
         other => other.to_string(),
     }
 }

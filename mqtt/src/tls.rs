@@ -9,7 +9,10 @@ use rustls::pki_types::CertificateDer;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read CA file {path}: {source}")]
-    CaFile { path: String, source: std::io::Error },
+    CaFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("CA file {0} holds no PEM certificate")]
     EmptyCaFile(String),
     #[error("no trusted root certificates: the system has none and no CA file was given")]

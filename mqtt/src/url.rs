@@ -49,7 +49,9 @@ impl BrokerUrl {
             None => (None, None),
         };
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(|| UrlError::NoHost(text.to_string()))?;
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| UrlError::NoHost(text.to_string()))?;
             (host, after.strip_prefix(':'))
         } else {
             match hostport.rsplit_once(':') {
@@ -61,7 +63,11 @@ impl BrokerUrl {
             return Err(UrlError::NoHost(text.to_string()));
         }
         let port = match port {
-            Some(p) => p.parse().ok().filter(|p| *p != 0).ok_or_else(|| UrlError::Port(text.to_string()))?,
+            Some(p) => p
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| UrlError::Port(text.to_string()))?,
             None if tls => 8883,
             None => 1883,
         };
@@ -131,11 +137,29 @@ mod tests {
 
     #[test]
     fn refuses_bad_urls() {
-        assert!(matches!(BrokerUrl::parse("http://h"), Err(UrlError::Scheme(_))));
-        assert!(matches!(BrokerUrl::parse("mqtt://"), Err(UrlError::NoHost(_))));
-        assert!(matches!(BrokerUrl::parse("mqtt://h:0"), Err(UrlError::Port(_))));
-        assert!(matches!(BrokerUrl::parse("mqtt://h:99999"), Err(UrlError::Port(_))));
-        assert!(matches!(BrokerUrl::parse("mqtt://h:1/x"), Err(UrlError::Path(_))));
-        assert!(matches!(BrokerUrl::parse("mqtt://[::1"), Err(UrlError::NoHost(_))));
+        assert!(matches!(
+            BrokerUrl::parse("http://h"),
+            Err(UrlError::Scheme(_))
+        ));
+        assert!(matches!(
+            BrokerUrl::parse("mqtt://"),
+            Err(UrlError::NoHost(_))
+        ));
+        assert!(matches!(
+            BrokerUrl::parse("mqtt://h:0"),
+            Err(UrlError::Port(_))
+        ));
+        assert!(matches!(
+            BrokerUrl::parse("mqtt://h:99999"),
+            Err(UrlError::Port(_))
+        ));
+        assert!(matches!(
+            BrokerUrl::parse("mqtt://h:1/x"),
+            Err(UrlError::Path(_))
+        ));
+        assert!(matches!(
+            BrokerUrl::parse("mqtt://[::1"),
+            Err(UrlError::NoHost(_))
+        ));
     }
 }

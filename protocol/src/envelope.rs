@@ -53,7 +53,10 @@ pub enum EnvelopeError {
     #[error("envelope version {0} is not supported (this build speaks version {PROTOCOL_VERSION})")]
     UnsupportedVersion(u64),
     #[error("expected a {expected} message, got {found:?}")]
-    WrongKind { expected: &'static str, found: String },
+    WrongKind {
+        expected: &'static str,
+        found: String,
+    },
     #[error("message MAC does not verify: wrong secret or altered message")]
     BadMac,
     #[error("{kind} body is invalid: {reason}")]
@@ -94,14 +97,25 @@ struct Incoming<'a> {
 }
 
 fn mac_parts<'a>(kind: &'a str, from: &'a str, ts: &'a [u8], body: &'a str) -> [&'a [u8]; 5] {
-    [b"verge/v1", kind.as_bytes(), from.as_bytes(), ts, body.as_bytes()]
+    [
+        b"verge/v1",
+        kind.as_bytes(),
+        from.as_bytes(),
+        ts,
+        body.as_bytes(),
+    ]
 }
 
 /// Serializes `body` into a signed envelope from `from` at `ts` (Unix ms).
 pub fn seal<M: Message>(key: &MacKey, from: &str, ts: u64, body: &M) -> Vec<u8> {
     let body = serde_json::value::to_raw_value(body).expect("message bodies serialize to JSON");
     let ts_text = ts.to_string();
-    let tag = key.sign(&mac_parts(M::KIND.as_str(), from, ts_text.as_bytes(), body.get()));
+    let tag = key.sign(&mac_parts(
+        M::KIND.as_str(),
+        from,
+        ts_text.as_bytes(),
+        body.get(),
+    ));
     let out = Outgoing {
         v: PROTOCOL_VERSION,
         kind: M::KIND.as_str(),
@@ -143,7 +157,10 @@ pub fn open<M: Message>(payload: &[u8], key: &MacKey) -> Result<Opened<M>, Envel
     }
     let ts_text = env.ts.to_string();
     let given = unhex(env.mac).ok_or(EnvelopeError::BadMac)?;
-    if !key.verify(&mac_parts(env.kind, &env.from, ts_text.as_bytes(), env.body.get()), &given) {
+    if !key.verify(
+        &mac_parts(env.kind, &env.from, ts_text.as_bytes(), env.body.get()),
+        &given,
+    ) {
         return Err(EnvelopeError::BadMac);
     }
     let body = serde_json::from_str(env.body.get()).map_err(|e| EnvelopeError::BadBody {
@@ -178,18 +195,31 @@ mod tests {
         let key = MacKey::new("s");
         let wire = seal(&key, "edge-1", 42, &note("hi"));
         let opened: Opened<Note> = open(&wire, &key).unwrap();
-        assert_eq!(opened, Opened { from: "edge-1".into(), ts: 42, body: note("hi") });
+        assert_eq!(
+            opened,
+            Opened {
+                from: "edge-1".into(),
+                ts: 42,
+                body: note("hi")
+            }
+        );
         assert_eq!(sender(&wire).as_deref(), Some("edge-1"));
     }
 
     #[test]
     fn wrong_key_or_tampering_is_refused() {
         let wire = seal(&MacKey::new("s"), "edge-1", 42, &note("hi"));
-        assert_eq!(open::<Note>(&wire, &MacKey::new("t")), Err(EnvelopeError::BadMac));
+        assert_eq!(
+            open::<Note>(&wire, &MacKey::new("t")),
+            Err(EnvelopeError::BadMac)
+        );
         let text = String::from_utf8(wire).unwrap();
         for (from, to) in [("\"hi\"", "\"ho\""), ("edge-1", "edge-2"), (":42", ":43")] {
             let forged = text.replacen(from, to, 1);
-            assert_eq!(open::<Note>(forged.as_bytes(), &MacKey::new("s")), Err(EnvelopeError::BadMac));
+            assert_eq!(
+                open::<Note>(forged.as_bytes(), &MacKey::new("s")),
+                Err(EnvelopeError::BadMac)
+            );
         }
     }
 
@@ -198,22 +228,39 @@ mod tests {
         let key = MacKey::new("s");
         let wire = String::from_utf8(seal(&key, "a", 1, &note("x"))).unwrap();
         let extended = wire.replacen("{\"v\":1,", "{\"v\":1,\"future\":[1,2],", 1);
-        assert_eq!(open::<Note>(extended.as_bytes(), &key).unwrap().body, note("x"));
+        assert_eq!(
+            open::<Note>(extended.as_bytes(), &key).unwrap().body,
+            note("x")
+        );
     }
 
     #[test]
     fn version_is_checked_before_anything_else() {
         let key = MacKey::new("s");
         let payload = br#"{"v":2,"something":"entirely different"}"#;
-        assert_eq!(open::<Note>(payload, &key), Err(EnvelopeError::UnsupportedVersion(2)));
+        assert_eq!(
+            open::<Note>(payload, &key),
+            Err(EnvelopeError::UnsupportedVersion(2))
+        );
     }
 
     #[test]
     fn garbage_is_malformed() {
         let key = MacKey::new("s");
-        for garbage in [&b""[..], b"\xff\xfe", b"null", b"[1,2]", b"{\"v\":\"1\"}", b"{\"v\":1}", b"{\"v\":1,"] {
+        for garbage in [
+            &b""[..],
+            b"\xff\xfe",
+            b"null",
+            b"[1,2]",
+            b"{\"v\":\"1\"}",
+            b"{\"v\":1}",
+            b"{\"v\":1,",
+        ] {
             assert!(
-                matches!(open::<Note>(garbage, &key), Err(EnvelopeError::Malformed(_))),
+                matches!(
+                    open::<Note>(garbage, &key),
+                    Err(EnvelopeError::Malformed(_))
+                ),
                 "{garbage:?}"
             );
         }
@@ -230,7 +277,10 @@ mod tests {
             const KIND: Kind = Kind::Presence;
         }
         let wire = seal(&key, "a", 1, &Other { n: 1 });
-        assert!(matches!(open::<Note>(&wire, &key), Err(EnvelopeError::WrongKind { .. })));
+        assert!(matches!(
+            open::<Note>(&wire, &key),
+            Err(EnvelopeError::WrongKind { .. })
+        ));
 
         #[derive(Debug, Serialize, Deserialize)]
         struct LooksLikeNote {
@@ -240,10 +290,16 @@ mod tests {
             const KIND: Kind = Kind::State;
         }
         let wire = seal(&key, "a", 1, &LooksLikeNote { text: 5 });
-        assert!(matches!(open::<Note>(&wire, &key), Err(EnvelopeError::BadBody { .. })));
+        assert!(matches!(
+            open::<Note>(&wire, &key),
+            Err(EnvelopeError::BadBody { .. })
+        ));
 
         let big = vec![b' '; MAX_PAYLOAD + 1];
-        assert_eq!(open::<Note>(&big, &key), Err(EnvelopeError::TooLarge(MAX_PAYLOAD + 1)));
+        assert_eq!(
+            open::<Note>(&big, &key),
+            Err(EnvelopeError::TooLarge(MAX_PAYLOAD + 1))
+        );
         let bad_mac = String::from_utf8(seal(&key, "a", 1, &note("x"))).unwrap();
         let bad_mac = &bad_mac[..bad_mac.len() - 3];
         assert!(open::<Note>(format!("{bad_mac}\"}}").as_bytes(), &key).is_err());

@@ -77,7 +77,13 @@ mod tests {
     fn refuses_topic_metacharacters_and_bad_lengths() {
         assert_eq!(validate(""), Err(IdError::Empty));
         assert_eq!(validate(&"x".repeat(65)), Err(IdError::TooLong(65)));
-        for (bad, c) in [("a/b", '/'), ("a+", '+'), ("#", '#'), ("a b", ' '), ("é", 'é')] {
+        for (bad, c) in [
+            ("a/b", '/'),
+            ("a+", '+'),
+            ("#", '#'),
+            ("a b", ' '),
+            ("é", 'é'),
+        ] {
             assert_eq!(validate(bad), Err(IdError::BadChar(c)));
         }
     }

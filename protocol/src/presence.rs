@@ -50,9 +50,13 @@ mod tests {
     #[test]
     fn minimal_presence_decodes_with_defaults() {
         let p: Presence =
-            serde_json::from_str(r#"{"status":"offline","version":"0.1.0","started_at":5}"#).unwrap();
+            serde_json::from_str(r#"{"status":"offline","version":"0.1.0","started_at":5}"#)
+                .unwrap();
         assert_eq!(p.status, Status::Offline);
         assert!(p.capabilities.is_empty() && p.rtmp_url.is_none() && p.pub_max == 0);
-        assert!(serde_json::from_str::<Presence>(r#"{"status":"asleep","version":"x","started_at":5}"#).is_err());
+        assert!(
+            serde_json::from_str::<Presence>(r#"{"status":"asleep","version":"x","started_at":5}"#)
+                .is_err()
+        );
     }
 }

@@ -1,4 +1,9 @@
-//! Remote calls from a manager to an agent. The manager publishes a [`Request`] on the agent's
+//! Remote calls from a manager to an agent. Requests and replies travel at MQTT QoS 0: the
+//! caller's deadline already covers a lost message, and a QoS 1 PUBACK ahead of a reply on the
+//! broker's socket (rumqttd leaves Nagle on) delayed every reply by a delayed-ACK timeout,
+//! ~40 ms (measured with `examples/agent_swarm`).
+//!
+//! The manager publishes a [`Request`] on the agent's
 //! `req` topic, signed with that agent's secret; the agent answers with a [`Reply`] on the
 //! manager's `res` topic, signed with its own. [`Calls`] is the caller's correlation table and
 //! [`ReplayGuard`] the callee's memory of requests it has already run.
@@ -108,7 +113,12 @@ impl<W> Calls<W> {
     }
 
     /// Registers a call and returns its id.
-    pub fn start(&mut self, waiter: W, now: Instant, timeout: Duration) -> Result<u64, TooManyCalls> {
+    pub fn start(
+        &mut self,
+        waiter: W,
+        now: Instant,
+        timeout: Duration,
+    ) -> Result<u64, TooManyCalls> {
         if self.pending.len() >= self.limit {
             return Err(TooManyCalls(self.pending.len()));
         }
@@ -171,10 +181,10 @@ impl ReplayGuard {
         if self.seen.contains(&key) {
             return false;
         }
-        if self.order.len() == self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
-            }
+        if self.order.len() == self.capacity
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
         }
         self.order.push_back(key.clone());
         self.seen.insert(key);
@@ -197,18 +207,27 @@ mod tests {
         };
         let text = serde_json::to_string(&req).unwrap();
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
-        let ok: Reply = serde_json::from_str(r#"{"id":7,"result":{"ok":{"agent_time":1}}}"#).unwrap();
+        let ok: Reply =
+            serde_json::from_str(r#"{"id":7,"result":{"ok":{"agent_time":1}}}"#).unwrap();
         assert_eq!(ok.result, Outcome::Ok(serde_json::json!({"agent_time": 1})));
         let err: Reply =
-            serde_json::from_str(r#"{"id":7,"result":{"err":{"code":"busy","message":"x"}}}"#).unwrap();
-        assert_eq!(err.result, Outcome::Err(RpcError::new(ErrorCode::Busy, "x")));
+            serde_json::from_str(r#"{"id":7,"result":{"err":{"code":"busy","message":"x"}}}"#)
+                .unwrap();
+        assert_eq!(
+            err.result,
+            Outcome::Err(RpcError::new(ErrorCode::Busy, "x"))
+        );
     }
 
     #[test]
     fn unknown_error_codes_survive_and_bad_outcomes_fail() {
         let r: Reply =
-            serde_json::from_str(r#"{"id":1,"result":{"err":{"code":"quota","message":"m"}}}"#).unwrap();
-        assert_eq!(r.result, Outcome::Err(RpcError::new(ErrorCode::Unknown, "m")));
+            serde_json::from_str(r#"{"id":1,"result":{"err":{"code":"quota","message":"m"}}}"#)
+                .unwrap();
+        assert_eq!(
+            r.result,
+            Outcome::Err(RpcError::new(ErrorCode::Unknown, "m"))
+        );
         assert!(serde_json::from_str::<Reply>(r#"{"id":1,"result":{"maybe":1}}"#).is_err());
         assert!(serde_json::from_str::<Reply>(r#"{"id":-1,"result":{"ok":1}}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"id":1,"method":"ping"}"#).is_err());

@@ -57,9 +57,17 @@ mod tests {
     #[test]
     fn streams_default_to_empty_and_ids_join_app_and_name() {
         let s: State = serde_json::from_str(r#"{"seq":3}"#).unwrap();
-        assert_eq!(s, State { seq: 3, streams: vec![] });
-        let s: State =
-            serde_json::from_str(r#"{"seq":4,"streams":[{"app":"live","name":"cam","new_field":1}]}"#).unwrap();
+        assert_eq!(
+            s,
+            State {
+                seq: 3,
+                streams: vec![]
+            }
+        );
+        let s: State = serde_json::from_str(
+            r#"{"seq":4,"streams":[{"app":"live","name":"cam","new_field":1}]}"#,
+        )
+        .unwrap();
         assert_eq!(s.streams[0].id(), "live/cam");
     }
 }

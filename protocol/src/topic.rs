@@ -84,10 +84,30 @@ impl Topics {
             .ok_or_else(|| TopicError::ForeignPrefix(topic.to_string()))?;
         let levels: Vec<&str> = rest.split('/').collect();
         let (id, parsed) = match levels.as_slice() {
-            ["v1", "a", agent, "presence"] => (*agent, Topic::Presence { agent: agent.to_string() }),
-            ["v1", "a", agent, "state"] => (*agent, Topic::State { agent: agent.to_string() }),
-            ["v1", "a", agent, "req"] => (*agent, Topic::Request { agent: agent.to_string() }),
-            ["v1", "m", manager, "res"] => (*manager, Topic::Reply { manager: manager.to_string() }),
+            ["v1", "a", agent, "presence"] => (
+                *agent,
+                Topic::Presence {
+                    agent: agent.to_string(),
+                },
+            ),
+            ["v1", "a", agent, "state"] => (
+                *agent,
+                Topic::State {
+                    agent: agent.to_string(),
+                },
+            ),
+            ["v1", "a", agent, "req"] => (
+                *agent,
+                Topic::Request {
+                    agent: agent.to_string(),
+                },
+            ),
+            ["v1", "m", manager, "res"] => (
+                *manager,
+                Topic::Reply {
+                    manager: manager.to_string(),
+                },
+            ),
             _ => return Err(TopicError::Unknown(topic.to_string())),
         };
         id::validate(id).map_err(|source| TopicError::BadId {
@@ -106,10 +126,24 @@ mod tests {
     fn builds_and_parses_every_topic() {
         let t = Topics::new("verge").unwrap();
         assert_eq!(t.presence("e1"), "verge/v1/a/e1/presence");
-        assert_eq!(t.parse(&t.presence("e1")), Ok(Topic::Presence { agent: "e1".into() }));
-        assert_eq!(t.parse(&t.state("e1")), Ok(Topic::State { agent: "e1".into() }));
-        assert_eq!(t.parse(&t.request("e1")), Ok(Topic::Request { agent: "e1".into() }));
-        assert_eq!(t.parse(&t.reply("m1")), Ok(Topic::Reply { manager: "m1".into() }));
+        assert_eq!(
+            t.parse(&t.presence("e1")),
+            Ok(Topic::Presence { agent: "e1".into() })
+        );
+        assert_eq!(
+            t.parse(&t.state("e1")),
+            Ok(Topic::State { agent: "e1".into() })
+        );
+        assert_eq!(
+            t.parse(&t.request("e1")),
+            Ok(Topic::Request { agent: "e1".into() })
+        );
+        assert_eq!(
+            t.parse(&t.reply("m1")),
+            Ok(Topic::Reply {
+                manager: "m1".into()
+            })
+        );
         assert_eq!(t.all_presence(), "verge/v1/a/+/presence");
     }
 
@@ -123,11 +157,26 @@ mod tests {
     #[test]
     fn refuses_foreign_unknown_and_bad_topics() {
         let t = Topics::new("verge").unwrap();
-        assert!(matches!(t.parse("other/v1/a/x/state"), Err(TopicError::ForeignPrefix(_))));
-        assert!(matches!(t.parse("vergex/v1/a/x/state"), Err(TopicError::ForeignPrefix(_))));
-        assert!(matches!(t.parse("verge/v2/a/x/state"), Err(TopicError::Unknown(_))));
-        assert!(matches!(t.parse("verge/v1/a/x/state/extra"), Err(TopicError::Unknown(_))));
-        assert!(matches!(t.parse("verge/v1/a//state"), Err(TopicError::BadId { .. })));
+        assert!(matches!(
+            t.parse("other/v1/a/x/state"),
+            Err(TopicError::ForeignPrefix(_))
+        ));
+        assert!(matches!(
+            t.parse("vergex/v1/a/x/state"),
+            Err(TopicError::ForeignPrefix(_))
+        ));
+        assert!(matches!(
+            t.parse("verge/v2/a/x/state"),
+            Err(TopicError::Unknown(_))
+        ));
+        assert!(matches!(
+            t.parse("verge/v1/a/x/state/extra"),
+            Err(TopicError::Unknown(_))
+        ));
+        assert!(matches!(
+            t.parse("verge/v1/a//state"),
+            Err(TopicError::BadId { .. })
+        ));
         assert!(Topics::new("a/#").is_err());
         assert!(Topics::new("").is_err());
     }

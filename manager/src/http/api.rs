@@ -42,7 +42,9 @@ impl From<&AgentRecord> for Node {
             pub_max: p.map_or(0, |p| p.pub_max),
             sub_max: p.map_or(0, |p| p.sub_max),
             status: if r.online() { "running" } else { "stopped" },
-            duration: r.last_rtt_ms.map_or_else(|| "-".into(), |ms| format!("{}ms", ms.round() as u64)),
+            duration: r
+                .last_rtt_ms
+                .map_or_else(|| "-".into(), |ms| format!("{}ms", ms.round() as u64)),
             online: r.online(),
             last_seen: r.last_seen,
             version: p.map(|p| p.version.clone()),
@@ -79,9 +81,14 @@ pub struct Ping {
     pub clock_offset_ms: i64,
 }
 
-pub async fn agent(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<AgentDetail>, ApiError> {
+pub async fn agent(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<AgentDetail>, ApiError> {
     if app.registry.get(&id).is_none() {
-        return Err(ApiError::not_found(format!("agent {id:?} is not known to this manager")));
+        return Err(ApiError::not_found(format!(
+            "agent {id:?} is not known to this manager"
+        )));
     }
     let sent = verge_protocol::now_ms();
     let started = std::time::Instant::now();

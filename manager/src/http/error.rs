@@ -24,7 +24,9 @@ impl From<CallError> for ApiError {
     fn from(e: CallError) -> Self {
         let status = match &e {
             CallError::UnknownAgent(_) => StatusCode::NOT_FOUND,
-            CallError::Offline(_) | CallError::Overloaded(_) | CallError::Link(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CallError::Offline(_) | CallError::Overloaded(_) | CallError::Link(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             CallError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             CallError::Agent { .. } => StatusCode::BAD_GATEWAY,
         };
