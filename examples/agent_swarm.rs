@@ -8,7 +8,7 @@
 //! For each N it prints the time until the manager lists all N online, the manager's RSS, the
 //! swarm's RSS per agent, and RPC `ping` round trips (p50/p99) through the manager's HTTP API
 //! with all N connected. The baseline row is the same manager with one agent, in the same run.
-//! Each simulated agent is the real agent session (`verge_agent::run`): presence, last will,
+//! Each simulated agent is the real agent MQTT session (`verge_agent::session::run`): presence, last will,
 //! state, RPC server.
 
 use std::net::SocketAddr;
@@ -137,7 +137,7 @@ fn run_one(runtime: &tokio::runtime::Runtime, n: usize, args: &Args) -> Row {
                 let shutdown = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                verge_agent::run(&cfg, StateHandle::new(), shutdown).await
+                verge_agent::session::run(&cfg, StateHandle::new(), shutdown).await
             })
         })
         .collect();

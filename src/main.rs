@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use verge_agent::{AgentConfig, StateHandle};
+use verge_agent::AgentConfig;
 use verge_manager::config::EnrolledAgent;
 use verge_manager::{ManagerConfig, loopback_for};
 
@@ -130,7 +130,7 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
         let shutdown = async {
             let _ = agent_stopped.await;
         };
-        verge_agent::run(&agent_cfg, StateHandle::new(), shutdown).await
+        verge_agent::run(&agent_cfg, shutdown).await
     });
 
     // Wait until the manager lists the local agent, so the summary is true when printed.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use verge_agent::{AgentConfig, StateHandle};
+use verge_agent::AgentConfig;
 
 const USAGE: &str = "usage: verge-agent --config <agent.toml>\n\nRuns a Verge edge agent. See conf/agent.toml for every key.";
 
@@ -50,11 +50,7 @@ fn main() -> ExitCode {
         }
     };
     tracing::info!(agent = %cfg.id, broker = %cfg.mqtt.url, "starting");
-    match runtime.block_on(verge_agent::run(
-        &cfg,
-        StateHandle::new(),
-        shutdown_signal(),
-    )) {
+    match runtime.block_on(verge_agent::run(&cfg, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(agent = %cfg.id, error = %e, "agent stopped");

@@ -35,6 +35,12 @@ pub enum AgentError {
     Link(#[from] LinkError),
     #[error("the MQTT link task ended unexpectedly")]
     LinkEnded,
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What every task of one session needs, built once.
@@ -73,7 +79,7 @@ pub async fn run(
         status: Status::Online,
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_at: verge_protocol::now_ms(),
-        capabilities: vec!["rpc".into()],
+        capabilities: ["rpc", "rtmp", "http-flv"].map(String::from).to_vec(),
         rtmp_url: Some(cfg.rtmp_url()),
         http_url: Some(cfg.http_url()),
         keepalive_secs: cfg.mqtt.keepalive_secs,

@@ -1,5 +1,19 @@
-//! Verge's media cores, sans-IO: RTMP (handshake, chunk stream, AMF0, commands), FLV tags,
-//! codec configuration, the stream hub with its GOP cache, and the RTP packetizers.
+//! Verge's media cores, sans-IO: bytes in, bytes and events out; the agent's tokio tasks own
+//! the sockets.
 //!
-//! Empty for now: RTMP ingest arrives with the issue that builds it. The crate exists so the
-//! workspace has its final shape and the agent's dependency on it is already in place.
+//! - [`amf0`]: AMF0 values, the encoding of RTMP commands and metadata.
+//! - [`rtmp`]: the RTMP server side: [`rtmp::handshake`] (plain and digest),
+//!   [`rtmp::chunk`] (chunk stream decoder/encoder), [`rtmp::message`] (protocol control and
+//!   user control messages), [`rtmp::session`] (the state machine a publisher or player talks to).
+//! - [`flv`]: FLV tags (video, audio, script data) and the FLV muxer for HTTP-FLV.
+//! - [`codec`]: H.264 (AVC decoder configuration, SPS) and AAC (AudioSpecificConfig) parsing.
+//! - [`hub`]: per stream one publisher and many readers, a GOP cache and bounded queues.
+//!
+//! Every parser says "incomplete" (wait for more bytes) apart from "invalid" (close the
+//! connection), and none allocates more than its configured limits on a peer's say-so.
+
+pub mod amf0;
+pub mod codec;
+pub mod flv;
+pub mod hub;
+pub mod rtmp;

@@ -1,10 +1,12 @@
 //! The manager's HTTP face (axum).
 //!
 //! - [`api`]: the REST API: `/api/nodes/` (liveman's shape), `/api/agents/{id}`, `/api/health`.
+//! - [`streams`]: `/api/streams/`, every agent's live streams in liveman's shape.
 //! - [`error`]: errors as a status and a one-line reason a client can act on.
 
 pub mod api;
 pub mod error;
+pub mod streams;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -35,9 +37,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/agents", get(api::nodes))
         .route("/api/agents/", get(api::nodes))
         .route("/api/agents/{id}", get(api::agent))
+        .route("/api/streams", get(streams::list))
+        .route("/api/streams/", get(streams::list))
+        .route("/api/streams/{stream}", get(streams::one))
+        .route("/api/streams/{app}/{name}", get(streams::one_in_app))
         .with_state(state)
 }
 
 async fn index() -> &'static str {
-    "Verge manager\n\nGET /api/nodes/        the fleet (liveman's node shape plus online, last_seen, version, streams)\nGET /api/agents/{id}   one agent, with a live ping\nGET /api/health        broker link and fleet counts\n"
+    "Verge manager\n\nGET /api/nodes/        the fleet (liveman's node shape plus online, last_seen, version, streams)\nGET /api/agents/{id}   one agent, with a live ping\nGET /api/streams/      live streams on all agents (liveman's stream shape)\nGET /api/health        broker link and fleet counts\n"
 }

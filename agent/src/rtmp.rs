@@ -1,0 +1,297 @@
+//! The agent's RTMP listener: each connection runs a [`Session`] over its socket and becomes a
+//! publisher into the hub or a player reading from it.
+//!
+//! Every wait is bounded: the handshake and an idle publisher by `idle_timeout`, each write by
+//! `write_timeout` (a player that cannot keep up is dropped; until then the hub makes it skip
+//! to the next keyframe, so it never holds memory or slows anyone else).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use verge_media::flv::tag;
+use verge_media::hub::{Frame, Hub, Publisher, Reader};
+use verge_media::rtmp::session::{Event, MediaKind, Session, SessionConfig};
+
+use crate::streams::{StreamName, parse_publish_name};
+
+#[derive(Debug, Clone)]
+pub struct RtmpSettings {
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for RtmpSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            max_connections: 256,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("{0}")]
+    Session(#[from] verge_media::rtmp::session::SessionError),
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no data for {0:?}")]
+    Idle(Duration),
+    #[error("write blocked for {0:?}: the peer does not read")]
+    WriteTimeout(Duration),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Media(String),
+}
+
+/// Accepts RTMP connections until the task is dropped.
+pub async fn serve(listener: TcpListener, hub: Arc<Hub>, settings: RtmpSettings) {
+    let permits = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "RTMP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = settings.max_connections, "RTMP connection refused: too many connections");
+            continue;
+        };
+        let (hub, settings) = (hub.clone(), settings.clone());
+        tokio::spawn(async move {
+            let _ = socket.set_nodelay(true);
+            match connection(socket, peer, hub, &settings).await {
+                Ok(()) => tracing::debug!(%peer, "RTMP connection closed"),
+                Err(e) => tracing::info!(%peer, reason = %e, "RTMP connection closed"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+enum Role {
+    Idle,
+    Publishing {
+        stream_id: u32,
+        publisher: Publisher,
+    },
+    Playing {
+        stream_id: u32,
+        reader: Reader,
+    },
+}
+
+struct Conn {
+    socket: TcpStream,
+    session: Session,
+    settings: RtmpSettings,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn flush(&mut self) -> Result<(), ConnError> {
+        if !self.session.has_output() {
+            return Ok(());
+        }
+        let out = self.session.take_output();
+        tokio::time::timeout(self.settings.write_timeout, self.socket.write_all(&out))
+            .await
+            .map_err(|_| ConnError::WriteTimeout(self.settings.write_timeout))??;
+        Ok(())
+    }
+
+    /// Reads once (bounded by the idle timeout) and feeds the session. `false` on EOF.
+    async fn read(&mut self, idle: Option<Duration>) -> Result<bool, ConnError> {
+        let n = match idle {
+            Some(limit) => tokio::time::timeout(limit, self.socket.read(&mut self.buf))
+                .await
+                .map_err(|_| ConnError::Idle(limit))??,
+            None => self.socket.read(&mut self.buf).await?,
+        };
+        if n == 0 {
+            return Ok(false);
+        }
+        self.session.receive(&self.buf[..n])?;
+        Ok(true)
+    }
+}
+
+fn random_block() -> [u8; 1528] {
+    use ring::rand::SecureRandom;
+    let mut block = [0u8; 1528];
+    // Handshake randomness is not a secret; zeros still make a valid handshake.
+    let _ = ring::rand::SystemRandom::new().fill(&mut block);
+    block
+}
+
+async fn connection(
+    socket: TcpStream,
+    peer: SocketAddr,
+    hub: Arc<Hub>,
+    settings: &RtmpSettings,
+) -> Result<(), ConnError> {
+    let epoch = verge_protocol::now_ms() as u32;
+    let mut conn = Conn {
+        socket,
+        session: Session::new(SessionConfig::default(), random_block(), epoch),
+        settings: settings.clone(),
+        buf: vec![0u8; 64 * 1024],
+    };
+    let mut role = Role::Idle;
+    loop {
+        while let Some(event) = conn.session.poll_event() {
+            role = on_event(&mut conn, &hub, peer, role, event)?;
+        }
+        conn.flush().await?;
+        match &mut role {
+            Role::Playing { stream_id, reader } => {
+                let stream_id = *stream_id;
+                tokio::select! {
+                    more = conn.read(None) => if !more? { return Ok(()) },
+                    frame = reader.recv() => match frame {
+                        Some(frame) => conn.session.send_media(stream_id, frame.kind, frame.timestamp, frame.payload),
+                        None => {
+                            conn.session.end_of_stream(stream_id);
+                            conn.flush().await?;
+                            return Ok(());
+                        }
+                    },
+                }
+            }
+            _ => {
+                if !conn.read(Some(settings.idle_timeout)).await? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn on_event(
+    conn: &mut Conn,
+    hub: &Arc<Hub>,
+    peer: SocketAddr,
+    role: Role,
+    event: Event,
+) -> Result<Role, ConnError> {
+    let app = conn.session.app().unwrap_or("live").to_string();
+    match event {
+        Event::Connected { app, .. } => {
+            tracing::debug!(%peer, %app, "RTMP connect");
+            Ok(role)
+        }
+        Event::PublishRequested { stream_id, name } => {
+            if !matches!(role, Role::Idle) {
+                conn.session.reject_publish(
+                    stream_id,
+                    "NetStream.Publish.BadName",
+                    "this connection already has a stream",
+                );
+                return Err(ConnError::Refused(
+                    "a second publish on one connection".into(),
+                ));
+            }
+            let stream = match parse_publish_name(&app, &name) {
+                Ok(stream) => stream,
+                Err(why) => {
+                    conn.session
+                        .reject_publish(stream_id, "NetStream.Publish.BadName", &why);
+                    return Err(ConnError::Refused(why));
+                }
+            };
+            match hub.publish(&stream.id(), &peer.to_string()) {
+                Ok(publisher) => {
+                    tracing::info!(%peer, stream = %stream.id(), "publishing");
+                    conn.session.accept_publish(stream_id, &stream.id());
+                    Ok(Role::Publishing {
+                        stream_id,
+                        publisher,
+                    })
+                }
+                Err(e) => {
+                    conn.session.reject_publish(
+                        stream_id,
+                        "NetStream.Publish.BadName",
+                        &e.to_string(),
+                    );
+                    Err(ConnError::Refused(e.to_string()))
+                }
+            }
+        }
+        Event::PlayRequested { stream_id, name } => {
+            let stream = StreamName::parse(&app, name.split('?').next().unwrap_or_default())
+                .map_err(ConnError::Refused)?;
+            match hub.subscribe(&stream.id()) {
+                Some(reader) => {
+                    tracing::info!(%peer, stream = %stream.id(), "RTMP player joined");
+                    conn.session.accept_play(stream_id, &stream.id());
+                    Ok(Role::Playing { stream_id, reader })
+                }
+                None => {
+                    conn.session
+                        .reject_play(stream_id, &format!("{} is not live", stream.id()));
+                    Err(ConnError::Refused(format!(
+                        "play of {}, which is not live",
+                        stream.id()
+                    )))
+                }
+            }
+        }
+        Event::Media {
+            kind,
+            timestamp,
+            payload,
+        } => {
+            let Role::Publishing {
+                stream_id,
+                publisher,
+            } = role
+            else {
+                return Ok(role);
+            };
+            // Checked per frame (only the header bytes): an unsupported codec gets a clear
+            // reason instead of a stream no player can decode.
+            match kind {
+                MediaKind::Video => {
+                    tag::parse_video(&payload)
+                        .map_err(|e| ConnError::Media(format!("video: {e}")))?;
+                }
+                MediaKind::Audio => {
+                    tag::parse_audio(&payload)
+                        .map_err(|e| ConnError::Media(format!("audio: {e}")))?;
+                }
+                MediaKind::Data => {}
+            }
+            publisher.push(Frame {
+                kind,
+                timestamp,
+                payload,
+            });
+            Ok(Role::Publishing {
+                stream_id,
+                publisher,
+            })
+        }
+        Event::StreamClosed { stream_id } => match role {
+            Role::Publishing {
+                stream_id: s,
+                publisher,
+            } if s == stream_id => {
+                tracing::info!(%peer, stream = %publisher.id(), "publisher left");
+                Ok(Role::Idle)
+            }
+            Role::Playing { stream_id: s, .. } if s == stream_id => Ok(Role::Idle),
+            other => Ok(other),
+        },
+    }
+}

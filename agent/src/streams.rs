@@ -1,0 +1,118 @@
+//! Stream names and the agent's stream list as the manager sees it.
+//!
+//! A stream is `{app}/{name}` (LiveGo's model; app `live` by default). Names become URL path
+//! segments and MQTT payload fields, so they are restricted to a safe alphabet.
+//! [`report`] copies the hub's live streams into the retained state snapshot: at once when a
+//! stream starts or stops, and at most every `refresh` for changing numbers (bitrate, fps,
+//! readers), because the snapshot travels over the box's uplink.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use verge_media::hub::{Hub, StreamStatus};
+use verge_protocol::state::StreamInfo;
+
+use crate::state::StateHandle;
+
+const MAX_NAME_LEN: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamName {
+    pub app: String,
+    pub name: String,
+}
+
+impl StreamName {
+    pub fn parse(app: &str, name: &str) -> Result<Self, String> {
+        let app = if app.is_empty() { "live" } else { app };
+        for (what, part) in [("app", app), ("stream name", name)] {
+            if part.is_empty() || part.len() > MAX_NAME_LEN {
+                return Err(format!(
+                    "{what} {part:?} must have 1 to {MAX_NAME_LEN} characters"
+                ));
+            }
+            if let Some(c) = part
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+            {
+                return Err(format!(
+                    "{what} {part:?} holds {c:?}; use letters, digits, '-', '_', '.'"
+                ));
+            }
+        }
+        Ok(Self {
+            app: app.to_string(),
+            name: name.to_string(),
+        })
+    }
+
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.app, self.name)
+    }
+}
+
+/// The stream a `publish` names: the query string (`?token=…` from some encoders) is not part
+/// of it.
+pub fn parse_publish_name(app: &str, published: &str) -> Result<StreamName, String> {
+    StreamName::parse(app, published.split('?').next().unwrap_or_default())
+}
+
+fn info(status: &StreamStatus) -> StreamInfo {
+    let (app, name) = status
+        .id
+        .split_once('/')
+        .unwrap_or(("live", status.id.as_str()));
+    StreamInfo {
+        app: app.to_string(),
+        name: name.to_string(),
+        started_at: status.started_at,
+        video: status.video.clone(),
+        audio: status.audio.clone(),
+        width: status.width,
+        height: status.height,
+        fps: status.fps,
+        bitrate_kbps: Some(status.bitrate_kbps),
+        publisher: Some(status.publisher.clone()),
+        readers: status.readers as u32,
+    }
+}
+
+/// Keeps the state snapshot in step with the hub until the task is dropped.
+pub async fn report(hub: Arc<Hub>, state: StateHandle, refresh: Duration) {
+    let mut published_ids: Vec<String> = Vec::new();
+    let mut published_at = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let status = hub.status();
+        let ids: Vec<String> = status.iter().map(|s| s.id.clone()).collect();
+        if ids != published_ids || published_at.elapsed() >= refresh {
+            state.set_streams(status.iter().map(info).collect());
+            published_ids = ids;
+            published_at = Instant::now();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_default_the_app_and_drop_the_query() {
+        let s = parse_publish_name("", "cam1?token=x").unwrap();
+        assert_eq!(s.id(), "live/cam1");
+        assert_eq!(
+            parse_publish_name("studio", "a.b-c_d").unwrap().id(),
+            "studio/a.b-c_d"
+        );
+    }
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        for bad in ["", "a/b", "../x", "a b", "é", &"x".repeat(129)] {
+            assert!(StreamName::parse("live", bad).is_err(), "{bad:?}");
+        }
+        assert!(StreamName::parse("li ve", "x").is_err());
+    }
+}

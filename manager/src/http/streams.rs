@@ -1,0 +1,162 @@
+//! `GET /api/streams/` and `GET /api/streams/{stream}`: every agent's live streams, merged, in
+//! liveman's stream shape (camelCase, times in Unix ms) plus what Verge knows of each.
+//!
+//! A stream's id is `{name}` for the default app `live` and `{app}/{name}` otherwise, the same
+//! id the WHEP path uses.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Serialize;
+use verge_protocol::state::StreamInfo;
+
+use super::AppState;
+use super::error::ApiError;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stream {
+    pub id: String,
+    pub created_at: u64,
+    pub publish: PubSub,
+    pub subscribe: PubSub,
+    pub codecs: Vec<Codec>,
+    // Verge's additions.
+    pub agent: String,
+    pub app: String,
+    pub name: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<f64>,
+    pub bitrate_kbps: Option<u32>,
+    pub readers: u32,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PubSub {
+    /// 0 while someone is present (liveman's convention).
+    pub leave_at: u64,
+    pub sessions: Vec<Session>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    pub id: String,
+    pub created_at: u64,
+    pub leave_at: u64,
+    pub state: &'static str,
+    pub has_data_channel: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Codec {
+    pub kind: &'static str,
+    pub codec: String,
+    pub fmtp: String,
+}
+
+/// The id a stream is known by across Verge.
+pub fn stream_id(app: &str, name: &str) -> String {
+    if app == "live" {
+        name.to_string()
+    } else {
+        format!("{app}/{name}")
+    }
+}
+
+fn shape(agent: &str, s: &StreamInfo) -> Stream {
+    let codecs = [("video", &s.video), ("audio", &s.audio)]
+        .into_iter()
+        .filter_map(|(kind, codec)| {
+            codec.as_ref().map(|c| Codec {
+                kind,
+                codec: c.clone(),
+                fmtp: String::new(),
+            })
+        })
+        .collect();
+    Stream {
+        id: stream_id(&s.app, &s.name),
+        created_at: s.started_at,
+        publish: PubSub {
+            leave_at: 0,
+            sessions: vec![Session {
+                id: s.publisher.clone().unwrap_or_default(),
+                created_at: s.started_at,
+                leave_at: 0,
+                state: "connected",
+                has_data_channel: false,
+            }],
+        },
+        subscribe: PubSub {
+            leave_at: 0,
+            sessions: vec![],
+        },
+        codecs,
+        agent: agent.to_string(),
+        app: s.app.clone(),
+        name: s.name.clone(),
+        width: s.width,
+        height: s.height,
+        fps: s.fps,
+        bitrate_kbps: s.bitrate_kbps,
+        readers: s.readers,
+    }
+}
+
+fn all(app: &AppState) -> Vec<Stream> {
+    let mut streams: Vec<Stream> = app
+        .registry
+        .list()
+        .iter()
+        .filter(|r| r.online())
+        .flat_map(|r| {
+            r.state
+                .iter()
+                .flat_map(|state| state.streams.iter())
+                .map(|s| shape(&r.id, s))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    streams.sort_by(|a, b| a.id.cmp(&b.id).then(a.agent.cmp(&b.agent)));
+    streams
+}
+
+pub async fn list(State(app): State<AppState>) -> Json<Vec<Stream>> {
+    Json(all(&app))
+}
+
+/// One stream, keyed by the agent holding it (liveman keys by node alias; where liveman answers
+/// `{}` for an unknown stream, Verge answers 404 with the reason). `{stream}` may be `name` (app `live`) or `app/name` (URL-encoded `app%2Fname`,
+/// or the two-segment route).
+pub async fn one(
+    State(app): State<AppState>,
+    Path(stream): Path<String>,
+) -> Result<Json<BTreeMap<String, Stream>>, ApiError> {
+    find(&app, &stream)
+}
+
+pub async fn one_in_app(
+    State(app): State<AppState>,
+    Path((app_name, name)): Path<(String, String)>,
+) -> Result<Json<BTreeMap<String, Stream>>, ApiError> {
+    find(&app, &stream_id(&app_name, &name))
+}
+
+fn find(app: &AppState, id: &str) -> Result<Json<BTreeMap<String, Stream>>, ApiError> {
+    let id = id.strip_prefix("live/").unwrap_or(id);
+    let found: BTreeMap<String, Stream> = all(app)
+        .into_iter()
+        .filter(|s| s.id == id)
+        .map(|s| (s.agent.clone(), s))
+        .collect();
+    if found.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "stream {id:?} is not live on any online agent"
+        )));
+    }
+    Ok(Json(found))
+}

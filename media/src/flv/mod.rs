@@ -1,0 +1,4 @@
+//! FLV: tags as RTMP carries them, and the FLV byte stream HTTP-FLV serves.
+
+pub mod mux;
+pub mod tag;

@@ -1,0 +1,622 @@
+//! The stream hub: per stream one publisher and many readers.
+//!
+//! A new reader is handed the stream's metadata, its sequence headers and the GOP cache (every
+//! frame since the last keyframe), so its first picture is the last keyframe, at once. Each
+//! reader has a bounded queue (bytes and frames); a reader that falls behind has its queue
+//! dropped and skips ahead to the next keyframe, so it never grows memory and never slows the
+//! publisher or the other readers. When the publisher leaves, readers drain what they have and
+//! then see the end of the stream.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::codec::{aac, avc};
+use crate::flv::tag;
+use crate::rtmp::session::MediaKind;
+
+/// One FLV tag body as RTMP carries it, with its timestamp.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub kind: MediaKind,
+    pub timestamp: u32,
+    pub payload: Bytes,
+}
+
+impl Frame {
+    pub fn is_keyframe(&self) -> bool {
+        self.kind == MediaKind::Video
+            && tag::is_keyframe(&self.payload)
+            && !self.is_sequence_header()
+    }
+
+    pub fn is_sequence_header(&self) -> bool {
+        tag::is_sequence_header(self.kind.type_id(), &self.payload)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Most bytes queued for one reader before it is made to skip to the next keyframe.
+    pub reader_queue_bytes: usize,
+    /// Most frames queued for one reader.
+    pub reader_queue_frames: usize,
+    /// Largest GOP kept for new readers; a longer GOP is not cached (readers wait for the next
+    /// keyframe instead).
+    pub gop_max_bytes: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            reader_queue_bytes: 8 * 1024 * 1024,
+            reader_queue_frames: 2048,
+            gop_max_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error("stream {0} already has a publisher")]
+    AlreadyPublishing(String),
+}
+
+/// What the hub knows of a live stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamStatus {
+    /// `{app}/{name}`.
+    pub id: String,
+    /// Unix ms.
+    pub started_at: u64,
+    pub publisher: String,
+    pub video: Option<String>,
+    pub audio: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<f64>,
+    pub bitrate_kbps: u32,
+    pub readers: usize,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    config: HubConfig,
+    streams: Mutex<HashMap<String, Arc<Channel>>>,
+}
+
+struct Channel {
+    id: String,
+    state: Mutex<ChannelState>,
+}
+
+struct ChannelState {
+    publisher: String,
+    started_at: u64,
+    ended: bool,
+    metadata: Option<Frame>,
+    video_header: Option<Frame>,
+    audio_header: Option<Frame>,
+    gop: VecDeque<Frame>,
+    gop_bytes: usize,
+    /// False while the GOP outgrew the cache; true again from the next keyframe.
+    gop_valid: bool,
+    readers: HashMap<u64, Slot>,
+    next_reader: u64,
+    video: Option<String>,
+    audio: Option<String>,
+    size: Option<(u32, u32)>,
+    rate: RateMeter,
+}
+
+struct Slot {
+    queue: VecDeque<Frame>,
+    bytes: usize,
+    skipping: bool,
+    dropped: u64,
+    notify: Arc<Notify>,
+}
+
+/// Frames and bytes per second over the last full second.
+struct RateMeter {
+    window_start: Instant,
+    video_frames: u32,
+    bytes: u64,
+    fps: Option<f64>,
+    kbps: u32,
+}
+
+impl RateMeter {
+    fn new() -> Self {
+        Self {
+            window_start: Instant::now(),
+            video_frames: 0,
+            bytes: 0,
+            fps: None,
+            kbps: 0,
+        }
+    }
+
+    fn add(&mut self, frame: &Frame, now: Instant) {
+        if frame.kind == MediaKind::Video && !frame.is_sequence_header() {
+            self.video_frames += 1;
+        }
+        self.bytes += frame.payload.len() as u64;
+        let elapsed = now.duration_since(self.window_start);
+        if elapsed >= Duration::from_secs(1) {
+            let secs = elapsed.as_secs_f64();
+            self.fps = Some((f64::from(self.video_frames) / secs * 100.0).round() / 100.0);
+            self.kbps = (self.bytes as f64 * 8.0 / 1000.0 / secs) as u32;
+            self.window_start = now;
+            self.video_frames = 0;
+            self.bytes = 0;
+        }
+    }
+}
+
+fn lock(state: &Mutex<ChannelState>) -> MutexGuard<'_, ChannelState> {
+    // The state is plain data; a panic elsewhere must not take every stream down with it.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    pub fn new(config: HubConfig) -> Self {
+        Self {
+            config,
+            streams: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn streams(&self) -> MutexGuard<'_, HashMap<String, Arc<Channel>>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims stream `id` (`{app}/{name}`) for a publisher at `publisher` (its address).
+    pub fn publish(self: &Arc<Self>, id: &str, publisher: &str) -> Result<Publisher, HubError> {
+        let mut streams = self.streams();
+        if streams.contains_key(id) {
+            return Err(HubError::AlreadyPublishing(id.to_string()));
+        }
+        let channel = Arc::new(Channel {
+            id: id.to_string(),
+            state: Mutex::new(ChannelState {
+                publisher: publisher.to_string(),
+                started_at: unix_ms(),
+                ended: false,
+                metadata: None,
+                video_header: None,
+                audio_header: None,
+                gop: VecDeque::new(),
+                gop_bytes: 0,
+                gop_valid: false,
+                readers: HashMap::new(),
+                next_reader: 0,
+                video: None,
+                audio: None,
+                size: None,
+                rate: RateMeter::new(),
+            }),
+        });
+        streams.insert(id.to_string(), channel.clone());
+        Ok(Publisher {
+            hub: self.clone(),
+            channel,
+        })
+    }
+
+    /// A reader of live stream `id`, or `None` if nobody publishes it.
+    pub fn subscribe(&self, id: &str) -> Option<Reader> {
+        let channel = self.streams().get(id).cloned()?;
+        let notify = Arc::new(Notify::new());
+        let reader_id = {
+            let mut st = lock(&channel.state);
+            if st.ended {
+                return None;
+            }
+            let mut queue = VecDeque::new();
+            queue.extend(st.metadata.clone());
+            queue.extend(st.video_header.clone());
+            queue.extend(st.audio_header.clone());
+            if st.gop_valid {
+                queue.extend(st.gop.iter().cloned());
+            }
+            let bytes = queue.iter().map(|f| f.payload.len()).sum();
+            let reader_id = st.next_reader;
+            st.next_reader += 1;
+            // Without a cached GOP the reader must wait for the next keyframe.
+            let skipping = !st.gop_valid;
+            st.readers.insert(
+                reader_id,
+                Slot {
+                    queue,
+                    bytes,
+                    skipping,
+                    dropped: 0,
+                    notify: notify.clone(),
+                },
+            );
+            reader_id
+        };
+        Some(Reader {
+            channel,
+            id: reader_id,
+            notify,
+        })
+    }
+
+    /// Every live stream, sorted by id.
+    pub fn status(&self) -> Vec<StreamStatus> {
+        let channels: Vec<Arc<Channel>> = self.streams().values().cloned().collect();
+        let mut all: Vec<StreamStatus> = channels
+            .iter()
+            .map(|c| {
+                let st = lock(&c.state);
+                StreamStatus {
+                    id: c.id.clone(),
+                    started_at: st.started_at,
+                    publisher: st.publisher.clone(),
+                    video: st.video.clone(),
+                    audio: st.audio.clone(),
+                    width: st.size.map(|s| s.0),
+                    height: st.size.map(|s| s.1),
+                    fps: st.rate.fps,
+                    bitrate_kbps: st.rate.kbps,
+                    readers: st.readers.len(),
+                }
+            })
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    pub fn is_live(&self, id: &str) -> bool {
+        self.streams().contains_key(id)
+    }
+}
+
+/// The publishing side of a stream; dropping it ends the stream.
+pub struct Publisher {
+    hub: Arc<Hub>,
+    channel: Arc<Channel>,
+}
+
+impl Publisher {
+    pub fn id(&self) -> &str {
+        &self.channel.id
+    }
+
+    /// Hands a frame to every reader and to the GOP cache. Never waits.
+    pub fn push(&self, frame: Frame) {
+        let config = &self.hub.config;
+        let mut guard = lock(&self.channel.state);
+        let st = &mut *guard;
+        st.rate.add(&frame, Instant::now());
+        match frame.kind {
+            MediaKind::Data => st.metadata = Some(frame.clone()),
+            MediaKind::Video if frame.is_sequence_header() => {
+                describe_video(st, &frame);
+                st.video_header = Some(frame.clone());
+            }
+            MediaKind::Audio if frame.is_sequence_header() => {
+                describe_audio(st, &frame);
+                st.audio_header = Some(frame.clone());
+            }
+            _ => cache_in_gop(st, &frame, config.gop_max_bytes),
+        }
+        let keyframe = frame.is_keyframe();
+        let always = frame.kind == MediaKind::Data || frame.is_sequence_header();
+        for slot in st.readers.values_mut() {
+            if slot.skipping && !keyframe && !always {
+                slot.dropped += 1;
+                continue;
+            }
+            if keyframe {
+                slot.skipping = false;
+            }
+            let len = frame.payload.len();
+            if !always
+                && (slot.bytes + len > config.reader_queue_bytes
+                    || slot.queue.len() >= config.reader_queue_frames)
+            {
+                // Too far behind: drop what is queued and start again at the next keyframe.
+                slot.dropped += slot.queue.len() as u64 + 1;
+                slot.queue.clear();
+                slot.bytes = 0;
+                slot.skipping = true;
+                continue;
+            }
+            slot.bytes += len;
+            slot.queue.push_back(frame.clone());
+            slot.notify.notify_one();
+        }
+    }
+}
+
+fn cache_in_gop(st: &mut ChannelState, frame: &Frame, max_bytes: usize) {
+    if frame.is_keyframe() {
+        st.gop.clear();
+        st.gop_bytes = 0;
+        st.gop_valid = true;
+    }
+    if !st.gop_valid {
+        return;
+    }
+    st.gop_bytes += frame.payload.len();
+    st.gop.push_back(frame.clone());
+    if st.gop_bytes > max_bytes {
+        st.gop.clear();
+        st.gop_bytes = 0;
+        st.gop_valid = false;
+    }
+}
+
+fn describe_video(st: &mut ChannelState, frame: &Frame) {
+    let Ok(parsed) = tag::parse_video(&frame.payload) else {
+        return;
+    };
+    let Ok(config) = avc::parse_avc_config(&parsed.data) else {
+        return;
+    };
+    let profile = match config.profile {
+        66 => "Baseline",
+        77 => "Main",
+        88 => "Extended",
+        100 => "High",
+        110 => "High 10",
+        122 => "High 4:2:2",
+        244 => "High 4:4:4",
+        _ => "",
+    };
+    st.video = Some(format!("H.264 {profile}").trim_end().to_string());
+    if let Some(sps) = config.sps.first()
+        && let Ok(info) = avc::parse_sps(sps)
+    {
+        st.size = Some((info.width, info.height));
+    }
+}
+
+fn describe_audio(st: &mut ChannelState, frame: &Frame) {
+    let Ok(parsed) = tag::parse_audio(&frame.payload) else {
+        return;
+    };
+    if let Ok(config) = aac::parse_aac_config(&parsed.data) {
+        let profile = match config.object_type {
+            2 => "AAC-LC",
+            5 => "HE-AAC",
+            29 => "HE-AACv2",
+            _ => "AAC",
+        };
+        st.audio = Some(format!(
+            "{profile} {} Hz {}ch",
+            config.sample_rate, config.channels
+        ));
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        {
+            let mut st = lock(&self.channel.state);
+            st.ended = true;
+            for slot in st.readers.values() {
+                slot.notify.notify_one();
+            }
+        }
+        let mut streams = self.hub.streams();
+        if streams
+            .get(&self.channel.id)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.channel))
+        {
+            streams.remove(&self.channel.id);
+        }
+    }
+}
+
+/// One reader of a stream; dropping it leaves the stream.
+pub struct Reader {
+    channel: Arc<Channel>,
+    id: u64,
+    notify: Arc<Notify>,
+}
+
+impl Reader {
+    pub fn stream_id(&self) -> &str {
+        &self.channel.id
+    }
+
+    /// The next frame, or `None` once the publisher has gone and the queue is drained.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        loop {
+            {
+                let mut st = lock(&self.channel.state);
+                let ended = st.ended;
+                let slot = st.readers.get_mut(&self.id)?;
+                if let Some(frame) = slot.queue.pop_front() {
+                    slot.bytes -= frame.payload.len();
+                    return Some(frame);
+                }
+                if ended {
+                    return None;
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Frames this reader lost by falling behind.
+    pub fn dropped(&self) -> u64 {
+        lock(&self.channel.state)
+            .readers
+            .get(&self.id)
+            .map_or(0, |s| s.dropped)
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        lock(&self.channel.state).readers.remove(&self.id);
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn video(ts: u32, key: bool, len: usize) -> Frame {
+        let mut p = vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0];
+        p.resize(5 + len, 0xab);
+        Frame {
+            kind: MediaKind::Video,
+            timestamp: ts,
+            payload: Bytes::from(p),
+        }
+    }
+
+    fn video_header() -> Frame {
+        Frame {
+            kind: MediaKind::Video,
+            timestamp: 0,
+            payload: Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f, 0xff, 0xe0, 0xe0]),
+        }
+    }
+
+    fn hub(config: HubConfig) -> Arc<Hub> {
+        Arc::new(Hub::new(config))
+    }
+
+    async fn next(reader: &mut Reader) -> Option<Frame> {
+        tokio::time::timeout(Duration::from_secs(1), reader.recv())
+            .await
+            .expect("a frame or the end in time")
+    }
+
+    #[tokio::test]
+    async fn new_reader_starts_at_the_cached_keyframe() {
+        let hub = hub(HubConfig::default());
+        let publisher = hub.publish("live/cam", "127.0.0.1:5000").unwrap();
+        publisher.push(video_header());
+        for ts in 0..5 {
+            publisher.push(video(ts * 40, ts == 0 || ts == 3, 100));
+        }
+        let mut reader = hub.subscribe("live/cam").unwrap();
+        assert!(next(&mut reader).await.unwrap().is_sequence_header());
+        let first = next(&mut reader).await.unwrap();
+        assert!(first.is_keyframe());
+        assert_eq!(
+            first.timestamp, 120,
+            "starts at the last keyframe, not the first"
+        );
+        assert_eq!(next(&mut reader).await.unwrap().timestamp, 160);
+        publisher.push(video(200, false, 10));
+        assert_eq!(next(&mut reader).await.unwrap().timestamp, 200);
+    }
+
+    #[tokio::test]
+    async fn slow_reader_does_not_stall_others_and_stays_bounded() {
+        let config = HubConfig {
+            reader_queue_bytes: 10_000,
+            reader_queue_frames: 1000,
+            gop_max_bytes: 1 << 20,
+        };
+        let hub = hub(config.clone());
+        let publisher = hub.publish("live/cam", "p").unwrap();
+        let slow = hub.subscribe("live/cam").unwrap();
+        let mut fast = hub.subscribe("live/cam").unwrap();
+        for i in 0..500u32 {
+            publisher.push(video(i * 40, i % 50 == 0, 1000));
+            let got = next(&mut fast).await.unwrap();
+            assert_eq!(
+                got.timestamp,
+                i * 40,
+                "the fast reader gets every frame in order"
+            );
+            let st = lock(&slow.channel.state);
+            let slot = &st.readers[&slow.id];
+            assert!(
+                slot.bytes <= config.reader_queue_bytes,
+                "slow reader queue grew to {}",
+                slot.bytes
+            );
+        }
+        assert!(
+            slow.dropped() > 400,
+            "the slow reader skipped ahead, dropped {}",
+            slow.dropped()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_fell_behind_resumes_at_a_keyframe() {
+        let hub = hub(HubConfig {
+            reader_queue_bytes: 5_000,
+            reader_queue_frames: 100,
+            gop_max_bytes: 1 << 20,
+        });
+        let publisher = hub.publish("live/cam", "p").unwrap();
+        let mut reader = hub.subscribe("live/cam").unwrap();
+        for i in 0..20u32 {
+            publisher.push(video(i, i == 0, 1000));
+        }
+        // Overflowed at the 5th frame: queue dropped, waiting for a keyframe.
+        publisher.push(video(100, false, 10));
+        publisher.push(video(101, true, 10));
+        publisher.push(video(102, false, 10));
+        let first = next(&mut reader).await.unwrap();
+        assert!(first.is_keyframe() && first.timestamp == 101, "{first:?}");
+        assert_eq!(next(&mut reader).await.unwrap().timestamp, 102);
+    }
+
+    #[tokio::test]
+    async fn second_publisher_is_refused_until_the_first_leaves() {
+        let hub = hub(HubConfig::default());
+        let first = hub.publish("live/cam", "a").unwrap();
+        assert_eq!(
+            hub.publish("live/cam", "b").err(),
+            Some(HubError::AlreadyPublishing("live/cam".into()))
+        );
+        drop(first);
+        assert!(!hub.is_live("live/cam"));
+        assert!(hub.publish("live/cam", "b").is_ok());
+    }
+
+    #[tokio::test]
+    async fn readers_drain_then_see_the_end() {
+        let hub = hub(HubConfig::default());
+        let publisher = hub.publish("live/cam", "a").unwrap();
+        let mut reader = hub.subscribe("live/cam").unwrap();
+        publisher.push(video(0, true, 10));
+        drop(publisher);
+        assert!(next(&mut reader).await.is_some());
+        assert_eq!(next(&mut reader).await, None);
+        assert!(hub.subscribe("live/cam").is_none());
+        assert!(hub.subscribe("live/other").is_none());
+    }
+
+    #[tokio::test]
+    async fn status_reports_codec_and_readers() {
+        let hub = hub(HubConfig::default());
+        let publisher = hub.publish("live/cam", "10.0.0.2:5000").unwrap();
+        publisher.push(Frame {
+            kind: MediaKind::Audio,
+            timestamp: 0,
+            payload: Bytes::from_static(&[0xaf, 0, 0x12, 0x10]),
+        });
+        let _reader = hub.subscribe("live/cam").unwrap();
+        let status = hub.status();
+        assert_eq!(status.len(), 1);
+        assert_eq!(status[0].id, "live/cam");
+        assert_eq!(status[0].readers, 1);
+        assert_eq!(status[0].publisher, "10.0.0.2:5000");
+        assert_eq!(status[0].audio.as_deref(), Some("AAC-LC 44100 Hz 2ch"));
+    }
+}
