@@ -15,9 +15,10 @@ use verge_manager::{ManagerConfig, loopback_for};
 
 const USAGE: &str = "\
 usage:
-  verge up [--http ADDR] [--mqtt ADDR] [--agent-id ID]
+  verge up [--http ADDR] [--mqtt ADDR] [--rtmp ADDR] [--agent-http ADDR] [--agent-id ID]
       Run a manager with its embedded MQTT broker and one local agent.
-      Defaults: --http 0.0.0.0:8080 --mqtt 0.0.0.0:1883 --agent-id local
+      Defaults: --http 0.0.0.0:8080 --mqtt 0.0.0.0:1883 --rtmp 0.0.0.0:1935
+                --agent-http 0.0.0.0:7001 --agent-id local
   verge secret <enrollment-secret> <agent-id>
       Print the secret of an agent admitted by [enrollment] secret.";
 
@@ -50,6 +51,8 @@ fn main() -> ExitCode {
 struct UpOptions {
     http: SocketAddr,
     mqtt: SocketAddr,
+    rtmp: SocketAddr,
+    agent_http: SocketAddr,
     agent_id: String,
 }
 
@@ -57,6 +60,8 @@ fn parse_up(args: &[String]) -> Result<UpOptions, String> {
     let mut opts = UpOptions {
         http: SocketAddr::from(([0, 0, 0, 0], 8080)),
         mqtt: SocketAddr::from(([0, 0, 0, 0], 1883)),
+        rtmp: SocketAddr::from(([0, 0, 0, 0], 1935)),
+        agent_http: SocketAddr::from(([0, 0, 0, 0], 7001)),
         agent_id: "local".into(),
     };
     let mut it = args.iter();
@@ -65,6 +70,12 @@ fn parse_up(args: &[String]) -> Result<UpOptions, String> {
         match flag.as_str() {
             "--http" => opts.http = value.parse().map_err(|e| format!("--http {value}: {e}"))?,
             "--mqtt" => opts.mqtt = value.parse().map_err(|e| format!("--mqtt {value}: {e}"))?,
+            "--rtmp" => opts.rtmp = value.parse().map_err(|e| format!("--rtmp {value}: {e}"))?,
+            "--agent-http" => {
+                opts.agent_http = value
+                    .parse()
+                    .map_err(|e| format!("--agent-http {value}: {e}"))?;
+            }
             "--agent-id" => {
                 verge_protocol::id::validate(value)
                     .map_err(|e| format!("--agent-id {value}: {e}"))?;
@@ -84,8 +95,9 @@ fn up(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,verge_manager=info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,verge_manager=info,rumqttd::router=off")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -123,8 +135,11 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     let broker = loopback_for(opts.mqtt);
-    let agent_cfg =
+    let mut agent_cfg =
         AgentConfig::with_defaults(&opts.agent_id, &secret, &format!("mqtt://{broker}"));
+    agent_cfg.rtmp.listen = opts.rtmp;
+    agent_cfg.http.listen = opts.agent_http;
+    let (agent_rtmp, agent_http) = (opts.rtmp, opts.agent_http);
     let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(async move {
         let shutdown = async {
@@ -160,7 +175,15 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
         },
         opts.agent_id
     );
-    println!("  publish   RTMP ingest is not in this release yet");
+    let rtmp = loopback_for(agent_rtmp);
+    let agent_http = loopback_for(agent_http);
+    println!(
+        "  publish   rtmp://{rtmp}/live/<name>   (OBS: server rtmp://{rtmp}/live, key <name>)"
+    );
+    println!(
+        "  watch     http://{agent_http}/live/<name>.flv (HTTP-FLV)  or  rtmp://{rtmp}/live/<name>"
+    );
+    println!("  streams   http://{http}/api/streams/");
     println!("Press Ctrl-C to stop.");
 
     let _ = tokio::signal::ctrl_c().await;

@@ -150,7 +150,14 @@ async fn connection(
     let mut role = Role::Idle;
     loop {
         while let Some(event) = conn.session.poll_event() {
-            role = on_event(&mut conn, &hub, peer, role, event)?;
+            role = match on_event(&mut conn, &hub, peer, role, event) {
+                Ok(role) => role,
+                Err(e) => {
+                    // Deliver the refusal (onStatus) before closing.
+                    let _ = conn.flush().await;
+                    return Err(e);
+                }
+            };
         }
         conn.flush().await?;
         match &mut role {
@@ -168,7 +175,13 @@ async fn connection(
                     },
                 }
             }
-            _ => {
+            Role::Publishing { publisher, .. } => {
+                if !conn.read(Some(settings.idle_timeout)).await? {
+                    tracing::info!(%peer, stream = %publisher.id(), "publisher disconnected without unpublishing");
+                    return Ok(());
+                }
+            }
+            Role::Idle => {
                 if !conn.read(Some(settings.idle_timeout)).await? {
                     return Ok(());
                 }

@@ -1,6 +1,9 @@
 //! Helpers for the tests, examples and benchmarks that run real processes on loopback: free
 //! ports, the workspace's binaries, child processes that are killed (and scratch directories
-//! removed) when they go out of scope, a minimal HTTP/1.1 client, and bounded waits.
+//! removed) when they go out of scope, a minimal HTTP/1.1 client, bounded waits, and
+//! [`rtmp::RtmpClient`], a scriptable RTMP client for malformed-input tests.
+
+pub mod rtmp;
 
 use std::fs::File;
 use std::io::{Read, Write};

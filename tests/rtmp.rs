@@ -1,0 +1,438 @@
+//! RTMP ingest end to end: real ffmpeg publishing to a real `verge-agent`, read back by ffprobe
+//! over HTTP-FLV and RTMP, listed by a real `verge-manager`; refusals and malformed input.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use verge::testkit::rtmp::RtmpClient;
+use verge::testkit::{Proc, TempDir, bin, free_port, get, wait_for};
+use verge_media::rtmp::chunk::Message;
+use verge_media::rtmp::message;
+
+/// Frames ffmpeg sends: 25 fps for 6 s.
+const FRAMES: u32 = 150;
+
+struct Box_ {
+    dir: TempDir,
+    manager_http: SocketAddr,
+    rtmp: SocketAddr,
+    http: SocketAddr,
+    _manager: Proc,
+    agent: Proc,
+}
+
+fn start() -> Box_ {
+    let dir = TempDir::new("rtmp");
+    let (mhttp, mqtt, rtmp, http) = (free_port(), free_port(), free_port(), free_port());
+    let manager_cfg = dir.write(
+        "manager.toml",
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:{mhttp}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt}\"\n\
+             [[agents]]\nid = \"edge-1\"\nsecret = \"s1\"\n"
+        ),
+    );
+    let agent_cfg = dir.write(
+        "agent.toml",
+        &format!(
+            "id = \"edge-1\"\nsecret = \"s1\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt}\"\n\
+             [rtmp]\nlisten = \"127.0.0.1:{rtmp}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n"
+        ),
+    );
+    let manager_http = SocketAddr::from(([127, 0, 0, 1], mhttp));
+    let manager = Proc::spawn(
+        "manager",
+        &bin("verge-manager"),
+        &["--config", manager_cfg.to_str().unwrap()],
+        dir.path(),
+    );
+    wait_for(Duration::from_secs(15), || {
+        get(manager_http, "/api/health")
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .expect("manager up");
+    let agent = Proc::spawn(
+        "agent",
+        &bin("verge-agent"),
+        &["--config", agent_cfg.to_str().unwrap()],
+        dir.path(),
+    );
+    let online = wait_for(Duration::from_secs(10), || {
+        let nodes = get(manager_http, "/api/nodes/").ok()?.json();
+        (nodes[0]["online"] == true).then_some(())
+    });
+    assert!(
+        online.is_some(),
+        "agent did not come online:\n{}",
+        agent.log_text()
+    );
+    Box_ {
+        dir,
+        manager_http,
+        rtmp: SocketAddr::from(([127, 0, 0, 1], rtmp)),
+        http: SocketAddr::from(([127, 0, 0, 1], http)),
+        _manager: manager,
+        agent,
+    }
+}
+
+fn tool(name: &str) -> &'static Path {
+    let path: &'static Path = match name {
+        "ffmpeg" => Path::new("/usr/bin/ffmpeg"),
+        _ => Path::new("/usr/bin/ffprobe"),
+    };
+    assert!(
+        path.exists(),
+        "{name} is not installed: run scripts/test (it installs what the tests need)"
+    );
+    path
+}
+
+/// ffmpeg publishing a synthetic 640x360 H.264 + AAC stream in real time for `seconds`.
+fn publish(b: &Box_, label: &str, name: &str, seconds: u32) -> Proc {
+    let url = format!("rtmp://{}/live/{name}", b.rtmp);
+    let args = [
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=640x360:rate=25",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=44100",
+        "-t",
+        &seconds.to_string(),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-tune",
+        "zerolatency",
+        "-g",
+        "100",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "64k",
+        "-f",
+        "flv",
+        &url,
+    ];
+    Proc::spawn(label, tool("ffmpeg"), &args, b.dir.path())
+}
+
+/// ffprobe decoding every frame of `url` until the stream ends; its output lands in its log.
+fn probe(b: &Box_, label: &str, url: &str) -> Proc {
+    let args = [
+        "-v",
+        "error",
+        "-count_frames",
+        "-show_entries",
+        "stream=codec_type,width,height,nb_read_frames",
+        "-of",
+        "csv=p=0",
+        url,
+    ];
+    Proc::spawn(label, tool("ffprobe"), &args, b.dir.path())
+}
+
+/// (video frames, width, height, audio frames) from a finished probe.
+fn probed(p: &mut Proc) -> (u32, u32, u32, u32) {
+    let done = wait_for(Duration::from_secs(20), || p.exited().then_some(()));
+    assert!(done.is_some(), "{} did not finish", p.name);
+    let text = p.log_text();
+    let mut out = (0, 0, 0, 0);
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(',').collect();
+        match f.as_slice() {
+            ["video", w, h, n] => {
+                out = (
+                    n.parse().unwrap_or(0),
+                    w.parse().unwrap_or(0),
+                    h.parse().unwrap_or(0),
+                    out.3,
+                )
+            }
+            ["audio", n] => out.3 = n.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn listed_stream(b: &Box_, id: &str) -> Option<serde_json::Value> {
+    let streams = get(b.manager_http, "/api/streams/").ok()?.json();
+    streams.as_array()?.iter().find(|s| s["id"] == id).cloned()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn ffmpeg_stream_is_read_back_over_http_flv_and_rtmp_and_listed_by_the_manager() {
+    let b = start();
+    let rss_before = rss_kib(b.agent.pid());
+    let mut publisher = publish(&b, "publisher", "cam", FRAMES / 25);
+    let listed = wait_for(Duration::from_secs(10), || listed_stream(&b, "cam"));
+    let listed = listed.unwrap_or_else(|| {
+        panic!(
+            "stream not listed by the manager:\n{}",
+            publisher.log_text()
+        )
+    });
+    assert_eq!(listed["agent"], "edge-1");
+    assert_eq!(
+        (listed["width"].as_u64(), listed["height"].as_u64()),
+        (Some(640), Some(360)),
+        "{listed}"
+    );
+    assert!(listed["codecs"].to_string().contains("H.264"), "{listed}");
+    assert!(listed["codecs"].to_string().contains("AAC"), "{listed}");
+
+    // A viewer that never reads: it must not hold up the others or grow the agent's memory.
+    let mut stalled = std::net::TcpStream::connect(b.http).unwrap();
+    std::io::Write::write_all(
+        &mut stalled,
+        b"GET /live/cam.flv HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+
+    let mut flv = probe(&b, "probe-flv", &format!("http://{}/live/cam.flv", b.http));
+    let mut rtmp = probe(&b, "probe-rtmp", &format!("rtmp://{}/live/cam", b.rtmp));
+    let (v, w, h, a) = probed(&mut flv);
+    println!("HTTP-FLV: {v}/{FRAMES} video frames {w}x{h}, {a} audio frames");
+    assert!(
+        v * 10 >= FRAMES * 9,
+        "HTTP-FLV decoded {v} of {FRAMES} frames"
+    );
+    assert_eq!((w, h), (640, 360));
+    assert!(a > 200, "HTTP-FLV decoded {a} audio frames");
+    let (v, w, h, a) = probed(&mut rtmp);
+    println!("RTMP: {v}/{FRAMES} video frames {w}x{h}, {a} audio frames");
+    assert!(v * 10 >= FRAMES * 9, "RTMP decoded {v} of {FRAMES} frames");
+    assert_eq!((w, h), (640, 360));
+    assert!(a > 200, "RTMP decoded {a} audio frames");
+
+    assert!(wait_for(Duration::from_secs(5), || publisher.exited().then_some(())).is_some());
+    let gone = wait_for(Duration::from_secs(5), || {
+        listed_stream(&b, "cam").is_none().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "stream still listed after the publisher left"
+    );
+    let grown = rss_kib(b.agent.pid()).saturating_sub(rss_before);
+    println!("agent RSS grew by {grown} KiB with a stalled viewer");
+    assert!(grown < 48 * 1024, "agent RSS grew by {grown} KiB");
+    drop(stalled);
+}
+
+#[test]
+fn second_publisher_on_a_live_name_is_refused_with_bad_name() {
+    let b = start();
+    let _first = publish(&b, "first", "cam", 20);
+    wait_for(Duration::from_secs(10), || listed_stream(&b, "cam")).expect("first publisher live");
+    let mut client = RtmpClient::connect(b.rtmp).unwrap();
+    let code = client.publish("live", "cam").unwrap();
+    assert_eq!(code, "NetStream.Publish.BadName");
+    assert!(client.closed_by_server(Duration::from_secs(3)));
+
+    // ffmpeg, too, gives up on the refusal.
+    let mut second = publish(&b, "second", "cam", 5);
+    let exited = wait_for(Duration::from_secs(10), || second.exited().then_some(()));
+    assert!(exited.is_some(), "the second ffmpeg kept publishing");
+    assert!(
+        b.agent.log_text().contains("already has a publisher"),
+        "{}",
+        b.agent.log_text()
+    );
+    assert!(
+        listed_stream(&b, "cam").is_some(),
+        "the first publisher must be unaffected"
+    );
+}
+
+#[test]
+fn malformed_rtmp_input_closes_only_that_connection() {
+    let b = start();
+    let _good = publish(&b, "good", "cam", 20);
+    wait_for(Duration::from_secs(10), || listed_stream(&b, "cam")).expect("good publisher live");
+
+    // Garbage before the handshake.
+    let mut raw = std::net::TcpStream::connect(b.rtmp).unwrap();
+    std::io::Write::write_all(&mut raw, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    raw.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    assert!(
+        matches!(std::io::Read::read(&mut raw, &mut buf), Ok(0) | Err(_)),
+        "garbage was not refused"
+    );
+
+    // A chunk size of 2^31 − 1.
+    let mut c = RtmpClient::connect(b.rtmp).unwrap();
+    c.send(&message::control_message(message::Control::SetChunkSize(
+        0x7fff_ffff,
+    )))
+    .unwrap();
+    assert!(
+        c.closed_by_server(Duration::from_secs(3)),
+        "huge chunk size accepted"
+    );
+
+    // A message that declares 16 MiB.
+    let mut c = RtmpClient::connect(b.rtmp).unwrap();
+    let header = [0x03, 0, 0, 0, 0xff, 0xff, 0xff, message::VIDEO, 1, 0, 0, 0];
+    std::io::Write::write_all(&mut c.stream, &header).unwrap();
+    assert!(
+        c.closed_by_server(Duration::from_secs(3)),
+        "16 MiB message accepted"
+    );
+
+    // A truncated FLV video tag from a publisher.
+    let mut c = RtmpClient::connect(b.rtmp).unwrap();
+    assert_eq!(
+        c.publish("live", "broken").unwrap(),
+        "NetStream.Publish.Start"
+    );
+    c.send(&Message {
+        csid: 6,
+        timestamp: 0,
+        type_id: message::VIDEO,
+        stream_id: 1,
+        payload: Bytes::from_static(&[0x17]),
+    })
+    .unwrap();
+    assert!(
+        c.closed_by_server(Duration::from_secs(3)),
+        "truncated FLV tag accepted"
+    );
+
+    // An unsupported codec gets a clear reason.
+    let mut c = RtmpClient::connect(b.rtmp).unwrap();
+    assert_eq!(
+        c.publish("live", "hevc").unwrap(),
+        "NetStream.Publish.Start"
+    );
+    c.send(&Message {
+        csid: 6,
+        timestamp: 0,
+        type_id: message::VIDEO,
+        stream_id: 1,
+        payload: Bytes::from_static(&[0x1c, 0, 0, 0, 0]),
+    })
+    .unwrap();
+    assert!(
+        c.closed_by_server(Duration::from_secs(3)),
+        "H.265 (legacy id 12) accepted"
+    );
+
+    // A publisher that stops mid-chunk: its stream ends, nothing else does.
+    let mut c = RtmpClient::connect(b.rtmp).unwrap();
+    assert_eq!(
+        c.publish("live", "midway").unwrap(),
+        "NetStream.Publish.Start"
+    );
+    let half_chunk = [
+        0x06,
+        0,
+        0,
+        0,
+        0,
+        0x10,
+        0,
+        message::VIDEO,
+        1,
+        0,
+        0,
+        0,
+        0x17,
+        1,
+        0,
+    ];
+    std::io::Write::write_all(&mut c.stream, &half_chunk).unwrap();
+    drop(c);
+
+    let started = Instant::now();
+    let ended = wait_for(Duration::from_secs(5), || {
+        let streams = get(b.manager_http, "/api/streams/").ok()?.json();
+        let ids: Vec<String> = streams
+            .as_array()?
+            .iter()
+            .map(|s| s["id"].as_str().unwrap_or("").to_string())
+            .collect();
+        (ids == ["cam"]).then_some(ids)
+    });
+    assert!(
+        ended.is_some(),
+        "only the good stream should be left after {:?}",
+        started.elapsed()
+    );
+
+    // The good stream still plays.
+    let bytes = flv_bytes_within(b.http, "/live/cam.flv", Duration::from_secs(2));
+    assert!(
+        bytes > 20_000,
+        "the good stream delivered only {bytes} bytes in 2 s"
+    );
+    let log = b.agent.log_text();
+    for reason in [
+        "not RTMP",
+        "Chunk Size",
+        "over the limit",
+        "truncated",
+        "H.265",
+        "without unpublishing",
+    ] {
+        assert!(
+            log.contains(reason),
+            "agent log lacks a reason mentioning {reason:?}:\n{log}"
+        );
+    }
+    assert!(
+        Command::new("kill")
+            .arg("-0")
+            .arg(b.agent.pid().to_string())
+            .status()
+            .unwrap()
+            .success(),
+        "agent died"
+    );
+}
+
+/// Bytes of an HTTP-FLV response received within `window`.
+fn flv_bytes_within(addr: SocketAddr, path: &str, window: Duration) -> usize {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let deadline = Instant::now() + window;
+    let (mut total, mut buf) = (0, [0u8; 65536]);
+    while Instant::now() < deadline {
+        s.set_read_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))
+        .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    total
+}
