@@ -138,6 +138,8 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
     let mut agent_cfg =
         AgentConfig::with_defaults(&opts.agent_id, &secret, &format!("mqtt://{broker}"));
     agent_cfg.rtmp.listen = opts.rtmp;
+    // A laptop: any stream name publishes. Fleets issue channel keys instead.
+    agent_cfg.rtmp.noauth = true;
     agent_cfg.http.listen = opts.agent_http;
     let (agent_rtmp, agent_http) = (opts.rtmp, opts.agent_http);
     let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();

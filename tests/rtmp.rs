@@ -22,23 +22,30 @@ struct Box_ {
     http: SocketAddr,
     _manager: Proc,
     agent: Proc,
+    agent_cfg: std::path::PathBuf,
 }
 
 fn start() -> Box_ {
+    start_with(true)
+}
+
+/// A manager and an agent; `noauth` false makes the agent require channel keys.
+fn start_with(noauth: bool) -> Box_ {
     let dir = TempDir::new("rtmp");
     let (mhttp, mqtt, rtmp, http) = (free_port(), free_port(), free_port(), free_port());
     let manager_cfg = dir.write(
         "manager.toml",
         &format!(
             "[http]\nlisten = \"127.0.0.1:{mhttp}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt}\"\n\
-             [[agents]]\nid = \"edge-1\"\nsecret = \"s1\"\n"
+             [keys]\nfile = \"{}\"\n[[agents]]\nid = \"edge-1\"\nsecret = \"s1\"\n",
+            dir.path().join("keys.json").display()
         ),
     );
     let agent_cfg = dir.write(
         "agent.toml",
         &format!(
             "id = \"edge-1\"\nsecret = \"s1\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt}\"\n\
-             [rtmp]\nlisten = \"127.0.0.1:{rtmp}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n"
+             [rtmp]\nlisten = \"127.0.0.1:{rtmp}\"\nnoauth = {noauth}\n[http]\nlisten = \"127.0.0.1:{http}\"\n"
         ),
     );
     let manager_http = SocketAddr::from(([127, 0, 0, 1], mhttp));
@@ -76,6 +83,7 @@ fn start() -> Box_ {
         http: SocketAddr::from(([127, 0, 0, 1], http)),
         _manager: manager,
         agent,
+        agent_cfg,
     }
 }
 
@@ -435,4 +443,130 @@ fn flv_bytes_within(addr: SocketAddr, path: &str, window: Duration) -> usize {
         }
     }
     total
+}
+
+fn publish_code(b: &Box_, app: &str, name: &str) -> String {
+    let mut c = RtmpClient::connect(b.rtmp).unwrap();
+    c.publish(app, name).unwrap()
+}
+
+#[test]
+fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
+    use verge::testkit::http;
+    let mut b = start_with(false);
+    assert_eq!(
+        publish_code(&b, "live", "cam"),
+        "NetStream.Publish.BadName",
+        "a bare name must be refused"
+    );
+
+    let issued = http(
+        "POST",
+        b.manager_http,
+        "/api/keys/live/cam",
+        b"",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(issued.status, 201, "{}", issued.text());
+    let key = issued.json()["key"].as_str().unwrap().to_string();
+    let again = http(
+        "POST",
+        b.manager_http,
+        "/api/keys/live/cam",
+        b"",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(
+        (again.status, again.json()["key"].as_str()),
+        (200, Some(key.as_str()))
+    );
+    assert_eq!(
+        get(b.manager_http, "/api/keys")
+            .unwrap()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let bad = http(
+        "POST",
+        b.manager_http,
+        "/api/keys/live/a%20b",
+        b"",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(bad.status, 400);
+
+    // The key reaches the agent over MQTT; a real ffmpeg publishes with it and players use the name.
+    let accepted = wait_for(Duration::from_secs(5), || {
+        (publish_code(&b, "live", &key) == "NetStream.Publish.Start").then_some(())
+    });
+    assert!(
+        accepted.is_some(),
+        "the agent never accepted the issued key:\n{}",
+        b.agent.log_text()
+    );
+    let _publisher = publish(&b, "publisher", &key, 8);
+    wait_for(Duration::from_secs(10), || listed_stream(&b, "cam"))
+        .expect("keyed stream listed by its name");
+    let bytes = flv_bytes_within(b.http, "/live/cam.flv", Duration::from_secs(2));
+    assert!(bytes > 20_000, "players use the name: got {bytes} bytes");
+    assert_eq!(
+        publish_code(&b, "live", "not-the-key"),
+        "NetStream.Publish.BadName"
+    );
+    assert_eq!(
+        publish_code(&b, "studio", &key),
+        "NetStream.Publish.BadName",
+        "a key belongs to its app"
+    );
+
+    // Keys survive an agent restart: the retained table comes back with the session.
+    let agent = std::mem::replace(
+        &mut b.agent,
+        Proc::spawn(
+            "agent-2",
+            &bin("verge-agent"),
+            &["--config", b.agent_cfg.to_str().unwrap()],
+            b.dir.path(),
+        ),
+    );
+    drop(agent);
+    let accepted = wait_for(Duration::from_secs(10), || {
+        let mut c = RtmpClient::connect(b.rtmp).ok()?;
+        (c.publish("live", &key).ok()? == "NetStream.Publish.Start").then_some(())
+    });
+    assert!(
+        accepted.is_some(),
+        "the restarted agent lost the key:\n{}",
+        b.agent.log_text()
+    );
+
+    // A revoked key stops working.
+    let revoked = http(
+        "DELETE",
+        b.manager_http,
+        "/api/keys/live/cam",
+        b"",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(revoked.status, 204);
+    let refused = wait_for(Duration::from_secs(5), || {
+        (publish_code(&b, "live", &key) == "NetStream.Publish.BadName").then_some(())
+    });
+    assert!(refused.is_some(), "the revoked key still publishes");
+    let again = http(
+        "DELETE",
+        b.manager_http,
+        "/api/keys/live/cam",
+        b"",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(again.status, 404);
 }

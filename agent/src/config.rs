@@ -52,6 +52,9 @@ impl Default for MqttConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RtmpConfig {
     pub listen: SocketAddr,
+    /// Accept any stream name at `publish`; when false, publishers must use a channel key
+    /// issued by the manager.
+    pub noauth: bool,
     /// The URL publishers use, when `listen` is not what they can reach.
     pub advertise: Option<String>,
 }
@@ -60,6 +63,7 @@ impl Default for RtmpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 1935)),
+            noauth: false,
             advertise: None,
         }
     }

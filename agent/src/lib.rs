@@ -7,6 +7,8 @@
 //! - [`state`]: the live snapshot the session publishes when it changes.
 //! - [`rtmp`]: the RTMP listener; publishers feed the hub, players read from it.
 //! - [`http`]: the agent's HTTP server (HTTP-FLV).
+//! - [`keys`]: the channel keys the manager hands out; with `[rtmp] noauth = false` a publisher
+//!   must use one.
 //! - [`streams`]: stream names, and the hub's streams copied into the state snapshot.
 //!
 //! A publish's path: OBS connects to [`rtmp::serve`]; the connection's
@@ -19,6 +21,7 @@
 
 pub mod config;
 pub mod http;
+pub mod keys;
 pub mod rpc;
 pub mod rtmp;
 pub mod session;
@@ -40,6 +43,7 @@ pub async fn run(cfg: &AgentConfig, shutdown: impl Future<Output = ()>) -> Resul
     cfg.validate()?;
     let hub = Arc::new(Hub::new(HubConfig::default()));
     let state = StateHandle::new();
+    let keys = keys::KeyTable::default();
     let rtmp_listener = bind(cfg.rtmp.listen, "RTMP").await?;
     let http_listener = bind(cfg.http.listen, "HTTP").await?;
     tracing::info!(agent = %cfg.id, rtmp = %cfg.rtmp.listen, http = %cfg.http.listen, "media listeners up");
@@ -48,7 +52,10 @@ pub async fn run(cfg: &AgentConfig, shutdown: impl Future<Output = ()>) -> Resul
         tokio::spawn(rtmp::serve(
             rtmp_listener,
             hub.clone(),
-            rtmp::RtmpSettings::default(),
+            rtmp::RtmpSettings {
+                keys: (!cfg.rtmp.noauth).then(|| keys.clone()),
+                ..rtmp::RtmpSettings::default()
+            },
         )),
         tokio::spawn(async move {
             if let Err(e) = axum::serve(http_listener, router).await {
@@ -57,7 +64,7 @@ pub async fn run(cfg: &AgentConfig, shutdown: impl Future<Output = ()>) -> Resul
         }),
         tokio::spawn(streams::report(hub, state.clone(), Duration::from_secs(10))),
     ];
-    let result = session::run(cfg, state, shutdown).await;
+    let result = session::run(cfg, state, keys, shutdown).await;
     for task in tasks {
         task.abort();
     }

@@ -16,10 +16,13 @@ use verge_media::flv::tag;
 use verge_media::hub::{Frame, Hub, Publisher, Reader};
 use verge_media::rtmp::session::{Event, MediaKind, Session, SessionConfig};
 
+use crate::keys::KeyTable;
 use crate::streams::{StreamName, parse_publish_name};
 
 #[derive(Debug, Clone)]
 pub struct RtmpSettings {
+    /// Channel keys publishers must use; `None` accepts any stream name (`noauth`).
+    pub keys: Option<KeyTable>,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub max_connections: usize,
@@ -28,6 +31,7 @@ pub struct RtmpSettings {
 impl Default for RtmpSettings {
     fn default() -> Self {
         Self {
+            keys: None,
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             max_connections: 256,
@@ -190,6 +194,25 @@ async fn connection(
     }
 }
 
+/// The stream a `publish` goes to: the name itself, or with keys on, the stream the key maps to
+/// (the key must belong to the app the publisher connected to).
+fn publish_target(
+    keys: Option<&KeyTable>,
+    app: &str,
+    published: &str,
+) -> Result<StreamName, String> {
+    let Some(keys) = keys else {
+        return parse_publish_name(app, published);
+    };
+    let key = published.split('?').next().unwrap_or_default();
+    let app = if app.is_empty() { "live" } else { app };
+    match keys.lookup(key) {
+        Some(channel) if channel.app == app => StreamName::parse(&channel.app, &channel.name),
+        Some(_) => Err(format!("that channel key is not for app {app:?}")),
+        None => Err("unknown channel key".into()),
+    }
+}
+
 fn on_event(
     conn: &mut Conn,
     hub: &Arc<Hub>,
@@ -214,7 +237,7 @@ fn on_event(
                     "a second publish on one connection".into(),
                 ));
             }
-            let stream = match parse_publish_name(&app, &name) {
+            let stream = match publish_target(conn.settings.keys.as_ref(), &app, &name) {
                 Ok(stream) => stream,
                 Err(why) => {
                     conn.session

@@ -9,18 +9,20 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, LastWill, QoS};
+use rumqttc::{AsyncClient, LastWill, QoS, SubscribeFilter};
 use tokio::sync::{Semaphore, watch};
 use verge_mqtt::link::{LinkError, LinkOptions, WillFn};
 use verge_mqtt::{Link, LinkEvent};
 use verge_protocol::envelope::{self, Message};
 use verge_protocol::key::MacKey;
+use verge_protocol::keys::Keys;
 use verge_protocol::presence::{Presence, Status};
 use verge_protocol::rpc::{ErrorCode, Outcome, ReplayGuard, Reply, Request, RpcError};
 use verge_protocol::state::State;
 use verge_protocol::topic::Topics;
 
 use crate::config::{AgentConfig, ConfigError};
+use crate::keys::KeyTable;
 use crate::rpc;
 use crate::state::StateHandle;
 
@@ -70,6 +72,7 @@ impl Shared {
 pub async fn run(
     cfg: &AgentConfig,
     state: StateHandle,
+    keys: KeyTable,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     cfg.validate()?;
@@ -123,6 +126,7 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(cfg.limits.rpc_concurrency.max(1)));
     let replays = Mutex::new(ReplayGuard::new(4096));
     let request_topic = shared.topics.request(&shared.id);
+    let keys_topic = shared.topics.keys(&shared.id);
 
     tokio::pin!(shutdown);
     let result = loop {
@@ -133,6 +137,9 @@ pub async fn run(
                 Some(LinkEvent::Connected) => connected_tx.send_modify(|generation| *generation += 1),
                 Some(LinkEvent::Message { topic, payload }) if topic == request_topic => {
                     on_request(&shared, &payload, &permits, &replays);
+                }
+                Some(LinkEvent::Message { topic, payload }) if topic == keys_topic => {
+                    on_keys(&shared, &keys, &payload);
                 }
                 Some(LinkEvent::Message { topic, .. }) => {
                     tracing::debug!(agent = %shared.id, %topic, "ignoring message on unexpected topic");
@@ -198,10 +205,14 @@ async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver<u64>) {
             continue;
         }
         if announced_generation != generation {
-            let topic = shared.topics.request(&shared.id);
+            let filters = [
+                SubscribeFilter::new(shared.topics.request(&shared.id), QoS::AtMostOnce),
+                // Keys are retained: the broker hands them over on every (re)subscribe.
+                SubscribeFilter::new(shared.topics.keys(&shared.id), QoS::AtLeastOnce),
+            ];
             let presence = shared.seal(&shared.presence(Status::Online));
             let presence_topic = shared.topics.presence(&shared.id);
-            if let Err(e) = shared.client.subscribe(topic, QoS::AtMostOnce).await {
+            if let Err(e) = shared.client.subscribe_many(filters).await {
                 tracing::warn!(agent = %shared.id, error = %e, "subscribe failed");
             }
             if let Err(e) = shared
@@ -224,6 +235,24 @@ async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver<u64>) {
                 tracing::warn!(agent = %shared.id, error = %e, "state publish failed");
             }
             published = Some((generation, state.seq));
+        }
+    }
+}
+
+/// Takes the channel key table the manager keeps for this agent.
+fn on_keys(shared: &Shared, keys: &KeyTable, payload: &[u8]) {
+    if payload.is_empty() {
+        keys.replace(Keys::default());
+        return;
+    }
+    match envelope::open::<Keys>(payload, &shared.key) {
+        Ok(opened) => {
+            if keys.replace(opened.body) {
+                tracing::info!(agent = %shared.id, keys = keys.len(), "channel keys updated");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(agent = %shared.id, error = %e, "ignoring a key table that does not open")
         }
     }
 }

@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use verge_media::hub::{Hub, StreamStatus};
+use verge_protocol::id::validate_stream_part;
 use verge_protocol::state::StreamInfo;
 
 use crate::state::StateHandle;
-
-const MAX_NAME_LEN: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamName {
@@ -25,21 +24,8 @@ pub struct StreamName {
 impl StreamName {
     pub fn parse(app: &str, name: &str) -> Result<Self, String> {
         let app = if app.is_empty() { "live" } else { app };
-        for (what, part) in [("app", app), ("stream name", name)] {
-            if part.is_empty() || part.len() > MAX_NAME_LEN {
-                return Err(format!(
-                    "{what} {part:?} must have 1 to {MAX_NAME_LEN} characters"
-                ));
-            }
-            if let Some(c) = part
-                .chars()
-                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-            {
-                return Err(format!(
-                    "{what} {part:?} holds {c:?}; use letters, digits, '-', '_', '.'"
-                ));
-            }
-        }
+        validate_stream_part("app", app)?;
+        validate_stream_part("stream name", name)?;
         Ok(Self {
             app: app.to_string(),
             name: name.to_string(),

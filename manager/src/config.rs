@@ -19,6 +19,7 @@ pub struct ManagerConfig {
     pub mqtt: MqttConfig,
     pub enrollment: EnrollmentConfig,
     pub agents: Vec<EnrolledAgent>,
+    pub keys: KeysConfig,
     /// Sections this build does not read yet, kept to warn about them.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
@@ -102,6 +103,22 @@ impl Default for MqttConfig {
             ca_file: None,
             keepalive_secs: 10,
             rpc_timeout_ms: 3000,
+        }
+    }
+}
+
+/// Channel keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// Where issued keys are kept (JSON, written atomically).
+    pub file: PathBuf,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            file: PathBuf::from("verge-keys.json"),
         }
     }
 }

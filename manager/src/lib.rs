@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod http;
+pub mod keys;
 pub mod registry;
 pub mod rpc;
 pub mod session;
@@ -43,6 +44,8 @@ pub enum ManagerError {
     Link(#[from] LinkError),
     #[error("the embedded broker did not accept this manager's session within {0:?}")]
     BrokerNotReady(Duration),
+    #[error(transparent)]
+    Keys(#[from] keys::KeyStoreError),
     #[error("HTTP listener {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -132,6 +135,13 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     let Link { client, events, .. } = Link::spawn(&opts, None)?;
 
     let registry = Arc::new(Registry::new());
+    let keys = keys::KeyDistributor {
+        store: Arc::new(keys::KeyStore::open(&cfg.keys.file)?),
+        client: client.clone(),
+        topics: topics.clone(),
+        credentials: credentials.clone(),
+        manager_id: cfg.mqtt.id.clone(),
+    };
     let rpc = Arc::new(RpcClient::new(
         cfg.mqtt.id.clone(),
         topics.clone(),
@@ -155,6 +165,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         registry: registry.clone(),
         rpc: rpc.clone(),
         connected: connected.clone(),
+        keys: keys.clone(),
     };
     tokio::spawn(session.run(events));
     if broker.is_some() {
@@ -175,6 +186,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         rpc: rpc.clone(),
         connected,
         broker: broker_kind,
+        keys,
         rpc_timeout: cfg.rpc_timeout(),
     });
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)

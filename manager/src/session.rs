@@ -32,6 +32,7 @@ pub struct FleetSession {
     pub registry: Arc<Registry>,
     pub rpc: Arc<RpcClient>,
     pub connected: Arc<AtomicBool>,
+    pub keys: crate::keys::KeyDistributor,
 }
 
 impl FleetSession {
@@ -76,7 +77,12 @@ impl FleetSession {
             Ok(Topic::Presence { agent }) => {
                 if let Some((ts, presence)) = self.open_from::<Presence>(&agent, payload, warned) {
                     tracing::info!(%agent, status = ?presence.status, version = %presence.version, "presence");
+                    let online = presence.status == verge_protocol::presence::Status::Online;
                     self.registry.apply_presence(&agent, ts, presence);
+                    if online {
+                        // Retained, so this only matters for agents new since the last change.
+                        self.keys.send_to(&agent);
+                    }
                 }
             }
             Ok(Topic::State { .. }) if payload.is_empty() => {}

@@ -26,6 +26,7 @@ pub enum Kind {
     State,
     Request,
     Reply,
+    Keys,
 }
 
 impl Kind {
@@ -35,6 +36,7 @@ impl Kind {
             Kind::State => "state",
             Kind::Request => "request",
             Kind::Reply => "reply",
+            Kind::Keys => "keys",
         }
     }
 }

@@ -33,6 +33,31 @@ pub fn validate(id: &str) -> Result<(), IdError> {
     }
 }
 
+/// Longest stream app or name.
+pub const MAX_STREAM_PART_LEN: usize = 128;
+
+/// Checks one part (`app` or `name`) of a stream id `{app}/{name}`. Parts become URL path
+/// segments and file names, so they use the same safe alphabet as ids.
+pub fn validate_stream_part(what: &str, part: &str) -> Result<(), String> {
+    if part.is_empty() || part.len() > MAX_STREAM_PART_LEN {
+        return Err(format!(
+            "{what} {part:?} must have 1 to {MAX_STREAM_PART_LEN} characters"
+        ));
+    }
+    if matches!(part, "." | "..") {
+        return Err(format!("{what} {part:?} is not a name"));
+    }
+    match part
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        Some(c) => Err(format!(
+            "{what} {part:?} holds {c:?}; use letters, digits, '-', '_', '.'"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A validated agent or manager name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Id(String);
@@ -70,6 +95,14 @@ mod tests {
     fn accepts_plain_names() {
         for ok in ["edge-1", "box_7.lan", "A", &"x".repeat(MAX_ID_LEN)] {
             assert_eq!(validate(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn stream_parts_are_safe_path_segments() {
+        assert!(validate_stream_part("name", "cam-1.main_2").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(129)] {
+            assert!(validate_stream_part("name", bad).is_err(), "{bad:?}");
         }
     }
 

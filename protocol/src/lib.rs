@@ -18,6 +18,7 @@
 pub mod envelope;
 pub mod id;
 pub mod key;
+pub mod keys;
 pub mod presence;
 pub mod rpc;
 pub mod state;

@@ -6,6 +6,7 @@
 //! {p}/v1/a/{agent}/state      retained stream snapshot
 //! {p}/v1/a/{agent}/req        manager -> agent RPC requests
 //! {p}/v1/m/{manager}/res      agent -> manager RPC replies
+//! {p}/v1/a/{agent}/keys       retained channel keys, manager -> agent
 //! ```
 
 use crate::id::{self, IdError};
@@ -27,6 +28,7 @@ pub enum Topic {
     State { agent: String },
     Request { agent: String },
     Reply { manager: String },
+    Keys { agent: String },
 }
 
 /// Builds and parses topics under one prefix.
@@ -61,6 +63,10 @@ impl Topics {
 
     pub fn request(&self, agent: &str) -> String {
         format!("{}/v1/a/{agent}/req", self.prefix)
+    }
+
+    pub fn keys(&self, agent: &str) -> String {
+        format!("{}/v1/a/{agent}/keys", self.prefix)
     }
 
     pub fn reply(&self, manager: &str) -> String {
@@ -99,6 +105,12 @@ impl Topics {
             ["v1", "a", agent, "req"] => (
                 *agent,
                 Topic::Request {
+                    agent: agent.to_string(),
+                },
+            ),
+            ["v1", "a", agent, "keys"] => (
+                *agent,
+                Topic::Keys {
                     agent: agent.to_string(),
                 },
             ),
@@ -145,6 +157,10 @@ mod tests {
             })
         );
         assert_eq!(t.all_presence(), "verge/v1/a/+/presence");
+        assert_eq!(
+            t.parse(&t.keys("e1")),
+            Ok(Topic::Keys { agent: "e1".into() })
+        );
     }
 
     #[test]

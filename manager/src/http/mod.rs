@@ -2,10 +2,12 @@
 //!
 //! - [`api`]: the REST API: `/api/nodes/` (liveman's shape), `/api/agents/{id}`, `/api/health`.
 //! - [`streams`]: `/api/streams/`, every agent's live streams in liveman's shape.
+//! - [`keys`]: channel keys, `/api/keys`.
 //! - [`error`]: errors as a status and a one-line reason a client can act on.
 
 pub mod api;
 pub mod error;
+pub mod keys;
 pub mod streams;
 
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::registry::Registry;
 use crate::rpc::RpcClient;
@@ -25,6 +27,7 @@ pub struct AppState {
     pub rpc: Arc<RpcClient>,
     pub connected: Arc<AtomicBool>,
     pub broker: &'static str,
+    pub keys: crate::keys::KeyDistributor,
     pub rpc_timeout: Duration,
 }
 
@@ -37,6 +40,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/agents", get(api::nodes))
         .route("/api/agents/", get(api::nodes))
         .route("/api/agents/{id}", get(api::agent))
+        .route("/api/keys", get(keys::list))
+        .route("/api/keys/", get(keys::list))
+        .route(
+            "/api/keys/{app}/{name}",
+            post(keys::issue).delete(keys::revoke),
+        )
         .route("/api/streams", get(streams::list))
         .route("/api/streams/", get(streams::list))
         .route("/api/streams/{stream}", get(streams::one))
@@ -45,5 +54,5 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn index() -> &'static str {
-    "Verge manager\n\nGET /api/nodes/        the fleet (liveman's node shape plus online, last_seen, version, streams)\nGET /api/agents/{id}   one agent, with a live ping\nGET /api/streams/      live streams on all agents (liveman's stream shape)\nGET /api/health        broker link and fleet counts\n"
+    "Verge manager\n\nGET /api/nodes/        the fleet (liveman's node shape plus online, last_seen, version, streams)\nGET /api/agents/{id}   one agent, with a live ping\nGET /api/streams/      live streams on all agents (liveman's stream shape)\nGET /api/health        broker link and fleet counts\nPOST|DELETE /api/keys/{app}/{name}, GET /api/keys   channel keys\n"
 }

@@ -8,7 +8,8 @@
 //!
 //! The peer decides the chunk size, the message lengths and the number of chunk streams, so
 //! each has a ceiling here ([`MAX_CHUNK_SIZE`], the decoder's `max_message_len`,
-//! [`MAX_CHUNK_STREAMS`]) and nothing is reserved on a header's word beyond those. A chunk is
+//! [`MAX_CHUNK_STREAMS`]), and so does what all unfinished messages hold together (twice
+//! `max_message_len`); nothing is reserved on a header's word beyond those. A chunk is
 //! consumed only once all of it is buffered: incomplete input is `Ok(None)`, never an error, and
 //! leaves the decoder as it was.
 
@@ -83,6 +84,9 @@ pub struct ChunkDecoder {
     chunk_size: u32,
     max_message_len: u32,
     streams: HashMap<u32, InStream>,
+    /// Payload bytes held by all partial messages together; at most
+    /// [`max_unfinished`](Self::max_unfinished).
+    unfinished: usize,
     bytes_received: u64,
 }
 
@@ -100,8 +104,20 @@ impl ChunkDecoder {
             chunk_size: DEFAULT_CHUNK_SIZE,
             max_message_len,
             streams: HashMap::new(),
+            unfinished: 0,
             bytes_received: 0,
         }
+    }
+
+    /// The most all partial messages may hold together: twice `max_message_len`.
+    ///
+    /// A publisher has one big message in flight (a video key frame cut into many chunks)
+    /// while small audio and data messages interleave with it on other chunk streams; twice the
+    /// largest message leaves room for that, and for one big message starting as another
+    /// finishes. Without this bound a peer could open [`MAX_CHUNK_STREAMS`] messages of
+    /// `max_message_len` bytes each and never finish them.
+    fn max_unfinished(&self) -> usize {
+        2 * self.max_message_len as usize
     }
 
     /// Applies the peer's Set Chunk Size: 1..=[`MAX_CHUNK_SIZE`] (which also keeps the top bit,
@@ -123,8 +139,12 @@ impl ChunkDecoder {
 
     /// Drops the partial message on `csid`, as the peer's Abort Message asks.
     pub fn abort(&mut self, csid: u32) {
-        if let Some(stream) = self.streams.get_mut(&csid) {
-            stream.partial = None;
+        if let Some(dropped) = self
+            .streams
+            .get_mut(&csid)
+            .and_then(|stream| stream.partial.take())
+        {
+            self.unfinished -= dropped.len();
         }
     }
 
@@ -244,14 +264,29 @@ impl ChunkDecoder {
                 header.length, self.max_message_len
             )));
         }
-        let received = match previous.and_then(|s| s.partial.as_ref()) {
-            Some(partial) if continuing => partial.len(),
-            _ => 0,
-        };
+        // What this csid holds now: continued by this chunk, or dropped for a new message.
+        let held = previous
+            .and_then(|s| s.partial.as_ref())
+            .map_or(0, BytesMut::len);
+        let received = if continuing { held } else { 0 };
         let length = header.length as usize;
         let take = length
             .saturating_sub(received)
             .min(self.chunk_size as usize);
+        // Checked on the header, like the message length: the verdict does not need the bytes.
+        let held_after = if received + take < length {
+            received + take
+        } else {
+            0
+        };
+        let unfinished = self.unfinished - held + held_after;
+        if unfinished > self.max_unfinished() {
+            return Err(ChunkError::Invalid(format!(
+                "unfinished messages would hold {unfinished} bytes (chunk stream {csid}), over \
+                 the limit of {} bytes for all chunk streams together",
+                self.max_unfinished()
+            )));
+        }
         let header_len = r.position();
         if buf.len() < header_len + take {
             return Ok(Step::NeedMore);
@@ -259,6 +294,7 @@ impl ChunkDecoder {
 
         buf.advance(header_len);
         self.bytes_received += (header_len + take) as u64;
+        self.unfinished = unfinished;
         let stream = self.streams.entry(csid).or_insert(InStream {
             header,
             partial: None,
@@ -806,6 +842,95 @@ mod tests {
         buf.extend_from_slice(&next[128..]);
         assert_eq!(decoder.decode(&mut buf), Ok(Some(msg(4, 20, 9, 1, next))));
         assert!(buf.is_empty());
+    }
+
+    /// A type 0 header on a one-byte csid: timestamp 0, video, message stream 1.
+    fn type_0_header(csid: u8, length: u32) -> Vec<u8> {
+        let mut header = vec![csid];
+        header.extend_from_slice(&[0, 0, 0]);
+        header.extend_from_slice(&length.to_be_bytes()[1..]);
+        header.extend_from_slice(&[9, 1, 0, 0, 0]);
+        header
+    }
+
+    /// Opens a 1000-byte message on each of csids 3..=6 and feeds them 128-byte chunks in
+    /// turn, seven each (896 bytes), so none ever completes. Returns the bytes fed, or the
+    /// error and the bytes fed before it.
+    fn feed_unfinished_messages(max_message_len: u32) -> Result<usize, (usize, String)> {
+        let mut decoder = ChunkDecoder::new(max_message_len);
+        let body = payload(1000, 5);
+        let mut buf = BytesMut::new();
+        let mut fed = 0;
+        for round in 0..7 {
+            for csid in 3..=6 {
+                if round == 0 {
+                    buf.extend_from_slice(&type_0_header(csid, 1000));
+                } else {
+                    buf.put_u8(0xC0 | csid);
+                }
+                buf.extend_from_slice(&body[round * 128..(round + 1) * 128]);
+                match decoder.decode(&mut buf) {
+                    Ok(None) => fed += 128,
+                    Ok(Some(message)) => panic!("no message can complete: {message:?}"),
+                    Err(ChunkError::Invalid(reason)) => return Err((fed, reason)),
+                }
+            }
+        }
+        assert_eq!(decoder.unfinished, fed);
+        Ok(fed)
+    }
+
+    #[test]
+    fn partial_messages_across_chunk_streams_are_bounded() {
+        // Twice 1000 bytes for all csids together: the sixteenth chunk (2048 bytes) is over.
+        let (fed, reason) = feed_unfinished_messages(1000).unwrap_err();
+        assert_eq!(fed, 15 * 128);
+        assert!(
+            reason.contains("2048") && reason.contains("2000"),
+            "{reason}"
+        );
+        // The same chunks fit under twice 2000 bytes.
+        assert_eq!(feed_unfinished_messages(2000), Ok(4 * 7 * 128));
+    }
+
+    #[test]
+    fn finished_dropped_and_aborted_messages_leave_the_bound() {
+        // Each round leaves 1000 + 128 + 128 bytes unfinished for a moment; over the rounds
+        // that is far more than the bound of 2000, so any byte not released would trip it.
+        let body = payload(1000, 3);
+        let mut decoder = ChunkDecoder::new(1000);
+        let mut buf = BytesMut::new();
+        for round in 0..50 {
+            // Aborted after one chunk.
+            buf.extend_from_slice(&type_0_header(3, 1000));
+            buf.extend_from_slice(&body[..128]);
+            assert_eq!(decoder.decode(&mut buf), Ok(None), "round {round}");
+            decoder.abort(3);
+            // Replaced by a new message after one chunk; the new one is cut short too.
+            buf.extend_from_slice(&type_0_header(4, 1000));
+            buf.extend_from_slice(&body[..128]);
+            buf.extend_from_slice(&type_0_header(4, 200));
+            buf.extend_from_slice(&body[..128]);
+            assert_eq!(decoder.decode(&mut buf), Ok(None), "round {round}");
+            // Finished, while csid 4 still holds 128 bytes.
+            let whole = msg(5, 0, 9, 1, body.clone());
+            buf.extend_from_slice(&encode_all(
+                &mut ChunkEncoder::new(),
+                std::slice::from_ref(&whole),
+            ));
+            assert_eq!(decoder.decode(&mut buf), Ok(Some(whole)), "round {round}");
+            assert_eq!(decoder.unfinished, 128);
+            // csid 4's second message finished.
+            buf.put_u8(0xC4);
+            buf.extend_from_slice(&body[128..200]);
+            assert_eq!(
+                decoder.decode(&mut buf),
+                Ok(Some(msg(4, 0, 9, 1, body[..200].to_vec()))),
+                "round {round}"
+            );
+            assert_eq!(decoder.unfinished, 0);
+            assert!(buf.is_empty());
+        }
     }
 
     #[test]

@@ -1,0 +1,192 @@
+//! Channel keys: issued and revoked through the API, kept in a JSON file so they survive a
+//! manager restart, and handed to every agent as a retained, signed message on
+//! `{p}/v1/a/{agent}/keys` (the whole table each time: it is small, and a retained whole table
+//! cannot be half-applied).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rumqttc::{AsyncClient, QoS};
+use verge_broker::Credentials;
+use verge_protocol::envelope;
+use verge_protocol::key::MacKey;
+use verge_protocol::keys::{ChannelKey, Keys};
+use verge_protocol::topic::Topics;
+
+use crate::registry::Registry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStoreError {
+    #[error("key file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("key file {path} is not a key table: {source}")]
+    Corrupt {
+        path: String,
+        source: serde_json::Error,
+    },
+}
+
+pub struct KeyStore {
+    path: PathBuf,
+    table: RwLock<Keys>,
+}
+
+impl KeyStore {
+    /// Loads the table from `path`; a missing file is an empty table.
+    pub fn open(path: &Path) -> Result<Self, KeyStoreError> {
+        let shown = path.display().to_string();
+        let table = match std::fs::read(path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| KeyStoreError::Corrupt {
+                    path: shown.clone(),
+                    source,
+                })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Keys::default(),
+            Err(source) => {
+                return Err(KeyStoreError::Io {
+                    path: shown,
+                    source,
+                });
+            }
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            table: RwLock::new(table),
+        })
+    }
+
+    pub fn snapshot(&self) -> Keys {
+        self.table.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// The key of `app/name`, issued now if it has none. `(key, newly issued)`.
+    pub fn issue(&self, app: &str, name: &str) -> Result<(ChannelKey, bool), KeyStoreError> {
+        self.change(|table| {
+            if let Some(existing) = table.keys.iter().find(|k| k.app == app && k.name == name) {
+                return ((existing.clone(), false), false);
+            }
+            let key = ChannelKey {
+                key: verge_protocol::key::random_secret(),
+                app: app.to_string(),
+                name: name.to_string(),
+            };
+            table.keys.push(key.clone());
+            ((key, true), true)
+        })
+    }
+
+    /// Revokes the key of `app/name`; false if it had none.
+    pub fn revoke(&self, app: &str, name: &str) -> Result<bool, KeyStoreError> {
+        self.change(|table| {
+            let before = table.keys.len();
+            table.keys.retain(|k| !(k.app == app && k.name == name));
+            (before != table.keys.len(), before != table.keys.len())
+        })
+    }
+
+    /// Applies `f`; when it reports a change, bumps the version and writes the file first.
+    fn change<T>(&self, f: impl FnOnce(&mut Keys) -> (T, bool)) -> Result<T, KeyStoreError> {
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = table.clone();
+        let (out, changed) = f(&mut next);
+        if changed {
+            next.version = verge_protocol::now_ms().max(table.version + 1);
+            self.write(&next)?;
+            *table = next;
+        }
+        Ok(out)
+    }
+
+    /// Writes atomically (temp file + rename), so a crash never leaves half a table.
+    fn write(&self, table: &Keys) -> Result<(), KeyStoreError> {
+        let shown = self.path.display().to_string();
+        let io = |source| KeyStoreError::Io {
+            path: shown.clone(),
+            source,
+        };
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(table).expect("key tables serialize");
+        std::fs::write(&tmp, bytes).map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)
+    }
+}
+
+/// Publishes the key table to agents, retained and signed with each agent's secret.
+#[derive(Clone)]
+pub struct KeyDistributor {
+    pub store: Arc<KeyStore>,
+    pub client: AsyncClient,
+    pub topics: Topics,
+    pub credentials: Credentials,
+    pub manager_id: String,
+}
+
+impl KeyDistributor {
+    /// To one agent; on a task, since a publish may wait for the link.
+    pub fn send_to(&self, agent: &str) {
+        let Some(secret) = self.credentials.secret_of(agent) else {
+            return;
+        };
+        let payload = envelope::seal(
+            &MacKey::new(&secret),
+            &self.manager_id,
+            verge_protocol::now_ms(),
+            &self.store.snapshot(),
+        );
+        let (client, topic, agent) = (
+            self.client.clone(),
+            self.topics.keys(agent),
+            agent.to_string(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = client.publish(topic, QoS::AtLeastOnce, true, payload).await {
+                tracing::warn!(%agent, error = %e, "could not publish channel keys");
+            }
+        });
+    }
+
+    /// To every agent the registry knows.
+    pub fn send_to_all(&self, registry: &Registry) {
+        for agent in registry.list() {
+            self.send_to(&agent.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_issued_once_revoked_and_survive_a_reopen() {
+        let dir = std::env::temp_dir().join(format!("verge-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys.json");
+        let store = KeyStore::open(&path).unwrap();
+        let (first, new) = store.issue("live", "cam").unwrap();
+        assert!(new);
+        let (again, new) = store.issue("live", "cam").unwrap();
+        assert!(!new);
+        assert_eq!(first, again);
+        let v1 = store.snapshot().version;
+        assert!(v1 > 0);
+
+        let reopened = KeyStore::open(&path).unwrap();
+        assert_eq!(reopened.snapshot().keys, vec![first]);
+        assert!(reopened.revoke("live", "cam").unwrap());
+        assert!(!reopened.revoke("live", "cam").unwrap());
+        assert!(reopened.snapshot().version > v1);
+        assert!(KeyStore::open(&path).unwrap().snapshot().keys.is_empty());
+
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(matches!(
+            KeyStore::open(&path),
+            Err(KeyStoreError::Corrupt { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
