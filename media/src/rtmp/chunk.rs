@@ -117,7 +117,7 @@ impl ChunkDecoder {
     /// finishes. Without this bound a peer could open [`MAX_CHUNK_STREAMS`] messages of
     /// `max_message_len` bytes each and never finish them.
     fn max_unfinished(&self) -> usize {
-        2 * self.max_message_len as usize
+        (self.max_message_len as usize).saturating_mul(2)
     }
 
     /// Applies the peer's Set Chunk Size: 1..=[`MAX_CHUNK_SIZE`] (which also keeps the top bit,

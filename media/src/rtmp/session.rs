@@ -17,6 +17,11 @@ use super::handshake::{HandshakeError, ServerHandshake};
 use super::message::{self, Control, ControlError, UserControl};
 use crate::amf0::{self, Amf0Value};
 
+/// The longest status description sent, in bytes. Descriptions are for people and may echo a
+/// name the peer chose (`connect`'s app, a stream name): cut, they cannot make a reply outgrow
+/// RTMP's 24-bit message length, which the chunk encoder refuses with a panic.
+const MAX_DESCRIPTION_LEN: usize = 1024;
+
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// Largest message the peer may send.
@@ -281,7 +286,7 @@ impl Session {
         let info = Amf0Value::object([
             ("level", Amf0Value::string(level)),
             ("code", Amf0Value::string(code)),
-            ("description", Amf0Value::string(description)),
+            ("description", brief(description)),
         ]);
         let values = [
             Amf0Value::string("onStatus"),
@@ -466,10 +471,7 @@ impl Session {
         let info = Amf0Value::object([
             ("level", Amf0Value::string("status")),
             ("code", Amf0Value::string("NetConnection.Connect.Success")),
-            (
-                "description",
-                Amf0Value::string(format!("connected to {app}")),
-            ),
+            ("description", brief(&format!("connected to {app}"))),
             ("objectEncoding", Amf0Value::Number(0.0)),
         ]);
         self.result(txn, vec![props, info]);
@@ -484,8 +486,14 @@ impl Session {
         if self.publishing != Some(stream_id) {
             return Ok(());
         }
-        let values = amf0::decode_all(payload)
-            .map_err(|e| SessionError::Command(format!("data message: {e}")))?;
+        // Metadata is informational: a publisher whose encoder writes odd AMF keeps publishing.
+        let values = match amf0::decode_all(payload) {
+            Ok(values) => values,
+            Err(e) => {
+                tracing::debug!(error = %e, "ignoring an undecodable data message");
+                return Ok(());
+            }
+        };
         let mut values = values.as_slice();
         if values.first().and_then(Amf0Value::as_str) == Some("@setDataFrame") {
             values = &values[1..];
@@ -504,6 +512,15 @@ impl Session {
         });
         Ok(())
     }
+}
+
+/// A description cut to [`MAX_DESCRIPTION_LEN`] bytes, on a character boundary.
+fn brief(text: &str) -> Amf0Value {
+    let mut end = text.len().min(MAX_DESCRIPTION_LEN);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Amf0Value::string(text.get(..end).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -926,7 +943,7 @@ mod tests {
             ["1: onStatus 0 null {status NetStream.Publish.Start}"]
         );
         let more = video(1, 40, 10);
-        client.send(&[more.clone()]).unwrap();
+        client.send(std::slice::from_ref(&more)).unwrap();
         assert_eq!(client.events(), [media(MediaKind::Video, &more)]);
     }
 
@@ -1456,19 +1473,27 @@ mod tests {
     }
 
     #[test]
-    fn probe_huge_app() {
+    fn reply_to_connect_with_the_longest_app_fits_a_message() {
+        // The largest connect the chunk stream carries: 33 bytes of command around the app.
         let config = SessionConfig {
             max_message_len: 0xFF_FFFF,
             ..SessionConfig::default()
         };
         let mut client = Client::with_config(config);
-        let app = "a".repeat(0xFF_FFFF - 200);
-        let m = command(
-            0,
-            &[s("connect"), n(1.0), Amf0Value::object([("app", s(&app))])],
+        let app = "é".repeat((0xFF_FFFF - 33) / 2);
+        let object = Amf0Value::object([("app", s(&app))]);
+        let connect = command(0, &[s("connect"), n(1.0), object]);
+        assert!(connect.payload.len() >= 0xFF_FFFF - 1);
+        client.send(&[connect]).unwrap();
+        let replies = client.replies();
+        assert_eq!(
+            describe(&replies[3]),
+            "0: _result 1 {} {status NetConnection.Connect.Success}"
         );
-        eprintln!("connect len {}", m.payload.len());
-        let r = client.send(&[m]);
-        eprintln!("{:?}", r.is_ok());
+        let info = &amf0::decode_all(&replies[3].payload).unwrap()[3];
+        let description = info.get("description").and_then(Amf0Value::as_str);
+        assert!(description.is_some_and(|d| d.starts_with("connected to éé")
+            && d.len() <= MAX_DESCRIPTION_LEN));
+        assert_eq!(client.events(), [Event::Connected { app, tc_url: None }]);
     }
 }
