@@ -8,6 +8,8 @@
 //! - [`flv`]: FLV tags (video, audio, script data) and the FLV muxer for HTTP-FLV.
 //! - [`codec`]: H.264 (AVC decoder configuration, SPS) and AAC (AudioSpecificConfig) parsing.
 //! - [`hub`]: per stream one publisher and many readers, a GOP cache and bounded queues.
+//! - [`rtp`]: RTP payload formats: H.264 frames from the hub into RTP packets for WebRTC
+//!   viewers, and RTP packets back into access units.
 //!
 //! Every parser says "incomplete" (wait for more bytes) apart from "invalid" (close the
 //! connection), and none allocates more than its configured limits on a peer's say-so.
@@ -17,3 +19,4 @@ pub mod codec;
 pub mod flv;
 pub mod hub;
 pub mod rtmp;
+pub mod rtp;

@@ -1,0 +1,9 @@
+//! RTP payload formats (RFC 3550): how a codec's frames become the payloads of RTP packets and
+//! back. WebRTC viewers are fed packets built here, written as they are to the viewer's track;
+//! the session (ICE, DTLS, SRTP, RTCP) stays with the WebRTC stack around it.
+//!
+//! - [`h264`]: H.264 (RFC 6184, packetization mode 1): [`h264::H264Packetizer`] turns FLV video
+//!   frames into RTP packets, [`h264::H264Depacketizer`] turns RTP packets into Annex-B access
+//!   units.
+
+pub mod h264;
