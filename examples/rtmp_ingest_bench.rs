@@ -6,10 +6,12 @@
 //!
 //! Every publisher sends 4 Mbit/s of H.264-shaped video: 25 fps, a keyframe every 50 frames
 //! (five times the size of an inter frame, which is about 18.5 KB), paced by the wall clock
-//! (each frame is written at its due time, publishers spread evenly over the 40 ms frame
-//! interval). Each frame carries, right after its 5-byte FLV video header, the monotonic
-//! nanoseconds at which the publisher started writing it; the receiving end subtracts that
-//! from its own clock. Both ends are in this process, so the clock is the same.
+//! (each frame is written at its due time). Independent cameras do not line up: publisher `i`
+//! of `n` starts `i/n` of a GOP (2 s) after the first, so frames and keyframes are spread
+//! evenly, and only frames due after that warm-up, in the next `--seconds`, are measured.
+//! Each frame carries, right after its 5-byte FLV video header, the monotonic nanoseconds at
+//! which the publisher started writing it (then the time it was due); the receiving end
+//! subtracts the first from its own clock. Both ends are in this process: one clock.
 //!
 //! Two routes carry the same frames:
 //! - **agent RTMP**: a real RTMP publisher (plain handshake, `connect`, `createStream`,
@@ -24,17 +26,19 @@
 //! on the main thread. A fresh server is started for every measurement.
 //!
 //! How to read the output:
-//! 1. *Added latency*: one publisher for twice `--seconds`; p50/p99/max per frame, agent RTMP
-//!    next to direct TCP. The agent runs with `RtmpSettings::default()`.
+//! 1. *Added latency*: one publisher for three times `--seconds`; p50/p99/max per frame,
+//!    agent RTMP next to direct TCP. The agent runs with `RtmpSettings::default()`.
 //! 2. *Ingest capacity on one core*: 8, 16, 32 … up to `--max-publishers` publishers, each step
 //!    for `--seconds`. "achieved" counts the bytes that reached the readers no later than
-//!    200 ms after the sending window closed; a step is **late** when fewer than 95 % of the
+//!    200 ms after the measured window closed; a step is **late** when fewer than 95 % of the
 //!    offered bytes made it, when p99 latency is over 200 ms, when publishers had to start a
 //!    frame more than 200 ms after its due time (p99 send lag: the server pushed back, or the
 //!    publishers' own core was full; the baseline column tells which), or when publishers could
 //!    not connect. Capacity is the largest step that was not late; once a route is late its
 //!    larger steps are skipped. "core %" is the CPU time of the server thread and of the
-//!    publishers' thread over the sending window (from `/proc/self/task/*/stat`). For this run
+//!    publishers' thread over the measured window (from `/proc/self/task/*/stat`), "RSS" the
+//!    whole process's at the end of the window (the baseline's RSS is the part that is not
+//!    the agent's: publishers, sockets' user buffers, the benchmark itself). For this run
 //!    the agent's `max_connections` (256 by default) is raised to `--max-publishers` so that
 //!    the limit measured is the core, not the setting.
 //! 3. *RSS* of this process (the agent's server lives in it) before and after the capacity run.
@@ -70,6 +74,8 @@ const BITRATE: u64 = 4_000_000;
 const KEY_RATIO: u64 = 5;
 /// Where the send time sits in a frame: right after the FLV video header.
 const STAMP_AT: usize = 5;
+/// Where the time the frame was due sits, after the send time.
+const DUE_AT: usize = STAMP_AT + 8;
 const CHUNK_SIZE: u32 = 4096;
 /// A minimal AVCDecoderConfigurationRecord: Baseline, one SPS, one PPS.
 const AVC_CONFIG: [u8; 26] = [
@@ -85,7 +91,9 @@ const MIN_DELIVERED: f64 = 0.95;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on one write; a publisher blocked longer gives up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// After the sending window: how long receivers may still drain, and publishers may be late.
+/// Publishers start one after the other over this time (one GOP); then measuring begins.
+const WARM_UP: Duration = Duration::from_secs(2);
+/// After the measured window: how long receivers may still drain, and publishers may be late.
 const GRACE: Duration = Duration::from_secs(3);
 /// Server messages read while waiting for one command reply.
 const MAX_REPLY_MESSAGES: usize = 64;
@@ -198,23 +206,23 @@ impl Frames {
     }
 
     fn template(&self, index: u32) -> &Bytes {
-        if index % GOP == 0 {
+        if index.is_multiple_of(GOP) {
             &self.key
         } else {
             &self.inter
         }
     }
 
-    /// Frame `index` stamped with `stamp_ns`.
-    fn payload(&self, index: u32, stamp_ns: u64) -> Bytes {
-        let mut payload = BytesMut::from(&self.template(index)[..]);
-        payload[STAMP_AT..STAMP_AT + 8].copy_from_slice(&stamp_ns.to_be_bytes());
-        payload.freeze()
+    fn len(&self, index: u32) -> u64 {
+        self.template(index).len() as u64
     }
 
-    /// Bytes one publisher offers in `count` frames.
-    fn offered(&self, count: u32) -> u64 {
-        (0..count).map(|i| self.template(i).len() as u64).sum()
+    /// Frame `index`, stamped with the time its write starts and the time it was due.
+    fn payload(&self, index: u32, sent_ns: u64, due_ns: u64) -> Bytes {
+        let mut payload = BytesMut::from(&self.template(index)[..]);
+        payload[STAMP_AT..STAMP_AT + 8].copy_from_slice(&sent_ns.to_be_bytes());
+        payload[DUE_AT..DUE_AT + 8].copy_from_slice(&due_ns.to_be_bytes());
+        payload.freeze()
     }
 }
 
@@ -252,6 +260,7 @@ fn check_media(frames: &Frames) {
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
+    due_ns: u64,
     arrived_ns: u64,
     latency_ns: u64,
     len: usize,
@@ -267,14 +276,18 @@ struct Received {
 
 impl Received {
     fn record(&mut self, payload: &[u8]) {
-        let Some(stamp) = payload.get(STAMP_AT..STAMP_AT + 8) else {
+        let stamp = |at: usize| {
+            let bytes = payload.get(at..at + 8)?;
+            Some(u64::from_be_bytes(bytes.try_into().ok()?))
+        };
+        let (Some(sent_ns), Some(due_ns)) = (stamp(STAMP_AT), stamp(DUE_AT)) else {
             return;
         };
-        let stamp = u64::from_be_bytes(stamp.try_into().expect("eight bytes"));
         let arrived_ns = now_ns();
         self.samples.push(Sample {
+            due_ns,
             arrived_ns,
-            latency_ns: arrived_ns.saturating_sub(stamp),
+            latency_ns: arrived_ns.saturating_sub(sent_ns),
             len: payload.len(),
         });
     }
@@ -695,20 +708,69 @@ struct Sent {
     error: Option<String>,
 }
 
-/// Sends `count` frames, frame `i` at `start + i × 40 ms`, then closes.
-async fn pace(mut link: Link, frames: Arc<Frames>, start: Instant, count: u32) -> Sent {
+/// The measured part of a run: from the end of the warm-up for `--seconds`.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn holds(&self, due_ns: u64) -> bool {
+        (ns_at(self.start)..ns_at(self.end)).contains(&due_ns)
+    }
+}
+
+/// When publisher `index` of `publishers` sends: from its start, spread over the warm-up, one
+/// frame every 40 ms until the window ends.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    count: u32,
+    window: Window,
+}
+
+impl Schedule {
+    fn new(window: Window, index: usize, publishers: usize) -> Self {
+        let start = window.start - WARM_UP + WARM_UP * index as u32 / publishers.max(1) as u32;
+        let span = window.end.saturating_duration_since(start).as_nanos();
+        Self {
+            start,
+            count: span.div_ceil(FRAME_INTERVAL.as_nanos()) as u32,
+            window,
+        }
+    }
+
+    fn due(&self, index: u32) -> Instant {
+        self.start + FRAME_INTERVAL * index
+    }
+
+    /// Bytes this publisher offers inside the window.
+    fn offered(&self, frames: &Frames) -> u64 {
+        (0..self.count)
+            .filter(|&i| self.window.holds(ns_at(self.due(i))))
+            .map(|i| frames.len(i))
+            .sum()
+    }
+}
+
+/// Sends the schedule's frames, each at its due time, then closes.
+async fn pace(mut link: Link, frames: Arc<Frames>, schedule: Schedule) -> Sent {
     let mut sent = Sent::default();
-    let give_up = start + FRAME_INTERVAL * count + GRACE;
-    for index in 0..count {
-        let due = start + FRAME_INTERVAL * index;
+    let give_up = schedule.window.end + GRACE;
+    for index in 0..schedule.count {
+        let due = schedule.due(index);
         sleep_until(due.into()).await;
         let now = Instant::now();
         if now > give_up {
-            sent.error = Some(format!("{} frames behind schedule", count - index));
+            let behind = schedule.count - index;
+            sent.error = Some(format!("{behind} frames behind schedule"));
             break;
         }
-        sent.lags_ns.push((now - due).as_nanos() as u64);
-        let payload = frames.payload(index, now_ns());
+        if schedule.window.holds(ns_at(due)) {
+            sent.lags_ns.push((now - due).as_nanos() as u64);
+        }
+        let payload = frames.payload(index, now_ns(), ns_at(due));
         match timeout(WRITE_TIMEOUT, link.send(index, payload)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -731,18 +793,16 @@ async fn pace(mut link: Link, frames: Arc<Frames>, start: Instant, count: u32) -
 struct Outcome {
     seconds: u32,
     offered_bytes: u64,
-    /// Frames that arrive by this time count as delivered.
-    on_time_ns: u64,
+    window: Window,
     sent: Vec<Sent>,
     received: Vec<Received>,
     setup_failures: Vec<String>,
-    server_cpu: Option<f64>,
-    client_cpu: Option<f64>,
+    usage: Usage,
 }
 
 fn measure(route: Route, publishers: usize, seconds: u32, settings: RtmpSettings) -> Outcome {
-    let window = Duration::from_secs(u64::from(seconds));
-    let limit = SETUP_TIMEOUT + window + 2 * GRACE;
+    let measured = Duration::from_secs(u64::from(seconds));
+    let limit = SETUP_TIMEOUT + WARM_UP + measured + 2 * GRACE;
     let mut server = Server::start(route, settings, limit);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -756,29 +816,32 @@ fn measure(route: Route, publishers: usize, seconds: u32, settings: RtmpSettings
 
 async fn drive(server: &mut Server, publishers: usize, seconds: u32) -> Outcome {
     let frames = Arc::new(Frames::new());
-    let count = seconds * FPS;
     let (links, setup_failures) = open_all(&server.target, publishers).await;
     let opened = links.len();
 
-    let start = Instant::now() + Duration::from_millis(200);
+    let start = Instant::now() + WARM_UP + Duration::from_millis(200);
+    let window = Window {
+        start,
+        end: start + FRAME_INTERVAL * seconds * FPS,
+    };
+    let schedules: Vec<Schedule> = (0..publishers)
+        .map(|i| Schedule::new(window, i, publishers))
+        .collect();
     let mut pacing = JoinSet::new();
-    for (i, link) in links.into_iter().enumerate() {
-        let phase = FRAME_INTERVAL * i as u32 / publishers as u32;
-        pacing.spawn(pace(link, frames.clone(), start + phase, count));
+    for (link, schedule) in links.into_iter().zip(&schedules) {
+        pacing.spawn(pace(link, frames.clone(), *schedule));
     }
-    let window = FRAME_INTERVAL * count;
-    let (server_cpu, client_cpu) = cpu_over(start, window, server.tid).await;
-    let sent = join_all(pacing, start + window + GRACE + WRITE_TIMEOUT).await;
+    let usage = Usage::over(window, server.tid).await;
+    let sent = join_all(pacing, window.end + GRACE + WRITE_TIMEOUT).await;
     let received = collect(&mut server.reports, opened, Instant::now() + GRACE).await;
     Outcome {
         seconds,
-        offered_bytes: frames.offered(count) * publishers as u64,
-        on_time_ns: ns_at(start + window + FRAME_INTERVAL + LATE),
+        offered_bytes: schedules.iter().map(|s| s.offered(&frames)).sum(),
+        window,
         sent,
         received,
         setup_failures,
-        server_cpu,
-        client_cpu,
+        usage,
     }
 }
 
@@ -801,25 +864,33 @@ async fn open_all(target: &Target, publishers: usize) -> (Vec<Link>, Vec<String>
     (links, failures)
 }
 
-/// Core shares (%) of the server thread and of this thread from `start` over `window`.
-async fn cpu_over(
-    start: Instant,
-    window: Duration,
-    server: Option<u32>,
-) -> (Option<f64>, Option<f64>) {
-    let client = thread_id();
-    let ticks = |tid: Option<u32>| tid.and_then(cpu_ticks);
-    sleep_until(start.into()).await;
-    let (server_before, client_before, at) = (ticks(server), ticks(client), Instant::now());
-    sleep_until((start + window).into()).await;
-    let elapsed = at.elapsed().as_secs_f64();
-    let share = |before: Option<u64>, after: Option<u64>| {
-        Some((after? - before?) as f64 / CLOCK_TICKS / elapsed * 100.0)
-    };
-    (
-        share(server_before, ticks(server)),
-        share(client_before, ticks(client)),
-    )
+/// What the sending window cost: core shares (%) of the server thread and of the publishers'
+/// thread, and the process's RSS at the end.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    server_cpu: Option<f64>,
+    client_cpu: Option<f64>,
+    rss_mib: f64,
+}
+
+impl Usage {
+    /// Samples over `window`; call on the publishers' thread.
+    async fn over(window: Window, server: Option<u32>) -> Self {
+        let client = thread_id();
+        let ticks = |tid: Option<u32>| tid.and_then(cpu_ticks);
+        sleep_until(window.start.into()).await;
+        let (server_before, client_before, at) = (ticks(server), ticks(client), Instant::now());
+        sleep_until(window.end.into()).await;
+        let elapsed = at.elapsed().as_secs_f64();
+        let share = |before: Option<u64>, after: Option<u64>| {
+            Some((after? - before?) as f64 / CLOCK_TICKS / elapsed * 100.0)
+        };
+        Self {
+            server_cpu: share(server_before, ticks(server)),
+            client_cpu: share(client_before, ticks(client)),
+            rss_mib: status_mib("VmRSS"),
+        }
+    }
 }
 
 async fn join_all(mut pacing: JoinSet<Sent>, deadline: Instant) -> Vec<Sent> {
@@ -859,9 +930,9 @@ struct Summary {
     max_ms: f64,
     lag_p99_ms: f64,
     frames: usize,
-    lost: u64,
-    server_cpu: Option<f64>,
-    client_cpu: Option<f64>,
+    /// Frames the hub dropped for readers that fell behind.
+    dropped: u64,
+    usage: Usage,
     /// Why the step counts as late, or `None`.
     late: Option<String>,
 }
@@ -875,11 +946,16 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 fn summarize(outcome: &Outcome) -> Summary {
-    let samples = outcome.received.iter().flat_map(|r| &r.samples);
+    let on_time_ns = ns_at(outcome.window.end + FRAME_INTERVAL + LATE);
+    let samples = outcome
+        .received
+        .iter()
+        .flat_map(|r| &r.samples)
+        .filter(|s| outcome.window.holds(s.due_ns));
     let mut latencies: Vec<u64> = samples.clone().map(|s| s.latency_ns).collect();
     latencies.sort_unstable();
     let on_time: u64 = samples
-        .filter(|s| s.arrived_ns <= outcome.on_time_ns)
+        .filter(|s| s.arrived_ns <= on_time_ns)
         .map(|s| s.len as u64)
         .sum();
     let mut lags: Vec<u64> = outcome
@@ -898,9 +974,8 @@ fn summarize(outcome: &Outcome) -> Summary {
         max_ms: percentile(&latencies, 1.0),
         lag_p99_ms: percentile(&lags, 0.99),
         frames: latencies.len(),
-        lost: outcome.received.iter().map(|r| r.dropped).sum(),
-        server_cpu: outcome.server_cpu,
-        client_cpu: outcome.client_cpu,
+        dropped: outcome.received.iter().map(|r| r.dropped).sum(),
+        usage: outcome.usage,
         late: None,
     };
     summary.late = lateness(outcome, &summary, on_time);
@@ -949,30 +1024,19 @@ fn latency_table(agent: &Summary, tcp: &Summary, seconds: u32) -> String {
          | per frame, written → read | agent RTMP → hub reader | direct TCP (baseline) |\n\
          |---|---:|---:|\n"
     );
+    let ms = |v: f64| format!("{v:.3}");
     let rows = [
+        ("p50 ms", ms(agent.p50_ms), ms(tcp.p50_ms)),
+        ("p99 ms", ms(agent.p99_ms), ms(tcp.p99_ms)),
+        ("max ms", ms(agent.max_ms), ms(tcp.max_ms)),
         (
-            "p50 ms",
-            format!("{:.3}", agent.p50_ms),
-            format!("{:.3}", tcp.p50_ms),
-        ),
-        (
-            "p99 ms",
-            format!("{:.3}", agent.p99_ms),
-            format!("{:.3}", tcp.p99_ms),
-        ),
-        (
-            "max ms",
-            format!("{:.3}", agent.max_ms),
-            format!("{:.3}", tcp.max_ms),
-        ),
-        (
-            "frames received",
+            "frames measured",
             agent.frames.to_string(),
             tcp.frames.to_string(),
         ),
         (
             "frames dropped by the hub",
-            agent.lost.to_string(),
+            agent.dropped.to_string(),
             "—".into(),
         ),
     ];
@@ -992,21 +1056,22 @@ fn capacity_table(steps: &[Step], seconds: u32) -> String {
     let mut out = format!(
         "## Ingest capacity on one core, {seconds} s per step (cells: agent RTMP / direct TCP)\n\n\
          | publishers | offered Mbit/s | achieved Mbit/s | p50 ms | p99 ms | send lag p99 ms \
-         | server core % | publishers' core % | late? |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+         | server core % | publishers' core % | RSS MiB | late? |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
     );
     for step in steps {
         let (a, t) = (step.agent.as_ref(), step.tcp.as_ref());
         let offered = a.or(t).map_or(f64::NAN, |s| s.offered_mbps);
         out += &format!(
-            "| {} | {offered:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {offered:.0} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             step.publishers,
             pair(a, t, |s| format!("{:.0}", s.achieved_mbps)),
             pair(a, t, |s| format!("{:.2}", s.p50_ms)),
             pair(a, t, |s| format!("{:.2}", s.p99_ms)),
             pair(a, t, |s| format!("{:.2}", s.lag_p99_ms)),
-            pair(a, t, |s| percent(s.server_cpu)),
-            pair(a, t, |s| percent(s.client_cpu)),
+            pair(a, t, |s| percent(s.usage.server_cpu)),
+            pair(a, t, |s| percent(s.usage.client_cpu)),
+            pair(a, t, |s| format!("{:.0}", s.usage.rss_mib)),
             pair(a, t, |s| s.late.clone().unwrap_or_else(|| "no".into())),
         );
     }
@@ -1037,7 +1102,7 @@ fn log_step(route: Route, s: &Summary, publishers: usize) {
         s.offered_mbps,
         s.p99_ms,
         s.lag_p99_ms,
-        percent(s.server_cpu),
+        percent(s.usage.server_cpu),
         s.late
     );
 }
@@ -1048,7 +1113,7 @@ fn main() {
     check_media(&Frames::new());
     let load_before = load_average();
 
-    let latency_seconds = 2 * args.seconds;
+    let latency_seconds = 3 * args.seconds;
     let [agent, tcp] = [Route::AgentRtmp, Route::DirectTcp].map(|route| {
         let summary = summarize(&measure(route, 1, latency_seconds, RtmpSettings::default()));
         log_step(route, &summary, 1);
