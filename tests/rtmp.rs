@@ -526,16 +526,15 @@ fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
     );
 
     // Keys survive an agent restart: the retained table comes back with the session.
-    let agent = std::mem::replace(
-        &mut b.agent,
-        Proc::spawn(
-            "agent-2",
-            &bin("verge-agent"),
-            &["--config", b.agent_cfg.to_str().unwrap()],
-            b.dir.path(),
-        ),
+    b.agent.signal("TERM");
+    let exited = wait_for(Duration::from_secs(5), || b.agent.exited().then_some(()));
+    assert!(exited.is_some(), "agent did not exit on SIGTERM");
+    b.agent = Proc::spawn(
+        "agent-2",
+        &bin("verge-agent"),
+        &["--config", b.agent_cfg.to_str().unwrap()],
+        b.dir.path(),
     );
-    drop(agent);
     let accepted = wait_for(Duration::from_secs(10), || {
         let mut c = RtmpClient::connect(b.rtmp).ok()?;
         (c.publish("live", &key).ok()? == "NetStream.Publish.Start").then_some(())

@@ -60,9 +60,10 @@ impl Shared {
         envelope::seal(&self.key, &self.id, verge_protocol::now_ms(), body)
     }
 
-    fn presence(&self, status: Status) -> Presence {
+    fn presence(&self, status: Status, session: u64) -> Presence {
         Presence {
             status,
+            session,
             ..self.online.clone()
         }
     }
@@ -82,6 +83,7 @@ pub async fn run(
         status: Status::Online,
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_at: verge_protocol::now_ms(),
+        session: 0,
         capabilities: ["rpc", "rtmp", "http-flv"].map(String::from).to_vec(),
         rtmp_url: Some(cfg.rtmp_url()),
         http_url: Some(cfg.http_url()),
@@ -96,13 +98,18 @@ pub async fn run(
     opts.keepalive = cfg.keepalive();
     opts.ca_file = cfg.mqtt.ca_file.clone();
     opts.max_backoff = Duration::from_secs(cfg.mqtt.max_backoff_secs.max(1));
+    opts.session_client_ids = true;
     let will: WillFn = {
         let (key, id, topic) = (key.clone(), cfg.id.clone(), topics.presence(&cfg.id));
         let offline = Presence {
             status: Status::Offline,
             ..online.clone()
         };
-        Box::new(move || {
+        Box::new(move |session| {
+            let offline = Presence {
+                session,
+                ..offline.clone()
+            };
             let payload = envelope::seal(&key, &id, verge_protocol::now_ms(), &offline);
             LastWill::new(topic.clone(), payload, QoS::AtLeastOnce, true)
         })
@@ -121,12 +128,15 @@ pub async fn run(
         online,
         state,
     });
+    // The current session number; 0 until the first CONNACK.
     let (connected_tx, connected_rx) = watch::channel(0u64);
-    let announcer = tokio::spawn(announce(shared.clone(), connected_rx));
+    let reannounce = Arc::new(tokio::sync::Notify::new());
+    let announcer = tokio::spawn(announce(shared.clone(), connected_rx, reannounce.clone()));
     let permits = Arc::new(Semaphore::new(cfg.limits.rpc_concurrency.max(1)));
     let replays = Mutex::new(ReplayGuard::new(4096));
     let request_topic = shared.topics.request(&shared.id);
     let keys_topic = shared.topics.keys(&shared.id);
+    let presence_topic = shared.topics.presence(&shared.id);
 
     tokio::pin!(shutdown);
     let result = loop {
@@ -134,12 +144,19 @@ pub async fn run(
             _ = &mut shutdown => break Ok(()),
             event = events.recv() => match event {
                 None => break Err(AgentError::LinkEnded),
-                Some(LinkEvent::Connected) => connected_tx.send_modify(|generation| *generation += 1),
+                Some(LinkEvent::Connected { session }) => {
+                    connected_tx.send_replace(session);
+                }
                 Some(LinkEvent::Message { topic, payload }) if topic == request_topic => {
                     on_request(&shared, &payload, &permits, &replays);
                 }
                 Some(LinkEvent::Message { topic, payload }) if topic == keys_topic => {
                     on_keys(&shared, &keys, &payload);
+                }
+                Some(LinkEvent::Message { topic, payload }) if topic == presence_topic => {
+                    if stale_presence(&shared, &payload, *connected_tx.borrow()) {
+                        reannounce.notify_one();
+                    }
                 }
                 Some(LinkEvent::Message { topic, .. }) => {
                     tracing::debug!(agent = %shared.id, %topic, "ignoring message on unexpected topic");
@@ -150,17 +167,19 @@ pub async fn run(
     };
 
     announcer.abort();
-    goodbye(&shared, events, task).await;
+    let session = *connected_tx.borrow();
+    goodbye(&shared, session, events, task).await;
     result
 }
 
 /// Publishes `offline` (retained), disconnects, and lets the link flush both.
 async fn goodbye(
     shared: &Shared,
+    session: u64,
     mut events: tokio::sync::mpsc::Receiver<LinkEvent>,
     task: tokio::task::JoinHandle<()>,
 ) {
-    let offline = shared.seal(&shared.presence(Status::Offline));
+    let offline = shared.seal(&shared.presence(Status::Offline, session));
     let topic = shared.topics.presence(&shared.id);
     let client = shared.client.clone();
     let send = async move {
@@ -190,29 +209,40 @@ async fn goodbye(
     }
 }
 
-/// After every (re)connect: subscribe and announce; on every state change: republish the state.
-async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver<u64>) {
+/// After every (re)connect: subscribe and announce; on every state change: republish the
+/// state; when told (a stale `offline` of ours is retained): announce again.
+async fn announce(
+    shared: Arc<Shared>,
+    mut connected: watch::Receiver<u64>,
+    reannounce: Arc<tokio::sync::Notify>,
+) {
     let mut state_rx = shared.state.subscribe();
     let mut announced_generation = 0u64;
     let mut published: Option<(u64, u64)> = None;
     loop {
+        let mut again = false;
         tokio::select! {
             changed = connected.changed() => if changed.is_err() { return },
             changed = state_rx.changed() => if changed.is_err() { return },
+            _ = reannounce.notified() => again = true,
         }
         let generation = *connected.borrow_and_update();
         if generation == 0 {
             continue;
         }
-        if announced_generation != generation {
+        if announced_generation != generation || again {
             let filters = [
                 SubscribeFilter::new(shared.topics.request(&shared.id), QoS::AtMostOnce),
                 // Keys are retained: the broker hands them over on every (re)subscribe.
                 SubscribeFilter::new(shared.topics.keys(&shared.id), QoS::AtLeastOnce),
+                // To notice a late will of an older session overwriting our presence.
+                SubscribeFilter::new(shared.topics.presence(&shared.id), QoS::AtLeastOnce),
             ];
-            let presence = shared.seal(&shared.presence(Status::Online));
+            let presence = shared.seal(&shared.presence(Status::Online, generation));
             let presence_topic = shared.topics.presence(&shared.id);
-            if let Err(e) = shared.client.subscribe_many(filters).await {
+            if announced_generation != generation
+                && let Err(e) = shared.client.subscribe_many(filters).await
+            {
                 tracing::warn!(agent = %shared.id, error = %e, "subscribe failed");
             }
             if let Err(e) = shared
@@ -236,6 +266,25 @@ async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver<u64>) {
             }
             published = Some((generation, state.seq));
         }
+    }
+}
+
+/// True when the retained presence is not this session's `online`: a late will of an older
+/// connection (or anything else) replaced it, and it must be announced again.
+fn stale_presence(shared: &Shared, payload: &[u8], session: u64) -> bool {
+    if session == 0 {
+        return false;
+    }
+    match envelope::open::<Presence>(payload, &shared.key) {
+        Ok(opened) => {
+            let p = opened.body;
+            let stale = p.session < session || (p.session == session && p.status != Status::Online);
+            if stale {
+                tracing::info!(agent = %shared.id, old_session = p.session, session, "our retained presence was replaced; announcing again");
+            }
+            stale
+        }
+        Err(_) => true,
     }
 }
 

@@ -77,8 +77,15 @@ impl Credentials {
     }
 
     /// The broker's CONNECT check.
+    /// The client id must be the username, or `{username}:{session}` (agents connect with a
+    /// fresh id per session, see `verge_mqtt::link`).
     pub fn check(&self, client_id: &str, username: &str, password: &str) -> bool {
-        if client_id != username {
+        let same = client_id == username
+            || client_id
+                .strip_prefix(username)
+                .and_then(|rest| rest.strip_prefix(':'))
+                .is_some_and(|session| !session.is_empty());
+        if !same {
             return false;
         }
         match self.secret_of(username) {

@@ -56,11 +56,22 @@ impl Registry {
         }
     }
 
-    pub fn apply_presence(&self, id: &str, sent_at: u64, presence: Presence) {
+    /// Takes a presence unless it belongs to an older session than the one held (a late
+    /// will of a replaced connection). Returns whether it was taken.
+    pub fn apply_presence(&self, id: &str, sent_at: u64, presence: Presence) -> bool {
+        let mut taken = false;
         self.update(id, |r| {
+            if r.presence
+                .as_ref()
+                .is_some_and(|held| presence.session < held.session)
+            {
+                return;
+            }
             r.last_seen = r.last_seen.max(sent_at);
             r.presence = Some(presence);
+            taken = true;
         });
+        taken
     }
 
     pub fn apply_state(&self, id: &str, sent_at: u64, state: State) {
@@ -116,6 +127,7 @@ mod tests {
             status,
             version: "0.1.0".into(),
             started_at: 1,
+            session: 1,
             capabilities: vec![],
             rtmp_url: None,
             http_url: None,
@@ -137,6 +149,31 @@ mod tests {
         assert_eq!(reg.counts(), (1, 0));
         reg.forget("e1");
         assert_eq!(reg.get("e1"), None);
+    }
+
+    #[test]
+    fn a_late_will_of_an_older_session_is_ignored() {
+        let reg = Registry::new();
+        let newer = Presence {
+            session: 5,
+            ..presence(Status::Online)
+        };
+        assert!(reg.apply_presence("e1", 10, newer));
+        let stale = Presence {
+            session: 4,
+            ..presence(Status::Offline)
+        };
+        assert!(!reg.apply_presence("e1", 11, stale));
+        assert!(reg.get("e1").unwrap().online());
+        let death = Presence {
+            session: 5,
+            ..presence(Status::Offline)
+        };
+        assert!(
+            reg.apply_presence("e1", 12, death),
+            "the same session's will is its death"
+        );
+        assert!(!reg.get("e1").unwrap().online());
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl FleetSession {
         let mut warned = HashSet::new();
         while let Some(event) = events.recv().await {
             match event {
-                LinkEvent::Connected => {
+                LinkEvent::Connected { .. } => {
                     self.connected.store(true, Ordering::Relaxed);
                     self.subscribe();
                 }
@@ -78,8 +78,10 @@ impl FleetSession {
                 if let Some((ts, presence)) = self.open_from::<Presence>(&agent, payload, warned) {
                     tracing::info!(%agent, status = ?presence.status, version = %presence.version, "presence");
                     let online = presence.status == verge_protocol::presence::Status::Online;
-                    self.registry.apply_presence(&agent, ts, presence);
-                    if online {
+                    let taken = self.registry.apply_presence(&agent, ts, presence);
+                    if !taken {
+                        tracing::debug!(%agent, "ignoring a presence of an older session");
+                    } else if online {
                         // Retained, so this only matters for agents new since the last change.
                         self.keys.send_to(&agent);
                     }

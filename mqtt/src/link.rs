@@ -1,6 +1,13 @@
 //! The task that owns rumqttc's `EventLoop`: it polls without ever being cancelled, turns
 //! packets into [`LinkEvent`]s on a bounded channel, and reconnects forever with jittered
-//! backoff, refreshing the last will before each attempt.
+//! backoff.
+//!
+//! Every connection attempt is a new *session* with a number that only grows (Unix ms, across
+//! restarts too). The last will is rebuilt for each session, and with `session_client_ids` the
+//! client id is `{client_id}:{session}`. Unique client ids mean a reconnect never takes over a
+//! half-dead old connection, which rumqttd mishandles (it publishes the *new* session's will and
+//! forgets it); the old connection then dies on its own, and its late will carries an older
+//! session number that readers can tell apart.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,6 +38,8 @@ pub struct LinkOptions {
     pub queue: usize,
     /// Longest wait between reconnect attempts.
     pub max_backoff: Duration,
+    /// Connect as `{client_id}:{session}` instead of `{client_id}`.
+    pub session_client_ids: bool,
 }
 
 impl LinkOptions {
@@ -44,6 +53,7 @@ impl LinkOptions {
             ca_file: None,
             queue: 256,
             max_backoff: Duration::from_secs(30),
+            session_client_ids: false,
         }
     }
 }
@@ -52,7 +62,7 @@ impl LinkOptions {
 #[derive(Debug, Clone)]
 pub enum LinkEvent {
     /// A session is up (after every reconnect): subscribe and publish retained state now.
-    Connected,
+    Connected { session: u64 },
     Message {
         topic: String,
         payload: bytes::Bytes,
@@ -73,8 +83,8 @@ pub enum LinkError {
     Tls(#[from] tls::TlsError),
 }
 
-/// Builds a fresh last will before every connection attempt, so its timestamp is current.
-pub type WillFn = Box<dyn FnMut() -> LastWill + Send>;
+/// Builds the last will of a session, before its connection attempt.
+pub type WillFn = Box<dyn FnMut(u64) -> LastWill + Send>;
 
 /// A running link: publish and subscribe through `client`, read `events`.
 pub struct Link {
@@ -109,14 +119,13 @@ impl Link {
         eventloop.set_network_options(network);
         let (tx, events) = mpsc::channel(opts.queue.max(1));
         let backoff = Backoff::new(Duration::from_millis(200), opts.max_backoff);
-        let task = tokio::spawn(run(
-            eventloop,
-            tx,
+        let identity = Identity {
+            client_id: opts.client_id.clone(),
+            unique: opts.session_client_ids,
             will,
-            backoff,
-            opts.url.clone(),
-            opts.keepalive,
-        ));
+            session: 0,
+        };
+        let task = tokio::spawn(run(eventloop, tx, identity, backoff, opts.url.clone()));
         Ok(Self {
             client,
             events,
@@ -125,25 +134,52 @@ impl Link {
     }
 }
 
+/// What changes from one connection attempt to the next.
+struct Identity {
+    client_id: String,
+    unique: bool,
+    will: Option<WillFn>,
+    session: u64,
+}
+
+impl Identity {
+    /// Starts the next session: a number above the last one and above the clock.
+    fn next(&mut self, options: &mut MqttOptions) {
+        self.session = verge_now_ms().max(self.session + 1);
+        if self.unique {
+            options.set_client_id(format!("{}:{:x}", self.client_id, self.session));
+        }
+        if let Some(make) = self.will.as_mut() {
+            options.set_last_will(make(self.session));
+        }
+    }
+}
+
+fn verge_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 async fn run(
     mut eventloop: EventLoop,
     tx: mpsc::Sender<LinkEvent>,
-    mut will: Option<WillFn>,
+    mut identity: Identity,
     mut backoff: Backoff,
     url: BrokerUrl,
-    keepalive: Duration,
 ) {
-    if let Some(make) = will.as_mut() {
-        eventloop.mqtt_options.set_last_will(make());
-    }
+    identity.next(&mut eventloop.mqtt_options);
     let mut session_up = false;
     loop {
         let event = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 session_up = true;
                 backoff.reset();
-                tracing::info!(broker = %url, "connected to broker");
-                LinkEvent::Connected
+                tracing::info!(broker = %url, session = identity.session, "connected to broker");
+                LinkEvent::Connected {
+                    session: identity.session,
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => LinkEvent::Message {
                 topic: p.topic,
@@ -156,13 +192,7 @@ async fn run(
             Ok(_) => continue,
             Err(err) => {
                 let bad_credentials = refused_credentials(&err, session_up);
-                let mut retry_in = backoff.next_delay();
-                if session_up && !peer_hung_up(&err) {
-                    // We noticed the break, the broker may not have: wait until it has dropped
-                    // the old session (1.5 × keepalive). Reconnecting sooner is a takeover, on
-                    // which rumqttd publishes the *new* session's will and forgets it.
-                    retry_in = retry_in.max(keepalive.mul_f32(1.5));
-                }
+                let retry_in = backoff.next_delay();
                 session_up = false;
                 let reason = describe(&err);
                 if bad_credentials {
@@ -179,31 +209,13 @@ async fn run(
                     return;
                 }
                 tokio::time::sleep(retry_in).await;
-                if let Some(make) = will.as_mut() {
-                    eventloop.mqtt_options.set_last_will(make());
-                }
+                identity.next(&mut eventloop.mqtt_options);
                 continue;
             }
         };
         if tx.send(event).await.is_err() {
             return;
         }
-    }
-}
-
-/// The broker closed the connection, so it knows the session is gone.
-fn peer_hung_up(err: &ConnectionError) -> bool {
-    use std::io::ErrorKind;
-    let hung_up = |e: &std::io::Error| {
-        matches!(
-            e.kind(),
-            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
-        )
-    };
-    match err {
-        ConnectionError::MqttState(StateError::ConnectionAborted) => true,
-        ConnectionError::Io(e) | ConnectionError::MqttState(StateError::Io(e)) => hung_up(e),
-        _ => false,
     }
 }
 

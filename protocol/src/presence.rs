@@ -19,6 +19,10 @@ pub struct Presence {
     pub version: String,
     /// When this agent process started (Unix ms).
     pub started_at: u64,
+    /// The MQTT session this message belongs to; grows with every connection. An `offline`
+    /// from an older session is a late will of a connection already replaced.
+    #[serde(default)]
+    pub session: u64,
     /// Features this agent serves (`rpc`, `rtmp`, `http-flv`, …).
     #[serde(default)]
     pub capabilities: Vec<String>,
