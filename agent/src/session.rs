@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, LastWill, QoS, SubscribeFilter};
+use rumqttc::{AsyncClient, LastWill, QoS};
 use tokio::sync::{Semaphore, watch};
 use verge_mqtt::link::{LinkError, LinkOptions, WillFn};
 use verge_mqtt::{Link, LinkEvent};
@@ -159,7 +159,7 @@ pub async fn run(
                     }
                 }
                 Some(LinkEvent::Message { topic, .. }) => {
-                    tracing::debug!(agent = %shared.id, %topic, "ignoring message on unexpected topic");
+                    tracing::trace!(agent = %shared.id, %topic, "ignoring our own echo or an unknown topic");
                 }
                 Some(LinkEvent::Disconnected { .. }) => {}
             },
@@ -231,17 +231,15 @@ async fn announce(
             continue;
         }
         if announced_generation != generation || again {
-            let filters = [
-                SubscribeFilter::new(shared.topics.request(&shared.id), QoS::AtMostOnce),
-                // Keys are retained: the broker hands them over on every (re)subscribe.
-                SubscribeFilter::new(shared.topics.keys(&shared.id), QoS::AtLeastOnce),
-                // To notice a late will of an older session overwriting our presence.
-                SubscribeFilter::new(shared.topics.presence(&shared.id), QoS::AtLeastOnce),
-            ];
+            // One filter for everything addressed to this agent (requests, keys, our own
+            // presence to notice a late will): rumqttd matches every new topic against every
+            // filter, so filters per agent multiply its work across a fleet (measured with
+            // examples/agent_swarm). Our own state echoes back too and is ignored.
+            let filter = shared.topics.agent_all(&shared.id);
             let presence = shared.seal(&shared.presence(Status::Online, generation));
             let presence_topic = shared.topics.presence(&shared.id);
             if announced_generation != generation
-                && let Err(e) = shared.client.subscribe_many(filters).await
+                && let Err(e) = shared.client.subscribe(filter, QoS::AtLeastOnce).await
             {
                 tracing::warn!(agent = %shared.id, error = %e, "subscribe failed");
             }

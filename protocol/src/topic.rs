@@ -73,6 +73,11 @@ impl Topics {
         format!("{}/v1/m/{manager}/res", self.prefix)
     }
 
+    /// Filter matching every topic of one agent (what an agent subscribes to).
+    pub fn agent_all(&self, agent: &str) -> String {
+        format!("{}/v1/a/{agent}/+", self.prefix)
+    }
+
     /// Filter matching every agent's presence.
     pub fn all_presence(&self) -> String {
         self.presence("+")
