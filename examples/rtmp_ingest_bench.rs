@@ -374,7 +374,12 @@ struct Server {
 
 impl Server {
     fn start(route: Route, settings: RtmpSettings, limit: Duration) -> Self {
-        let hub = Arc::new(Hub::new(HubConfig::default()));
+        // The capacity steps go far beyond an agent's configured pub_max/sub_max.
+        let hub = Arc::new(Hub::new(HubConfig {
+            max_streams: usize::MAX,
+            max_readers: usize::MAX,
+            ..HubConfig::default()
+        }));
         let (report_tx, reports) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -578,7 +583,7 @@ async fn publish(socket: TcpStream, target: &Target, name: &str) -> io::Result<L
     let hub_reader = target
         .hub
         .subscribe(&format!("live/{name}"))
-        .ok_or_else(|| invalid(format!("live/{name} is not in the hub")))?;
+        .map_err(|e| invalid(format!("live/{name}: {e}")))?;
     target
         .server
         .spawn(drain_hub(hub_reader, target.limit, target.reports.clone()));

@@ -545,7 +545,12 @@ fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
         b.agent.log_text()
     );
 
-    // A revoked key stops working.
+    // A revoked key stops working, and its live publisher is cut off.
+    let mut live = RtmpClient::connect(b.rtmp).unwrap();
+    assert_eq!(
+        live.publish("live", &key).unwrap(),
+        "NetStream.Publish.Start"
+    );
     let revoked = http(
         "DELETE",
         b.manager_http,
@@ -559,6 +564,15 @@ fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
         (publish_code(&b, "live", &key) == "NetStream.Publish.BadName").then_some(())
     });
     assert!(refused.is_some(), "the revoked key still publishes");
+    assert!(
+        live.closed_by_server(Duration::from_secs(5)),
+        "the publisher with a revoked key kept publishing"
+    );
+    // The reason is logged just after the socket closes.
+    let logged = wait_for(Duration::from_secs(2), || {
+        b.agent.log_text().contains("was revoked").then_some(())
+    });
+    assert!(logged.is_some(), "{}", b.agent.log_text());
     let again = http(
         "DELETE",
         b.manager_http,

@@ -17,7 +17,7 @@ use axum::routing::get;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use verge_media::flv::mux;
-use verge_media::hub::{Frame, Hub, Reader};
+use verge_media::hub::{Frame, Hub, HubError, Reader};
 
 use crate::streams::StreamName;
 
@@ -59,11 +59,12 @@ async fn flv(
         Ok(stream) => stream,
         Err(why) => return plain(StatusCode::BAD_REQUEST, why),
     };
-    let Some(reader) = app.hub.subscribe(&stream.id()) else {
-        return plain(
-            StatusCode::NOT_FOUND,
-            format!("stream {} is not live", stream.id()),
-        );
+    let reader = match app.hub.subscribe(&stream.id()) {
+        Ok(reader) => reader,
+        Err(e @ HubError::TooManyReaders(_)) => {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        }
+        Err(e) => return plain(StatusCode::NOT_FOUND, e.to_string()),
     };
     tracing::info!(stream = %stream.id(), "HTTP-FLV viewer joined");
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);

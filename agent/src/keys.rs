@@ -8,6 +8,8 @@ use verge_protocol::keys::{ChannelKey, Keys};
 #[derive(Clone, Default)]
 pub struct KeyTable {
     inner: Arc<RwLock<Keys>>,
+    /// The version held, for publishers that must stop when their key is revoked.
+    version: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Shows how many keys are held, never the keys.
@@ -24,8 +26,16 @@ impl KeyTable {
         if keys.version < held.version {
             return false;
         }
+        let version = keys.version;
         *held = keys;
+        drop(held);
+        self.version.send_replace(version);
         true
+    }
+
+    /// Notified whenever a new table is taken.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// The stream a key publishes to.

@@ -41,7 +41,11 @@ use verge_media::hub::{Hub, HubConfig};
 /// Runs the whole agent (RTMP, HTTP, the MQTT session) until `shutdown` completes.
 pub async fn run(cfg: &AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     cfg.validate()?;
-    let hub = Arc::new(Hub::new(HubConfig::default()));
+    let hub = Arc::new(Hub::new(HubConfig {
+        max_streams: usize::from(cfg.limits.pub_max.max(1)),
+        max_readers: usize::from(cfg.limits.sub_max.max(1)),
+        ..HubConfig::default()
+    }));
     let state = StateHandle::new();
     let keys = keys::KeyTable::default();
     let rtmp_listener = bind(cfg.rtmp.listen, "RTMP").await?;

@@ -88,6 +88,8 @@ enum Role {
     Publishing {
         stream_id: u32,
         publisher: Publisher,
+        /// The key table, its change notifications and the key this publisher used.
+        key: Option<(KeyTable, tokio::sync::watch::Receiver<u64>, String)>,
     },
     Playing {
         stream_id: u32,
@@ -179,10 +181,28 @@ async fn connection(
                     },
                 }
             }
-            Role::Publishing { publisher, .. } => {
-                if !conn.read(Some(settings.idle_timeout)).await? {
-                    tracing::info!(%peer, stream = %publisher.id(), "publisher disconnected without unpublishing");
-                    return Ok(());
+            Role::Publishing { publisher, key, .. } => {
+                let revoked = async {
+                    let Some((keys, changes, used)) = key else {
+                        return std::future::pending().await;
+                    };
+                    loop {
+                        if changes.changed().await.is_err() {
+                            return std::future::pending().await;
+                        }
+                        if keys.lookup(used).is_none() {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    more = conn.read(Some(settings.idle_timeout)) => if !more? {
+                        tracing::info!(%peer, stream = %publisher.id(), "publisher disconnected without unpublishing");
+                        return Ok(());
+                    },
+                    () = revoked => {
+                        return Err(ConnError::Refused(format!("the channel key of {} was revoked", publisher.id())));
+                    }
                 }
             }
             Role::Idle => {
@@ -249,9 +269,15 @@ fn on_event(
                 Ok(publisher) => {
                     tracing::info!(%peer, stream = %stream.id(), "publishing");
                     conn.session.accept_publish(stream_id, &stream.id());
+                    // With keys on, the key is checked again whenever the table changes.
+                    let key = conn.settings.keys.as_ref().map(|keys| {
+                        let used = name.split('?').next().unwrap_or_default().to_string();
+                        (keys.clone(), keys.subscribe(), used)
+                    });
                     Ok(Role::Publishing {
                         stream_id,
                         publisher,
+                        key,
                     })
                 }
                 Err(e) => {
@@ -268,18 +294,14 @@ fn on_event(
             let stream = StreamName::parse(&app, name.split('?').next().unwrap_or_default())
                 .map_err(ConnError::Refused)?;
             match hub.subscribe(&stream.id()) {
-                Some(reader) => {
+                Ok(reader) => {
                     tracing::info!(%peer, stream = %stream.id(), "RTMP player joined");
                     conn.session.accept_play(stream_id, &stream.id());
                     Ok(Role::Playing { stream_id, reader })
                 }
-                None => {
-                    conn.session
-                        .reject_play(stream_id, &format!("{} is not live", stream.id()));
-                    Err(ConnError::Refused(format!(
-                        "play of {}, which is not live",
-                        stream.id()
-                    )))
+                Err(e) => {
+                    conn.session.reject_play(stream_id, &e.to_string());
+                    Err(ConnError::Refused(format!("play of {}: {e}", stream.id())))
                 }
             }
         }
@@ -288,11 +310,7 @@ fn on_event(
             timestamp,
             payload,
         } => {
-            let Role::Publishing {
-                stream_id,
-                publisher,
-            } = role
-            else {
+            let Role::Publishing { publisher, .. } = &role else {
                 return Ok(role);
             };
             // Checked per frame (only the header bytes): an unsupported codec gets a clear
@@ -313,15 +331,13 @@ fn on_event(
                 timestamp,
                 payload,
             });
-            Ok(Role::Publishing {
-                stream_id,
-                publisher,
-            })
+            Ok(role)
         }
         Event::StreamClosed { stream_id } => match role {
             Role::Publishing {
                 stream_id: s,
                 publisher,
+                ..
             } if s == stream_id => {
                 tracing::info!(%peer, stream = %publisher.id(), "publisher left");
                 Ok(Role::Idle)

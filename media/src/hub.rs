@@ -8,6 +8,7 @@
 //! then see the end of the stream.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -47,6 +48,11 @@ pub struct HubConfig {
     /// Largest GOP kept for new readers; a longer GOP is not cached (readers wait for the next
     /// keyframe instead).
     pub gop_max_bytes: usize,
+    /// Most live streams (publishers) at once.
+    pub max_streams: usize,
+    /// Most readers at once across all streams; with the per-reader queue bound this bounds
+    /// what viewers can make the hub hold.
+    pub max_readers: usize,
 }
 
 impl Default for HubConfig {
@@ -55,6 +61,8 @@ impl Default for HubConfig {
             reader_queue_bytes: 8 * 1024 * 1024,
             reader_queue_frames: 2048,
             gop_max_bytes: 8 * 1024 * 1024,
+            max_streams: 64,
+            max_readers: 256,
         }
     }
 }
@@ -63,6 +71,12 @@ impl Default for HubConfig {
 pub enum HubError {
     #[error("stream {0} already has a publisher")]
     AlreadyPublishing(String),
+    #[error("stream {0} is not live")]
+    NotLive(String),
+    #[error("this agent already carries its maximum of {0} streams")]
+    TooManyStreams(usize),
+    #[error("this agent already serves its maximum of {0} viewers")]
+    TooManyReaders(usize),
 }
 
 /// What the hub knows of a live stream.
@@ -86,6 +100,7 @@ pub struct StreamStatus {
 pub struct Hub {
     config: HubConfig,
     streams: Mutex<HashMap<String, Arc<Channel>>>,
+    readers: Arc<AtomicUsize>,
 }
 
 struct Channel {
@@ -167,6 +182,7 @@ impl Hub {
         Self {
             config,
             streams: Mutex::new(HashMap::new()),
+            readers: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -179,6 +195,9 @@ impl Hub {
         let mut streams = self.streams();
         if streams.contains_key(id) {
             return Err(HubError::AlreadyPublishing(id.to_string()));
+        }
+        if streams.len() >= self.config.max_streams {
+            return Err(HubError::TooManyStreams(self.config.max_streams));
         }
         let channel = Arc::new(Channel {
             id: id.to_string(),
@@ -207,14 +226,27 @@ impl Hub {
         })
     }
 
-    /// A reader of live stream `id`, or `None` if nobody publishes it.
-    pub fn subscribe(&self, id: &str) -> Option<Reader> {
-        let channel = self.streams().get(id).cloned()?;
+    /// A reader of live stream `id`.
+    pub fn subscribe(&self, id: &str) -> Result<Reader, HubError> {
+        let not_live = || HubError::NotLive(id.to_string());
+        let channel = self.streams().get(id).cloned().ok_or_else(not_live)?;
+        let limit = self.config.max_readers;
+        if self
+            .readers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(HubError::TooManyReaders(limit));
+        }
+        // From here the count is held by the Reader (or given back below).
+        let count = ReaderCount(self.readers.clone());
         let notify = Arc::new(Notify::new());
         let reader_id = {
             let mut st = lock(&channel.state);
             if st.ended {
-                return None;
+                return Err(not_live());
             }
             let mut queue = VecDeque::new();
             queue.extend(st.metadata.clone());
@@ -240,10 +272,11 @@ impl Hub {
             );
             reader_id
         };
-        Some(Reader {
+        Ok(Reader {
             channel,
             id: reader_id,
             notify,
+            _count: count,
         })
     }
 
@@ -420,6 +453,16 @@ pub struct Reader {
     channel: Arc<Channel>,
     id: u64,
     notify: Arc<Notify>,
+    _count: ReaderCount,
+}
+
+/// One unit of the hub's reader count, given back when dropped.
+struct ReaderCount(Arc<AtomicUsize>);
+
+impl Drop for ReaderCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Reader {
@@ -527,6 +570,7 @@ mod tests {
             reader_queue_bytes: 10_000,
             reader_queue_frames: 1000,
             gop_max_bytes: 1 << 20,
+            ..HubConfig::default()
         };
         let hub = hub(config.clone());
         let publisher = hub.publish("live/cam", "p").unwrap();
@@ -561,6 +605,7 @@ mod tests {
             reader_queue_bytes: 5_000,
             reader_queue_frames: 100,
             gop_max_bytes: 1 << 20,
+            ..HubConfig::default()
         });
         let publisher = hub.publish("live/cam", "p").unwrap();
         let mut reader = hub.subscribe("live/cam").unwrap();
@@ -590,6 +635,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn streams_and_readers_are_limited_and_counts_come_back() {
+        let hub = hub(HubConfig {
+            max_streams: 1,
+            max_readers: 2,
+            ..HubConfig::default()
+        });
+        let publisher = hub.publish("live/a", "p").unwrap();
+        assert_eq!(
+            hub.publish("live/b", "p").err(),
+            Some(HubError::TooManyStreams(1))
+        );
+        let first = hub.subscribe("live/a").unwrap();
+        let _second = hub.subscribe("live/a").unwrap();
+        assert!(matches!(
+            hub.subscribe("live/a"),
+            Err(HubError::TooManyReaders(2))
+        ));
+        drop(first);
+        assert!(
+            hub.subscribe("live/a").is_ok(),
+            "a dropped reader gives its place back"
+        );
+        drop(publisher);
+        assert!(hub.publish("live/b", "p").is_ok());
+    }
+
+    #[tokio::test]
     async fn readers_drain_then_see_the_end() {
         let hub = hub(HubConfig::default());
         let publisher = hub.publish("live/cam", "a").unwrap();
@@ -598,8 +670,14 @@ mod tests {
         drop(publisher);
         assert!(next(&mut reader).await.is_some());
         assert_eq!(next(&mut reader).await, None);
-        assert!(hub.subscribe("live/cam").is_none());
-        assert!(hub.subscribe("live/other").is_none());
+        assert!(matches!(
+            hub.subscribe("live/cam"),
+            Err(HubError::NotLive(_))
+        ));
+        assert!(matches!(
+            hub.subscribe("live/other"),
+            Err(HubError::NotLive(_))
+        ));
     }
 
     #[tokio::test]
