@@ -3,8 +3,8 @@
 //! A stream is `{app}/{name}` (LiveGo's model; app `live` by default). Names become URL path
 //! segments and MQTT payload fields, so they are restricted to a safe alphabet.
 //! [`report`] copies the hub's live streams into the retained state snapshot: at once when a
-//! stream starts or stops, and at most every `refresh` for changing numbers (bitrate, fps,
-//! readers), because the snapshot travels over the box's uplink.
+//! stream starts, stops or learns its codec and size, and at most every `refresh` for changing
+//! numbers (bitrate, fps, readers), because the snapshot travels over the box's uplink.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,18 +63,40 @@ fn info(status: &StreamStatus) -> StreamInfo {
     }
 }
 
+/// What makes a stream list worth publishing at once: which streams, and what they are.
+/// Bitrate, fps and reader counts wait for the periodic refresh.
+fn identity(status: &[StreamStatus]) -> Vec<Identity> {
+    status
+        .iter()
+        .map(|s| Identity {
+            id: s.id.clone(),
+            video: s.video.clone(),
+            audio: s.audio.clone(),
+            size: s.width.zip(s.height),
+        })
+        .collect()
+}
+
+#[derive(PartialEq)]
+struct Identity {
+    id: String,
+    video: Option<String>,
+    audio: Option<String>,
+    size: Option<(u32, u32)>,
+}
+
 /// Keeps the state snapshot in step with the hub until the task is dropped.
 pub async fn report(hub: Arc<Hub>, state: StateHandle, refresh: Duration) {
-    let mut published_ids: Vec<String> = Vec::new();
+    let mut published = identity(&[]);
     let mut published_at = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
         let status = hub.status();
-        let ids: Vec<String> = status.iter().map(|s| s.id.clone()).collect();
-        if ids != published_ids || published_at.elapsed() >= refresh {
+        let now = identity(&status);
+        if now != published || published_at.elapsed() >= refresh {
             state.set_streams(status.iter().map(info).collect());
-            published_ids = ids;
+            published = now;
             published_at = Instant::now();
         }
     }
