@@ -197,7 +197,11 @@ fn ffmpeg_stream_is_read_back_over_http_flv_and_rtmp_and_listed_by_the_manager()
     let b = start();
     let rss_before = rss_kib(b.agent.pid());
     let mut publisher = publish(&b, "publisher", "cam", FRAMES / 25);
-    let listed = wait_for(Duration::from_secs(10), || listed_stream(&b, "cam"));
+    // Listed at once; codec and size follow as soon as the sequence headers arrive.
+    let listed = wait_for(Duration::from_secs(10), || {
+        listed_stream(&b, "cam")
+            .filter(|s| s["width"].is_u64() && s["codecs"].as_array().is_some_and(|c| c.len() == 2))
+    });
     let listed = listed.unwrap_or_else(|| {
         panic!(
             "stream not listed by the manager:\n{}",
