@@ -131,11 +131,17 @@ impl KeyDistributor {
         let Some(secret) = self.credentials.secret_of(agent) else {
             return;
         };
+        let table = self.store.snapshot();
+        if table.version == 0 {
+            // No key was ever issued: agents start empty anyway, and a fleet connecting at
+            // once should not cost the broker a retained topic per agent for nothing.
+            return;
+        }
         let payload = envelope::seal(
             &MacKey::new(&secret),
             &self.manager_id,
             verge_protocol::now_ms(),
-            &self.store.snapshot(),
+            &table,
         );
         let (client, topic, agent) = (
             self.client.clone(),
