@@ -317,38 +317,14 @@ fn malformed_rtmp_input_closes_only_that_connection() {
     );
 
     // A truncated FLV video tag from a publisher.
-    let mut c = RtmpClient::connect(b.rtmp).unwrap();
-    assert_eq!(
-        c.publish("live", "broken").unwrap(),
-        "NetStream.Publish.Start"
-    );
-    c.send(&Message {
-        csid: 6,
-        timestamp: 0,
-        type_id: message::VIDEO,
-        stream_id: 1,
-        payload: Bytes::from_static(&[0x17]),
-    })
-    .unwrap();
+    let mut c = publish_video(&b, "broken", &[0x17]);
     assert!(
         c.closed_by_server(Duration::from_secs(3)),
         "truncated FLV tag accepted"
     );
 
     // An unsupported codec gets a clear reason.
-    let mut c = RtmpClient::connect(b.rtmp).unwrap();
-    assert_eq!(
-        c.publish("live", "hevc").unwrap(),
-        "NetStream.Publish.Start"
-    );
-    c.send(&Message {
-        csid: 6,
-        timestamp: 0,
-        type_id: message::VIDEO,
-        stream_id: 1,
-        payload: Bytes::from_static(&[0x1c, 0, 0, 0, 0]),
-    })
-    .unwrap();
+    let mut c = publish_video(&b, "hevc", &[0x1c, 0, 0, 0, 0]);
     assert!(
         c.closed_by_server(Duration::from_secs(3)),
         "H.265 (legacy id 12) accepted"
@@ -425,6 +401,21 @@ fn malformed_rtmp_input_closes_only_that_connection() {
             .success(),
         "agent died"
     );
+}
+
+/// A publisher on `live/{name}` that has sent one video message with `payload`.
+fn publish_video(b: &Box_, name: &str, payload: &'static [u8]) -> RtmpClient {
+    let mut c = RtmpClient::connect(b.rtmp).unwrap();
+    assert_eq!(c.publish("live", name).unwrap(), "NetStream.Publish.Start");
+    let video = Message {
+        csid: 6,
+        timestamp: 0,
+        type_id: message::VIDEO,
+        stream_id: 1,
+        payload: Bytes::from_static(payload),
+    };
+    c.send(&video).unwrap();
+    c
 }
 
 /// Bytes of an HTTP-FLV response received within `window`.
