@@ -1,13 +1,14 @@
 //! `agent.toml`: every key has a default except `id` and `secret`; `conf/agent.toml` documents
 //! them all.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use verge_mqtt::BrokerUrl;
 use verge_protocol::topic::Topics;
+use verge_protocol::whep::IceServer;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +25,8 @@ pub struct AgentConfig {
     pub http: HttpConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub webrtc: WebrtcConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +107,56 @@ impl Default for Limits {
     }
 }
 
+/// `[webrtc]`: how WHEP viewers' peer connections are made.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebrtcConfig {
+    /// Local addresses for ICE host candidates; `0.0.0.0` means every non-loopback interface.
+    pub udp_ips: Vec<IpAddr>,
+    /// Public addresses to advertise instead (a box behind a known 1:1 NAT).
+    pub nat_ips: Vec<String>,
+    /// STUN/TURN servers the agent uses besides those the manager sends with each offer.
+    pub ice_servers: Vec<IceServer>,
+    /// Longest wait for ICE candidates before answering with those gathered so far.
+    pub gather_timeout_ms: u64,
+    /// A viewer whose connection is not up this long after the answer is dropped.
+    pub connect_timeout_secs: u64,
+    /// ICE without traffic this long is `disconnected`…
+    pub disconnected_secs: u64,
+    /// …and this much longer, `failed`: the viewer is closed.
+    pub failed_secs: u64,
+}
+
+impl Default for WebrtcConfig {
+    fn default() -> Self {
+        Self {
+            udp_ips: vec![IpAddr::from([0, 0, 0, 0])],
+            nat_ips: Vec::new(),
+            ice_servers: Vec::new(),
+            gather_timeout_ms: 1500,
+            connect_timeout_secs: 15,
+            disconnected_secs: 5,
+            failed_secs: 10,
+        }
+    }
+}
+
+impl WebrtcConfig {
+    pub fn settings(&self) -> crate::webrtc::WhepSettings {
+        crate::webrtc::WhepSettings {
+            ice: crate::webrtc::IceSettings {
+                udp_ips: self.udp_ips.clone(),
+                nat_ips: self.nat_ips.clone(),
+                disconnected_after: Duration::from_secs(self.disconnected_secs.max(1)),
+                failed_after: Duration::from_secs(self.failed_secs.max(1)),
+            },
+            ice_servers: self.ice_servers.clone(),
+            gather_timeout: Duration::from_millis(self.gather_timeout_ms.max(1)),
+            connect_timeout: Duration::from_secs(self.connect_timeout_secs.max(1)),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -129,6 +182,8 @@ pub enum ConfigError {
     Prefix(String),
     #[error("[mqtt] keepalive_secs must be at least 1")]
     Keepalive,
+    #[error("[webrtc] udp_ips must list at least one address")]
+    NoUdpIps,
 }
 
 impl AgentConfig {
@@ -168,6 +223,7 @@ impl AgentConfig {
             rtmp: RtmpConfig::default(),
             http: HttpConfig::default(),
             limits: Limits::default(),
+            webrtc: WebrtcConfig::default(),
         }
     }
 
@@ -183,6 +239,9 @@ impl AgentConfig {
         self.topics()?;
         if self.mqtt.keepalive_secs == 0 {
             return Err(ConfigError::Keepalive);
+        }
+        if self.webrtc.udp_ips.is_empty() {
+            return Err(ConfigError::NoUdpIps);
         }
         Ok(())
     }

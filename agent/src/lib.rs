@@ -6,7 +6,8 @@
 //! - [`rpc`]: the methods the manager can call.
 //! - [`state`]: the live snapshot the session publishes when it changes.
 //! - [`rtmp`]: the RTMP listener; publishers feed the hub, players read from it.
-//! - [`http`]: the agent's HTTP server (HTTP-FLV).
+//! - [`http`]: the agent's HTTP server (HTTP-FLV, WHEP).
+//! - [`webrtc`]: WHEP viewers: peer connections fed from the hub.
 //! - [`keys`]: the channel keys the manager hands out; with `[rtmp] noauth = false` a publisher
 //!   must use one.
 //! - [`streams`]: stream names, and the hub's streams copied into the state snapshot.
@@ -27,6 +28,7 @@ pub mod rtmp;
 pub mod session;
 pub mod state;
 pub mod streams;
+pub mod webrtc;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,7 +53,8 @@ pub async fn run(cfg: &AgentConfig, shutdown: impl Future<Output = ()>) -> Resul
     let rtmp_listener = bind(cfg.rtmp.listen, "RTMP").await?;
     let http_listener = bind(cfg.http.listen, "HTTP").await?;
     tracing::info!(agent = %cfg.id, rtmp = %cfg.rtmp.listen, http = %cfg.http.listen, "media listeners up");
-    let router = http::router(hub.clone());
+    let whep = webrtc::Whep::new(&cfg.id, hub.clone(), cfg.webrtc.settings());
+    let router = http::router(hub.clone(), Some(whep.clone()));
     let tasks = [
         tokio::spawn(rtmp::serve(
             rtmp_listener,
@@ -68,7 +71,9 @@ pub async fn run(cfg: &AgentConfig, shutdown: impl Future<Output = ()>) -> Resul
         }),
         tokio::spawn(streams::report(hub, state.clone(), Duration::from_secs(10))),
     ];
-    let result = session::run(cfg, state, keys, shutdown).await;
+    let result = session::run(cfg, state, keys, Some(whep.clone()), shutdown).await;
+    // Viewers hear from us (DTLS close) rather than waiting out an ICE timeout.
+    whep.close_all(Duration::from_millis(500)).await;
     for task in tasks {
         task.abort();
     }

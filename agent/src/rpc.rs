@@ -2,15 +2,22 @@
 //! [`RpcError`]; the session does the opening, replay check, deadline and reply.
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use verge_protocol::presence::Presence;
 use verge_protocol::rpc::{self, ErrorCode, Pong, RpcError};
 use verge_protocol::state::State;
+use verge_protocol::whep::{self, OfferParams, PatchParams, SessionParams};
+
+use crate::streams::StreamName;
+use crate::webrtc::{Whep, WhepError};
 
 /// What a method may read.
 pub struct Context {
     pub presence: Presence,
     pub state: State,
+    /// The WHEP service, if this agent serves WebRTC.
+    pub whep: Option<Whep>,
 }
 
 /// Result of `info`.
@@ -21,8 +28,17 @@ pub struct Info {
     pub uptime_ms: u64,
 }
 
-pub async fn dispatch(method: &str, _params: Value, ctx: Context) -> Result<Value, RpcError> {
+pub async fn dispatch(method: &str, params: Value, ctx: Context) -> Result<Value, RpcError> {
     let now = verge_protocol::now_ms();
+    if method.starts_with("whep.") {
+        return match ctx.whep {
+            Some(whep) => whep_call(&whep, method, params).await,
+            None => Err(RpcError::new(
+                ErrorCode::Unsupported,
+                "this agent does not serve WebRTC",
+            )),
+        };
+    }
     let result = match method {
         rpc::METHOD_PING => to_value(Pong { agent_time: now }),
         rpc::METHOD_INFO => to_value(Info {
@@ -30,6 +46,42 @@ pub async fn dispatch(method: &str, _params: Value, ctx: Context) -> Result<Valu
             presence: ctx.presence,
             state: ctx.state,
         }),
+        other => {
+            return Err(RpcError::new(
+                ErrorCode::UnknownMethod,
+                format!("this agent has no method {other:?}"),
+            ));
+        }
+    };
+    result.map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))
+}
+
+async fn whep_call(whep: &Whep, method: &str, params: Value) -> Result<Value, RpcError> {
+    fn parse<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {
+        serde_json::from_value(params)
+            .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e.to_string()))
+    }
+    let refused = |e: WhepError| RpcError::new(e.code(), e.to_string());
+    let result = match method {
+        whep::METHOD_OFFER => {
+            let p: OfferParams = parse(params)?;
+            let stream = StreamName::from_id(&p.stream)
+                .map_err(|why| RpcError::new(ErrorCode::InvalidParams, why))?;
+            to_value(
+                whep.offer(&stream.id(), p.sdp, &p.ice_servers)
+                    .await
+                    .map_err(refused)?,
+            )
+        }
+        whep::METHOD_PATCH => {
+            let p: PatchParams = parse(params)?;
+            to_value(whep.patch(&p.session, &p.frag).await.map_err(refused)?)
+        }
+        whep::METHOD_DELETE => {
+            let p: SessionParams = parse(params)?;
+            whep.delete(&p.session).map_err(refused)?;
+            Ok(Value::Object(Default::default()))
+        }
         other => {
             return Err(RpcError::new(
                 ErrorCode::UnknownMethod,

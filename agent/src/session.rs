@@ -25,6 +25,7 @@ use crate::config::{AgentConfig, ConfigError};
 use crate::keys::KeyTable;
 use crate::rpc;
 use crate::state::StateHandle;
+use crate::webrtc::Whep;
 
 /// How long a goodbye may take before the process exits anyway.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,6 +54,7 @@ struct Shared {
     client: AsyncClient,
     online: Presence,
     state: StateHandle,
+    whep: Option<Whep>,
 }
 
 impl Shared {
@@ -74,9 +76,14 @@ pub async fn run(
     cfg: &AgentConfig,
     state: StateHandle,
     keys: KeyTable,
+    whep: Option<Whep>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     cfg.validate()?;
+    let mut capabilities = vec!["rpc", "rtmp", "http-flv"];
+    if whep.is_some() {
+        capabilities.push("whep");
+    }
     let topics = cfg.topics()?;
     let key = MacKey::new(&cfg.secret);
     let online = Presence {
@@ -84,7 +91,7 @@ pub async fn run(
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_at: verge_protocol::now_ms(),
         session: 0,
-        capabilities: ["rpc", "rtmp", "http-flv"].map(String::from).to_vec(),
+        capabilities: capabilities.into_iter().map(String::from).collect(),
         rtmp_url: Some(cfg.rtmp_url()),
         http_url: Some(cfg.http_url()),
         keepalive_secs: cfg.mqtt.keepalive_secs,
@@ -127,6 +134,7 @@ pub async fn run(
         client,
         online,
         state,
+        whep,
     });
     // The current session number; 0 until the first CONNACK.
     let (connected_tx, connected_rx) = watch::channel(0u64);
@@ -382,6 +390,7 @@ async fn serve(
     let ctx = rpc::Context {
         presence: shared.online.clone(),
         state: shared.state.snapshot(),
+        whep: shared.whep.clone(),
     };
     let budget = Duration::from_millis(timeout_ms.max(1));
     match tokio::time::timeout(budget, rpc::dispatch(&method, params, ctx)).await {

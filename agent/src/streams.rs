@@ -32,6 +32,14 @@ impl StreamName {
         })
     }
 
+    /// `{app}/{name}`, or a bare `{name}` in the default app `live` (liveman's WHEP paths).
+    pub fn from_id(id: &str) -> Result<Self, String> {
+        match id.split_once('/') {
+            Some((app, name)) => Self::parse(app, name),
+            None => Self::parse("live", id),
+        }
+    }
+
     pub fn id(&self) -> String {
         format!("{}/{}", self.app, self.name)
     }
@@ -60,6 +68,7 @@ fn info(status: &StreamStatus) -> StreamInfo {
         bitrate_kbps: Some(status.bitrate_kbps),
         publisher: Some(status.publisher.clone()),
         readers: status.readers as u32,
+        webrtc_omits: crate::webrtc::omits(status.audio.as_deref()),
     }
 }
 

@@ -23,6 +23,7 @@ pub mod presence;
 pub mod rpc;
 pub mod state;
 pub mod topic;
+pub mod whep;
 
 /// The version of every message this crate writes. A reader refuses any other.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -78,6 +78,8 @@ pub enum ErrorCode {
     Busy,
     DeadlineExceeded,
     Internal,
+    /// The agent understood the call but does not do what it asks (e.g. an ICE restart).
+    Unsupported,
     /// A code a newer agent sent that this build does not know.
     #[serde(other)]
     Unknown,

@@ -37,6 +37,10 @@ pub struct StreamInfo {
     pub publisher: Option<String>,
     #[serde(default)]
     pub readers: u32,
+    /// What WebRTC viewers do not get of this stream, and why (e.g. AAC audio, which WebRTC
+    /// cannot carry). `None` when they get all of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webrtc_omits: Option<String>,
 }
 
 impl StreamInfo {

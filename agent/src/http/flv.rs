@@ -1,51 +1,25 @@
-//! The agent's own HTTP server: HTTP-FLV (`GET /{app}/{name}.flv`, LiveGo's URL) from the hub,
-//! with CORS so flv.js pages on other origins can play it.
+//! HTTP-FLV (`GET /{app}/{name}.flv`, LiveGo's URL) from the hub, with CORS so flv.js pages on
+//! other origins can play it.
 //!
 //! Each viewer is a hub reader feeding a small bounded channel to the response body. A viewer
 //! that stops reading makes that channel fill; the hub then makes it skip to the next keyframe,
 //! and after `stall_timeout` without progress the response ends.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use verge_media::flv::mux;
-use verge_media::hub::{Frame, Hub, HubError, Reader};
+use verge_media::hub::{Frame, HubError, Reader};
 
+use super::{AppState, plain};
 use crate::streams::StreamName;
 
-#[derive(Clone)]
-struct AppState {
-    hub: Arc<Hub>,
-    stall_timeout: Duration,
-}
-
-pub fn router(hub: Arc<Hub>) -> Router {
-    Router::new()
-        .route("/{app}/{file}", get(flv))
-        .with_state(AppState {
-            hub,
-            stall_timeout: Duration::from_secs(10),
-        })
-}
-
-fn plain(status: StatusCode, reason: String) -> Response {
-    (
-        status,
-        [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
-        format!("{reason}\n"),
-    )
-        .into_response()
-}
-
-async fn flv(
+pub(super) async fn flv(
     State(app): State<AppState>,
     Path((app_name, file)): Path<(String, String)>,
 ) -> Response {

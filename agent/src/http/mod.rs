@@ -1,0 +1,63 @@
+//! The agent's own HTTP server, for viewers on its LAN and as the baseline the manager's
+//! proxied paths are measured against.
+//!
+//! - [`flv`]: HTTP-FLV, `GET /{app}/{name}.flv`.
+//! - [`whep`]: WHEP, `POST /whep/{stream}`, `PATCH|DELETE /session/{stream}/{session}`.
+
+mod flv;
+mod whep;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use verge_media::hub::Hub;
+
+use crate::webrtc::Whep;
+
+#[derive(Clone)]
+struct AppState {
+    hub: Arc<Hub>,
+    whep: Option<Whep>,
+    stall_timeout: Duration,
+}
+
+pub fn router(hub: Arc<Hub>, whep: Option<Whep>) -> Router {
+    Router::new()
+        .route("/whep/{name}", post(whep::offer).options(whep::preflight))
+        .route(
+            "/whep/{app}/{name}",
+            post(whep::offer_in_app).options(whep::preflight),
+        )
+        .route(
+            "/session/{name}/{session}",
+            axum::routing::patch(whep::patch)
+                .delete(whep::delete)
+                .options(whep::preflight),
+        )
+        .route(
+            "/session/{app}/{name}/{session}",
+            axum::routing::patch(whep::patch_in_app)
+                .delete(whep::delete_in_app)
+                .options(whep::preflight),
+        )
+        .route("/{app}/{file}", get(flv::flv))
+        .with_state(AppState {
+            hub,
+            whep,
+            stall_timeout: Duration::from_secs(10),
+        })
+}
+
+/// A status with a one-line plain-text reason, readable from any origin.
+fn plain(status: StatusCode, reason: String) -> Response {
+    (
+        status,
+        [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+        format!("{reason}\n"),
+    )
+        .into_response()
+}

@@ -1,0 +1,187 @@
+//! WHEP on the agent's own port: the same paths and answers as the manager's proxy, without the
+//! MQTT hop.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use verge_protocol::whep;
+
+use super::{AppState, plain};
+use crate::streams::StreamName;
+use crate::webrtc::{Whep, WhepError};
+
+pub(super) async fn preflight() -> Response {
+    cors(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(super) async fn offer(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    offer_for(app, "live", &name, &headers, body).await
+}
+
+pub(super) async fn offer_in_app(
+    State(app): State<AppState>,
+    Path((app_name, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    offer_for(app, &app_name, &name, &headers, body).await
+}
+
+pub(super) async fn patch(
+    State(app): State<AppState>,
+    Path((_name, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    patch_session(app, &session, &headers, &body).await
+}
+
+pub(super) async fn patch_in_app(
+    State(app): State<AppState>,
+    Path((_app, _name, session)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    patch_session(app, &session, &headers, &body).await
+}
+
+pub(super) async fn delete(
+    State(app): State<AppState>,
+    Path((_name, session)): Path<(String, String)>,
+) -> Response {
+    delete_session(app, &session)
+}
+
+pub(super) async fn delete_in_app(
+    State(app): State<AppState>,
+    Path((_app, _name, session)): Path<(String, String, String)>,
+) -> Response {
+    delete_session(app, &session)
+}
+
+fn service(app: &AppState) -> Result<&Whep, Response> {
+    app.whep.as_ref().ok_or_else(|| {
+        plain(
+            StatusCode::NOT_FOUND,
+            "this agent does not serve WebRTC".into(),
+        )
+    })
+}
+
+fn refused(e: WhepError) -> Response {
+    let status = StatusCode::from_u16(whep::http_status(e.code()))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    plain(status, e.to_string())
+}
+
+fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected))
+}
+
+async fn offer_for(
+    app: AppState,
+    app_name: &str,
+    name: &str,
+    headers: &HeaderMap,
+    sdp: String,
+) -> Response {
+    let whep = match service(&app) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if !content_type_is(headers, "application/sdp") {
+        return plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a WHEP offer is sent as Content-Type: application/sdp".into(),
+        );
+    }
+    let stream = match StreamName::parse(app_name, name) {
+        Ok(s) => s.id(),
+        Err(why) => return plain(StatusCode::BAD_REQUEST, why),
+    };
+    match whep.offer(&stream, sdp, &[]).await {
+        Ok(answer) => {
+            let location = whep::location(&stream, &answer.session);
+            let links = whep::link_headers(whep.ice_servers());
+            created(answer.sdp, &location, &links)
+        }
+        Err(e) => refused(e),
+    }
+}
+
+async fn patch_session(app: AppState, session: &str, headers: &HeaderMap, frag: &str) -> Response {
+    let whep = match service(&app) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if !content_type_is(headers, "application/trickle-ice-sdpfrag") {
+        return plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a WHEP PATCH is sent as Content-Type: application/trickle-ice-sdpfrag".into(),
+        );
+    }
+    match whep.patch(session, frag).await {
+        Ok(_) => cors(StatusCode::NO_CONTENT.into_response()),
+        Err(e) => refused(e),
+    }
+}
+
+fn delete_session(app: AppState, session: &str) -> Response {
+    let whep = match service(&app) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    match whep.delete(session) {
+        Ok(()) => cors(StatusCode::OK.into_response()),
+        Err(e) => refused(e),
+    }
+}
+
+/// `201 Created` with the answer, its session URL and the viewer's ICE servers.
+pub fn created(sdp: String, location: &str, links: &[String]) -> Response {
+    let mut response = (StatusCode::CREATED, sdp).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    if let Ok(v) = HeaderValue::from_str(location) {
+        h.insert(header::LOCATION, v);
+    }
+    for link in links {
+        if let Ok(v) = HeaderValue::from_str(link) {
+            h.append(header::LINK, v);
+        }
+    }
+    cors(response)
+}
+
+fn cors(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(whep::CORS_METHODS),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(whep::CORS_HEADERS),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(whep::CORS_EXPOSE),
+    );
+    response
+}

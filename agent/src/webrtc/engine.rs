@@ -1,0 +1,161 @@
+//! How every Verge peer connection is built: the H.264 formats, the interceptors, the ICE
+//! settings. The agent (answering viewers) and the WHEP client (offering) share it, so both
+//! sides of every test negotiate exactly what production does.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
+use rtc::peer_connection::transport::RTCDtlsRole;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
+};
+use verge_protocol::whep::IceServer;
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidateType, RTCIceServer, Registry, SettingEngineBuilder,
+    register_default_interceptors,
+};
+
+/// The H.264 formats offered and answered, with packetization mode 1 only (FU-A), which every
+/// browser supports. Constrained Baseline comes first: it is what every browser decodes in
+/// hardware and software. Registering Baseline, Main and High separately makes each format a
+/// browser offers an exact match, so the answer names the browser's own payload type;
+/// software decoders play a High-profile stream labelled as any of them.
+const H264_FORMATS: [(&str, u8); 4] = [
+    ("42e01f", 102),
+    ("42001f", 104),
+    ("4d001f", 106),
+    ("640c1f", 108),
+];
+
+/// Every video RTP payload this side sends fits in this many bytes, below any path MTU once
+/// SRTP, UDP, IP and a TURN channel header are added.
+pub const RTP_MTU: usize = 1200;
+
+/// A peer connection's ICE behaviour.
+#[derive(Debug, Clone)]
+pub struct IceSettings {
+    /// Local addresses to gather host candidates on. An unspecified address (`0.0.0.0`) means
+    /// every non-loopback interface.
+    pub udp_ips: Vec<IpAddr>,
+    /// Public addresses to advertise instead of the host ones (a box with a known 1:1 NAT).
+    pub nat_ips: Vec<String>,
+    /// ICE: no traffic for this long makes the connection `disconnected`…
+    pub disconnected_after: Duration,
+    /// …and this long after that, `failed`.
+    pub failed_after: Duration,
+}
+
+impl Default for IceSettings {
+    fn default() -> Self {
+        Self {
+            udp_ips: vec![IpAddr::from([0, 0, 0, 0])],
+            nat_ips: Vec::new(),
+            disconnected_after: Duration::from_secs(5),
+            failed_after: Duration::from_secs(10),
+        }
+    }
+}
+
+fn h264_codec(profile_level_id: &str) -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_H264.to_string(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: format!(
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile_level_id}"
+        ),
+        // NACK and PLI are added by `register_default_interceptors`.
+        rtcp_feedback: vec![RTCPFeedback {
+            typ: "ccm".into(),
+            parameter: "fir".into(),
+        }],
+    }
+}
+
+/// True for an H.264 format we can send: packetization mode 1.
+pub fn is_sendable_h264(codec: &RTCRtpCodec) -> bool {
+    codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_H264)
+        && codec
+            .sdp_fmtp_line
+            .split(';')
+            .any(|p| p.trim() == "packetization-mode=1")
+}
+
+/// Builds a peer connection for H.264 video with `handler` receiving its events.
+pub async fn build(
+    ice: &IceSettings,
+    ice_servers: &[IceServer],
+    dtls_server: bool,
+    handler: Arc<dyn PeerConnectionEventHandler>,
+) -> webrtc::error::Result<Arc<dyn PeerConnection>> {
+    let mut media = MediaEngine::default();
+    for (profile, payload_type) in H264_FORMATS {
+        media.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: h264_codec(profile),
+                payload_type,
+                ..Default::default()
+            },
+            RtpCodecKind::Video,
+        )?;
+    }
+    // After the codecs: the NACK/PLI feedback it adds goes only to codecs already registered.
+    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+
+    let mut settings = SettingEngineBuilder::new()
+        // The default mDNS mode opens a multicast socket per connection, which fails where there
+        // is no multicast route and leaks names onto the LAN; remote `.local` candidates are
+        // ignored, and browsers still connect through peer-reflexive candidates.
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_ice_timeouts(
+            Some(ice.disconnected_after),
+            Some(ice.failed_after),
+            Some(Duration::from_secs(2)),
+        );
+    if dtls_server {
+        // Measured: Chromium as DTLS server answers our ClientHello late; as the DTLS server
+        // the connection is up in ~60 ms instead of ~230 ms.
+        settings = settings.with_answering_dtls_role(RTCDtlsRole::Server);
+    }
+    if !ice.nat_ips.is_empty() {
+        settings = settings.with_nat_1to1_ips(ice.nat_ips.clone(), RTCIceCandidateType::Host);
+    }
+
+    let servers = ice_servers
+        .iter()
+        .map(|s| RTCIceServer {
+            urls: s.urls.clone(),
+            username: s.username.clone(),
+            credential: s.credential.clone(),
+        })
+        .collect();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(
+            RTCConfigurationBuilder::new()
+                .with_ice_servers(servers)
+                .build(),
+        )
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(settings.build())
+        .with_handler(handler)
+        .with_udp_addrs(
+            ice.udp_ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, 0))
+                .collect(),
+        )
+        .build()
+        .await?;
+    Ok(Arc::new(pc))
+}
+
+/// The codec a local track is created with: the first registered format. The format actually
+/// sent is the one negotiated (see `peer::answer`), which uses the same clock and packetization.
+pub fn h264_codec_for_track() -> RTCRtpCodec {
+    h264_codec(H264_FORMATS[0].0)
+}

@@ -1,0 +1,253 @@
+//! WebRTC viewers (WHEP): offers come from the manager over RPC or straight to the agent's
+//! HTTP port; each becomes a peer connection fed from the hub.
+//!
+//! - [`engine`]: how peer connections are built (H.264 formats, interceptors, no mDNS).
+//! - [`peer`]: answering an offer.
+//! - [`viewer`]: one viewer's sender task, hub → RTP.
+//!
+//! [`Whep`] owns the live sessions. A session id is `{agent}~{random}`
+//! ([`verge_protocol::whep::session_id`]), so any manager can route its PATCH and DELETE.
+
+pub mod engine;
+pub mod peer;
+pub mod viewer;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio_util::sync::CancellationToken;
+use verge_media::hub::{Hub, HubError};
+use verge_protocol::rpc::ErrorCode;
+use verge_protocol::whep::{self, IceServer, OfferResult, PatchResult};
+use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit};
+
+pub use engine::IceSettings;
+use peer::AnswerError;
+
+/// What a viewer of a stream with this audio codec does not get over WebRTC.
+pub fn omits(audio: Option<&str>) -> Option<String> {
+    audio.map(|codec| format!("audio: {codec} is not sent to WebRTC viewers (no Opus transcoder)"))
+}
+
+/// The `[webrtc]` settings the service runs with.
+#[derive(Debug, Clone)]
+pub struct WhepSettings {
+    pub ice: IceSettings,
+    /// Servers added to those each offer brings (the agent's own STUN/TURN).
+    pub ice_servers: Vec<IceServer>,
+    /// Longest wait for ICE candidates before answering with those gathered so far.
+    pub gather_timeout: Duration,
+    /// A viewer not connected this long after its answer is dropped.
+    pub connect_timeout: Duration,
+}
+
+impl Default for WhepSettings {
+    fn default() -> Self {
+        Self {
+            ice: IceSettings::default(),
+            ice_servers: Vec::new(),
+            gather_timeout: Duration::from_millis(1500),
+            connect_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WhepError {
+    #[error("stream {0} is not live on this agent")]
+    NotLive(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error(transparent)]
+    Answer(#[from] AnswerError),
+    #[error("no WHEP session {0}")]
+    UnknownSession(String),
+    #[error("ICE restart is not supported: POST a new offer")]
+    RestartUnsupported,
+    #[error("cannot add ICE candidate: {0}")]
+    BadCandidate(String),
+}
+
+impl WhepError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            WhepError::NotLive(_) | WhepError::UnknownSession(_) => ErrorCode::NotFound,
+            WhepError::Busy(_) => ErrorCode::Busy,
+            WhepError::Answer(AnswerError::Internal(_)) => ErrorCode::Internal,
+            WhepError::Answer(_) | WhepError::BadCandidate(_) => ErrorCode::InvalidParams,
+            WhepError::RestartUnsupported => ErrorCode::Unsupported,
+        }
+    }
+}
+
+struct Session {
+    stream: String,
+    pc: Arc<dyn PeerConnection>,
+    close: CancellationToken,
+}
+
+/// The agent's WHEP service.
+#[derive(Clone)]
+pub struct Whep {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    agent: String,
+    hub: Arc<Hub>,
+    settings: WhepSettings,
+    sessions: Mutex<HashMap<String, Session>>,
+    random: SystemRandom,
+    /// Cancelled when the agent stops: every viewer closes its connection.
+    shutdown: CancellationToken,
+}
+
+impl Whep {
+    pub fn new(agent: &str, hub: Arc<Hub>, settings: WhepSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                agent: agent.to_string(),
+                hub,
+                settings,
+                sessions: Mutex::new(HashMap::new()),
+                random: SystemRandom::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn random<const N: usize>(&self) -> [u8; N] {
+        let mut bytes = [0u8; N];
+        // SystemRandom fails only if the OS has no entropy source; a zero seed still works.
+        let _ = self.inner.random.fill(&mut bytes);
+        bytes
+    }
+
+    /// The agent's own ICE servers, handed to viewers of its own WHEP endpoint.
+    pub fn ice_servers(&self) -> &[IceServer] {
+        &self.inner.settings.ice_servers
+    }
+
+    /// Live sessions.
+    pub fn len(&self) -> usize {
+        self.sessions().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Answers a viewer's offer for stream `stream` (`{app}/{name}`).
+    pub async fn offer(
+        &self,
+        stream: &str,
+        sdp: String,
+        ice_servers: &[IceServer],
+    ) -> Result<OfferResult, WhepError> {
+        let started = Instant::now();
+        // Subscribing first reserves the viewer's slot and fails fast for a stream not live.
+        let reader = self.inner.hub.subscribe(stream).map_err(|e| match e {
+            HubError::TooManyReaders(_) => WhepError::Busy(e.to_string()),
+            _ => WhepError::NotLive(stream.to_string()),
+        })?;
+        let mut servers = ice_servers.to_vec();
+        servers.extend(self.inner.settings.ice_servers.iter().cloned());
+        let ssrc = u32::from_be_bytes(self.random()).max(1);
+        let (answer, peer) = peer::answer(
+            sdp,
+            &self.inner.settings.ice,
+            &servers,
+            self.inner.settings.gather_timeout,
+            ssrc,
+        )
+        .await?;
+        let session = whep::session_id(&self.inner.agent, u64::from_be_bytes(self.random()));
+        let close = self.inner.shutdown.child_token();
+        self.sessions().insert(
+            session.clone(),
+            Session {
+                stream: stream.to_string(),
+                pc: peer.pc.clone(),
+                close: close.clone(),
+            },
+        );
+        tracing::info!(agent = %self.inner.agent, %stream, %session, payload_type = peer.payload_type,
+            answer_ms = started.elapsed().as_millis() as u64, "WHEP viewer answered");
+        let this = self.clone();
+        let id = session.clone();
+        let stream = stream.to_string();
+        let [s0, s1, t0, t1, t2, t3] = self.random();
+        let connect_timeout = self.inner.settings.connect_timeout;
+        tokio::spawn(async move {
+            let (end, sent) = viewer::run(
+                peer,
+                reader,
+                connect_timeout,
+                u16::from_be_bytes([s0, s1]),
+                u32::from_be_bytes([t0, t1, t2, t3]),
+                close.cancelled_owned(),
+            )
+            .await;
+            this.sessions().remove(&id);
+            tracing::info!(agent = %this.inner.agent, %stream, session = %id, end = end.as_str(),
+                frames = sent.frames, packets = sent.packets, bytes = sent.bytes,
+                secs = started.elapsed().as_secs(), "WHEP viewer ended");
+        });
+        Ok(OfferResult {
+            session,
+            sdp: answer,
+        })
+    }
+
+    /// Adds the candidates of a trickle-ICE sdpfrag to a session.
+    pub async fn patch(&self, session: &str, frag: &str) -> Result<PatchResult, WhepError> {
+        let pc = self
+            .sessions()
+            .get(session)
+            .map(|s| s.pc.clone())
+            .ok_or_else(|| WhepError::UnknownSession(session.to_string()))?;
+        let candidates = whep::frag_candidates(frag);
+        if candidates.is_empty() && frag.contains("a=ice-ufrag:") {
+            return Err(WhepError::RestartUnsupported);
+        }
+        let mut added = 0;
+        for (mid, candidate) in candidates {
+            pc.add_ice_candidate(RTCIceCandidateInit {
+                candidate,
+                sdp_mid: mid,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| WhepError::BadCandidate(peer::one_line(&e)))?;
+            added += 1;
+        }
+        Ok(PatchResult { added })
+    }
+
+    /// Ends a session; its connection is closed by its sender task.
+    pub fn delete(&self, session: &str) -> Result<(), WhepError> {
+        let removed = self.sessions().remove(session);
+        let s = removed.ok_or_else(|| WhepError::UnknownSession(session.to_string()))?;
+        tracing::info!(agent = %self.inner.agent, stream = %s.stream, %session, "WHEP session deleted");
+        s.close.cancel();
+        Ok(())
+    }
+
+    /// Closes every viewer (the agent is stopping) and waits up to `grace` for them to go.
+    pub async fn close_all(&self, grace: Duration) {
+        self.inner.shutdown.cancel();
+        let deadline = Instant::now() + grace;
+        while !self.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Answering one WHEP offer: a peer connection with one H.264 track, its answer SDP, and the
+//! connection state mirrored into a `watch` (the crate has no state getter).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use tokio::sync::watch;
+use verge_protocol::whep::IceServer;
+use webrtc::media_stream::MediaStreamTrack;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionEventHandler, RTCIceGatheringState, RTCPeerConnectionState,
+    RTCSessionDescription,
+};
+
+use super::engine::{self, IceSettings};
+
+/// Why an offer got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    #[error("the offer is not a usable SDP offer: {0}")]
+    BadOffer(String),
+    #[error("the offer has no H.264 video with packetization-mode=1 to receive")]
+    NoH264,
+    #[error("WebRTC failed: {0}")]
+    Internal(String),
+}
+
+/// Mirrors the events a viewer's lifecycle depends on.
+struct Events {
+    state: watch::Sender<RTCPeerConnectionState>,
+    gathered: watch::Sender<bool>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Events {
+    // Runs on the connection's driver task: only cheap, non-blocking work here.
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.state.send_replace(state);
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.send_replace(true);
+        }
+    }
+}
+
+/// A viewer's connection, answered and ready to carry video once `Connected`.
+pub struct Peer {
+    pub pc: Arc<dyn PeerConnection>,
+    pub track: Arc<TrackLocalStaticRTP>,
+    pub ssrc: u32,
+    /// The viewer's payload type for the H.264 format we send.
+    pub payload_type: u8,
+    pub state: watch::Receiver<RTCPeerConnectionState>,
+}
+
+/// Answers `offer` (non-trickle: the answer holds every candidate gathered within
+/// `gather_timeout`, so a slow STUN server delays the answer by at most that much).
+pub async fn answer(
+    offer: String,
+    ice: &IceSettings,
+    ice_servers: &[IceServer],
+    gather_timeout: Duration,
+    ssrc: u32,
+) -> Result<(String, Peer), AnswerError> {
+    let offer = RTCSessionDescription::offer(offer).map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
+    let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+    let (gathered_tx, mut gathered) = watch::channel(false);
+    let events = Arc::new(Events {
+        state: state_tx,
+        gathered: gathered_tx,
+    });
+    let pc = engine::build(ice, ice_servers, true, events)
+        .await
+        .map_err(|e| AnswerError::Internal(one_line(&e)))?;
+    let codec = engine::h264_codec_for_track();
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        "verge".into(),
+        "video".into(),
+        "video".into(),
+        RtpCodecKind::Video,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec,
+            ..Default::default()
+        }],
+    )));
+
+    let negotiated = async {
+        // add_track before the remote offer: its sendrecv transceiver pairs with a `recvonly`
+        // (or `sendrecv`) video m-line, and the answer says `sendonly`.
+        let sender = pc
+            .add_track(track.clone() as Arc<dyn TrackLocal>)
+            .await
+            .map_err(|e| AnswerError::Internal(one_line(&e)))?;
+        pc.set_remote_description(offer)
+            .await
+            .map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
+        // Filled from the offer during set_remote_description, in the offer's order.
+        let payload_type = sender
+            .get_parameters()
+            .await
+            .map_err(|e| AnswerError::Internal(one_line(&e)))?
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| engine::is_sendable_h264(&c.rtp_codec))
+            .map(|c| c.payload_type)
+            .ok_or(AnswerError::NoH264)?;
+        let answer = pc
+            .create_answer(None)
+            .await
+            .map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
+        pc.set_local_description(answer)
+            .await
+            .map_err(|e| AnswerError::Internal(one_line(&e)))?;
+        // After a timeout the description still holds the candidates gathered so far.
+        let _ = tokio::time::timeout(gather_timeout, gathered.wait_for(|done| *done)).await;
+        let sdp = pc
+            .local_description()
+            .await
+            .ok_or_else(|| AnswerError::Internal("no local description".into()))?
+            .sdp;
+        Ok((sdp, payload_type))
+    }
+    .await;
+    match negotiated {
+        Ok((sdp, payload_type)) => Ok((
+            sdp,
+            Peer {
+                pc,
+                track,
+                ssrc,
+                payload_type,
+                state,
+            },
+        )),
+        Err(e) => {
+            // A connection that is only dropped keeps its driver task running.
+            let _ = pc.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// webrtc's errors can carry multi-line dumps; a reason sent to a client is one short line.
+pub(crate) fn one_line(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.chars().take(200).collect()
+}
