@@ -61,7 +61,7 @@ fn main() -> ExitCode {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rtc_ice=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

@@ -1,6 +1,6 @@
 //! `manager.toml`. Every key has a default, so an empty file runs a manager with its embedded
 //! broker; `conf/manager.toml` documents them all. Sections that later releases read
-//! (`[database]`, `[auth]`, `[extra_ice]`) are accepted and reported as not yet used.
+//! (`[database]`, `[auth]`, `[extra_ice.coturn]`) are accepted and reported as not yet used.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +20,7 @@ pub struct ManagerConfig {
     pub enrollment: EnrollmentConfig,
     pub agents: Vec<EnrolledAgent>,
     pub keys: KeysConfig,
+    pub extra_ice: ExtraIce,
     /// Sections this build does not read yet, kept to warn about them.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
@@ -37,6 +38,17 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
         }
     }
+}
+
+/// `[extra_ice]`: ICE servers handed to WHEP viewers (in `Link` headers) and to the agent's
+/// peer connection. Only the static list is read by this release; `coturn`, `cloudflare` and
+/// `override_upstream_ice_servers` are kept aside and reported.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ExtraIce {
+    pub ice_servers: Vec<verge_protocol::whep::IceServer>,
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, toml::Value>,
 }
 
 /// The embedded broker; not started when `[mqtt] url` names an external one.

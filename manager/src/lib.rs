@@ -70,6 +70,9 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     for section in cfg.unknown.keys() {
         tracing::warn!(%section, "config section not used by this release; ignored");
     }
+    for key in cfg.extra_ice.unknown.keys() {
+        tracing::warn!(section = %format!("extra_ice.{key}"), "config key not used by this release; ignored");
+    }
     let topics = cfg.topics()?;
     let credentials = Credentials::new(
         cfg.agents.iter().map(|a| (a.id.clone(), a.secret.clone())),
@@ -188,6 +191,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         broker: broker_kind,
         keys,
         rpc_timeout: cfg.rpc_timeout(),
+        ice_servers: Arc::new(cfg.extra_ice.ice_servers.clone()),
     });
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await

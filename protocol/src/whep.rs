@@ -89,12 +89,29 @@ pub fn frag_candidates(frag: &str) -> Vec<(Option<String>, String)> {
     out
 }
 
-/// Response headers a browser's WHEP client must be able to read across origins.
-pub const CORS_EXPOSE: &str = "Location, Link, ETag";
-/// Methods a WHEP resource and its session answer.
-pub const CORS_METHODS: &str = "POST, PATCH, DELETE, OPTIONS";
-/// Request headers a WHEP client sends.
-pub const CORS_HEADERS: &str = "Content-Type, Authorization, If-Match";
+/// CORS response headers of every WHEP response, so a page on any origin can POST an offer
+/// and read `Location` and `Link` (header name, value).
+pub const CORS: [(&str, &str); 4] = [
+    ("access-control-allow-origin", "*"),
+    ("access-control-allow-methods", "POST, PATCH, DELETE, OPTIONS"),
+    (
+        "access-control-allow-headers",
+        "Content-Type, Authorization, If-Match",
+    ),
+    ("access-control-expose-headers", "Location, Link, ETag"),
+];
+
+/// The content type of an offer and an answer.
+pub const SDP: &str = "application/sdp";
+/// The content type of a trickle-ICE PATCH.
+pub const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+
+/// Whether a `Content-Type` value names `expected` (parameters ignored).
+pub fn is_content_type(value: Option<&str>, expected: &str) -> bool {
+    value
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected))
+}
 
 /// The path form of a stream id: `{name}` in the default app `live`, `{app}/{name}` otherwise.
 pub fn stream_path(stream: &str) -> &str {

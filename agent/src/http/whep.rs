@@ -80,11 +80,12 @@ fn refused(e: WhepError) -> Response {
 }
 
 fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected))
+    whep::is_content_type(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        expected,
+    )
 }
 
 async fn offer_for(
@@ -98,7 +99,7 @@ async fn offer_for(
         Ok(w) => w,
         Err(r) => return r,
     };
-    if !content_type_is(headers, "application/sdp") {
+    if !content_type_is(headers, whep::SDP) {
         return plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "a WHEP offer is sent as Content-Type: application/sdp".into(),
@@ -123,7 +124,7 @@ async fn patch_session(app: AppState, session: &str, headers: &HeaderMap, frag: 
         Ok(w) => w,
         Err(r) => return r,
     };
-    if !content_type_is(headers, "application/trickle-ice-sdpfrag") {
+    if !content_type_is(headers, whep::SDPFRAG) {
         return plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "a WHEP PATCH is sent as Content-Type: application/trickle-ice-sdpfrag".into(),
@@ -147,7 +148,7 @@ fn delete_session(app: AppState, session: &str) -> Response {
 }
 
 /// `201 Created` with the answer, its session URL and the viewer's ICE servers.
-pub fn created(sdp: String, location: &str, links: &[String]) -> Response {
+fn created(sdp: String, location: &str, links: &[String]) -> Response {
     let mut response = (StatusCode::CREATED, sdp).into_response();
     let h = response.headers_mut();
     h.insert(
@@ -167,21 +168,8 @@ pub fn created(sdp: String, location: &str, links: &[String]) -> Response {
 
 fn cors(mut response: Response) -> Response {
     let h = response.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static(whep::CORS_METHODS),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static(whep::CORS_HEADERS),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static(whep::CORS_EXPOSE),
-    );
+    for (name, value) in whep::CORS {
+        h.insert(name, HeaderValue::from_static(value));
+    }
     response
 }

@@ -3,19 +3,25 @@
 //! - [`api`]: the REST API: `/api/nodes/` (liveman's shape), `/api/agents/{id}`, `/api/health`.
 //! - [`streams`]: `/api/streams/`, every agent's live streams in liveman's shape.
 //! - [`keys`]: channel keys, `/api/keys`.
+//! - [`whep`]: the WHEP proxy, `POST /whep/{stream}` and `/session/{stream}/{session}`,
+//!   forwarded over MQTT RPC to the agent holding the stream.
+//! - [`play`]: `/play/{stream}`, a minimal WHEP player page.
 //! - [`error`]: errors as a status and a one-line reason a client can act on.
 
 pub mod api;
 pub mod error;
 pub mod keys;
+pub mod play;
 pub mod streams;
+pub mod whep;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, patch, post};
 
 use crate::registry::Registry;
 use crate::rpc::RpcClient;
@@ -29,6 +35,8 @@ pub struct AppState {
     pub broker: &'static str,
     pub keys: crate::keys::KeyDistributor,
     pub rpc_timeout: Duration,
+    /// `[extra_ice] ice_servers`: for viewers (`Link`) and the agent's peer connection.
+    pub ice_servers: Arc<Vec<verge_protocol::whep::IceServer>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -50,9 +58,29 @@ pub fn router(state: AppState) -> Router {
         .route("/api/streams/", get(streams::list))
         .route("/api/streams/{stream}", get(streams::one))
         .route("/api/streams/{app}/{name}", get(streams::one_in_app))
+        .route("/whep/{name}", post(whep::offer).options(whep::preflight))
+        .route(
+            "/whep/{app}/{name}",
+            post(whep::offer_in_app).options(whep::preflight),
+        )
+        .route(
+            "/session/{name}/{session}",
+            patch(whep::patch)
+                .delete(whep::delete)
+                .options(whep::preflight),
+        )
+        .route(
+            "/session/{app}/{name}/{session}",
+            patch(whep::patch_in_app)
+                .delete(whep::delete_in_app)
+                .options(whep::preflight),
+        )
+        .route("/play/{name}", get(play::page))
+        .route("/play/{app}/{name}", get(play::page_in_app))
+        .layer(DefaultBodyLimit::max(whep::MAX_BODY))
         .with_state(state)
 }
 
 async fn index() -> &'static str {
-    "Verge manager\n\nGET /api/nodes/        the fleet (liveman's node shape plus online, last_seen, version, streams)\nGET /api/agents/{id}   one agent, with a live ping\nGET /api/streams/      live streams on all agents (liveman's stream shape)\nGET /api/health        broker link and fleet counts\nPOST|DELETE /api/keys/{app}/{name}, GET /api/keys   channel keys\n"
+    "Verge manager\n\nGET /api/nodes/        the fleet (liveman's node shape plus online, last_seen, version, streams)\nGET /api/agents/{id}   one agent, with a live ping\nGET /api/streams/      live streams on all agents (liveman's stream shape)\nGET /api/health        broker link and fleet counts\nPOST|DELETE /api/keys/{app}/{name}, GET /api/keys   channel keys\nPOST /whep/{stream}    WHEP (application/sdp); PATCH|DELETE /session/{stream}/{session}\nGET /play/{stream}     watch a stream in the browser (WHEP)\n"
 }

@@ -1,0 +1,29 @@
+//! `GET /play/{stream}`: a minimal player page. It plays the stream through this manager's
+//! WHEP endpoint and shows the browser's own numbers (`getStats()`), so it doubles as the
+//! quickest check that a stream reaches a browser. The full dashboard comes later.
+
+use axum::extract::Path;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+const PAGE: &str = include_str!("../../assets/play.html");
+
+/// The page reads its stream from its own URL, so every stream is served the same bytes.
+pub async fn page(Path(_name): Path<String>) -> Response {
+    html()
+}
+
+pub async fn page_in_app(Path((_app, _name)): Path<(String, String)>) -> Response {
+    html()
+}
+
+fn html() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+        .into_response()
+}

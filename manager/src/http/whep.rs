@@ -1,0 +1,276 @@
+//! The WHEP proxy (liveman's paths): a viewer's offer goes over MQTT RPC to the agent holding
+//! the stream, and the agent's answer comes back as `201 Created`.
+//!
+//! `{stream}` is `{name}` in the default app `live`, or `{app}/{name}`. The session id in
+//! `Location: /session/{stream}/{session}` names its agent, so PATCH and DELETE reach it
+//! through any manager without shared state. Every refusal is a status a client can act on
+//! with a one-line reason: 404 unknown stream or session, 503 agent offline or busy, 504 the
+//! agent did not answer in time, 400 an offer the agent cannot answer, 415 a wrong content
+//! type.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use verge_protocol::id::validate_stream_part;
+use verge_protocol::whep::{
+    self, OfferParams, OfferResult, PatchParams, PatchResult, SessionParams,
+};
+
+use super::AppState;
+use crate::rpc::CallError;
+
+/// Largest offer or sdpfrag accepted; browsers' offers are a few KiB.
+pub const MAX_BODY: usize = 64 * 1024;
+
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        cors((self.0, format!("{}\n", self.1)).into_response())
+    }
+}
+
+impl From<CallError> for Refusal {
+    fn from(e: CallError) -> Self {
+        let status = match &e {
+            CallError::UnknownAgent(_) => StatusCode::NOT_FOUND,
+            CallError::Offline(_) | CallError::Overloaded(_) | CallError::Link(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            CallError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            CallError::Agent { error, .. } => StatusCode::from_u16(whep::http_status(error.code))
+                .unwrap_or(StatusCode::BAD_GATEWAY),
+        };
+        // The agent's own words are what the viewer can act on.
+        let reason = match e {
+            CallError::Agent { error, .. } => error.message,
+            other => other.to_string(),
+        };
+        Refusal(status, reason)
+    }
+}
+
+/// CORS preflight; it also hands out the ICE servers (`Link`), so a page can configure its
+/// peer connection before it gathers candidates for the offer.
+pub async fn preflight(State(app): State<AppState>) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    add_links(&mut response, &app);
+    cors(response)
+}
+
+fn add_links(response: &mut Response, app: &AppState) {
+    for link in whep::link_headers(&app.ice_servers) {
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            response.headers_mut().append(header::LINK, v);
+        }
+    }
+}
+
+pub async fn offer(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    respond(offer_for(&app, "live", &name, &headers, body).await)
+}
+
+pub async fn offer_in_app(
+    State(app): State<AppState>,
+    Path((app_name, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    respond(offer_for(&app, &app_name, &name, &headers, body).await)
+}
+
+pub async fn patch(
+    State(app): State<AppState>,
+    Path((_name, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    respond(patch_session(&app, session, &headers, body).await)
+}
+
+pub async fn patch_in_app(
+    State(app): State<AppState>,
+    Path((_app, _name, session)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    respond(patch_session(&app, session, &headers, body).await)
+}
+
+pub async fn delete(
+    State(app): State<AppState>,
+    Path((_name, session)): Path<(String, String)>,
+) -> Response {
+    respond(delete_session(&app, session).await)
+}
+
+pub async fn delete_in_app(
+    State(app): State<AppState>,
+    Path((_app, _name, session)): Path<(String, String, String)>,
+) -> Response {
+    respond(delete_session(&app, session).await)
+}
+
+fn respond(result: Result<Response, Refusal>) -> Response {
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), Refusal> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if whep::is_content_type(value, expected) {
+        Ok(())
+    } else {
+        Err(Refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("send this request as Content-Type: {expected}"),
+        ))
+    }
+}
+
+/// The online agent holding `stream` (`{app}/{name}`).
+fn locate(app: &AppState, stream: &str) -> Result<String, Refusal> {
+    let holders: Vec<(String, bool)> = app
+        .registry
+        .list()
+        .into_iter()
+        .filter(|r| {
+            r.state
+                .as_ref()
+                .is_some_and(|s| s.streams.iter().any(|i| i.id() == stream))
+        })
+        .map(|r| {
+            let online = r.online();
+            (r.id, online)
+        })
+        .collect();
+    if let Some((agent, _)) = holders.iter().find(|(_, online)| *online) {
+        return Ok(agent.clone());
+    }
+    match holders.first() {
+        Some((agent, _)) => Err(Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "stream {} is on agent {agent:?}, which is offline",
+                whep::stream_path(stream)
+            ),
+        )),
+        None => Err(Refusal(
+            StatusCode::NOT_FOUND,
+            format!(
+                "stream {} is not live on any agent",
+                whep::stream_path(stream)
+            ),
+        )),
+    }
+}
+
+async fn call<T: DeserializeOwned>(
+    app: &AppState,
+    agent: &str,
+    method: &str,
+    params: impl serde::Serialize,
+) -> Result<T, Refusal> {
+    let params = serde_json::to_value(params)
+        .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let value = app
+        .rpc
+        .call(agent, method, params, app.rpc_timeout)
+        .await?;
+    serde_json::from_value(value).map_err(|e| {
+        Refusal(
+            StatusCode::BAD_GATEWAY,
+            format!("agent {agent:?} answered {method} with something else: {e}"),
+        )
+    })
+}
+
+async fn offer_for(
+    app: &AppState,
+    app_name: &str,
+    name: &str,
+    headers: &HeaderMap,
+    sdp: String,
+) -> Result<Response, Refusal> {
+    require_content_type(headers, whep::SDP)?;
+    for (what, part) in [("app", app_name), ("stream name", name)] {
+        validate_stream_part(what, part).map_err(|why| Refusal(StatusCode::BAD_REQUEST, why))?;
+    }
+    if !sdp.trim_start().starts_with("v=0") {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "the body is not an SDP offer (it must start with v=0)".into(),
+        ));
+    }
+    let stream = format!("{app_name}/{name}");
+    let agent = locate(app, &stream)?;
+    let started = std::time::Instant::now();
+    let answer: OfferResult = call(
+        app,
+        &agent,
+        whep::METHOD_OFFER,
+        OfferParams {
+            stream: stream.clone(),
+            sdp,
+            ice_servers: app.ice_servers.to_vec(),
+        },
+    )
+    .await?;
+    // The agent names its sessions after itself; anything else could not be routed back.
+    if whep::session_agent(&answer.session) != Some(agent.as_str()) {
+        return Err(Refusal(
+            StatusCode::BAD_GATEWAY,
+            format!("agent {agent:?} answered with a session id that is not its own"),
+        ));
+    }
+    tracing::info!(%agent, %stream, session = %answer.session,
+        signaling_ms = started.elapsed().as_millis() as u64, "WHEP session created");
+    let mut response = (StatusCode::CREATED, answer.sdp).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(whep::SDP));
+    if let Ok(v) = HeaderValue::from_str(&whep::location(&stream, &answer.session)) {
+        h.insert(header::LOCATION, v);
+    }
+    add_links(&mut response, app);
+    Ok(cors(response))
+}
+
+fn session_agent(session: &str) -> Result<String, Refusal> {
+    whep::session_agent(session)
+        .map(str::to_string)
+        .ok_or_else(|| Refusal(StatusCode::NOT_FOUND, format!("no WHEP session {session}")))
+}
+
+async fn patch_session(
+    app: &AppState,
+    session: String,
+    headers: &HeaderMap,
+    frag: String,
+) -> Result<Response, Refusal> {
+    require_content_type(headers, whep::SDPFRAG)?;
+    let agent = session_agent(&session)?;
+    let _: PatchResult = call(app, &agent, whep::METHOD_PATCH, PatchParams { session, frag }).await?;
+    Ok(cors(StatusCode::NO_CONTENT.into_response()))
+}
+
+async fn delete_session(app: &AppState, session: String) -> Result<Response, Refusal> {
+    let agent = session_agent(&session)?;
+    let _: serde_json::Value =
+        call(app, &agent, whep::METHOD_DELETE, SessionParams { session }).await?;
+    Ok(cors(StatusCode::OK.into_response()))
+}
+
+fn cors(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    for (name, value) in whep::CORS {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}

@@ -1,0 +1,372 @@
+//! A WHEP viewer: offers to receive H.264, POSTs the offer, and hands back complete access
+//! units as they arrive, with the numbers a benchmark wants (time to the first keyframe,
+//! picture size, losses).
+
+use std::net::{IpAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtc::rtp_transceiver::RTCRtpTransceiverInit;
+use rtc::rtp_transceiver::RTCRtpTransceiverDirection;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::shared::marshal::Marshal;
+use tokio::sync::{mpsc, watch};
+use verge_agent::webrtc::engine::{self, IceSettings};
+use verge_media::codec::avc;
+use verge_media::rtp::h264::{AccessUnit, DEFAULT_MAX_ACCESS_UNIT, H264Depacketizer};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionEventHandler, RTCIceGatheringState, RTCPeerConnectionState,
+    RTCSessionDescription,
+};
+
+use super::WhepError;
+use super::http::{self, HttpUrl};
+
+/// RTP packets buffered between the connection and [`Viewer::next_frame`]; beyond this they
+/// are dropped (and show as lost access units), so a slow consumer cannot grow memory.
+const PACKET_QUEUE: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct ViewerOptions {
+    pub ice: IceSettings,
+    /// Bound on each HTTP request (the POST includes the server's ICE gathering).
+    pub http_timeout: Duration,
+    /// Longest wait for our own ICE candidates before offering with those gathered so far.
+    pub gather_timeout: Duration,
+}
+
+impl ViewerOptions {
+    /// Defaults for `url`: candidates on loopback when the server is on this machine's
+    /// loopback, on every interface otherwise.
+    pub fn for_url(url: &str) -> Self {
+        let loopback = HttpUrl::parse(url)
+            .ok()
+            .and_then(|u| (u.host.as_str(), u.port).to_socket_addrs().ok())
+            .and_then(|mut addrs| addrs.next())
+            .is_some_and(|a| a.ip().is_loopback());
+        let ip = if loopback {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            IpAddr::from([0, 0, 0, 0])
+        };
+        Self {
+            ice: IceSettings {
+                udp_ips: vec![ip],
+                ..IceSettings::default()
+            },
+            http_timeout: Duration::from_secs(10),
+            gather_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What a viewer has received so far.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Complete access units.
+    pub frames: u64,
+    pub keyframes: u64,
+    /// Annex-B bytes of those access units.
+    pub bytes: u64,
+    /// From the start of the POST to the answer.
+    pub answer_ms: Option<u64>,
+    /// From the start of the POST to the connection being up.
+    pub connected_ms: Option<u64>,
+    /// From the start of the POST to the first complete keyframe.
+    pub first_frame_ms: Option<u64>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// Access units lost to gaps or damage.
+    pub lost: u64,
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        let dim = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+        write!(
+            f,
+            "frames={} keyframes={} bytes={} first_frame_ms={} width={} height={} answer_ms={} connected_ms={} lost={}",
+            self.frames,
+            self.keyframes,
+            self.bytes,
+            opt(self.first_frame_ms),
+            dim(self.width),
+            dim(self.height),
+            opt(self.answer_ms),
+            opt(self.connected_ms),
+            self.lost
+        )
+    }
+}
+
+struct Events {
+    state: watch::Sender<RTCPeerConnectionState>,
+    gathered: watch::Sender<bool>,
+    packets: mpsc::Sender<bytes::Bytes>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Events {
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.state.send_replace(state);
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.send_replace(true);
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let packets = self.packets.clone();
+        // Reads on a task of its own: this callback runs on the connection's driver.
+        tokio::spawn(async move {
+            while let Some(event) = track.poll().await {
+                if let TrackRemoteEvent::OnRtpPacket(packet) = event {
+                    let Ok(raw) = packet.marshal() else { continue };
+                    if packets.try_send(raw.freeze()).is_err() && packets.is_closed() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One WHEP session, receiving.
+pub struct Viewer {
+    pc: Arc<dyn PeerConnection>,
+    /// The session URL from `Location`.
+    pub session_url: HttpUrl,
+    /// `Link` headers of the answer (the server's ICE servers).
+    pub links: Vec<String>,
+    started: Instant,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    packets: mpsc::Receiver<bytes::Bytes>,
+    depacketizer: H264Depacketizer,
+    http_timeout: Duration,
+    pub stats: Stats,
+}
+
+impl Viewer {
+    /// Offers to receive from the WHEP endpoint `url` and applies its answer.
+    pub async fn connect(url: &str, opts: &ViewerOptions) -> Result<Self, WhepError> {
+        let endpoint = HttpUrl::parse(url)?;
+        let started = Instant::now();
+        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+        let (gathered_tx, mut gathered) = watch::channel(false);
+        let (packets_tx, packets) = mpsc::channel(PACKET_QUEUE);
+        let events = Arc::new(Events {
+            state: state_tx,
+            gathered: gathered_tx,
+            packets: packets_tx,
+        });
+        let pc = engine::build(&opts.ice, &[], false, events)
+            .await
+            .map_err(webrtc_error)?;
+        let negotiated = async {
+            pc.add_transceiver_from_kind(
+                RtpCodecKind::Video,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(webrtc_error)?;
+            let offer = pc.create_offer(None).await.map_err(webrtc_error)?;
+            pc.set_local_description(offer)
+                .await
+                .map_err(webrtc_error)?;
+            let _ = tokio::time::timeout(opts.gather_timeout, gathered.wait_for(|g| *g)).await;
+            let offer = pc
+                .local_description()
+                .await
+                .ok_or_else(|| WhepError::WebRtc("no local description".into()))?;
+            let response = http::request(
+                "POST",
+                &endpoint,
+                Some("application/sdp"),
+                &offer.sdp,
+                opts.http_timeout,
+            )
+            .await?;
+            if response.status != 201 {
+                return Err(WhepError::Refused {
+                    status: response.status,
+                    reason: response.body.trim().to_string(),
+                });
+            }
+            let location = response
+                .header("location")
+                .ok_or_else(|| WhepError::Http("201 without a Location header".into()))?;
+            let session_url = endpoint.with_path(location)?;
+            let links = response.all("link").map(str::to_string).collect();
+            let answer = RTCSessionDescription::answer(response.body)
+                .map_err(|e| WhepError::BadAnswer(e.to_string()))?;
+            pc.set_remote_description(answer)
+                .await
+                .map_err(|e| WhepError::BadAnswer(e.to_string()))?;
+            Ok::<_, WhepError>((session_url, links))
+        }
+        .await;
+        let (session_url, links) = match negotiated {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = pc.close().await;
+                return Err(e);
+            }
+        };
+        let stats = Stats {
+            answer_ms: Some(started.elapsed().as_millis() as u64),
+            ..Stats::default()
+        };
+        Ok(Self {
+            pc,
+            session_url,
+            links,
+            started,
+            state,
+            packets,
+            depacketizer: H264Depacketizer::new(DEFAULT_MAX_ACCESS_UNIT),
+            http_timeout: opts.http_timeout,
+            stats,
+        })
+    }
+
+    /// The next complete access unit; `None` once the session has ended (the server closed
+    /// it, or ICE failed). Errors only when nothing arrives for `timeout`.
+    pub async fn next_frame(&mut self, timeout: Duration) -> Result<Option<AccessUnit>, WhepError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let packet = tokio::select! {
+                p = self.packets.recv() => p,
+                _ = self.state.wait_for(|s| matches!(s,
+                    RTCPeerConnectionState::Closed | RTCPeerConnectionState::Failed)) => None,
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(WhepError::Stalled(timeout));
+                }
+            };
+            let Some(packet) = packet else {
+                return Ok(None);
+            };
+            if self.stats.connected_ms.is_none() {
+                self.stats.connected_ms = Some(self.started.elapsed().as_millis() as u64);
+            }
+            let unit = self.depacketizer.push(&packet).ok().flatten();
+            self.stats.lost = self.depacketizer.dropped();
+            if let Some(unit) = unit {
+                self.count(&unit);
+                return Ok(Some(unit));
+            }
+        }
+    }
+
+    fn count(&mut self, unit: &AccessUnit) {
+        self.stats.frames += 1;
+        self.stats.bytes += unit.data.len() as u64;
+        if unit.keyframe {
+            self.stats.keyframes += 1;
+            if self.stats.first_frame_ms.is_none() {
+                self.stats.first_frame_ms = Some(self.started.elapsed().as_millis() as u64);
+            }
+            if let Some(sps) = annex_b_nalus(&unit.data).find(|n| avc::nal_type(n) == Some(avc::NAL_SPS))
+                && let Ok(info) = avc::parse_sps(sps)
+            {
+                self.stats.width = Some(info.width);
+                self.stats.height = Some(info.height);
+            }
+        }
+    }
+
+    /// Receives for `duration` or until the session ends; returns whether it ended.
+    pub async fn watch(&mut self, duration: Duration) -> Result<bool, WhepError> {
+        let until = Instant::now() + duration;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            match self.next_frame(left).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(true),
+                Err(WhepError::Stalled(_)) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// DELETEs the session; returns the HTTP status.
+    pub async fn delete(&self) -> Result<u16, WhepError> {
+        let r = http::request("DELETE", &self.session_url, None, "", self.http_timeout).await?;
+        Ok(r.status)
+    }
+
+    /// Closes our side of the connection (without telling the server over HTTP).
+    pub async fn close(&self) {
+        let _ = self.pc.close().await;
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        // A connection that is only dropped keeps its driver task running.
+        let pc = self.pc.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = pc.close().await;
+            });
+        }
+    }
+}
+
+fn webrtc_error(e: webrtc::error::Error) -> WhepError {
+    WhepError::WebRtc(e.to_string().lines().next().unwrap_or_default().to_string())
+}
+
+/// The NAL units of an Annex-B buffer (start codes of three or four bytes).
+pub fn annex_b_nalus(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= data.len() {
+        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let ends: Vec<usize> = starts
+        .iter()
+        .skip(1)
+        .map(|&s| {
+            let mut e = s - 3;
+            // A four-byte start code's leading zero belongs to it, not to the NAL unit before.
+            if e > 0 && data[e - 1] == 0 {
+                e -= 1;
+            }
+            e
+        })
+        .chain(std::iter::once(data.len()))
+        .collect();
+    starts
+        .into_iter()
+        .zip(ends)
+        .map(move |(s, e)| &data[s..e.max(s)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annex_b_splits_three_and_four_byte_start_codes() {
+        let data = [0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65];
+        let nalus: Vec<&[u8]> = annex_b_nalus(&data).collect();
+        assert_eq!(nalus, vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65][..]]);
+        assert_eq!(annex_b_nalus(&[]).count(), 0);
+        assert_eq!(annex_b_nalus(&[0, 0, 1]).collect::<Vec<_>>(), vec![&[][..]]);
+    }
+}
