@@ -137,8 +137,14 @@ fn run_one(runtime: &tokio::runtime::Runtime, n: usize, args: &Args) -> Row {
                 let shutdown = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                verge_agent::session::run(&cfg, StateHandle::new(), Default::default(), None, shutdown)
-                    .await
+                verge_agent::session::run(
+                    &cfg,
+                    StateHandle::new(),
+                    Default::default(),
+                    None,
+                    shutdown,
+                )
+                .await
             })
         })
         .collect();

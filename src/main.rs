@@ -96,7 +96,9 @@ fn up(args: &[String]) -> ExitCode {
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,verge_manager=info,verge_agent=info,rumqttd::router=off,rtc_ice=error")
+        tracing_subscriber::EnvFilter::new(
+            "warn,verge_manager=info,verge_agent=info,rumqttd::router=off,rtc_ice=error",
+        )
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -185,7 +187,9 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
     println!(
         "  watch     http://{agent_http}/live/<name>.flv (HTTP-FLV)  or  rtmp://{rtmp}/live/<name>"
     );
-    println!("  browser   http://{http}/play/<name>   (WebRTC via WHEP: http://{http}/whep/<name>)");
+    println!(
+        "  browser   http://{http}/play/<name>   (WebRTC via WHEP: http://{http}/whep/<name>)"
+    );
     println!("  streams   http://{http}/api/streams/");
     println!("Press Ctrl-C to stop.");
 

@@ -2,144 +2,48 @@
 //! over HTTP-FLV and RTMP, listed by a real `verge-manager`; refusals and malformed input.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use verge::testkit::edge::{Edge, EdgeOptions, Synthetic, rss_kib, tool};
 use verge::testkit::rtmp::RtmpClient;
-use verge::testkit::{Proc, TempDir, bin, free_port, get, wait_for};
+use verge::testkit::{Proc, bin, get, wait_for};
 use verge_media::rtmp::chunk::Message;
 use verge_media::rtmp::message;
 
 /// Frames ffmpeg sends: 25 fps for 6 s.
 const FRAMES: u32 = 150;
 
-struct Box_ {
-    dir: TempDir,
-    manager_http: SocketAddr,
-    rtmp: SocketAddr,
-    http: SocketAddr,
-    _manager: Proc,
-    agent: Proc,
-    agent_cfg: std::path::PathBuf,
-}
-
-fn start() -> Box_ {
+fn start() -> Edge {
     start_with(true)
 }
 
 /// A manager and an agent; `noauth` false makes the agent require channel keys.
-fn start_with(noauth: bool) -> Box_ {
-    let dir = TempDir::new("rtmp");
-    let (mhttp, mqtt, rtmp, http) = (free_port(), free_port(), free_port(), free_port());
-    let manager_cfg = dir.write(
-        "manager.toml",
-        &format!(
-            "[http]\nlisten = \"127.0.0.1:{mhttp}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt}\"\n\
-             [keys]\nfile = \"{}\"\n[[agents]]\nid = \"edge-1\"\nsecret = \"s1\"\n",
-            dir.path().join("keys.json").display()
-        ),
-    );
-    let agent_cfg = dir.write(
-        "agent.toml",
-        &format!(
-            "id = \"edge-1\"\nsecret = \"s1\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt}\"\n\
-             [rtmp]\nlisten = \"127.0.0.1:{rtmp}\"\nnoauth = {noauth}\n[http]\nlisten = \"127.0.0.1:{http}\"\n"
-        ),
-    );
-    let manager_http = SocketAddr::from(([127, 0, 0, 1], mhttp));
-    let manager = Proc::spawn(
-        "manager",
-        &bin("verge-manager"),
-        &["--config", manager_cfg.to_str().unwrap()],
-        dir.path(),
-    );
-    wait_for(Duration::from_secs(15), || {
-        get(manager_http, "/api/health")
-            .ok()
-            .filter(|r| r.status == 200)
-    })
-    .expect("manager up");
-    let agent = Proc::spawn(
-        "agent",
-        &bin("verge-agent"),
-        &["--config", agent_cfg.to_str().unwrap()],
-        dir.path(),
-    );
-    let online = wait_for(Duration::from_secs(10), || {
-        let nodes = get(manager_http, "/api/nodes/").ok()?.json();
-        (nodes[0]["online"] == true).then_some(())
-    });
-    assert!(
-        online.is_some(),
-        "agent did not come online:\n{}",
-        agent.log_text()
-    );
-    Box_ {
-        dir,
-        manager_http,
-        rtmp: SocketAddr::from(([127, 0, 0, 1], rtmp)),
-        http: SocketAddr::from(([127, 0, 0, 1], http)),
-        _manager: manager,
-        agent,
-        agent_cfg,
-    }
-}
-
-fn tool(name: &str) -> &'static Path {
-    let path: &'static Path = match name {
-        "ffmpeg" => Path::new("/usr/bin/ffmpeg"),
-        _ => Path::new("/usr/bin/ffprobe"),
-    };
-    assert!(
-        path.exists(),
-        "{name} is not installed: run scripts/test (it installs what the tests need)"
-    );
-    path
+fn start_with(noauth: bool) -> Edge {
+    Edge::start(
+        "rtmp",
+        &EdgeOptions {
+            noauth,
+            ..EdgeOptions::default()
+        },
+    )
 }
 
 /// ffmpeg publishing a synthetic 640x360 H.264 + AAC stream in real time for `seconds`.
-fn publish(b: &Box_, label: &str, name: &str, seconds: u32) -> Proc {
-    let url = format!("rtmp://{}/live/{name}", b.rtmp);
-    let args = [
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=size=640x360:rate=25",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=44100",
-        "-t",
-        &seconds.to_string(),
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-tune",
-        "zerolatency",
-        "-g",
-        "100",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        "-b:a",
-        "64k",
-        "-f",
-        "flv",
-        &url,
-    ];
-    Proc::spawn(label, tool("ffmpeg"), &args, b.dir.path())
+fn publish(b: &Edge, label: &str, name: &str, seconds: u32) -> Proc {
+    b.publish(
+        label,
+        name,
+        &Synthetic {
+            seconds,
+            ..Synthetic::default()
+        },
+    )
 }
 
 /// ffprobe decoding every frame of `url` until the stream ends; its output lands in its log.
-fn probe(b: &Box_, label: &str, url: &str) -> Proc {
+fn probe(b: &Edge, label: &str, url: &str) -> Proc {
     let args = [
         "-v",
         "error",
@@ -177,21 +81,6 @@ fn probed(p: &mut Proc) -> (u32, u32, u32, u32) {
     out
 }
 
-fn listed_stream(b: &Box_, id: &str) -> Option<serde_json::Value> {
-    let streams = get(b.manager_http, "/api/streams/").ok()?.json();
-    streams.as_array()?.iter().find(|s| s["id"] == id).cloned()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn ffmpeg_stream_is_read_back_over_http_flv_and_rtmp_and_listed_by_the_manager() {
     let b = start();
@@ -199,7 +88,7 @@ fn ffmpeg_stream_is_read_back_over_http_flv_and_rtmp_and_listed_by_the_manager()
     let mut publisher = publish(&b, "publisher", "cam", FRAMES / 25);
     // Listed at once; codec and size follow as soon as the sequence headers arrive.
     let listed = wait_for(Duration::from_secs(10), || {
-        listed_stream(&b, "cam")
+        b.listed_stream("cam")
             .filter(|s| s["width"].is_u64() && s["codecs"].as_array().is_some_and(|c| c.len() == 2))
     });
     let listed = listed.unwrap_or_else(|| {
@@ -243,7 +132,7 @@ fn ffmpeg_stream_is_read_back_over_http_flv_and_rtmp_and_listed_by_the_manager()
 
     assert!(wait_for(Duration::from_secs(5), || publisher.exited().then_some(())).is_some());
     let gone = wait_for(Duration::from_secs(5), || {
-        listed_stream(&b, "cam").is_none().then_some(())
+        b.listed_stream("cam").is_none().then_some(())
     });
     assert!(
         gone.is_some(),
@@ -259,7 +148,7 @@ fn ffmpeg_stream_is_read_back_over_http_flv_and_rtmp_and_listed_by_the_manager()
 fn second_publisher_on_a_live_name_is_refused_with_bad_name() {
     let b = start();
     let _first = publish(&b, "first", "cam", 20);
-    wait_for(Duration::from_secs(10), || listed_stream(&b, "cam")).expect("first publisher live");
+    wait_for(Duration::from_secs(10), || b.listed_stream("cam")).expect("first publisher live");
     let mut client = RtmpClient::connect(b.rtmp).unwrap();
     let code = client.publish("live", "cam").unwrap();
     assert_eq!(code, "NetStream.Publish.BadName");
@@ -275,7 +164,7 @@ fn second_publisher_on_a_live_name_is_refused_with_bad_name() {
         b.agent.log_text()
     );
     assert!(
-        listed_stream(&b, "cam").is_some(),
+        b.listed_stream("cam").is_some(),
         "the first publisher must be unaffected"
     );
 }
@@ -284,7 +173,7 @@ fn second_publisher_on_a_live_name_is_refused_with_bad_name() {
 fn malformed_rtmp_input_closes_only_that_connection() {
     let b = start();
     let _good = publish(&b, "good", "cam", 20);
-    wait_for(Duration::from_secs(10), || listed_stream(&b, "cam")).expect("good publisher live");
+    wait_for(Duration::from_secs(10), || b.listed_stream("cam")).expect("good publisher live");
 
     // Garbage before the handshake.
     let mut raw = std::net::TcpStream::connect(b.rtmp).unwrap();
@@ -404,7 +293,7 @@ fn malformed_rtmp_input_closes_only_that_connection() {
 }
 
 /// A publisher on `live/{name}` that has sent one video message with `payload`.
-fn publish_video(b: &Box_, name: &str, payload: &'static [u8]) -> RtmpClient {
+fn publish_video(b: &Edge, name: &str, payload: &'static [u8]) -> RtmpClient {
     let mut c = RtmpClient::connect(b.rtmp).unwrap();
     assert_eq!(c.publish("live", name).unwrap(), "NetStream.Publish.Start");
     let video = Message {
@@ -440,7 +329,7 @@ fn flv_bytes_within(addr: SocketAddr, path: &str, window: Duration) -> usize {
     total
 }
 
-fn publish_code(b: &Box_, app: &str, name: &str) -> String {
+fn publish_code(b: &Edge, app: &str, name: &str) -> String {
     let mut c = RtmpClient::connect(b.rtmp).unwrap();
     c.publish(app, name).unwrap()
 }
@@ -506,7 +395,7 @@ fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
         b.agent.log_text()
     );
     let _publisher = publish(&b, "publisher", &key, 8);
-    wait_for(Duration::from_secs(10), || listed_stream(&b, "cam"))
+    wait_for(Duration::from_secs(10), || b.listed_stream("cam"))
         .expect("keyed stream listed by its name");
     let bytes = flv_bytes_within(b.http, "/live/cam.flv", Duration::from_secs(2));
     assert!(bytes > 20_000, "players use the name: got {bytes} bytes");

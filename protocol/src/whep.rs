@@ -93,7 +93,10 @@ pub fn frag_candidates(frag: &str) -> Vec<(Option<String>, String)> {
 /// and read `Location` and `Link` (header name, value).
 pub const CORS: [(&str, &str); 4] = [
     ("access-control-allow-origin", "*"),
-    ("access-control-allow-methods", "POST, PATCH, DELETE, OPTIONS"),
+    (
+        "access-control-allow-methods",
+        "POST, PATCH, DELETE, OPTIONS",
+    ),
     (
         "access-control-allow-headers",
         "Content-Type, Authorization, If-Match",

@@ -3,6 +3,7 @@
 //! removed) when they go out of scope, a minimal HTTP/1.1 client, bounded waits, and
 //! [`rtmp::RtmpClient`], a scriptable RTMP client for malformed-input tests.
 
+pub mod edge;
 pub mod rtmp;
 
 use std::fs::File;
@@ -231,12 +232,28 @@ pub fn http(
     body: &[u8],
     timeout: Duration,
 ) -> std::io::Result<Response> {
+    request(method, addr, path, &[], body, timeout)
+}
+
+/// [`http`] with extra request headers.
+pub fn request(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n{extra}\r\n",
         body.len()
     )?;
     stream.write_all(body)?;

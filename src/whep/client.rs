@@ -6,8 +6,9 @@ use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rtc::rtp_transceiver::RTCRtpTransceiverInit;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::RTCRtpTransceiverDirection;
+use rtc::rtp_transceiver::RTCRtpTransceiverInit;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::shared::marshal::Marshal;
 use tokio::sync::{mpsc, watch};
@@ -53,6 +54,9 @@ impl ViewerOptions {
         Self {
             ice: IceSettings {
                 udp_ips: vec![ip],
+                // A server that closes the session sends a DTLS close_notify, which leaves the
+                // connection "connected" (W3C rules) until ICE hears nothing: keep that short.
+                disconnected_after: Duration::from_secs(3),
                 ..IceSettings::default()
             },
             http_timeout: Duration::from_secs(10),
@@ -79,6 +83,10 @@ pub struct Stats {
     pub height: Option<u32>,
     /// Access units lost to gaps or damage.
     pub lost: u64,
+    /// PLIs sent after a loss.
+    pub keyframe_requests: u64,
+    /// Complete access units received before the first keyframe, which no decoder can use.
+    pub skipped: u64,
 }
 
 impl std::fmt::Display for Stats {
@@ -87,7 +95,7 @@ impl std::fmt::Display for Stats {
         let dim = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
         write!(
             f,
-            "frames={} keyframes={} bytes={} first_frame_ms={} width={} height={} answer_ms={} connected_ms={} lost={}",
+            "frames={} keyframes={} bytes={} first_frame_ms={} width={} height={} answer_ms={} connected_ms={} lost={} skipped={} keyframe_requests={}",
             self.frames,
             self.keyframes,
             self.bytes,
@@ -96,15 +104,24 @@ impl std::fmt::Display for Stats {
             dim(self.height),
             opt(self.answer_ms),
             opt(self.connected_ms),
-            self.lost
+            self.lost,
+            self.skipped,
+            self.keyframe_requests
         )
     }
 }
+
+/// The received video track and its SSRC, once it exists: keyframe requests go through it.
+type TrackSlot = Arc<std::sync::Mutex<Option<(Arc<dyn TrackRemote>, u32)>>>;
+
+/// Keyframe requests at most this often: the answer (a GOP) takes a moment to arrive.
+const PLI_INTERVAL: Duration = Duration::from_millis(300);
 
 struct Events {
     state: watch::Sender<RTCPeerConnectionState>,
     gathered: watch::Sender<bool>,
     packets: mpsc::Sender<bytes::Bytes>,
+    track: TrackSlot,
 }
 
 #[async_trait::async_trait]
@@ -120,6 +137,11 @@ impl PeerConnectionEventHandler for Events {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        if let Some(&ssrc) = track.ssrcs().await.first()
+            && let Ok(mut slot) = self.track.lock()
+        {
+            *slot = Some((track.clone(), ssrc));
+        }
         let packets = self.packets.clone();
         // Reads on a task of its own: this callback runs on the connection's driver.
         tokio::spawn(async move {
@@ -147,6 +169,8 @@ pub struct Viewer {
     packets: mpsc::Receiver<bytes::Bytes>,
     depacketizer: H264Depacketizer,
     http_timeout: Duration,
+    track: TrackSlot,
+    last_pli: Option<Instant>,
     pub stats: Stats,
 }
 
@@ -158,10 +182,12 @@ impl Viewer {
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
         let (gathered_tx, mut gathered) = watch::channel(false);
         let (packets_tx, packets) = mpsc::channel(PACKET_QUEUE);
+        let track = TrackSlot::default();
         let events = Arc::new(Events {
             state: state_tx,
             gathered: gathered_tx,
             packets: packets_tx,
+            track: track.clone(),
         });
         let pc = engine::build(&opts.ice, &[], false, events)
             .await
@@ -232,19 +258,21 @@ impl Viewer {
             packets,
             depacketizer: H264Depacketizer::new(DEFAULT_MAX_ACCESS_UNIT),
             http_timeout: opts.http_timeout,
+            track,
+            last_pli: None,
             stats,
         })
     }
 
     /// The next complete access unit; `None` once the session has ended (the server closed
-    /// it, or ICE failed). Errors only when nothing arrives for `timeout`.
+    /// it, or ICE lost the server). Errors only when nothing arrives for `timeout`.
     pub async fn next_frame(&mut self, timeout: Duration) -> Result<Option<AccessUnit>, WhepError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let packet = tokio::select! {
                 p = self.packets.recv() => p,
-                _ = self.state.wait_for(|s| matches!(s,
-                    RTCPeerConnectionState::Closed | RTCPeerConnectionState::Failed)) => None,
+                _ = self.state.wait_for(|s| matches!(s, RTCPeerConnectionState::Disconnected
+                    | RTCPeerConnectionState::Closed | RTCPeerConnectionState::Failed)) => None,
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(WhepError::Stalled(timeout));
                 }
@@ -256,12 +284,41 @@ impl Viewer {
                 self.stats.connected_ms = Some(self.started.elapsed().as_millis() as u64);
             }
             let unit = self.depacketizer.push(&packet).ok().flatten();
+            if self.depacketizer.dropped() > self.stats.lost {
+                // A lost access unit breaks the pictures after it until the next keyframe.
+                self.request_keyframe();
+            }
             self.stats.lost = self.depacketizer.dropped();
             if let Some(unit) = unit {
+                // A decoder can do nothing with frames before the first keyframe.
+                if self.stats.keyframes == 0 && !unit.keyframe {
+                    self.stats.skipped += 1;
+                    self.request_keyframe();
+                    continue;
+                }
                 self.count(&unit);
                 return Ok(Some(unit));
             }
         }
+    }
+
+    /// Sends a PLI (at most every [`PLI_INTERVAL`]).
+    fn request_keyframe(&mut self) {
+        if self.last_pli.is_some_and(|t| t.elapsed() < PLI_INTERVAL) {
+            return;
+        }
+        let Some((track, ssrc)) = self.track.lock().ok().and_then(|s| s.clone()) else {
+            return;
+        };
+        self.last_pli = Some(Instant::now());
+        self.stats.keyframe_requests += 1;
+        tokio::spawn(async move {
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: ssrc,
+            };
+            let _ = track.write_rtcp(vec![Box::new(pli)]).await;
+        });
     }
 
     fn count(&mut self, unit: &AccessUnit) {
@@ -272,7 +329,8 @@ impl Viewer {
             if self.stats.first_frame_ms.is_none() {
                 self.stats.first_frame_ms = Some(self.started.elapsed().as_millis() as u64);
             }
-            if let Some(sps) = annex_b_nalus(&unit.data).find(|n| avc::nal_type(n) == Some(avc::NAL_SPS))
+            if let Some(sps) =
+                annex_b_nalus(&unit.data).find(|n| avc::nal_type(n) == Some(avc::NAL_SPS))
                 && let Ok(info) = avc::parse_sps(sps)
             {
                 self.stats.width = Some(info.width);
@@ -367,6 +425,7 @@ mod tests {
         let nalus: Vec<&[u8]> = annex_b_nalus(&data).collect();
         assert_eq!(nalus, vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65][..]]);
         assert_eq!(annex_b_nalus(&[]).count(), 0);
-        assert_eq!(annex_b_nalus(&[0, 0, 1]).collect::<Vec<_>>(), vec![&[][..]]);
+        let empty: &[u8] = &[];
+        assert_eq!(annex_b_nalus(&[0, 0, 1]).collect::<Vec<_>>(), vec![empty]);
     }
 }

@@ -170,7 +170,10 @@ mod tests {
     #[test]
     fn urls() {
         let u = HttpUrl::parse("http://127.0.0.1:8080/whep/cam").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("127.0.0.1", 8080, "/whep/cam"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 8080, "/whep/cam")
+        );
         let u = HttpUrl::parse("http://[::1]:9/whep/a/b").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 9));
         let u = HttpUrl::parse("http://example.net").unwrap();
@@ -183,12 +186,16 @@ mod tests {
 
     #[test]
     fn responses() {
-        let r = parse(b"HTTP/1.1 201 Created\r\nLocation: /s/1\r\nLink: <a>\r\nLink: <b>\r\n\r\nv=0").unwrap();
+        let r =
+            parse(b"HTTP/1.1 201 Created\r\nLocation: /s/1\r\nLink: <a>\r\nLink: <b>\r\n\r\nv=0")
+                .unwrap();
         assert_eq!(r.status, 201);
         assert_eq!(r.header("location"), Some("/s/1"));
         assert_eq!(r.all("link").count(), 2);
         assert_eq!(r.body, "v=0");
-        let r = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n").unwrap();
+        let r =
+            parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+                .unwrap();
         assert_eq!(r.body, "abc");
         assert!(parse(b"garbage").is_none());
         assert!(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_none());

@@ -85,11 +85,12 @@ pub fn is_sendable_h264(codec: &RTCRtpCodec) -> bool {
             .any(|p| p.trim() == "packetization-mode=1")
 }
 
-/// Builds a peer connection for H.264 video with `handler` receiving its events.
+/// Builds a peer connection for H.264 video with `handler` receiving its events. A `sender`
+/// (the agent) answers, takes the DTLS server role and hears viewers' keyframe requests.
 pub async fn build(
     ice: &IceSettings,
     ice_servers: &[IceServer],
-    dtls_server: bool,
+    sender: bool,
     handler: Arc<dyn PeerConnectionEventHandler>,
 ) -> webrtc::error::Result<Arc<dyn PeerConnection>> {
     let mut media = MediaEngine::default();
@@ -104,7 +105,13 @@ pub async fn build(
         )?;
     }
     // After the codecs: the NACK/PLI feedback it adds goes only to codecs already registered.
-    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+    let mut registry = register_default_interceptors(Registry::new(), &mut media)?;
+    if sender {
+        registry = registry.with(
+            rtc::interceptor::Slot::from(super::keyframe::SLOT),
+            super::keyframe::KeyframeRequests::default(),
+        );
+    }
 
     let mut settings = SettingEngineBuilder::new()
         // The default mDNS mode opens a multicast socket per connection, which fails where there
@@ -116,7 +123,7 @@ pub async fn build(
             Some(ice.failed_after),
             Some(Duration::from_secs(2)),
         );
-    if dtls_server {
+    if sender {
         // Measured: Chromium as DTLS server answers our ClientHello late; as the DTLS server
         // the connection is up in ~60 ms instead of ~230 ms.
         settings = settings.with_answering_dtls_role(RTCDtlsRole::Server);

@@ -4,11 +4,13 @@
 //! - [`engine`]: how peer connections are built (H.264 formats, interceptors, no mDNS).
 //! - [`peer`]: answering an offer.
 //! - [`viewer`]: one viewer's sender task, hub → RTP.
+//! - [`keyframe`]: viewers' keyframe requests (PLI/FIR), delivered to the sender task.
 //!
 //! [`Whep`] owns the live sessions. A session id is `{agent}~{random}`
 //! ([`verge_protocol::whep::session_id`]), so any manager can route its PATCH and DELETE.
 
 pub mod engine;
+pub mod keyframe;
 pub mod peer;
 pub mod viewer;
 
@@ -163,6 +165,7 @@ impl Whep {
         servers.extend(self.inner.settings.ice_servers.iter().cloned());
         let ssrc = u32::from_be_bytes(self.random()).max(1);
         let (answer, peer) = peer::answer(
+            stream,
             sdp,
             &self.inner.settings.ice,
             &servers,
@@ -190,6 +193,7 @@ impl Whep {
         tokio::spawn(async move {
             let (end, sent) = viewer::run(
                 peer,
+                &this.inner.hub,
                 reader,
                 connect_timeout,
                 u16::from_be_bytes([s0, s1]),
@@ -199,7 +203,7 @@ impl Whep {
             .await;
             this.sessions().remove(&id);
             tracing::info!(agent = %this.inner.agent, %stream, session = %id, end = end.as_str(),
-                frames = sent.frames, packets = sent.packets, bytes = sent.bytes,
+                frames = sent.frames, packets = sent.packets, bytes = sent.bytes, resyncs = sent.resyncs,
                 secs = started.elapsed().as_secs(), "WHEP viewer ended");
         });
         Ok(OfferResult {

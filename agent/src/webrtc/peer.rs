@@ -52,6 +52,8 @@ impl PeerConnectionEventHandler for Events {
 
 /// A viewer's connection, answered and ready to carry video once `Connected`.
 pub struct Peer {
+    /// `{app}/{name}`.
+    pub stream: String,
     pub pc: Arc<dyn PeerConnection>,
     pub track: Arc<TrackLocalStaticRTP>,
     pub ssrc: u32,
@@ -63,13 +65,15 @@ pub struct Peer {
 /// Answers `offer` (non-trickle: the answer holds every candidate gathered within
 /// `gather_timeout`, so a slow STUN server delays the answer by at most that much).
 pub async fn answer(
+    stream: &str,
     offer: String,
     ice: &IceSettings,
     ice_servers: &[IceServer],
     gather_timeout: Duration,
     ssrc: u32,
 ) -> Result<(String, Peer), AnswerError> {
-    let offer = RTCSessionDescription::offer(offer).map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
+    let offer =
+        RTCSessionDescription::offer(offer).map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
     let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
     let (gathered_tx, mut gathered) = watch::channel(false);
     let events = Arc::new(Events {
@@ -137,6 +141,7 @@ pub async fn answer(
         Ok((sdp, payload_type)) => Ok((
             sdp,
             Peer {
+                stream: stream.to_string(),
                 pc,
                 track,
                 ssrc,

@@ -3,7 +3,10 @@
 //! The hub reader is the viewer's bounded queue: a viewer whose connection cannot keep up falls
 //! behind in the hub, which drops its queue and resumes it at the next keyframe; the publisher
 //! and the other viewers never wait for it. The reader starts at the hub's cached keyframe, so
-//! the first picture is sent as soon as DTLS is up, not at the next IDR.
+//! the first picture is sent as soon as DTLS is up, not at the next IDR. A viewer that lost
+//! its picture asks for a keyframe (PLI/FIR); it is answered at once from the same cache,
+//! with RTP timestamps that keep running forward, rather than after up to a GOP of frozen
+//! video.
 
 use std::time::Duration;
 
@@ -11,13 +14,14 @@ use bytes::Bytes;
 use rtc::rtp;
 use verge_media::codec::avc;
 use verge_media::flv::tag::{self, VideoPacket};
-use verge_media::hub::{Frame, Reader};
+use verge_media::hub::{Frame, Hub, Reader};
 use verge_media::rtmp::session::MediaKind;
 use verge_media::rtp::h264::{H264Packetizer, RTP_HEADER_LEN};
-use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::RTCPeerConnectionState;
 
 use super::engine::RTP_MTU;
+use super::keyframe::is_keyframe_request;
 use super::peer::Peer;
 
 /// Why a viewer's session ended.
@@ -44,12 +48,20 @@ impl End {
     }
 }
 
+/// Keyframe requests closer together than this are answered once: a viewer repeats its PLI
+/// until a keyframe arrives, and each answer resends a whole GOP.
+const MIN_RESYNC_INTERVAL: Duration = Duration::from_millis(500);
+/// How far past the last frame sent a resent keyframe is stamped (one frame at 30 fps).
+const RESYNC_STEP_TICKS: u32 = 3000;
+
 /// What one viewer was sent.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Sent {
     pub frames: u64,
     pub packets: u64,
     pub bytes: u64,
+    /// Keyframe requests answered from the cache.
+    pub resyncs: u64,
 }
 
 /// Sends `reader`'s video to `peer` until the stream ends, the connection fails, or `closed`
@@ -57,6 +69,7 @@ pub struct Sent {
 /// stream (RFC 3550 wants them random).
 pub async fn run(
     peer: Peer,
+    hub: &Hub,
     mut reader: Reader,
     connect_timeout: Duration,
     sequence: u16,
@@ -80,9 +93,31 @@ pub async fn run(
         Err(end) => end,
         Ok(()) => {
             let mut out = Outbound::new(&peer, sequence, timestamp_base);
+            let mut rtcp_open = true;
+            let mut last_resync: Option<tokio::time::Instant> = None;
             loop {
                 tokio::select! {
                     _ = &mut closed => break End::Closed,
+                    event = peer.track.poll(), if rtcp_open => match event {
+                        None => rtcp_open = false,
+                        Some(TrackLocalEvent::OnRtcpPacket(packets))
+                            if packets.iter().any(|p| is_keyframe_request(p.as_ref())) =>
+                        {
+                            if last_resync.is_some_and(|t| t.elapsed() < MIN_RESYNC_INTERVAL) {
+                                continue;
+                            }
+                            last_resync = Some(tokio::time::Instant::now());
+                            // Give the slot back first: the hub counts readers against a limit.
+                            drop(reader);
+                            reader = match hub.subscribe(reader_stream(&peer)) {
+                                Ok(r) => r,
+                                Err(_) => break End::PublisherGone,
+                            };
+                            out.resync(&peer);
+                            sent.resyncs += 1;
+                        }
+                        Some(_) => {}
+                    },
                     changed = state.changed() => {
                         let lost = changed.is_err() || matches!(*state.borrow(),
                             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed);
@@ -102,11 +137,17 @@ pub async fn run(
     (end, sent)
 }
 
+fn reader_stream(peer: &Peer) -> &str {
+    &peer.stream
+}
+
 /// The packetizer state of one viewer.
 struct Outbound {
     packetizer: H264Packetizer,
     length_size: Option<u8>,
     packets: Vec<Bytes>,
+    /// RTP timestamp of the last access unit sent.
+    last_timestamp: Option<u32>,
 }
 
 impl Outbound {
@@ -121,7 +162,21 @@ impl Outbound {
             ),
             length_size: None,
             packets: Vec::new(),
+            last_timestamp: None,
         }
+    }
+
+    /// Starts over from a fresh hub reader (which begins with the sequence header and the
+    /// cached GOP): sequence numbers continue, and timestamps continue just past the last
+    /// frame sent, so the receiver takes the resent frames as new ones.
+    fn resync(&mut self, peer: &Peer) {
+        let sequence = self.packetizer.sequence();
+        let base = self
+            .last_timestamp
+            .map_or(0, |t| t.wrapping_add(RESYNC_STEP_TICKS));
+        self.packetizer =
+            H264Packetizer::new(peer.ssrc, peer.payload_type, sequence, base, RTP_MTU);
+        self.length_size = None;
     }
 
     /// Sends one hub frame; false once the connection no longer takes packets.
@@ -169,6 +224,7 @@ impl Outbound {
             };
             sent.packets += 1;
             sent.bytes += packet.payload.len() as u64;
+            self.last_timestamp = Some(packet.header.timestamp);
             // Errors carry a dump of the whole packet: never log them.
             if peer.track.write_rtp(packet).await.is_err() {
                 return false;

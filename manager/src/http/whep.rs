@@ -180,10 +180,7 @@ async fn call<T: DeserializeOwned>(
 ) -> Result<T, Refusal> {
     let params = serde_json::to_value(params)
         .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let value = app
-        .rpc
-        .call(agent, method, params, app.rpc_timeout)
-        .await?;
+    let value = app.rpc.call(agent, method, params, app.rpc_timeout).await?;
     serde_json::from_value(value).map_err(|e| {
         Refusal(
             StatusCode::BAD_GATEWAY,
@@ -256,7 +253,13 @@ async fn patch_session(
 ) -> Result<Response, Refusal> {
     require_content_type(headers, whep::SDPFRAG)?;
     let agent = session_agent(&session)?;
-    let _: PatchResult = call(app, &agent, whep::METHOD_PATCH, PatchParams { session, frag }).await?;
+    let _: PatchResult = call(
+        app,
+        &agent,
+        whep::METHOD_PATCH,
+        PatchParams { session, frag },
+    )
+    .await?;
     Ok(cors(StatusCode::NO_CONTENT.into_response()))
 }
 

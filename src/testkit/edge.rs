@@ -1,0 +1,193 @@
+//! A manager and one agent as real processes on loopback, and ffmpeg publishing to it: the
+//! fixture the RTMP, WHEP and browser tests share.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Proc, TempDir, bin, free_port, get, wait_for};
+
+/// Extra TOML for the fixture's config files.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeOptions {
+    /// false: the agent requires channel keys.
+    pub noauth: bool,
+    /// Appended to `manager.toml` (top-level keys must come first there, so use sections).
+    pub manager_toml: String,
+    /// Appended to `agent.toml`.
+    pub agent_toml: String,
+    /// `[mqtt] rpc_timeout_ms` of the manager.
+    pub rpc_timeout_ms: Option<u64>,
+}
+
+pub struct Edge {
+    pub dir: TempDir,
+    pub manager_http: SocketAddr,
+    pub rtmp: SocketAddr,
+    pub http: SocketAddr,
+    pub manager: Proc,
+    pub agent: Proc,
+    pub agent_cfg: PathBuf,
+}
+
+impl Edge {
+    /// A manager with its embedded broker and an agent `edge-1`, waited for until online.
+    pub fn start(label: &str, opts: &EdgeOptions) -> Self {
+        let dir = TempDir::new(label);
+        let (mhttp, mqtt, rtmp, http) = (free_port(), free_port(), free_port(), free_port());
+        let rpc_timeout = opts
+            .rpc_timeout_ms
+            .map(|ms| format!("[mqtt]\nrpc_timeout_ms = {ms}\n"))
+            .unwrap_or_default();
+        let manager_cfg = dir.write(
+            "manager.toml",
+            &format!(
+                "[http]\nlisten = \"127.0.0.1:{mhttp}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt}\"\n\
+                 [keys]\nfile = \"{}\"\n[[agents]]\nid = \"edge-1\"\nsecret = \"s1\"\n{rpc_timeout}{}",
+                dir.path().join("keys.json").display(),
+                opts.manager_toml
+            ),
+        );
+        let agent_cfg = dir.write(
+            "agent.toml",
+            &format!(
+                "id = \"edge-1\"\nsecret = \"s1\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt}\"\n\
+                 [rtmp]\nlisten = \"127.0.0.1:{rtmp}\"\nnoauth = {}\n[http]\nlisten = \"127.0.0.1:{http}\"\n\
+                 [webrtc]\nudp_ips = [\"127.0.0.1\"]\n{}",
+                opts.noauth, opts.agent_toml
+            ),
+        );
+        let manager_http = SocketAddr::from(([127, 0, 0, 1], mhttp));
+        let manager = Proc::spawn(
+            "manager",
+            &bin("verge-manager"),
+            &["--config", manager_cfg.to_str().unwrap_or_default()],
+            dir.path(),
+        );
+        wait_for(Duration::from_secs(15), || {
+            get(manager_http, "/api/health")
+                .ok()
+                .filter(|r| r.status == 200)
+        })
+        .expect("manager up");
+        let agent = Proc::spawn(
+            "agent",
+            &bin("verge-agent"),
+            &["--config", agent_cfg.to_str().unwrap_or_default()],
+            dir.path(),
+        );
+        let online = wait_for(Duration::from_secs(10), || {
+            let nodes = get(manager_http, "/api/nodes/").ok()?.json();
+            (nodes[0]["online"] == true).then_some(())
+        });
+        assert!(
+            online.is_some(),
+            "agent did not come online:\n{}",
+            agent.log_text()
+        );
+        Self {
+            dir,
+            manager_http,
+            rtmp: SocketAddr::from(([127, 0, 0, 1], rtmp)),
+            http: SocketAddr::from(([127, 0, 0, 1], http)),
+            manager,
+            agent,
+            agent_cfg,
+        }
+    }
+
+    /// ffmpeg publishing a synthetic H.264 + AAC stream (`size` e.g. `640x360`, `fps`, a
+    /// keyframe every `gop` frames) in real time for `seconds` to `live/{name}`.
+    pub fn publish(&self, label: &str, name: &str, media: &Synthetic) -> Proc {
+        let url = format!("rtmp://{}/live/{name}", self.rtmp);
+        let video = format!("testsrc=size={}:rate={}", media.size, media.fps);
+        let seconds = media.seconds.to_string();
+        let gop = media.gop.to_string();
+        let mut args = vec![
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            &video,
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-t",
+            &seconds,
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            &gop,
+            "-pix_fmt",
+            "yuv420p",
+        ];
+        if let Some(profile) = media.profile {
+            args.extend(["-profile:v", profile]);
+        }
+        args.extend(["-c:a", "aac", "-b:a", "64k", "-f", "flv", &url]);
+        Proc::spawn(label, tool("ffmpeg"), &args, self.dir.path())
+    }
+
+    /// The manager's view of stream `id` (`{name}` or `{app}/{name}`), once listed.
+    pub fn listed_stream(&self, id: &str) -> Option<serde_json::Value> {
+        let streams = get(self.manager_http, "/api/streams/").ok()?.json();
+        streams.as_array()?.iter().find(|s| s["id"] == id).cloned()
+    }
+}
+
+/// What [`Edge::publish`] sends.
+#[derive(Debug, Clone)]
+pub struct Synthetic {
+    pub size: &'static str,
+    pub fps: u32,
+    pub gop: u32,
+    pub seconds: u32,
+    /// `-profile:v`, e.g. `high`; ffmpeg's default otherwise.
+    pub profile: Option<&'static str>,
+}
+
+impl Default for Synthetic {
+    fn default() -> Self {
+        Self {
+            size: "640x360",
+            fps: 25,
+            gop: 100,
+            seconds: 6,
+            profile: None,
+        }
+    }
+}
+
+/// A third-party tool the tests drive; a clear message if it is missing.
+pub fn tool(name: &str) -> &'static Path {
+    let path: &'static Path = match name {
+        "ffmpeg" => Path::new("/usr/bin/ffmpeg"),
+        "ffprobe" => Path::new("/usr/bin/ffprobe"),
+        "chromium" => Path::new("/usr/bin/chromium"),
+        _ => Path::new("/nonexistent"),
+    };
+    assert!(
+        path.exists(),
+        "{name} is not installed: run scripts/test (it installs what the tests need)"
+    );
+    path
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,285 @@
+//! WHEP end to end: ffmpeg publishes RTMP (H.264 + AAC) to a real agent; a real WebRTC viewer
+//! (the library behind `examples/whep_client.rs`) watches through the manager's URL, over
+//! MQTT RPC, and through the agent's own port. Every refusal a client can act on is produced.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge::testkit::{Response, get, request, wait_for};
+use verge::whep::{Viewer, ViewerOptions, WhepError};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn post_offer(addr: SocketAddr, path: &str, content_type: Option<&str>, sdp: &str) -> Response {
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|ct| ("Content-Type", ct))
+        .into_iter()
+        .collect();
+    request(
+        "POST",
+        addr,
+        path,
+        &headers,
+        sdp.as_bytes(),
+        Duration::from_secs(10),
+    )
+    .expect("HTTP exchange")
+}
+
+fn send(method: &str, addr: SocketAddr, path: &str) -> Response {
+    request(method, addr, path, &[], b"", Duration::from_secs(10)).expect("HTTP exchange")
+}
+
+/// Waits until the manager lists `name` with its picture size (the agent knows the codec).
+fn wait_live(edge: &Edge, name: &str) {
+    let live = wait_for(Duration::from_secs(15), || {
+        edge.listed_stream(name).filter(|s| s["width"].is_u64())
+    });
+    assert!(
+        live.is_some(),
+        "stream {name} never listed:\n{}",
+        edge.agent.log_text()
+    );
+}
+
+/// A well-formed offer with only VP8 video: nothing the agent can send.
+const VP8_OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+a=group:BUNDLE 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\n\
+a=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:Hc4f\r\na=ice-pwd:Q1zXGk8rM1F0oKc6bq3yWn2u\r\n\
+a=fingerprint:sha-256 3C:4B:4F:8A:7E:2B:90:14:5D:E1:A4:27:62:7C:3D:6C:1C:8F:12:A0:33:44:55:66:77:88:99:AA:BB:CC:DD:EE\r\n\
+a=setup:actpass\r\na=mid:0\r\na=recvonly\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\n";
+
+#[test]
+fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end() {
+    let edge = Edge::start(
+        "whep",
+        &EdgeOptions {
+            noauth: true,
+            ..Default::default()
+        },
+    );
+    // One keyframe every 10 s: a first picture within a second can only come from the cache.
+    let media = Synthetic {
+        fps: 25,
+        gop: 250,
+        seconds: 14,
+        ..Synthetic::default()
+    };
+    let mut ffmpeg = edge.publish("ffmpeg", "cam", &media);
+    wait_live(&edge, "cam");
+    std::thread::sleep(Duration::from_secs(2));
+    let state = edge.listed_stream("cam").expect("listed");
+    assert_eq!(state["codecs"].as_array().map(Vec::len), Some(2), "{state}");
+
+    let rt = runtime();
+    let manager_url = format!("http://{}/whep/cam", edge.manager_http);
+    rt.block_on(async {
+        let opts = ViewerOptions::for_url(&manager_url);
+        let mut viewer = Viewer::connect(&manager_url, &opts)
+            .await
+            .expect("WHEP through the manager");
+        assert!(
+            viewer.session_url.path.starts_with("/session/cam/edge-1~"),
+            "{}",
+            viewer.session_url.path
+        );
+        // The cached keyframe comes first: the picture does not wait for the next IDR.
+        let first = viewer
+            .next_frame(Duration::from_secs(5))
+            .await
+            .expect("video")
+            .expect("open");
+        assert!(first.keyframe);
+        let first_ms = viewer.stats.first_frame_ms.unwrap_or(u64::MAX);
+        assert!(
+            first_ms < 1000,
+            "first keyframe after {first_ms} ms: {}",
+            viewer.stats
+        );
+        let started = Instant::now();
+        let ended = viewer
+            .watch(Duration::from_secs(3))
+            .await
+            .expect("watching");
+        assert!(!ended);
+        let s = viewer.stats.clone();
+        let secs = started.elapsed().as_secs_f64();
+        // 25 fps for 3 s; the cached GOP comes on top, all at once.
+        assert!(s.frames as f64 >= 22.0 * secs, "{s} in {secs:.1} s");
+        assert_eq!((s.width, s.height), (Some(640), Some(360)), "{s}");
+        assert!(s.keyframes >= 1, "{s}");
+
+        // Trickled candidates are taken (and an ICE restart is refused with 405).
+        let frag = "a=ice-ufrag:x\r\na=ice-pwd:y\r\na=mid:0\r\n\
+                    a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
+        let patch = request(
+            "PATCH",
+            edge.manager_http,
+            &viewer.session_url.path,
+            &[("Content-Type", "application/trickle-ice-sdpfrag")],
+            frag.as_bytes(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(patch.status, 204, "{}", patch.text());
+        let restart = request(
+            "PATCH",
+            edge.manager_http,
+            &viewer.session_url.path,
+            &[("Content-Type", "application/trickle-ice-sdpfrag")],
+            b"a=ice-ufrag:new\r\na=ice-pwd:newnewnewnewnewnewnewnew\r\n",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(restart.status, 405, "{}", restart.text());
+
+        // DELETE ends the session: the agent closes the connection and frees the viewer.
+        assert_eq!(viewer.delete().await.expect("DELETE"), 200);
+        let end = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match viewer.next_frame(Duration::from_secs(10)).await {
+                    Ok(Some(_)) => continue,
+                    other => break other,
+                }
+            }
+        })
+        .await
+        .expect("the session did not end after DELETE");
+        assert!(matches!(end, Ok(None)), "{end:?}");
+        assert_eq!(viewer.delete().await.expect("second DELETE"), 404);
+
+        // The agent's own endpoint (the LAN path) serves the same stream; the publisher's end
+        // ends the session cleanly.
+        let agent_url = format!("http://{}/whep/live/cam", edge.http);
+        let mut local = Viewer::connect(&agent_url, &ViewerOptions::for_url(&agent_url))
+            .await
+            .expect("agent WHEP");
+        assert!(local.watch(Duration::from_secs(1)).await.expect("watching") == false);
+        assert!(local.stats.frames > 0);
+        ffmpeg.signal("KILL");
+        let ended = local
+            .watch(Duration::from_secs(10))
+            .await
+            .expect("watching");
+        assert!(
+            ended,
+            "the session outlived its publisher by 10 s: {}",
+            local.stats
+        );
+    });
+    let _ = ffmpeg.exited();
+    let log = edge.agent.log_text();
+    assert!(log.contains("end=\"publisher gone\""), "{log}");
+    assert!(log.contains("end=\"closed\""), "{log}");
+    // Every viewer slot is given back.
+    let freed = wait_for(Duration::from_secs(5), || {
+        let nodes = get(edge.manager_http, "/api/nodes/").ok()?.json();
+        (nodes[0]["streams"].as_array()?.is_empty()).then_some(())
+    });
+    assert!(freed.is_some());
+}
+
+#[test]
+fn whep_refusals_are_statuses_a_client_can_act_on() {
+    let edge = Edge::start(
+        "whep-errors",
+        &EdgeOptions {
+            noauth: true,
+            rpc_timeout_ms: Some(1000),
+            ..Default::default()
+        },
+    );
+    let m = edge.manager_http;
+    let sdp = Some("application/sdp");
+
+    // Unknown stream.
+    let r = post_offer(m, "/whep/nope", sdp, VP8_OFFER);
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("not live"), "{}", r.text());
+    assert_eq!(r.text().lines().count(), 1);
+
+    let ffmpeg = edge.publish(
+        "ffmpeg",
+        "cam",
+        &Synthetic {
+            seconds: 60,
+            ..Synthetic::default()
+        },
+    );
+    wait_live(&edge, "cam");
+
+    // CORS preflight exposes what a browser must read.
+    let r = send("OPTIONS", m, "/whep/cam");
+    assert_eq!(r.status, 204);
+    assert!(
+        r.header("access-control-expose-headers")
+            .is_some_and(|v| v.contains("Location") && v.contains("Link"))
+    );
+
+    // Wrong content type, not SDP, SDP the agent cannot use, no H.264.
+    let r = post_offer(m, "/whep/cam", None, VP8_OFFER);
+    assert_eq!(r.status, 415, "{}", r.text());
+    let r = post_offer(m, "/whep/cam", sdp, "hello");
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = post_offer(
+        m,
+        "/whep/cam",
+        sdp,
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = post_offer(m, "/whep/cam", sdp, VP8_OFFER);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("H.264"), "{}", r.text());
+    let r = post_offer(m, "/whep/bad%20name", sdp, VP8_OFFER);
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // Sessions that do not exist, on a known agent and on none.
+    assert_eq!(
+        send("DELETE", m, "/session/cam/edge-1~0000000000000001").status,
+        404
+    );
+    assert_eq!(send("DELETE", m, "/session/cam/bogus").status, 404);
+    assert_eq!(
+        send("DELETE", m, "/session/cam/ghost~0000000000000001").status,
+        404
+    );
+
+    // The agent does not answer in time: frozen, still online until its keepalive runs out.
+    edge.agent.signal("STOP");
+    let started = Instant::now();
+    let r = post_offer(m, "/whep/cam", sdp, VP8_OFFER);
+    edge.agent.signal("CONT");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // The agent is gone: its stream is still in its last state, but it cannot answer.
+    edge.agent.signal("KILL");
+    let offline = wait_for(Duration::from_secs(10), || {
+        let nodes = get(m, "/api/nodes/").ok()?.json();
+        (nodes[0]["online"] == false).then_some(())
+    });
+    assert!(offline.is_some());
+    let r = post_offer(m, "/whep/cam", sdp, VP8_OFFER);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("offline"), "{}", r.text());
+
+    // The client library reports refusals as such.
+    let rt = runtime();
+    let url = format!("http://{m}/whep/nope");
+    let err = rt
+        .block_on(Viewer::connect(&url, &ViewerOptions::for_url(&url)))
+        .err();
+    assert!(
+        matches!(err, Some(WhepError::Refused { status: 404, .. })),
+        "{err:?}"
+    );
+    ffmpeg.signal("KILL");
+}
