@@ -3,6 +3,7 @@
 //! removed) when they go out of scope, a minimal HTTP/1.1 client, bounded waits, and
 //! [`rtmp::RtmpClient`], a scriptable RTMP client for malformed-input tests.
 
+pub mod chromium;
 pub mod edge;
 pub mod rtmp;
 

@@ -31,6 +31,9 @@ pub struct Stream {
     pub fps: Option<f64>,
     pub bitrate_kbps: Option<u32>,
     pub readers: u32,
+    /// What WebRTC viewers do not get of this stream, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webrtc_omits: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,6 +107,7 @@ fn shape(agent: &str, s: &StreamInfo) -> Stream {
         fps: s.fps,
         bitrate_kbps: s.bitrate_kbps,
         readers: s.readers,
+        webrtc_omits: s.webrtc_omits.clone(),
     }
 }
 
