@@ -14,6 +14,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use verge::testkit::measure::{cpu_ticks, peak_kib, percentile, rss_kib};
 use verge::testkit::{Proc, TempDir, bin, free_port, get, wait_for};
 use verge_agent::{AgentConfig, StateHandle};
 
@@ -204,13 +205,6 @@ fn run_one(runtime: &tokio::runtime::Runtime, n: usize, args: &Args) -> Row {
     }
 }
 
-/// utime + stime of a process, in clock ticks (1/100 s on Linux).
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
 
 /// `pings` calls of `GET /api/agents/{id}` (each a live RPC ping) to agents spread over the
 /// fleet, `concurrency` at a time. Returns the manager-measured RTTs, the HTTP times, failures.
@@ -251,25 +245,6 @@ fn ping_load(
     (rtts, times, failed)
 }
 
-fn percentile(values: &[f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
 
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    status_kib(pid, "VmRSS:")
-}
 
-fn peak_kib(pid: u32) -> Option<u64> {
-    status_kib(pid, "VmHWM:")
-}

@@ -5,6 +5,7 @@
 
 pub mod chromium;
 pub mod edge;
+pub mod measure;
 pub mod rtmp;
 
 use std::fs::File;

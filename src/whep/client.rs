@@ -73,12 +73,12 @@ pub struct Stats {
     pub keyframes: u64,
     /// Annex-B bytes of those access units.
     pub bytes: u64,
-    /// From the start of the POST to the answer.
-    pub answer_ms: Option<u64>,
-    /// From the start of the POST to the connection being up.
-    pub connected_ms: Option<u64>,
+    /// From the start of the POST to its answer: the signaling time.
+    pub answer_ms: Option<f64>,
+    /// From the start of the POST to the first packet of video.
+    pub connected_ms: Option<f64>,
     /// From the start of the POST to the first complete keyframe.
-    pub first_frame_ms: Option<u64>,
+    pub first_frame_ms: Option<f64>,
     pub width: Option<u32>,
     pub height: Option<u32>,
     /// Access units lost to gaps or damage.
@@ -91,7 +91,7 @@ pub struct Stats {
 
 impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         let dim = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
         write!(
             f,
@@ -178,7 +178,6 @@ impl Viewer {
     /// Offers to receive from the WHEP endpoint `url` and applies its answer.
     pub async fn connect(url: &str, opts: &ViewerOptions) -> Result<Self, WhepError> {
         let endpoint = HttpUrl::parse(url)?;
-        let started = Instant::now();
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
         let (gathered_tx, mut gathered) = watch::channel(false);
         let (packets_tx, packets) = mpsc::channel(PACKET_QUEUE);
@@ -211,6 +210,7 @@ impl Viewer {
                 .local_description()
                 .await
                 .ok_or_else(|| WhepError::WebRtc("no local description".into()))?;
+            let started = Instant::now();
             let response = http::request(
                 "POST",
                 &endpoint,
@@ -219,6 +219,7 @@ impl Viewer {
                 opts.http_timeout,
             )
             .await?;
+            let answered = started.elapsed();
             if response.status != 201 {
                 return Err(WhepError::Refused {
                     status: response.status,
@@ -235,10 +236,10 @@ impl Viewer {
             pc.set_remote_description(answer)
                 .await
                 .map_err(|e| WhepError::BadAnswer(e.to_string()))?;
-            Ok::<_, WhepError>((session_url, links))
+            Ok::<_, WhepError>((session_url, links, started, answered))
         }
         .await;
-        let (session_url, links) = match negotiated {
+        let (session_url, links, started, answered) = match negotiated {
             Ok(v) => v,
             Err(e) => {
                 let _ = pc.close().await;
@@ -246,7 +247,7 @@ impl Viewer {
             }
         };
         let stats = Stats {
-            answer_ms: Some(started.elapsed().as_millis() as u64),
+            answer_ms: Some(ms(answered)),
             ..Stats::default()
         };
         Ok(Self {
@@ -281,7 +282,7 @@ impl Viewer {
                 return Ok(None);
             };
             if self.stats.connected_ms.is_none() {
-                self.stats.connected_ms = Some(self.started.elapsed().as_millis() as u64);
+                self.stats.connected_ms = Some(ms(self.started.elapsed()));
             }
             let unit = self.depacketizer.push(&packet).ok().flatten();
             if self.depacketizer.dropped() > self.stats.lost {
@@ -327,7 +328,7 @@ impl Viewer {
         if unit.keyframe {
             self.stats.keyframes += 1;
             if self.stats.first_frame_ms.is_none() {
-                self.stats.first_frame_ms = Some(self.started.elapsed().as_millis() as u64);
+                self.stats.first_frame_ms = Some(ms(self.started.elapsed()));
             }
             if let Some(sps) =
                 annex_b_nalus(&unit.data).find(|n| avc::nal_type(n) == Some(avc::NAL_SPS))
@@ -378,6 +379,10 @@ impl Drop for Viewer {
             });
         }
     }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 fn webrtc_error(e: webrtc::error::Error) -> WhepError {

@@ -1,0 +1,358 @@
+//! WHEP benchmarks, each printed next to its baseline from the same run.
+//!
+//! ```text
+//! cargo run --release --example whep_bench -- [--sessions 40] [--max-viewers 400] [--seconds 5]
+//! ```
+//!
+//! Setup: a real `verge-manager` (embedded broker) and `verge-agent` on loopback; ffmpeg
+//! publishes a pre-encoded 1280x720 30 fps H.264 High clip at 2 Mbit/s with a keyframe every
+//! 2 s (`-c copy` in a loop, so the publisher costs almost nothing). Viewers are
+//! `verge::whep::Viewer`s (webrtc 0.21), in this process. With two or more cores the agent is
+//! pinned to core 0 and everything else (this process, ffmpeg, the manager) to core 1, so the
+//! agent's numbers are one core's.
+//!
+//! 1. **Signaling and first frame**: `--sessions` viewers one after the other, alternating
+//!    between the manager's URL (HTTP → MQTT RPC → agent) and the agent's own WHEP port (the
+//!    baseline). For each: POST → 201 (signaling), and POST → first complete keyframe at the
+//!    client (the goal is under 300 ms with a 2 s GOP). p50/p99 per path.
+//! 2. **Viewers per agent core**: viewers are added in steps (through the agent's port; the
+//!    media path is the same either way). After a 3 s settle, each step is measured for
+//!    `--seconds`: frames received against the 30 fps sent, the lateness of each frame (its
+//!    arrival minus its RTP time, above the best of that viewer in the window), the agent's CPU
+//!    (of its one core) and RSS. A step is **late** when viewers got fewer than 95 % of the
+//!    frames or p99 lateness is over 150 ms. The first row (1 viewer) is the baseline cost. When
+//!    this process's own core is full ("client-bound"), the viewers, not the agent, are the limit
+//!    and the agent's CPU per viewer is what to extrapolate from.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use verge::testkit::edge::{Edge, EdgeOptions, tool};
+use verge::testkit::measure::{TICKS_PER_SEC, cpu_ticks, percentile, pin, rss_kib};
+use verge::testkit::{Proc, wait_for};
+use verge::whep::{Viewer, ViewerOptions};
+
+const FPS: f64 = 30.0;
+const LATE_MS: f64 = 150.0;
+
+struct Args {
+    sessions: usize,
+    max_viewers: usize,
+    seconds: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        sessions: 40,
+        max_viewers: 400,
+        seconds: 5,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().and_then(|v| v.parse::<usize>().ok());
+        match (flag.as_str(), value) {
+            ("--sessions", Some(v)) => a.sessions = v.max(2),
+            ("--max-viewers", Some(v)) => a.max_viewers = v.max(1),
+            ("--seconds", Some(v)) => a.seconds = v.max(1) as u64,
+            _ => {
+                eprintln!("usage: whep_bench [--sessions N] [--max-viewers N] [--seconds N]");
+                std::process::exit(2);
+            }
+        }
+    }
+    a
+}
+
+fn main() {
+    let args = args();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pinned = cores >= 2 && pin(std::process::id(), "1");
+    let edge = Edge::start(
+        "whep-bench",
+        &EdgeOptions {
+            noauth: true,
+            agent_toml: "[limits]\npub_max = 4\nsub_max = 4000\nrpc_concurrency = 64\n".into(),
+            ..EdgeOptions::default()
+        },
+    );
+    if pinned {
+        pin(edge.agent.pid(), "0");
+        pin(edge.manager.pid(), "1");
+    }
+    let clip = encode_clip(&edge);
+    let _publisher = publish_loop(&edge, &clip, pinned);
+    let live = wait_for(Duration::from_secs(20), || {
+        edge.listed_stream("bench").filter(|s| s["width"].is_u64())
+    });
+    assert!(live.is_some(), "the stream never went live");
+    println!(
+        "setup: 1280x720 30 fps H.264 High, 2 Mbit/s, keyframe every 2 s; {cores} cores; agent {}",
+        if pinned {
+            "pinned to core 0, the rest to core 1"
+        } else {
+            "not pinned"
+        }
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(signaling(&edge, args.sessions));
+    rt.block_on(scaling(&edge, &args));
+}
+
+fn encode_clip(edge: &Edge) -> std::path::PathBuf {
+    let clip = edge.dir.path().join("clip.flv");
+    let status = std::process::Command::new(tool("ffmpeg"))
+        .args([
+            "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+            "testsrc2=size=1280x720:rate=30", "-f", "lavfi", "-i",
+            "sine=frequency=440:sample_rate=48000", "-t", "10", "-c:v", "libx264",
+            "-preset", "veryfast", "-profile:v", "high", "-b:v", "2M", "-maxrate", "2M",
+            "-bufsize", "2M", "-g", "60", "-keyint_min", "60", "-sc_threshold", "0",
+            "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-f", "flv",
+        ])
+        .arg(&clip)
+        .status()
+        .expect("run ffmpeg");
+    assert!(status.success(), "encoding the clip failed");
+    clip
+}
+
+fn publish_loop(edge: &Edge, clip: &std::path::Path, pinned: bool) -> Proc {
+    let url = format!("rtmp://{}/live/bench", edge.rtmp);
+    let clip = clip.to_string_lossy().into_owned();
+    let ffmpeg = tool("ffmpeg").to_string_lossy().into_owned();
+    let mut args: Vec<&str> = Vec::new();
+    if pinned {
+        args.extend(["-c", "1", &ffmpeg]);
+    }
+    args.extend([
+        "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", &clip, "-c",
+        "copy", "-f", "flv", &url,
+    ]);
+    let program = if pinned {
+        std::path::Path::new("/usr/bin/taskset")
+    } else {
+        tool("ffmpeg")
+    };
+    Proc::spawn("publisher", program, &args, edge.dir.path())
+}
+
+async fn signaling(edge: &Edge, sessions: usize) {
+    let paths = [
+        ("agent's own port (baseline)", format!("http://{}/whep/bench", edge.http)),
+        ("manager + MQTT", format!("http://{}/whep/bench", edge.manager_http)),
+    ];
+    let mut answer = [Vec::new(), Vec::new()];
+    let mut first = [Vec::new(), Vec::new()];
+    let mut failed = [0usize; 2];
+    for i in 0..sessions {
+        let k = i % 2;
+        let url = &paths[k].1;
+        match Viewer::connect(url, &ViewerOptions::for_url(url)).await {
+            Ok(mut v) => {
+                let got = v.next_frame(Duration::from_secs(5)).await;
+                match (v.stats.answer_ms, v.stats.first_frame_ms, got) {
+                    (Some(a), Some(f), Ok(Some(_))) => {
+                        answer[k].push(a);
+                        first[k].push(f);
+                    }
+                    _ => failed[k] += 1,
+                }
+                let _ = v.delete().await;
+                v.close().await;
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", paths[k].0);
+                failed[k] += 1;
+            }
+        }
+    }
+    println!();
+    println!("WHEP signaling (POST -> 201) and POST -> first complete keyframe, {sessions} sessions alternating");
+    println!(
+        "{:<30} {:>8} {:>8} {:>10} {:>10} {:>7}",
+        "path", "sig p50", "sig p99", "frame p50", "frame p99", "failed"
+    );
+    for k in 0..2 {
+        println!(
+            "{:<30} {:>6.2}ms {:>6.2}ms {:>8.1}ms {:>8.1}ms {:>7}",
+            paths[k].0,
+            percentile(&answer[k], 0.5),
+            percentile(&answer[k], 0.99),
+            percentile(&first[k], 0.5),
+            percentile(&first[k], 0.99),
+            failed[k]
+        );
+    }
+}
+
+/// What one viewer saw: (arrival, RTP timestamp unwrapped to seconds) per frame, and losses.
+#[derive(Default)]
+struct Seen {
+    frames: Vec<(Instant, f64)>,
+    lost: u64,
+    ended: bool,
+}
+
+async fn scaling(edge: &Edge, args: &Args) {
+    let url = format!("http://{}/whep/bench", edge.http);
+    let steps: Vec<usize> = [1, 10, 25, 50, 100, 150, 200, 300, 400, 600, 800]
+        .into_iter()
+        .filter(|&n| n <= args.max_viewers)
+        .collect();
+    let mut viewers: Vec<Arc<Mutex<Seen>>> = Vec::new();
+    let mut tasks = Vec::new();
+    println!();
+    println!("Viewers of one 2 Mbit/s stream on one agent core ({} s per step, late: < 95 % of frames or p99 lateness > {LATE_MS} ms)", args.seconds);
+    println!(
+        "{:>7} {:>9} {:>10} {:>10} {:>10} {:>9} {:>10} {:>9} {:>6}",
+        "viewers", "frames %", "late p50", "late p99", "agent CPU", "CPU/view", "agent RSS", "bench CPU", "lost"
+    );
+    for &n in &steps {
+        // Join in batches so signaling does not all land at once.
+        while viewers.len() < n {
+            let batch = (n - viewers.len()).min(10);
+            let joins = (0..batch).map(|_| {
+                let url = url.clone();
+                async move { Viewer::connect(&url, &ViewerOptions::for_url(&url)).await }
+            });
+            for joined in futures_join(joins).await {
+                let mut v = match joined {
+                    Ok(v) => v,
+                    Err(e) => {
+                        println!("{n:>7} could not join: {e}");
+                        return;
+                    }
+                };
+                let seen = Arc::new(Mutex::new(Seen::default()));
+                viewers.push(seen.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut unwrap = Unwrap::default();
+                    loop {
+                        match v.next_frame(Duration::from_secs(10)).await {
+                            Ok(Some(unit)) => {
+                                let t = unwrap.seconds(unit.rtp_timestamp);
+                                let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+                                s.frames.push((Instant::now(), t));
+                                s.lost = v.stats.lost;
+                            }
+                            _ => break,
+                        }
+                    }
+                    seen.lock().unwrap_or_else(|p| p.into_inner()).ended = true;
+                    v.close().await;
+                }));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let agent_pid = edge.agent.pid();
+        let bench_pid = std::process::id();
+        let (a0, b0, lost0) = (
+            cpu_ticks(agent_pid).unwrap_or(0),
+            cpu_ticks(bench_pid).unwrap_or(0),
+            total_lost(&viewers),
+        );
+        let window_start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+        let window = window_start.elapsed();
+        let (a1, b1) = (cpu_ticks(agent_pid).unwrap_or(0), cpu_ticks(bench_pid).unwrap_or(0));
+        let secs = window.as_secs_f64();
+        let agent_cpu = (a1 - a0) as f64 / TICKS_PER_SEC / secs * 100.0;
+        let bench_cpu = (b1 - b0) as f64 / TICKS_PER_SEC / secs * 100.0;
+        let rss = rss_kib(agent_pid).unwrap_or(0) as f64 / 1024.0;
+        let (got, lateness) = measure(&viewers, window_start, window_start + window);
+        let expected = FPS * secs * viewers.len() as f64;
+        let frames_pct = got as f64 / expected * 100.0;
+        let (p50, p99) = (percentile(&lateness, 0.5), percentile(&lateness, 0.99));
+        let lost = total_lost(&viewers) - lost0;
+        let late = frames_pct < 95.0 || p99 > LATE_MS;
+        let client_bound = bench_cpu > 90.0;
+        println!(
+            "{:>7} {:>8.1}% {:>8.1}ms {:>8.1}ms {:>9.1}% {:>8.2}% {:>7.1}MiB {:>8.1}% {:>6}{}{}",
+            viewers.len(),
+            frames_pct,
+            p50,
+            p99,
+            agent_cpu,
+            agent_cpu / viewers.len() as f64,
+            rss,
+            bench_cpu,
+            lost,
+            if late { "  LATE" } else { "" },
+            if client_bound { "  client-bound" } else { "" },
+        );
+        for v in &viewers {
+            v.lock().unwrap_or_else(|p| p.into_inner()).frames.clear();
+        }
+        if late || agent_cpu > 95.0 {
+            break;
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+}
+
+/// Frames that arrived in the window, and each one's lateness in ms.
+fn measure(viewers: &[Arc<Mutex<Seen>>], from: Instant, to: Instant) -> (usize, Vec<f64>) {
+    let mut count = 0;
+    let mut lateness = Vec::new();
+    for v in viewers {
+        let s = v.lock().unwrap_or_else(|p| p.into_inner());
+        let inside: Vec<&(Instant, f64)> =
+            s.frames.iter().filter(|(at, _)| *at >= from && *at < to).collect();
+        count += inside.len();
+        let offsets: Vec<f64> = inside
+            .iter()
+            .map(|(at, t)| at.duration_since(from).as_secs_f64() - t)
+            .collect();
+        let best = offsets.iter().copied().fold(f64::INFINITY, f64::min);
+        lateness.extend(offsets.iter().map(|o| (o - best) * 1000.0));
+    }
+    (count, lateness)
+}
+
+fn total_lost(viewers: &[Arc<Mutex<Seen>>]) -> u64 {
+    viewers
+        .iter()
+        .map(|v| v.lock().unwrap_or_else(|p| p.into_inner()).lost)
+        .sum()
+}
+
+/// 90 kHz RTP timestamps, unwrapped, in seconds from the first.
+#[derive(Default)]
+struct Unwrap {
+    first: Option<u32>,
+    last: u32,
+    wraps: i64,
+}
+
+impl Unwrap {
+    fn seconds(&mut self, ts: u32) -> f64 {
+        let first = *self.first.get_or_insert(ts);
+        if ts < self.last && self.last - ts > u32::MAX / 2 {
+            self.wraps += 1;
+        }
+        self.last = ts;
+        let ticks = (self.wraps << 32) + i64::from(ts) - i64::from(first);
+        ticks as f64 / 90_000.0
+    }
+}
+
+/// Awaits every future, concurrently, in order.
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
