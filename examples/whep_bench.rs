@@ -6,7 +6,9 @@
 //!
 //! Setup: a real `verge-manager` (embedded broker) and `verge-agent` on loopback; ffmpeg
 //! publishes a pre-encoded 1280x720 30 fps H.264 High clip at 2 Mbit/s with a keyframe every
-//! 2 s (`-c copy` in a loop, so the publisher costs almost nothing). Viewers are
+//! 2 s (`-c copy` in a loop, so the publisher costs almost nothing). The clip has no B-frames,
+//! as live encoders are set up, so RTP time (PTS) follows send order and lateness can be read
+//! from it. Viewers are
 //! `verge::whep::Viewer`s (webrtc 0.21), in this process. With two or more cores the agent is
 //! pinned to core 0 and everything else (this process, ffmpeg, the manager) to core 1, so the
 //! agent's numbers are one core's.
@@ -14,7 +16,8 @@
 //! 1. **Signaling and first frame**: `--sessions` viewers one after the other, alternating
 //!    between the manager's URL (HTTP → MQTT RPC → agent) and the agent's own WHEP port (the
 //!    baseline). For each: POST → 201 (signaling), and POST → first complete keyframe at the
-//!    client (the goal is under 300 ms with a 2 s GOP). p50/p99 per path.
+//!    client (the goal is under 300 ms with a 2 s GOP). p50/p99 per path; "after PLI" counts
+//!    sessions whose first keyframe was lost and resent on the client's keyframe request.
 //! 2. **Viewers per agent core**: viewers are added in steps (through the agent's port; the
 //!    media path is the same either way). After a 3 s settle, each step is measured for
 //!    `--seconds`: frames received against the 30 fps sent, the lateness of each frame (its
@@ -109,7 +112,7 @@ fn encode_clip(edge: &Edge) -> std::path::PathBuf {
             "testsrc2=size=1280x720:rate=30", "-f", "lavfi", "-i",
             "sine=frequency=440:sample_rate=48000", "-t", "10", "-c:v", "libx264",
             "-preset", "veryfast", "-profile:v", "high", "-b:v", "2M", "-maxrate", "2M",
-            "-bufsize", "2M", "-g", "60", "-keyint_min", "60", "-sc_threshold", "0",
+            "-bufsize", "2M", "-g", "60", "-keyint_min", "60", "-sc_threshold", "0", "-bf", "0",
             "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-f", "flv",
         ])
         .arg(&clip)
@@ -147,6 +150,7 @@ async fn signaling(edge: &Edge, sessions: usize) {
     let mut answer = [Vec::new(), Vec::new()];
     let mut first = [Vec::new(), Vec::new()];
     let mut failed = [0usize; 2];
+    let mut repaired = [0usize; 2];
     for i in 0..sessions {
         let k = i % 2;
         let url = &paths[k].1;
@@ -157,6 +161,9 @@ async fn signaling(edge: &Edge, sessions: usize) {
                     (Some(a), Some(f), Ok(Some(_))) => {
                         answer[k].push(a);
                         first[k].push(f);
+                        if v.stats.keyframe_requests > 0 {
+                            repaired[k] += 1;
+                        }
                     }
                     _ => failed[k] += 1,
                 }
@@ -172,18 +179,19 @@ async fn signaling(edge: &Edge, sessions: usize) {
     println!();
     println!("WHEP signaling (POST -> 201) and POST -> first complete keyframe, {sessions} sessions alternating");
     println!(
-        "{:<30} {:>8} {:>8} {:>10} {:>10} {:>7}",
-        "path", "sig p50", "sig p99", "frame p50", "frame p99", "failed"
+        "{:<30} {:>8} {:>8} {:>10} {:>10} {:>7} {:>9}",
+        "path", "sig p50", "sig p99", "frame p50", "frame p99", "failed", "after PLI"
     );
     for k in 0..2 {
         println!(
-            "{:<30} {:>6.2}ms {:>6.2}ms {:>8.1}ms {:>8.1}ms {:>7}",
+            "{:<30} {:>6.2}ms {:>6.2}ms {:>8.1}ms {:>8.1}ms {:>7} {:>9}",
             paths[k].0,
             percentile(&answer[k], 0.5),
             percentile(&answer[k], 0.99),
             percentile(&first[k], 0.5),
             percentile(&first[k], 0.99),
-            failed[k]
+            failed[k],
+            repaired[k]
         );
     }
 }

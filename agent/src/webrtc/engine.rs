@@ -35,6 +35,9 @@ const H264_FORMATS: [(&str, u8); 4] = [
 /// SRTP, UDP, IP and a TURN channel header are added.
 pub const RTP_MTU: usize = 1200;
 
+/// Time between ICE connectivity checks (webrtc's default is 200 ms).
+const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
 /// A peer connection's ICE behaviour.
 #[derive(Debug, Clone)]
 pub struct IceSettings {
@@ -122,7 +125,11 @@ pub async fn build(
             Some(ice.disconnected_after),
             Some(ice.failed_after),
             Some(Duration::from_secs(2)),
-        );
+        )
+        // The default 200 ms between checks puts the nomination (one more check) 200 ms after
+        // the first success: with 50 ms, POST → first keyframe went from 204 to 55 ms (p50,
+        // whep_bench). 40 attempts keep about the default's time of trying per pair.
+        .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(40));
     if sender {
         // Measured: Chromium as DTLS server answers our ClientHello late; as the DTLS server
         // the connection is up in ~60 ms instead of ~230 ms.
