@@ -205,7 +205,6 @@ fn run_one(runtime: &tokio::runtime::Runtime, n: usize, args: &Args) -> Row {
     }
 }
 
-
 /// `pings` calls of `GET /api/agents/{id}` (each a live RPC ping) to agents spread over the
 /// fleet, `concurrency` at a time. Returns the manager-measured RTTs, the HTTP times, failures.
 fn ping_load(
@@ -244,7 +243,3 @@ fn ping_load(
     }
     (rtts, times, failed)
 }
-
-
-
-

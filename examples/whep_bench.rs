@@ -108,12 +108,48 @@ fn encode_clip(edge: &Edge) -> std::path::PathBuf {
     let clip = edge.dir.path().join("clip.flv");
     let status = std::process::Command::new(tool("ffmpeg"))
         .args([
-            "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-            "testsrc2=size=1280x720:rate=30", "-f", "lavfi", "-i",
-            "sine=frequency=440:sample_rate=48000", "-t", "10", "-c:v", "libx264",
-            "-preset", "veryfast", "-profile:v", "high", "-b:v", "2M", "-maxrate", "2M",
-            "-bufsize", "2M", "-g", "60", "-keyint_min", "60", "-sc_threshold", "0", "-bf", "0",
-            "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-f", "flv",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "10",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-profile:v",
+            "high",
+            "-b:v",
+            "2M",
+            "-maxrate",
+            "2M",
+            "-bufsize",
+            "2M",
+            "-g",
+            "60",
+            "-keyint_min",
+            "60",
+            "-sc_threshold",
+            "0",
+            "-bf",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-f",
+            "flv",
         ])
         .arg(&clip)
         .status()
@@ -131,8 +167,19 @@ fn publish_loop(edge: &Edge, clip: &std::path::Path, pinned: bool) -> Proc {
         args.extend(["-c", "1", &ffmpeg]);
     }
     args.extend([
-        "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", &clip, "-c",
-        "copy", "-f", "flv", &url,
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-re",
+        "-stream_loop",
+        "-1",
+        "-i",
+        &clip,
+        "-c",
+        "copy",
+        "-f",
+        "flv",
+        &url,
     ]);
     let program = if pinned {
         std::path::Path::new("/usr/bin/taskset")
@@ -144,8 +191,14 @@ fn publish_loop(edge: &Edge, clip: &std::path::Path, pinned: bool) -> Proc {
 
 async fn signaling(edge: &Edge, sessions: usize) {
     let paths = [
-        ("agent's own port (baseline)", format!("http://{}/whep/bench", edge.http)),
-        ("manager + MQTT", format!("http://{}/whep/bench", edge.manager_http)),
+        (
+            "agent's own port (baseline)",
+            format!("http://{}/whep/bench", edge.http),
+        ),
+        (
+            "manager + MQTT",
+            format!("http://{}/whep/bench", edge.manager_http),
+        ),
     ];
     let mut answer = [Vec::new(), Vec::new()];
     let mut first = [Vec::new(), Vec::new()];
@@ -177,7 +230,9 @@ async fn signaling(edge: &Edge, sessions: usize) {
         }
     }
     println!();
-    println!("WHEP signaling (POST -> 201) and POST -> first complete keyframe, {sessions} sessions alternating");
+    println!(
+        "WHEP signaling (POST -> 201) and POST -> first complete keyframe, {sessions} sessions alternating"
+    );
     println!(
         "{:<30} {:>8} {:>8} {:>10} {:>10} {:>7} {:>9}",
         "path", "sig p50", "sig p99", "frame p50", "frame p99", "failed", "after PLI"
@@ -213,10 +268,21 @@ async fn scaling(edge: &Edge, args: &Args) {
     let mut viewers: Vec<Arc<Mutex<Seen>>> = Vec::new();
     let mut tasks = Vec::new();
     println!();
-    println!("Viewers of one 2 Mbit/s stream on one agent core ({} s per step, late: < 95 % of frames or p99 lateness > {LATE_MS} ms)", args.seconds);
+    println!(
+        "Viewers of one 2 Mbit/s stream on one agent core ({} s per step, late: < 95 % of frames or p99 lateness > {LATE_MS} ms)",
+        args.seconds
+    );
     println!(
         "{:>7} {:>9} {:>10} {:>10} {:>10} {:>9} {:>10} {:>9} {:>6}",
-        "viewers", "frames %", "late p50", "late p99", "agent CPU", "CPU/view", "agent RSS", "bench CPU", "lost"
+        "viewers",
+        "frames %",
+        "late p50",
+        "late p99",
+        "agent CPU",
+        "CPU/view",
+        "agent RSS",
+        "bench CPU",
+        "lost"
     );
     for &n in &steps {
         // Join in batches so signaling does not all land at once.
@@ -238,16 +304,11 @@ async fn scaling(edge: &Edge, args: &Args) {
                 viewers.push(seen.clone());
                 tasks.push(tokio::spawn(async move {
                     let mut unwrap = Unwrap::default();
-                    loop {
-                        match v.next_frame(Duration::from_secs(10)).await {
-                            Ok(Some(unit)) => {
-                                let t = unwrap.seconds(unit.rtp_timestamp);
-                                let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
-                                s.frames.push((Instant::now(), t));
-                                s.lost = v.stats.lost;
-                            }
-                            _ => break,
-                        }
+                    while let Ok(Some(unit)) = v.next_frame(Duration::from_secs(10)).await {
+                        let t = unwrap.seconds(unit.rtp_timestamp);
+                        let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+                        s.frames.push((Instant::now(), t));
+                        s.lost = v.stats.lost;
                     }
                     seen.lock().unwrap_or_else(|p| p.into_inner()).ended = true;
                     v.close().await;
@@ -265,7 +326,10 @@ async fn scaling(edge: &Edge, args: &Args) {
         let window_start = Instant::now();
         tokio::time::sleep(Duration::from_secs(args.seconds)).await;
         let window = window_start.elapsed();
-        let (a1, b1) = (cpu_ticks(agent_pid).unwrap_or(0), cpu_ticks(bench_pid).unwrap_or(0));
+        let (a1, b1) = (
+            cpu_ticks(agent_pid).unwrap_or(0),
+            cpu_ticks(bench_pid).unwrap_or(0),
+        );
         let secs = window.as_secs_f64();
         let agent_cpu = (a1 - a0) as f64 / TICKS_PER_SEC / secs * 100.0;
         let bench_cpu = (b1 - b0) as f64 / TICKS_PER_SEC / secs * 100.0;
@@ -309,8 +373,11 @@ fn measure(viewers: &[Arc<Mutex<Seen>>], from: Instant, to: Instant) -> (usize, 
     let mut lateness = Vec::new();
     for v in viewers {
         let s = v.lock().unwrap_or_else(|p| p.into_inner());
-        let inside: Vec<&(Instant, f64)> =
-            s.frames.iter().filter(|(at, _)| *at >= from && *at < to).collect();
+        let inside: Vec<&(Instant, f64)> = s
+            .frames
+            .iter()
+            .filter(|(at, _)| *at >= from && *at < to)
+            .collect();
         count += inside.len();
         let offsets: Vec<f64> = inside
             .iter()
@@ -350,9 +417,9 @@ impl Unwrap {
 }
 
 /// Awaits every future, concurrently, in order.
-async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();

@@ -139,7 +139,9 @@ fn ffmpeg_stream_is_read_back_over_http_flv_and_rtmp_and_listed_by_the_manager()
         gone.is_some(),
         "stream still listed after the publisher left"
     );
-    let grown = rss_kib(b.agent.pid()).unwrap_or(0).saturating_sub(rss_before);
+    let grown = rss_kib(b.agent.pid())
+        .unwrap_or(0)
+        .saturating_sub(rss_before);
     println!("agent RSS grew by {grown} KiB with a stalled viewer");
     assert!(grown < 48 * 1024, "agent RSS grew by {grown} KiB");
     drop(stalled);

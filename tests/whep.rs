@@ -161,7 +161,7 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
         let mut local = Viewer::connect(&agent_url, &ViewerOptions::for_url(&agent_url))
             .await
             .expect("agent WHEP");
-        assert!(local.watch(Duration::from_secs(1)).await.expect("watching") == false);
+        assert!(!local.watch(Duration::from_secs(1)).await.expect("watching"));
         assert!(local.stats.frames > 0);
         ffmpeg.signal("KILL");
         let ended = local

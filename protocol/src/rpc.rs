@@ -85,6 +85,20 @@ pub enum ErrorCode {
     Unknown,
 }
 
+impl ErrorCode {
+    /// The HTTP status an API client should see when an agent refuses a call with this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidParams => 400,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Unsupported => 405,
+            ErrorCode::Busy => 503,
+            ErrorCode::DeadlineExceeded => 504,
+            ErrorCode::UnknownMethod | ErrorCode::Internal | ErrorCode::Unknown => 502,
+        }
+    }
+}
+
 /// Result of [`METHOD_PING`]: the agent's clock, to see skew.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pong {
@@ -197,6 +211,17 @@ impl ReplayGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_map_to_statuses_a_client_can_act_on() {
+        assert_eq!(ErrorCode::NotFound.http_status(), 404);
+        assert_eq!(ErrorCode::InvalidParams.http_status(), 400);
+        assert_eq!(ErrorCode::Busy.http_status(), 503);
+        assert_eq!(ErrorCode::Unsupported.http_status(), 405);
+        // A code from a newer agent is still an answer from upstream.
+        let code: ErrorCode = serde_json::from_str("\"quantum\"").unwrap();
+        assert_eq!(code.http_status(), 502);
+    }
 
     #[test]
     fn request_and_reply_wire_shape() {

@@ -80,10 +80,10 @@ pub fn frag_candidates(frag: &str) -> Vec<(Option<String>, String)> {
     for line in frag.lines().map(str::trim) {
         if let Some(m) = line.strip_prefix("a=mid:") {
             mid = Some(m.to_string());
-        } else if let Some(c) = line.strip_prefix("a=") {
-            if c.starts_with("candidate:") {
-                out.push((mid.clone(), c.to_string()));
-            }
+        } else if let Some(c) = line.strip_prefix("a=")
+            && c.starts_with("candidate:")
+        {
+            out.push((mid.clone(), c.to_string()));
         }
     }
     out
@@ -147,19 +147,6 @@ pub fn link_headers(servers: &[IceServer]) -> Vec<String> {
         }
     }
     out
-}
-
-/// The HTTP status a WHEP client should see for an agent's refusal.
-pub fn http_status(code: crate::rpc::ErrorCode) -> u16 {
-    use crate::rpc::ErrorCode;
-    match code {
-        ErrorCode::InvalidParams => 400,
-        ErrorCode::NotFound => 404,
-        ErrorCode::Unsupported => 405,
-        ErrorCode::Busy => 503,
-        ErrorCode::DeadlineExceeded => 504,
-        ErrorCode::UnknownMethod | ErrorCode::Internal | ErrorCode::Unknown => 502,
-    }
 }
 
 #[cfg(test)]

@@ -16,10 +16,7 @@ use verge_agent::webrtc::engine::{self, IceSettings};
 use verge_media::codec::avc;
 use verge_media::rtp::h264::{AccessUnit, DEFAULT_MAX_ACCESS_UNIT, H264Depacketizer};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionEventHandler, RTCIceGatheringState, RTCPeerConnectionState,
-    RTCSessionDescription,
-};
+use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState, RTCSessionDescription};
 
 use super::WhepError;
 use super::http::{self, HttpUrl};
@@ -117,34 +114,17 @@ type TrackSlot = Arc<std::sync::Mutex<Option<(Arc<dyn TrackRemote>, u32)>>>;
 /// Keyframe requests at most this often: the answer (a GOP) takes a moment to arrive.
 const PLI_INTERVAL: Duration = Duration::from_millis(300);
 
-struct Events {
-    state: watch::Sender<RTCPeerConnectionState>,
-    gathered: watch::Sender<bool>,
-    packets: mpsc::Sender<bytes::Bytes>,
-    track: TrackSlot,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Events {
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        self.state.send_replace(state);
-    }
-
-    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            self.gathered.send_replace(true);
-        }
-    }
-
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        if let Some(&ssrc) = track.ssrcs().await.first()
-            && let Ok(mut slot) = self.track.lock()
-        {
-            *slot = Some((track.clone(), ssrc));
-        }
-        let packets = self.packets.clone();
-        // Reads on a task of its own: this callback runs on the connection's driver.
+/// Stores the received video track for keyframe requests and forwards its packets to
+/// `packets` from a task of its own (the callback runs on the connection's driver).
+fn on_track(packets: mpsc::Sender<bytes::Bytes>, slot: TrackSlot) -> engine::OnTrack {
+    Box::new(move |track: Arc<dyn TrackRemote>| {
+        let (packets, slot) = (packets.clone(), slot.clone());
         tokio::spawn(async move {
+            if let Some(&ssrc) = track.ssrcs().await.first()
+                && let Ok(mut slot) = slot.lock()
+            {
+                *slot = Some((track.clone(), ssrc));
+            }
             while let Some(event) = track.poll().await {
                 if let TrackRemoteEvent::OnRtpPacket(packet) = event {
                     let Ok(raw) = packet.marshal() else { continue };
@@ -154,7 +134,7 @@ impl PeerConnectionEventHandler for Events {
                 }
             }
         });
-    }
+    })
 }
 
 /// One WHEP session, receiving.
@@ -178,16 +158,10 @@ impl Viewer {
     /// Offers to receive from the WHEP endpoint `url` and applies its answer.
     pub async fn connect(url: &str, opts: &ViewerOptions) -> Result<Self, WhepError> {
         let endpoint = HttpUrl::parse(url)?;
-        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
-        let (gathered_tx, mut gathered) = watch::channel(false);
         let (packets_tx, packets) = mpsc::channel(PACKET_QUEUE);
         let track = TrackSlot::default();
-        let events = Arc::new(Events {
-            state: state_tx,
-            gathered: gathered_tx,
-            packets: packets_tx,
-            track: track.clone(),
-        });
+        let (events, watch) = engine::Events::new(Some(on_track(packets_tx, track.clone())));
+        let (state, mut gathered) = (watch.state, watch.gathered);
         let pc = engine::build(&opts.ice, &[], false, events)
             .await
             .map_err(webrtc_error)?;
@@ -223,7 +197,7 @@ impl Viewer {
             if response.status != 201 {
                 return Err(WhepError::Refused {
                     status: response.status,
-                    reason: response.body.trim().to_string(),
+                    reason: response.text().trim().to_string(),
                 });
             }
             let location = response
@@ -231,7 +205,7 @@ impl Viewer {
                 .ok_or_else(|| WhepError::Http("201 without a Location header".into()))?;
             let session_url = endpoint.with_path(location)?;
             let links = response.all("link").map(str::to_string).collect();
-            let answer = RTCSessionDescription::answer(response.body)
+            let answer = RTCSessionDescription::answer(response.text())
                 .map_err(|e| WhepError::BadAnswer(e.to_string()))?;
             pc.set_remote_description(answer)
                 .await

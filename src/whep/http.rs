@@ -65,10 +65,14 @@ impl HttpUrl {
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
-    pub body: String,
+    pub body: Vec<u8>,
 }
 
 impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -125,7 +129,9 @@ pub async fn request(
     parse(&raw).ok_or_else(|| WhepError::Http("malformed HTTP response".into()))
 }
 
-fn parse(raw: &[u8]) -> Option<Response> {
+/// Parses a whole HTTP/1.1 response (`Connection: close`, so the body is the rest; chunked
+/// bodies are joined).
+pub fn parse(raw: &[u8]) -> Option<Response> {
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..split]).ok()?;
     let mut lines = head.split("\r\n");
@@ -144,7 +150,7 @@ fn parse(raw: &[u8]) -> Option<Response> {
     Some(Response {
         status,
         headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body,
     })
 }
 
@@ -192,11 +198,11 @@ mod tests {
         assert_eq!(r.status, 201);
         assert_eq!(r.header("location"), Some("/s/1"));
         assert_eq!(r.all("link").count(), 2);
-        assert_eq!(r.body, "v=0");
+        assert_eq!(r.text(), "v=0");
         let r =
             parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
                 .unwrap();
-        assert_eq!(r.body, "abc");
+        assert_eq!(r.text(), "abc");
         assert!(parse(b"garbage").is_none());
         assert!(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_none());
     }

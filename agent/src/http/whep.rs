@@ -8,7 +8,7 @@ use verge_protocol::whep;
 
 use super::{AppState, plain};
 use crate::streams::StreamName;
-use crate::webrtc::{Whep, WhepError};
+use crate::webrtc::WhepError;
 
 pub(super) async fn preflight() -> Response {
     cors(StatusCode::NO_CONTENT.into_response())
@@ -64,18 +64,16 @@ pub(super) async fn delete_in_app(
     delete_session(app, &session)
 }
 
-fn service(app: &AppState) -> Result<&Whep, Response> {
-    app.whep.as_ref().ok_or_else(|| {
-        plain(
-            StatusCode::NOT_FOUND,
-            "this agent does not serve WebRTC".into(),
-        )
-    })
+fn no_webrtc() -> Response {
+    plain(
+        StatusCode::NOT_FOUND,
+        "this agent does not serve WebRTC".into(),
+    )
 }
 
 fn refused(e: WhepError) -> Response {
-    let status = StatusCode::from_u16(whep::http_status(e.code()))
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(e.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     plain(status, e.to_string())
 }
 
@@ -95,9 +93,8 @@ async fn offer_for(
     headers: &HeaderMap,
     sdp: String,
 ) -> Response {
-    let whep = match service(&app) {
-        Ok(w) => w,
-        Err(r) => return r,
+    let Some(whep) = app.whep.as_ref() else {
+        return no_webrtc();
     };
     if !content_type_is(headers, whep::SDP) {
         return plain(
@@ -120,9 +117,8 @@ async fn offer_for(
 }
 
 async fn patch_session(app: AppState, session: &str, headers: &HeaderMap, frag: &str) -> Response {
-    let whep = match service(&app) {
-        Ok(w) => w,
-        Err(r) => return r,
+    let Some(whep) = app.whep.as_ref() else {
+        return no_webrtc();
     };
     if !content_type_is(headers, whep::SDPFRAG) {
         return plain(
@@ -137,9 +133,8 @@ async fn patch_session(app: AppState, session: &str, headers: &HeaderMap, frag: 
 }
 
 fn delete_session(app: AppState, session: &str) -> Response {
-    let whep = match service(&app) {
-        Ok(w) => w,
-        Err(r) => return r,
+    let Some(whep) = app.whep.as_ref() else {
+        return no_webrtc();
     };
     match whep.delete(session) {
         Ok(()) => cors(StatusCode::OK.into_response()),

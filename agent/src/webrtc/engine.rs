@@ -12,11 +12,13 @@ use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
 };
+use tokio::sync::watch;
 use verge_protocol::whep::IceServer;
+use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceCandidateType, RTCIceServer, Registry, SettingEngineBuilder,
-    register_default_interceptors,
+    RTCConfigurationBuilder, RTCIceCandidateType, RTCIceGatheringState, RTCIceServer,
+    RTCPeerConnectionState, Registry, SettingEngineBuilder, register_default_interceptors,
 };
 
 /// The H.264 formats offered and answered, with packetization mode 1 only (FU-A), which every
@@ -63,6 +65,63 @@ impl Default for IceSettings {
     }
 }
 
+/// Called with each remote track (on the connection's driver task: spawn, do not wait).
+pub type OnTrack = Box<dyn Fn(Arc<dyn TrackRemote>) + Send + Sync>;
+
+/// The events Verge's peer connections act on. webrtc has no state getters, so the connection
+/// state and the end of ICE gathering are mirrored into watches.
+pub struct Events {
+    state: watch::Sender<RTCPeerConnectionState>,
+    gathered: watch::Sender<bool>,
+    on_track: Option<OnTrack>,
+}
+
+/// The receiving ends of [`Events`].
+pub struct EventWatch {
+    pub state: watch::Receiver<RTCPeerConnectionState>,
+    pub gathered: watch::Receiver<bool>,
+}
+
+impl Events {
+    pub fn new(on_track: Option<OnTrack>) -> (Arc<Self>, EventWatch) {
+        let (state, state_rx) = watch::channel(RTCPeerConnectionState::New);
+        let (gathered, gathered_rx) = watch::channel(false);
+        let events = Arc::new(Self {
+            state,
+            gathered,
+            on_track,
+        });
+        (
+            events,
+            EventWatch {
+                state: state_rx,
+                gathered: gathered_rx,
+            },
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Events {
+    // These run on the connection's driver task: only cheap, non-blocking work here, or ICE
+    // consent and DTLS stall.
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.state.send_replace(state);
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.send_replace(true);
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        if let Some(on_track) = &self.on_track {
+            on_track(track);
+        }
+    }
+}
+
 fn h264_codec(profile_level_id: &str) -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_H264.to_string(),
@@ -94,7 +153,7 @@ pub async fn build(
     ice: &IceSettings,
     ice_servers: &[IceServer],
     sender: bool,
-    handler: Arc<dyn PeerConnectionEventHandler>,
+    handler: Arc<Events>,
 ) -> webrtc::error::Result<Arc<dyn PeerConnection>> {
     let mut media = MediaEngine::default();
     for (profile, payload_type) in H264_FORMATS {
@@ -102,7 +161,6 @@ pub async fn build(
             RTCRtpCodecParameters {
                 rtp_codec: h264_codec(profile),
                 payload_type,
-                ..Default::default()
             },
             RtpCodecKind::Video,
         )?;

@@ -12,10 +12,7 @@ use verge_protocol::whep::IceServer;
 use webrtc::media_stream::MediaStreamTrack;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionEventHandler, RTCIceGatheringState, RTCPeerConnectionState,
-    RTCSessionDescription,
-};
+use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState, RTCSessionDescription};
 
 use super::engine::{self, IceSettings};
 
@@ -28,26 +25,6 @@ pub enum AnswerError {
     NoH264,
     #[error("WebRTC failed: {0}")]
     Internal(String),
-}
-
-/// Mirrors the events a viewer's lifecycle depends on.
-struct Events {
-    state: watch::Sender<RTCPeerConnectionState>,
-    gathered: watch::Sender<bool>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Events {
-    // Runs on the connection's driver task: only cheap, non-blocking work here.
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        self.state.send_replace(state);
-    }
-
-    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            self.gathered.send_replace(true);
-        }
-    }
 }
 
 /// A viewer's connection, answered and ready to carry video once `Connected`.
@@ -74,12 +51,8 @@ pub async fn answer(
 ) -> Result<(String, Peer), AnswerError> {
     let offer =
         RTCSessionDescription::offer(offer).map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
-    let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
-    let (gathered_tx, mut gathered) = watch::channel(false);
-    let events = Arc::new(Events {
-        state: state_tx,
-        gathered: gathered_tx,
-    });
+    let (events, watch) = engine::Events::new(None);
+    let (state, mut gathered) = (watch.state, watch.gathered);
     let pc = engine::build(ice, ice_servers, true, events)
         .await
         .map_err(|e| AnswerError::Internal(one_line(&e)))?;

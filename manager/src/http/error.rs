@@ -12,6 +12,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    pub fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+        }
+    }
+
     pub fn not_found(reason: impl Into<String>) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,
@@ -28,7 +35,9 @@ impl From<CallError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             CallError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            CallError::Agent { .. } => StatusCode::BAD_GATEWAY,
+            CallError::Agent { error, .. } => {
+                StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
         };
         Self {
             status,

@@ -6,7 +6,7 @@
 //! through any manager without shared state. Every refusal is a status a client can act on
 //! with a one-line reason: 404 unknown stream or session, 503 agent offline or busy, 504 the
 //! agent did not answer in time, 400 an offer the agent cannot answer, 415 a wrong content
-//! type.
+//! type (see [`ApiError`] for the mapping of RPC failures).
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -18,38 +18,10 @@ use verge_protocol::whep::{
 };
 
 use super::AppState;
-use crate::rpc::CallError;
+use super::error::ApiError;
 
 /// Largest offer or sdpfrag accepted; browsers' offers are a few KiB.
 pub const MAX_BODY: usize = 64 * 1024;
-
-struct Refusal(StatusCode, String);
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        cors((self.0, format!("{}\n", self.1)).into_response())
-    }
-}
-
-impl From<CallError> for Refusal {
-    fn from(e: CallError) -> Self {
-        let status = match &e {
-            CallError::UnknownAgent(_) => StatusCode::NOT_FOUND,
-            CallError::Offline(_) | CallError::Overloaded(_) | CallError::Link(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            CallError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            CallError::Agent { error, .. } => StatusCode::from_u16(whep::http_status(error.code))
-                .unwrap_or(StatusCode::BAD_GATEWAY),
-        };
-        // The agent's own words are what the viewer can act on.
-        let reason = match e {
-            CallError::Agent { error, .. } => error.message,
-            other => other.to_string(),
-        };
-        Refusal(status, reason)
-    }
-}
 
 /// CORS preflight; it also hands out the ICE servers (`Link`), so a page can configure its
 /// peer connection before it gathers candidates for the offer.
@@ -117,18 +89,18 @@ pub async fn delete_in_app(
     respond(delete_session(&app, session).await)
 }
 
-fn respond(result: Result<Response, Refusal>) -> Response {
-    result.unwrap_or_else(IntoResponse::into_response)
+fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(|refusal| cors(refusal.into_response()))
 }
 
-fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), Refusal> {
+fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
     let value = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     if whep::is_content_type(value, expected) {
         Ok(())
     } else {
-        Err(Refusal(
+        Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("send this request as Content-Type: {expected}"),
         ))
@@ -136,7 +108,7 @@ fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), Refus
 }
 
 /// The online agent holding `stream` (`{app}/{name}`).
-fn locate(app: &AppState, stream: &str) -> Result<String, Refusal> {
+fn locate(app: &AppState, stream: &str) -> Result<String, ApiError> {
     let holders: Vec<(String, bool)> = app
         .registry
         .list()
@@ -155,14 +127,14 @@ fn locate(app: &AppState, stream: &str) -> Result<String, Refusal> {
         return Ok(agent.clone());
     }
     match holders.first() {
-        Some((agent, _)) => Err(Refusal(
+        Some((agent, _)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "stream {} is on agent {agent:?}, which is offline",
                 whep::stream_path(stream)
             ),
         )),
-        None => Err(Refusal(
+        None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
                 "stream {} is not live on any agent",
@@ -177,12 +149,12 @@ async fn call<T: DeserializeOwned>(
     agent: &str,
     method: &str,
     params: impl serde::Serialize,
-) -> Result<T, Refusal> {
+) -> Result<T, ApiError> {
     let params = serde_json::to_value(params)
-        .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let value = app.rpc.call(agent, method, params, app.rpc_timeout).await?;
     serde_json::from_value(value).map_err(|e| {
-        Refusal(
+        ApiError::new(
             StatusCode::BAD_GATEWAY,
             format!("agent {agent:?} answered {method} with something else: {e}"),
         )
@@ -195,15 +167,16 @@ async fn offer_for(
     name: &str,
     headers: &HeaderMap,
     sdp: String,
-) -> Result<Response, Refusal> {
+) -> Result<Response, ApiError> {
     require_content_type(headers, whep::SDP)?;
     for (what, part) in [("app", app_name), ("stream name", name)] {
-        validate_stream_part(what, part).map_err(|why| Refusal(StatusCode::BAD_REQUEST, why))?;
+        validate_stream_part(what, part)
+            .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, why))?;
     }
     if !sdp.trim_start().starts_with("v=0") {
-        return Err(Refusal(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "the body is not an SDP offer (it must start with v=0)".into(),
+            "the body is not an SDP offer (it must start with v=0)",
         ));
     }
     let stream = format!("{app_name}/{name}");
@@ -222,7 +195,7 @@ async fn offer_for(
     .await?;
     // The agent names its sessions after itself; anything else could not be routed back.
     if whep::session_agent(&answer.session) != Some(agent.as_str()) {
-        return Err(Refusal(
+        return Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
             format!("agent {agent:?} answered with a session id that is not its own"),
         ));
@@ -239,10 +212,10 @@ async fn offer_for(
     Ok(cors(response))
 }
 
-fn session_agent(session: &str) -> Result<String, Refusal> {
+fn session_agent(session: &str) -> Result<String, ApiError> {
     whep::session_agent(session)
         .map(str::to_string)
-        .ok_or_else(|| Refusal(StatusCode::NOT_FOUND, format!("no WHEP session {session}")))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no WHEP session {session}")))
 }
 
 async fn patch_session(
@@ -250,7 +223,7 @@ async fn patch_session(
     session: String,
     headers: &HeaderMap,
     frag: String,
-) -> Result<Response, Refusal> {
+) -> Result<Response, ApiError> {
     require_content_type(headers, whep::SDPFRAG)?;
     let agent = session_agent(&session)?;
     let _: PatchResult = call(
@@ -263,7 +236,7 @@ async fn patch_session(
     Ok(cors(StatusCode::NO_CONTENT.into_response()))
 }
 
-async fn delete_session(app: &AppState, session: String) -> Result<Response, Refusal> {
+async fn delete_session(app: &AppState, session: String) -> Result<Response, ApiError> {
     let agent = session_agent(&session)?;
     let _: serde_json::Value =
         call(app, &agent, whep::METHOD_DELETE, SessionParams { session }).await?;
