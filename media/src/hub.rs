@@ -489,6 +489,27 @@ impl Reader {
         }
     }
 
+    /// Frames queued for this reader, not yet taken.
+    pub fn pending(&self) -> usize {
+        lock(&self.channel.state)
+            .readers
+            .get(&self.id)
+            .map_or(0, |s| s.queue.len())
+    }
+
+    /// Drops what is queued and resumes at the next keyframe: for a reader whose own measure
+    /// of "too far behind" (e.g. a real-time viewer's) is tighter than the hub's bounds.
+    /// Sequence headers and metadata still come through.
+    pub fn skip_to_next_keyframe(&self) {
+        let mut st = lock(&self.channel.state);
+        if let Some(slot) = st.readers.get_mut(&self.id) {
+            slot.dropped += slot.queue.len() as u64;
+            slot.queue.clear();
+            slot.bytes = 0;
+            slot.skipping = true;
+        }
+    }
+
     /// Frames this reader lost by falling behind.
     pub fn dropped(&self) -> u64 {
         lock(&self.channel.state)
@@ -596,6 +617,30 @@ mod tests {
             slow.dropped() > 400,
             "the slow reader skipped ahead, dropped {}",
             slow.dropped()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_can_skip_to_the_next_keyframe_on_its_own_measure() {
+        let hub = hub(HubConfig::default());
+        let publisher = hub.publish("live/cam", "p").unwrap();
+        publisher.push(video_header());
+        let mut reader = hub.subscribe("live/cam").unwrap();
+        for i in 0..10u32 {
+            publisher.push(video(i * 40, i == 0, 100));
+        }
+        assert_eq!(reader.pending(), 11);
+        reader.skip_to_next_keyframe();
+        assert_eq!(reader.pending(), 0);
+        assert_eq!(reader.dropped(), 11);
+        publisher.push(video(400, false, 100));
+        publisher.push(video_header());
+        publisher.push(video(440, true, 100));
+        assert!(next(&mut reader).await.unwrap().is_sequence_header());
+        let resumed = next(&mut reader).await.unwrap();
+        assert!(
+            resumed.is_keyframe() && resumed.timestamp == 440,
+            "{resumed:?}"
         );
     }
 

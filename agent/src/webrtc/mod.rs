@@ -203,7 +203,7 @@ impl Whep {
             .await;
             this.sessions().remove(&id);
             tracing::info!(agent = %this.inner.agent, %stream, session = %id, end = end.as_str(),
-                frames = sent.frames, packets = sent.packets, bytes = sent.bytes, resyncs = sent.resyncs,
+                frames = sent.frames, packets = sent.packets, bytes = sent.bytes, resyncs = sent.resyncs, skips = sent.skips,
                 secs = started.elapsed().as_secs(), "WHEP viewer ended");
         });
         Ok(OfferResult {

@@ -54,6 +54,11 @@ const MIN_RESYNC_INTERVAL: Duration = Duration::from_millis(500);
 /// How far past the last frame sent a resent keyframe is stamped (one frame at 30 fps).
 const RESYNC_STEP_TICKS: u32 = 3000;
 
+/// A viewer with more frames than this waiting in its hub queue, once it has caught up with
+/// the live edge, is too far behind for real time (3 s at 30 fps): it skips to the next
+/// keyframe. The hub's own bounds (megabytes) are for players that buffer.
+const MAX_BEHIND_FRAMES: usize = 90;
+
 /// What one viewer was sent.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Sent {
@@ -62,6 +67,8 @@ pub struct Sent {
     pub bytes: u64,
     /// Keyframe requests answered from the cache.
     pub resyncs: u64,
+    /// Times the viewer fell too far behind and skipped to the next keyframe.
+    pub skips: u64,
 }
 
 /// Sends `reader`'s video to `peer` until the stream ends, the connection fails, or `closed`
@@ -95,6 +102,8 @@ pub async fn run(
             let mut out = Outbound::new(&peer, sequence, timestamp_base);
             let mut rtcp_open = true;
             let mut last_resync: Option<tokio::time::Instant> = None;
+            // The cached GOP arrives as one burst; lag counts only once it is drained.
+            let mut caught_up = false;
             loop {
                 tokio::select! {
                     _ = &mut closed => break End::Closed,
@@ -115,6 +124,7 @@ pub async fn run(
                             };
                             out.resync(&peer);
                             sent.resyncs += 1;
+                            caught_up = false;
                         }
                         Some(_) => {}
                     },
@@ -127,6 +137,15 @@ pub async fn run(
                         let Some(frame) = frame else { break End::PublisherGone };
                         if !out.send(&peer, &frame, &mut sent).await {
                             break End::ConnectionLost;
+                        }
+                        let pending = reader.pending();
+                        if pending == 0 {
+                            caught_up = true;
+                        } else if caught_up && pending > MAX_BEHIND_FRAMES {
+                            reader.skip_to_next_keyframe();
+                            sent.skips += 1;
+                            caught_up = false;
+                            tracing::debug!(stream = %peer.stream, pending, "WHEP viewer behind, skipping to the next keyframe");
                         }
                     }
                 }
