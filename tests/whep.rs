@@ -116,6 +116,38 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
         assert_eq!((s.width, s.height), (Some(640), Some(360)), "{s}");
         assert!(s.keyframes >= 1, "{s}");
 
+        // A keyframe request (PLI) is answered from the cache at once, seconds before the next
+        // IDR (10 s GOP), with RTP time running on past the last frame sent.
+        let before = viewer
+            .next_frame(Duration::from_secs(2))
+            .await
+            .expect("video")
+            .expect("open");
+        viewer.request_keyframe();
+        let asked = Instant::now();
+        let key = loop {
+            let unit = viewer
+                .next_frame(Duration::from_secs(2))
+                .await
+                .expect("video")
+                .expect("open");
+            if unit.keyframe {
+                break unit;
+            }
+        };
+        assert!(
+            asked.elapsed() < Duration::from_millis(1500),
+            "keyframe {:?} after the PLI",
+            asked.elapsed()
+        );
+        let ahead = key.rtp_timestamp.wrapping_sub(before.rtp_timestamp);
+        assert!(
+            ahead > 0 && ahead < 90_000,
+            "RTP time went from {} to {}",
+            before.rtp_timestamp,
+            key.rtp_timestamp
+        );
+
         // Trickled candidates are taken (and an ICE restart is refused with 405).
         let frag = "a=ice-ufrag:x\r\na=ice-pwd:y\r\na=mid:0\r\n\
                     a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
@@ -178,6 +210,11 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
     let log = edge.agent.log_text();
     assert!(log.contains("end=\"publisher gone\""), "{log}");
     assert!(log.contains("end=\"closed\""), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WHEP viewer ended") && !l.contains("resyncs=0")),
+        "the PLI was not answered from the cache:\n{log}"
+    );
     // Every viewer slot is given back.
     let freed = wait_for(Duration::from_secs(5), || {
         let nodes = get(edge.manager_http, "/api/nodes/").ok()?.json();

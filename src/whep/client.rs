@@ -277,8 +277,9 @@ impl Viewer {
         }
     }
 
-    /// Sends a PLI (at most every [`PLI_INTERVAL`]).
-    fn request_keyframe(&mut self) {
+    /// Asks the server for a keyframe (a PLI, at most every [`PLI_INTERVAL`]); the viewer
+    /// does this by itself when it loses an access unit.
+    pub fn request_keyframe(&mut self) {
         if self.last_pli.is_some_and(|t| t.elapsed() < PLI_INTERVAL) {
             return;
         }
