@@ -5,17 +5,19 @@
 //! - [`peer`]: answering an offer.
 //! - [`viewer`]: one viewer's sender task, hub → RTP.
 //! - [`keyframe`]: viewers' keyframe requests (PLI/FIR), delivered to the sender task.
+//! - [`payloads`]: RTP payloads made once per stream and shared by its viewers.
 //!
 //! [`Whep`] owns the live sessions. A session id is `{agent}~{random}`
 //! ([`verge_protocol::whep::session_id`]), so any manager can route its PATCH and DELETE.
 
 pub mod engine;
 pub mod keyframe;
+pub mod payloads;
 pub mod peer;
 pub mod viewer;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -26,6 +28,7 @@ use verge_protocol::whep::{self, IceServer, OfferResult, PatchResult};
 use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit};
 
 pub use engine::IceSettings;
+use payloads::SharedPayloads;
 use peer::AnswerError;
 
 /// What a viewer of a stream with this audio codec does not get over WebRTC.
@@ -101,6 +104,8 @@ struct Inner {
     hub: Arc<Hub>,
     settings: WhepSettings,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Per stream, while it has viewers.
+    payloads: Mutex<HashMap<String, Weak<SharedPayloads>>>,
     random: SystemRandom,
     /// Cancelled when the agent stops: every viewer closes its connection.
     shutdown: CancellationToken,
@@ -114,6 +119,7 @@ impl Whep {
                 hub,
                 settings,
                 sessions: Mutex::new(HashMap::new()),
+                payloads: Mutex::new(HashMap::new()),
                 random: SystemRandom::new(),
                 shutdown: CancellationToken::new(),
             }),
@@ -132,6 +138,22 @@ impl Whep {
         // SystemRandom fails only if the OS has no entropy source; a zero seed still works.
         let _ = self.inner.random.fill(&mut bytes);
         bytes
+    }
+
+    /// The shared payloads of `stream`, made when its first viewer comes.
+    fn payloads_for(&self, stream: &str) -> Arc<SharedPayloads> {
+        let mut all = self
+            .inner
+            .payloads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        all.retain(|_, weak| weak.strong_count() > 0);
+        if let Some(shared) = all.get(stream).and_then(Weak::upgrade) {
+            return shared;
+        }
+        let shared = Arc::new(SharedPayloads::default());
+        all.insert(stream.to_string(), Arc::downgrade(&shared));
+        shared
     }
 
     /// The agent's own ICE servers, handed to viewers of its own WHEP endpoint.
@@ -190,17 +212,19 @@ impl Whep {
         let stream = stream.to_string();
         let [s0, s1, t0, t1, t2, t3] = self.random();
         let connect_timeout = self.inner.settings.connect_timeout;
+        let shared = self.payloads_for(&stream);
         tokio::spawn(async move {
-            let (end, sent) = viewer::run(
-                peer,
-                &this.inner.hub,
+            let source = viewer::Source {
+                hub: &this.inner.hub,
                 reader,
-                connect_timeout,
-                u16::from_be_bytes([s0, s1]),
-                u32::from_be_bytes([t0, t1, t2, t3]),
-                close.cancelled_owned(),
-            )
-            .await;
+                payloads: shared,
+            };
+            let rtp = viewer::RtpStart {
+                sequence: u16::from_be_bytes([s0, s1]),
+                timestamp: u32::from_be_bytes([t0, t1, t2, t3]),
+            };
+            let (end, sent) =
+                viewer::run(peer, source, rtp, connect_timeout, close.cancelled_owned()).await;
             this.sessions().remove(&id);
             tracing::info!(agent = %this.inner.agent, %stream, session = %id, end = end.as_str(),
                 frames = sent.frames, packets = sent.packets, bytes = sent.bytes, resyncs = sent.resyncs, skips = sent.skips,

@@ -10,18 +10,19 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use rtc::rtp;
+use std::sync::Arc;
 use verge_media::codec::avc;
 use verge_media::flv::tag::{self, VideoPacket};
 use verge_media::hub::{Frame, Hub, Reader};
 use verge_media::rtmp::session::MediaKind;
-use verge_media::rtp::h264::{H264Packetizer, RTP_HEADER_LEN};
+use verge_media::rtp::h264::H264Packetizer;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::RTCPeerConnectionState;
 
 use super::engine::RTP_MTU;
 use super::keyframe::is_keyframe_request;
+use super::payloads::SharedPayloads;
 use super::peer::Peer;
 
 /// Why a viewer's session ended.
@@ -71,18 +72,38 @@ pub struct Sent {
     pub skips: u64,
 }
 
-/// Sends `reader`'s video to `peer` until the stream ends, the connection fails, or `closed`
-/// completes; always closes the connection. `sequence` and `timestamp_base` seed the RTP
-/// stream (RFC 3550 wants them random).
+/// Where a viewer's video comes from.
+pub struct Source<'a> {
+    /// To subscribe again when the viewer asks for a keyframe.
+    pub hub: &'a Hub,
+    pub reader: Reader,
+    /// The stream's payloads, shared with its other viewers.
+    pub payloads: Arc<SharedPayloads>,
+}
+
+/// The first RTP sequence number and timestamp of a viewer's stream (RFC 3550 wants both
+/// random).
+#[derive(Debug, Clone, Copy)]
+pub struct RtpStart {
+    pub sequence: u16,
+    pub timestamp: u32,
+}
+
+/// Sends the source's video to `peer` until the stream ends, the connection fails, or `closed`
+/// completes; always closes the connection.
 pub async fn run(
     peer: Peer,
-    hub: &Hub,
-    mut reader: Reader,
+    source: Source<'_>,
+    rtp: RtpStart,
     connect_timeout: Duration,
-    sequence: u16,
-    timestamp_base: u32,
     closed: impl std::future::Future<Output = ()>,
 ) -> (End, Sent) {
+    let Source {
+        hub,
+        mut reader,
+        payloads: shared,
+    } = source;
+    let (sequence, timestamp_base) = (rtp.sequence, rtp.timestamp);
     tokio::pin!(closed);
     let mut state = peer.state.clone();
     let mut sent = Sent::default();
@@ -99,7 +120,7 @@ pub async fn run(
     let end = match up {
         Err(end) => end,
         Ok(()) => {
-            let mut out = Outbound::new(&peer, sequence, timestamp_base);
+            let mut out = Outbound::new(&peer, shared, sequence, timestamp_base);
             let mut rtcp_open = true;
             let mut last_resync: Option<tokio::time::Instant> = None;
             // The cached GOP arrives as one burst; lag counts only once it is drained.
@@ -162,15 +183,17 @@ fn reader_stream(peer: &Peer) -> &str {
 
 /// The packetizer state of one viewer.
 struct Outbound {
+    /// This viewer's RTP clock and sequence numbers, and the parameter sets for payloads not
+    /// made yet.
     packetizer: H264Packetizer,
+    shared: Arc<SharedPayloads>,
     length_size: Option<u8>,
-    packets: Vec<Bytes>,
     /// RTP timestamp of the last access unit sent.
     last_timestamp: Option<u32>,
 }
 
 impl Outbound {
-    fn new(peer: &Peer, sequence: u16, timestamp_base: u32) -> Self {
+    fn new(peer: &Peer, shared: Arc<SharedPayloads>, sequence: u16, timestamp_base: u32) -> Self {
         Self {
             packetizer: H264Packetizer::new(
                 peer.ssrc,
@@ -179,8 +202,8 @@ impl Outbound {
                 timestamp_base,
                 RTP_MTU,
             ),
+            shared,
             length_size: None,
-            packets: Vec::new(),
             last_timestamp: None,
         }
     }
@@ -222,28 +245,39 @@ impl Outbound {
         let Some(length_size) = self.length_size else {
             return true;
         };
-        self.packets.clear();
-        if self
-            .packetizer
-            .packetize(
-                &video.data,
-                length_size,
-                frame.timestamp,
-                video.composition_time,
-                &mut self.packets,
-            )
-            .is_err()
-        {
+        let packetizer = &self.packetizer;
+        let payloads = self.shared.get_or_make(&frame.payload, || {
+            let mut out = Vec::new();
+            packetizer
+                .payloads(&video.data, length_size, &mut out)
+                .ok()
+                .map(|()| out)
+        });
+        let Some(payloads) = payloads.filter(|p| !p.is_empty()) else {
             return true;
-        }
+        };
+        let timestamp = self
+            .packetizer
+            .stamp(frame.timestamp, video.composition_time);
+        let first = self.packetizer.take_sequences(payloads.len());
+        self.last_timestamp = Some(timestamp);
         sent.frames += 1;
-        for packet in self.packets.drain(..) {
-            let Some(packet) = to_rtp(packet) else {
-                continue;
+        for (i, payload) in payloads.iter().enumerate() {
+            let header = rtp::header::Header {
+                version: 2,
+                marker: i + 1 == payloads.len(),
+                payload_type: peer.payload_type,
+                sequence_number: first.wrapping_add(i as u16),
+                timestamp,
+                ssrc: peer.ssrc,
+                ..Default::default()
             };
             sent.packets += 1;
-            sent.bytes += packet.payload.len() as u64;
-            self.last_timestamp = Some(packet.header.timestamp);
+            sent.bytes += payload.len() as u64;
+            let packet = rtp::Packet {
+                header,
+                payload: payload.clone(),
+            };
             // Errors carry a dump of the whole packet: never log them.
             if peer.track.write_rtp(packet).await.is_err() {
                 return false;
@@ -251,26 +285,4 @@ impl Outbound {
         }
         true
     }
-}
-
-/// Our packetizer writes whole RTP packets with a fixed 12-byte header; the track wants the
-/// header as a struct. The payload is a slice of the same buffer, not a copy.
-fn to_rtp(packet: Bytes) -> Option<rtp::Packet> {
-    if packet.len() < RTP_HEADER_LEN {
-        return None;
-    }
-    let b = &packet[..RTP_HEADER_LEN];
-    let header = rtp::header::Header {
-        version: 2,
-        marker: b[1] & 0x80 != 0,
-        payload_type: b[1] & 0x7f,
-        sequence_number: u16::from_be_bytes([b[2], b[3]]),
-        timestamp: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
-        ssrc: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
-        ..Default::default()
-    };
-    Some(rtp::Packet {
-        header,
-        payload: packet.slice(RTP_HEADER_LEN..),
-    })
 }

@@ -150,46 +150,81 @@ impl H264Packetizer {
         cts_ms: i32,
         out: &mut Vec<Bytes>,
     ) -> Result<(), CodecError> {
-        let mut nalus = split_nalus(avcc, length_size)?;
-        nalus.retain(|nal| is_sent(nal));
-        if nalus.is_empty() {
+        let units = self.units(avcc, length_size)?;
+        if units.is_empty() {
             return Ok(());
         }
-        let timestamp = self.rtp_timestamp(dts_ms, cts_ms);
-        let units = self.with_parameter_sets(nalus);
+        let pts = dts_ms.wrapping_add_signed(cts_ms);
+        let timestamp = self.timestamp_at(pts);
         let mut packets = AccessUnitPackets {
             out,
             open: None,
-            ssrc: self.ssrc,
-            payload_type: self.payload_type,
-            timestamp,
-            sequence: self.sequence,
+            header: Some(RtpHeader {
+                ssrc: self.ssrc,
+                payload_type: self.payload_type,
+                timestamp,
+                sequence: self.sequence,
+            }),
         };
-        let mut rest = units.as_slice();
-        while let Some((&first, tail)) = rest.split_first() {
-            let together = stap_a_count(rest, self.mtu);
-            if together >= 2 {
-                let (aggregated, tail) = rest.split_at(together);
-                write_stap_a(&mut packets, aggregated);
-                rest = tail;
-                continue;
-            }
-            if first.len() <= self.mtu {
-                packets.start(first.len()).put_slice(first);
-            } else {
-                write_fu_a(&mut packets, first, self.mtu);
-            }
-            rest = tail;
-        }
-        self.sequence = packets.finish();
+        write_units(&mut packets, &units, self.mtu);
+        self.sequence = packets.finish().unwrap_or(self.sequence);
+        self.first_pts.get_or_insert(pts);
         Ok(())
     }
 
-    /// The RTP timestamp of an access unit. Plain wrapping arithmetic stays exact even when
-    /// the FLV millisecond clock itself wraps, since 90 × 2³² ≡ 0 (mod 2³²).
-    fn rtp_timestamp(&mut self, dts_ms: u32, cts_ms: i32) -> u32 {
+    /// The RTP payloads [`packetize`](Self::packetize) would send for this access unit, without
+    /// headers and without touching sequence numbers or timestamps: payloads depend only on
+    /// the access unit and the parameter sets, so one stream's viewers can share them and each
+    /// add its own headers ([`stamp`](Self::stamp), [`take_sequences`](Self::take_sequences)).
+    /// The last payload is the one that gets the marker bit.
+    pub fn payloads(
+        &self,
+        avcc: &[u8],
+        length_size: u8,
+        out: &mut Vec<Bytes>,
+    ) -> Result<(), CodecError> {
+        let units = self.units(avcc, length_size)?;
+        let mut packets = AccessUnitPackets {
+            out,
+            open: None,
+            header: None,
+        };
+        write_units(&mut packets, &units, self.mtu);
+        packets.finish();
+        Ok(())
+    }
+
+    /// The RTP timestamp of an access unit sent with [`payloads`](Self::payloads); advances the
+    /// same clock `packetize` does.
+    pub fn stamp(&mut self, dts_ms: u32, cts_ms: i32) -> u32 {
         let pts = dts_ms.wrapping_add_signed(cts_ms);
-        let origin = *self.first_pts.get_or_insert(pts);
+        let timestamp = self.timestamp_at(pts);
+        self.first_pts.get_or_insert(pts);
+        timestamp
+    }
+
+    /// Takes `count` consecutive sequence numbers; returns the first.
+    pub fn take_sequences(&mut self, count: usize) -> u16 {
+        let first = self.sequence;
+        self.sequence = self.sequence.wrapping_add(count as u16);
+        first
+    }
+
+    /// The NAL units of an access unit that are sent, with the parameter sets an IDR needs.
+    fn units<'a>(&'a self, avcc: &'a [u8], length_size: u8) -> Result<Vec<&'a [u8]>, CodecError> {
+        let mut nalus = split_nalus(avcc, length_size)?;
+        nalus.retain(|nal| is_sent(nal));
+        if nalus.is_empty() {
+            return Ok(nalus);
+        }
+        Ok(self.with_parameter_sets(nalus))
+    }
+
+    /// The RTP timestamp of an access unit presented at `pts` (ms): counted from the first
+    /// access unit's PTS (this one, if none was sent yet). Plain wrapping arithmetic stays
+    /// exact even when the FLV millisecond clock itself wraps, since 90 × 2³² ≡ 0 (mod 2³²).
+    fn timestamp_at(&self, pts: u32) -> u32 {
+        let origin = self.first_pts.unwrap_or(pts);
         self.timestamp_base
             .wrapping_add(pts.wrapping_sub(origin).wrapping_mul(TICKS_PER_MS))
     }
@@ -223,6 +258,26 @@ fn is_sent(nal: &[u8]) -> bool {
     match nal_type(nal) {
         Some(NAL_AUD | NAL_FILLER) | None => false,
         Some(kind) => (1..=23).contains(&kind),
+    }
+}
+
+/// Writes NAL units as single-NAL packets, STAP-As and FU-As.
+fn write_units(packets: &mut AccessUnitPackets<'_>, units: &[&[u8]], mtu: usize) {
+    let mut rest = units;
+    while let Some((&first, tail)) = rest.split_first() {
+        let together = stap_a_count(rest, mtu);
+        if together >= 2 {
+            let (aggregated, tail) = rest.split_at(together);
+            write_stap_a(packets, aggregated);
+            rest = tail;
+            continue;
+        }
+        if first.len() <= mtu {
+            packets.start(first.len()).put_slice(first);
+        } else {
+            write_fu_a(packets, first, mtu);
+        }
+        rest = tail;
     }
 }
 
@@ -280,15 +335,21 @@ fn write_fu_a(packets: &mut AccessUnitPackets<'_>, nal: &[u8], mtu: usize) {
     }
 }
 
-/// The packets of one access unit as they are written. Each packet's header is written when
-/// the packet starts; the marker bit once it is known to be the last.
-struct AccessUnitPackets<'a> {
-    out: &'a mut Vec<Bytes>,
-    open: Option<BytesMut>,
+/// The fixed RTP header fields of an access unit's packets; the sequence number counts up.
+struct RtpHeader {
     ssrc: u32,
     payload_type: u8,
     timestamp: u32,
     sequence: u16,
+}
+
+/// The packets of one access unit as they are written: each packet's header (if any) is
+/// written when the packet starts, the marker bit once it is known to be the last.
+struct AccessUnitPackets<'a> {
+    out: &'a mut Vec<Bytes>,
+    open: Option<BytesMut>,
+    /// `None`: payloads only.
+    header: Option<RtpHeader>,
 }
 
 impl AccessUnitPackets<'_> {
@@ -298,24 +359,29 @@ impl AccessUnitPackets<'_> {
             self.out.push(done.freeze());
         }
         let mut packet = BytesMut::with_capacity(RTP_HEADER_LEN + payload_len);
-        packet.put_u8(RTP_VERSION << 6);
-        packet.put_u8(self.payload_type);
-        packet.put_u16(self.sequence);
-        packet.put_u32(self.timestamp);
-        packet.put_u32(self.ssrc);
-        self.sequence = self.sequence.wrapping_add(1);
+        if let Some(h) = &mut self.header {
+            packet.put_u8(RTP_VERSION << 6);
+            packet.put_u8(h.payload_type);
+            packet.put_u16(h.sequence);
+            packet.put_u32(h.timestamp);
+            packet.put_u32(h.ssrc);
+            h.sequence = h.sequence.wrapping_add(1);
+        }
         self.open.insert(packet)
     }
 
-    /// Ends the last packet with the marker bit set; returns the next sequence number.
-    fn finish(mut self) -> u16 {
+    /// Ends the last packet (with the marker bit set, if it has a header); returns the next
+    /// sequence number, if headers were written.
+    fn finish(mut self) -> Option<u16> {
         if let Some(mut last) = self.open.take() {
-            if let Some(second) = last.get_mut(1) {
+            if self.header.is_some()
+                && let Some(second) = last.get_mut(1)
+            {
                 *second |= MARKER;
             }
             self.out.push(last.freeze());
         }
-        self.sequence
+        self.header.map(|h| h.sequence)
     }
 }
 
@@ -626,6 +692,43 @@ mod tests {
             out.extend_from_slice(nal);
         }
         out
+    }
+
+    #[test]
+    fn shared_payloads_with_own_headers_are_exactly_what_packetize_sends() {
+        let mut whole = H264Packetizer::new(SSRC, PT, 65_530, 1_000, 1200);
+        let mut shared = H264Packetizer::new(SSRC, PT, 65_530, 1_000, 1200);
+        whole.set_config(&config());
+        shared.set_config(&config());
+        let idr = nal(0x65, 5000);
+        let small = nal(0x41, 300);
+        let frames: [(Vec<u8>, u32, i32); 3] = [
+            (avcc(&[AUD, &idr]), 0, 0),
+            (avcc(&[&small]), 40, 80),
+            (avcc(&[&small, &small]), 80, 40),
+        ];
+        for (au, dts, cts) in &frames {
+            let mut expected = Vec::new();
+            whole.packetize(au, 4, *dts, *cts, &mut expected).unwrap();
+            let mut payloads = Vec::new();
+            shared.payloads(au, 4, &mut payloads).unwrap();
+            let timestamp = shared.stamp(*dts, *cts);
+            let first = shared.take_sequences(payloads.len());
+            assert_eq!(payloads.len(), expected.len());
+            for (i, (payload, packet)) in payloads.iter().zip(&expected).enumerate() {
+                let mut built = vec![0x80, PT | if i + 1 == payloads.len() { 0x80 } else { 0 }];
+                built.extend_from_slice(&first.wrapping_add(i as u16).to_be_bytes());
+                built.extend_from_slice(&timestamp.to_be_bytes());
+                built.extend_from_slice(&SSRC.to_be_bytes());
+                built.extend_from_slice(payload);
+                assert_eq!(&built[..], &packet[..], "packet {i} of the AU at {dts}");
+            }
+        }
+        assert_eq!(shared.sequence(), whole.sequence());
+        // Payloads leave the clock and the sequence alone; a bad AU changes nothing.
+        let mut out = Vec::new();
+        assert!(shared.payloads(&[0, 0, 0, 9, 1], 4, &mut out).is_err());
+        assert!(out.is_empty());
     }
 
     fn annex_b(nals: &[&[u8]]) -> Vec<u8> {
