@@ -200,29 +200,23 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
     }
 }
 
-/// A response from [`http`].
+/// A response from [`http`]: the WHEP client's response, plus a JSON reader that fails the
+/// test with the body when it is not JSON.
 #[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
+pub struct Response(crate::whep::http::Response);
+
+impl std::ops::Deref for Response {
+    type Target = crate::whep::http::Response;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Response {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -270,10 +264,5 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
 }
 
 fn parse_response(raw: &[u8]) -> Option<Response> {
-    let r = crate::whep::http::parse(raw)?;
-    Some(Response {
-        status: r.status,
-        headers: r.headers,
-        body: r.body,
-    })
+    crate::whep::http::parse(raw).map(Response)
 }
