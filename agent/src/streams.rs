@@ -68,7 +68,7 @@ fn info(status: &StreamStatus) -> StreamInfo {
         bitrate_kbps: Some(status.bitrate_kbps),
         publisher: Some(status.publisher.clone()),
         readers: status.readers as u32,
-        webrtc_omits: crate::webrtc::omits(status.audio.as_deref()),
+        webrtc_omits: crate::webrtc::omits(status.video.as_deref(), status.audio.as_deref()),
     }
 }
 

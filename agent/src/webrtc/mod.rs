@@ -31,9 +31,27 @@ pub use engine::IceSettings;
 use payloads::SharedPayloads;
 use peer::AnswerError;
 
-/// What a viewer of a stream with this audio codec does not get over WebRTC.
-pub fn omits(audio: Option<&str>) -> Option<String> {
-    audio.map(|codec| format!("audio: {codec} is not sent to WebRTC viewers (no Opus transcoder)"))
+/// What a WebRTC viewer of a stream with these codecs (as the hub describes them) does not
+/// get, and why; `None` when it gets everything.
+pub fn omits(video: Option<&str>, audio: Option<&str>) -> Option<String> {
+    let mut missing = Vec::new();
+    // Browsers decode 8-bit 4:2:0 H.264 only; ffmpeg's default for RGB input is 4:4:4.
+    let undecodable = |v: &&str| {
+        ["High 10", "High 4:2:2", "High 4:4:4"]
+            .iter()
+            .any(|p| v.ends_with(p))
+    };
+    if let Some(v) = video.filter(undecodable) {
+        missing.push(format!(
+            "video: {v} does not decode in browsers (send 8-bit 4:2:0, e.g. ffmpeg -pix_fmt yuv420p)"
+        ));
+    }
+    if let Some(a) = audio {
+        missing.push(format!(
+            "audio: {a} is not sent to WebRTC viewers (no Opus transcoder)"
+        ));
+    }
+    (!missing.is_empty()).then(|| missing.join("; "))
 }
 
 /// The `[webrtc]` settings the service runs with.
@@ -277,5 +295,23 @@ impl Whep {
         while !self.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn omits_names_what_browsers_do_not_get() {
+        assert_eq!(omits(Some("H.264 High"), None), None);
+        assert_eq!(omits(Some("H.264 Main"), None), None);
+        let both = omits(Some("H.264 High 4:4:4"), Some("AAC-LC 44100 Hz 2ch")).unwrap();
+        assert!(
+            both.contains("yuv420p") && both.contains("AAC-LC"),
+            "{both}"
+        );
+        assert!(omits(Some("H.264 High 10"), None).is_some());
+        assert!(omits(None, Some("AAC")).unwrap().contains("Opus"));
     }
 }
