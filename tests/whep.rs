@@ -172,6 +172,13 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
         .unwrap();
         assert_eq!(restart.status, 405, "{}", restart.text());
 
+        // A session is found only under its own stream's URL.
+        let elsewhere = viewer
+            .session_url
+            .path
+            .replacen("/session/cam/", "/session/other/", 1);
+        assert_eq!(send("DELETE", edge.manager_http, &elsewhere).status, 404);
+
         // DELETE ends the session: the agent closes the connection and frees the viewer.
         assert_eq!(viewer.delete().await.expect("DELETE"), 200);
         let end = tokio::time::timeout(Duration::from_secs(10), async {

@@ -75,11 +75,16 @@ async fn whep_call(whep: &Whep, method: &str, params: Value) -> Result<Value, Rp
         }
         whep::METHOD_PATCH => {
             let p: PatchParams = parse(params)?;
-            to_value(whep.patch(&p.session, &p.frag).await.map_err(refused)?)
+            to_value(
+                whep.patch(&p.session, p.stream.as_deref(), &p.frag)
+                    .await
+                    .map_err(refused)?,
+            )
         }
         whep::METHOD_DELETE => {
             let p: SessionParams = parse(params)?;
-            whep.delete(&p.session).map_err(refused)?;
+            whep.delete(&p.session, p.stream.as_deref())
+                .map_err(refused)?;
             Ok(Value::Object(Default::default()))
         }
         other => {

@@ -44,11 +44,17 @@ pub struct OfferResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionParams {
     pub session: String,
+    /// `{app}/{name}` from the session URL: a session is found only under its own stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatchParams {
     pub session: String,
+    /// As in [`SessionParams`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
     /// The body of the PATCH: an `application/trickle-ice-sdpfrag`.
     pub frag: String,
 }

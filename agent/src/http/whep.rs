@@ -34,34 +34,41 @@ pub(super) async fn offer_in_app(
 
 pub(super) async fn patch(
     State(app): State<AppState>,
-    Path((_name, session)): Path<(String, String)>,
+    Path((name, session)): Path<(String, String)>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    patch_session(app, &session, &headers, &body).await
+    patch_session(app, &format!("live/{name}"), &session, &headers, &body).await
 }
 
 pub(super) async fn patch_in_app(
     State(app): State<AppState>,
-    Path((_app, _name, session)): Path<(String, String, String)>,
+    Path((app_name, name, session)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    patch_session(app, &session, &headers, &body).await
+    patch_session(
+        app,
+        &format!("{app_name}/{name}"),
+        &session,
+        &headers,
+        &body,
+    )
+    .await
 }
 
 pub(super) async fn delete(
     State(app): State<AppState>,
-    Path((_name, session)): Path<(String, String)>,
+    Path((name, session)): Path<(String, String)>,
 ) -> Response {
-    delete_session(app, &session)
+    delete_session(app, &format!("live/{name}"), &session)
 }
 
 pub(super) async fn delete_in_app(
     State(app): State<AppState>,
-    Path((_app, _name, session)): Path<(String, String, String)>,
+    Path((app_name, name, session)): Path<(String, String, String)>,
 ) -> Response {
-    delete_session(app, &session)
+    delete_session(app, &format!("{app_name}/{name}"), &session)
 }
 
 fn no_webrtc() -> Response {
@@ -116,7 +123,13 @@ async fn offer_for(
     }
 }
 
-async fn patch_session(app: AppState, session: &str, headers: &HeaderMap, frag: &str) -> Response {
+async fn patch_session(
+    app: AppState,
+    stream: &str,
+    session: &str,
+    headers: &HeaderMap,
+    frag: &str,
+) -> Response {
     let Some(whep) = app.whep.as_ref() else {
         return no_webrtc();
     };
@@ -126,17 +139,17 @@ async fn patch_session(app: AppState, session: &str, headers: &HeaderMap, frag: 
             "a WHEP PATCH is sent as Content-Type: application/trickle-ice-sdpfrag".into(),
         );
     }
-    match whep.patch(session, frag).await {
+    match whep.patch(session, Some(stream), frag).await {
         Ok(_) => cors(StatusCode::NO_CONTENT.into_response()),
         Err(e) => refused(e),
     }
 }
 
-fn delete_session(app: AppState, session: &str) -> Response {
+fn delete_session(app: AppState, stream: &str, session: &str) -> Response {
     let Some(whep) = app.whep.as_ref() else {
         return no_webrtc();
     };
-    match whep.delete(session) {
+    match whep.delete(session, Some(stream)) {
         Ok(()) => cors(StatusCode::OK.into_response()),
         Err(e) => refused(e),
     }

@@ -254,11 +254,17 @@ impl Whep {
         })
     }
 
-    /// Adds the candidates of a trickle-ICE sdpfrag to a session.
-    pub async fn patch(&self, session: &str, frag: &str) -> Result<PatchResult, WhepError> {
+    /// Adds the candidates of a trickle-ICE sdpfrag to a session (of `stream`, if given).
+    pub async fn patch(
+        &self,
+        session: &str,
+        stream: Option<&str>,
+        frag: &str,
+    ) -> Result<PatchResult, WhepError> {
         let pc = self
             .sessions()
             .get(session)
+            .filter(|s| stream.is_none_or(|id| id == s.stream))
             .map(|s| s.pc.clone())
             .ok_or_else(|| WhepError::UnknownSession(session.to_string()))?;
         let candidates = whep::frag_candidates(frag);
@@ -279,9 +285,15 @@ impl Whep {
         Ok(PatchResult { added })
     }
 
-    /// Ends a session; its connection is closed by its sender task.
-    pub fn delete(&self, session: &str) -> Result<(), WhepError> {
-        let removed = self.sessions().remove(session);
+    /// Ends a session (of `stream`, if given); its connection is closed by its sender task.
+    pub fn delete(&self, session: &str, stream: Option<&str>) -> Result<(), WhepError> {
+        let removed = {
+            let mut sessions = self.sessions();
+            let ours = sessions
+                .get(session)
+                .is_some_and(|s| stream.is_none_or(|id| id == s.stream));
+            ours.then(|| sessions.remove(session)).flatten()
+        };
         let s = removed.ok_or_else(|| WhepError::UnknownSession(session.to_string()))?;
         tracing::info!(agent = %self.inner.agent, stream = %s.stream, %session, "WHEP session deleted");
         s.close.cancel();

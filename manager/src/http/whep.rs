@@ -59,34 +59,34 @@ pub async fn offer_in_app(
 
 pub async fn patch(
     State(app): State<AppState>,
-    Path((_name, session)): Path<(String, String)>,
+    Path((name, session)): Path<(String, String)>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    respond(patch_session(&app, session, &headers, body).await)
+    respond(patch_session(&app, format!("live/{name}"), session, &headers, body).await)
 }
 
 pub async fn patch_in_app(
     State(app): State<AppState>,
-    Path((_app, _name, session)): Path<(String, String, String)>,
+    Path((app_name, name, session)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    respond(patch_session(&app, session, &headers, body).await)
+    respond(patch_session(&app, format!("{app_name}/{name}"), session, &headers, body).await)
 }
 
 pub async fn delete(
     State(app): State<AppState>,
-    Path((_name, session)): Path<(String, String)>,
+    Path((name, session)): Path<(String, String)>,
 ) -> Response {
-    respond(delete_session(&app, session).await)
+    respond(delete_session(&app, format!("live/{name}"), session).await)
 }
 
 pub async fn delete_in_app(
     State(app): State<AppState>,
-    Path((_app, _name, session)): Path<(String, String, String)>,
+    Path((app_name, name, session)): Path<(String, String, String)>,
 ) -> Response {
-    respond(delete_session(&app, session).await)
+    respond(delete_session(&app, format!("{app_name}/{name}"), session).await)
 }
 
 fn respond(result: Result<Response, ApiError>) -> Response {
@@ -220,6 +220,7 @@ fn session_agent(session: &str) -> Result<String, ApiError> {
 
 async fn patch_session(
     app: &AppState,
+    stream: String,
     session: String,
     headers: &HeaderMap,
     frag: String,
@@ -230,16 +231,27 @@ async fn patch_session(
         app,
         &agent,
         whep::METHOD_PATCH,
-        PatchParams { session, frag },
+        PatchParams {
+            session,
+            stream: Some(stream),
+            frag,
+        },
     )
     .await?;
     Ok(cors(StatusCode::NO_CONTENT.into_response()))
 }
 
-async fn delete_session(app: &AppState, session: String) -> Result<Response, ApiError> {
+async fn delete_session(
+    app: &AppState,
+    stream: String,
+    session: String,
+) -> Result<Response, ApiError> {
     let agent = session_agent(&session)?;
-    let _: serde_json::Value =
-        call(app, &agent, whep::METHOD_DELETE, SessionParams { session }).await?;
+    let params = SessionParams {
+        session,
+        stream: Some(stream),
+    };
+    let _: serde_json::Value = call(app, &agent, whep::METHOD_DELETE, params).await?;
     Ok(cors(StatusCode::OK.into_response()))
 }
 
