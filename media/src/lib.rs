@@ -20,3 +20,21 @@ pub mod flv;
 pub mod hub;
 pub mod rtmp;
 pub mod rtp;
+
+/// Noise for the parsers' garbage tests: a tiny xorshift generator, not a dependency.
+#[cfg(test)]
+pub(crate) struct XorShift(pub(crate) u64);
+
+#[cfg(test)]
+impl XorShift {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}

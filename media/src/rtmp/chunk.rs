@@ -1003,17 +1003,7 @@ mod tests {
         assert_eq!(&out[..], &expected[..]);
     }
 
-    /// A tiny xorshift generator: the tests need noise, not a dependency.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
+    use crate::XorShift;
 
     #[test]
     fn garbage_never_panics() {

@@ -1279,21 +1279,10 @@ mod tests {
         }
     }
 
-    /// A tiny xorshift generator: the tests need noise, not a dependency.
-    struct XorShift(u64);
+    use crate::XorShift;
 
+    /// Random pieces of RTMP commands.
     impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-
         fn bytes(&mut self, max_len: u64) -> Vec<u8> {
             let len = self.below(max_len + 1);
             (0..len).map(|_| self.next() as u8).collect()
