@@ -339,7 +339,7 @@ fn publish_code(b: &Edge, app: &str, name: &str) -> String {
 
 #[test]
 fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
-    use verge::testkit::http;
+    use verge::testkit::send;
     let mut b = start_with(false);
     assert_eq!(
         publish_code(&b, "live", "cam"),
@@ -347,24 +347,10 @@ fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
         "a bare name must be refused"
     );
 
-    let issued = http(
-        "POST",
-        b.manager_http,
-        "/api/keys/live/cam",
-        b"",
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let issued = send("POST", b.manager_http, "/api/keys/live/cam");
     assert_eq!(issued.status, 201, "{}", issued.text());
     let key = issued.json()["key"].as_str().unwrap().to_string();
-    let again = http(
-        "POST",
-        b.manager_http,
-        "/api/keys/live/cam",
-        b"",
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let again = send("POST", b.manager_http, "/api/keys/live/cam");
     assert_eq!(
         (again.status, again.json()["key"].as_str()),
         (200, Some(key.as_str()))
@@ -378,14 +364,7 @@ fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
             .len(),
         1
     );
-    let bad = http(
-        "POST",
-        b.manager_http,
-        "/api/keys/live/a%20b",
-        b"",
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let bad = send("POST", b.manager_http, "/api/keys/live/a%20b");
     assert_eq!(bad.status, 400);
 
     // The key reaches the agent over MQTT; a real ffmpeg publishes with it and players use the name.
@@ -438,14 +417,7 @@ fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
         live.publish("live", &key).unwrap(),
         "NetStream.Publish.Start"
     );
-    let revoked = http(
-        "DELETE",
-        b.manager_http,
-        "/api/keys/live/cam",
-        b"",
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let revoked = send("DELETE", b.manager_http, "/api/keys/live/cam");
     assert_eq!(revoked.status, 204);
     let refused = wait_for(Duration::from_secs(5), || {
         (publish_code(&b, "live", &key) == "NetStream.Publish.BadName").then_some(())
@@ -460,13 +432,6 @@ fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
         b.agent.log_text().contains("was revoked").then_some(())
     });
     assert!(logged.is_some(), "{}", b.agent.log_text());
-    let again = http(
-        "DELETE",
-        b.manager_http,
-        "/api/keys/live/cam",
-        b"",
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let again = send("DELETE", b.manager_http, "/api/keys/live/cam");
     assert_eq!(again.status, 404);
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge::testkit::{Response, get, request, wait_for};
+use verge::testkit::{Response, get, request, send, wait_for};
 use verge::whep::{Viewer, ViewerOptions, WhepError};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -31,10 +31,6 @@ fn post_offer(addr: SocketAddr, path: &str, content_type: Option<&str>, sdp: &st
         Duration::from_secs(10),
     )
     .expect("HTTP exchange")
-}
-
-fn send(method: &str, addr: SocketAddr, path: &str) -> Response {
-    request(method, addr, path, &[], b"", Duration::from_secs(10)).expect("HTTP exchange")
 }
 
 /// Waits until the manager lists `name` with its picture size (the agent knows the codec).

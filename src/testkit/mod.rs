@@ -259,6 +259,12 @@ pub fn request(
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad HTTP response"))
 }
 
+/// A request without a body, for a test: fails the test if the exchange itself fails.
+pub fn send(method: &str, addr: SocketAddr, path: &str) -> Response {
+    http(method, addr, path, b"", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
 pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
     http("GET", addr, path, b"", Duration::from_secs(10))
 }
