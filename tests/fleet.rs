@@ -110,6 +110,32 @@ fn time_until_offline(http: SocketAddr, id: &str, since: Instant, timeout: Durat
     })
 }
 
+/// `[[agents]]` entries for the manager's config.
+fn agents_toml(agents: &[(&str, &str)]) -> String {
+    agents
+        .iter()
+        .map(|(id, secret)| format!("[[agents]]\nid = \"{id}\"\nsecret = \"{secret}\"\n"))
+        .collect()
+}
+
+/// Starts `agents` against the broker on `mqtt_port` and waits until the manager lists them
+/// all online.
+fn start_fleet(
+    dir: &TempDir,
+    setup: &ManagerSetup,
+    agents: &[(&str, &str)],
+    mqtt_port: u16,
+) -> Vec<Proc> {
+    let broker = format!("mqtt://127.0.0.1:{mqtt_port}");
+    let procs = agents
+        .iter()
+        .map(|(id, s)| start_agent(dir, id, s, &broker))
+        .collect();
+    let ids: Vec<&str> = agents.iter().map(|(id, _)| *id).collect();
+    wait_online(setup.http, &ids, Duration::from_secs(10));
+    procs
+}
+
 fn count(text: &str, needle: &str) -> usize {
     text.matches(needle).count()
 }
@@ -119,28 +145,16 @@ fn embedded_broker_fleet_registers_goes_offline_and_returns_after_manager_restar
     let dir = TempDir::new("embedded");
     let (http_port, mqtt_port) = (free_port(), free_port());
     let agents = [("edge-1", "s1"), ("edge-2", "s2"), ("edge-3", "s3")];
-    let mut toml = format!(
-        "[http]\nlisten = \"127.0.0.1:{http_port}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt_port}\"\n[mqtt]\nrpc_timeout_ms = 1000\n"
+    let toml = format!(
+        "[http]\nlisten = \"127.0.0.1:{http_port}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt_port}\"\n[mqtt]\nrpc_timeout_ms = 1000\n{}",
+        agents_toml(&agents)
     );
-    for (id, secret) in agents {
-        toml += &format!("[[agents]]\nid = \"{id}\"\nsecret = \"{secret}\"\n");
-    }
     let setup = ManagerSetup {
         http: SocketAddr::from(([127, 0, 0, 1], http_port)),
         config: dir.write("manager.toml", &toml),
     };
     let manager = start_manager(&dir, &setup, "manager");
-    let broker = format!("mqtt://127.0.0.1:{mqtt_port}");
-    let mut procs: Vec<Proc> = agents
-        .iter()
-        .map(|(id, s)| start_agent(&dir, id, s, &broker))
-        .collect();
-
-    wait_online(
-        setup.http,
-        &["edge-1", "edge-2", "edge-3"],
-        Duration::from_secs(10),
-    );
+    let mut procs = start_fleet(&dir, &setup, &agents, mqtt_port);
     let all = get(setup.http, "/api/nodes/").unwrap().json();
     let first = &all[0];
     for key in [
@@ -313,28 +327,17 @@ fn external_mosquitto_fleet_is_known_at_once_after_a_manager_restart() {
         dir.path(),
     );
 
-    let mut toml = format!(
+    let toml = format!(
         "[http]\nlisten = \"127.0.0.1:{http_port}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\n\
-         username = \"verge-manager\"\npassword = \"mgr-secret\"\n"
+         username = \"verge-manager\"\npassword = \"mgr-secret\"\n{}",
+        agents_toml(&agents)
     );
-    for (id, secret) in agents {
-        toml += &format!("[[agents]]\nid = \"{id}\"\nsecret = \"{secret}\"\n");
-    }
     let setup = ManagerSetup {
         http: SocketAddr::from(([127, 0, 0, 1], http_port)),
         config: dir.write("manager.toml", &toml),
     };
     let manager = start_manager(&dir, &setup, "manager");
-    let broker = format!("mqtt://127.0.0.1:{mqtt_port}");
-    let procs: Vec<Proc> = agents
-        .iter()
-        .map(|(id, s)| start_agent(&dir, id, s, &broker))
-        .collect();
-    wait_online(
-        setup.http,
-        &["edge-1", "edge-2", "edge-3"],
-        Duration::from_secs(10),
-    );
+    let procs = start_fleet(&dir, &setup, &agents, mqtt_port);
     let detail = get(setup.http, "/api/agents/edge-2").unwrap().json();
     assert!(detail["ping"]["rtt_ms"].as_f64().is_some(), "{detail}");
 
@@ -373,7 +376,12 @@ fn external_mosquitto_fleet_is_known_at_once_after_a_manager_restart() {
     }
 
     // mosquitto refuses a wrong secret with a CONNACK code, and the agent says so.
-    let wrong = start_agent(&dir, "edge-4", "nope", &broker);
+    let wrong = start_agent(
+        &dir,
+        "edge-4",
+        "nope",
+        &format!("mqtt://127.0.0.1:{mqtt_port}"),
+    );
     let said = wait_for(Duration::from_secs(10), || {
         wrong.log_text().contains("refused").then_some(())
     });
