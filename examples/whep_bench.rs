@@ -256,7 +256,6 @@ async fn signaling(edge: &Edge, sessions: usize) {
 struct Seen {
     frames: Vec<(Instant, f64)>,
     lost: u64,
-    ended: bool,
 }
 
 async fn scaling(edge: &Edge, args: &Args) {
@@ -310,7 +309,6 @@ async fn scaling(edge: &Edge, args: &Args) {
                         s.frames.push((Instant::now(), t));
                         s.lost = v.stats.lost;
                     }
-                    seen.lock().unwrap_or_else(|p| p.into_inner()).ended = true;
                     v.close().await;
                 }));
             }
