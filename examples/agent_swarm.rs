@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use verge::testkit::measure::{cpu_ticks, peak_kib, percentile, rss_kib};
-use verge::testkit::{Proc, TempDir, bin, free_port, get, wait_for};
+use verge::testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, wait_for};
 use verge_agent::{AgentConfig, StateHandle};
 
 const ENROLLMENT: &str = "swarm-bench-enrollment";
@@ -102,32 +102,27 @@ fn main() {
 
 fn run_one(runtime: &tokio::runtime::Runtime, n: usize, args: &Args) -> Row {
     let dir = TempDir::new("swarm");
-    let (http_port, mqtt_port) = (free_port(), free_port());
-    let http = SocketAddr::from(([127, 0, 0, 1], http_port));
     let config = dir.write(
         "manager.toml",
         &format!(
-            "[http]\nlisten = \"{http}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt_port}\"\nmax_connections = {}\n\
+            "[http]\nlisten = \"{ANY_PORT}\"\n[broker]\nlisten = \"{ANY_PORT}\"\nmax_connections = {}\n\
              [mqtt]\nrpc_timeout_ms = 5000\n[enrollment]\nsecret = \"{ENROLLMENT}\"\n",
             n + 100
         ),
     );
-    let manager = Proc::spawn_with_env(
+    let (manager, bound) = Proc::spawn_ready_with_env(
         "manager",
         &bin("verge-manager"),
         &["--config", config.to_str().unwrap()],
         dir.path(),
         &[("RUST_LOG", "warn")],
     );
-    wait_for(Duration::from_secs(15), || {
-        get(http, "/api/health").ok().filter(|r| r.status == 200)
-    })
-    .expect("manager up");
+    let (http, mqtt) = (listener(&bound, "http"), listener(&bound, "mqtt"));
 
     let rss_before = rss_kib(std::process::id()).unwrap_or(0);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let started = Instant::now();
-    let url = format!("mqtt://127.0.0.1:{mqtt_port}");
+    let url = format!("mqtt://{mqtt}");
     let agents: Vec<_> = (0..n)
         .map(|i| {
             let id = format!("sim-{i:05}");

@@ -16,9 +16,12 @@ use verge_manager::{ManagerConfig, loopback_for};
 const USAGE: &str = "\
 usage:
   verge up [--http ADDR] [--mqtt ADDR] [--rtmp ADDR] [--agent-http ADDR] [--agent-id ID]
+           [--ready-file PATH]
       Run a manager with its embedded MQTT broker and one local agent.
       Defaults: --http 0.0.0.0:8080 --mqtt 0.0.0.0:1883 --rtmp 0.0.0.0:1935
                 --agent-http 0.0.0.0:7001 --agent-id local
+      Any port may be 0. --ready-file: once all is up, write the bound addresses there as
+      one JSON object with keys http, mqtt, rtmp, agent_http.
   verge secret <enrollment-secret> <agent-id>
       Print the secret of an agent admitted by [enrollment] secret.";
 
@@ -54,6 +57,7 @@ struct UpOptions {
     rtmp: SocketAddr,
     agent_http: SocketAddr,
     agent_id: String,
+    ready_file: Option<std::path::PathBuf>,
 }
 
 fn parse_up(args: &[String]) -> Result<UpOptions, String> {
@@ -63,6 +67,7 @@ fn parse_up(args: &[String]) -> Result<UpOptions, String> {
         rtmp: SocketAddr::from(([0, 0, 0, 0], 1935)),
         agent_http: SocketAddr::from(([0, 0, 0, 0], 7001)),
         agent_id: "local".into(),
+        ready_file: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -81,6 +86,7 @@ fn parse_up(args: &[String]) -> Result<UpOptions, String> {
                     .map_err(|e| format!("--agent-id {value}: {e}"))?;
                 opts.agent_id = value.clone();
             }
+            "--ready-file" => opts.ready_file = Some(value.into()),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -135,22 +141,34 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
     let manager = verge_manager::start(&manager_cfg)
         .await
         .map_err(|e| e.to_string())?;
+    let manager_listeners = manager.listeners();
+    let mqtt = manager_listeners
+        .get("mqtt")
+        .ok_or("the manager has no embedded broker")?;
 
-    let broker = loopback_for(opts.mqtt);
-    let mut agent_cfg =
-        AgentConfig::with_defaults(&opts.agent_id, &secret, &format!("mqtt://{broker}"));
+    let mut agent_cfg = AgentConfig::with_defaults(
+        &opts.agent_id,
+        &secret,
+        &format!("mqtt://{}", loopback_for(mqtt)),
+    );
     agent_cfg.rtmp.listen = opts.rtmp;
     // A laptop: any stream name publishes. Fleets issue channel keys instead.
     agent_cfg.rtmp.noauth = true;
     agent_cfg.http.listen = opts.agent_http;
-    let (agent_rtmp, agent_http) = (opts.rtmp, opts.agent_http);
+    // The agent's listeners are bound before its MQTT session starts, and the manager's
+    // broker listens already: nothing dials a port that is not open yet.
+    let agent = match verge_agent::start(&agent_cfg).await {
+        Ok(agent) => agent,
+        Err(e) => {
+            manager.stop().await;
+            return Err(e.to_string());
+        }
+    };
+    let agent_listeners = agent.listeners();
     let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = agent_stopped.await;
-        };
-        verge_agent::run(&agent_cfg, shutdown).await
-    });
+    let agent = tokio::spawn(agent.run(async {
+        let _ = agent_stopped.await;
+    }));
 
     // Wait until the manager lists the local agent, so the summary is true when printed.
     let online = tokio::time::timeout(Duration::from_secs(10), async {
@@ -166,9 +184,14 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
     .is_ok();
 
     let http = loopback_for(manager.http_addr);
+    let rtmp = agent_listeners.get("rtmp").map(loopback_for);
+    let agent_http = agent_listeners.get("http").map(loopback_for);
+    let (Some(rtmp), Some(agent_http)) = (rtmp, agent_http) else {
+        return Err("the agent reported no RTMP or HTTP listener".into());
+    };
     println!("Verge {} is up.", env!("CARGO_PKG_VERSION"));
     println!("  manager   http://{http}/  (fleet: http://{http}/api/nodes/)");
-    println!("  broker    mqtt://{} (embedded)", opts.mqtt);
+    println!("  broker    mqtt://{mqtt} (embedded)");
     println!(
         "  agent     {} {}  (details: http://{http}/api/agents/{})",
         opts.agent_id,
@@ -179,8 +202,6 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
         },
         opts.agent_id
     );
-    let rtmp = loopback_for(agent_rtmp);
-    let agent_http = loopback_for(agent_http);
     println!(
         "  publish   rtmp://{rtmp}/live/<name>   (OBS: server rtmp://{rtmp}/live, key <name>)"
     );
@@ -191,9 +212,21 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
         "  browser   http://{http}/play/<name>   (WebRTC via WHEP: http://{http}/whep/<name>)"
     );
     println!("  streams   http://{http}/api/streams/");
-    println!("Press Ctrl-C to stop.");
-
-    let _ = tokio::signal::ctrl_c().await;
+    let written = match &opts.ready_file {
+        Some(path) => {
+            let mut listeners = manager_listeners;
+            for (name, addr) in agent_listeners.iter() {
+                let key = if name == "http" { "agent_http" } else { name };
+                listeners = listeners.with(key, addr);
+            }
+            listeners.write_atomic(path).map_err(|e| e.to_string())
+        }
+        None => Ok(()),
+    };
+    if written.is_ok() {
+        println!("Press Ctrl-C to stop.");
+        let _ = tokio::signal::ctrl_c().await;
+    }
     println!("stopping…");
     let _ = stop_agent.send(());
     match tokio::time::timeout(Duration::from_secs(5), agent).await {
@@ -202,5 +235,5 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
         _ => {}
     }
     manager.stop().await;
-    Ok(())
+    written
 }

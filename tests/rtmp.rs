@@ -9,7 +9,7 @@ use bytes::Bytes;
 use verge::testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
 use verge::testkit::measure::rss_kib;
 use verge::testkit::rtmp::RtmpClient;
-use verge::testkit::{Proc, bin, get, wait_for};
+use verge::testkit::{Proc, bin, get, listener, wait_for};
 use verge_media::rtmp::chunk::Message;
 use verge_media::rtmp::message;
 
@@ -60,7 +60,7 @@ fn probe(b: &Edge, label: &str, url: &str) -> Proc {
 
 /// (video frames, width, height, audio frames) from a finished probe.
 fn probed(p: &mut Proc) -> (u32, u32, u32, u32) {
-    let done = wait_for(Duration::from_secs(20), || p.exited().then_some(()));
+    let done = wait_for(Duration::from_secs(30), || p.exited().then_some(()));
     assert!(done.is_some(), "{} did not finish", p.name);
     let text = p.log_text();
     let mut out = (0, 0, 0, 0);
@@ -86,9 +86,19 @@ fn probed(p: &mut Proc) -> (u32, u32, u32, u32) {
 fn ffmpeg_stream_is_read_back_over_http_flv_and_rtmp_and_listed_by_the_manager() {
     let b = start();
     let rss_before = rss_kib(b.agent.pid()).unwrap_or(0);
-    let mut publisher = publish(&b, "publisher", "cam", FRAMES / 25);
+    // One keyframe for the whole stream: a probe that starts late (a loaded machine) still
+    // gets every frame from the cached GOP, so the count below does not depend on timing.
+    let mut publisher = b.publish(
+        "publisher",
+        "cam",
+        &Synthetic {
+            seconds: FRAMES / 25,
+            gop: FRAMES,
+            ..Synthetic::default()
+        },
+    );
     // Listed at once; codec and size follow as soon as the sequence headers arrive.
-    let listed = wait_for(Duration::from_secs(10), || {
+    let listed = wait_for(Duration::from_secs(20), || {
         b.listed_stream("cam")
             .filter(|s| s["width"].is_u64() && s["codecs"].as_array().is_some_and(|c| c.len() == 2))
     });
@@ -131,8 +141,8 @@ fn ffmpeg_stream_is_read_back_over_http_flv_and_rtmp_and_listed_by_the_manager()
     assert_eq!((w, h), (640, 360));
     assert!(a > 200, "RTMP decoded {a} audio frames");
 
-    assert!(wait_for(Duration::from_secs(5), || publisher.exited().then_some(())).is_some());
-    let gone = wait_for(Duration::from_secs(5), || {
+    assert!(wait_for(Duration::from_secs(15), || publisher.exited().then_some(())).is_some());
+    let gone = wait_for(Duration::from_secs(15), || {
         b.listed_stream("cam").is_none().then_some(())
     });
     assert!(
@@ -151,15 +161,15 @@ fn ffmpeg_stream_is_read_back_over_http_flv_and_rtmp_and_listed_by_the_manager()
 fn second_publisher_on_a_live_name_is_refused_with_bad_name() {
     let b = start();
     let _first = publish(&b, "first", "cam", 20);
-    wait_for(Duration::from_secs(10), || b.listed_stream("cam")).expect("first publisher live");
+    wait_for(Duration::from_secs(20), || b.listed_stream("cam")).expect("first publisher live");
     let mut client = RtmpClient::connect(b.rtmp).unwrap();
     let code = client.publish("live", "cam").unwrap();
     assert_eq!(code, "NetStream.Publish.BadName");
-    assert!(client.closed_by_server(Duration::from_secs(3)));
+    assert!(client.closed_by_server(Duration::from_secs(15)));
 
     // ffmpeg, too, gives up on the refusal.
     let mut second = publish(&b, "second", "cam", 5);
-    let exited = wait_for(Duration::from_secs(10), || second.exited().then_some(()));
+    let exited = wait_for(Duration::from_secs(20), || second.exited().then_some(()));
     assert!(exited.is_some(), "the second ffmpeg kept publishing");
     assert!(
         b.agent.log_text().contains("already has a publisher"),
@@ -176,13 +186,13 @@ fn second_publisher_on_a_live_name_is_refused_with_bad_name() {
 fn malformed_rtmp_input_closes_only_that_connection() {
     let b = start();
     let _good = publish(&b, "good", "cam", 20);
-    wait_for(Duration::from_secs(10), || b.listed_stream("cam")).expect("good publisher live");
+    wait_for(Duration::from_secs(20), || b.listed_stream("cam")).expect("good publisher live");
 
     // Garbage before the handshake.
     let mut raw = std::net::TcpStream::connect(b.rtmp).unwrap();
     std::io::Write::write_all(&mut raw, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut buf = [0u8; 64];
-    raw.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     assert!(
         matches!(std::io::Read::read(&mut raw, &mut buf), Ok(0) | Err(_)),
         "garbage was not refused"
@@ -195,7 +205,7 @@ fn malformed_rtmp_input_closes_only_that_connection() {
     )))
     .unwrap();
     assert!(
-        c.closed_by_server(Duration::from_secs(3)),
+        c.closed_by_server(Duration::from_secs(15)),
         "huge chunk size accepted"
     );
 
@@ -204,21 +214,21 @@ fn malformed_rtmp_input_closes_only_that_connection() {
     let header = [0x03, 0, 0, 0, 0xff, 0xff, 0xff, message::VIDEO, 1, 0, 0, 0];
     std::io::Write::write_all(&mut c.stream, &header).unwrap();
     assert!(
-        c.closed_by_server(Duration::from_secs(3)),
+        c.closed_by_server(Duration::from_secs(15)),
         "16 MiB message accepted"
     );
 
     // A truncated FLV video tag from a publisher.
     let mut c = publish_video(&b, "broken", &[0x17]);
     assert!(
-        c.closed_by_server(Duration::from_secs(3)),
+        c.closed_by_server(Duration::from_secs(15)),
         "truncated FLV tag accepted"
     );
 
     // An unsupported codec gets a clear reason.
     let mut c = publish_video(&b, "hevc", &[0x1c, 0, 0, 0, 0]);
     assert!(
-        c.closed_by_server(Duration::from_secs(3)),
+        c.closed_by_server(Duration::from_secs(15)),
         "H.265 (legacy id 12) accepted"
     );
 
@@ -249,7 +259,7 @@ fn malformed_rtmp_input_closes_only_that_connection() {
     drop(c);
 
     let started = Instant::now();
-    let ended = wait_for(Duration::from_secs(5), || {
+    let ended = wait_for(Duration::from_secs(15), || {
         let streams = get(b.manager_http, "/api/streams/").ok()?.json();
         let ids: Vec<String> = streams
             .as_array()?
@@ -265,10 +275,10 @@ fn malformed_rtmp_input_closes_only_that_connection() {
     );
 
     // The good stream still plays.
-    let bytes = flv_bytes_within(b.http, "/live/cam.flv", Duration::from_secs(2));
+    let bytes = flv_bytes_until(b.http, "/live/cam.flv", 20_000);
     assert!(
-        bytes > 20_000,
-        "the good stream delivered only {bytes} bytes in 2 s"
+        bytes >= 20_000,
+        "the good stream delivered only {bytes} bytes"
     );
     let log = b.agent.log_text();
     for reason in [
@@ -310,14 +320,15 @@ fn publish_video(b: &Edge, name: &str, payload: &'static [u8]) -> RtmpClient {
     c
 }
 
-/// Bytes of an HTTP-FLV response received within `window`.
-fn flv_bytes_within(addr: SocketAddr, path: &str, window: Duration) -> usize {
+/// Bytes of an HTTP-FLV response read until `want` arrived, the stream ended, or 15 s passed
+/// (a bound for a loaded machine; a live stream delivers `want` far sooner).
+fn flv_bytes_until(addr: SocketAddr, path: &str, want: usize) -> usize {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let deadline = Instant::now() + window;
+    let deadline = Instant::now() + Duration::from_secs(15);
     let (mut total, mut buf) = (0, [0u8; 65536]);
-    while Instant::now() < deadline {
+    while total < want && Instant::now() < deadline {
         s.set_read_timeout(Some(
             deadline
                 .saturating_duration_since(Instant::now())
@@ -368,7 +379,7 @@ fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
     assert_eq!(bad.status, 400);
 
     // The key reaches the agent over MQTT; a real ffmpeg publishes with it and players use the name.
-    let accepted = wait_for(Duration::from_secs(5), || {
+    let accepted = wait_for(Duration::from_secs(15), || {
         (publish_code(&b, "live", &key) == "NetStream.Publish.Start").then_some(())
     });
     assert!(
@@ -377,10 +388,10 @@ fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
         b.agent.log_text()
     );
     let _publisher = publish(&b, "publisher", &key, 8);
-    wait_for(Duration::from_secs(10), || b.listed_stream("cam"))
+    wait_for(Duration::from_secs(20), || b.listed_stream("cam"))
         .expect("keyed stream listed by its name");
-    let bytes = flv_bytes_within(b.http, "/live/cam.flv", Duration::from_secs(2));
-    assert!(bytes > 20_000, "players use the name: got {bytes} bytes");
+    let bytes = flv_bytes_until(b.http, "/live/cam.flv", 20_000);
+    assert!(bytes >= 20_000, "players use the name: got {bytes} bytes");
     assert_eq!(
         publish_code(&b, "live", "not-the-key"),
         "NetStream.Publish.BadName"
@@ -393,15 +404,16 @@ fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
 
     // Keys survive an agent restart: the retained table comes back with the session.
     b.agent.signal("TERM");
-    let exited = wait_for(Duration::from_secs(5), || b.agent.exited().then_some(()));
+    let exited = wait_for(Duration::from_secs(15), || b.agent.exited().then_some(()));
     assert!(exited.is_some(), "agent did not exit on SIGTERM");
-    b.agent = Proc::spawn(
+    let (agent, bound) = Proc::spawn_ready(
         "agent-2",
         &bin("verge-agent"),
         &["--config", b.agent_cfg.to_str().unwrap()],
         b.dir.path(),
     );
-    let accepted = wait_for(Duration::from_secs(10), || {
+    (b.agent, b.rtmp, b.http) = (agent, listener(&bound, "rtmp"), listener(&bound, "http"));
+    let accepted = wait_for(Duration::from_secs(20), || {
         let mut c = RtmpClient::connect(b.rtmp).ok()?;
         (c.publish("live", &key).ok()? == "NetStream.Publish.Start").then_some(())
     });
@@ -419,16 +431,16 @@ fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
     );
     let revoked = send("DELETE", b.manager_http, "/api/keys/live/cam");
     assert_eq!(revoked.status, 204);
-    let refused = wait_for(Duration::from_secs(5), || {
+    let refused = wait_for(Duration::from_secs(15), || {
         (publish_code(&b, "live", &key) == "NetStream.Publish.BadName").then_some(())
     });
     assert!(refused.is_some(), "the revoked key still publishes");
     assert!(
-        live.closed_by_server(Duration::from_secs(5)),
+        live.closed_by_server(Duration::from_secs(15)),
         "the publisher with a revoked key kept publishing"
     );
     // The reason is logged just after the socket closes.
-    let logged = wait_for(Duration::from_secs(2), || {
+    let logged = wait_for(Duration::from_secs(15), || {
         b.agent.log_text().contains("was revoked").then_some(())
     });
     assert!(logged.is_some(), "{}", b.agent.log_text());

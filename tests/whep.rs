@@ -35,7 +35,7 @@ fn post_offer(addr: SocketAddr, path: &str, content_type: Option<&str>, sdp: &st
 
 /// Waits until the manager lists `name` with its picture size (the agent knows the codec).
 fn wait_live(edge: &Edge, name: &str) {
-    let live = wait_for(Duration::from_secs(15), || {
+    let live = wait_for(Duration::from_secs(20), || {
         edge.listed_stream(name).filter(|s| s["width"].is_u64())
     });
     assert!(
@@ -61,18 +61,22 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
             ..Default::default()
         },
     );
-    // One keyframe every 10 s: a first picture within a second can only come from the cache.
+    // One keyframe every 20 s: the source's second keyframe is sent 20 s after ffmpeg starts,
+    // so any keyframe before that, or any second one within it, came from the agent's cache.
     let media = Synthetic {
         fps: 25,
-        gop: 250,
-        seconds: 14,
+        gop: 500,
+        seconds: 60,
         ..Synthetic::default()
     };
+    let publishing_since = Instant::now();
     let mut ffmpeg = edge.publish("ffmpeg", "cam", &media);
     wait_live(&edge, "cam");
-    std::thread::sleep(Duration::from_secs(2));
-    let state = edge.listed_stream("cam").expect("listed");
-    assert_eq!(state["codecs"].as_array().map(Vec::len), Some(2), "{state}");
+    let state = wait_for(Duration::from_secs(20), || {
+        edge.listed_stream("cam")
+            .filter(|s| s["codecs"].as_array().map(Vec::len) == Some(2))
+    });
+    assert!(state.is_some(), "{:?}", edge.listed_stream("cam"));
 
     let rt = runtime();
     let manager_url = format!("http://{}/whep/cam", edge.manager_http);
@@ -88,42 +92,52 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
         );
         // The cached keyframe comes first: the picture does not wait for the next IDR.
         let first = viewer
-            .next_frame(Duration::from_secs(5))
+            .next_frame(Duration::from_secs(20))
             .await
             .expect("video")
             .expect("open");
         assert!(first.keyframe);
-        let first_ms = viewer.stats.first_frame_ms.unwrap_or(f64::MAX);
         assert!(
-            first_ms < 1000.0,
-            "first keyframe after {first_ms} ms: {}",
+            publishing_since.elapsed() < Duration::from_secs(20),
+            "the first keyframe came no sooner than the source's second one: {}",
             viewer.stats
         );
-        let started = Instant::now();
-        let ended = viewer
-            .watch(Duration::from_secs(3))
-            .await
-            .expect("watching");
-        assert!(!ended);
-        let s = viewer.stats.clone();
-        let secs = started.elapsed().as_secs_f64();
-        // 25 fps for 3 s; the cached GOP comes on top, all at once.
-        assert!(s.frames as f64 >= 22.0 * secs, "{s} in {secs:.1} s");
-        assert_eq!((s.width, s.height), (Some(640), Some(360)), "{s}");
-        assert!(s.keyframes >= 1, "{s}");
+        println!("first keyframe through the manager: {}", viewer.stats);
 
-        // A keyframe request (PLI) is answered from the cache at once, seconds before the next
-        // IDR (10 s GOP), with RTP time running on past the last frame sent.
+        // Every frame, in order: 25 fps is 3600 RTP ticks a frame, whatever the pace.
+        let mut last = first.rtp_timestamp;
+        for n in 1..=75 {
+            let unit = viewer
+                .next_frame(Duration::from_secs(10))
+                .await
+                .expect("video")
+                .expect("open");
+            let step = unit.rtp_timestamp.wrapping_sub(last);
+            assert_eq!(
+                step, 3600,
+                "frame {n} moved RTP time by {step}: {}",
+                viewer.stats
+            );
+            last = unit.rtp_timestamp;
+        }
+        let s = viewer.stats.clone();
+        // (Frames before the first keyframe, `skipped`, are not counted here: the first
+        // packets of a session can reach the client before its SRTP is up; see the
+        // whep_bench first-frame numbers.)
+        assert_eq!(s.lost, 0, "{s}");
+        assert_eq!((s.width, s.height), (Some(640), Some(360)), "{s}");
+
+        // A keyframe request (PLI) is answered from the cache, long before the next IDR (20 s
+        // GOP), with RTP time running on past the last frame sent.
         let before = viewer
-            .next_frame(Duration::from_secs(2))
+            .next_frame(Duration::from_secs(10))
             .await
             .expect("video")
             .expect("open");
         viewer.request_keyframe();
-        let asked = Instant::now();
         let key = loop {
             let unit = viewer
-                .next_frame(Duration::from_secs(2))
+                .next_frame(Duration::from_secs(10))
                 .await
                 .expect("video")
                 .expect("open");
@@ -131,14 +145,11 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
                 break unit;
             }
         };
-        assert!(
-            asked.elapsed() < Duration::from_millis(1500),
-            "keyframe {:?} after the PLI",
-            asked.elapsed()
-        );
         let ahead = key.rtp_timestamp.wrapping_sub(before.rtp_timestamp);
+        // The source's own next keyframe is at media time 20 s, about 17 s (1,530,000 ticks)
+        // past the ~3 s watched so far; the cache's comes right after the last frame sent.
         assert!(
-            ahead > 0 && ahead < 90_000,
+            ahead > 0 && ahead < 450_000,
             "RTP time went from {} to {}",
             before.rtp_timestamp,
             key.rtp_timestamp
@@ -153,7 +164,7 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
             &viewer.session_url.path,
             &[("Content-Type", "application/trickle-ice-sdpfrag")],
             frag.as_bytes(),
-            Duration::from_secs(5),
+            Duration::from_secs(10),
         )
         .unwrap();
         assert_eq!(patch.status, 204, "{}", patch.text());
@@ -163,7 +174,7 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
             &viewer.session_url.path,
             &[("Content-Type", "application/trickle-ice-sdpfrag")],
             b"a=ice-ufrag:new\r\na=ice-pwd:newnewnewnewnewnewnewnew\r\n",
-            Duration::from_secs(5),
+            Duration::from_secs(10),
         )
         .unwrap();
         assert_eq!(restart.status, 405, "{}", restart.text());
@@ -177,7 +188,7 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
 
         // DELETE ends the session: the agent closes the connection and frees the viewer.
         assert_eq!(viewer.delete().await.expect("DELETE"), 200);
-        let end = tokio::time::timeout(Duration::from_secs(10), async {
+        let end = tokio::time::timeout(Duration::from_secs(20), async {
             loop {
                 match viewer.next_frame(Duration::from_secs(10)).await {
                     Ok(Some(_)) => continue,
@@ -196,16 +207,19 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
         let mut local = Viewer::connect(&agent_url, &ViewerOptions::for_url(&agent_url))
             .await
             .expect("agent WHEP");
-        assert!(!local.watch(Duration::from_secs(1)).await.expect("watching"));
-        assert!(local.stats.frames > 0);
+        let frame = local
+            .next_frame(Duration::from_secs(20))
+            .await
+            .expect("video");
+        assert!(frame.is_some_and(|f| f.keyframe), "{}", local.stats);
         ffmpeg.signal("KILL");
         let ended = local
-            .watch(Duration::from_secs(10))
+            .watch(Duration::from_secs(20))
             .await
             .expect("watching");
         assert!(
             ended,
-            "the session outlived its publisher by 10 s: {}",
+            "the session outlived its publisher by 20 s: {}",
             local.stats
         );
     });
@@ -219,7 +233,7 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
         "the PLI was not answered from the cache:\n{log}"
     );
     // Every viewer slot is given back.
-    let freed = wait_for(Duration::from_secs(5), || {
+    let freed = wait_for(Duration::from_secs(20), || {
         let nodes = get(edge.manager_http, "/api/nodes/").ok()?.json();
         (nodes[0]["streams"].as_array()?.is_empty()).then_some(())
     });
@@ -293,16 +307,15 @@ fn whep_refusals_are_statuses_a_client_can_act_on() {
     );
 
     // The agent does not answer in time: frozen, still online until its keepalive runs out.
+    // (post_offer gives up after 10 s: the manager answers within its 1 s RPC timeout.)
     edge.agent.signal("STOP");
-    let started = Instant::now();
     let r = post_offer(m, "/whep/cam", sdp, VP8_OFFER);
     edge.agent.signal("CONT");
     assert_eq!(r.status, 504, "{}", r.text());
-    assert!(started.elapsed() < Duration::from_secs(5));
 
     // The agent is gone: its stream is still in its last state, but it cannot answer.
     edge.agent.signal("KILL");
-    let offline = wait_for(Duration::from_secs(10), || {
+    let offline = wait_for(Duration::from_secs(20), || {
         let nodes = get(m, "/api/nodes/").ok()?.json();
         (nodes[0]["online"] == false).then_some(())
     });

@@ -32,6 +32,7 @@ pub mod webrtc;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,10 +40,27 @@ pub use config::AgentConfig;
 pub use session::AgentError;
 pub use state::StateHandle;
 use verge_media::hub::{Hub, HubConfig};
+use verge_protocol::ready::Listeners;
 
-/// Runs the whole agent (RTMP, HTTP, the MQTT session) until `shutdown` completes.
-pub async fn run(cfg: &AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+/// An agent whose listeners are bound and serving; [`Agent::run`] adds the MQTT session.
+pub struct Agent {
+    /// The configuration with the listen addresses as bound (a port 0 is a real port here),
+    /// so the URLs the agent announces are the ones that work.
+    cfg: AgentConfig,
+    state: StateHandle,
+    keys: keys::KeyTable,
+    whep: webrtc::Whep,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Binds RTMP and HTTP (either may ask for port 0) and starts serving them.
+pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     cfg.validate()?;
+    let mut cfg = cfg.clone();
+    let (rtmp_listener, rtmp_addr) = bind(cfg.rtmp.listen, "RTMP").await?;
+    let (http_listener, http_addr) = bind(cfg.http.listen, "HTTP").await?;
+    cfg.rtmp.listen = rtmp_addr;
+    cfg.http.listen = http_addr;
     let hub = Arc::new(Hub::new(HubConfig {
         max_streams: usize::from(cfg.limits.pub_max.max(1)),
         max_readers: usize::from(cfg.limits.sub_max.max(1)),
@@ -50,12 +68,9 @@ pub async fn run(cfg: &AgentConfig, shutdown: impl Future<Output = ()>) -> Resul
     }));
     let state = StateHandle::new();
     let keys = keys::KeyTable::default();
-    let rtmp_listener = bind(cfg.rtmp.listen, "RTMP").await?;
-    let http_listener = bind(cfg.http.listen, "HTTP").await?;
-    tracing::info!(agent = %cfg.id, rtmp = %cfg.rtmp.listen, http = %cfg.http.listen, "media listeners up");
     let whep = webrtc::Whep::new(&cfg.id, hub.clone(), cfg.webrtc.settings());
     let router = http::router(hub.clone(), Some(whep.clone()));
-    let tasks = [
+    let tasks = vec![
         tokio::spawn(rtmp::serve(
             rtmp_listener,
             hub.clone(),
@@ -71,17 +86,64 @@ pub async fn run(cfg: &AgentConfig, shutdown: impl Future<Output = ()>) -> Resul
         }),
         tokio::spawn(streams::report(hub, state.clone(), Duration::from_secs(10))),
     ];
-    let result = session::run(cfg, state, keys, Some(whep.clone()), shutdown).await;
-    // Viewers hear from us (DTLS close) rather than waiting out an ICE timeout.
-    whep.close_all(Duration::from_millis(500)).await;
-    for task in tasks {
-        task.abort();
-    }
-    result
+    let agent = Agent {
+        cfg,
+        state,
+        keys,
+        whep,
+        tasks,
+    };
+    tracing::info!(agent = %agent.cfg.id, listening = %agent.listeners().summary(), "media listeners up");
+    Ok(agent)
 }
 
-async fn bind(addr: SocketAddr, what: &'static str) -> Result<tokio::net::TcpListener, AgentError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| AgentError::Listen { what, addr, source })
+impl Agent {
+    /// What this agent listens on, as bound: `rtmp` and `http`. The ready file's contents.
+    pub fn listeners(&self) -> Listeners {
+        Listeners::new()
+            .with("rtmp", self.cfg.rtmp.listen)
+            .with("http", self.cfg.http.listen)
+    }
+
+    /// Runs the MQTT session until `shutdown` completes, then stops serving.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+        let result = session::run(
+            &self.cfg,
+            self.state,
+            self.keys,
+            Some(self.whep.clone()),
+            shutdown,
+        )
+        .await;
+        // Viewers hear from us (DTLS close) rather than waiting out an ICE timeout.
+        self.whep.close_all(Duration::from_millis(500)).await;
+        for task in self.tasks {
+            task.abort();
+        }
+        result
+    }
+}
+
+/// Runs the whole agent (RTMP, HTTP, the MQTT session) until `shutdown` completes; once its
+/// listeners are up, writes what they bound to `ready_file` (see [`verge_protocol::ready`]).
+pub async fn run(
+    cfg: &AgentConfig,
+    ready_file: Option<&Path>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let agent = start(cfg).await?;
+    if let Some(path) = ready_file {
+        agent.listeners().write_atomic(path)?;
+    }
+    agent.run(shutdown).await
+}
+
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<(tokio::net::TcpListener, SocketAddr), AgentError> {
+    let error = |source| AgentError::Listen { what, addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(error)?;
+    let bound = listener.local_addr().map_err(error)?;
+    Ok((listener, bound))
 }

@@ -5,14 +5,29 @@ use std::process::ExitCode;
 
 use verge_agent::AgentConfig;
 
-const USAGE: &str = "usage: verge-agent --config <agent.toml>\n\nRuns a Verge edge agent. See conf/agent.toml for every key.";
+const USAGE: &str = "usage: verge-agent --config <agent.toml> [--ready-file <path>]
+
+Runs a Verge edge agent. See conf/agent.toml for every key.
+--ready-file: once RTMP and HTTP listen, write their bound addresses there as one JSON object
+({\"rtmp\": \"127.0.0.1:1935\", \"http\": …}); any listen port may be 0.";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut config: Option<PathBuf> = None;
+    let mut ready_file: Option<PathBuf> = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--config" | "-c" => config = args.next().map(PathBuf::from),
+            "--config" | "-c" | "--ready-file" => {
+                let Some(value) = args.next().map(PathBuf::from) else {
+                    eprintln!("verge-agent: {arg} needs a path\n{USAGE}");
+                    return ExitCode::from(2);
+                };
+                if arg == "--ready-file" {
+                    ready_file = Some(value);
+                } else {
+                    config = Some(value);
+                }
+            }
             "--version" | "-V" => {
                 println!("verge-agent {}", env!("CARGO_PKG_VERSION"));
                 return ExitCode::SUCCESS;
@@ -50,7 +65,11 @@ fn main() -> ExitCode {
         }
     };
     tracing::info!(agent = %cfg.id, broker = %cfg.mqtt.url, "starting");
-    match runtime.block_on(verge_agent::run(&cfg, shutdown_signal())) {
+    match runtime.block_on(verge_agent::run(
+        &cfg,
+        ready_file.as_deref(),
+        shutdown_signal(),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(agent = %cfg.id, error = %e, "agent stopped");

@@ -38,7 +38,9 @@ pub enum AgentError {
     Link(#[from] LinkError),
     #[error("the MQTT link task ended unexpectedly")]
     LinkEnded,
-    #[error("cannot listen for {what} on {addr}: {source}")]
+    #[error(transparent)]
+    ReadyFile(#[from] verge_protocol::ready::ReadyFileError),
+    #[error("{what} listener {addr}: {source}")]
     Listen {
         what: &'static str,
         addr: std::net::SocketAddr,

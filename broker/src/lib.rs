@@ -4,8 +4,9 @@
 //! - [`BrokerSettings`]: listeners (TCP, optionally TLS), payload limit, router segment sizes.
 //! - [`Credentials`]: who may connect. A client's id must equal its username, and its password
 //!   must be that id's secret; rumqttd asks [`Credentials::check`] on every CONNECT.
-//! - [`start`]: checks the ports are free and runs rumqttd on threads of its own. The manager
-//!   then waits for its own MQTT session, the proof that the broker is serving.
+//! - [`start`]: reserves the ports (port 0 becomes a real one) and runs rumqttd on threads of
+//!   its own. The manager then waits for its own MQTT session, the proof that the broker is
+//!   serving.
 //!
 //! rumqttd keeps every published message in a commit log per subscription filter, and a log
 //! stays at its high-water mark until segments rotate out. So the few fleet-wide filters the
@@ -19,7 +20,7 @@
 //! every connection, so a manager that resubscribes gets the whole fleet's presence.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -119,8 +120,9 @@ pub struct TlsListener {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("{listener} listener {addr}: {source}")]
     Bind {
+        listener: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -133,34 +135,40 @@ pub enum BrokerError {
 /// The embedded broker, running on its own threads for the life of the process (rumqttd has
 /// no shutdown; the threads end with the process).
 pub struct EmbeddedBroker {
+    /// The address bound (a configured port 0 is a real port here).
     pub listen: SocketAddr,
     pub tls_listen: Option<SocketAddr>,
+    _reservations: Vec<Reservation>,
 }
 
-/// Starts rumqttd on its own threads.
+/// Starts rumqttd on its own threads. Any listener may ask for port 0; the returned
+/// [`EmbeddedBroker`] names the addresses really bound.
 pub fn start(
     settings: &BrokerSettings,
     credentials: Credentials,
 ) -> Result<EmbeddedBroker, BrokerError> {
-    // rumqttd logs a failed bind on its own thread and carries on without the listener;
-    // binding first turns a taken port into an error the operator sees.
-    let mut addrs = vec![settings.listen];
     if let Some(tls) = &settings.tls {
         for file in [&tls.cert, &tls.key] {
             if !file.exists() {
                 return Err(BrokerError::MissingTlsFile(file.display().to_string()));
             }
         }
-        addrs.push(tls.listen);
     }
-    for addr in &addrs {
-        TcpListener::bind(addr).map_err(|source| BrokerError::Bind {
-            addr: *addr,
-            source,
-        })?;
+    // rumqttd binds by itself, logs a failed bind on its own thread and carries on without
+    // the listener, and cannot tell which port 0 became. So each address is reserved here
+    // first: a taken port is an error the operator sees, and port 0 gets a real port.
+    let tcp = Reservation::take("MQTT", settings.listen)?;
+    let tls = match &settings.tls {
+        Some(tls) => Some(Reservation::take("MQTT TLS", tls.listen)?),
+        None => None,
+    };
+    let mut bound = settings.clone();
+    bound.listen = tcp.addr;
+    if let (Some(listener), Some(reserved)) = (bound.tls.as_mut(), &tls) {
+        listener.listen = reserved.addr;
     }
 
-    let config = rumqttd_config(settings, &credentials);
+    let config = rumqttd_config(&bound, &credentials);
     let mut broker = Broker::new(config);
     std::thread::Builder::new()
         .name("mqtt-broker".into())
@@ -171,11 +179,46 @@ pub fn start(
         })
         .map_err(BrokerError::Thread)?;
 
-    tracing::info!(listen = %settings.listen, tls = ?settings.tls.as_ref().map(|t| t.listen), "embedded MQTT broker up");
+    tracing::info!(listen = %tcp.addr, tls = ?tls.as_ref().map(|t| t.addr), "embedded MQTT broker up");
     Ok(EmbeddedBroker {
-        listen: settings.listen,
-        tls_listen: settings.tls.as_ref().map(|t| t.listen),
+        listen: tcp.addr,
+        tls_listen: tls.as_ref().map(|t| t.addr),
+        _reservations: [Some(tcp), tls].into_iter().flatten().collect(),
     })
+}
+
+/// A port held for rumqttd: a socket bound with `SO_REUSEADDR` that never listens.
+///
+/// On Linux a socket that is bound but not listening keeps the port out of every other
+/// process's port-0 bind and outgoing connect, yet lets another `SO_REUSEADDR` socket (rumqttd's
+/// listener, bound through mio) bind and listen on it. Binding it fails if anyone already
+/// listens there. It is kept for the broker's life, so the port never changes hands.
+struct Reservation {
+    addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl Reservation {
+    fn take(listener: &'static str, addr: SocketAddr) -> Result<Self, BrokerError> {
+        let bind_error = |source| BrokerError::Bind {
+            listener,
+            addr,
+            source,
+        };
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(bind_error)?;
+        socket.set_reuseaddr(true).map_err(bind_error)?;
+        socket.bind(addr).map_err(bind_error)?;
+        let addr = socket.local_addr().map_err(bind_error)?;
+        Ok(Self {
+            addr,
+            _socket: socket,
+        })
+    }
 }
 
 fn rumqttd_config(settings: &BrokerSettings, credentials: &Credentials) -> Config {

@@ -21,14 +21,6 @@ fn settings(port: u16) -> BrokerSettings {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A client whose session is up; the broker's listener thread may still be binding.
 async fn client(port: u16, id: &str, secret: &str) -> (AsyncClient, rumqttc::EventLoop) {
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
@@ -49,7 +41,6 @@ async fn client(port: u16, id: &str, secret: &str) -> (AsyncClient, rumqttc::Eve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_wildcard_subscriber_gets_every_retained_presence() {
     const AGENTS: usize = 600;
-    let port = free_port();
     let creds = Credentials::new(
         [
             ("writer".to_string(), "w".to_string()),
@@ -57,7 +48,8 @@ async fn late_wildcard_subscriber_gets_every_retained_presence() {
         ],
         None,
     );
-    let _broker = verge_broker::start(&settings(port), creds).expect("broker starts");
+    let broker = verge_broker::start(&settings(0), creds).expect("broker starts");
+    let port = broker.listen.port();
 
     let (writer, mut writer_loop) = client(port, "writer", "w").await;
     let pump = tokio::spawn(async move {
@@ -107,9 +99,9 @@ async fn late_wildcard_subscriber_gets_every_retained_presence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_secret_and_mismatched_client_id_are_refused() {
-    let port = free_port();
     let creds = Credentials::new([("edge-1".to_string(), "s".to_string())], None);
-    let _broker = verge_broker::start(&settings(port), creds).expect("broker starts");
+    let broker = verge_broker::start(&settings(0), creds).expect("broker starts");
+    let port = broker.listen.port();
     let (_ok, _ok_loop) = client(port, "edge-1", "s").await;
     for (client_id, user, secret) in [
         ("edge-1", "edge-1", "bad"),
@@ -133,5 +125,9 @@ fn a_taken_port_is_an_error_not_a_silent_broker() {
     let err = verge_broker::start(&settings(port), Credentials::default())
         .err()
         .expect("refused");
-    assert!(err.to_string().contains("cannot listen"), "{err}");
+    let err = err.to_string();
+    assert!(
+        err.contains(&format!("MQTT listener 127.0.0.1:{port}")) && err.contains("in use"),
+        "{err}"
+    );
 }

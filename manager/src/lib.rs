@@ -20,6 +20,7 @@ pub mod session;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use verge_broker::{BrokerSettings, Credentials, EmbeddedBroker, TlsListener};
 use verge_mqtt::link::{LinkError, LinkOptions};
 use verge_mqtt::{BrokerUrl, Link};
+use verge_protocol::ready::Listeners;
 
 use config::ConfigError;
 pub use config::ManagerConfig;
@@ -46,6 +48,8 @@ pub enum ManagerError {
     BrokerNotReady(Duration),
     #[error(transparent)]
     Keys(#[from] keys::KeyStoreError),
+    #[error(transparent)]
+    ReadyFile(#[from] verge_protocol::ready::ReadyFileError),
     #[error("HTTP listener {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -74,6 +78,17 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         tracing::warn!(section = %format!("extra_ice.{key}"), "config key not used by this release; ignored");
     }
     let topics = cfg.topics()?;
+    // HTTP first: a taken port fails the start before anything else runs.
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .map_err(|source| ManagerError::Http {
+            addr: cfg.http.listen,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| ManagerError::Http {
+        addr: cfg.http.listen,
+        source,
+    })?;
     let credentials = Credentials::new(
         cfg.agents.iter().map(|a| (a.id.clone(), a.secret.clone())),
         cfg.enrollment.secret.clone().filter(|s| !s.is_empty()),
@@ -193,16 +208,6 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         rpc_timeout: cfg.rpc_timeout(),
         ice_servers: Arc::new(cfg.extra_ice.ice_servers.clone()),
     });
-    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
-        .await
-        .map_err(|source| ManagerError::Http {
-            addr: cfg.http.listen,
-            source,
-        })?;
-    let http_addr = listener.local_addr().map_err(|source| ManagerError::Http {
-        addr: cfg.http.listen,
-        source,
-    })?;
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async {
@@ -212,8 +217,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
-    tracing::info!(http = %http_addr, broker = broker_kind, "manager up");
-    Ok(Manager {
+    let manager = Manager {
         http_addr,
         broker,
         registry,
@@ -221,10 +225,25 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         client,
         http,
         stop_http,
-    })
+    };
+    tracing::info!(listening = %manager.listeners().summary(), broker = broker_kind, "manager up");
+    Ok(manager)
 }
 
 impl Manager {
+    /// What this manager listens on, as bound: `http`, and with the embedded broker `mqtt`
+    /// (and `mqtts` with its TLS listener). The ready file's contents.
+    pub fn listeners(&self) -> Listeners {
+        let mut listeners = Listeners::new().with("http", self.http_addr);
+        if let Some(broker) = &self.broker {
+            listeners = listeners.with("mqtt", broker.listen);
+            if let Some(tls) = broker.tls_listen {
+                listeners = listeners.with("mqtts", tls);
+            }
+        }
+        listeners
+    }
+
     /// Stops HTTP and leaves the broker cleanly.
     pub async fn stop(self) {
         let _ = self.stop_http.send(());
@@ -233,12 +252,20 @@ impl Manager {
     }
 }
 
-/// Runs a manager until `shutdown` completes.
+/// Runs a manager until `shutdown` completes; once it is up, writes what it bound to
+/// `ready_file` (see [`verge_protocol::ready`]).
 pub async fn run(
     cfg: &ManagerConfig,
+    ready_file: Option<&Path>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ManagerError> {
     let manager = start(cfg).await?;
+    if let Some(path) = ready_file
+        && let Err(e) = manager.listeners().write_atomic(path)
+    {
+        manager.stop().await;
+        return Err(e.into());
+    }
     shutdown.await;
     manager.stop().await;
     Ok(())

@@ -5,14 +5,29 @@ use std::process::ExitCode;
 
 use verge_manager::ManagerConfig;
 
-const USAGE: &str = "usage: verge-manager [--config <manager.toml>]\n\nRuns the Verge manager; without --config, on embedded defaults. See conf/manager.toml.";
+const USAGE: &str = "usage: verge-manager [--config <manager.toml>] [--ready-file <path>]
+
+Runs the Verge manager; without --config, on embedded defaults. See conf/manager.toml.
+--ready-file: once every listener is up, write their bound addresses there as one JSON object
+({\"http\": \"127.0.0.1:8080\", \"mqtt\": …}); any listen port may be 0.";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut config: Option<PathBuf> = None;
+    let mut ready_file: Option<PathBuf> = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--config" | "-c" => config = args.next().map(PathBuf::from),
+            "--config" | "-c" | "--ready-file" => {
+                let Some(value) = args.next().map(PathBuf::from) else {
+                    eprintln!("verge-manager: {arg} needs a path\n{USAGE}");
+                    return ExitCode::from(2);
+                };
+                if arg == "--ready-file" {
+                    ready_file = Some(value);
+                } else {
+                    config = Some(value);
+                }
+            }
             "--version" | "-V" => {
                 println!("verge-manager {}", env!("CARGO_PKG_VERSION"));
                 return ExitCode::SUCCESS;
@@ -49,7 +64,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(verge_manager::run(&cfg, shutdown_signal())) {
+    match runtime.block_on(verge_manager::run(
+        &cfg,
+        ready_file.as_deref(),
+        shutdown_signal(),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "manager stopped");

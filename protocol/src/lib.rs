@@ -8,6 +8,8 @@
 //! - [`presence`], [`state`]: what an agent announces (retained).
 //! - [`rpc`]: requests from a manager to an agent, their replies, error codes, and the
 //!   correlation table a caller keeps.
+//! - [`ready`]: the ready file every process writes with `--ready-file`: the addresses its
+//!   listeners really bound (port 0 allowed everywhere).
 //!
 //! A message's path: the agent builds a [`presence::Presence`], seals it with
 //! [`envelope::seal`] under its secret and publishes it retained on [`topic::Topics::presence`];
@@ -20,6 +22,7 @@ pub mod id;
 pub mod key;
 pub mod keys;
 pub mod presence;
+pub mod ready;
 pub mod rpc;
 pub mod state;
 pub mod topic;

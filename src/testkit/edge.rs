@@ -3,9 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use super::{Proc, TempDir, bin, free_port, get, wait_for};
+use super::{ANY_PORT, Proc, READY_TIMEOUT, TempDir, bin, get, listener, wait_for};
 
 /// Extra TOML for the fixture's config files.
 #[derive(Debug, Clone, Default)]
@@ -31,10 +30,10 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// A manager with its embedded broker and an agent `edge-1`, waited for until online.
+    /// A manager with its embedded broker and an agent `edge-1`, both on ports they chose
+    /// (reported in their ready files), waited for until the agent is online.
     pub fn start(label: &str, opts: &EdgeOptions) -> Self {
         let dir = TempDir::new(label);
-        let (mhttp, mqtt, rtmp, http) = (free_port(), free_port(), free_port(), free_port());
         let rpc_timeout = opts
             .rpc_timeout_ms
             .map(|ms| format!("[mqtt]\nrpc_timeout_ms = {ms}\n"))
@@ -42,41 +41,35 @@ impl Edge {
         let manager_cfg = dir.write(
             "manager.toml",
             &format!(
-                "[http]\nlisten = \"127.0.0.1:{mhttp}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt}\"\n\
+                "[http]\nlisten = \"{ANY_PORT}\"\n[broker]\nlisten = \"{ANY_PORT}\"\n\
                  [keys]\nfile = \"{}\"\n[[agents]]\nid = \"edge-1\"\nsecret = \"s1\"\n{rpc_timeout}{}",
                 dir.path().join("keys.json").display(),
                 opts.manager_toml
             ),
         );
-        let agent_cfg = dir.write(
-            "agent.toml",
-            &format!(
-                "id = \"edge-1\"\nsecret = \"s1\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt}\"\n\
-                 [rtmp]\nlisten = \"127.0.0.1:{rtmp}\"\nnoauth = {}\n[http]\nlisten = \"127.0.0.1:{http}\"\n\
-                 [webrtc]\nudp_ips = [\"127.0.0.1\"]\n{}",
-                opts.noauth, opts.agent_toml
-            ),
-        );
-        let manager_http = SocketAddr::from(([127, 0, 0, 1], mhttp));
-        let manager = Proc::spawn(
+        let (manager, bound) = Proc::spawn_ready(
             "manager",
             &bin("verge-manager"),
             &["--config", manager_cfg.to_str().unwrap_or_default()],
             dir.path(),
         );
-        wait_for(Duration::from_secs(15), || {
-            get(manager_http, "/api/health")
-                .ok()
-                .filter(|r| r.status == 200)
-        })
-        .expect("manager up");
-        let agent = Proc::spawn(
+        let (manager_http, mqtt) = (listener(&bound, "http"), listener(&bound, "mqtt"));
+        let agent_cfg = dir.write(
+            "agent.toml",
+            &format!(
+                "id = \"edge-1\"\nsecret = \"s1\"\n[mqtt]\nurl = \"mqtt://{mqtt}\"\n\
+                 [rtmp]\nlisten = \"{ANY_PORT}\"\nnoauth = {}\n[http]\nlisten = \"{ANY_PORT}\"\n\
+                 [webrtc]\nudp_ips = [\"127.0.0.1\"]\n{}",
+                opts.noauth, opts.agent_toml
+            ),
+        );
+        let (agent, bound) = Proc::spawn_ready(
             "agent",
             &bin("verge-agent"),
             &["--config", agent_cfg.to_str().unwrap_or_default()],
             dir.path(),
         );
-        let online = wait_for(Duration::from_secs(10), || {
+        let online = wait_for(READY_TIMEOUT, || {
             let nodes = get(manager_http, "/api/nodes/").ok()?.json();
             (nodes[0]["online"] == true).then_some(())
         });
@@ -88,8 +81,8 @@ impl Edge {
         Self {
             dir,
             manager_http,
-            rtmp: SocketAddr::from(([127, 0, 0, 1], rtmp)),
-            http: SocketAddr::from(([127, 0, 0, 1], http)),
+            rtmp: listener(&bound, "rtmp"),
+            http: listener(&bound, "http"),
             manager,
             agent,
             agent_cfg,

@@ -1,7 +1,12 @@
-//! Helpers for the tests, examples and benchmarks that run real processes on loopback: free
-//! ports, the workspace's binaries, child processes that are killed (and scratch directories
-//! removed) when they go out of scope, a minimal HTTP/1.1 client, bounded waits, and
+//! Helpers for the tests, examples and benchmarks that run real processes on loopback: the
+//! workspace's binaries, child processes that are killed (and scratch directories removed)
+//! when they go out of scope, a minimal HTTP/1.1 client, bounded waits, and
 //! [`rtmp::RtmpClient`], a scriptable RTMP client for malformed-input tests.
+//!
+//! Ports: every Verge process listens on port 0 and tells what it bound through its ready file
+//! ([`Proc::spawn_ready`]), so no test guesses a free port and races another for it. Where a
+//! port must be known before a process starts (a third-party broker, a manager restarted on
+//! the same broker port), [`PortReservation`] holds it so nobody else can take it meanwhile.
 
 pub mod chromium;
 pub mod edge;
@@ -10,20 +15,52 @@ pub mod rtmp;
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+pub use verge_protocol::ready::Listeners;
+
+/// A loopback port held for a process the test starts later: a socket bound with
+/// `SO_REUSEADDR` that never listens.
+///
+/// On Linux such a socket keeps the port out of every other port-0 bind and outgoing connect
+/// on the machine, while a server that binds with `SO_REUSEADDR` (Verge's processes, rumqttd,
+/// mosquitto) can still listen on it; and it stays held between two servers, across a restart.
+pub struct PortReservation {
+    socket: tokio::net::TcpSocket,
 }
+
+impl PortReservation {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind a loopback port");
+        Self { socket }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().expect("a bound socket's address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr().port()
+    }
+}
+
+impl Default for PortReservation {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `127.0.0.1:0` as TOML wants it: a listener that takes any free port.
+pub const ANY_PORT: &str = "127.0.0.1:0";
 
 /// The path of a workspace binary, built once per test process (a no-op when up to date).
 pub fn bin(name: &str) -> PathBuf {
@@ -135,6 +172,47 @@ impl Proc {
         }
     }
 
+    /// Starts a Verge process with `--ready-file` appended and waits (bounded) until it has
+    /// written the addresses it bound. Fails the test with its log if it exits first.
+    pub fn spawn_ready(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        log_dir: &Path,
+    ) -> (Self, Listeners) {
+        Self::spawn_ready_with_env(name, program, args, log_dir, &[])
+    }
+
+    /// [`Proc::spawn_ready`] with extra environment variables.
+    pub fn spawn_ready_with_env(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        log_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> (Self, Listeners) {
+        let ready = log_dir.join(format!("{name}.ready.json"));
+        let _ = std::fs::remove_file(&ready);
+        let ready_arg = ready.to_str().expect("a UTF-8 temp path");
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--ready-file", ready_arg]);
+        let mut proc = Self::spawn_with_env(name, program, &all, log_dir, env);
+        let listeners = wait_for(READY_TIMEOUT, || {
+            if let Ok(listeners) = Listeners::read(&ready) {
+                return Some(Ok(listeners));
+            }
+            proc.exited().then_some(Err(()))
+        });
+        match listeners {
+            Some(Ok(listeners)) => (proc, listeners),
+            Some(Err(())) => panic!("{name} exited before it was ready:\n{}", proc.log_text()),
+            None => panic!(
+                "{name} wrote no ready file in {READY_TIMEOUT:?}:\n{}",
+                proc.log_text()
+            ),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -184,6 +262,20 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How long a process may take to bind its listeners. Generous: two test suites may share
+/// two cores.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The address of listener `name` in a ready file, or a test failure naming what is there.
+pub fn listener(listeners: &Listeners, name: &str) -> SocketAddr {
+    listeners.get(name).unwrap_or_else(|| {
+        panic!(
+            "no {name} listener in the ready file: {}",
+            listeners.summary()
+        )
+    })
 }
 
 /// Polls `check` every 20 ms until it returns `Some` or `timeout` passes.

@@ -25,9 +25,9 @@ fn invalid(why: String) -> io::Error {
 impl RtmpClient {
     /// Connects and completes a plain handshake.
     pub fn connect(addr: SocketAddr) -> io::Result<Self> {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(15))?;
+        stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(15)))?;
         stream.set_nodelay(true)?;
         let mut c0c1 = vec![3u8];
         c0c1.extend(std::iter::repeat_n(0u8, 1536));
@@ -137,7 +137,7 @@ impl RtmpClient {
 
     /// `connect`, `createStream` and `publish`; returns the onStatus code.
     pub fn publish(&mut self, app: &str, name: &str) -> io::Result<String> {
-        let wait = Duration::from_secs(5);
+        let wait = Duration::from_secs(15);
         self.command(
             0,
             "connect",
