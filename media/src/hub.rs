@@ -559,7 +559,7 @@ mod tests {
     }
 
     async fn next(reader: &mut Reader) -> Option<Frame> {
-        tokio::time::timeout(Duration::from_secs(1), reader.recv())
+        tokio::time::timeout(Duration::from_secs(10), reader.recv())
             .await
             .expect("a frame or the end in time")
     }
