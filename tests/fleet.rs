@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use verge::testkit::{ANY_PORT, PortReservation, Proc, TempDir, bin, get, listener, wait_for};
+use verge::testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, reserve_port, wait_for};
 
 /// The agents' MQTT keepalive. A frozen agent goes offline after 1.5 × this, which must be
 /// well past the manager's RPC timeout (1 s) for the frozen-agent check below.
@@ -140,7 +140,7 @@ fn embedded_broker_fleet_registers_goes_offline_and_returns_after_manager_restar
     let dir = TempDir::new("embedded");
     // The agents must find the restarted manager's broker where the first one was, so its
     // port is known before the manager starts, and held across the restart.
-    let mqtt = PortReservation::new();
+    let mqtt = reserve_port();
     let agents = [("edge-1", "s1"), ("edge-2", "s2"), ("edge-3", "s3")];
     let toml = format!(
         "[http]\nlisten = \"{ANY_PORT}\"\n[broker]\nlisten = \"{}\"\n[mqtt]\nrpc_timeout_ms = 1000\n{}",
@@ -307,7 +307,7 @@ fn external_mosquitto_fleet_is_known_at_once_after_a_manager_restart() {
     let mosquitto = mosquitto();
     let dir = TempDir::new("mosquitto");
     // mosquitto cannot report a port it chose: it gets one held for it.
-    let mqtt = PortReservation::new();
+    let mqtt = reserve_port();
     let agents = [("edge-1", "s1"), ("edge-2", "s2"), ("edge-3", "s3")];
     let passwd = dir.path().join("passwd");
     for (i, (user, pass)) in agents
@@ -332,7 +332,7 @@ fn external_mosquitto_fleet_is_known_at_once_after_a_manager_restart() {
         "mosquitto.conf",
         &format!(
             "listener {} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\npersistence false\n",
-            mqtt.port(),
+            mqtt.addr().port(),
             passwd.display(),
             acl.display()
         ),

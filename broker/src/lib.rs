@@ -138,7 +138,7 @@ pub struct EmbeddedBroker {
     /// The address bound (a configured port 0 is a real port here).
     pub listen: SocketAddr,
     pub tls_listen: Option<SocketAddr>,
-    _reservations: Vec<Reservation>,
+    _reservations: Vec<PortReservation>,
 }
 
 /// Starts rumqttd on its own threads. Any listener may ask for port 0; the returned
@@ -157,9 +157,9 @@ pub fn start(
     // rumqttd binds by itself, logs a failed bind on its own thread and carries on without
     // the listener, and cannot tell which port 0 became. So each address is reserved here
     // first: a taken port is an error the operator sees, and port 0 gets a real port.
-    let tcp = Reservation::take("MQTT", settings.listen)?;
+    let tcp = PortReservation::take("MQTT", settings.listen)?;
     let tls = match &settings.tls {
-        Some(tls) => Some(Reservation::take("MQTT TLS", tls.listen)?),
+        Some(tls) => Some(PortReservation::take("MQTT TLS", tls.listen)?),
         None => None,
     };
     let mut bound = settings.clone();
@@ -187,19 +187,21 @@ pub fn start(
     })
 }
 
-/// A port held for rumqttd: a socket bound with `SO_REUSEADDR` that never listens.
+/// A port held for a server that binds it by itself (rumqttd here; mosquitto or a restarted
+/// manager in the tests): a socket bound with `SO_REUSEADDR` that never listens.
 ///
 /// On Linux a socket that is bound but not listening keeps the port out of every other
 /// process's port-0 bind and outgoing connect, yet lets another `SO_REUSEADDR` socket (rumqttd's
-/// listener, bound through mio) bind and listen on it. Binding it fails if anyone already
-/// listens there. It is kept for the broker's life, so the port never changes hands.
-struct Reservation {
+/// listener, bound through mio; mosquitto's) bind and listen on it. Taking it fails if anyone
+/// already listens there. The port stays held until the reservation is dropped.
+pub struct PortReservation {
     addr: SocketAddr,
     _socket: tokio::net::TcpSocket,
 }
 
-impl Reservation {
-    fn take(listener: &'static str, addr: SocketAddr) -> Result<Self, BrokerError> {
+impl PortReservation {
+    /// Holds `addr` (port 0: a free port) for `listener`, the name errors give it.
+    pub fn take(listener: &'static str, addr: SocketAddr) -> Result<Self, BrokerError> {
         let bind_error = |source| BrokerError::Bind {
             listener,
             addr,
@@ -218,6 +220,11 @@ impl Reservation {
             addr,
             _socket: socket,
         })
+    }
+
+    /// The address held (never port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 }
 

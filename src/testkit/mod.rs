@@ -6,7 +6,7 @@
 //! Ports: every Verge process listens on port 0 and tells what it bound through its ready file
 //! ([`Proc::spawn_ready`]), so no test guesses a free port and races another for it. Where a
 //! port must be known before a process starts (a third-party broker, a manager restarted on
-//! the same broker port), [`PortReservation`] holds it so nobody else can take it meanwhile.
+//! the same broker port), [`reserve_port`] holds it so nobody else can take it meanwhile.
 
 pub mod chromium;
 pub mod edge;
@@ -22,41 +22,14 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub use verge_broker::PortReservation;
 pub use verge_protocol::ready::Listeners;
 
-/// A loopback port held for a process the test starts later: a socket bound with
-/// `SO_REUSEADDR` that never listens.
-///
-/// On Linux such a socket keeps the port out of every other port-0 bind and outgoing connect
-/// on the machine, while a server that binds with `SO_REUSEADDR` (Verge's processes, rumqttd,
-/// mosquitto) can still listen on it; and it stays held between two servers, across a restart.
-pub struct PortReservation {
-    socket: tokio::net::TcpSocket,
-}
-
-impl PortReservation {
-    pub fn new() -> Self {
-        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
-        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-        socket
-            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .expect("bind a loopback port");
-        Self { socket }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.socket.local_addr().expect("a bound socket's address")
-    }
-
-    pub fn port(&self) -> u16 {
-        self.addr().port()
-    }
-}
-
-impl Default for PortReservation {
-    fn default() -> Self {
-        Self::new()
-    }
+/// A loopback port held for a process the test starts later, so nobody else takes it in
+/// between (and across a restart): see [`PortReservation`].
+pub fn reserve_port() -> PortReservation {
+    PortReservation::take("test", SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("reserve a loopback port")
 }
 
 /// `127.0.0.1:0` as TOML wants it: a listener that takes any free port.
