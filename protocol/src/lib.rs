@@ -8,6 +8,8 @@
 //! - [`presence`], [`state`]: what an agent announces (retained).
 //! - [`rpc`]: requests from a manager to an agent, their replies, error codes, and the
 //!   correlation table a caller keeps.
+//! - [`tunnel`]: TCP byte streams over MQTT, sealed: frames, stream and multiplexer state
+//!   machines, packet sealing.
 //! - [`ready`]: the ready file every process writes with `--ready-file`: the addresses its
 //!   listeners really bound (port 0 allowed everywhere).
 //!
@@ -26,6 +28,7 @@ pub mod ready;
 pub mod rpc;
 pub mod state;
 pub mod topic;
+pub mod tunnel;
 pub mod whep;
 
 /// The version of every message this crate writes. A reader refuses any other.

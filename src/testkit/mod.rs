@@ -63,6 +63,19 @@ pub fn bin(name: &str) -> PathBuf {
         .arg("--target-dir")
         .arg(&target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // `cargo test` gives the test process the package's CARGO_PKG_*, CARGO_MANIFEST_DIR, …;
+        // build scripts such as ring's watch those (rerun-if-env-changed), so inherited they
+        // would rebuild ring and all above it here, and again in the next `cargo test`.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let set_by_cargo_test = name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_CFG_")
+                || name.starts_with("CARGO_MANIFEST_")
+                || ["CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "OUT_DIR"].contains(&&*name);
+            if set_by_cargo_test {
+                cmd.env_remove(&*name);
+            }
+        }
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }

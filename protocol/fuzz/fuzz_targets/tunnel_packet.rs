@@ -1,0 +1,53 @@
+//! Fuzzes what a peer (or anyone who can publish on the tunnel topic) can send: a packet of
+//! tunnel frames into a multiplexer, and the same bytes as a sealed packet into an opener.
+//!
+//! Run from `protocol/`: `cargo +nightly fuzz run tunnel_packet` (needs `cargo install
+//! cargo-fuzz`).
+//!
+//! The input is split into packets at 0xFF 0xFF markers, so that frames of one packet act on
+//! streams opened by an earlier one. Besides not panicking: a packet the decoder refuses changes
+//! nothing, the agent never holds more than its stream limit, what it sends decodes, and
+//! random bytes never open as a sealed packet.
+
+#![no_main]
+
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use verge_protocol::tunnel::frame::Frame;
+use verge_protocol::tunnel::mux::{Mux, MuxConfig, Side};
+use verge_protocol::tunnel::seal::{Direction, Opener};
+use verge_protocol::tunnel::stream::StreamConfig;
+
+fuzz_target!(|data: &[u8]| {
+    let cfg = MuxConfig {
+        stream: StreamConfig {
+            recv_window: 64 * 1024,
+            send_buffer: 64 * 1024,
+            retransmit_after: Duration::from_millis(100),
+        },
+        max_streams: 8,
+        packet_size: 16 * 1024,
+    };
+    let mut agent = Mux::new(Side::Agent, cfg);
+    let mut opener = Opener::new(b"secret", Direction::ToAgent, b"manager");
+    let mut now = Instant::now();
+    for packet in data.split(|&b| b == 0xff).filter(|p| !p.is_empty()) {
+        let before = agent.len();
+        if Frame::decode_all(packet).is_err() {
+            assert!(agent.handle_packet(packet, now).is_err());
+            assert_eq!(agent.len(), before, "a refused packet changed the streams");
+        } else {
+            agent.handle_packet(packet, now).expect("decodable packet is taken");
+        }
+        assert!(agent.len() <= 8);
+        now += Duration::from_millis(30);
+        agent.handle_timeout(now);
+        while let Some(out) = agent.poll_packet(now) {
+            assert!(out.len() <= 16 * 1024);
+            Frame::decode_all(&out).expect("what the mux sends decodes");
+        }
+        while agent.poll_event().is_some() {}
+        assert!(opener.open(packet).is_err(), "random bytes opened as a sealed packet");
+    }
+});

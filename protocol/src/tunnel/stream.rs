@@ -1,0 +1,856 @@
+//! One tunnel stream as a state machine: a reliable, ordered, flow-controlled byte stream in
+//! each direction. No I/O and no clock of its own: the caller feeds frames and the time, and
+//! asks for the frames to send and for the next deadline.
+//!
+//! - **Offsets.** Each direction counts bytes from 0. A data frame says where its bytes go, so a
+//!   duplicate (a retransmission, a resend after the link came back) is recognised and
+//!   discarded, and a gap is filled when the missing bytes come.
+//! - **Credit.** The receiver grants `received + window`: the sender never has more in flight
+//!   than the receiver can buffer, and the receiver's buffer is `recv_window` bytes at most,
+//!   whatever the peer does (data past the grant is a protocol error that resets the stream).
+//!   The opener may send [`INITIAL_WINDOW`] bytes before its first ack, so a request does not
+//!   wait a round trip.
+//! - **Fin** takes one virtual byte after the last, so acking `final + 1` acknowledges it.
+//! - **Resends.** The sender keeps every unacknowledged byte (at most `send_buffer`). Without
+//!   progress for `retransmit_after`, or when the link comes back ([`Stream::resume`]), it sends
+//!   them again from the first unacknowledged offset.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::frame::{Frame, MAX_DATA, ResetCode};
+
+/// Bytes an opener may send before the acceptor's first ack. Every receive window is at least
+/// this.
+pub const INITIAL_WINDOW: u32 = 64 * 1024;
+/// An ack waits at most this long for more data to acknowledge together.
+pub const ACK_DELAY: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// Bytes received and not yet read that this end holds at most: the credit it grants.
+    pub recv_window: u32,
+    /// Bytes the application may queue to send, unacknowledged ones included.
+    pub send_buffer: usize,
+    /// Resend unacknowledged bytes after this long without an ack that moves forward.
+    pub retransmit_after: Duration,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            recv_window: 1 << 20,
+            send_buffer: 1 << 20,
+            // MQTT runs over TCP: bytes are lost only with the connection, and a lost
+            // connection resumes the streams at once. This is the safety net, long enough for
+            // a full window on a slow uplink.
+            retransmit_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the application should look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// Bytes (or the end) can be read.
+    Readable,
+    /// Room in the send buffer again after a short write.
+    Writable,
+    /// The stream is gone in both directions.
+    Reset { code: ResetCode, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("stream was reset ({code}): {reason}")]
+    Reset { code: ResetCode, reason: String },
+    #[error("stream already finished sending")]
+    Finished,
+}
+
+/// The outcome of [`Stream::read`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    Bytes(usize),
+    /// The peer finished and every byte has been read.
+    End,
+    /// Nothing to read yet.
+    Blocked,
+}
+
+#[derive(Debug)]
+pub struct Stream {
+    id: u32,
+    cfg: StreamConfig,
+    // Sending: `send` holds the bytes from `send_base` on, acknowledged ones dropped.
+    send: VecDeque<u8>,
+    send_base: u64,
+    send_next: u64,
+    sent_max: u64,
+    peer_limit: u64,
+    fin_queued: bool,
+    /// The fin is to be sent (first time, or again after a resume).
+    fin_unsent: bool,
+    /// Where this end's fin is, once sent: acks are checked against it after a resume too.
+    fin_offset: Option<u64>,
+    fin_acked: bool,
+    write_blocked: bool,
+    last_progress: Option<Instant>,
+    // Receiving: `recv` holds in-order bytes not yet read; `early` holds bytes past a gap.
+    recv: VecDeque<u8>,
+    recv_next: u64,
+    early: BTreeMap<u64, Vec<u8>>,
+    early_bytes: usize,
+    peer_fin: Option<u64>,
+    end_read: bool,
+    granted: u64,
+    acked_to_peer: u64,
+    ack_now: bool,
+    ack_at: Option<Instant>,
+    // The end.
+    reset: Option<(ResetCode, String)>,
+    reset_unsent: bool,
+    events: VecDeque<StreamEvent>,
+}
+
+impl Stream {
+    /// A stream this end opened: it may send [`INITIAL_WINDOW`] bytes before the first ack.
+    pub fn opener(id: u32, cfg: StreamConfig) -> Self {
+        Self::new(id, cfg, INITIAL_WINDOW)
+    }
+
+    /// A stream the peer opened with `window` in its open frame. An ack goes out at once so
+    /// the opener learns this end's window.
+    pub fn acceptor(id: u32, cfg: StreamConfig, window: u32) -> Self {
+        let mut stream = Self::new(id, cfg, window);
+        stream.ack_now = true;
+        stream
+    }
+
+    fn new(id: u32, mut cfg: StreamConfig, peer_window: u32) -> Self {
+        cfg.recv_window = cfg.recv_window.max(INITIAL_WINDOW);
+        Self {
+            id,
+            send: VecDeque::new(),
+            send_base: 0,
+            send_next: 0,
+            sent_max: 0,
+            peer_limit: u64::from(peer_window),
+            fin_queued: false,
+            fin_unsent: false,
+            fin_offset: None,
+            fin_acked: false,
+            write_blocked: false,
+            last_progress: None,
+            recv: VecDeque::new(),
+            recv_next: 0,
+            early: BTreeMap::new(),
+            early_bytes: 0,
+            peer_fin: None,
+            end_read: false,
+            granted: u64::from(cfg.recv_window),
+            acked_to_peer: 0,
+            ack_now: false,
+            ack_at: None,
+            reset: None,
+            reset_unsent: false,
+            events: VecDeque::new(),
+            cfg,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// This end's receive window, as the open frame announces it.
+    pub fn recv_window(&self) -> u32 {
+        self.cfg.recv_window
+    }
+
+    fn check_open(&self) -> Result<(), StreamError> {
+        match &self.reset {
+            Some((code, reason)) => Err(StreamError::Reset {
+                code: *code,
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Queues bytes to send; returns how many were taken (fewer when the send buffer is full:
+    /// wait for [`StreamEvent::Writable`]).
+    pub fn write(&mut self, data: &[u8]) -> Result<usize, StreamError> {
+        self.check_open()?;
+        if self.fin_queued {
+            return Err(StreamError::Finished);
+        }
+        let room = self.cfg.send_buffer.saturating_sub(self.send.len());
+        let n = room.min(data.len());
+        self.send.extend(&data[..n]);
+        if n < data.len() {
+            self.write_blocked = true;
+        }
+        Ok(n)
+    }
+
+    /// Bytes [`Stream::write`] would take now.
+    pub fn write_room(&self) -> usize {
+        self.cfg.send_buffer.saturating_sub(self.send.len())
+    }
+
+    /// Ends this end's direction after the bytes already written (a half-close).
+    pub fn finish(&mut self) -> Result<(), StreamError> {
+        self.check_open()?;
+        if !self.fin_queued {
+            self.fin_queued = true;
+            self.fin_unsent = true;
+        }
+        Ok(())
+    }
+
+    /// Resets the stream in both directions; the peer is told why.
+    pub fn reset(&mut self, code: ResetCode, reason: &str) {
+        if self.reset.is_none() {
+            self.reset = Some((code, reason.to_string()));
+            self.reset_unsent = true;
+            self.clear_buffers();
+        }
+    }
+
+    fn clear_buffers(&mut self) {
+        self.send.clear();
+        self.recv.clear();
+        self.early.clear();
+        self.early_bytes = 0;
+    }
+
+    /// Reads in-order bytes into `buf`.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<Read, StreamError> {
+        self.check_open()?;
+        if self.recv.is_empty() {
+            if self.peer_fin.is_some_and(|f| f == self.recv_next) {
+                self.end_read = true;
+                return Ok(Read::End);
+            }
+            return Ok(Read::Blocked);
+        }
+        let n = buf.len().min(self.recv.len());
+        for (dst, src) in buf.iter_mut().zip(self.recv.drain(..n)) {
+            *dst = src;
+        }
+        // Grant the freed room once it is worth a frame: a quarter of the window.
+        let freed = self.recv_limit().saturating_sub(self.granted);
+        if freed >= u64::from(self.cfg.recv_window / 4) {
+            self.ack_now = true;
+        }
+        Ok(Read::Bytes(n))
+    }
+
+    /// Bytes waiting to be read.
+    pub fn readable(&self) -> usize {
+        self.recv.len()
+    }
+
+    pub fn poll_event(&mut self) -> Option<StreamEvent> {
+        self.events.pop_front()
+    }
+
+    /// True once nothing more will happen: reset (and the reset sent), or both directions
+    /// finished, acknowledged and read.
+    pub fn is_closed(&self) -> bool {
+        if self.reset.is_some() {
+            return !self.reset_unsent;
+        }
+        self.fin_acked && self.end_read && !self.ack_now && self.ack_at.is_none()
+    }
+
+    /// The end reason, once reset.
+    pub fn reset_reason(&self) -> Option<(ResetCode, &str)> {
+        self.reset.as_ref().map(|(c, r)| (*c, r.as_str()))
+    }
+
+    /// The highest offset this end lets the peer send to.
+    fn recv_limit(&self) -> u64 {
+        self.recv_next + u64::from(self.cfg.recv_window) - self.recv.len() as u64
+    }
+
+    /// What an ack acknowledges: every byte before `recv_next`, and the fin's virtual byte.
+    fn ack_point(&self) -> u64 {
+        match self.peer_fin {
+            Some(f) if f == self.recv_next => f + 1,
+            _ => self.recv_next,
+        }
+    }
+
+    fn protocol_error(&mut self, reason: &str) {
+        self.reset(ResetCode::Protocol, reason);
+        self.events.push_back(StreamEvent::Reset {
+            code: ResetCode::Protocol,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Takes a frame of this stream from the peer (open frames are the multiplexer's).
+    pub fn handle(&mut self, frame: Frame, now: Instant) {
+        if self.reset.is_some() {
+            return;
+        }
+        match frame {
+            Frame::Data { offset, bytes, .. } => self.on_data(offset, bytes, now),
+            Frame::Ack {
+                received, window, ..
+            } => self.on_ack(received, window, now),
+            Frame::Fin { offset, .. } => self.on_fin(offset),
+            Frame::Reset { code, reason, .. } => {
+                self.reset = Some((code, reason.clone()));
+                self.clear_buffers();
+                self.events.push_back(StreamEvent::Reset { code, reason });
+            }
+            Frame::Open { .. } | Frame::Keepalive { .. } => {}
+        }
+    }
+
+    fn on_data(&mut self, offset: u64, bytes: Vec<u8>, now: Instant) {
+        let end = offset + bytes.len() as u64;
+        if end > self.granted {
+            return self.protocol_error("data past the granted window");
+        }
+        if self.peer_fin.is_some_and(|f| end > f) {
+            return self.protocol_error("data past the fin");
+        }
+        if end <= self.recv_next {
+            // A duplicate: the peer may have missed our ack.
+            self.ack_now = true;
+            return;
+        }
+        let was_empty = self.recv.is_empty();
+        if offset <= self.recv_next {
+            let skip = (self.recv_next - offset) as usize;
+            self.recv.extend(&bytes[skip..]);
+            self.recv_next = end;
+            self.drain_early();
+        } else {
+            // Past a gap: keep it and ask for the gap at once. Overlapping segments could hold
+            // a byte twice, so their total is bounded by the window too.
+            if self.early_bytes + bytes.len() > self.cfg.recv_window as usize {
+                return self.protocol_error("too many bytes past a gap");
+            }
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.early.entry(offset) {
+                self.early_bytes += bytes.len();
+                slot.insert(bytes);
+            }
+            self.ack_now = true;
+        }
+        if was_empty && !self.recv.is_empty() {
+            self.events.push_back(StreamEvent::Readable);
+        }
+        self.schedule_ack(now);
+        if self.peer_fin.is_some_and(|f| f == self.recv_next) {
+            self.ack_now = true;
+            if was_empty && self.recv.is_empty() {
+                self.events.push_back(StreamEvent::Readable);
+            }
+        }
+    }
+
+    fn drain_early(&mut self) {
+        while let Some(entry) = self.early.first_entry() {
+            let start = *entry.key();
+            if start > self.recv_next {
+                break;
+            }
+            let bytes = entry.remove();
+            self.early_bytes -= bytes.len();
+            let end = start + bytes.len() as u64;
+            if end > self.recv_next {
+                let skip = (self.recv_next - start) as usize;
+                self.recv.extend(&bytes[skip..]);
+                self.recv_next = end;
+            }
+        }
+    }
+
+    fn schedule_ack(&mut self, now: Instant) {
+        // Ack at once when a quarter of the window is unacknowledged, else shortly, so that one
+        // ack covers a burst.
+        if self.recv_next - self.acked_to_peer >= u64::from(self.cfg.recv_window / 4) {
+            self.ack_now = true;
+        } else if self.ack_at.is_none() {
+            self.ack_at = Some(now + ACK_DELAY);
+        }
+    }
+
+    fn on_ack(&mut self, received: u64, window: u32, now: Instant) {
+        let fin_point = self.fin_offset.map(|f| f + 1);
+        if received > self.sent_max.max(fin_point.unwrap_or(0)) {
+            return self.protocol_error("ack of bytes never sent");
+        }
+        let data_end = self.send_base + self.send.len() as u64;
+        if received > self.send_base {
+            let acked_data = received.min(data_end) - self.send_base;
+            self.send.drain(..acked_data as usize);
+            self.send_base += acked_data;
+            self.send_next = self.send_next.max(self.send_base);
+            self.last_progress = Some(now);
+            if fin_point.is_some_and(|p| received >= p) {
+                self.fin_acked = true;
+            }
+        }
+        self.peer_limit = self
+            .peer_limit
+            .max(received.saturating_add(u64::from(window)));
+        if self.write_blocked && self.write_room() > 0 {
+            self.write_blocked = false;
+            self.events.push_back(StreamEvent::Writable);
+        }
+    }
+
+    fn on_fin(&mut self, offset: u64) {
+        if let Some(known) = self.peer_fin {
+            if known != offset {
+                self.protocol_error("fin moved");
+            }
+            self.ack_now = true;
+            return;
+        }
+        let highest = self
+            .early
+            .iter()
+            .next_back()
+            .map_or(self.recv_next, |(o, b)| o + b.len() as u64)
+            .max(self.recv_next);
+        if offset < highest {
+            return self.protocol_error("fin before bytes already sent");
+        }
+        self.peer_fin = Some(offset);
+        self.ack_now = true;
+        if offset == self.recv_next && self.recv.is_empty() {
+            self.events.push_back(StreamEvent::Readable);
+        }
+    }
+
+    /// The next frame to send, of at most `budget` encoded bytes; call until `None`.
+    pub fn poll_transmit(&mut self, now: Instant, budget: usize) -> Option<Frame> {
+        if self.reset_unsent {
+            self.reset_unsent = false;
+            let (code, reason) = self.reset.clone()?;
+            return Some(Frame::Reset {
+                stream: self.id,
+                code,
+                reason,
+            });
+        }
+        if self.reset.is_some() {
+            return None;
+        }
+        if self.ack_now || self.ack_at.is_some_and(|t| now >= t) {
+            self.ack_now = false;
+            self.ack_at = None;
+            self.granted = self.granted.max(self.recv_limit());
+            self.acked_to_peer = self.recv_next;
+            return Some(Frame::Ack {
+                stream: self.id,
+                received: self.ack_point(),
+                window: (self.granted - self.recv_next) as u32,
+            });
+        }
+        let data_end = self.send_base + self.send.len() as u64;
+        let can_send = data_end.min(self.peer_limit).saturating_sub(self.send_next);
+        // Type, stream, offset, length: 15 bytes before the payload.
+        let room = budget.saturating_sub(15).min(MAX_DATA);
+        if can_send > 0 && room > 0 {
+            let n = (can_send as usize).min(room);
+            let start = (self.send_next - self.send_base) as usize;
+            let bytes: Vec<u8> = self.send.range(start..start + n).copied().collect();
+            let frame = Frame::Data {
+                stream: self.id,
+                offset: self.send_next,
+                bytes,
+            };
+            if self.send_next == self.send_base {
+                self.last_progress = Some(now);
+            }
+            self.send_next += n as u64;
+            self.sent_max = self.sent_max.max(self.send_next);
+            return Some(frame);
+        }
+        if self.fin_unsent && self.send_next == data_end {
+            self.fin_unsent = false;
+            self.fin_offset = Some(data_end);
+            self.last_progress.get_or_insert(now);
+            return Some(Frame::Fin {
+                stream: self.id,
+                offset: data_end,
+            });
+        }
+        None
+    }
+
+    fn unacknowledged(&self) -> bool {
+        self.send_next > self.send_base || (self.fin_offset.is_some() && !self.fin_acked)
+    }
+
+    /// When [`Stream::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.reset.is_some() {
+            return None;
+        }
+        let resend = self
+            .unacknowledged()
+            .then(|| self.last_progress.map(|t| t + self.cfg.retransmit_after))
+            .flatten();
+        match (self.ack_at, resend) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.reset.is_some() {
+            return;
+        }
+        if self.ack_at.is_some_and(|t| now >= t) {
+            self.ack_now = true;
+        }
+        let stalled = self
+            .last_progress
+            .is_some_and(|t| now >= t + self.cfg.retransmit_after);
+        if self.unacknowledged() && stalled {
+            self.resume(now);
+        }
+    }
+
+    /// The link came back (or stalled): send every unacknowledged byte again, and the grant.
+    pub fn resume(&mut self, now: Instant) {
+        if self.reset.is_some() {
+            return;
+        }
+        self.send_next = self.send_base;
+        if self.fin_offset.is_some() && !self.fin_acked {
+            self.fin_unsent = true;
+        }
+        self.last_progress = Some(now);
+        self.ack_now = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(window: u32, buffer: usize) -> StreamConfig {
+        StreamConfig {
+            recv_window: window,
+            send_buffer: buffer,
+            retransmit_after: Duration::from_secs(2),
+        }
+    }
+
+    /// Moves every frame `from` wants to send into `to`, through `filter` (which may drop,
+    /// duplicate or reorder); returns how many were delivered.
+    fn pump(
+        from: &mut Stream,
+        to: &mut Stream,
+        now: Instant,
+        filter: &mut dyn FnMut(Frame) -> Vec<Frame>,
+    ) -> usize {
+        let mut out = Vec::new();
+        while let Some(f) = from.poll_transmit(now, 1200) {
+            out.extend(filter(f));
+            assert!(out.len() < 100_000, "runaway transmit");
+        }
+        let n = out.len();
+        for f in out {
+            to.handle(f, now);
+        }
+        n
+    }
+
+    fn read_all(s: &mut Stream) -> (Vec<u8>, bool) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).unwrap() {
+                Read::Bytes(n) => got.extend_from_slice(&buf[..n]),
+                Read::End => return (got, true),
+                Read::Blocked => return (got, false),
+            }
+        }
+    }
+
+    fn payload(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// Sends `data` from a to b through `filter`, reading as it goes, until b has the end.
+    fn transfer(
+        a: &mut Stream,
+        b: &mut Stream,
+        data: &[u8],
+        filter: &mut dyn FnMut(Frame) -> Vec<Frame>,
+    ) -> Vec<u8> {
+        let mut now = Instant::now();
+        let mut written = 0;
+        let mut got = Vec::new();
+        for _ in 0..100_000 {
+            if written < data.len() {
+                written += a.write(&data[written..]).unwrap();
+                if written == data.len() {
+                    a.finish().unwrap();
+                }
+            }
+            pump(a, b, now, filter);
+            let (bytes, end) = read_all(b);
+            got.extend(bytes);
+            pump(b, a, now, &mut |f| vec![f]);
+            if end {
+                return got;
+            }
+            now += Duration::from_millis(10);
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+        }
+        panic!(
+            "transfer did not finish: {} of {} bytes",
+            got.len(),
+            data.len()
+        );
+    }
+
+    #[test]
+    fn bytes_arrive_in_order_with_flow_control_and_fin() {
+        let mut a = Stream::opener(1, cfg(64 * 1024, 100_000));
+        let mut b = Stream::acceptor(1, cfg(64 * 1024, 100_000), a.recv_window());
+        let data = payload(1_000_000);
+        let got = transfer(&mut a, &mut b, &data, &mut |f| vec![f]);
+        assert_eq!(got, data);
+        pump(&mut b, &mut a, Instant::now(), &mut |f| vec![f]);
+        b.finish().unwrap();
+        pump(&mut b, &mut a, Instant::now(), &mut |f| vec![f]);
+        assert_eq!(read_all(&mut a), (vec![], true));
+        pump(&mut a, &mut b, Instant::now(), &mut |f| vec![f]);
+        assert!(a.is_closed() && b.is_closed(), "{a:?}\n{b:?}");
+    }
+
+    #[test]
+    fn the_sender_never_exceeds_the_granted_window() {
+        let mut a = Stream::opener(1, cfg(64 * 1024, 1 << 20));
+        let mut b = Stream::acceptor(1, cfg(64 * 1024, 1 << 20), a.recv_window());
+        pump(&mut b, &mut a, Instant::now(), &mut |f| vec![f]);
+        assert_eq!(a.write(&payload(1 << 20)).unwrap(), 1 << 20);
+        // Nobody reads at b: what crosses stops at its window, and b holds no more than that.
+        for _ in 0..10 {
+            pump(&mut a, &mut b, Instant::now(), &mut |f| vec![f]);
+            pump(&mut b, &mut a, Instant::now(), &mut |f| vec![f]);
+        }
+        assert_eq!(b.readable(), 64 * 1024);
+        // What b acknowledged left a's send buffer; the rest waits there. Once it is full
+        // again, a write is short, and Writable comes when b reads and grants more.
+        assert_eq!(a.write_room(), 64 * 1024);
+        assert_eq!(a.write(&payload(100_000)).unwrap(), 64 * 1024);
+        assert_eq!(a.write(b"more").unwrap(), 0);
+        read_all(&mut b);
+        // b grants more, a sends it, b acknowledges it: a's buffer has room again.
+        pump(&mut b, &mut a, Instant::now(), &mut |f| vec![f]);
+        pump(&mut a, &mut b, Instant::now(), &mut |f| vec![f]);
+        pump(&mut b, &mut a, Instant::now(), &mut |f| vec![f]);
+        assert_eq!(a.poll_event(), Some(StreamEvent::Writable));
+    }
+
+    #[test]
+    fn duplicated_and_reordered_frames_deliver_each_byte_once() {
+        let mut a = Stream::opener(3, cfg(64 * 1024, 200_000));
+        let mut b = Stream::acceptor(3, cfg(64 * 1024, 200_000), a.recv_window());
+        let data = payload(300_000);
+        let mut held: Option<Frame> = None;
+        let mut n = 0;
+        // Every frame twice; every third one held back and delivered after the next.
+        let got = transfer(&mut a, &mut b, &data, &mut |f| {
+            n += 1;
+            let mut out = vec![f.clone(), f];
+            if n % 3 == 0 {
+                let late = held.replace(out.pop().unwrap());
+                out.extend(late);
+            } else if let Some(late) = held.take() {
+                out.push(late);
+            }
+            out
+        });
+        assert_eq!(got, data);
+    }
+
+    #[test]
+    fn lost_frames_are_resent_after_the_retransmit_time() {
+        let mut a = Stream::opener(5, cfg(64 * 1024, 200_000));
+        let mut b = Stream::acceptor(5, cfg(64 * 1024, 200_000), a.recv_window());
+        let data = payload(200_000);
+        let mut n = 0;
+        // Every fifth data frame (and the first fin) is lost.
+        let got = transfer(&mut a, &mut b, &data, &mut |f| {
+            n += 1;
+            if n % 5 == 0 { vec![] } else { vec![f] }
+        });
+        assert_eq!(got, data);
+    }
+
+    #[test]
+    fn resume_resends_what_the_link_lost() {
+        let now = Instant::now();
+        let mut a = Stream::opener(5, cfg(64 * 1024, 200_000));
+        let mut b = Stream::acceptor(5, cfg(64 * 1024, 200_000), a.recv_window());
+        pump(&mut b, &mut a, now, &mut |f| vec![f]);
+        a.write(&payload(50_000)).unwrap();
+        // The link drops everything in flight.
+        pump(&mut a, &mut b, now, &mut |_| vec![]);
+        assert_eq!(b.readable(), 0);
+        a.resume(now);
+        pump(&mut a, &mut b, now, &mut |f| vec![f]);
+        assert_eq!(read_all(&mut b).0, payload(50_000));
+    }
+
+    #[test]
+    fn an_ack_of_a_fin_sent_before_a_resume_is_taken() {
+        let now = Instant::now();
+        let mut a = Stream::opener(1, cfg(64 * 1024, 1000));
+        a.write(b"abc").unwrap();
+        a.finish().unwrap();
+        let mut b = Stream::acceptor(1, cfg(64 * 1024, 1000), a.recv_window());
+        pump(&mut a, &mut b, now, &mut |f| vec![f]);
+        a.resume(now);
+        // b's ack of the bytes and the fin arrives after the resume; the resent copies are
+        // duplicates to b.
+        pump(&mut b, &mut a, now, &mut |f| vec![f]);
+        assert_eq!(a.reset_reason(), None);
+        pump(&mut a, &mut b, now, &mut |f| vec![f]);
+        assert_eq!(read_all(&mut b), (b"abc".to_vec(), true));
+        assert_eq!(a.poll_timeout(), None, "nothing left to resend");
+    }
+
+    #[test]
+    fn overlapping_bytes_past_a_gap_are_bounded_by_the_window() {
+        let now = Instant::now();
+        let mut b = Stream::acceptor(1, cfg(64 * 1024, 1000), 1000);
+        for i in 0..64u64 {
+            b.handle(
+                Frame::Data {
+                    stream: 1,
+                    offset: 1 + i,
+                    bytes: vec![0; 4000],
+                },
+                now,
+            );
+        }
+        assert!(
+            b.reset_reason()
+                .is_some_and(|(_, r)| r.contains("past a gap")),
+            "{:?}",
+            b.reset_reason()
+        );
+    }
+
+    #[test]
+    fn data_past_the_window_or_the_fin_resets_with_a_protocol_error() {
+        let now = Instant::now();
+        let mut b = Stream::acceptor(1, cfg(64 * 1024, 1000), 1000);
+        b.handle(
+            Frame::Data {
+                stream: 1,
+                offset: 64 * 1024,
+                bytes: vec![1],
+            },
+            now,
+        );
+        assert!(matches!(
+            b.poll_event(),
+            Some(StreamEvent::Reset {
+                code: ResetCode::Protocol,
+                ..
+            })
+        ));
+        assert!(matches!(
+            b.poll_transmit(now, 1200),
+            Some(Frame::Reset {
+                code: ResetCode::Protocol,
+                ..
+            })
+        ));
+        assert!(b.is_closed());
+        assert!(matches!(b.write(b"x"), Err(StreamError::Reset { .. })));
+
+        let mut c = Stream::acceptor(2, cfg(64 * 1024, 1000), 1000);
+        c.handle(
+            Frame::Fin {
+                stream: 2,
+                offset: 3,
+            },
+            now,
+        );
+        c.handle(
+            Frame::Data {
+                stream: 2,
+                offset: 0,
+                bytes: vec![1, 2, 3, 4],
+            },
+            now,
+        );
+        assert!(
+            c.reset_reason()
+                .is_some_and(|(_, r)| r.contains("past the fin"))
+        );
+
+        let mut d = Stream::opener(4, cfg(64 * 1024, 1000));
+        d.handle(
+            Frame::Ack {
+                stream: 4,
+                received: 10,
+                window: 0,
+            },
+            now,
+        );
+        assert!(
+            d.reset_reason()
+                .is_some_and(|(_, r)| r.contains("never sent"))
+        );
+    }
+
+    #[test]
+    fn a_peer_reset_ends_both_directions_with_its_reason() {
+        let now = Instant::now();
+        let mut a = Stream::opener(1, StreamConfig::default());
+        a.write(b"hello").unwrap();
+        a.handle(
+            Frame::Reset {
+                stream: 1,
+                code: ResetCode::Refused,
+                reason: "not in [tunnel] allow".into(),
+            },
+            now,
+        );
+        assert_eq!(
+            a.poll_event(),
+            Some(StreamEvent::Reset {
+                code: ResetCode::Refused,
+                reason: "not in [tunnel] allow".into()
+            })
+        );
+        assert_eq!(a.poll_transmit(now, 1200), None, "no answer to a reset");
+        assert!(a.is_closed());
+        let mut buf = [0u8; 4];
+        assert!(matches!(a.read(&mut buf), Err(StreamError::Reset { .. })));
+    }
+
+    #[test]
+    fn the_opener_sends_its_initial_window_before_any_ack() {
+        let now = Instant::now();
+        let mut a = Stream::opener(1, StreamConfig::default());
+        a.write(&payload(200_000)).unwrap();
+        let mut sent = 0;
+        while let Some(f) = a.poll_transmit(now, 1200) {
+            if let Frame::Data { bytes, .. } = f {
+                sent += bytes.len();
+            }
+        }
+        assert_eq!(sent, INITIAL_WINDOW as usize);
+    }
+}
