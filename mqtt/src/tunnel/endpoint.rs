@@ -1,0 +1,539 @@
+//! The task that runs one end of a tunnel link: it owns the [`Mux`], the [`Sealer`] and the
+//! [`Opener`], takes sealed packets in and hands sealed packets out over bounded channels, and
+//! moves bytes between the mux's streams and the [`TunnelStream`]s the application bridges to
+//! sockets.
+//!
+//! Nothing on a peer-controlled path is unbounded:
+//! - upstream (socket → tunnel): a bridge may queue only as many bytes as its stream has send
+//!   buffer for (a semaphore of bytes), so a fast socket behind a slow tunnel stops being read;
+//! - downstream (tunnel → socket): a stream's bytes move to its bridge through a channel of a
+//!   few chunks; while that is full they stay in the stream, whose window then closes, and the
+//!   peer stops sending. A slow reader holds back its own stream only.
+//! - packets out wait for room in the outgoing channel; meanwhile incoming packets and commands
+//!   are still handled, so the MQTT event loop never waits on this task.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use verge_protocol::tunnel::frame::ResetCode;
+use verge_protocol::tunnel::mux::{Mux, MuxConfig, MuxEvent, Side};
+use verge_protocol::tunnel::seal::{Direction, Epoch, Opener, SealError, Sealer};
+use verge_protocol::tunnel::stream::{Read, StreamEvent};
+
+use super::stream::{Down, TunnelStream, Up};
+
+/// Chunks queued towards one bridge before its stream's bytes wait in the stream.
+const DOWN_CHUNKS: usize = 8;
+/// Bytes read out of a stream per chunk.
+const CHUNK: usize = 16 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    pub side: Side,
+    pub mux: MuxConfig,
+    /// The agent's secret: the key material of both directions.
+    pub secret: Vec<u8>,
+    /// What both ends bind their keys to besides the secret (the manager's id).
+    pub context: Vec<u8>,
+    /// Streams survive a link outage this long; past it they are reset.
+    pub resume: Duration,
+}
+
+/// Why a stream could not be opened or ended early.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TunnelError {
+    #[error("tunnel stream reset ({code}): {reason}")]
+    Reset { code: ResetCode, reason: String },
+    #[error("cannot open a tunnel stream: {0}")]
+    Open(String),
+    #[error("the tunnel endpoint has stopped")]
+    Stopped,
+}
+
+/// A stream the peer opened, waiting to be accepted (and bridged) or refused.
+pub struct Incoming {
+    pub target: String,
+    id: u32,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Incoming {
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Takes the stream; bytes the peer sent meanwhile are waiting in it.
+    pub async fn accept(self) -> Result<TunnelStream, TunnelError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Accept { id: self.id, reply })
+            .await
+            .map_err(|_| TunnelError::Stopped)?;
+        answer.await.map_err(|_| TunnelError::Stopped)?
+    }
+
+    /// Refuses the stream; the peer's opener gets `reason`.
+    pub async fn refuse(self, code: ResetCode, reason: &str) {
+        let _ = self
+            .commands
+            .send(Command::Refuse {
+                id: self.id,
+                code,
+                reason: reason.to_string(),
+            })
+            .await;
+    }
+}
+
+enum Command {
+    Open {
+        target: String,
+        reply: oneshot::Sender<Result<TunnelStream, TunnelError>>,
+    },
+    Accept {
+        id: u32,
+        reply: oneshot::Sender<Result<TunnelStream, TunnelError>>,
+    },
+    Refuse {
+        id: u32,
+        code: ResetCode,
+        reason: String,
+    },
+    Stats {
+        reply: oneshot::Sender<EndpointStats>,
+    },
+}
+
+/// What an endpoint has done, for the operator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    pub open_streams: usize,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    /// Packets refused: forged, replayed, of an older epoch, or malformed.
+    pub packets_refused: u64,
+    pub resets: HashMap<String, u64>,
+}
+
+/// The application's handle on a running endpoint.
+#[derive(Clone)]
+pub struct Endpoint {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Endpoint {
+    /// Starts the endpoint task. `packets_in` carries sealed packets from the peer,
+    /// `packets_out` takes sealed packets to publish; `link_up` says whether the MQTT session
+    /// is up. Streams the peer opens arrive on the returned receiver.
+    pub fn spawn(
+        cfg: EndpointConfig,
+        packets_in: mpsc::Receiver<Vec<u8>>,
+        packets_out: mpsc::Sender<Vec<u8>>,
+        link_up: watch::Receiver<bool>,
+    ) -> Result<(Self, mpsc::Receiver<Incoming>), SealError> {
+        let (send_dir, recv_dir) = match cfg.side {
+            Side::Manager => (Direction::ToAgent, Direction::ToManager),
+            Side::Agent => (Direction::ToManager, Direction::ToAgent),
+        };
+        let epoch = Epoch::new(verge_protocol::now_ms())?;
+        let (commands, command_rx) = mpsc::channel(64);
+        let (incoming_tx, incoming) = mpsc::channel(cfg.mux.max_streams.max(1));
+        let (up_tx, up_rx) = mpsc::channel(1024);
+        let (drained_tx, drained_rx) = mpsc::channel(cfg.mux.max_streams.max(1));
+        let task = Task {
+            mux: Mux::new(cfg.side, cfg.mux.clone()),
+            sealer: Sealer::new(&cfg.secret, send_dir, &cfg.context, epoch),
+            opener: Opener::new(&cfg.secret, recv_dir, &cfg.context),
+            peer_seen: false,
+            slots: HashMap::new(),
+            pending_out: None,
+            commands: commands.clone(),
+            incoming: incoming_tx,
+            up_tx,
+            drained_tx,
+            resume: cfg.resume,
+            down_since: None,
+            stats: EndpointStats::default(),
+        };
+        tokio::spawn(task.run(
+            packets_in,
+            packets_out,
+            link_up,
+            command_rx,
+            up_rx,
+            drained_rx,
+        ));
+        Ok((Self { commands }, incoming))
+    }
+
+    /// Opens a stream to `target` on the peer.
+    pub async fn open(&self, target: &str) -> Result<TunnelStream, TunnelError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Open {
+                target: target.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| TunnelError::Stopped)?;
+        answer.await.map_err(|_| TunnelError::Stopped)?
+    }
+
+    pub async fn stats(&self) -> Result<EndpointStats, TunnelError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Stats { reply })
+            .await
+            .map_err(|_| TunnelError::Stopped)?;
+        answer.await.map_err(|_| TunnelError::Stopped)
+    }
+}
+
+/// The endpoint's side of one stream's bridge.
+struct Slot {
+    /// Bytes the bridge may queue upstream; topped up as the stream's send buffer frees.
+    up_permits: Arc<Semaphore>,
+    /// Permits handed out and not yet written into the stream.
+    granted: usize,
+    down: mpsc::Sender<Down>,
+    /// Set when `down` was full: the bridge then reports (on the drained channel) that it
+    /// took a chunk, and the stream is read again.
+    wake_me: Arc<AtomicBool>,
+    ended: bool,
+}
+
+struct Task {
+    mux: Mux,
+    sealer: Sealer,
+    opener: Opener,
+    peer_seen: bool,
+    /// Streams handed to the application (accepted or opened here).
+    slots: HashMap<u32, Slot>,
+    pending_out: Option<Vec<u8>>,
+    commands: mpsc::Sender<Command>,
+    incoming: mpsc::Sender<Incoming>,
+    up_tx: mpsc::Sender<Up>,
+    drained_tx: mpsc::Sender<u32>,
+    resume: Duration,
+    down_since: Option<Instant>,
+    stats: EndpointStats,
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut packets_in: mpsc::Receiver<Vec<u8>>,
+        packets_out: mpsc::Sender<Vec<u8>>,
+        mut link_up: watch::Receiver<bool>,
+        mut commands: mpsc::Receiver<Command>,
+        mut up: mpsc::Receiver<Up>,
+        mut drained: mpsc::Receiver<u32>,
+    ) {
+        let mut link_open = true;
+        loop {
+            self.fill_pending_out();
+            let deadline = self
+                .mux
+                .poll_timeout()
+                .map(Instant::from_std)
+                .into_iter()
+                .chain(self.down_since.map(|t| t + self.resume))
+                .min();
+            tokio::select! {
+                permit = packets_out.reserve(), if self.pending_out.is_some() => {
+                    let Ok(permit) = permit else { break };
+                    if let Some(packet) = self.pending_out.take() {
+                        permit.send(packet);
+                        self.stats.packets_out += 1;
+                    }
+                }
+                packet = packets_in.recv() => {
+                    let Some(packet) = packet else { break };
+                    self.on_packet(&packet);
+                }
+                command = commands.recv() => {
+                    let Some(command) = command else { break };
+                    self.on_command(command);
+                }
+                Some(chunk) = up.recv() => self.on_up(chunk),
+                Some(id) = drained.recv() => self.pump_down(id),
+                changed = link_up.changed(), if link_open => {
+                    if changed.is_err() {
+                        link_open = false;
+                        continue;
+                    }
+                    let up = *link_up.borrow_and_update();
+                    self.on_link(up);
+                }
+                _ = sleep_until(deadline) => {
+                    let now = Instant::now();
+                    if self.down_since.is_some_and(|t| now >= t + self.resume) {
+                        self.down_since = None;
+                        let why = format!("the MQTT link was down longer than {:?}", self.resume);
+                        tracing::warn!(streams = self.mux.len(), "tunnel link lost: {why}");
+                        self.mux.reset_all(ResetCode::LinkLost, &why);
+                    }
+                    self.mux.handle_timeout(now.into_std());
+                }
+            }
+            self.after_input();
+        }
+        // Stopped: every bridge learns it.
+        for (_, slot) in self.slots.drain() {
+            let _ = slot.down.try_send(Down::Reset {
+                code: ResetCode::LinkLost,
+                reason: "the tunnel endpoint stopped".into(),
+            });
+        }
+    }
+
+    fn fill_pending_out(&mut self) {
+        if self.pending_out.is_some() {
+            return;
+        }
+        if let Some(frames) = self.mux.poll_packet(Instant::now().into_std()) {
+            match self.sealer.seal(&frames) {
+                Ok(packet) => self.pending_out = Some(packet),
+                Err(e) => tracing::error!(error = %e, "cannot seal a tunnel packet"),
+            }
+        }
+        self.collect_events();
+    }
+
+    fn on_link(&mut self, up: bool) {
+        if up {
+            if self.down_since.take().is_some() {
+                tracing::info!(
+                    streams = self.mux.len(),
+                    "tunnel link back; resuming streams"
+                );
+            }
+            self.mux.resume(Instant::now().into_std());
+        } else if self.down_since.is_none() {
+            self.down_since = Some(Instant::now());
+        }
+    }
+
+    fn on_packet(&mut self, packet: &[u8]) {
+        self.stats.packets_in += 1;
+        let (frames, new_epoch) = match self.opener.open(packet) {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.stats.packets_refused += 1;
+                tracing::warn!(error = %e, "tunnel packet refused");
+                return;
+            }
+        };
+        if new_epoch && self.peer_seen {
+            // The peer restarted: the streams it had are gone on its side.
+            tracing::info!(
+                streams = self.mux.len(),
+                "tunnel peer restarted; resetting its streams"
+            );
+            self.mux
+                .reset_all(ResetCode::LinkLost, "the other end restarted");
+            self.collect_events();
+        }
+        self.peer_seen = true;
+        if let Err(e) = self.mux.handle_packet(&frames, Instant::now().into_std()) {
+            self.stats.packets_refused += 1;
+            tracing::warn!(error = %e, "tunnel packet with a malformed frame refused");
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Open { target, reply } => {
+                let result = match self.mux.open(&target) {
+                    Ok(id) => Ok(self.bridge(id)),
+                    Err(e) => Err(TunnelError::Open(e.to_string())),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Accept { id, reply } => {
+                let result = if self.mux.stream(id).is_some() && !self.slots.contains_key(&id) {
+                    Ok(self.bridge(id))
+                } else {
+                    Err(TunnelError::Reset {
+                        code: ResetCode::Aborted,
+                        reason: "the stream ended before it was accepted".into(),
+                    })
+                };
+                let _ = reply.send(result);
+                self.pump_down(id);
+            }
+            Command::Refuse { id, code, reason } => {
+                tracing::info!(stream = id, %code, %reason, "tunnel stream refused");
+                self.count_reset(code);
+                self.mux.refuse(id, code, &reason);
+            }
+            Command::Stats { reply } => {
+                self.stats.open_streams = self.mux.len();
+                let _ = reply.send(self.stats.clone());
+            }
+        }
+    }
+
+    /// A slot and the application's handle for stream `id`.
+    fn bridge(&mut self, id: u32) -> TunnelStream {
+        let room = self.mux.stream(id).map_or(0, |s| s.write_room());
+        let up_permits = Arc::new(Semaphore::new(room));
+        let (down_tx, down_rx) = mpsc::channel(DOWN_CHUNKS);
+        let wake_me = Arc::new(AtomicBool::new(false));
+        self.slots.insert(
+            id,
+            Slot {
+                up_permits: up_permits.clone(),
+                granted: room,
+                down: down_tx,
+                wake_me: wake_me.clone(),
+                ended: false,
+            },
+        );
+        TunnelStream::new(
+            id,
+            up_permits,
+            self.up_tx.clone(),
+            down_rx,
+            wake_me,
+            self.drained_tx.clone(),
+        )
+    }
+
+    fn on_up(&mut self, up: Up) {
+        match up {
+            Up::Bytes { id, bytes } => {
+                let Some(slot) = self.slots.get_mut(&id) else {
+                    return;
+                };
+                slot.granted = slot.granted.saturating_sub(bytes.len());
+                if let Some(stream) = self.mux.stream(id) {
+                    // Never short: the bridge held permits for these bytes.
+                    let _ = stream.write(&bytes);
+                }
+            }
+            Up::Finish { id } => {
+                if let Some(stream) = self.mux.stream(id) {
+                    let _ = stream.finish();
+                }
+            }
+            Up::Abort { id, reason } => {
+                self.count_reset(ResetCode::Aborted);
+                self.mux.refuse(id, ResetCode::Aborted, &reason);
+                self.slots.remove(&id);
+            }
+        }
+    }
+
+    fn after_input(&mut self) {
+        self.collect_events();
+        // Grant bridges the send buffer that acks freed.
+        for (id, slot) in &mut self.slots {
+            if let Some(stream) = self.mux.stream(*id) {
+                let room = stream.write_room();
+                if room > slot.granted {
+                    slot.up_permits.add_permits(room - slot.granted);
+                    slot.granted = room;
+                }
+            }
+        }
+    }
+
+    fn collect_events(&mut self) {
+        while let Some(event) = self.mux.poll_event() {
+            match event {
+                MuxEvent::Opened { stream, target } => {
+                    let incoming = Incoming {
+                        target,
+                        id: stream,
+                        commands: self.commands.clone(),
+                    };
+                    if self.incoming.try_send(incoming).is_err() {
+                        self.mux.refuse(
+                            stream,
+                            ResetCode::TooManyStreams,
+                            "the endpoint is not accepting",
+                        );
+                    }
+                }
+                MuxEvent::Stream {
+                    stream,
+                    event: StreamEvent::Readable,
+                } => self.pump_down(stream),
+                MuxEvent::Stream {
+                    stream,
+                    event: StreamEvent::Reset { code, reason },
+                } => {
+                    self.count_reset(code);
+                    if let Some(slot) = self.slots.remove(&stream) {
+                        let _ = slot.down.try_send(Down::Reset { code, reason });
+                    }
+                }
+                MuxEvent::Stream {
+                    event: StreamEvent::Writable,
+                    ..
+                } => {}
+                MuxEvent::Closed { stream } => {
+                    self.slots.remove(&stream);
+                }
+                MuxEvent::Pong { .. } => {}
+            }
+        }
+    }
+
+    fn count_reset(&mut self, code: ResetCode) {
+        *self
+            .stats
+            .resets
+            .entry(code.as_str().to_string())
+            .or_default() += 1;
+    }
+
+    /// Moves stream `id`'s readable bytes to its bridge while the bridge's channel has room.
+    fn pump_down(&mut self, id: u32) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let Some(stream) = self.mux.stream(id) else {
+            return;
+        };
+        while !slot.ended {
+            let permit = match slot.down.try_reserve() {
+                Ok(permit) => permit,
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    // Ask the bridge to say when it has drained some, then look once more:
+                    // it may have drained between the two, before it could see the request.
+                    slot.wake_me.store(true, Ordering::Release);
+                    match slot.down.try_reserve() {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => return,
+            };
+            let mut buf = vec![0u8; CHUNK.min(stream.readable().max(1))];
+            match stream.read(&mut buf) {
+                Ok(Read::Bytes(n)) => {
+                    buf.truncate(n);
+                    permit.send(Down::Bytes(buf));
+                }
+                Ok(Read::End) => {
+                    permit.send(Down::End);
+                    slot.ended = true;
+                }
+                Ok(Read::Blocked) | Err(_) => return,
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
