@@ -27,6 +27,34 @@ pub struct AgentConfig {
     pub limits: Limits,
     #[serde(default)]
     pub webrtc: WebrtcConfig,
+    #[serde(default)]
+    pub tunnel: TunnelConfig,
+}
+
+/// `[tunnel]`: what the manager may reach on this box through the tunnel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunnelConfig {
+    /// Targets the agent dials for the manager: `"rtmp"` and `"http"` (this agent's own
+    /// listeners, on loopback) or `"host:port"` exactly as the manager names it.
+    pub allow: Vec<String>,
+    /// Open streams survive an MQTT outage this long, then both ends reset them.
+    pub resume_secs: u64,
+    /// Tunnel streams open at once.
+    pub max_streams: usize,
+    /// Bytes each stream buffers in each direction (its flow-control window), in KiB.
+    pub window_kib: u32,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        Self {
+            allow: vec!["rtmp".into(), "http".into()],
+            resume_secs: 30,
+            max_streams: 64,
+            window_kib: 512,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -224,6 +252,7 @@ impl AgentConfig {
             http: HttpConfig::default(),
             limits: Limits::default(),
             webrtc: WebrtcConfig::default(),
+            tunnel: TunnelConfig::default(),
         }
     }
 

@@ -11,6 +11,8 @@
 //! - [`keys`]: the channel keys the manager hands out; with `[rtmp] noauth = false` a publisher
 //!   must use one.
 //! - [`streams`]: stream names, and the hub's streams copied into the state snapshot.
+//! - [`tunnel`]: the agent's end of the tunnel: per-manager links, the `[tunnel] allow` check,
+//!   dialling and bridging what the manager opens.
 //!
 //! A publish's path: OBS connects to [`rtmp::serve`]; the connection's
 //! `verge_media::rtmp::session::Session` asks to publish `live/cam`; the hub accepts it;
@@ -28,6 +30,7 @@ pub mod rtmp;
 pub mod session;
 pub mod state;
 pub mod streams;
+pub mod tunnel;
 pub mod webrtc;
 
 use std::future::Future;

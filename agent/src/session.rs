@@ -25,6 +25,7 @@ use crate::config::{AgentConfig, ConfigError};
 use crate::keys::KeyTable;
 use crate::rpc;
 use crate::state::StateHandle;
+use crate::tunnel::Tunnels;
 use crate::webrtc::Whep;
 
 /// How long a goodbye may take before the process exits anyway.
@@ -144,6 +145,15 @@ pub async fn run(
     let announcer = tokio::spawn(announce(shared.clone(), connected_rx, reannounce.clone()));
     let permits = Arc::new(Semaphore::new(cfg.limits.rpc_concurrency.max(1)));
     let replays = Mutex::new(ReplayGuard::new(4096));
+    let (link_up, link_up_rx) = watch::channel(false);
+    let mut tunnels = Tunnels::new(
+        cfg,
+        shared.client.clone(),
+        shared.topics.clone(),
+        link_up_rx,
+    );
+    // `{p}/v1/a/{id}/tun:` then the manager's id.
+    let tunnel_prefix = shared.topics.tunnel_down(&shared.id, "");
     let request_topic = shared.topics.request(&shared.id);
     let keys_topic = shared.topics.keys(&shared.id);
     let presence_topic = shared.topics.presence(&shared.id);
@@ -156,6 +166,13 @@ pub async fn run(
                 None => break Err(AgentError::LinkEnded),
                 Some(LinkEvent::Connected { session }) => {
                     connected_tx.send_replace(session);
+                    link_up.send_replace(true);
+                }
+                Some(LinkEvent::Message { topic, payload }) if topic.starts_with(&tunnel_prefix) => {
+                    let manager = &topic[tunnel_prefix.len()..];
+                    if verge_protocol::id::validate(manager).is_ok() {
+                        tunnels.on_packet(manager, &payload);
+                    }
                 }
                 Some(LinkEvent::Message { topic, payload }) if topic == request_topic => {
                     on_request(&shared, &payload, &permits, &replays);
@@ -171,7 +188,9 @@ pub async fn run(
                 Some(LinkEvent::Message { topic, .. }) => {
                     tracing::trace!(agent = %shared.id, %topic, "ignoring our own echo or an unknown topic");
                 }
-                Some(LinkEvent::Disconnected { .. }) => {}
+                Some(LinkEvent::Disconnected { .. }) => {
+                    link_up.send_replace(false);
+                }
             },
         }
     };

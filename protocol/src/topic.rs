@@ -7,7 +7,12 @@
 //! {p}/v1/a/{agent}/req        manager -> agent RPC requests
 //! {p}/v1/m/{manager}/res      agent -> manager RPC replies
 //! {p}/v1/a/{agent}/keys       retained channel keys, manager -> agent
+//! {p}/v1/a/{agent}/tun:{mgr}  sealed tunnel packets, manager -> agent
+//! {p}/v1/m/{mgr}/tun/{agent}  sealed tunnel packets, agent -> manager
 //! ```
+//!
+//! The down topic is one level under the agent (`tun:{manager}`, `:` never appears in an id)
+//! so that the agent's single filter `{p}/v1/a/{agent}/+` covers it.
 
 use crate::id::{self, IdError};
 
@@ -29,6 +34,8 @@ pub enum Topic {
     Request { agent: String },
     Reply { manager: String },
     Keys { agent: String },
+    TunnelDown { agent: String, manager: String },
+    TunnelUp { manager: String, agent: String },
 }
 
 /// Builds and parses topics under one prefix.
@@ -71,6 +78,21 @@ impl Topics {
 
     pub fn reply(&self, manager: &str) -> String {
         format!("{}/v1/m/{manager}/res", self.prefix)
+    }
+
+    /// Tunnel packets from `manager` to `agent`.
+    pub fn tunnel_down(&self, agent: &str, manager: &str) -> String {
+        format!("{}/v1/a/{agent}/tun:{manager}", self.prefix)
+    }
+
+    /// Tunnel packets from `agent` to `manager`.
+    pub fn tunnel_up(&self, manager: &str, agent: &str) -> String {
+        format!("{}/v1/m/{manager}/tun/{agent}", self.prefix)
+    }
+
+    /// Every agent's tunnel packets to `manager`.
+    pub fn tunnel_up_all(&self, manager: &str) -> String {
+        self.tunnel_up(manager, "+")
     }
 
     /// Filter matching every topic of one agent (what an agent subscribes to).
@@ -119,6 +141,33 @@ impl Topics {
                     agent: agent.to_string(),
                 },
             ),
+            ["v1", "a", agent, level] if level.starts_with("tun:") => {
+                let manager = &level["tun:".len()..];
+                id::validate(manager).map_err(|source| TopicError::BadId {
+                    topic: topic.to_string(),
+                    source,
+                })?;
+                (
+                    *agent,
+                    Topic::TunnelDown {
+                        agent: agent.to_string(),
+                        manager: manager.to_string(),
+                    },
+                )
+            }
+            ["v1", "m", manager, "tun", agent] => {
+                id::validate(manager).map_err(|source| TopicError::BadId {
+                    topic: topic.to_string(),
+                    source,
+                })?;
+                (
+                    *agent,
+                    Topic::TunnelUp {
+                        manager: manager.to_string(),
+                        agent: agent.to_string(),
+                    },
+                )
+            }
             ["v1", "m", manager, "res"] => (
                 *manager,
                 Topic::Reply {
@@ -138,6 +187,36 @@ impl Topics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tunnel_topics_name_both_ends_and_fit_the_agent_filter() {
+        let t = Topics::new("verge").unwrap();
+        let down = t.tunnel_down("e1", "m1");
+        assert_eq!(down, "verge/v1/a/e1/tun:m1");
+        assert_eq!(
+            t.parse(&down),
+            Ok(Topic::TunnelDown {
+                agent: "e1".into(),
+                manager: "m1".into()
+            })
+        );
+        // One level under the agent: its `+` filter matches it.
+        assert_eq!(
+            down.matches('/').count(),
+            t.agent_all("e1").matches('/').count()
+        );
+        assert_eq!(
+            t.parse(&t.tunnel_up("m1", "e1")),
+            Ok(Topic::TunnelUp {
+                manager: "m1".into(),
+                agent: "e1".into()
+            })
+        );
+        assert_eq!(t.tunnel_up_all("m1"), "verge/v1/m/m1/tun/+");
+        assert!(t.parse("verge/v1/a/e1/tun:").is_err());
+        assert!(t.parse("verge/v1/a/e1/tun:a/b").is_err());
+        assert!(t.parse("verge/v1/m/m1/tun/a:b").is_err());
+    }
 
     #[test]
     fn builds_and_parses_every_topic() {

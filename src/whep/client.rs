@@ -82,7 +82,8 @@ pub struct Stats {
     pub lost: u64,
     /// PLIs sent after a loss.
     pub keyframe_requests: u64,
-    /// Complete access units received before the first keyframe, which no decoder can use.
+    /// Complete access units received before the first decodable keyframe (one with its SPS),
+    /// which no decoder can use.
     pub skipped: u64,
 }
 
@@ -265,8 +266,12 @@ impl Viewer {
             }
             self.stats.lost = self.depacketizer.dropped();
             if let Some(unit) = unit {
-                // A decoder can do nothing with frames before the first keyframe.
-                if self.stats.keyframes == 0 && !unit.keyframe {
+                // A decoder can do nothing with frames before the first keyframe, nor with a
+                // first keyframe whose parameter sets were lost (the session's first packets
+                // can arrive before SRTP is up): ask for another, as a browser does.
+                let decodable = unit.keyframe
+                    && annex_b_nalus(&unit.data).any(|n| avc::nal_type(n) == Some(avc::NAL_SPS));
+                if self.stats.keyframes == 0 && !decodable {
                     self.stats.skipped += 1;
                     self.request_keyframe();
                     continue;

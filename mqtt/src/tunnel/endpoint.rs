@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use verge_protocol::tunnel::frame::ResetCode;
 use verge_protocol::tunnel::mux::{Mux, MuxConfig, MuxEvent, Side};
 use verge_protocol::tunnel::seal::{Direction, Epoch, Opener, SealError, Sealer};
-use verge_protocol::tunnel::stream::{Read, StreamEvent};
+use verge_protocol::tunnel::stream::{Read, StreamConfig, StreamEvent};
 
 use super::stream::{Down, TunnelStream, Up};
 
@@ -41,6 +41,36 @@ pub struct EndpointConfig {
     pub context: Vec<u8>,
     /// Streams survive a link outage this long; past it they are reset.
     pub resume: Duration,
+}
+
+impl EndpointConfig {
+    /// Both ends of a link between agent and manager `manager_id`: `secret` is the agent's;
+    /// `window` the bytes each stream buffers in each direction.
+    pub fn link(
+        side: Side,
+        secret: &str,
+        manager_id: &str,
+        window: u32,
+        max_streams: usize,
+        resume: Duration,
+    ) -> Self {
+        let window = window.max(verge_protocol::tunnel::stream::INITIAL_WINDOW);
+        Self {
+            side,
+            mux: MuxConfig {
+                stream: StreamConfig {
+                    recv_window: window,
+                    send_buffer: window as usize,
+                    ..StreamConfig::default()
+                },
+                max_streams: max_streams.max(1),
+                packet_size: 32 * 1024,
+            },
+            secret: secret.as_bytes().to_vec(),
+            context: manager_id.as_bytes().to_vec(),
+            resume,
+        }
+    }
 }
 
 /// Why a stream could not be opened or ended early.
@@ -112,6 +142,8 @@ enum Command {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointStats {
     pub open_streams: usize,
+    /// Bytes the streams hold (send buffers, unread received bytes).
+    pub buffered_bytes: usize,
     pub packets_in: u64,
     pub packets_out: u64,
     /// Packets refused: forged, replayed, of an older epoch, or malformed.
@@ -373,6 +405,7 @@ impl Task {
             }
             Command::Stats { reply } => {
                 self.stats.open_streams = self.mux.len();
+                self.stats.buffered_bytes = self.mux.buffered();
                 let _ = reply.send(self.stats.clone());
             }
         }

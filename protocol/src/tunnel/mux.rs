@@ -123,6 +123,11 @@ impl Mux {
         }
     }
 
+    /// Bytes all streams hold (see [`Stream::buffered`]).
+    pub fn buffered(&self) -> usize {
+        self.streams.values().map(Stream::buffered).sum()
+    }
+
     /// Streams open now.
     pub fn len(&self) -> usize {
         self.streams.len()

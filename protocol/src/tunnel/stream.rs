@@ -252,6 +252,12 @@ impl Stream {
         self.recv.len()
     }
 
+    /// Bytes this stream holds: queued to send or unacknowledged, and received but not read
+    /// (in order or past a gap). At most `send_buffer + 2 × recv_window`.
+    pub fn buffered(&self) -> usize {
+        self.send.len() + self.recv.len() + self.early_bytes
+    }
+
     pub fn poll_event(&mut self) -> Option<StreamEvent> {
         self.events.pop_front()
     }

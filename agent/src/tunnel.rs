@@ -1,0 +1,211 @@
+//! The agent's end of the tunnel: one link per manager that talks to it, started by that
+//! manager's first packet. A stream the manager opens is dialled only if `[tunnel] allow` names
+//! its target; anything else is refused with a reset that says why.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::AsyncClient;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use verge_mqtt::tunnel::{EndpointConfig, Incoming, MqttTunnel};
+use verge_protocol::topic::Topics;
+use verge_protocol::tunnel::frame::ResetCode;
+use verge_protocol::tunnel::mux::Side;
+
+use crate::config::AgentConfig;
+
+/// Managers with a tunnel link at once; packets of further ones are dropped.
+const MAX_MANAGERS: usize = 8;
+/// How long dialling a target may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the manager may reach: names resolved to addresses.
+#[derive(Debug, Clone)]
+pub struct Allow {
+    entries: Vec<(String, String)>,
+}
+
+impl Allow {
+    /// `[tunnel] allow` with `rtmp` and `http` standing for this agent's own listeners.
+    pub fn new(allow: &[String], rtmp: SocketAddr, http: SocketAddr) -> Self {
+        let entries = allow
+            .iter()
+            .map(|entry| {
+                let addr = match entry.as_str() {
+                    "rtmp" => loopback(rtmp).to_string(),
+                    "http" => loopback(http).to_string(),
+                    other => other.to_string(),
+                };
+                (entry.clone(), addr)
+            })
+            .collect();
+        Self { entries }
+    }
+
+    /// The address to dial for `target`, if allowed.
+    pub fn resolve(&self, target: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(name, _)| name == target)
+            .map(|(_, addr)| addr.as_str())
+    }
+}
+
+/// The address a local client dials for a listener bound to `addr`.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(
+            if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            },
+            addr.port(),
+        )
+    } else {
+        addr
+    }
+}
+
+pub struct Tunnels {
+    agent: String,
+    secret: String,
+    client: AsyncClient,
+    topics: Topics,
+    link_up: watch::Receiver<bool>,
+    allow: Arc<Allow>,
+    window: u32,
+    max_streams: usize,
+    resume: Duration,
+    links: HashMap<String, MqttTunnel>,
+}
+
+impl Tunnels {
+    pub fn new(
+        cfg: &AgentConfig,
+        client: AsyncClient,
+        topics: Topics,
+        link_up: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            agent: cfg.id.clone(),
+            secret: cfg.secret.clone(),
+            client,
+            topics,
+            link_up,
+            allow: Arc::new(Allow::new(
+                &cfg.tunnel.allow,
+                cfg.rtmp.listen,
+                cfg.http.listen,
+            )),
+            window: cfg.tunnel.window_kib.saturating_mul(1024),
+            max_streams: cfg.tunnel.max_streams,
+            resume: Duration::from_secs(cfg.tunnel.resume_secs),
+            links: HashMap::new(),
+        }
+    }
+
+    /// A sealed packet from `manager`; never waits.
+    pub fn on_packet(&mut self, manager: &str, payload: &[u8]) {
+        self.links.retain(|_, link| link.is_running());
+        if !self.links.contains_key(manager) {
+            if self.links.len() >= MAX_MANAGERS {
+                tracing::warn!(agent = %self.agent, %manager, "tunnel packet dropped: {MAX_MANAGERS} managers have links already");
+                return;
+            }
+            let cfg = EndpointConfig::link(
+                Side::Agent,
+                &self.secret,
+                manager,
+                self.window,
+                self.max_streams,
+                self.resume,
+            );
+            let topic = self.topics.tunnel_up(manager, &self.agent);
+            match MqttTunnel::spawn(cfg, self.client.clone(), topic, self.link_up.clone()) {
+                Ok((link, incoming)) => {
+                    tracing::info!(agent = %self.agent, %manager, "tunnel link up");
+                    tokio::spawn(serve(incoming, self.allow.clone(), manager.to_string()));
+                    self.links.insert(manager.to_string(), link);
+                }
+                Err(e) => {
+                    tracing::error!(agent = %self.agent, %manager, error = %e, "cannot start a tunnel link");
+                    return;
+                }
+            }
+        }
+        if let Some(link) = self.links.get(manager)
+            && !link.deliver(payload.to_vec())
+        {
+            tracing::warn!(agent = %self.agent, %manager, "tunnel endpoint behind; packet dropped (it will be resent)");
+        }
+    }
+}
+
+/// Dials what the manager opens, if allowed, and bridges it.
+async fn serve(mut incoming: mpsc::Receiver<Incoming>, allow: Arc<Allow>, manager: String) {
+    while let Some(request) = incoming.recv().await {
+        let target = request.target.clone();
+        let Some(addr) = allow.resolve(&target).map(str::to_string) else {
+            tracing::warn!(%manager, %target, "tunnel stream refused: not in [tunnel] allow");
+            let why = format!("{target} is not in this agent's [tunnel] allow");
+            request.refuse(ResetCode::Refused, &why).await;
+            continue;
+        };
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let socket = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&addr)).await {
+                Ok(Ok(socket)) => socket,
+                Ok(Err(e)) => {
+                    let why = format!("dialling {target} ({addr}): {e}");
+                    tracing::info!(%manager, %target, "tunnel stream refused: {why}");
+                    return request.refuse(ResetCode::Unreachable, &why).await;
+                }
+                Err(_) => {
+                    let why = format!("dialling {target} ({addr}) took over {DIAL_TIMEOUT:?}");
+                    return request.refuse(ResetCode::Unreachable, &why).await;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            let id = request.id();
+            let Ok(stream) = request.accept().await else {
+                return;
+            };
+            tracing::debug!(%manager, %target, stream = id, "tunnel stream open");
+            match stream.bridge(socket).await {
+                Ok(moved) => {
+                    tracing::debug!(%manager, %target, stream = id, up = moved.up, down = moved.down, "tunnel stream done")
+                }
+                Err(e) => {
+                    tracing::info!(%manager, %target, stream = id, error = %e, "tunnel stream ended")
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_names_own_listeners_and_exact_targets_only() {
+        let allow = Allow::new(
+            &["rtmp".into(), "http".into(), "10.0.0.5:554".into()],
+            "0.0.0.0:1935".parse().unwrap(),
+            "127.0.0.1:7001".parse().unwrap(),
+        );
+        assert_eq!(allow.resolve("rtmp"), Some("127.0.0.1:1935"));
+        assert_eq!(allow.resolve("http"), Some("127.0.0.1:7001"));
+        assert_eq!(allow.resolve("10.0.0.5:554"), Some("10.0.0.5:554"));
+        assert_eq!(allow.resolve("10.0.0.5:22"), None);
+        assert_eq!(
+            allow.resolve("127.0.0.1:1935"),
+            None,
+            "only the names listed"
+        );
+    }
+}

@@ -1,0 +1,63 @@
+//! A tunnel link carried by MQTT: an [`Endpoint`] whose sealed packets are published on the
+//! peer's tunnel topic at QoS 1 by a task of their own (so whoever drains the MQTT link never
+//! waits on a publish), and whose incoming packets the session hands over without waiting.
+
+use rumqttc::{AsyncClient, QoS};
+use tokio::sync::{mpsc, watch};
+use verge_protocol::tunnel::seal::SealError;
+
+use super::endpoint::{Endpoint, EndpointConfig, Incoming};
+
+/// Sealed packets queued towards an endpoint before more are dropped (the sender resends).
+const PACKETS_IN: usize = 1024;
+/// Sealed packets queued for publishing: with 32 KiB packets, 2 MiB.
+const PACKETS_OUT: usize = 64;
+
+/// One end of a tunnel link over MQTT.
+pub struct MqttTunnel {
+    pub endpoint: Endpoint,
+    packets_in: mpsc::Sender<Vec<u8>>,
+}
+
+impl MqttTunnel {
+    /// Starts the endpoint and its publisher; packets go to `topic`.
+    pub fn spawn(
+        cfg: EndpointConfig,
+        client: AsyncClient,
+        topic: String,
+        link_up: watch::Receiver<bool>,
+    ) -> Result<(Self, mpsc::Receiver<Incoming>), SealError> {
+        let (packets_in, in_rx) = mpsc::channel(PACKETS_IN);
+        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(PACKETS_OUT);
+        let (endpoint, incoming) = Endpoint::spawn(cfg, in_rx, out_tx, link_up)?;
+        tokio::spawn(async move {
+            while let Some(packet) = out_rx.recv().await {
+                if let Err(e) = client
+                    .publish(&topic, QoS::AtLeastOnce, false, packet)
+                    .await
+                {
+                    tracing::warn!(%topic, error = %e, "tunnel publisher stopped");
+                    return;
+                }
+            }
+        });
+        Ok((
+            Self {
+                endpoint,
+                packets_in,
+            },
+            incoming,
+        ))
+    }
+
+    /// Hands a packet from the peer to the endpoint without waiting; false when it had to be
+    /// dropped (the endpoint is far behind or gone; the peer resends what is not acked).
+    pub fn deliver(&self, packet: Vec<u8>) -> bool {
+        self.packets_in.try_send(packet).is_ok()
+    }
+
+    /// False once the endpoint task has stopped.
+    pub fn is_running(&self) -> bool {
+        !self.packets_in.is_closed()
+    }
+}
