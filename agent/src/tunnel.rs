@@ -10,7 +10,7 @@ use std::time::Duration;
 use rumqttc::AsyncClient;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use verge_mqtt::tunnel::{EndpointConfig, Incoming, MqttTunnel};
+use verge_mqtt::tunnel::{EndpointConfig, Incoming, LinkLimits, MqttTunnel};
 use verge_protocol::topic::Topics;
 use verge_protocol::tunnel::frame::ResetCode;
 use verge_protocol::tunnel::mux::Side;
@@ -19,6 +19,8 @@ use crate::config::AgentConfig;
 
 /// Managers with a tunnel link at once; packets of further ones are dropped.
 const MAX_MANAGERS: usize = 8;
+/// Bytes in flight towards one manager, all streams together.
+const UP_IN_FLIGHT: u64 = 2 << 20;
 /// How long dialling a target may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -77,9 +79,7 @@ pub struct Tunnels {
     topics: Topics,
     link_up: watch::Receiver<bool>,
     allow: Arc<Allow>,
-    window: u32,
-    max_streams: usize,
-    resume: Duration,
+    limits: LinkLimits,
     links: HashMap<String, MqttTunnel>,
 }
 
@@ -101,9 +101,14 @@ impl Tunnels {
                 cfg.rtmp.listen,
                 cfg.http.listen,
             )),
-            window: cfg.tunnel.window_kib.saturating_mul(1024),
-            max_streams: cfg.tunnel.max_streams,
-            resume: Duration::from_secs(cfg.tunnel.resume_secs),
+            limits: LinkLimits {
+                window: cfg.tunnel.window_kib.saturating_mul(1024),
+                max_streams: cfg.tunnel.max_streams,
+                // Agent to manager goes through the manager's fleet-wide filter, whose log
+                // (embedded broker: 4 × 4 MiB) holds this much and more.
+                max_in_flight: UP_IN_FLIGHT,
+                resume: Duration::from_secs(cfg.tunnel.resume_secs),
+            },
             links: HashMap::new(),
         }
     }
@@ -116,14 +121,7 @@ impl Tunnels {
                 tracing::warn!(agent = %self.agent, %manager, "tunnel packet dropped: {MAX_MANAGERS} managers have links already");
                 return;
             }
-            let cfg = EndpointConfig::link(
-                Side::Agent,
-                &self.secret,
-                manager,
-                self.window,
-                self.max_streams,
-                self.resume,
-            );
+            let cfg = EndpointConfig::link(Side::Agent, &self.secret, manager, self.limits);
             let topic = self.topics.tunnel_up(manager, &self.agent);
             match MqttTunnel::spawn(cfg, self.client.clone(), topic, self.link_up.clone()) {
                 Ok((link, incoming)) => {

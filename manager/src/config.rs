@@ -21,6 +21,7 @@ pub struct ManagerConfig {
     pub agents: Vec<EnrolledAgent>,
     pub keys: KeysConfig,
     pub extra_ice: ExtraIce,
+    pub tunnel: TunnelConfig,
     /// Sections this build does not read yet, kept to warn about them.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
@@ -38,6 +39,41 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
         }
     }
+}
+
+/// `[tunnel]`: TCP streams to agents behind NAT, carried over MQTT.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunnelConfig {
+    /// Open streams survive an MQTT outage this long, then both ends reset them.
+    pub resume_secs: u64,
+    /// Tunnel streams open at once to one agent.
+    pub max_streams: usize,
+    /// Bytes each stream buffers in each direction (its flow-control window), in KiB.
+    pub window_kib: u32,
+    /// Port forwards: a listener here whose connections reach `target` on `agent`.
+    pub forward: Vec<Forward>,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        Self {
+            resume_secs: 30,
+            max_streams: 256,
+            window_kib: 512,
+            forward: Vec::new(),
+        }
+    }
+}
+
+/// `[[tunnel.forward]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    pub listen: SocketAddr,
+    pub agent: String,
+    /// What the agent dials: `rtmp`, `http` or a `host:port` of its `[tunnel] allow`.
+    pub target: String,
 }
 
 /// `[extra_ice]`: ICE servers handed to WHEP viewers (in `Link` headers) and to the agent's
@@ -82,7 +118,7 @@ impl Default for BrokerConfig {
             max_payload_size: verge_protocol::envelope::MAX_PAYLOAD + 64 * 1024,
             segment_size: 4 * 1024 * 1024,
             segment_count: 4,
-            agent_segment_size: 64 * 1024,
+            agent_segment_size: 256 * 1024,
             agent_segment_count: 2,
         }
     }
@@ -175,6 +211,8 @@ pub enum ConfigError {
         id: String,
         source: verge_protocol::id::IdError,
     },
+    #[error("[[tunnel.forward]] target {0:?} must be 1 to 255 bytes (rtmp, http or host:port)")]
+    ForwardTarget(String),
     #[error("[[agents]] {0:?} is listed twice")]
     DuplicateAgent(String),
     #[error("[[agents]] {0:?} has an empty secret")]
@@ -228,12 +266,36 @@ impl ManagerConfig {
                 return Err(ConfigError::EmptySecret(agent.id.clone()));
             }
         }
+        for forward in &self.tunnel.forward {
+            verge_protocol::id::validate(&forward.agent).map_err(|source| {
+                ConfigError::AgentId {
+                    id: forward.agent.clone(),
+                    source,
+                }
+            })?;
+            if forward.target.is_empty() || forward.target.len() > 255 {
+                return Err(ConfigError::ForwardTarget(forward.target.clone()));
+            }
+        }
         if self.broker.tls_listen.is_some()
             && (self.broker.cert.is_none() || self.broker.key.is_none())
         {
             return Err(ConfigError::TlsFiles);
         }
         Ok(())
+    }
+
+    /// Tunnel bytes in flight towards one agent. The embedded rumqttd keeps an agent's
+    /// messages in a commit log of `agent_segment_count` segments and drops what a slow reader
+    /// has not taken when the oldest segment goes: so at most three quarters of the segments
+    /// that always remain. An external broker queues per client (mosquitto: see conf/).
+    pub fn down_in_flight(&self, embedded: bool) -> u64 {
+        if embedded {
+            let kept = self.broker.agent_segment_count.max(2) - 1;
+            (self.broker.agent_segment_size * kept * 3 / 4) as u64
+        } else {
+            4 << 20
+        }
     }
 
     pub fn topics(&self) -> Result<Topics, ConfigError> {

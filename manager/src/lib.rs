@@ -5,6 +5,7 @@
 //! - [`registry`]: the fleet as known from those messages.
 //! - [`rpc`]: calls to agents over MQTT, with deadlines and typed failures.
 //! - [`http`]: the REST API.
+//! - [`tunnel`]: the tunnel's links to agents, and `[[tunnel.forward]]` port forwards.
 //!
 //! Start-up ([`start`]): the embedded broker (unless `[mqtt] url` names an external one), the
 //! MQTT link with this manager's own credential, the fleet session, then HTTP. A request such as
@@ -17,6 +18,7 @@ pub mod keys;
 pub mod registry;
 pub mod rpc;
 pub mod session;
+pub mod tunnel;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,6 +52,11 @@ pub enum ManagerError {
     Keys(#[from] keys::KeyStoreError),
     #[error(transparent)]
     ReadyFile(#[from] verge_protocol::ready::ReadyFileError),
+    #[error("[[tunnel.forward]] listener {addr}: {source}")]
+    Forward {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("HTTP listener {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -63,6 +70,10 @@ pub struct Manager {
     pub broker: Option<EmbeddedBroker>,
     pub registry: Arc<Registry>,
     pub rpc: Arc<RpcClient>,
+    pub tunnels: tunnel::Tunnels,
+    /// `[[tunnel.forward]]` listeners as bound, in the config's order.
+    pub forwards: Vec<SocketAddr>,
+    forward_tasks: Vec<tokio::task::JoinHandle<()>>,
     client: rumqttc::AsyncClient,
     http: tokio::task::JoinHandle<()>,
     stop_http: tokio::sync::oneshot::Sender<()>,
@@ -89,6 +100,16 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         addr: cfg.http.listen,
         source,
     })?;
+    let mut forward_listeners = Vec::new();
+    for forward in &cfg.tunnel.forward {
+        let bound = tokio::net::TcpListener::bind(forward.listen)
+            .await
+            .map_err(|source| ManagerError::Forward {
+                addr: forward.listen,
+                source,
+            })?;
+        forward_listeners.push(bound);
+    }
     let credentials = Credentials::new(
         cfg.agents.iter().map(|a| (a.id.clone(), a.secret.clone())),
         cfg.enrollment.secret.clone().filter(|s| !s.is_empty()),
@@ -119,7 +140,12 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
                 }),
                 max_connections: cfg.broker.max_connections,
                 max_payload_size: cfg.broker.max_payload_size,
-                fleet_filters: vec![topics.all_presence(), topics.all_state(), topics.reply("+")],
+                fleet_filters: vec![
+                    topics.all_presence(),
+                    topics.all_state(),
+                    topics.reply("+"),
+                    topics.tunnel_up_all(&cfg.mqtt.id),
+                ],
                 segment_size: cfg.broker.segment_size,
                 segment_count: cfg.broker.segment_count,
                 agent_segment_size: cfg.broker.agent_segment_size,
@@ -168,6 +194,16 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         registry.clone(),
     ));
     let connected = Arc::new(AtomicBool::new(false));
+    let (link_up, link_up_rx) = tokio::sync::watch::channel(false);
+    let tunnels = tunnel::Tunnels::new(
+        &cfg.mqtt.id,
+        client.clone(),
+        topics.clone(),
+        credentials.clone(),
+        link_up_rx,
+        cfg.tunnel.clone(),
+        cfg.down_in_flight(broker.is_some()),
+    );
     let session = FleetSession {
         // rumqttd hands a QoS 1 subscriber only 100 retained messages; at QoS 0 it hands all
         // (see verge-broker). mosquitto drops QoS 0 beyond its queue limit, so QoS 1 there.
@@ -183,6 +219,8 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         registry: registry.clone(),
         rpc: rpc.clone(),
         connected: connected.clone(),
+        link_up,
+        tunnels: tunnels.clone(),
         keys: keys.clone(),
     };
     tokio::spawn(session.run(events));
@@ -208,6 +246,23 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         rpc_timeout: cfg.rpc_timeout(),
         ice_servers: Arc::new(cfg.extra_ice.ice_servers.clone()),
     });
+    let mut forwards = Vec::new();
+    let mut forward_tasks = Vec::new();
+    for (listener, forward) in forward_listeners.into_iter().zip(&cfg.tunnel.forward) {
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ManagerError::Forward {
+                addr: forward.listen,
+                source,
+            })?;
+        tracing::info!(listen = %addr, agent = %forward.agent, target = %forward.target, "port forward");
+        forwards.push(addr);
+        forward_tasks.push(tokio::spawn(tunnel::forward::serve(
+            listener,
+            forward.clone(),
+            tunnels.clone(),
+        )));
+    }
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async {
@@ -225,6 +280,9 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         client,
         http,
         stop_http,
+        tunnels,
+        forwards,
+        forward_tasks,
     };
     tracing::info!(listening = %manager.listeners().summary(), broker = broker_kind, "manager up");
     Ok(manager)
@@ -235,6 +293,9 @@ impl Manager {
     /// (and `mqtts` with its TLS listener). The ready file's contents.
     pub fn listeners(&self) -> Listeners {
         let mut listeners = Listeners::new().with("http", self.http_addr);
+        for (i, addr) in self.forwards.iter().enumerate() {
+            listeners = listeners.with(&format!("forward-{i}"), *addr);
+        }
         if let Some(broker) = &self.broker {
             listeners = listeners.with("mqtt", broker.listen);
             if let Some(tls) = broker.tls_listen {
@@ -246,6 +307,9 @@ impl Manager {
 
     /// Stops HTTP and leaves the broker cleanly.
     pub async fn stop(self) {
+        for task in &self.forward_tasks {
+            task.abort();
+        }
         let _ = self.stop_http.send(());
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client.disconnect()).await;

@@ -32,6 +32,9 @@ pub struct FleetSession {
     pub registry: Arc<Registry>,
     pub rpc: Arc<RpcClient>,
     pub connected: Arc<AtomicBool>,
+    /// The same, for the tunnel links: streams resume when it comes back.
+    pub link_up: tokio::sync::watch::Sender<bool>,
+    pub tunnels: crate::tunnel::Tunnels,
     pub keys: crate::keys::KeyDistributor,
 }
 
@@ -42,9 +45,13 @@ impl FleetSession {
             match event {
                 LinkEvent::Connected { .. } => {
                     self.connected.store(true, Ordering::Relaxed);
+                    self.link_up.send_replace(true);
                     self.subscribe();
                 }
-                LinkEvent::Disconnected { .. } => self.connected.store(false, Ordering::Relaxed),
+                LinkEvent::Disconnected { .. } => {
+                    self.connected.store(false, Ordering::Relaxed);
+                    self.link_up.send_replace(false);
+                }
                 LinkEvent::Message { topic, payload } => {
                     self.on_message(&topic, &payload, &mut warned)
                 }
@@ -57,6 +64,10 @@ impl FleetSession {
             SubscribeFilter::new(self.topics.all_presence(), self.retained_qos),
             SubscribeFilter::new(self.topics.all_state(), self.retained_qos),
             SubscribeFilter::new(self.topics.reply(&self.manager_id), QoS::AtMostOnce),
+            SubscribeFilter::new(
+                self.topics.tunnel_up_all(&self.manager_id),
+                QoS::AtLeastOnce,
+            ),
         ];
         let client = self.client.clone();
         // On a task: the subscribe waits for room in the request queue that this loop's
@@ -81,7 +92,9 @@ impl FleetSession {
                     let taken = self.registry.apply_presence(&agent, ts, presence);
                     if !taken {
                         tracing::debug!(%agent, "ignoring a presence of an older session");
-                    } else if online {
+                    } else if !online {
+                        self.tunnels.agent_offline(&agent);
+                    } else {
                         // Retained, so this only matters for agents new since the last change.
                         self.keys.send_to(&agent);
                     }
@@ -96,6 +109,9 @@ impl FleetSession {
             }
             Ok(Topic::Reply { manager }) if manager == self.manager_id => {
                 self.rpc.on_reply(payload)
+            }
+            Ok(Topic::TunnelUp { manager, agent }) if manager == self.manager_id => {
+                self.tunnels.deliver(&agent, payload)
             }
             Ok(other) => tracing::debug!(
                 ?other,

@@ -27,6 +27,7 @@ fn config(side: Side, secret: &str) -> EndpointConfig {
             },
             max_streams: 128,
             packet_size: 32 * 1024,
+            max_in_flight: 4 << 20,
         },
         secret: secret.as_bytes().to_vec(),
         context: b"manager-1".to_vec(),

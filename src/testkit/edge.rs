@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::{ANY_PORT, Proc, READY_TIMEOUT, TempDir, bin, get, listener, wait_for};
+use super::{ANY_PORT, Listeners, Proc, READY_TIMEOUT, TempDir, bin, get, listener, wait_for};
 
 /// Extra TOML for the fixture's config files.
 #[derive(Debug, Clone, Default)]
@@ -20,13 +20,16 @@ pub struct EdgeOptions {
 }
 
 pub struct Edge {
-    pub dir: TempDir,
     pub manager_http: SocketAddr,
+    /// Everything the manager bound (its ready file).
+    pub manager_listeners: Listeners,
     pub rtmp: SocketAddr,
     pub http: SocketAddr,
     pub manager: Proc,
     pub agent: Proc,
     pub agent_cfg: PathBuf,
+    /// Last: fields drop in order, and a failing test's processes print their logs from here.
+    pub dir: TempDir,
 }
 
 impl Edge {
@@ -47,13 +50,16 @@ impl Edge {
                 opts.manager_toml
             ),
         );
-        let (manager, bound) = Proc::spawn_ready(
+        let (manager, manager_listeners) = Proc::spawn_ready(
             "manager",
             &bin("verge-manager"),
             &["--config", manager_cfg.to_str().unwrap_or_default()],
             dir.path(),
         );
-        let (manager_http, mqtt) = (listener(&bound, "http"), listener(&bound, "mqtt"));
+        let (manager_http, mqtt) = (
+            listener(&manager_listeners, "http"),
+            listener(&manager_listeners, "mqtt"),
+        );
         let agent_cfg = dir.write(
             "agent.toml",
             &format!(
@@ -81,6 +87,7 @@ impl Edge {
         Self {
             dir,
             manager_http,
+            manager_listeners,
             rtmp: listener(&bound, "rtmp"),
             http: listener(&bound, "http"),
             manager,

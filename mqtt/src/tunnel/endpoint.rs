@@ -43,17 +43,27 @@ pub struct EndpointConfig {
     pub resume: Duration,
 }
 
+/// The sizes of one tunnel link.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkLimits {
+    /// Bytes each stream buffers in each direction.
+    pub window: u32,
+    pub max_streams: usize,
+    /// Bytes sent and unacknowledged on the link, all streams together.
+    pub max_in_flight: u64,
+    pub resume: Duration,
+}
+
 impl EndpointConfig {
     /// Both ends of a link between agent and manager `manager_id`: `secret` is the agent's;
     /// `window` the bytes each stream buffers in each direction.
-    pub fn link(
-        side: Side,
-        secret: &str,
-        manager_id: &str,
-        window: u32,
-        max_streams: usize,
-        resume: Duration,
-    ) -> Self {
+    pub fn link(side: Side, secret: &str, manager_id: &str, limits: LinkLimits) -> Self {
+        let LinkLimits {
+            window,
+            max_streams,
+            max_in_flight,
+            resume,
+        } = limits;
         let window = window.max(verge_protocol::tunnel::stream::INITIAL_WINDOW);
         Self {
             side,
@@ -65,6 +75,7 @@ impl EndpointConfig {
                 },
                 max_streams: max_streams.max(1),
                 packet_size: 32 * 1024,
+                max_in_flight: max_in_flight.max(64 * 1024),
             },
             secret: secret.as_bytes().to_vec(),
             context: manager_id.as_bytes().to_vec(),

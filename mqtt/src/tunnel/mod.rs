@@ -7,6 +7,6 @@ pub mod endpoint;
 pub mod over_mqtt;
 pub mod stream;
 
-pub use endpoint::{Endpoint, EndpointConfig, EndpointStats, Incoming, TunnelError};
+pub use endpoint::{Endpoint, EndpointConfig, EndpointStats, Incoming, LinkLimits, TunnelError};
 pub use over_mqtt::MqttTunnel;
 pub use stream::{Moved, TunnelStream};

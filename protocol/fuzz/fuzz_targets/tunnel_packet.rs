@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         },
         max_streams: 8,
         packet_size: 16 * 1024,
+        max_in_flight: 256 * 1024,
     };
     let mut agent = Mux::new(Side::Agent, cfg);
     let mut opener = Opener::new(b"secret", Direction::ToAgent, b"manager");

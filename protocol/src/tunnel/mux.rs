@@ -26,6 +26,9 @@ pub struct MuxConfig {
     pub max_streams: usize,
     /// Largest packet of frames [`Mux::poll_packet`] makes (before sealing).
     pub packet_size: usize,
+    /// Bytes of data sent and not yet acknowledged, all streams together. Bounds what the
+    /// broker must hold for this link (rumqttd drops what overflows a filter's log).
+    pub max_in_flight: u64,
 }
 
 impl Default for MuxConfig {
@@ -34,6 +37,7 @@ impl Default for MuxConfig {
             stream: StreamConfig::default(),
             max_streams: 256,
             packet_size: 64 * 1024,
+            max_in_flight: 4 << 20,
         }
     }
 }
@@ -246,16 +250,21 @@ impl Mux {
             .chain(self.streams.range(..self.turn))
             .map(|(id, _)| *id)
             .collect();
-        let mut active = ids.clone();
+        let in_flight: u64 = self.streams.values().map(Stream::in_flight).sum();
+        let mut allowance = self.cfg.max_in_flight.saturating_sub(in_flight) as usize;
+        let mut active = ids;
         while !active.is_empty() && packet.len() < limit {
             active.retain(|id| {
                 let budget = limit.saturating_sub(packet.len());
-                match self
+                let frame = self
                     .streams
                     .get_mut(id)
-                    .and_then(|s| s.poll_transmit(now, budget))
-                {
+                    .and_then(|s| s.poll_transmit_within(now, budget, allowance));
+                match frame {
                     Some(frame) if frame.encoded_len() <= budget || packet.is_empty() => {
+                        if let Frame::Data { bytes, .. } = &frame {
+                            allowance = allowance.saturating_sub(bytes.len());
+                        }
                         frame.encode(&mut packet);
                         self.turn = id.wrapping_add(1);
                         true
@@ -521,6 +530,37 @@ mod tests {
         manager.ping(77);
         exchange(&mut manager, &mut agent, now);
         assert_eq!(manager.poll_event(), Some(MuxEvent::Pong { token: 77 }));
+    }
+
+    #[test]
+    fn the_link_never_has_more_than_max_in_flight_unacknowledged() {
+        let now = Instant::now();
+        let cfg = MuxConfig {
+            max_in_flight: 100_000,
+            ..MuxConfig::default()
+        };
+        let mut manager = Mux::new(Side::Manager, cfg);
+        let mut agent = Mux::new(Side::Agent, MuxConfig::default());
+        let ids: Vec<u32> = (0..4)
+            .map(|_| manager.open("127.0.0.1:1").unwrap())
+            .collect();
+        let p = manager.poll_packet(now).unwrap();
+        agent.handle_packet(&p, now).unwrap();
+        while let Some(p) = agent.poll_packet(now) {
+            manager.handle_packet(&p, now).unwrap();
+        }
+        for id in &ids {
+            manager.stream(*id).unwrap().write(&[7u8; 500_000]).unwrap();
+        }
+        let mut sent = 0;
+        while let Some(p) = manager.poll_packet(now) {
+            for f in Frame::decode_all(&p).unwrap() {
+                if let Frame::Data { bytes, .. } = f {
+                    sent += bytes.len();
+                }
+            }
+        }
+        assert_eq!(sent, 100_000);
     }
 
     #[test]

@@ -23,6 +23,8 @@ use super::frame::{Frame, MAX_DATA, ResetCode};
 /// Bytes an opener may send before the acceptor's first ack. Every receive window is at least
 /// this.
 pub const INITIAL_WINDOW: u32 = 64 * 1024;
+/// Repeated acks that make the sender resend from the first unacknowledged byte.
+pub const FAST_RETRANSMIT_ACKS: u32 = 3;
 /// An ack waits at most this long for more data to acknowledge together.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
 
@@ -96,6 +98,8 @@ pub struct Stream {
     fin_acked: bool,
     write_blocked: bool,
     last_progress: Option<Instant>,
+    dup_acks: u32,
+    fast_retransmits: u64,
     // Receiving: `recv` holds in-order bytes not yet read; `early` holds bytes past a gap.
     recv: VecDeque<u8>,
     recv_next: u64,
@@ -142,6 +146,8 @@ impl Stream {
             fin_acked: false,
             write_blocked: false,
             last_progress: None,
+            dup_acks: 0,
+            fast_retransmits: 0,
             recv: VecDeque::new(),
             recv_next: 0,
             early: BTreeMap::new(),
@@ -247,6 +253,16 @@ impl Stream {
         Ok(Read::Bytes(n))
     }
 
+    /// Bytes sent and not yet acknowledged.
+    pub fn in_flight(&self) -> u64 {
+        self.send_next - self.send_base
+    }
+
+    /// Times a gap reported by repeated acks was resent.
+    pub fn fast_retransmits(&self) -> u64 {
+        self.fast_retransmits
+    }
+
     /// Bytes waiting to be read.
     pub fn readable(&self) -> usize {
         self.recv.len()
@@ -337,15 +353,9 @@ impl Stream {
             self.recv_next = end;
             self.drain_early();
         } else {
-            // Past a gap: keep it and ask for the gap at once. Overlapping segments could hold
-            // a byte twice, so their total is bounded by the window too.
-            if self.early_bytes + bytes.len() > self.cfg.recv_window as usize {
-                return self.protocol_error("too many bytes past a gap");
-            }
-            if let std::collections::btree_map::Entry::Vacant(slot) = self.early.entry(offset) {
-                self.early_bytes += bytes.len();
-                slot.insert(bytes);
-            }
+            // Past a gap: keep the bytes not held yet (so no byte is held twice and the grant
+            // bounds them), and ack at once: the repeated ack tells the sender of the gap.
+            self.keep_early(offset, &bytes);
             self.ack_now = true;
         }
         if was_empty && !self.recv.is_empty() {
@@ -357,6 +367,31 @@ impl Stream {
             if was_empty && self.recv.is_empty() {
                 self.events.push_back(StreamEvent::Readable);
             }
+        }
+    }
+
+    /// Stores the parts of `bytes` (at `offset`) that no early segment holds yet.
+    fn keep_early(&mut self, offset: u64, bytes: &[u8]) {
+        let end = offset + bytes.len() as u64;
+        let mut pieces = Vec::new();
+        let mut from = offset;
+        let before = self.early.range(..offset).next_back();
+        if let Some((&start, held)) = before {
+            from = from.max(start + held.len() as u64);
+        }
+        for (&start, held) in self.early.range(offset..end) {
+            if start > from {
+                pieces.push((from, start));
+            }
+            from = from.max(start + held.len() as u64);
+        }
+        if from < end {
+            pieces.push((from, end));
+        }
+        for (start, stop) in pieces {
+            let slice = &bytes[(start - offset) as usize..(stop - offset) as usize];
+            self.early_bytes += slice.len();
+            self.early.insert(start, slice.to_vec());
         }
     }
 
@@ -393,7 +428,19 @@ impl Stream {
             return self.protocol_error("ack of bytes never sent");
         }
         let data_end = self.send_base + self.send.len() as u64;
+        let limit = received.saturating_add(u64::from(window));
+        if received == self.send_base && limit <= self.peer_limit && self.send_next > received {
+            // The same ack again while bytes are in flight: the receiver holds bytes past a
+            // gap. The third one resends from the gap (once, until an ack moves forward).
+            self.dup_acks += 1;
+            if self.dup_acks == FAST_RETRANSMIT_ACKS {
+                self.fast_retransmits += 1;
+                self.send_next = self.send_base;
+                self.last_progress = Some(now);
+            }
+        }
         if received > self.send_base {
+            self.dup_acks = 0;
             let acked_data = received.min(data_end) - self.send_base;
             self.send.drain(..acked_data as usize);
             self.send_base += acked_data;
@@ -403,9 +450,7 @@ impl Stream {
                 self.fin_acked = true;
             }
         }
-        self.peer_limit = self
-            .peer_limit
-            .max(received.saturating_add(u64::from(window)));
+        self.peer_limit = self.peer_limit.max(limit);
         if self.write_blocked && self.write_room() > 0 {
             self.write_blocked = false;
             self.events.push_back(StreamEvent::Writable);
@@ -438,6 +483,17 @@ impl Stream {
 
     /// The next frame to send, of at most `budget` encoded bytes; call until `None`.
     pub fn poll_transmit(&mut self, now: Instant, budget: usize) -> Option<Frame> {
+        self.poll_transmit_within(now, budget, usize::MAX)
+    }
+
+    /// [`Stream::poll_transmit`] with at most `data` bytes of payload (what the link may
+    /// still have in flight); acks, fins and resets are not limited.
+    pub fn poll_transmit_within(
+        &mut self,
+        now: Instant,
+        budget: usize,
+        data: usize,
+    ) -> Option<Frame> {
         if self.reset_unsent {
             self.reset_unsent = false;
             let (code, reason) = self.reset.clone()?;
@@ -464,7 +520,7 @@ impl Stream {
         let data_end = self.send_base + self.send.len() as u64;
         let can_send = data_end.min(self.peer_limit).saturating_sub(self.send_next);
         // Type, stream, offset, length: 15 bytes before the payload.
-        let room = budget.saturating_sub(15).min(MAX_DATA);
+        let room = budget.saturating_sub(15).min(MAX_DATA).min(data);
         if can_send > 0 && room > 0 {
             let n = (can_send as usize).min(room);
             let start = (self.send_next - self.send_base) as usize;
@@ -734,25 +790,61 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_bytes_past_a_gap_are_bounded_by_the_window() {
+    fn overlapping_bytes_past_a_gap_are_held_once() {
         let now = Instant::now();
         let mut b = Stream::acceptor(1, cfg(64 * 1024, 1000), 1000);
+        // Resends cut at other places overlap what is held: each byte is kept once.
         for i in 0..64u64 {
             b.handle(
                 Frame::Data {
                     stream: 1,
-                    offset: 1 + i,
-                    bytes: vec![0; 4000],
+                    offset: 1 + i * 100,
+                    bytes: vec![(i % 251) as u8; 4000],
                 },
                 now,
             );
         }
-        assert!(
-            b.reset_reason()
-                .is_some_and(|(_, r)| r.contains("past a gap")),
-            "{:?}",
-            b.reset_reason()
+        assert_eq!(b.reset_reason(), None);
+        assert_eq!(b.buffered(), 6300 + 4000, "the union of the segments");
+        // The gap filled, the bytes come out in order, each once.
+        b.handle(
+            Frame::Data {
+                stream: 1,
+                offset: 0,
+                bytes: vec![9],
+            },
+            now,
         );
+        let (got, _) = read_all(&mut b);
+        assert_eq!(got.len(), 1 + 6300 + 4000);
+        assert_eq!(got[1], 0);
+        assert_eq!(
+            (got[101], got[4001], got[4101]),
+            (0, 1, 2),
+            "first copy held wins"
+        );
+        assert_eq!(b.buffered(), 0);
+    }
+
+    #[test]
+    fn repeated_acks_resend_the_gap_without_waiting_for_the_timer() {
+        let now = Instant::now();
+        let mut a = Stream::opener(1, cfg(64 * 1024, 100_000));
+        let mut b = Stream::acceptor(1, cfg(64 * 1024, 100_000), a.recv_window());
+        a.write(&payload(20_000)).unwrap();
+        let mut n = 0;
+        // The first data frame is lost; the rest arrive and b acks each at once.
+        pump(&mut a, &mut b, now, &mut |f| {
+            n += 1;
+            if n == 1 { vec![] } else { vec![f] }
+        });
+        for _ in 0..4 {
+            pump(&mut b, &mut a, now, &mut |f| vec![f]);
+            b.ack_now = true;
+        }
+        assert_eq!(a.fast_retransmits(), 1);
+        pump(&mut a, &mut b, now, &mut |f| vec![f]);
+        assert_eq!(read_all(&mut b).0, payload(20_000));
     }
 
     #[test]

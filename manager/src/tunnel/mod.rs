@@ -1,0 +1,154 @@
+//! The manager's end of the tunnel: one link per agent, started when something here opens a
+//! stream to that agent or when the agent's first packet arrives, and dropped when the agent
+//! goes offline (its streams end at once with a reset that says so).
+//!
+//! - [`forward`]: `[[tunnel.forward]]` port forwards: a listener here, a target on an agent.
+
+pub mod forward;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::AsyncClient;
+use tokio::sync::{mpsc, watch};
+use verge_broker::Credentials;
+use verge_mqtt::tunnel::{
+    Endpoint, EndpointConfig, EndpointStats, Incoming, LinkLimits, MqttTunnel,
+};
+use verge_protocol::topic::Topics;
+use verge_protocol::tunnel::frame::ResetCode;
+use verge_protocol::tunnel::mux::Side;
+
+use crate::config::TunnelConfig;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TunnelOpenError {
+    #[error("agent {0} is not enrolled")]
+    UnknownAgent(String),
+    #[error("cannot start a tunnel link to {agent}: {reason}")]
+    Link { agent: String, reason: String },
+}
+
+/// The tunnel links of this manager, by agent.
+#[derive(Clone)]
+pub struct Tunnels {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    manager_id: String,
+    client: AsyncClient,
+    topics: Topics,
+    credentials: Credentials,
+    link_up: watch::Receiver<bool>,
+    cfg: TunnelConfig,
+    /// Bytes in flight towards one agent: what the broker holds for it without dropping.
+    down_in_flight: u64,
+    links: Mutex<HashMap<String, MqttTunnel>>,
+}
+
+impl Tunnels {
+    pub fn new(
+        manager_id: &str,
+        client: AsyncClient,
+        topics: Topics,
+        credentials: Credentials,
+        link_up: watch::Receiver<bool>,
+        cfg: TunnelConfig,
+        down_in_flight: u64,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                manager_id: manager_id.to_string(),
+                client,
+                topics,
+                credentials,
+                link_up,
+                cfg,
+                down_in_flight,
+                links: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The endpoint of the link to `agent`, started if there is none.
+    pub fn endpoint(&self, agent: &str) -> Result<Endpoint, TunnelOpenError> {
+        let inner = &self.inner;
+        let mut links = inner.links.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(link) = links.get(agent).filter(|l| l.is_running()) {
+            return Ok(link.endpoint.clone());
+        }
+        let secret = inner
+            .credentials
+            .secret_of(agent)
+            .ok_or_else(|| TunnelOpenError::UnknownAgent(agent.to_string()))?;
+        let limits = LinkLimits {
+            window: inner.cfg.window_kib.saturating_mul(1024),
+            max_streams: inner.cfg.max_streams,
+            max_in_flight: inner.down_in_flight,
+            resume: Duration::from_secs(inner.cfg.resume_secs),
+        };
+        let cfg = EndpointConfig::link(Side::Manager, &secret, &inner.manager_id, limits);
+        let topic = inner.topics.tunnel_down(agent, &inner.manager_id);
+        let (link, incoming) =
+            MqttTunnel::spawn(cfg, inner.client.clone(), topic, inner.link_up.clone()).map_err(
+                |e| TunnelOpenError::Link {
+                    agent: agent.to_string(),
+                    reason: e.to_string(),
+                },
+            )?;
+        tokio::spawn(refuse_all(incoming, agent.to_string()));
+        tracing::info!(%agent, "tunnel link up");
+        let endpoint = link.endpoint.clone();
+        links.insert(agent.to_string(), link);
+        Ok(endpoint)
+    }
+
+    /// A sealed packet from `agent`; never waits. Packets of an agent this manager has no
+    /// link to start one, so that streams the agent still holds (from before a manager
+    /// restart) are answered with resets.
+    pub fn deliver(&self, agent: &str, payload: &[u8]) {
+        if self.endpoint(agent).is_err() {
+            return;
+        }
+        let links = self.inner.links.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(link) = links.get(agent)
+            && !link.deliver(payload.to_vec())
+        {
+            tracing::warn!(%agent, "tunnel endpoint behind; packet dropped (it will be resent)");
+        }
+    }
+
+    /// `agent` went offline: its streams end now.
+    pub fn agent_offline(&self, agent: &str) {
+        let removed = self
+            .inner
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(agent);
+        if removed.is_some() {
+            tracing::info!(%agent, "agent offline: its tunnel streams are reset");
+        }
+    }
+
+    /// Numbers of the link to `agent`, if there is one.
+    pub async fn stats(&self, agent: &str) -> Option<EndpointStats> {
+        let endpoint = {
+            let links = self.inner.links.lock().unwrap_or_else(|e| e.into_inner());
+            links.get(agent).map(|l| l.endpoint.clone())
+        }?;
+        endpoint.stats().await.ok()
+    }
+}
+
+/// Agents do not open streams to the manager (yet): each is refused with a reason.
+async fn refuse_all(mut incoming: mpsc::Receiver<Incoming>, agent: String) {
+    while let Some(request) = incoming.recv().await {
+        tracing::warn!(%agent, target = %request.target, "agent opened a tunnel stream; refused");
+        request
+            .refuse(ResetCode::Refused, "the manager accepts no tunnel streams")
+            .await;
+    }
+}

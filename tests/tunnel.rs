@@ -1,0 +1,199 @@
+//! The tunnel end to end with real processes: a manager (embedded broker) and an agent, a port
+//! forward on the manager to a target on the agent's side, bulk bytes checked by SHA-256, a
+//! target outside the agent's allowlist refused, RTMP from ffmpeg through the forward, and the
+//! agent's death ending the forwarded connection.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use ring::digest::{Context, SHA256};
+use verge::testkit::edge::{Edge, EdgeOptions};
+use verge::testkit::{ANY_PORT, listener, wait_for};
+
+/// A TCP echo server on a thread per connection; returns its address.
+fn echo_server() -> SocketAddr {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for socket in server.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut writer = socket.try_clone().unwrap();
+                let mut reader = socket;
+                let _ = std::io::copy(&mut reader, &mut writer);
+                let _ = writer.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// A manager with forwards to `targets` (in order: `forward-0`, …) and an agent that allows
+/// `allow`.
+fn edge(label: &str, targets: &[&str], allow: &[String]) -> Edge {
+    let forwards: String = targets
+        .iter()
+        .map(|t| {
+            format!(
+                "[[tunnel.forward]]\nlisten = \"{ANY_PORT}\"\nagent = \"edge-1\"\ntarget = \"{t}\"\n"
+            )
+        })
+        .collect();
+    let allow: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
+    Edge::start(
+        label,
+        &EdgeOptions {
+            noauth: true,
+            manager_toml: forwards,
+            agent_toml: format!("[tunnel]\nallow = [{}]\n", allow.join(", ")),
+            ..EdgeOptions::default()
+        },
+    )
+}
+
+fn xorshift_fill(buf: &mut [u8], state: &mut u64) {
+    for b in buf {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *b = *state as u8;
+    }
+}
+
+/// Streams `total` pseudo-random bytes through `addr` (an echo behind it) and returns the
+/// SHA-256 of what was sent and of what came back.
+fn echo_digests(addr: SocketAddr, total: usize) -> (Vec<u8>, Vec<u8>, usize) {
+    let mut socket = TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut reader = socket.try_clone().unwrap();
+    let receiver = std::thread::spawn(move || {
+        let mut digest = Context::new(&SHA256);
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0;
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    digest.update(&buf[..n]);
+                    got += n;
+                }
+            }
+        }
+        (digest.finish().as_ref().to_vec(), got)
+    });
+    let mut digest = Context::new(&SHA256);
+    let mut state = 0x1234_5678_9abc_def1u64;
+    let mut chunk = vec![0u8; 256 * 1024];
+    let mut sent = 0;
+    while sent < total {
+        let n = chunk.len().min(total - sent);
+        xorshift_fill(&mut chunk[..n], &mut state);
+        socket.write_all(&chunk[..n]).unwrap();
+        digest.update(&chunk[..n]);
+        sent += n;
+    }
+    socket.shutdown(std::net::Shutdown::Write).unwrap();
+    let (back, got) = receiver.join().unwrap();
+    (digest.finish().as_ref().to_vec(), back, got)
+}
+
+#[test]
+fn bulk_bytes_through_a_port_forward_arrive_intact_and_disallowed_targets_are_refused() {
+    let echo = echo_server();
+    let echo_target = echo.to_string();
+    let b = edge(
+        "tunnel-bulk",
+        &[&echo_target, "127.0.0.1:9"],
+        &["rtmp".into(), "http".into(), echo_target.clone()],
+    );
+    let forward = listener(&b.manager_listeners, "forward-0");
+
+    const TOTAL: usize = 64 << 20;
+    let started = Instant::now();
+    let (sent, back, got) = echo_digests(forward, TOTAL);
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "64 MiB echoed through the tunnel in {secs:.2} s ({:.1} MB/s each way)",
+        TOTAL as f64 / secs / 1e6
+    );
+    assert_eq!(got, TOTAL, "bytes came back short");
+    assert_eq!(sent, back, "the echo differs from what was sent");
+
+    // 127.0.0.1:9 is not in the agent's allowlist: the connection ends, and the agent says why.
+    let refused = listener(&b.manager_listeners, "forward-1");
+    let mut socket = TcpStream::connect(refused).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert!(matches!(socket.read(&mut buf), Ok(0) | Err(_)));
+    let logged = wait_for(Duration::from_secs(20), || {
+        b.agent
+            .log_text()
+            .contains("not in [tunnel] allow")
+            .then_some(())
+    });
+    assert!(logged.is_some(), "{}", b.agent.log_text());
+    let manager_log = b.manager.log_text();
+    assert!(
+        manager_log.contains("127.0.0.1:9 is not in this agent's [tunnel] allow"),
+        "the manager does not say why:\n{manager_log}"
+    );
+}
+
+#[test]
+fn ffmpeg_publishes_through_the_manager_into_the_box_and_its_death_ends_the_stream() {
+    let b = edge("tunnel-rtmp", &["rtmp"], &["rtmp".into(), "http".into()]);
+    let forward = listener(&b.manager_listeners, "forward-0");
+    // ffmpeg publishes to the manager's forward, which is the box's RTMP port.
+    let url = format!("rtmp://{forward}/live/cam");
+    let mut ffmpeg = verge::testkit::Proc::spawn(
+        "ffmpeg",
+        verge::testkit::edge::tool("ffmpeg"),
+        &[
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=640x360:rate=25",
+            "-t",
+            "60",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "50",
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "flv",
+            &url,
+        ],
+        b.dir.path(),
+    );
+    let live = wait_for(Duration::from_secs(30), || {
+        b.listed_stream("cam").filter(|s| s["width"] == 640)
+    });
+    assert!(
+        live.is_some(),
+        "the stream never went live through the tunnel:\n{}\n{}",
+        ffmpeg.log_text(),
+        b.agent.log_text()
+    );
+
+    // The agent dies: the manager resets its streams at once, ffmpeg's connection ends.
+    b.agent.signal("KILL");
+    let ended = wait_for(Duration::from_secs(30), || ffmpeg.exited().then_some(()));
+    assert!(ended.is_some(), "ffmpeg kept publishing into a dead agent");
+    let log = b.manager.log_text();
+    assert!(
+        log.contains("agent offline: its tunnel streams are reset"),
+        "{log}"
+    );
+}
