@@ -8,8 +8,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use ring::digest::{Context, SHA256};
-use verge::testkit::edge::{Edge, EdgeOptions};
-use verge::testkit::{ANY_PORT, listener, wait_for};
+use verge::testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
+use verge::testkit::{ANY_PORT, Proc, get, listener, wait_for};
 
 /// A TCP echo server on a thread per connection; returns its address.
 fn echo_server() -> SocketAddr {
@@ -136,10 +136,16 @@ fn bulk_bytes_through_a_port_forward_arrive_intact_and_disallowed_targets_are_re
             .then_some(())
     });
     assert!(logged.is_some(), "{}", b.agent.log_text());
-    let manager_log = b.manager.log_text();
+    let said = wait_for(Duration::from_secs(20), || {
+        b.manager
+            .log_text()
+            .contains("127.0.0.1:9 is not in this agent's [tunnel] allow")
+            .then_some(())
+    });
     assert!(
-        manager_log.contains("127.0.0.1:9 is not in this agent's [tunnel] allow"),
-        "the manager does not say why:\n{manager_log}"
+        said.is_some(),
+        "the manager does not say why:\n{}",
+        b.manager.log_text()
     );
 }
 
@@ -149,9 +155,9 @@ fn ffmpeg_publishes_through_the_manager_into_the_box_and_its_death_ends_the_stre
     let forward = listener(&b.manager_listeners, "forward-0");
     // ffmpeg publishes to the manager's forward, which is the box's RTMP port.
     let url = format!("rtmp://{forward}/live/cam");
-    let mut ffmpeg = verge::testkit::Proc::spawn(
+    let mut ffmpeg = Proc::spawn(
         "ffmpeg",
-        verge::testkit::edge::tool("ffmpeg"),
+        tool("ffmpeg"),
         &[
             "-hide_banner",
             "-loglevel",
@@ -196,4 +202,66 @@ fn ffmpeg_publishes_through_the_manager_into_the_box_and_its_death_ends_the_stre
         log.contains("agent offline: its tunnel streams are reset"),
         "{log}"
     );
+}
+
+#[test]
+fn a_box_http_flv_plays_through_the_manager() {
+    let b = edge("tunnel-flv", &[], &["rtmp".into(), "http".into()]);
+    let media = Synthetic {
+        seconds: 60,
+        ..Synthetic::default()
+    };
+    let _publisher = b.publish("publisher", "cam", &media);
+    let live = wait_for(Duration::from_secs(30), || {
+        b.listed_stream("cam").filter(|s| s["width"] == 640)
+    });
+    assert!(live.is_some(), "stream not live:\n{}", b.agent.log_text());
+
+    // ffmpeg decodes 50 frames of HTTP-FLV fetched from the manager, by stream and by agent.
+    for (label, path) in [
+        ("flv-by-stream", "/flv/live/cam.flv"),
+        ("flv-by-agent", "/agents/edge-1/http/live/cam.flv"),
+    ] {
+        let url = format!("http://{}{path}", b.manager_http);
+        let mut ffmpeg = Proc::spawn(
+            label,
+            tool("ffmpeg"),
+            &[
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-i",
+                &url,
+                "-frames:v",
+                "50",
+                "-f",
+                "null",
+                "-",
+            ],
+            b.dir.path(),
+        );
+        let status = wait_for(Duration::from_secs(60), || ffmpeg.exit_status());
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "ffmpeg could not decode {path}: {status:?}\n{}",
+            ffmpeg.log_text()
+        );
+    }
+
+    // Refusals a player can act on.
+    let r = get(b.manager_http, "/flv/live/nope.flv").unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = get(b.manager_http, "/agents/ghost/http/live/cam.flv").unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = get(b.manager_http, "/flv/live/cam.mp4").unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // The operator sees the link's numbers.
+    let detail = get(b.manager_http, "/api/agents/edge-1").unwrap().json();
+    let tunnel = &detail["tunnel"];
+    assert!(
+        tunnel["bytes_from_agent"].as_u64().unwrap_or(0) > 100_000,
+        "{detail}"
+    );
+    assert_eq!(tunnel["packets_refused"], 0, "{detail}");
 }

@@ -179,6 +179,12 @@ pub fn start(
         })
         .map_err(BrokerError::Thread)?;
 
+    // rumqttd binds on its own thread; clients dialling before that are refused (and log it).
+    for reserved in [Some(&tcp), tls.as_ref()].into_iter().flatten() {
+        if !reserved.wait_listening(std::time::Duration::from_secs(5)) {
+            tracing::warn!(listen = %reserved.addr, "the embedded broker is not listening yet");
+        }
+    }
     tracing::info!(listen = %tcp.addr, tls = ?tls.as_ref().map(|t| t.addr), "embedded MQTT broker up");
     Ok(EmbeddedBroker {
         listen: tcp.addr,
@@ -225,6 +231,30 @@ impl PortReservation {
     /// The address held (never port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Waits (polling, at most `patience`) until someone listens on the reserved address:
+    /// another `SO_REUSEADDR` bind fails exactly then. No connection is made.
+    pub fn wait_listening(&self, patience: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            let probe = if self.addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            };
+            let listening = probe
+                .and_then(|p| p.set_reuseaddr(true).map(|()| p))
+                .map(|p| p.bind(self.addr))
+                .is_ok_and(|bound| bound.is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse));
+            if listening {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 }
 

@@ -245,6 +245,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         keys,
         rpc_timeout: cfg.rpc_timeout(),
         ice_servers: Arc::new(cfg.extra_ice.ice_servers.clone()),
+        tunnels: tunnels.clone(),
     });
     let mut forwards = Vec::new();
     let mut forward_tasks = Vec::new();

@@ -72,6 +72,25 @@ pub struct AgentDetail {
     pub ping: Option<Ping>,
     /// Why there is no ping (offline, timeout, …).
     pub ping_error: Option<String>,
+    /// The tunnel link to this agent, while there is one.
+    pub tunnel: Option<TunnelStats>,
+}
+
+/// Numbers of the tunnel link to one agent (since the link started).
+#[derive(Debug, Serialize)]
+pub struct TunnelStats {
+    pub open_streams: usize,
+    /// Bytes the link's streams hold (send buffers, unread received bytes).
+    pub buffered_bytes: usize,
+    /// Sealed bytes and packets to and from the agent.
+    pub bytes_to_agent: u64,
+    pub bytes_from_agent: u64,
+    pub packets_to_agent: u64,
+    pub packets_from_agent: u64,
+    /// Packets from the agent's topic that did not authenticate or decode.
+    pub packets_refused: u64,
+    /// Stream resets by reason (`refused`, `unreachable`, `link lost`, …).
+    pub resets: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,6 +142,16 @@ pub async fn agent(
         state: record.state,
         ping,
         ping_error,
+        tunnel: app.tunnels.stats(&id).await.map(|t| TunnelStats {
+            open_streams: t.open_streams,
+            buffered_bytes: t.buffered_bytes,
+            bytes_to_agent: t.bytes_out,
+            bytes_from_agent: t.bytes_in,
+            packets_to_agent: t.packets_out,
+            packets_from_agent: t.packets_in,
+            packets_refused: t.packets_refused,
+            resets: t.resets.into_iter().collect(),
+        }),
     }))
 }
 

@@ -6,8 +6,11 @@
 //! - [`whep`]: the WHEP proxy, `POST /whep/{stream}` and `/session/{stream}/{session}`,
 //!   forwarded over MQTT RPC to the agent holding the stream.
 //! - [`play`]: `/play/{stream}`, a minimal WHEP player page.
+//! - [`agent_http`]: a box's HTTP through the tunnel: `/agents/{id}/http/{*path}` and
+//!   `/flv/{app}/{name}.flv`.
 //! - [`error`]: errors as a status and a one-line reason a client can act on.
 
+pub mod agent_http;
 pub mod api;
 pub mod error;
 pub mod keys;
@@ -37,6 +40,7 @@ pub struct AppState {
     pub rpc_timeout: Duration,
     /// `[extra_ice] ice_servers`: for viewers (`Link`) and the agent's peer connection.
     pub ice_servers: Arc<Vec<verge_protocol::whep::IceServer>>,
+    pub tunnels: crate::tunnel::Tunnels,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -75,6 +79,9 @@ pub fn router(state: AppState) -> Router {
                 .delete(whep::delete_in_app)
                 .options(whep::preflight),
         )
+        .route("/agents/{id}/http/", get(agent_http::agent_root))
+        .route("/agents/{id}/http/{*path}", get(agent_http::agent_path))
+        .route("/flv/{app}/{file}", get(agent_http::flv))
         .route("/play/{name}", get(play::page))
         .route("/play/{app}/{name}", get(play::page_in_app))
         .layer(DefaultBodyLimit::max(whep::MAX_BODY))

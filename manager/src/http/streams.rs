@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use serde::Serialize;
 use verge_protocol::state::StreamInfo;
+use verge_protocol::whep;
 
 use super::AppState;
 use super::error::ApiError;
@@ -163,4 +165,41 @@ fn find(app: &AppState, id: &str) -> Result<Json<BTreeMap<String, Stream>>, ApiE
         )));
     }
     Ok(Json(found))
+}
+
+/// The online agent holding `stream` (`{app}/{name}`).
+pub(crate) fn locate(app: &AppState, stream: &str) -> Result<String, ApiError> {
+    let holders: Vec<(String, bool)> = app
+        .registry
+        .list()
+        .into_iter()
+        .filter(|r| {
+            r.state
+                .as_ref()
+                .is_some_and(|s| s.streams.iter().any(|i| i.id() == stream))
+        })
+        .map(|r| {
+            let online = r.online();
+            (r.id, online)
+        })
+        .collect();
+    if let Some((agent, _)) = holders.iter().find(|(_, online)| *online) {
+        return Ok(agent.clone());
+    }
+    match holders.first() {
+        Some((agent, _)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "stream {} is on agent {agent:?}, which is offline",
+                whep::stream_path(stream)
+            ),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "stream {} is not live on any agent",
+                whep::stream_path(stream)
+            ),
+        )),
+    }
 }

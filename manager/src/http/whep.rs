@@ -107,43 +107,6 @@ fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiEr
     }
 }
 
-/// The online agent holding `stream` (`{app}/{name}`).
-fn locate(app: &AppState, stream: &str) -> Result<String, ApiError> {
-    let holders: Vec<(String, bool)> = app
-        .registry
-        .list()
-        .into_iter()
-        .filter(|r| {
-            r.state
-                .as_ref()
-                .is_some_and(|s| s.streams.iter().any(|i| i.id() == stream))
-        })
-        .map(|r| {
-            let online = r.online();
-            (r.id, online)
-        })
-        .collect();
-    if let Some((agent, _)) = holders.iter().find(|(_, online)| *online) {
-        return Ok(agent.clone());
-    }
-    match holders.first() {
-        Some((agent, _)) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "stream {} is on agent {agent:?}, which is offline",
-                whep::stream_path(stream)
-            ),
-        )),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "stream {} is not live on any agent",
-                whep::stream_path(stream)
-            ),
-        )),
-    }
-}
-
 async fn call<T: DeserializeOwned>(
     app: &AppState,
     agent: &str,
@@ -180,7 +143,7 @@ async fn offer_for(
         ));
     }
     let stream = format!("{app_name}/{name}");
-    let agent = locate(app, &stream)?;
+    let agent = super::streams::locate(app, &stream)?;
     let started = std::time::Instant::now();
     let answer: OfferResult = call(
         app,

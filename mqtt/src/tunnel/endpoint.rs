@@ -157,6 +157,9 @@ pub struct EndpointStats {
     pub buffered_bytes: usize,
     pub packets_in: u64,
     pub packets_out: u64,
+    /// Sealed bytes received and sent.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
     /// Packets refused: forged, replayed, of an older epoch, or malformed.
     pub packets_refused: u64,
     pub resets: HashMap<String, u64>,
@@ -290,8 +293,9 @@ impl Task {
                 permit = packets_out.reserve(), if self.pending_out.is_some() => {
                     let Ok(permit) = permit else { break };
                     if let Some(packet) = self.pending_out.take() {
-                        permit.send(packet);
                         self.stats.packets_out += 1;
+                        self.stats.bytes_out += packet.len() as u64;
+                        permit.send(packet);
                     }
                 }
                 packet = packets_in.recv() => {
@@ -363,6 +367,7 @@ impl Task {
 
     fn on_packet(&mut self, packet: &[u8]) {
         self.stats.packets_in += 1;
+        self.stats.bytes_in += packet.len() as u64;
         let (frames, new_epoch) = match self.opener.open(packet) {
             Ok(opened) => opened,
             Err(e) => {
