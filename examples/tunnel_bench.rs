@@ -1,0 +1,337 @@
+//! Tunnel benchmark: bytes through a `[[tunnel.forward]]` of a real `verge-manager` to a target
+//! behind a real `verge-agent`, next to direct loopback TCP to the same target, in one run.
+//!
+//! ```text
+//! cargo run --release --example tunnel_bench -- [--mib 256] [--streams 8] [--round-trips 2000]
+//! ```
+//!
+//! For each path (direct TCP; the tunnel through the manager's embedded rumqttd; the tunnel
+//! through mosquitto, when installed):
+//! - **one stream**: `--mib` MiB to a sink that checks every byte against what was sent, then
+//!   answers with the count; throughput is bytes over the time until that answer;
+//! - **parallel**: `--streams` connections sharing `--mib` MiB at once;
+//! - **round trip**: 64 bytes to an echo and back, `--round-trips` times: p50 and p99;
+//! - the peak resident memory (VmHWM) of the manager and the agent after the run.
+//!
+//! Sealing (ChaCha20-Poly1305) is always on. The targets run in this process.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use verge::testkit::measure::{peak_kib, percentile};
+use verge::testkit::{ANY_PORT, Proc, TempDir, bin, listener, reserve_port, wait_for};
+
+/// The pattern every stream sends: 1 MiB of xorshift bytes, repeated.
+fn pattern() -> Vec<u8> {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A sink that checks each byte against the pattern and answers the count (u64, big-endian),
+/// or u64::MAX at the first wrong byte.
+async fn sink_server() -> SocketAddr {
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let expected = pattern();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = server.accept().await {
+            let expected = expected.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                let (mut count, mut intact) = (0u64, true);
+                loop {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            for (i, b) in buf[..n].iter().enumerate() {
+                                let at = ((count + i as u64) % expected.len() as u64) as usize;
+                                intact &= *b == expected[at];
+                            }
+                            count += n as u64;
+                        }
+                    }
+                }
+                let answer = if intact { count } else { u64::MAX };
+                let _ = socket.write_all(&answer.to_be_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+async fn echo_server() -> SocketAddr {
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = server.accept().await {
+            tokio::spawn(async move {
+                let _ = socket.set_nodelay(true);
+                let (mut r, mut w) = socket.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `bytes` of the pattern to the sink at `addr`; the seconds until it confirmed them all.
+async fn push(addr: SocketAddr, bytes: u64) -> Result<f64, String> {
+    let data = pattern();
+    let started = Instant::now();
+    let mut socket = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut sent = 0u64;
+    while sent < bytes {
+        let n = (bytes - sent).min(data.len() as u64) as usize;
+        socket
+            .write_all(&data[..n])
+            .await
+            .map_err(|e| e.to_string())?;
+        sent += n as u64;
+    }
+    socket.shutdown().await.map_err(|e| e.to_string())?;
+    let mut answer = [0u8; 8];
+    socket
+        .read_exact(&mut answer)
+        .await
+        .map_err(|e| format!("no answer from the sink: {e}"))?;
+    match u64::from_be_bytes(answer) {
+        n if n == bytes => Ok(started.elapsed().as_secs_f64()),
+        u64::MAX => Err("the sink saw a wrong byte".into()),
+        n => Err(format!("the sink got {n} of {bytes} bytes")),
+    }
+}
+
+/// Round trips of 64 bytes, in microseconds.
+async fn round_trips(addr: SocketAddr, count: usize) -> Result<Vec<f64>, String> {
+    let mut socket = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    socket.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (ping, mut pong) = ([7u8; 64], [0u8; 64]);
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        socket.write_all(&ping).await.map_err(|e| e.to_string())?;
+        socket
+            .read_exact(&mut pong)
+            .await
+            .map_err(|e| e.to_string())?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(times)
+}
+
+struct Args {
+    mib: u64,
+    streams: u64,
+    round_trips: usize,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        mib: 256,
+        streams: 8,
+        round_trips: 2000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_default();
+        match flag.as_str() {
+            "--mib" => args.mib = value.parse().expect("--mib N"),
+            "--streams" => args.streams = value.parse().expect("--streams N"),
+            "--round-trips" => args.round_trips = value.parse().expect("--round-trips N"),
+            other => panic!("unknown option {other}"),
+        }
+    }
+    args
+}
+
+struct Row {
+    path: &'static str,
+    one: Result<f64, String>,
+    parallel: Result<f64, String>,
+    rtt: Result<(f64, f64), String>,
+    peak: Option<(u64, u64)>,
+}
+
+async fn measure(path: &'static str, sink: SocketAddr, echo: SocketAddr, args: &Args) -> Row {
+    let total = args.mib << 20;
+    let mbps = |secs: f64| total as f64 / secs / 1e6;
+    let one = tokio::time::timeout(Duration::from_secs(600), push(sink, total))
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+        .map(mbps);
+    let share = total / args.streams;
+    let started = Instant::now();
+    let pushes: Vec<_> = (0..args.streams)
+        .map(|_| tokio::spawn(push(sink, share)))
+        .collect();
+    let mut parallel = Ok(0.0);
+    for p in pushes {
+        if let Ok(Err(e)) | Err(e) = p.await.map_err(|e| e.to_string()) {
+            parallel = Err(e);
+        }
+    }
+    let parallel =
+        parallel.map(|_| (share * args.streams) as f64 / started.elapsed().as_secs_f64() / 1e6);
+    let rtt = round_trips(echo, args.round_trips)
+        .await
+        .map(|t| (percentile(&t, 0.5), percentile(&t, 0.99)));
+    Row {
+        path,
+        one,
+        parallel,
+        rtt,
+        peak: None,
+    }
+}
+
+/// A manager (embedded broker, or the external one at `broker`) and an agent, with forwards
+/// to the sink (`forward-0`) and the echo (`forward-1`).
+fn start_pair(
+    dir: &TempDir,
+    label: &str,
+    broker: Option<SocketAddr>,
+    sink: SocketAddr,
+    echo: SocketAddr,
+) -> (Proc, Proc, SocketAddr, SocketAddr) {
+    let broker_toml = match broker {
+        Some(addr) => format!("[mqtt]\nurl = \"mqtt://{addr}\"\n"),
+        None => format!("[broker]\nlisten = \"{ANY_PORT}\"\n"),
+    };
+    let manager_cfg = dir.write(
+        &format!("{label}-manager.toml"),
+        &format!(
+            "[http]\nlisten = \"{ANY_PORT}\"\n{broker_toml}[keys]\nfile = \"{}\"\n\
+             [[agents]]\nid = \"edge-1\"\nsecret = \"bench-secret\"\n\
+             [[tunnel.forward]]\nlisten = \"{ANY_PORT}\"\nagent = \"edge-1\"\ntarget = \"{sink}\"\n\
+             [[tunnel.forward]]\nlisten = \"{ANY_PORT}\"\nagent = \"edge-1\"\ntarget = \"{echo}\"\n",
+            dir.path().join(format!("{label}-keys.json")).display()
+        ),
+    );
+    let (manager, bound) = Proc::spawn_ready_with_env(
+        &format!("{label}-manager"),
+        &bin("verge-manager"),
+        &["--config", manager_cfg.to_str().unwrap()],
+        dir.path(),
+        &[("RUST_LOG", "warn")],
+    );
+    let mqtt = broker.unwrap_or_else(|| listener(&bound, "mqtt"));
+    let agent_cfg = dir.write(
+        &format!("{label}-agent.toml"),
+        &format!(
+            "id = \"edge-1\"\nsecret = \"bench-secret\"\n[mqtt]\nurl = \"mqtt://{mqtt}\"\n\
+             [rtmp]\nlisten = \"{ANY_PORT}\"\n[http]\nlisten = \"{ANY_PORT}\"\n\
+             [tunnel]\nallow = [\"{sink}\", \"{echo}\"]\n"
+        ),
+    );
+    let (agent, _) = Proc::spawn_ready_with_env(
+        &format!("{label}-agent"),
+        &bin("verge-agent"),
+        &["--config", agent_cfg.to_str().unwrap()],
+        dir.path(),
+        &[("RUST_LOG", "warn")],
+    );
+    let http = listener(&bound, "http");
+    let online = wait_for(Duration::from_secs(20), || {
+        let nodes = verge::testkit::get(http, "/api/nodes/").ok()?.json();
+        (nodes[0]["online"] == true).then_some(())
+    });
+    assert!(online.is_some(), "agent not online:\n{}", agent.log_text());
+    (
+        manager,
+        agent,
+        listener(&bound, "forward-0"),
+        listener(&bound, "forward-1"),
+    )
+}
+
+fn main() {
+    let args = parse_args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (sink, echo) = rt.block_on(async { (sink_server().await, echo_server().await) });
+    let dir = TempDir::new("tunnel-bench");
+    let mut rows = vec![rt.block_on(measure("direct TCP", sink, echo, &args))];
+
+    let (manager, agent, fsink, fecho) = start_pair(&dir, "embedded", None, sink, echo);
+    let mut row = rt.block_on(measure("tunnel, embedded rumqttd", fsink, fecho, &args));
+    row.peak = peak_kib(manager.pid()).zip(peak_kib(agent.pid()));
+    rows.push(row);
+    drop((manager, agent));
+
+    let mosquitto = Path::new("/usr/sbin/mosquitto");
+    if mosquitto.exists() {
+        let port = reserve_port();
+        let conf = dir.write(
+            "mosquitto.conf",
+            &format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_queued_messages 100000\nmax_inflight_messages 100\n",
+                port.addr().port()
+            ),
+        );
+        let _broker = Proc::spawn(
+            "mosquitto",
+            mosquitto,
+            &["-c", conf.to_str().unwrap()],
+            dir.path(),
+        );
+        wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(port.addr()).ok()
+        })
+        .expect("mosquitto listens");
+        let (manager, agent, fsink, fecho) =
+            start_pair(&dir, "mosquitto", Some(port.addr()), sink, echo);
+        let mut row = rt.block_on(measure("tunnel, mosquitto", fsink, fecho, &args));
+        row.peak = peak_kib(manager.pid()).zip(peak_kib(agent.pid()));
+        rows.push(row);
+    }
+
+    let direct = rows[0].one.as_ref().ok().copied();
+    println!(
+        "\n{} MiB one stream, {} streams in parallel, {} round trips of 64 bytes; sealing on\n",
+        args.mib, args.streams, args.round_trips
+    );
+    println!(
+        "| path | one stream MB/s | × direct | {} streams MB/s | RTT p50 µs | RTT p99 µs | peak RSS manager / agent MiB |",
+        args.streams
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let show = |r: &Result<f64, String>| match r {
+        Ok(v) => format!("{v:.0}"),
+        Err(e) => format!("failed: {e}"),
+    };
+    for row in &rows {
+        let ratio = match (&row.one, direct) {
+            (Ok(v), Some(d)) if d > 0.0 => format!("{:.2}", v / d),
+            _ => "-".into(),
+        };
+        let (p50, p99) = match &row.rtt {
+            Ok((a, b)) => (format!("{a:.0}"), format!("{b:.0}")),
+            Err(e) => (format!("failed: {e}"), "-".into()),
+        };
+        let peak = row
+            .peak
+            .map(|(m, a)| format!("{:.0} / {:.0}", m as f64 / 1024.0, a as f64 / 1024.0))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "| {} | {} | {ratio} | {} | {p50} | {p99} | {peak} |",
+            row.path,
+            show(&row.one),
+            show(&row.parallel)
+        );
+    }
+}
