@@ -265,3 +265,124 @@ fn a_box_http_flv_plays_through_the_manager() {
     );
     assert_eq!(tunnel["packets_refused"], 0, "{detail}");
 }
+
+#[test]
+fn another_agent_with_broker_credentials_can_neither_inject_nor_replay() {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+    let echo = echo_server();
+    let echo_target = echo.to_string();
+    let b = edge_with_second_agent(&echo_target);
+    let forward = listener(&b.manager_listeners, "forward-0");
+    let mqtt = listener(&b.manager_listeners, "mqtt");
+
+    // edge-2 holds valid broker credentials; rumqttd has no topic ACLs, so it can read and
+    // publish edge-1's tunnel topics.
+    let mut opts = MqttOptions::new("edge-2:spy", "127.0.0.1", mqtt.port());
+    opts.set_credentials("edge-2", "s2")
+        .set_max_packet_size(1 << 21, 1 << 21)
+        .set_keep_alive(Duration::from_secs(5));
+    let (client, mut connection) = Client::new(opts, 1024);
+    client
+        .subscribe("verge/v1/m/+/tun/edge-1", QoS::AtMostOnce)
+        .unwrap();
+    client
+        .subscribe("verge/v1/a/edge-1/+", QoS::AtMostOnce)
+        .unwrap();
+    let (captured_tx, captured_rx) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic.contains("/tun") => {
+                    let _ = captured_tx.send((p.topic.clone(), p.payload.to_vec()));
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A real transfer, which edge-2 captures.
+    let (sent, back, got) = echo_digests(forward, 1 << 20);
+    assert_eq!((sent.clone(), got), (back.clone(), 1 << 20));
+    let captured: Vec<(String, Vec<u8>)> = captured_rx.try_iter().collect();
+    let up: Vec<&Vec<u8>> = captured
+        .iter()
+        .filter(|(t, _)| t.starts_with("verge/v1/m/"))
+        .map(|(_, p)| p)
+        .collect();
+    assert!(!up.is_empty(), "nothing captured");
+    // What it captured is sealed: no run of the echoed bytes appears in it.
+    let mut state = 0x1234_5678_9abc_def1u64;
+    let mut plain = vec![0u8; 4096];
+    xorshift_fill(&mut plain, &mut state);
+    let runs: std::collections::HashSet<&[u8]> = plain.windows(32).collect();
+    for (_, payload) in &captured {
+        assert!(
+            !payload.windows(32).any(|w| runs.contains(w)),
+            "plaintext visible to another agent"
+        );
+    }
+
+    // Replays and forgeries towards the manager: all refused, and counted.
+    let before = refused(&b);
+    let mut injected = 0;
+    for payload in up.iter().take(20) {
+        client
+            .publish(
+                "verge/v1/m/manager/tun/edge-1",
+                QoS::AtMostOnce,
+                false,
+                payload.to_vec(),
+            )
+            .unwrap();
+        let mut forged = payload.to_vec();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        client
+            .publish(
+                "verge/v1/m/manager/tun/edge-1",
+                QoS::AtMostOnce,
+                false,
+                forged,
+            )
+            .unwrap();
+        injected += 2;
+    }
+    let counted = wait_for(Duration::from_secs(20), || {
+        (refused(&b) >= before + injected).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "refused {} of {injected}",
+        refused(&b) - before
+    );
+    // The link still works, intact.
+    let (sent, back, got) = echo_digests(forward, 1 << 20);
+    assert_eq!((sent, got), (back, 1 << 20));
+}
+
+/// Packets the manager refused on its link to edge-1.
+fn refused(b: &Edge) -> u64 {
+    get(b.manager_http, "/api/agents/edge-1").unwrap().json()["tunnel"]["packets_refused"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// The tunnel edge with a forward to `echo`, and edge-2 enrolled too (its credentials are the
+/// attacker's).
+fn edge_with_second_agent(echo: &str) -> Edge {
+    Edge::start(
+        "tunnel-spy",
+        &EdgeOptions {
+            noauth: true,
+            manager_toml: format!(
+                "[[agents]]\nid = \"edge-2\"\nsecret = \"s2\"\n\
+                 [[tunnel.forward]]\nlisten = \"{ANY_PORT}\"\nagent = \"edge-1\"\ntarget = \"{echo}\"\n"
+            ),
+            agent_toml: format!("[tunnel]\nallow = [\"{echo}\"]\n"),
+            ..EdgeOptions::default()
+        },
+    )
+}
