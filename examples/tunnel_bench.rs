@@ -279,7 +279,7 @@ fn main() {
             "mosquitto.conf",
             &format!(
                 "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_queued_messages 100000\nmax_inflight_messages 100\n",
+                 max_queued_messages 100000\nmax_inflight_messages 100\nset_tcp_nodelay true\n",
                 port.addr().port()
             ),
         );

@@ -25,6 +25,8 @@ use super::frame::{Frame, MAX_DATA, ResetCode};
 pub const INITIAL_WINDOW: u32 = 64 * 1024;
 /// Repeated acks that make the sender resend from the first unacknowledged byte.
 pub const FAST_RETRANSMIT_ACKS: u32 = 3;
+/// Unacknowledged bytes that make a receiver ack at once.
+pub const ACK_EVERY: u64 = 16 * 1024;
 /// An ack waits at most this long for more data to acknowledge together.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
 
@@ -413,9 +415,12 @@ impl Stream {
     }
 
     fn schedule_ack(&mut self, now: Instant) {
-        // Ack at once when a quarter of the window is unacknowledged, else shortly, so that one
-        // ack covers a burst.
-        if self.recv_next - self.acked_to_peer >= u64::from(self.cfg.recv_window / 4) {
+        // Ack at once when ACK_EVERY bytes (or a quarter of the window) are unacknowledged,
+        // else shortly, so that one ack covers a small burst. The sender's link may allow
+        // each stream far less in flight than its window (many streams share a cap), so
+        // waiting for a quarter window would hold every stream to one ack per ACK_DELAY.
+        let every = u64::from(self.cfg.recv_window / 4).min(ACK_EVERY);
+        if self.recv_next - self.acked_to_peer >= every {
             self.ack_now = true;
         } else if self.ack_at.is_none() {
             self.ack_at = Some(now + ACK_DELAY);
