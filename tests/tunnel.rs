@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ring::digest::{Context, SHA256};
@@ -110,12 +111,12 @@ fn bulk_bytes_through_a_port_forward_arrive_intact_and_disallowed_targets_are_re
     );
     let forward = listener(&b.manager_listeners, "forward-0");
 
-    const TOTAL: usize = 64 << 20;
+    const TOTAL: usize = 256 << 20;
     let started = Instant::now();
     let (sent, back, got) = echo_digests(forward, TOTAL);
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "64 MiB echoed through the tunnel in {secs:.2} s ({:.1} MB/s each way)",
+        "256 MiB echoed through the tunnel in {secs:.2} s ({:.1} MB/s each way)",
         TOTAL as f64 / secs / 1e6
     );
     assert_eq!(got, TOTAL, "bytes came back short");
@@ -385,4 +386,125 @@ fn edge_with_second_agent(echo: &str) -> Edge {
             ..EdgeOptions::default()
         },
     )
+}
+
+/// mosquitto with the project's ACL and `conf/mosquitto` settings on a held port, passwords
+/// for the manager and edge-1.
+fn start_mosquitto(dir: &verge::testkit::TempDir, port: SocketAddr, label: &str) -> Proc {
+    let passwd = dir.path().join("passwd");
+    if !passwd.exists() {
+        for (i, (user, pass)) in [("verge-manager", "mgr"), ("edge-1", "s1")]
+            .iter()
+            .enumerate()
+        {
+            let mut cmd = std::process::Command::new("mosquitto_passwd");
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let status = cmd
+                .arg("-b")
+                .arg(&passwd)
+                .args([user, pass])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+    let acl = dir.write("acl", include_str!("../conf/mosquitto/acl"));
+    let conf = dir.write(
+        "mosquitto.conf",
+        &format!(
+            "listener {} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\n\
+             persistence false\nmax_queued_messages 100000\nset_tcp_nodelay true\n",
+            port.port(),
+            passwd.display(),
+            acl.display()
+        ),
+    );
+    let broker = Proc::spawn(
+        label,
+        Path::new("/usr/sbin/mosquitto"),
+        &["-c", conf.to_str().unwrap()],
+        dir.path(),
+    );
+    let up = wait_for(Duration::from_secs(20), || TcpStream::connect(port).ok());
+    assert!(
+        up.is_some(),
+        "mosquitto does not listen:\n{}",
+        broker.log_text()
+    );
+    broker
+}
+
+#[test]
+fn a_broker_restart_mid_transfer_loses_nothing() {
+    let dir = verge::testkit::TempDir::new("tunnel-restart");
+    let port = verge::testkit::reserve_port();
+    let mut broker = Some(start_mosquitto(&dir, port.addr(), "mosquitto"));
+    let echo = echo_server();
+    let manager_cfg = dir.write(
+        "manager.toml",
+        &format!(
+            "[http]\nlisten = \"{ANY_PORT}\"\n[mqtt]\nurl = \"mqtt://{}\"\nusername = \"verge-manager\"\n\
+             password = \"mgr\"\n[keys]\nfile = \"{}\"\n[[agents]]\nid = \"edge-1\"\nsecret = \"s1\"\n\
+             [[tunnel.forward]]\nlisten = \"{ANY_PORT}\"\nagent = \"edge-1\"\ntarget = \"{echo}\"\n",
+            port.addr(),
+            dir.path().join("keys.json").display()
+        ),
+    );
+    let (manager, bound) = Proc::spawn_ready(
+        "manager",
+        &verge::testkit::bin("verge-manager"),
+        &["--config", manager_cfg.to_str().unwrap()],
+        dir.path(),
+    );
+    let agent_cfg = dir.write(
+        "agent.toml",
+        &format!(
+            "id = \"edge-1\"\nsecret = \"s1\"\n[mqtt]\nurl = \"mqtt://{}\"\nmax_backoff_secs = 1\n\
+             [rtmp]\nlisten = \"{ANY_PORT}\"\n[http]\nlisten = \"{ANY_PORT}\"\n\
+             [tunnel]\nallow = [\"{echo}\"]\n",
+            port.addr()
+        ),
+    );
+    let (agent, _) = Proc::spawn_ready(
+        "agent",
+        &verge::testkit::bin("verge-agent"),
+        &["--config", agent_cfg.to_str().unwrap()],
+        dir.path(),
+    );
+    let http = listener(&bound, "http");
+    let online = wait_for(Duration::from_secs(20), || {
+        (get(http, "/api/nodes/").ok()?.json()[0]["online"] == true).then_some(())
+    });
+    assert!(online.is_some(), "{}", agent.log_text());
+
+    // 256 MiB echoed; the broker is killed and restarted on the same port once bytes flow.
+    let forward = listener(&bound, "forward-0");
+    let transfer = std::thread::spawn(move || echo_digests(forward, 256 << 20));
+    let flowing = wait_for(Duration::from_secs(30), || {
+        let detail = get(http, "/api/agents/edge-1").ok()?.json();
+        (detail["tunnel"]["bytes_to_agent"].as_u64()? > 4 << 20).then_some(())
+    });
+    assert!(flowing.is_some(), "{}", manager.log_text());
+    if let Some(b) = broker.take() {
+        b.signal("KILL");
+        drop(b);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _broker = start_mosquitto(&dir, port.addr(), "mosquitto-2");
+    let (sent, back, got) = transfer.join().expect("the transfer ends");
+    assert_eq!(
+        got,
+        256 << 20,
+        "bytes lost:\n{}\n{}",
+        manager.log_text(),
+        agent.log_text()
+    );
+    assert_eq!(sent, back, "the echo differs from what was sent");
+    assert!(
+        manager.log_text().contains("tunnel link back")
+            || agent.log_text().contains("tunnel link back"),
+        "no resume was logged"
+    );
 }
