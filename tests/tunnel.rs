@@ -508,3 +508,75 @@ fn a_broker_restart_mid_transfer_loses_nothing() {
         "no resume was logged"
     );
 }
+
+#[test]
+fn curl_reaches_a_box_through_the_managers_socks5_proxy() {
+    let b = Edge::start(
+        "tunnel-socks",
+        &EdgeOptions {
+            noauth: true,
+            manager_toml: format!("[tunnel]\nsocks_listen = \"{ANY_PORT}\"\n"),
+            ..EdgeOptions::default()
+        },
+    );
+    let socks = listener(&b.manager_listeners, "socks");
+    let media = Synthetic {
+        seconds: 60,
+        ..Synthetic::default()
+    };
+    let _publisher = b.publish("publisher", "cam", &media);
+    let live = wait_for(Duration::from_secs(30), || {
+        b.listed_stream("cam").filter(|s| s["width"] == 640)
+    });
+    assert!(live.is_some(), "stream not live:\n{}", b.agent.log_text());
+
+    // The box's HTTP-FLV by the agent's name and its own port, as a client on the internet.
+    let out = b.dir.path().join("socks.flv");
+    let url = format!("http://edge-1.verge:{}/live/cam.flv", b.http.port());
+    let mut curl = Proc::spawn(
+        "curl",
+        Path::new("/usr/bin/curl"),
+        &[
+            "-s",
+            "--max-time",
+            "4",
+            "--socks5-hostname",
+            &socks.to_string(),
+            "-o",
+            out.to_str().unwrap(),
+            &url,
+        ],
+        b.dir.path(),
+    );
+    let done = wait_for(Duration::from_secs(30), || curl.exit_status());
+    assert!(done.is_some(), "curl did not finish");
+    let body = std::fs::read(&out).unwrap_or_default();
+    assert!(
+        body.len() > 10_000 && body.starts_with(b"FLV"),
+        "{} bytes through SOCKS5: {:?}\n{}",
+        body.len(),
+        &body[..body.len().min(16)],
+        b.manager.log_text()
+    );
+
+    // A port the agent does not allow: refused, and the agent says so.
+    let mut curl = Proc::spawn(
+        "curl-22",
+        Path::new("/usr/bin/curl"),
+        &[
+            "-s",
+            "--max-time",
+            "10",
+            "--socks5-hostname",
+            &socks.to_string(),
+            "http://edge-1:22/",
+        ],
+        b.dir.path(),
+    );
+    let status = wait_for(Duration::from_secs(30), || curl.exit_status());
+    assert!(status.is_some_and(|s| !s.success()), "port 22 was reached");
+    let said = wait_for(Duration::from_secs(20), || {
+        b.agent.log_text().contains("localhost:22").then_some(())
+    });
+    assert!(said.is_some(), "{}", b.agent.log_text());
+}

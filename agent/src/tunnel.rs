@@ -47,11 +47,20 @@ impl Allow {
         Self { entries }
     }
 
-    /// The address to dial for `target`, if allowed.
+    /// The address to dial for `target`, if allowed: an entry's name, or `localhost:{port}`
+    /// for an allowed entry that is a loopback address with that port (what SOCKS5 clients of
+    /// the manager ask for).
     pub fn resolve(&self, target: &str) -> Option<&str> {
+        if let Some(found) = self.entries.iter().find(|(name, _)| name == target) {
+            return Some(found.1.as_str());
+        }
+        let port: u16 = target.strip_prefix("localhost:")?.parse().ok()?;
         self.entries
             .iter()
-            .find(|(name, _)| name == target)
+            .find(|(_, addr)| {
+                addr.parse::<SocketAddr>()
+                    .is_ok_and(|a| a.ip().is_loopback() && a.port() == port)
+            })
             .map(|(_, addr)| addr.as_str())
     }
 }
@@ -205,5 +214,8 @@ mod tests {
             None,
             "only the names listed"
         );
+        assert_eq!(allow.resolve("localhost:7001"), Some("127.0.0.1:7001"));
+        assert_eq!(allow.resolve("localhost:554"), None, "not a loopback entry");
+        assert_eq!(allow.resolve("localhost:22"), None);
     }
 }

@@ -53,6 +53,9 @@ pub struct TunnelConfig {
     pub window_kib: u32,
     /// Port forwards: a listener here whose connections reach `target` on `agent`.
     pub forward: Vec<Forward>,
+    /// A SOCKS5 proxy into the fleet: host `{agent}` or `{agent}.verge`, port one of the
+    /// agent's own listeners.
+    pub socks_listen: Option<SocketAddr>,
 }
 
 impl Default for TunnelConfig {
@@ -62,6 +65,7 @@ impl Default for TunnelConfig {
             max_streams: 256,
             window_kib: 512,
             forward: Vec::new(),
+            socks_listen: None,
         }
     }
 }

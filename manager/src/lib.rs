@@ -52,6 +52,11 @@ pub enum ManagerError {
     Keys(#[from] keys::KeyStoreError),
     #[error(transparent)]
     ReadyFile(#[from] verge_protocol::ready::ReadyFileError),
+    #[error("SOCKS5 listener {addr}: {source}")]
+    Socks {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("[[tunnel.forward]] listener {addr}: {source}")]
     Forward {
         addr: SocketAddr,
@@ -73,6 +78,8 @@ pub struct Manager {
     pub tunnels: tunnel::Tunnels,
     /// `[[tunnel.forward]]` listeners as bound, in the config's order.
     pub forwards: Vec<SocketAddr>,
+    /// `[tunnel] socks_listen` as bound.
+    pub socks: Option<SocketAddr>,
     forward_tasks: Vec<tokio::task::JoinHandle<()>>,
     client: rumqttc::AsyncClient,
     http: tokio::task::JoinHandle<()>,
@@ -110,6 +117,14 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             })?;
         forward_listeners.push(bound);
     }
+    let socks_listener = match cfg.tunnel.socks_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ManagerError::Socks { addr, source })?,
+        ),
+        None => None,
+    };
     let credentials = Credentials::new(
         cfg.agents.iter().map(|a| (a.id.clone(), a.secret.clone())),
         cfg.enrollment.secret.clone().filter(|s| !s.is_empty()),
@@ -264,6 +279,21 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             tunnels.clone(),
         )));
     }
+    let mut socks = None;
+    if let Some(listener) = socks_listener {
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ManagerError::Socks {
+                addr: cfg.tunnel.socks_listen.unwrap_or(http_addr),
+                source,
+            })?;
+        tracing::info!(listen = %addr, "SOCKS5 into the fleet");
+        socks = Some(addr);
+        forward_tasks.push(tokio::spawn(tunnel::socks::serve(
+            listener,
+            tunnels.clone(),
+        )));
+    }
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async {
@@ -283,6 +313,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         stop_http,
         tunnels,
         forwards,
+        socks,
         forward_tasks,
     };
     tracing::info!(listening = %manager.listeners().summary(), broker = broker_kind, "manager up");
@@ -296,6 +327,9 @@ impl Manager {
         let mut listeners = Listeners::new().with("http", self.http_addr);
         for (i, addr) in self.forwards.iter().enumerate() {
             listeners = listeners.with(&format!("forward-{i}"), *addr);
+        }
+        if let Some(addr) = self.socks {
+            listeners = listeners.with("socks", addr);
         }
         if let Some(broker) = &self.broker {
             listeners = listeners.with("mqtt", broker.listen);

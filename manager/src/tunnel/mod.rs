@@ -3,8 +3,10 @@
 //! goes offline (its streams end at once with a reset that says so).
 //!
 //! - [`forward`]: `[[tunnel.forward]]` port forwards: a listener here, a target on an agent.
+//! - [`socks`]: `[tunnel] socks_listen`, a SOCKS5 proxy whose hosts are agents.
 
 pub mod forward;
+pub mod socks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
