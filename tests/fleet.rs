@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use verge::testkit::edge::mosquitto_passwd;
 use verge::testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, reserve_port, wait_for};
 
 /// The agents' MQTT keepalive. A frozen agent goes offline after 1.5 × this, which must be
@@ -310,23 +310,12 @@ fn external_mosquitto_fleet_is_known_at_once_after_a_manager_restart() {
     let mqtt = reserve_port();
     let agents = [("edge-1", "s1"), ("edge-2", "s2"), ("edge-3", "s3")];
     let passwd = dir.path().join("passwd");
-    for (i, (user, pass)) in agents
+    let users: Vec<(&str, &str)> = agents
         .iter()
-        .chain(&[("verge-manager", "mgr-secret")])
-        .enumerate()
-    {
-        let mut cmd = Command::new("mosquitto_passwd");
-        if i == 0 {
-            cmd.arg("-c");
-        }
-        let status = cmd
-            .arg("-b")
-            .arg(&passwd)
-            .args([user, pass])
-            .status()
-            .expect("run mosquitto_passwd");
-        assert!(status.success());
-    }
+        .copied()
+        .chain([("verge-manager", "mgr-secret")])
+        .collect();
+    mosquitto_passwd(&passwd, &users);
     let acl = dir.write("acl", include_str!("../conf/mosquitto/acl"));
     let conf = dir.write(
         "mosquitto.conf",

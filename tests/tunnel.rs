@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ring::digest::{Context, SHA256};
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
+use verge::testkit::edge::{Edge, EdgeOptions, Synthetic, mosquitto_passwd, tool};
 use verge::testkit::{ANY_PORT, Proc, get, listener, wait_for};
 
 /// A TCP echo server on a thread per connection; returns its address.
@@ -156,34 +156,12 @@ fn ffmpeg_publishes_through_the_manager_into_the_box_and_its_death_ends_the_stre
     let forward = listener(&b.manager_listeners, "forward-0");
     // ffmpeg publishes to the manager's forward, which is the box's RTMP port.
     let url = format!("rtmp://{forward}/live/cam");
-    let mut ffmpeg = Proc::spawn(
-        "ffmpeg",
-        tool("ffmpeg"),
-        &[
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=640x360:rate=25",
-            "-t",
-            "60",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "50",
-            "-pix_fmt",
-            "yuv420p",
-            "-f",
-            "flv",
-            &url,
-        ],
-        b.dir.path(),
-    );
+    let media = Synthetic {
+        seconds: 60,
+        gop: 50,
+        ..Synthetic::default()
+    };
+    let mut ffmpeg = b.publish_to("ffmpeg", &url, &media);
     let live = wait_for(Duration::from_secs(30), || {
         b.listed_stream("cam").filter(|s| s["width"] == 640)
     });
@@ -208,15 +186,7 @@ fn ffmpeg_publishes_through_the_manager_into_the_box_and_its_death_ends_the_stre
 #[test]
 fn a_box_http_flv_plays_through_the_manager() {
     let b = edge("tunnel-flv", &[], &["rtmp".into(), "http".into()]);
-    let media = Synthetic {
-        seconds: 60,
-        ..Synthetic::default()
-    };
-    let _publisher = b.publish("publisher", "cam", &media);
-    let live = wait_for(Duration::from_secs(30), || {
-        b.listed_stream("cam").filter(|s| s["width"] == 640)
-    });
-    assert!(live.is_some(), "stream not live:\n{}", b.agent.log_text());
+    let _publisher = publish_live(&b);
 
     // ffmpeg decodes 50 frames of HTTP-FLV fetched from the manager, by stream and by agent.
     for (label, path) in [
@@ -388,27 +358,26 @@ fn edge_with_second_agent(echo: &str) -> Edge {
     )
 }
 
+/// ffmpeg publishing `live/cam` to the box for a minute, once the manager lists it.
+fn publish_live(b: &Edge) -> Proc {
+    let media = Synthetic {
+        seconds: 60,
+        ..Synthetic::default()
+    };
+    let publisher = b.publish("publisher", "cam", &media);
+    let live = wait_for(Duration::from_secs(30), || {
+        b.listed_stream("cam").filter(|s| s["width"] == 640)
+    });
+    assert!(live.is_some(), "stream not live:\n{}", b.agent.log_text());
+    publisher
+}
+
 /// mosquitto with the project's ACL and `conf/mosquitto` settings on a held port, passwords
 /// for the manager and edge-1.
 fn start_mosquitto(dir: &verge::testkit::TempDir, port: SocketAddr, label: &str) -> Proc {
     let passwd = dir.path().join("passwd");
     if !passwd.exists() {
-        for (i, (user, pass)) in [("verge-manager", "mgr"), ("edge-1", "s1")]
-            .iter()
-            .enumerate()
-        {
-            let mut cmd = std::process::Command::new("mosquitto_passwd");
-            if i == 0 {
-                cmd.arg("-c");
-            }
-            let status = cmd
-                .arg("-b")
-                .arg(&passwd)
-                .args([user, pass])
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
+        mosquitto_passwd(&passwd, &[("verge-manager", "mgr"), ("edge-1", "s1")]);
     }
     let acl = dir.write("acl", include_str!("../conf/mosquitto/acl"));
     let conf = dir.write(
@@ -520,15 +489,7 @@ fn curl_reaches_a_box_through_the_managers_socks5_proxy() {
         },
     );
     let socks = listener(&b.manager_listeners, "socks");
-    let media = Synthetic {
-        seconds: 60,
-        ..Synthetic::default()
-    };
-    let _publisher = b.publish("publisher", "cam", &media);
-    let live = wait_for(Duration::from_secs(30), || {
-        b.listed_stream("cam").filter(|s| s["width"] == 640)
-    });
-    assert!(live.is_some(), "stream not live:\n{}", b.agent.log_text());
+    let _publisher = publish_live(&b);
 
     // The box's HTTP-FLV by the agent's name and its own port, as a client on the internet.
     let out = b.dir.path().join("socks.flv");

@@ -99,7 +99,11 @@ impl Edge {
     /// ffmpeg publishing a synthetic H.264 + AAC stream (`size` e.g. `640x360`, `fps`, a
     /// keyframe every `gop` frames) in real time for `seconds` to `live/{name}`.
     pub fn publish(&self, label: &str, name: &str, media: &Synthetic) -> Proc {
-        let url = format!("rtmp://{}/live/{name}", self.rtmp);
+        self.publish_to(label, &format!("rtmp://{}/live/{name}", self.rtmp), media)
+    }
+
+    /// [`Edge::publish`] to any RTMP URL (a port forward, the manager's router).
+    pub fn publish_to(&self, label: &str, url: &str, media: &Synthetic) -> Proc {
         let video = format!("testsrc=size={}:rate={}", media.size, media.fps);
         let seconds = media.seconds.to_string();
         let gop = media.gop.to_string();
@@ -132,7 +136,7 @@ impl Edge {
         if let Some(profile) = media.profile {
             args.extend(["-profile:v", profile]);
         }
-        args.extend(["-c:a", "aac", "-b:a", "64k", "-f", "flv", &url]);
+        args.extend(["-c:a", "aac", "-b:a", "64k", "-f", "flv", url]);
         Proc::spawn(label, tool("ffmpeg"), &args, self.dir.path())
     }
 
@@ -163,6 +167,23 @@ impl Default for Synthetic {
             seconds: 6,
             profile: None,
         }
+    }
+}
+
+/// Writes a mosquitto password file with `users` (name, password).
+pub fn mosquitto_passwd(path: &Path, users: &[(&str, &str)]) {
+    for (i, (user, pass)) in users.iter().enumerate() {
+        let mut cmd = std::process::Command::new("mosquitto_passwd");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let status = cmd
+            .arg("-b")
+            .arg(path)
+            .args([user, pass])
+            .status()
+            .expect("run mosquitto_passwd (scripts/test installs it)");
+        assert!(status.success(), "mosquitto_passwd {user}");
     }
 }
 
