@@ -447,3 +447,67 @@ fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
     let again = send("DELETE", b.manager_http, "/api/keys/live/cam");
     assert_eq!(again.status, 404);
 }
+
+#[test]
+fn a_key_bound_to_an_agent_is_given_to_that_agent_only() {
+    use verge::testkit::{http, send};
+    let b = Edge::start(
+        "rtmp-bound-keys",
+        &EdgeOptions {
+            noauth: false,
+            manager_toml: "[[agents]]\nid = \"edge-2\"\nsecret = \"s2\"\n".into(),
+            ..EdgeOptions::default()
+        },
+    );
+    let post = |path: &str, body: &str| {
+        http(
+            "POST",
+            b.manager_http,
+            path,
+            body.as_bytes(),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+    // Bound to edge-1: GET /api/keys says so, and edge-1 takes it.
+    let mine = post("/api/keys/live/cam", r#"{"agent": "edge-1"}"#);
+    assert_eq!(mine.status, 201, "{}", mine.text());
+    assert_eq!(mine.json()["agent"], "edge-1");
+    let mine = mine.json()["key"].as_str().unwrap().to_string();
+    // Bound to edge-2 (enrolled, elsewhere): edge-1 never gets it.
+    let theirs = post("/api/keys/live/other", r#"{"agent": "edge-2"}"#);
+    assert_eq!(theirs.status, 201, "{}", theirs.text());
+    let theirs = theirs.json()["key"].as_str().unwrap().to_string();
+    let listed = get(b.manager_http, "/api/keys").unwrap().json();
+    let agents: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["agent"].as_str())
+        .collect();
+    assert_eq!(agents.len(), 2, "{listed}");
+    let accepted = wait_for(Duration::from_secs(20), || {
+        (publish_code(&b, "live", &mine) == "NetStream.Publish.Start").then_some(())
+    });
+    assert!(
+        accepted.is_some(),
+        "edge-1 never took its key:\n{}",
+        b.agent.log_text()
+    );
+    assert_eq!(
+        publish_code(&b, "live", &theirs),
+        "NetStream.Publish.BadName"
+    );
+
+    // Refusals with reasons: an agent nobody enrolled, a body that is not the documented one.
+    let r = post("/api/keys/live/x", r#"{"agent": "ghost"}"#);
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("ghost"), "{}", r.text());
+    let r = post("/api/keys/live/x", r#"{"agnet": "edge-1"}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    // Without a body, as before: a key for every agent.
+    assert_eq!(
+        send("POST", b.manager_http, "/api/keys/live/free").status,
+        201
+    );
+}

@@ -67,6 +67,7 @@ mod tests {
                 key: key.into(),
                 app: "live".into(),
                 name: "cam".into(),
+                agent: None,
             }],
         }
     }

@@ -29,6 +29,15 @@ pub enum KeyStoreError {
     },
 }
 
+/// What [`KeyStore::issue`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issued {
+    New,
+    Existing,
+    /// The key existed and now names another agent.
+    Rebound,
+}
+
 pub struct KeyStore {
     path: PathBuf,
     table: RwLock<Keys>,
@@ -63,19 +72,34 @@ impl KeyStore {
         self.table.read().map(|t| t.clone()).unwrap_or_default()
     }
 
-    /// The key of `app/name`, issued now if it has none. `(key, newly issued)`.
-    pub fn issue(&self, app: &str, name: &str) -> Result<(ChannelKey, bool), KeyStoreError> {
+    /// The key of `app/name`, issued now if it has none; with `agent`, bound to that agent
+    /// (an existing key keeps its secret and moves to it).
+    pub fn issue(
+        &self,
+        app: &str,
+        name: &str,
+        agent: Option<&str>,
+    ) -> Result<(ChannelKey, Issued), KeyStoreError> {
         self.change(|table| {
-            if let Some(existing) = table.keys.iter().find(|k| k.app == app && k.name == name) {
-                return ((existing.clone(), false), false);
+            if let Some(existing) = table
+                .keys
+                .iter_mut()
+                .find(|k| k.app == app && k.name == name)
+            {
+                if agent.is_some() && existing.agent.as_deref() != agent {
+                    existing.agent = agent.map(str::to_string);
+                    return ((existing.clone(), Issued::Rebound), true);
+                }
+                return ((existing.clone(), Issued::Existing), false);
             }
             let key = ChannelKey {
                 key: verge_protocol::key::random_secret(),
                 app: app.to_string(),
                 name: name.to_string(),
+                agent: agent.map(str::to_string),
             };
             table.keys.push(key.clone());
-            ((key, true), true)
+            ((key, Issued::New), true)
         })
     }
 
@@ -131,7 +155,11 @@ impl KeyDistributor {
         let Some(secret) = self.credentials.secret_of(agent) else {
             return;
         };
-        let table = self.store.snapshot();
+        let mut table = self.store.snapshot();
+        // An agent gets the keys bound to it and those bound to none.
+        table
+            .keys
+            .retain(|k| k.agent.as_deref().is_none_or(|a| a == agent));
         if table.version == 0 {
             // No key was ever issued: agents start empty anyway, and a fleet connecting at
             // once should not cost the broker a retained topic per agent for nothing.
@@ -173,11 +201,21 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("keys.json");
         let store = KeyStore::open(&path).unwrap();
-        let (first, new) = store.issue("live", "cam").unwrap();
-        assert!(new);
-        let (again, new) = store.issue("live", "cam").unwrap();
-        assert!(!new);
+        let (first, issued) = store.issue("live", "cam", None).unwrap();
+        assert_eq!(issued, Issued::New);
+        let (again, issued) = store.issue("live", "cam", None).unwrap();
+        assert_eq!(issued, Issued::Existing);
         assert_eq!(first, again);
+        // Binding it to an agent keeps its secret.
+        let (bound, issued) = store.issue("live", "cam", Some("edge-1")).unwrap();
+        assert_eq!(issued, Issued::Rebound);
+        assert_eq!(
+            (bound.key.as_str(), bound.agent.as_deref()),
+            (first.key.as_str(), Some("edge-1"))
+        );
+        let (_, issued) = store.issue("live", "cam", Some("edge-1")).unwrap();
+        assert_eq!(issued, Issued::Existing);
+        let first = bound;
         let v1 = store.snapshot().version;
         assert!(v1 > 0);
 

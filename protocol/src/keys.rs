@@ -12,6 +12,9 @@ pub struct ChannelKey {
     pub key: String,
     pub app: String,
     pub name: String,
+    /// The agent this key publishes into; only that agent is given it. None: every agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 /// The whole key table; each message replaces the previous one.
@@ -38,6 +41,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(keys.keys[0].name, "cam");
+        assert_eq!(
+            keys.keys[0].agent, None,
+            "a key without an agent is for every agent"
+        );
+        let bound = ChannelKey {
+            key: "k".into(),
+            app: "live".into(),
+            name: "cam".into(),
+            agent: Some("edge-1".into()),
+        };
+        let text = serde_json::to_string(&bound).unwrap();
+        assert!(text.contains(r#""agent":"edge-1""#), "{text}");
+        assert_eq!(serde_json::from_str::<ChannelKey>(&text).unwrap(), bound);
         assert!(
             serde_json::from_str::<Keys>(r#"{"keys":[]}"#).is_err(),
             "version is required"

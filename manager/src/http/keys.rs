@@ -1,12 +1,16 @@
 //! Channel keys (LiveGo's): `POST /api/keys/{app}/{name}` returns the stream's key (issuing one
-//! if needed), `DELETE` revokes it, `GET /api/keys` lists them. Every change reaches the agents
-//! at once.
+//! if needed; a body `{"agent": "edge-1"}` binds it to that agent, which alone is given it),
+//! `DELETE` revokes it, `GET /api/keys` lists them. Every change reaches the agents at once.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 use verge_protocol::keys::ChannelKey;
+
+use crate::keys::Issued;
 
 use super::AppState;
 use super::error::ApiError;
@@ -29,17 +33,50 @@ fn storage(e: crate::keys::KeyStoreError) -> ApiError {
     }
 }
 
+/// The optional body of `POST /api/keys/{app}/{name}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueBody {
+    /// The agent the key publishes into (the RTMP router sends the publisher there); only
+    /// that agent is given the key.
+    pub agent: Option<String>,
+}
+
 pub async fn issue(
     State(app): State<AppState>,
     Path((app_name, name)): Path<(String, String)>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     checked(&app_name, &name)?;
-    let (key, new) = app.keys.store.issue(&app_name, &name).map_err(storage)?;
-    if new {
-        tracing::info!(stream = %format!("{app_name}/{name}"), "channel key issued");
+    let body: IssueBody = if body.iter().all(u8::is_ascii_whitespace) {
+        IssueBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not {{\"agent\": \"<agent id>\"}}: {e}"),
+            )
+        })?
+    };
+    if let Some(agent) = &body.agent {
+        verge_protocol::id::validate(agent)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("agent {agent:?}: {e}")))?;
+        if app.keys.credentials.secret_of(agent).is_none() {
+            return Err(ApiError::not_found(format!(
+                "agent {agent:?} is not enrolled"
+            )));
+        }
+    }
+    let (key, issued) = app
+        .keys
+        .store
+        .issue(&app_name, &name, body.agent.as_deref())
+        .map_err(storage)?;
+    if issued != Issued::Existing {
+        tracing::info!(stream = %format!("{app_name}/{name}"), agent = ?key.agent, ?issued, "channel key issued");
         app.keys.send_to_all(&app.registry);
     }
-    let status = if new {
+    let status = if issued == Issued::New {
         StatusCode::CREATED
     } else {
         StatusCode::OK
