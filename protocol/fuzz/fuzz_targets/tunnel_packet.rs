@@ -2,7 +2,8 @@
 //! tunnel frames into a multiplexer, and the same bytes as a sealed packet into an opener.
 //!
 //! Run from `protocol/`: `cargo +nightly fuzz run tunnel_packet` (needs `cargo install
-//! cargo-fuzz`).
+//! cargo-fuzz`; with only a stable toolchain, prefix `RUSTC_BOOTSTRAP=1`). 2026-12-01, 2 cores:
+//! 668,593 runs in 120 s, coverage 919, no failure.
 //!
 //! The input is split into packets at 0xFF 0xFF markers, so that frames of one packet act on
 //! streams opened by an earlier one. Besides not panicking: a packet the decoder refuses changes
