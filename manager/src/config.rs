@@ -22,6 +22,7 @@ pub struct ManagerConfig {
     pub keys: KeysConfig,
     pub extra_ice: ExtraIce,
     pub tunnel: TunnelConfig,
+    pub rtmp: RtmpConfig,
     /// Sections this build does not read yet, kept to warn about them.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
@@ -66,6 +67,37 @@ impl Default for TunnelConfig {
             window_kib: 512,
             forward: Vec::new(),
             socks_listen: None,
+        }
+    }
+}
+
+/// `[rtmp]`: the RTMP router. Publishers dial `rtmp://manager/{app}/{key}`; the router finds
+/// the agent that owns the key and hands the connection to it through the tunnel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmpConfig {
+    /// The router's listener; none (the default): no router.
+    pub listen: Option<SocketAddr>,
+    /// From accept to `publish` (handshake, `connect`, `createStream`): a client slower than
+    /// this is closed.
+    pub handshake_timeout_secs: u64,
+    /// Connections one source address may hold open, publishing or not.
+    pub max_per_source: usize,
+    /// Connections that have not yet reached `publish`, from all sources together; more are
+    /// closed at accept, so a flood never holds publishers already through.
+    pub max_handshakes: usize,
+    /// Connections in all.
+    pub max_connections: usize,
+}
+
+impl Default for RtmpConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            handshake_timeout_secs: 10,
+            max_per_source: 8,
+            max_handshakes: 64,
+            max_connections: 1024,
         }
     }
 }

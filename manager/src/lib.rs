@@ -6,6 +6,7 @@
 //! - [`rpc`]: calls to agents over MQTT, with deadlines and typed failures.
 //! - [`http`]: the REST API.
 //! - [`tunnel`]: the tunnel's links to agents, and `[[tunnel.forward]]` port forwards.
+//! - [`rtmp`]: the RTMP router (`[rtmp] listen`): publishers reach their box through the tunnel.
 //!
 //! Start-up ([`start`]): the embedded broker (unless `[mqtt] url` names an external one), the
 //! MQTT link with this manager's own credential, the fleet session, then HTTP. A request such as
@@ -17,6 +18,7 @@ pub mod http;
 pub mod keys;
 pub mod registry;
 pub mod rpc;
+pub mod rtmp;
 pub mod session;
 pub mod tunnel;
 
@@ -62,6 +64,11 @@ pub enum ManagerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("[rtmp] listen {addr}: {source}")]
+    Rtmp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("HTTP listener {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -80,7 +87,9 @@ pub struct Manager {
     pub forwards: Vec<SocketAddr>,
     /// `[tunnel] socks_listen` as bound.
     pub socks: Option<SocketAddr>,
-    forward_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// `[rtmp] listen` as bound.
+    pub rtmp: Option<SocketAddr>,
+    listener_tasks: Vec<tokio::task::JoinHandle<()>>,
     client: rumqttc::AsyncClient,
     http: tokio::task::JoinHandle<()>,
     stop_http: tokio::sync::oneshot::Sender<()>,
@@ -122,6 +131,14 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| ManagerError::Socks { addr, source })?,
+        ),
+        None => None,
+    };
+    let rtmp_listener = match cfg.rtmp.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ManagerError::Rtmp { addr, source })?,
         ),
         None => None,
     };
@@ -252,6 +269,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             .map_err(|_| ManagerError::BrokerNotReady(patience))?;
     }
 
+    let key_store = keys.store.clone();
     let app = http::router(http::AppState {
         registry: registry.clone(),
         rpc: rpc.clone(),
@@ -263,7 +281,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         tunnels: tunnels.clone(),
     });
     let mut forwards = Vec::new();
-    let mut forward_tasks = Vec::new();
+    let mut listener_tasks = Vec::new();
     for (listener, forward) in forward_listeners.into_iter().zip(&cfg.tunnel.forward) {
         let addr = listener
             .local_addr()
@@ -273,7 +291,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             })?;
         tracing::info!(listen = %addr, agent = %forward.agent, target = %forward.target, "port forward");
         forwards.push(addr);
-        forward_tasks.push(tokio::spawn(tunnel::forward::serve(
+        listener_tasks.push(tokio::spawn(tunnel::forward::serve(
             listener,
             forward.clone(),
             tunnels.clone(),
@@ -289,9 +307,29 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             })?;
         tracing::info!(listen = %addr, "SOCKS5 into the fleet");
         socks = Some(addr);
-        forward_tasks.push(tokio::spawn(tunnel::socks::serve(
+        listener_tasks.push(tokio::spawn(tunnel::socks::serve(
             listener,
             tunnels.clone(),
+        )));
+    }
+    let mut rtmp = None;
+    if let Some(listener) = rtmp_listener {
+        let addr = listener.local_addr().map_err(|source| ManagerError::Rtmp {
+            addr: cfg.rtmp.listen.unwrap_or(http_addr),
+            source,
+        })?;
+        tracing::info!(listen = %addr, "RTMP router");
+        rtmp = Some(addr);
+        let router = rtmp::Router {
+            keys: key_store,
+            registry: registry.clone(),
+            tunnels: tunnels.clone(),
+            handshake_timeout: Duration::from_secs(cfg.rtmp.handshake_timeout_secs.max(1)),
+        };
+        listener_tasks.push(tokio::spawn(rtmp::serve(
+            listener,
+            router,
+            cfg.rtmp.clone(),
         )));
     }
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -314,7 +352,8 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         tunnels,
         forwards,
         socks,
-        forward_tasks,
+        rtmp,
+        listener_tasks,
     };
     tracing::info!(listening = %manager.listeners().summary(), broker = broker_kind, "manager up");
     Ok(manager)
@@ -331,6 +370,9 @@ impl Manager {
         if let Some(addr) = self.socks {
             listeners = listeners.with("socks", addr);
         }
+        if let Some(addr) = self.rtmp {
+            listeners = listeners.with("rtmp", addr);
+        }
         if let Some(broker) = &self.broker {
             listeners = listeners.with("mqtt", broker.listen);
             if let Some(tls) = broker.tls_listen {
@@ -342,7 +384,7 @@ impl Manager {
 
     /// Stops HTTP and leaves the broker cleanly.
     pub async fn stop(self) {
-        for task in &self.forward_tasks {
+        for task in &self.listener_tasks {
             task.abort();
         }
         let _ = self.stop_http.send(());

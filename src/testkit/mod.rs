@@ -35,6 +35,28 @@ pub fn reserve_port() -> PortReservation {
 /// `127.0.0.1:0` as TOML wants it: a listener that takes any free port.
 pub const ANY_PORT: &str = "127.0.0.1:0";
 
+/// A TCP connection to `addr` from `source` (any of 127.0.0.0/8 on Linux): how a test plays
+/// several clients on different addresses.
+pub fn tcp_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        tokio::time::timeout(Duration::from_secs(15), socket.connect(addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect"))?
+    })?;
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
 /// The path of a workspace binary, built once per test process (a no-op when up to date).
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();

@@ -25,7 +25,11 @@ fn invalid(why: String) -> io::Error {
 impl RtmpClient {
     /// Connects and completes a plain handshake.
     pub fn connect(addr: SocketAddr) -> io::Result<Self> {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(15))?;
+        Self::handshake(TcpStream::connect_timeout(&addr, Duration::from_secs(15))?)
+    }
+
+    /// Completes a plain handshake on a connected socket (e.g. [`super::tcp_from`]).
+    pub fn handshake(mut stream: TcpStream) -> io::Result<Self> {
         stream.set_read_timeout(Some(Duration::from_secs(15)))?;
         stream.set_write_timeout(Some(Duration::from_secs(15)))?;
         stream.set_nodelay(true)?;
@@ -137,6 +141,11 @@ impl RtmpClient {
 
     /// `connect`, `createStream` and `publish`; returns the onStatus code.
     pub fn publish(&mut self, app: &str, name: &str) -> io::Result<String> {
+        Ok(self.publish_status(app, name)?.0)
+    }
+
+    /// [`publish`](Self::publish), returning the onStatus code and description.
+    pub fn publish_status(&mut self, app: &str, name: &str) -> io::Result<(String, String)> {
         let wait = Duration::from_secs(15);
         self.command(
             0,
@@ -157,12 +166,15 @@ impl RtmpClient {
             ],
         )?;
         let status = self.expect_command("onStatus", wait)?;
-        Ok(status
-            .get(3)
-            .and_then(|info| info.get("code"))
-            .and_then(Amf0Value::as_str)
-            .unwrap_or_default()
-            .to_string())
+        let field = |name: &str| {
+            status
+                .get(3)
+                .and_then(|info| info.get(name))
+                .and_then(Amf0Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        Ok((field("code"), field("description")))
     }
 
     /// True if the server closes the connection within `within` (reading and discarding).

@@ -35,7 +35,9 @@ pub enum HandshakeKind {
 /// The only C0 version we accept: plain RTMP. 6, 8 and 9 are RTMPE (encrypted).
 const RTMP_VERSION: u8 = 3;
 /// C1, S1, C2 and S2 all have this length.
-const PACKET_LEN: usize = 1536;
+pub const PACKET_LEN: usize = 1536;
+/// C0 + C1 + C2: what a client sends before its first chunk.
+pub const CLIENT_HANDSHAKE_LEN: usize = 1 + 2 * PACKET_LEN;
 const RANDOM_LEN: usize = PACKET_LEN - 8;
 const DIGEST_LEN: usize = 32;
 /// The version S1 announces in a digest reply. A Flash client reads it as the server's version

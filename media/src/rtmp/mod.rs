@@ -1,7 +1,9 @@
 //! RTMP, server side. A connection's bytes go through [`handshake::ServerHandshake`] first,
 //! then through [`chunk::ChunkDecoder`] into messages that [`session::Session`] interprets.
+//! [`handover::Handover`] passes a connection on to another RTMP server (the manager's router).
 
 pub mod chunk;
+pub mod handover;
 pub mod handshake;
 pub mod message;
 pub mod session;

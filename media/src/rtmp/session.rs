@@ -264,6 +264,12 @@ impl Session {
         )));
     }
 
+    /// The encoder the client has been decoding, and what it encoded that was not taken yet:
+    /// for a [`Handover`](super::handover::Handover), which keeps talking to the client in it.
+    pub(crate) fn into_encoder(self) -> (ChunkEncoder, BytesMut) {
+        (self.encoder, self.output)
+    }
+
     fn send(&mut self, msg: Message) {
         self.encoder.encode(&msg, &mut self.output);
     }
@@ -283,23 +289,7 @@ impl Session {
     }
 
     fn on_status(&mut self, stream_id: u32, level: &str, code: &str, description: &str) {
-        let info = Amf0Value::object([
-            ("level", Amf0Value::string(level)),
-            ("code", Amf0Value::string(code)),
-            ("description", brief(description)),
-        ]);
-        let values = [
-            Amf0Value::string("onStatus"),
-            Amf0Value::Number(0.0),
-            Amf0Value::Null,
-            info,
-        ];
-        self.send_values(
-            message::CSID_COMMAND,
-            message::COMMAND_AMF0,
-            stream_id,
-            &values,
-        );
+        self.send(status_message(stream_id, level, code, description));
     }
 
     fn result(&mut self, txn: f64, values: Vec<Amf0Value>) {
@@ -515,6 +505,36 @@ impl Session {
 }
 
 /// A description cut to [`MAX_DESCRIPTION_LEN`] bytes, on a character boundary.
+/// `onStatus` on `stream_id`: how a server tells a client what became of its request.
+pub(crate) fn status_message(
+    stream_id: u32,
+    level: &str,
+    code: &str,
+    description: &str,
+) -> Message {
+    let info = Amf0Value::object([
+        ("level", Amf0Value::string(level)),
+        ("code", Amf0Value::string(code)),
+        ("description", brief(description)),
+    ]);
+    let mut payload = Vec::new();
+    for value in [
+        Amf0Value::string("onStatus"),
+        Amf0Value::Number(0.0),
+        Amf0Value::Null,
+        info,
+    ] {
+        amf0::encode(&value, &mut payload);
+    }
+    Message {
+        csid: message::CSID_COMMAND,
+        timestamp: 0,
+        type_id: message::COMMAND_AMF0,
+        stream_id,
+        payload: Bytes::from(payload),
+    }
+}
+
 fn brief(text: &str) -> Amf0Value {
     let mut end = text.len().min(MAX_DESCRIPTION_LEN);
     while !text.is_char_boundary(end) {

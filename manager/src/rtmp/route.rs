@@ -1,0 +1,141 @@
+//! Where a `publish` goes: the channel key names the stream and (when bound) its agent.
+
+use verge_protocol::keys::{ChannelKey, Keys};
+
+/// A publish the router refuses, with the RTMP status code and a reason for the encoder's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub reason: String,
+}
+
+const BAD_NAME: &str = "NetStream.Publish.BadName";
+const FAILED: &str = "NetStream.Failed";
+
+/// The agent `published` (the key, as sent in `publish` on `app`) goes to, and its key.
+/// `online` lists the agents online now.
+pub fn route(
+    keys: &Keys,
+    app: &str,
+    published: &str,
+    online: &[String],
+) -> Result<(String, ChannelKey), Refusal> {
+    let key = published.split('?').next().unwrap_or_default();
+    let app = if app.is_empty() { "live" } else { app };
+    // Every entry is compared, in constant time, so timing tells nothing of other keys.
+    let found = keys.keys.iter().fold(None, |found, k| {
+        let equal = verge_protocol::key::secrets_equal(&k.key, key);
+        if equal && found.is_none() {
+            Some(k)
+        } else {
+            found
+        }
+    });
+    let Some(channel) = found else {
+        return Err(Refusal {
+            code: BAD_NAME,
+            reason: "unknown channel key".into(),
+        });
+    };
+    if channel.app != app {
+        return Err(Refusal {
+            code: BAD_NAME,
+            reason: format!("that channel key is not for app {app:?}"),
+        });
+    }
+    let stream = format!("{}/{}", channel.app, channel.name);
+    let agent = match &channel.agent {
+        Some(agent) if online.contains(agent) => agent.clone(),
+        Some(agent) => {
+            return Err(Refusal {
+                code: FAILED,
+                reason: format!("{stream} publishes into agent {agent}, which is offline"),
+            });
+        }
+        None => match online {
+            [only] => only.clone(),
+            [] => {
+                return Err(Refusal {
+                    code: FAILED,
+                    reason: "no agent is online".into(),
+                });
+            }
+            many => {
+                return Err(Refusal {
+                    code: FAILED,
+                    reason: format!(
+                        "the key of {stream} names no agent and {} are online: bind it with \
+                         POST /api/keys/{stream} {{\"agent\": \"…\"}}",
+                        many.len()
+                    ),
+                });
+            }
+        },
+    };
+    Ok((agent, channel.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Keys {
+        let key = |key: &str, name: &str, agent: Option<&str>| ChannelKey {
+            key: key.into(),
+            app: "live".into(),
+            name: name.into(),
+            agent: agent.map(str::to_string),
+        };
+        Keys {
+            version: 1,
+            keys: vec![
+                key("k-cam", "cam", Some("edge-1")),
+                key("k-free", "free", None),
+            ],
+        }
+    }
+
+    fn online(ids: &[&str]) -> Vec<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_bound_key_goes_to_its_agent_only_while_it_is_online() {
+        let (agent, key) =
+            route(&keys(), "live", "k-cam?x=1", &online(&["edge-2", "edge-1"])).unwrap();
+        assert_eq!((agent.as_str(), key.name.as_str()), ("edge-1", "cam"));
+        let refusal = route(&keys(), "live", "k-cam", &online(&["edge-2"])).unwrap_err();
+        assert_eq!(refusal.code, "NetStream.Failed");
+        assert!(
+            refusal.reason.contains("edge-1, which is offline"),
+            "{refusal:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_wrong_apps_and_ambiguous_unbound_keys_are_refused() {
+        let all = online(&["edge-1", "edge-2"]);
+        assert_eq!(
+            route(&keys(), "live", "cam", &all).unwrap_err().code,
+            "NetStream.Publish.BadName"
+        );
+        assert_eq!(
+            route(&keys(), "live", "", &all).unwrap_err().code,
+            "NetStream.Publish.BadName"
+        );
+        let wrong_app = route(&keys(), "other", "k-cam", &all).unwrap_err();
+        assert!(wrong_app.reason.contains("not for app"), "{wrong_app:?}");
+        // An empty app is LiveGo's default, live.
+        assert!(route(&keys(), "", "k-cam", &all).is_ok());
+
+        let ambiguous = route(&keys(), "live", "k-free", &all).unwrap_err();
+        assert!(
+            ambiguous.reason.contains("POST /api/keys/live/free"),
+            "{ambiguous:?}"
+        );
+        let none = route(&keys(), "live", "k-free", &[]).unwrap_err();
+        assert_eq!(none.reason, "no agent is online");
+        let (agent, _) = route(&keys(), "live", "k-free", &online(&["edge-2"])).unwrap();
+        assert_eq!(agent, "edge-2");
+    }
+}
