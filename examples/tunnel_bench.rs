@@ -53,10 +53,7 @@ async fn sink_server() -> SocketAddr {
                     match socket.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            for (i, b) in buf[..n].iter().enumerate() {
-                                let at = ((count + i as u64) % expected.len() as u64) as usize;
-                                intact &= *b == expected[at];
-                            }
+                            intact &= matches_pattern(&expected, count, &buf[..n]);
                             count += n as u64;
                         }
                     }
@@ -68,6 +65,23 @@ async fn sink_server() -> SocketAddr {
         }
     });
     addr
+}
+
+/// Whether `got`, found at offset `at` of the stream, is the pattern there. Compared a slice
+/// at a time: a byte-wise check cost the bench a quarter of the machine's CPU at 150 MB/s,
+/// taken from the processes it measures.
+fn matches_pattern(pattern: &[u8], at: u64, got: &[u8]) -> bool {
+    let mut offset = (at % pattern.len() as u64) as usize;
+    let mut rest = got;
+    while !rest.is_empty() {
+        let n = rest.len().min(pattern.len() - offset);
+        if rest[..n] != pattern[offset..offset + n] {
+            return false;
+        }
+        rest = &rest[n..];
+        offset = 0;
+    }
+    true
 }
 
 async fn echo_server() -> SocketAddr {

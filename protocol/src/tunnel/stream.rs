@@ -244,9 +244,8 @@ impl Stream {
             return Ok(Read::Blocked);
         }
         let n = buf.len().min(self.recv.len());
-        for (dst, src) in buf.iter_mut().zip(self.recv.drain(..n)) {
-            *dst = src;
-        }
+        copy_range(&self.recv, 0, &mut buf[..n]);
+        self.recv.drain(..n);
         // Grant the freed room once it is worth a frame: a quarter of the window.
         let freed = self.recv_limit().saturating_sub(self.granted);
         if freed >= u64::from(self.cfg.recv_window / 4) {
@@ -529,7 +528,8 @@ impl Stream {
         if can_send > 0 && room > 0 {
             let n = (can_send as usize).min(room);
             let start = (self.send_next - self.send_base) as usize;
-            let bytes: Vec<u8> = self.send.range(start..start + n).copied().collect();
+            let mut bytes = vec![0u8; n];
+            copy_range(&self.send, start, &mut bytes);
             let frame = Frame::Data {
                 stream: self.id,
                 offset: self.send_next,
@@ -602,9 +602,41 @@ impl Stream {
     }
 }
 
+/// Copies `out.len()` bytes of `deque` from `start` into `out`, as at most two memcpys (a
+/// byte-wise iterator over a deque was 6 % of the agent's CPU at 150 MB/s).
+fn copy_range(deque: &VecDeque<u8>, start: usize, out: &mut [u8]) {
+    let (front, back) = deque.as_slices();
+    let end = start + out.len();
+    let in_front = front.len().min(end).saturating_sub(start);
+    if in_front > 0 {
+        out[..in_front].copy_from_slice(&front[start..start + in_front]);
+    }
+    let back_start = start.saturating_sub(front.len());
+    let rest = out.len() - in_front;
+    out[in_front..].copy_from_slice(&back[back_start..back_start + rest]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_range_reads_across_the_deques_wrap() {
+        let mut deque: VecDeque<u8> = VecDeque::with_capacity(8);
+        deque.extend([0, 0, 0, 0, 0, 0]);
+        deque.drain(..5);
+        deque.extend(1..=6);
+        let (front, back) = deque.as_slices();
+        assert!(!front.is_empty() && !back.is_empty(), "the test needs a wrapped deque");
+        let all: Vec<u8> = deque.iter().copied().collect();
+        for start in 0..all.len() {
+            for len in 0..=all.len() - start {
+                let mut out = vec![9u8; len];
+                copy_range(&deque, start, &mut out);
+                assert_eq!(out, all[start..start + len], "start {start} len {len}");
+            }
+        }
+    }
 
     fn cfg(window: u32, buffer: usize) -> StreamConfig {
         StreamConfig {
