@@ -124,11 +124,33 @@ pub async fn run(
             LastWill::new(topic.clone(), payload, QoS::AtLeastOnce, true)
         })
     };
+    // Tunnel packets are delivered by the MQTT link's own task (see `verge_mqtt::link::Tap`);
+    // the links exist once the client does, hence the cell.
+    let tunnel_cell = Arc::new(std::sync::OnceLock::<Mutex<Tunnels>>::new());
+    // `{p}/v1/a/{id}/tun:` then the manager's id.
+    let tunnel_prefix = topics.tunnel_down(&cfg.id, "");
+    let tap: verge_mqtt::link::Tap = {
+        let cell = tunnel_cell.clone();
+        Box::new(move |topic, payload| {
+            let Some(manager) = topic.strip_prefix(tunnel_prefix.as_str()) else {
+                return false;
+            };
+            if verge_protocol::id::validate(manager).is_ok()
+                && let Some(tunnels) = cell.get()
+            {
+                tunnels
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .on_packet(manager, payload);
+            }
+            true
+        })
+    };
     let Link {
         client,
         mut events,
         task,
-    } = Link::spawn(&opts, Some(will))?;
+    } = Link::spawn_tapped(&opts, Some(will), Some(tap))?;
 
     let shared = Arc::new(Shared {
         id: cfg.id.clone(),
@@ -146,14 +168,12 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(cfg.limits.rpc_concurrency.max(1)));
     let replays = Mutex::new(ReplayGuard::new(4096));
     let (link_up, link_up_rx) = watch::channel(false);
-    let mut tunnels = Tunnels::new(
+    let _ = tunnel_cell.set(Mutex::new(Tunnels::new(
         cfg,
         shared.client.clone(),
         shared.topics.clone(),
         link_up_rx,
-    );
-    // `{p}/v1/a/{id}/tun:` then the manager's id.
-    let tunnel_prefix = shared.topics.tunnel_down(&shared.id, "");
+    )));
     let request_topic = shared.topics.request(&shared.id);
     let keys_topic = shared.topics.keys(&shared.id);
     let presence_topic = shared.topics.presence(&shared.id);
@@ -167,12 +187,6 @@ pub async fn run(
                 Some(LinkEvent::Connected { session }) => {
                     connected_tx.send_replace(session);
                     link_up.send_replace(true);
-                }
-                Some(LinkEvent::Message { topic, payload }) if topic.starts_with(&tunnel_prefix) => {
-                    let manager = &topic[tunnel_prefix.len()..];
-                    if verge_protocol::id::validate(manager).is_ok() {
-                        tunnels.on_packet(manager, &payload);
-                    }
                 }
                 Some(LinkEvent::Message { topic, payload }) if topic == request_topic => {
                     on_request(&shared, &payload, &permits, &replays);

@@ -208,7 +208,22 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     opts.keepalive = Duration::from_secs(u64::from(cfg.mqtt.keepalive_secs.max(1)));
     opts.queue = 4096;
     opts.max_backoff = Duration::from_secs(5);
-    let Link { client, events, .. } = Link::spawn(&opts, None)?;
+    // Tunnel packets are delivered by the MQTT link's own task (see `verge_mqtt::link::Tap`);
+    // the links exist once the client does, hence the cell.
+    let tunnel_cell = Arc::new(std::sync::OnceLock::<tunnel::Tunnels>::new());
+    let tap: verge_mqtt::link::Tap = {
+        let (cell, topics, manager_id) = (tunnel_cell.clone(), topics.clone(), cfg.mqtt.id.clone());
+        Box::new(move |topic, payload| match topics.parse(topic) {
+            Ok(verge_protocol::topic::Topic::TunnelUp { manager, agent }) if manager == manager_id => {
+                if let Some(tunnels) = cell.get() {
+                    tunnels.deliver(&agent, payload);
+                }
+                true
+            }
+            _ => false,
+        })
+    };
+    let Link { client, events, .. } = Link::spawn_tapped(&opts, None, Some(tap))?;
 
     let registry = Arc::new(Registry::new());
     let keys = keys::KeyDistributor {
@@ -236,6 +251,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         cfg.tunnel.clone(),
         cfg.down_in_flight(broker.is_some()),
     );
+    let _ = tunnel_cell.set(tunnels.clone());
     let session = FleetSession {
         // rumqttd hands a QoS 1 subscriber only 100 retained messages; at QoS 0 it hands all
         // (see verge-broker). mosquitto drops QoS 0 beyond its queue limit, so QoS 1 there.

@@ -110,9 +110,6 @@ impl FleetSession {
             Ok(Topic::Reply { manager }) if manager == self.manager_id => {
                 self.rpc.on_reply(payload)
             }
-            Ok(Topic::TunnelUp { manager, agent }) if manager == self.manager_id => {
-                self.tunnels.deliver(&agent, payload)
-            }
             Ok(other) => tracing::debug!(
                 ?other,
                 "ignoring a message on a topic this manager does not read"

@@ -13,7 +13,7 @@ use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{mpsc, watch};
 use verge_protocol::tunnel::seal::SealError;
 
-use super::endpoint::{Endpoint, EndpointConfig, Incoming};
+use super::endpoint::{DirectOut, Endpoint, EndpointConfig, Incoming};
 
 /// Sealed packets queued towards an endpoint before more are dropped (the sender resends).
 const PACKETS_IN: usize = 1024;
@@ -36,7 +36,24 @@ impl MqttTunnel {
     ) -> Result<(Self, mpsc::Receiver<Incoming>), SealError> {
         let (packets_in, in_rx) = mpsc::channel(PACKETS_IN);
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(PACKETS_OUT);
-        let (endpoint, incoming) = Endpoint::spawn(cfg, in_rx, out_tx, link_up)?;
+        // Straight into the MQTT client's queue while it has room; through the publisher task
+        // (which waits for room) otherwise.
+        let direct: DirectOut = {
+            let (client, topic) = (client.clone(), topic.clone());
+            Box::new(move |packet| {
+                client
+                    .try_publish(topic.as_str(), QoS::AtMostOnce, false, packet)
+                    .map_err(|e| match e {
+                        rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(p))
+                        | rumqttc::ClientError::Request(rumqttc::Request::Publish(p)) => {
+                            p.payload.to_vec()
+                        }
+                        _ => Vec::new(),
+                    })
+            })
+        };
+        let (endpoint, incoming) =
+            Endpoint::spawn_with(cfg, in_rx, out_tx, Some(direct), link_up)?;
         tokio::spawn(async move {
             while let Some(packet) = out_rx.recv().await {
                 if let Err(e) = client.publish(&topic, QoS::AtMostOnce, false, packet).await {
