@@ -214,7 +214,9 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     let tap: verge_mqtt::link::Tap = {
         let (cell, topics, manager_id) = (tunnel_cell.clone(), topics.clone(), cfg.mqtt.id.clone());
         Box::new(move |topic, payload| match topics.parse(topic) {
-            Ok(verge_protocol::topic::Topic::TunnelUp { manager, agent }) if manager == manager_id => {
+            Ok(verge_protocol::topic::Topic::TunnelUp { manager, agent })
+                if manager == manager_id =>
+            {
                 if let Some(tunnels) = cell.get() {
                     tunnels.deliver(&agent, payload);
                 }

@@ -17,6 +17,7 @@
 pub mod amf0;
 pub mod codec;
 pub mod flv;
+pub mod fmp4;
 pub mod hub;
 pub mod rtmp;
 pub mod rtp;

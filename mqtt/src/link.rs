@@ -140,14 +140,7 @@ impl Link {
             will,
             session: 0,
         };
-        let task = tokio::spawn(run(
-            eventloop,
-            tx,
-            identity,
-            backoff,
-            opts.url.clone(),
-            tap,
-        ));
+        let task = tokio::spawn(run(eventloop, tx, identity, backoff, opts.url.clone(), tap));
         Ok(Self {
             client,
             events,

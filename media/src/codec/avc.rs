@@ -149,6 +149,10 @@ pub struct SpsInfo {
     pub height: u32,
     /// Frames per second from the VUI timing information, when the encoder wrote it.
     pub fps: Option<f64>,
+    /// 0 monochrome, 1 4:2:0, 2 4:2:2, 3 4:4:4 (1 for profiles that cannot say otherwise).
+    pub chroma_format_idc: u8,
+    pub bit_depth_luma: u8,
+    pub bit_depth_chroma: u8,
 }
 
 const SPS: &str = "SPS";
@@ -186,6 +190,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, CodecError> {
     // Defaults for profiles without the chroma fields: 4:2:0, no separate planes.
     let mut chroma_format_idc = 1;
     let mut separate_colour_plane = false;
+    let mut bit_depths = [8u8; 2];
     if has_chroma_info(profile_idc) {
         chroma_format_idc = r.read_ue()?;
         if chroma_format_idc > 3 {
@@ -197,11 +202,15 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, CodecError> {
         if chroma_format_idc == 3 {
             separate_colour_plane = r.read_flag()?;
         }
-        for name in ["bit_depth_luma_minus8", "bit_depth_chroma_minus8"] {
+        for (name, bits) in ["bit_depth_luma_minus8", "bit_depth_chroma_minus8"]
+            .into_iter()
+            .zip(&mut bit_depths)
+        {
             let depth = r.read_ue()?;
             if depth > 6 {
                 return Err(invalid(SPS, format!("{name} {depth} > 6")));
             }
+            *bits = 8 + depth as u8;
         }
         let _qpprime_y_zero_transform_bypass = r.read_flag()?;
         if r.read_flag()? {
@@ -309,6 +318,9 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, CodecError> {
         width,
         height,
         fps,
+        chroma_format_idc: chroma_format_idc as u8,
+        bit_depth_luma: bit_depths[0],
+        bit_depth_chroma: bit_depths[1],
     })
 }
 

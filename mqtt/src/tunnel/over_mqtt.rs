@@ -52,8 +52,7 @@ impl MqttTunnel {
                     })
             })
         };
-        let (endpoint, incoming) =
-            Endpoint::spawn_with(cfg, in_rx, out_tx, Some(direct), link_up)?;
+        let (endpoint, incoming) = Endpoint::spawn_with(cfg, in_rx, out_tx, Some(direct), link_up)?;
         tokio::spawn(async move {
             while let Some(packet) = out_rx.recv().await {
                 if let Err(e) = client.publish(&topic, QoS::AtMostOnce, false, packet).await {

@@ -627,7 +627,10 @@ mod tests {
         deque.drain(..5);
         deque.extend(1..=6);
         let (front, back) = deque.as_slices();
-        assert!(!front.is_empty() && !back.is_empty(), "the test needs a wrapped deque");
+        assert!(
+            !front.is_empty() && !back.is_empty(),
+            "the test needs a wrapped deque"
+        );
         let all: Vec<u8> = deque.iter().copied().collect();
         for start in 0..all.len() {
             for len in 0..=all.len() - start {
