@@ -244,7 +244,7 @@ fn start_pair(
         &format!("{label}-agent.toml"),
         &format!(
             "id = \"edge-1\"\nsecret = \"bench-secret\"\n[mqtt]\nurl = \"mqtt://{mqtt}\"\n\
-             [rtmp]\nlisten = \"{ANY_PORT}\"\n[http]\nlisten = \"{ANY_PORT}\"\n\
+             [rtmp]\nlisten = \"{ANY_PORT}\"\n[http]\nlisten = \"{ANY_PORT}\"\n[hls]\nlisten = \"{ANY_PORT}\"\n\
              [tunnel]\nallow = [\"{sink}\", \"{echo}\"]\n"
         ),
     );

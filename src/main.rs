@@ -15,13 +15,13 @@ use verge_manager::{ManagerConfig, loopback_for};
 
 const USAGE: &str = "\
 usage:
-  verge up [--http ADDR] [--mqtt ADDR] [--rtmp ADDR] [--agent-http ADDR] [--agent-id ID]
-           [--ready-file PATH]
+  verge up [--http ADDR] [--mqtt ADDR] [--rtmp ADDR] [--agent-http ADDR] [--hls ADDR]
+           [--agent-id ID] [--ready-file PATH]
       Run a manager with its embedded MQTT broker and one local agent.
       Defaults: --http 0.0.0.0:8080 --mqtt 0.0.0.0:1883 --rtmp 0.0.0.0:1935
-                --agent-http 0.0.0.0:7001 --agent-id local
+                --agent-http 0.0.0.0:7001 --hls 0.0.0.0:7002 --agent-id local
       Any port may be 0. --ready-file: once all is up, write the bound addresses there as
-      one JSON object with keys http, mqtt, rtmp, agent_http.
+      one JSON object with keys http, mqtt, rtmp, agent_http, hls.
   verge secret <enrollment-secret> <agent-id>
       Print the secret of an agent admitted by [enrollment] secret.";
 
@@ -56,6 +56,7 @@ struct UpOptions {
     mqtt: SocketAddr,
     rtmp: SocketAddr,
     agent_http: SocketAddr,
+    hls: SocketAddr,
     agent_id: String,
     ready_file: Option<std::path::PathBuf>,
 }
@@ -66,6 +67,7 @@ fn parse_up(args: &[String]) -> Result<UpOptions, String> {
         mqtt: SocketAddr::from(([0, 0, 0, 0], 1883)),
         rtmp: SocketAddr::from(([0, 0, 0, 0], 1935)),
         agent_http: SocketAddr::from(([0, 0, 0, 0], 7001)),
+        hls: SocketAddr::from(([0, 0, 0, 0], 7002)),
         agent_id: "local".into(),
         ready_file: None,
     };
@@ -81,6 +83,7 @@ fn parse_up(args: &[String]) -> Result<UpOptions, String> {
                     .parse()
                     .map_err(|e| format!("--agent-http {value}: {e}"))?;
             }
+            "--hls" => opts.hls = value.parse().map_err(|e| format!("--hls {value}: {e}"))?,
             "--agent-id" => {
                 verge_protocol::id::validate(value)
                     .map_err(|e| format!("--agent-id {value}: {e}"))?;
@@ -155,6 +158,7 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
     // A laptop: any stream name publishes. Fleets issue channel keys instead.
     agent_cfg.rtmp.noauth = true;
     agent_cfg.http.listen = opts.agent_http;
+    agent_cfg.hls.listen = opts.hls;
     // The agent's listeners are bound before its MQTT session starts, and the manager's
     // broker listens already: nothing dials a port that is not open yet.
     let agent = match verge_agent::start(&agent_cfg).await {
@@ -186,8 +190,9 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
     let http = loopback_for(manager.http_addr);
     let rtmp = agent_listeners.get("rtmp").map(loopback_for);
     let agent_http = agent_listeners.get("http").map(loopback_for);
-    let (Some(rtmp), Some(agent_http)) = (rtmp, agent_http) else {
-        return Err("the agent reported no RTMP or HTTP listener".into());
+    let hls = agent_listeners.get("hls").map(loopback_for);
+    let (Some(rtmp), Some(agent_http), Some(hls)) = (rtmp, agent_http, hls) else {
+        return Err("the agent reported no RTMP, HTTP or HLS listener".into());
     };
     println!("Verge {} is up.", env!("CARGO_PKG_VERSION"));
     println!("  manager   http://{http}/  (fleet: http://{http}/api/nodes/)");
@@ -208,6 +213,7 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
     println!(
         "  watch     http://{agent_http}/live/<name>.flv (HTTP-FLV)  or  rtmp://{rtmp}/live/<name>"
     );
+    println!("            http://{hls}/live/<name>/index.m3u8 (HLS)");
     println!(
         "  browser   http://{http}/play/<name>   (WebRTC via WHEP: http://{http}/whep/<name>)"
     );

@@ -21,7 +21,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 fn agent_toml(id: &str, secret: &str, broker: &str) -> String {
     format!(
         "id = \"{id}\"\nsecret = \"{secret}\"\n[mqtt]\nurl = \"{broker}\"\nkeepalive_secs = {KEEPALIVE_SECS}\nmax_backoff_secs = 1\n\
-         [rtmp]\nlisten = \"{ANY_PORT}\"\n[http]\nlisten = \"{ANY_PORT}\"\n"
+         [rtmp]\nlisten = \"{ANY_PORT}\"\n[http]\nlisten = \"{ANY_PORT}\"\n[hls]\nlisten = \"{ANY_PORT}\"\n"
     )
 }
 

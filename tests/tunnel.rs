@@ -431,7 +431,7 @@ fn a_broker_restart_mid_transfer_loses_nothing() {
         "agent.toml",
         &format!(
             "id = \"edge-1\"\nsecret = \"s1\"\n[mqtt]\nurl = \"mqtt://{}\"\nmax_backoff_secs = 1\n\
-             [rtmp]\nlisten = \"{ANY_PORT}\"\n[http]\nlisten = \"{ANY_PORT}\"\n\
+             [rtmp]\nlisten = \"{ANY_PORT}\"\n[http]\nlisten = \"{ANY_PORT}\"\n[hls]\nlisten = \"{ANY_PORT}\"\n\
              [tunnel]\nallow = [\"{echo}\"]\n",
             port.addr()
         ),

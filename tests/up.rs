@@ -19,13 +19,15 @@ fn verge_up_runs_a_manager_and_an_agent_and_stops_on_ctrl_c() {
         ANY_PORT,
         "--agent-http",
         ANY_PORT,
+        "--hls",
+        ANY_PORT,
     ];
     // The ready file comes after the summary, so the summary is complete once it exists.
     let (mut up, bound) = Proc::spawn_ready("verge-up", &bin("verge"), &args, dir.path());
     let keys: Vec<&str> = bound.iter().map(|(name, _)| name).collect();
     assert_eq!(
         keys,
-        ["agent_http", "http", "mqtt", "rtmp"],
+        ["agent_http", "hls", "http", "mqtt", "rtmp"],
         "{}",
         bound.summary()
     );

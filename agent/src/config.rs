@@ -29,14 +29,51 @@ pub struct AgentConfig {
     pub webrtc: WebrtcConfig,
     #[serde(default)]
     pub tunnel: TunnelConfig,
+    #[serde(default)]
+    pub hls: HlsConfig,
+}
+
+/// `[hls]`: live HLS (fMP4 segments) of the streams someone watches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HlsConfig {
+    /// LiveGo's HLS port.
+    pub listen: SocketAddr,
+    /// A segment lasts at least this long, to the next keyframe.
+    pub segment_secs: u32,
+    /// Segments in the playlist.
+    pub window: usize,
+    /// A stream's segmenting stops this long after its last HLS request.
+    pub idle_secs: u64,
+}
+
+impl Default for HlsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7002)),
+            segment_secs: 2,
+            window: 6,
+            idle_secs: 30,
+        }
+    }
+}
+
+impl HlsConfig {
+    pub fn settings(&self) -> crate::hls::HlsSettings {
+        crate::hls::HlsSettings {
+            segment_ms: self.segment_secs.clamp(1, 60) * 1000,
+            window: self.window.clamp(2, 100),
+            idle: Duration::from_secs(self.idle_secs.max(1)),
+        }
+    }
 }
 
 /// `[tunnel]`: what the manager may reach on this box through the tunnel.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TunnelConfig {
-    /// Targets the agent dials for the manager: `"rtmp"` and `"http"` (this agent's own
-    /// listeners, on loopback) or `"host:port"` exactly as the manager names it.
+    /// Targets the agent dials for the manager: `"rtmp"`, `"http"` and `"hls"` (this agent's
+    /// own listeners, on loopback) or `"host:port"` exactly as the manager names it.
     pub allow: Vec<String>,
     /// Open streams survive an MQTT outage this long, then both ends reset them.
     pub resume_secs: u64,
@@ -49,7 +86,7 @@ pub struct TunnelConfig {
 impl Default for TunnelConfig {
     fn default() -> Self {
         Self {
-            allow: vec!["rtmp".into(), "http".into()],
+            allow: vec!["rtmp".into(), "http".into(), "hls".into()],
             resume_secs: 30,
             max_streams: 64,
             window_kib: 512,
@@ -253,6 +290,7 @@ impl AgentConfig {
             limits: Limits::default(),
             webrtc: WebrtcConfig::default(),
             tunnel: TunnelConfig::default(),
+            hls: HlsConfig::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 //! - [`state`]: the live snapshot the session publishes when it changes.
 //! - [`rtmp`]: the RTMP listener; publishers feed the hub, players read from it.
 //! - [`http`]: the agent's HTTP server (HTTP-FLV, WHEP).
+//! - [`hls`]: live HLS on `[hls] listen`: fMP4 segments of the streams someone watches.
 //! - [`webrtc`]: WHEP viewers: peer connections fed from the hub.
 //! - [`keys`]: the channel keys the manager hands out; with `[rtmp] noauth = false` a publisher
 //!   must use one.
@@ -23,6 +24,7 @@
 //! [`rpc::dispatch`] on a task of its own; the signed reply goes to the manager's `res` topic.
 
 pub mod config;
+pub mod hls;
 pub mod http;
 pub mod keys;
 pub mod rpc;
@@ -56,14 +58,16 @@ pub struct Agent {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Binds RTMP and HTTP (either may ask for port 0) and starts serving them.
+/// Binds RTMP, HTTP and HLS (any may ask for port 0) and starts serving them.
 pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     cfg.validate()?;
     let mut cfg = cfg.clone();
     let (rtmp_listener, rtmp_addr) = bind(cfg.rtmp.listen, "RTMP").await?;
     let (http_listener, http_addr) = bind(cfg.http.listen, "HTTP").await?;
+    let (hls_listener, hls_addr) = bind(cfg.hls.listen, "HLS").await?;
     cfg.rtmp.listen = rtmp_addr;
     cfg.http.listen = http_addr;
+    cfg.hls.listen = hls_addr;
     let hub = Arc::new(Hub::new(HubConfig {
         max_streams: usize::from(cfg.limits.pub_max.max(1)),
         max_readers: usize::from(cfg.limits.sub_max.max(1)),
@@ -73,6 +77,7 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     let keys = keys::KeyTable::default();
     let whep = webrtc::Whep::new(&cfg.id, hub.clone(), cfg.webrtc.settings());
     let router = http::router(hub.clone(), Some(whep.clone()));
+    let hls = hls::http::router(hls::LiveHls::new(hub.clone(), cfg.hls.settings()));
     let tasks = vec![
         tokio::spawn(rtmp::serve(
             rtmp_listener,
@@ -85,6 +90,11 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
         tokio::spawn(async move {
             if let Err(e) = axum::serve(http_listener, router).await {
                 tracing::error!(error = %e, "agent HTTP server stopped");
+            }
+        }),
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(hls_listener, hls).await {
+                tracing::error!(error = %e, "agent HLS server stopped");
             }
         }),
         tokio::spawn(streams::report(hub, state.clone(), Duration::from_secs(10))),
@@ -101,11 +111,13 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
 }
 
 impl Agent {
-    /// What this agent listens on, as bound: `rtmp` and `http`. The ready file's contents.
+    /// What this agent listens on, as bound: `rtmp`, `http` and `hls`. The ready file's
+    /// contents.
     pub fn listeners(&self) -> Listeners {
         Listeners::new()
             .with("rtmp", self.cfg.rtmp.listen)
             .with("http", self.cfg.http.listen)
+            .with("hls", self.cfg.hls.listen)
     }
 
     /// Runs the MQTT session until `shutdown` completes, then stops serving.

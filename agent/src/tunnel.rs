@@ -31,15 +31,14 @@ pub struct Allow {
 }
 
 impl Allow {
-    /// `[tunnel] allow` with `rtmp` and `http` standing for this agent's own listeners.
-    pub fn new(allow: &[String], rtmp: SocketAddr, http: SocketAddr) -> Self {
+    /// `[tunnel] allow` with `rtmp`, `http` and `hls` standing for this agent's own listeners.
+    pub fn new(allow: &[String], own: &[(&str, SocketAddr)]) -> Self {
         let entries = allow
             .iter()
             .map(|entry| {
-                let addr = match entry.as_str() {
-                    "rtmp" => loopback(rtmp).to_string(),
-                    "http" => loopback(http).to_string(),
-                    other => other.to_string(),
+                let addr = match own.iter().find(|(name, _)| name == entry) {
+                    Some((_, addr)) => loopback(*addr).to_string(),
+                    None => entry.clone(),
                 };
                 (entry.clone(), addr)
             })
@@ -107,8 +106,11 @@ impl Tunnels {
             link_up,
             allow: Arc::new(Allow::new(
                 &cfg.tunnel.allow,
-                cfg.rtmp.listen,
-                cfg.http.listen,
+                &[
+                    ("rtmp", cfg.rtmp.listen),
+                    ("http", cfg.http.listen),
+                    ("hls", cfg.hls.listen),
+                ],
             )),
             limits: LinkLimits {
                 window: cfg.tunnel.window_kib.saturating_mul(1024),
@@ -202,9 +204,13 @@ mod tests {
     fn allow_names_own_listeners_and_exact_targets_only() {
         let allow = Allow::new(
             &["rtmp".into(), "http".into(), "10.0.0.5:554".into()],
-            "0.0.0.0:1935".parse().unwrap(),
-            "127.0.0.1:7001".parse().unwrap(),
+            &[
+                ("rtmp", "0.0.0.0:1935".parse().unwrap()),
+                ("http", "127.0.0.1:7001".parse().unwrap()),
+                ("hls", "127.0.0.1:7002".parse().unwrap()),
+            ],
         );
+        assert_eq!(allow.resolve("hls"), None, "not in this allow list");
         assert_eq!(allow.resolve("rtmp"), Some("127.0.0.1:1935"));
         assert_eq!(allow.resolve("http"), Some("127.0.0.1:7001"));
         assert_eq!(allow.resolve("10.0.0.5:554"), Some("10.0.0.5:554"));

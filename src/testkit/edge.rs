@@ -25,6 +25,8 @@ pub struct Edge {
     pub manager_listeners: Listeners,
     pub rtmp: SocketAddr,
     pub http: SocketAddr,
+    /// The agent's live HLS listener.
+    pub hls: SocketAddr,
     pub manager: Proc,
     pub agent: Proc,
     pub agent_cfg: PathBuf,
@@ -64,7 +66,7 @@ impl Edge {
             "agent.toml",
             &format!(
                 "id = \"edge-1\"\nsecret = \"s1\"\n[mqtt]\nurl = \"mqtt://{mqtt}\"\n\
-                 [rtmp]\nlisten = \"{ANY_PORT}\"\nnoauth = {}\n[http]\nlisten = \"{ANY_PORT}\"\n\
+                 [rtmp]\nlisten = \"{ANY_PORT}\"\nnoauth = {}\n[http]\nlisten = \"{ANY_PORT}\"\n[hls]\nlisten = \"{ANY_PORT}\"\n\
                  [webrtc]\nudp_ips = [\"127.0.0.1\"]\n{}",
                 opts.noauth, opts.agent_toml
             ),
@@ -90,6 +92,7 @@ impl Edge {
             manager_listeners,
             rtmp: listener(&bound, "rtmp"),
             http: listener(&bound, "http"),
+            hls: listener(&bound, "hls"),
             manager,
             agent,
             agent_cfg,

@@ -1,9 +1,11 @@
 //! A box's HTTP through the tunnel, for players and operators on the internet:
 //!
 //! - `GET /agents/{id}/http/{*path}`: any path of that agent's HTTP port;
-//! - `GET /flv/{app}/{name}.flv`: HTTP-FLV of the stream, from whichever agent holds it.
+//! - `GET /flv/{app}/{name}.flv`: HTTP-FLV of the stream, from whichever agent holds it;
+//! - `GET /hls/{app}/{name}/{file}`: live HLS of the stream (playlist, init and media
+//!   segments), from the agent's HLS listener.
 //!
-//! The request goes to the agent's `http` tunnel target as HTTP/1.0 (so the box answers with a
+//! The request goes to the agent's `http` (or `hls`) tunnel target as HTTP/1.0 (so the box answers with a
 //! body that ends with the connection, never chunked), the response head is read (16 KiB at
 //! most, 10 s at most) and the body is streamed as it comes: a slow player holds back only its
 //! own tunnel stream, whose window bounds what waits for it.
@@ -22,6 +24,8 @@ use super::error::ApiError;
 
 const MAX_HEAD: usize = 16 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The agent waits up to 15 s for a new HLS feed's first segment.
+const HLS_HEAD_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bytes between the tunnel stream and the response body.
 const PIPE: usize = 64 * 1024;
 /// Request headers a box's answer depends on; everything else stays here.
@@ -44,7 +48,7 @@ pub async fn agent_path(
         Some(q) => format!("/{path}?{q}"),
         None => format!("/{path}"),
     };
-    proxy(&app, &agent, &target, &headers).await
+    proxy(&app, &agent, "http", &target, &headers, HEAD_TIMEOUT).await
 }
 
 /// `GET /agents/{id}/http/`.
@@ -53,7 +57,7 @@ pub async fn agent_root(
     Path(agent): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    proxy(&app, &agent, "/", &headers).await
+    proxy(&app, &agent, "http", "/", &headers, HEAD_TIMEOUT).await
 }
 
 /// `GET /flv/{app}/{name}.flv`.
@@ -70,14 +74,46 @@ pub async fn flv(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     }
     let agent = super::streams::locate(&app, &format!("{stream_app}/{name}"))?;
-    proxy(&app, &agent, &format!("/{stream_app}/{name}.flv"), &headers).await
+    let path = format!("/{stream_app}/{name}.flv");
+    proxy(&app, &agent, "http", &path, &headers, HEAD_TIMEOUT).await
+}
+
+/// `GET /hls/{app}/{name}/{file}`.
+pub async fn hls(
+    State(app): State<AppState>,
+    Path((stream_app, name, file)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    for (what, part) in [("app", stream_app.as_str()), ("name", name.as_str())] {
+        verge_protocol::id::validate_stream_part(what, part)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    }
+    let known = file == "index.m3u8"
+        || file
+            .strip_suffix(".m4s")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        || file
+            .strip_prefix("init-")
+            .and_then(|f| f.strip_suffix(".mp4"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if !known {
+        return Err(ApiError::not_found(format!(
+            "no HLS file {file:?}: index.m3u8, init-{{n}}.mp4 or {{n}}.m4s"
+        )));
+    }
+    let agent = super::streams::locate(&app, &format!("{stream_app}/{name}"))?;
+    let path = format!("/{stream_app}/{name}/{file}");
+    // A playlist may wait on the box for a new feed's first segment.
+    proxy(&app, &agent, "hls", &path, &headers, HLS_HEAD_TIMEOUT).await
 }
 
 async fn proxy(
     app: &AppState,
     agent: &str,
+    tunnel_target: &str,
     target: &str,
     headers: &HeaderMap,
+    head_timeout: Duration,
 ) -> Result<Response, ApiError> {
     match app.registry.get(agent) {
         None => return Err(ApiError::not_found(format!("agent {agent:?} is not known"))),
@@ -101,7 +137,7 @@ async fn proxy(
         .endpoint(agent)
         .map_err(|e| bad_gateway(e.to_string()))?;
     let stream = endpoint
-        .open("http")
+        .open(tunnel_target)
         .await
         .map_err(|e| bad_gateway(e.to_string()))?;
     let (local, mut remote) = tokio::io::duplex(PIPE);
@@ -114,7 +150,7 @@ async fn proxy(
         }
     }
     request.push_str("\r\n");
-    let head = tokio::time::timeout(HEAD_TIMEOUT, async {
+    let head = tokio::time::timeout(head_timeout, async {
         remote.write_all(request.as_bytes()).await?;
         read_head(&mut remote).await
     })
@@ -132,7 +168,7 @@ async fn proxy(
         Err(_) => {
             return Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("agent {agent:?} sent no response head within {HEAD_TIMEOUT:?}"),
+                format!("agent {agent:?} sent no response head within {head_timeout:?}"),
             ));
         }
     };

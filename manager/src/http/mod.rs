@@ -7,7 +7,7 @@
 //!   forwarded over MQTT RPC to the agent holding the stream.
 //! - [`play`]: `/play/{stream}`, a minimal WHEP player page.
 //! - [`agent_http`]: a box's HTTP through the tunnel: `/agents/{id}/http/{*path}` and
-//!   `/flv/{app}/{name}.flv`.
+//!   `/flv/{app}/{name}.flv`, `/hls/{app}/{name}/{file}`.
 //! - [`error`]: errors as a status and a one-line reason a client can act on.
 
 pub mod agent_http;
@@ -82,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{id}/http/", get(agent_http::agent_root))
         .route("/agents/{id}/http/{*path}", get(agent_http::agent_path))
         .route("/flv/{app}/{file}", get(agent_http::flv))
+        .route("/hls/{app}/{name}/{file}", get(agent_http::hls))
         .route("/play/{name}", get(play::page))
         .route("/play/{app}/{name}", get(play::page_in_app))
         .layer(DefaultBodyLimit::max(whep::MAX_BODY))
@@ -89,5 +90,5 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn index() -> &'static str {
-    "Verge manager\n\nGET /api/nodes/        the fleet (liveman's node shape plus online, last_seen, version, streams)\nGET /api/agents/{id}   one agent, with a live ping\nGET /api/streams/      live streams on all agents (liveman's stream shape)\nGET /api/health        broker link and fleet counts\nPOST|DELETE /api/keys/{app}/{name}, GET /api/keys   channel keys\nPOST /whep/{stream}    WHEP (application/sdp); PATCH|DELETE /session/{stream}/{session}\nGET /play/{stream}     watch a stream in the browser (WHEP)\n"
+    "Verge manager\n\nGET /api/nodes/        the fleet (liveman's node shape plus online, last_seen, version, streams)\nGET /api/agents/{id}   one agent, with a live ping\nGET /api/streams/      live streams on all agents (liveman's stream shape)\nGET /api/health        broker link and fleet counts\nPOST|DELETE /api/keys/{app}/{name}, GET /api/keys   channel keys\nPOST /whep/{stream}    WHEP (application/sdp); PATCH|DELETE /session/{stream}/{session}\nGET /play/{stream}     watch a stream in the browser (WHEP)\nGET /flv/{app}/{name}.flv, /hls/{app}/{name}/index.m3u8   a box's stream over HTTP-FLV and HLS\n"
 }
