@@ -31,6 +31,43 @@ pub struct AgentConfig {
     pub tunnel: TunnelConfig,
     #[serde(default)]
     pub hls: HlsConfig,
+    #[serde(default)]
+    pub record: RecordConfig,
+}
+
+/// `[record]`: recording to fMP4 + DASH on the box.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordConfig {
+    pub dir: PathBuf,
+    /// Stream patterns to record from the moment they are published (`live/*`); none: off.
+    pub streams: Vec<String>,
+    /// A segment lasts at least this long, to the next keyframe.
+    pub segment_secs: u32,
+    /// Days kept; 0 keeps everything.
+    pub keep_days: u32,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("./recordings"),
+            streams: Vec::new(),
+            segment_secs: 4,
+            keep_days: 0,
+        }
+    }
+}
+
+impl RecordConfig {
+    pub fn settings(&self) -> crate::record::RecordSettings {
+        crate::record::RecordSettings {
+            dir: self.dir.clone(),
+            streams: self.streams.clone(),
+            segment_ms: self.segment_secs.clamp(1, 60) * 1000,
+            keep_days: self.keep_days,
+        }
+    }
 }
 
 /// `[hls]`: live HLS (fMP4 segments) of the streams someone watches.
@@ -291,6 +328,7 @@ impl AgentConfig {
             webrtc: WebrtcConfig::default(),
             tunnel: TunnelConfig::default(),
             hls: HlsConfig::default(),
+            record: RecordConfig::default(),
         }
     }
 

@@ -8,6 +8,7 @@
 //! - [`rtmp`]: the RTMP listener; publishers feed the hub, players read from it.
 //! - [`http`]: the agent's HTTP server (HTTP-FLV, WHEP).
 //! - [`hls`]: live HLS on `[hls] listen`: fMP4 segments of the streams someone watches.
+//! - [`record`]: recording to fMP4 + DASH under `[record] dir`, served at `/recordings/`.
 //! - [`webrtc`]: WHEP viewers: peer connections fed from the hub.
 //! - [`keys`]: the channel keys the manager hands out; with `[rtmp] noauth = false` a publisher
 //!   must use one.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod hls;
 pub mod http;
 pub mod keys;
+pub mod record;
 pub mod rpc;
 pub mod rtmp;
 pub mod session;
@@ -76,7 +78,12 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     let state = StateHandle::new();
     let keys = keys::KeyTable::default();
     let whep = webrtc::Whep::new(&cfg.id, hub.clone(), cfg.webrtc.settings());
-    let router = http::router(hub.clone(), Some(whep.clone()));
+    let record_dir = (!cfg.record.streams.is_empty()).then(|| cfg.record.dir.clone());
+    let router = http::router(hub.clone(), Some(whep.clone()), record_dir);
+    // Days a recording begins: the manager's index (delivered over MQTT) is the next step;
+    // until then they are logged.
+    let (days_tx, mut days) = tokio::sync::mpsc::channel::<record::writer::NewDay>(64);
+    let recorder = record::Recorder::new(hub.clone(), cfg.record.settings(), days_tx);
     let hls = hls::http::router(hls::LiveHls::new(hub.clone(), cfg.hls.settings()));
     let tasks = vec![
         tokio::spawn(rtmp::serve(
@@ -95,6 +102,12 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
         tokio::spawn(async move {
             if let Err(e) = axum::serve(hls_listener, hls).await {
                 tracing::error!(error = %e, "agent HLS server stopped");
+            }
+        }),
+        tokio::spawn(recorder.clone().run()),
+        tokio::spawn(async move {
+            while let Some(day) = days.recv().await {
+                tracing::debug!(stream = %day.stream, path = %day.mpd_path, "recorded day begun");
             }
         }),
         tokio::spawn(streams::report(hub, state.clone(), Duration::from_secs(10))),

@@ -101,6 +101,8 @@ pub struct Hub {
     config: HubConfig,
     streams: Mutex<HashMap<String, Arc<Channel>>>,
     readers: Arc<AtomicUsize>,
+    /// Bumped whenever a stream starts or ends, for owners that act on it (the recorder).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 struct Channel {
@@ -183,7 +185,13 @@ impl Hub {
             config,
             streams: Mutex::new(HashMap::new()),
             readers: Arc::new(AtomicUsize::new(0)),
+            changes: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Changes whenever a stream starts or ends.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     fn streams(&self) -> MutexGuard<'_, HashMap<String, Arc<Channel>>> {
@@ -220,6 +228,8 @@ impl Hub {
             }),
         });
         streams.insert(id.to_string(), channel.clone());
+        drop(streams);
+        self.changes.send_modify(|n| *n += 1);
         Ok(Publisher {
             hub: self.clone(),
             channel,
@@ -445,6 +455,8 @@ impl Drop for Publisher {
         {
             streams.remove(&self.channel.id);
         }
+        drop(streams);
+        self.hub.changes.send_modify(|n| *n += 1);
     }
 }
 

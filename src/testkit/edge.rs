@@ -13,10 +13,14 @@ pub struct EdgeOptions {
     pub noauth: bool,
     /// Appended to `manager.toml` (top-level keys must come first there, so use sections).
     pub manager_toml: String,
-    /// Appended to `agent.toml`.
+    /// Appended to `agent.toml`. In both, `{dir}` stands for the fixture's temporary folder.
     pub agent_toml: String,
     /// `[mqtt] rpc_timeout_ms` of the manager.
     pub rpc_timeout_ms: Option<u64>,
+    /// A folder (under the fixture's) that the agent sees as a tmpfs of this size, e.g.
+    /// `("small", "400k")`: the agent runs in a mount namespace of its own (`unshare -rm`), so
+    /// a test can fill a disk without touching the machine's.
+    pub agent_tmpfs: Option<(&'static str, &'static str)>,
 }
 
 pub struct Edge {
@@ -49,7 +53,7 @@ impl Edge {
                 "[http]\nlisten = \"{ANY_PORT}\"\n[broker]\nlisten = \"{ANY_PORT}\"\n\
                  [keys]\nfile = \"{}\"\n[[agents]]\nid = \"edge-1\"\nsecret = \"s1\"\n{rpc_timeout}{}",
                 dir.path().join("keys.json").display(),
-                opts.manager_toml
+                opts.manager_toml.replace("{dir}", &dir.path().display().to_string())
             ),
         );
         let (manager, manager_listeners) = Proc::spawn_ready(
@@ -68,15 +72,41 @@ impl Edge {
                 "id = \"edge-1\"\nsecret = \"s1\"\n[mqtt]\nurl = \"mqtt://{mqtt}\"\n\
                  [rtmp]\nlisten = \"{ANY_PORT}\"\nnoauth = {}\n[http]\nlisten = \"{ANY_PORT}\"\n[hls]\nlisten = \"{ANY_PORT}\"\n\
                  [webrtc]\nudp_ips = [\"127.0.0.1\"]\n{}",
-                opts.noauth, opts.agent_toml
+                opts.noauth,
+                opts.agent_toml.replace("{dir}", &dir.path().display().to_string())
             ),
         );
-        let (agent, bound) = Proc::spawn_ready(
-            "agent",
-            &bin("verge-agent"),
-            &["--config", agent_cfg.to_str().unwrap_or_default()],
-            dir.path(),
-        );
+        let agent_bin = bin("verge-agent");
+        let (agent, bound) = match opts.agent_tmpfs {
+            None => Proc::spawn_ready(
+                "agent",
+                &agent_bin,
+                &["--config", agent_cfg.to_str().unwrap_or_default()],
+                dir.path(),
+            ),
+            Some((folder, size)) => {
+                let mount_point = dir.path().join(folder);
+                std::fs::create_dir_all(&mount_point).expect("tmpfs mount point");
+                let script = format!(
+                    "mount -t tmpfs -o size={size} tmpfs '{}' && exec \"$0\" \"$@\"",
+                    mount_point.display()
+                );
+                Proc::spawn_ready(
+                    "agent",
+                    Path::new("unshare"),
+                    &[
+                        "-rm",
+                        "sh",
+                        "-c",
+                        &script,
+                        agent_bin.to_str().unwrap_or_default(),
+                        "--config",
+                        agent_cfg.to_str().unwrap_or_default(),
+                    ],
+                    dir.path(),
+                )
+            }
+        };
         let online = wait_for(READY_TIMEOUT, || {
             let nodes = get(manager_http, "/api/nodes/").ok()?.json();
             (nodes[0]["online"] == true).then_some(())

@@ -249,9 +249,9 @@ async fn run_feed(
         while let Some(out) = segmenter.poll() {
             let mut window = lock(&feed.window);
             match out {
-                Output::Init(bytes) => {
+                Output::Init(init) => {
                     init_version += 1;
-                    window.inits.push_back((init_version, bytes));
+                    window.inits.push_back((init_version, init.bytes));
                 }
                 Output::Segment(segment) => {
                     window.ended = false;

@@ -3,6 +3,7 @@
 //!
 //! - [`flv`]: HTTP-FLV, `GET /{app}/{name}.flv`.
 //! - [`whep`]: WHEP, `POST /whep/{stream}`, `PATCH|DELETE /session/{stream}/{session}`.
+//! - `GET /recordings/{*path}`: recorded files (see [`crate::record::files`]).
 
 mod flv;
 mod whep;
@@ -23,10 +24,13 @@ struct AppState {
     hub: Arc<Hub>,
     whep: Option<Whep>,
     stall_timeout: Duration,
+    /// `[record] dir`, when this agent records.
+    record_dir: Option<Arc<std::path::PathBuf>>,
 }
 
-pub fn router(hub: Arc<Hub>, whep: Option<Whep>) -> Router {
+pub fn router(hub: Arc<Hub>, whep: Option<Whep>, record_dir: Option<std::path::PathBuf>) -> Router {
     Router::new()
+        .route("/recordings/{*path}", get(recording))
         .route("/whep/{name}", post(whep::offer).options(whep::preflight))
         .route(
             "/whep/{app}/{name}",
@@ -49,7 +53,22 @@ pub fn router(hub: Arc<Hub>, whep: Option<Whep>) -> Router {
             hub,
             whep,
             stall_timeout: Duration::from_secs(10),
+            record_dir: record_dir.map(Arc::new),
         })
+}
+
+/// `GET /recordings/{*path}`: a recorded manifest or segment, with ranges.
+async fn recording(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    crate::record::files::serve(
+        app.record_dir.as_deref().map(|p| p.as_path()),
+        &path,
+        &headers,
+    )
+    .await
 }
 
 /// A status with a one-line plain-text reason, readable from any origin.

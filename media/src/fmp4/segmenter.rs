@@ -29,6 +29,9 @@ pub struct SegmenterConfig {
     /// A segment holding this many bytes is cut at the next frame even without a keyframe,
     /// so a stream with rare keyframes cannot grow one without bound.
     pub max_bytes: usize,
+    /// One file per track (CMAF style) instead of one muxed file: DASH readers such as
+    /// ffmpeg's expect a representation to hold one track.
+    pub per_track: bool,
 }
 
 impl Default for SegmenterConfig {
@@ -36,16 +39,55 @@ impl Default for SegmenterConfig {
         Self {
             target_ms: 2000,
             max_bytes: 32 << 20,
+            per_track: false,
         }
     }
+}
+
+/// Which track a per-track part holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackKind {
+    Video,
+    Audio,
+}
+
+impl TrackKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TrackKind::Video => "video",
+            TrackKind::Audio => "audio",
+        }
+    }
+}
+
+/// One track's part of an init or media segment, in per-track mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackPart {
+    pub kind: TrackKind,
+    /// RFC 6381 codec of the track (in init parts; empty in segment parts).
+    pub codec: String,
+    pub bytes: Bytes,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// An initialization segment: the first, or one for changed tracks. The segments that
     /// follow need it.
-    Init(Bytes),
+    Init(Init),
     Segment(Segment),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Init {
+    /// Both tracks in one init segment (empty in per-track mode).
+    pub bytes: Bytes,
+    /// One init segment per track (per-track mode only).
+    pub tracks: Vec<TrackPart>,
+    /// RFC 6381 codecs of its tracks, e.g. `avc1.64001f,mp4a.40.2` (for manifests).
+    pub codecs: String,
+    /// Picture size; 0 × 0 without video.
+    pub width: u32,
+    pub height: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,7 +97,10 @@ pub struct Segment {
     /// Where it starts and how long it lasts on the segmenter's timeline, in ms.
     pub start_ms: u64,
     pub duration_ms: u64,
+    /// Both tracks in one `moof` + `mdat` (empty in per-track mode).
     pub bytes: Bytes,
+    /// One fragment per track that has samples in it (per-track mode only).
+    pub tracks: Vec<TrackPart>,
     /// Starts with a keyframe (false only after a cut forced by `max_bytes`).
     pub independent: bool,
     /// The first segment after a restart or a new init segment: decoders must reset.
@@ -334,7 +379,48 @@ impl Segmenter {
 
         let tracks = (self.video.clone(), self.audio.clone());
         if self.sent_tracks.as_ref() != Some(&tracks) {
-            let init = init_segment(tracks.0.as_ref(), tracks.1.as_ref())?;
+            let video_codec = tracks.0.as_ref().map(|v| {
+                let c = &v.config;
+                format!(
+                    "avc1.{:02x}{:02x}{:02x}",
+                    c.profile, c.compatibility, c.level
+                )
+            });
+            let audio_codec = tracks
+                .1
+                .as_ref()
+                .map(|a| format!("mp4a.40.{}", a.config.object_type));
+            let (bytes, parts) = if self.cfg.per_track {
+                let mut parts = Vec::new();
+                if let (Some(v), Some(codec)) = (&tracks.0, &video_codec) {
+                    parts.push(TrackPart {
+                        kind: TrackKind::Video,
+                        codec: codec.clone(),
+                        bytes: init_segment(Some(v), None)?,
+                    });
+                }
+                if let (Some(a), Some(codec)) = (&tracks.1, &audio_codec) {
+                    parts.push(TrackPart {
+                        kind: TrackKind::Audio,
+                        codec: codec.clone(),
+                        bytes: init_segment(None, Some(a))?,
+                    });
+                }
+                (Bytes::new(), parts)
+            } else {
+                (
+                    init_segment(tracks.0.as_ref(), tracks.1.as_ref())?,
+                    Vec::new(),
+                )
+            };
+            let codecs: Vec<String> = video_codec.into_iter().chain(audio_codec).collect();
+            let init = Init {
+                bytes,
+                tracks: parts,
+                codecs: codecs.join(","),
+                width: tracks.0.as_ref().map_or(0, |v| v.sps.width),
+                height: tracks.0.as_ref().map_or(0, |v| v.sps.height),
+            };
             if self.sent_tracks.is_some() {
                 self.discontinuity = true;
             }
@@ -342,12 +428,38 @@ impl Segmenter {
             self.out.push_back(Output::Init(init));
         }
         self.sequence += 1;
-        let bytes = media_segment(self.sequence, &video_run, &audio_run)?;
+        let (bytes, parts) = if self.cfg.per_track {
+            let none = Run::default();
+            let mut parts = Vec::new();
+            for (kind, run) in [
+                (TrackKind::Video, &video_run),
+                (TrackKind::Audio, &audio_run),
+            ] {
+                if !run.samples.is_empty() {
+                    let (v, a) = match kind {
+                        TrackKind::Video => (run, &none),
+                        TrackKind::Audio => (&none, run),
+                    };
+                    parts.push(TrackPart {
+                        kind,
+                        codec: String::new(),
+                        bytes: media_segment(self.sequence, v, a)?,
+                    });
+                }
+            }
+            (Bytes::new(), parts)
+        } else {
+            (
+                media_segment(self.sequence, &video_run, &audio_run)?,
+                Vec::new(),
+            )
+        };
         self.out.push_back(Output::Segment(Segment {
             sequence: self.sequence,
             start_ms: start_ms.max(0) as u64,
             duration_ms: (end - start_ms) as u64,
             bytes,
+            tracks: parts,
             independent: video_samples.first().is_none_or(|v| v.keyframe),
             discontinuity: std::mem::take(&mut self.discontinuity),
         }));
@@ -474,7 +586,10 @@ mod tests {
         let (mut inits, mut segments) = (Vec::new(), Vec::new());
         while let Some(out) = s.poll() {
             match out {
-                Output::Init(b) => inits.push(b),
+                Output::Init(init) => {
+                    assert!(init.codecs.starts_with("avc1.64001f"), "{}", init.codecs);
+                    inits.push(init.bytes)
+                }
                 Output::Segment(seg) => segments.push(seg),
             }
         }
@@ -663,11 +778,62 @@ mod tests {
         let mut s = Segmenter::new(SegmenterConfig {
             target_ms: 2000,
             max_bytes: 400,
+            ..SegmenterConfig::default()
         });
         feed(&mut s, 0, 500, 10_000);
         let (_, segments) = drain(&mut s);
         assert!(segments.len() > 10);
         assert!(segments.iter().all(|seg| seg.bytes.len() < 2000));
         assert!(segments[0].independent && !segments[1].independent);
+    }
+
+    #[test]
+    fn per_track_mode_gives_each_track_its_own_init_and_fragments() {
+        let mut s = Segmenter::new(SegmenterConfig {
+            per_track: true,
+            ..SegmenterConfig::default()
+        });
+        feed(&mut s, 0, 100, 25);
+        s.finish().unwrap();
+        let mut inits = Vec::new();
+        let mut segments = Vec::new();
+        while let Some(out) = s.poll() {
+            match out {
+                Output::Init(init) => inits.push(init),
+                Output::Segment(seg) => segments.push(seg),
+            }
+        }
+        assert_eq!(inits.len(), 1);
+        let kinds: Vec<(TrackKind, &str)> = inits[0]
+            .tracks
+            .iter()
+            .map(|t| (t.kind, t.codec.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (TrackKind::Video, "avc1.64001f"),
+                (TrackKind::Audio, "mp4a.40.2")
+            ]
+        );
+        for part in &inits[0].tracks {
+            let mut cur = std::io::Cursor::new(&part.bytes[..]);
+            let _ftyp = Any::decode(&mut cur).unwrap();
+            assert_eq!(Moov::decode(&mut cur).unwrap().trak.len(), 1);
+        }
+        assert!(inits[0].bytes.is_empty());
+        for seg in &segments {
+            assert!(seg.bytes.is_empty());
+            assert_eq!(seg.tracks.len(), 2);
+            for part in &seg.tracks {
+                let (moof, _) = parse(&part.bytes);
+                assert_eq!(moof.traf.len(), 1);
+                let expected = match part.kind {
+                    TrackKind::Video => crate::fmp4::VIDEO_TRACK,
+                    TrackKind::Audio => crate::fmp4::AUDIO_TRACK,
+                };
+                assert_eq!(moof.traf[0].tfhd.track_id, expected);
+            }
+        }
     }
 }

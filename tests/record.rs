@@ -1,0 +1,208 @@
+//! Recording with real processes: ffmpeg publishes H.264 + AAC, the agent records fMP4 + DASH,
+//! ffprobe (a real DASH reader) decodes the manifest from the agent's HTTP port and every frame
+//! published is there; a publisher that comes back the same day adds a period, each period
+//! decoding to exactly its publisher's frames; files are served with ranges and bad paths are
+//! refused.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use verge::testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
+use verge::testkit::{Proc, get, request, wait_for};
+
+/// (video frames, audio frames) ffprobe decodes from `input`.
+fn count_frames(b: &Edge, label: &str, input: &str) -> (u32, u32) {
+    let args = [
+        "-v",
+        "error",
+        "-count_frames",
+        "-show_entries",
+        "stream=codec_type,nb_read_frames",
+        "-of",
+        "csv=p=0",
+        input,
+    ];
+    let mut p = Proc::spawn(label, tool("ffprobe"), &args, b.dir.path());
+    let status = wait_for(Duration::from_secs(60), || p.exit_status());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{label}: {status:?}\n{}",
+        p.log_text()
+    );
+    let mut out = (0, 0);
+    for line in p.log_text().lines() {
+        match line.split(',').collect::<Vec<_>>().as_slice() {
+            ["video", n] => out.0 = n.parse().unwrap_or(0),
+            ["audio", n] => out.1 = n.parse().unwrap_or(0),
+            [""] => {}
+            other => panic!("{label}: unexpected output {other:?}\n{}", p.log_text()),
+        }
+    }
+    out
+}
+
+/// The one `yyyy/mm/dd` folder under `stream_dir`.
+fn day_dir(stream_dir: &Path) -> PathBuf {
+    let mut dir = stream_dir.to_path_buf();
+    for _ in 0..3 {
+        let entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .collect();
+        assert_eq!(entries.len(), 1, "{}", dir.display());
+        dir = entries[0].path();
+    }
+    dir
+}
+
+fn publish_and_wait(b: &Edge, label: &str, seconds: u32, recordings: usize) {
+    let media = Synthetic {
+        fps: 25,
+        gop: 25,
+        seconds,
+        ..Synthetic::default()
+    };
+    let mut ffmpeg = b.publish(label, "cam", &media);
+    let status = wait_for(Duration::from_secs(60), || ffmpeg.exit_status());
+    assert!(status.is_some_and(|s| s.success()), "{}", ffmpeg.log_text());
+    let done = wait_for(Duration::from_secs(20), || {
+        (b.agent
+            .log_text()
+            .matches("recording ended with the publisher")
+            .count()
+            >= recordings)
+            .then_some(())
+    });
+    assert!(done.is_some(), "{}", b.agent.log_text());
+}
+
+#[test]
+fn every_published_frame_is_recorded_and_a_second_session_is_a_second_period() {
+    let b = Edge::start(
+        "record",
+        &EdgeOptions {
+            noauth: true,
+            agent_toml: "[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/*\"]\nsegment_secs = 2\n"
+                .into(),
+            ..EdgeOptions::default()
+        },
+    );
+    publish_and_wait(&b, "ffmpeg-1", 10, 1);
+    let day = day_dir(&b.dir.path().join("rec/live/cam"));
+    let rel = day
+        .strip_prefix(b.dir.path().join("rec"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let manifest = format!("http://{}/recordings/{rel}/manifest.mpd", b.http);
+    // ffmpeg's testsrc at 25 fps for 10 s: 250 frames, and 10 s of 44.1 kHz AAC.
+    let (video, audio) = count_frames(&b, "ffprobe-mpd", &manifest);
+    assert_eq!(video, 250, "{manifest}");
+    assert!((428..=434).contains(&audio), "{audio} audio frames");
+
+    // The publisher comes back: a second period in the same manifest.
+    publish_and_wait(&b, "ffmpeg-2", 6, 2);
+    let mpd = std::fs::read_to_string(day.join("manifest.mpd")).unwrap();
+    assert_eq!(mpd.matches("<Period ").count(), 2, "{mpd}");
+    for (period, frames) in [(1, 250), (2, 150)] {
+        // A period's video is its init segment and its media segments in time order: one
+        // fMP4 file.
+        let mut whole = std::fs::read(day.join(format!("p{period}-v-init.mp4"))).unwrap();
+        let prefix = format!("p{period}-v-");
+        let mut starts: Vec<u64> = std::fs::read_dir(&day)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().to_string_lossy().into_owned();
+                name.strip_prefix(&prefix)?
+                    .strip_suffix(".m4s")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        starts.sort_unstable();
+        for t in starts {
+            whole.extend(std::fs::read(day.join(format!("{prefix}{t}.m4s"))).unwrap());
+        }
+        let file = b.dir.path().join(format!("period-{period}.mp4"));
+        std::fs::write(&file, whole).unwrap();
+        let (video, _) = count_frames(&b, &format!("ffprobe-p{period}"), file.to_str().unwrap());
+        assert_eq!(video, frames, "period {period}");
+    }
+    assert!(
+        !std::fs::read_dir(&day).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp")),
+        "temporary files left"
+    );
+
+    // Ranges, content types, refusals.
+    let path = format!("/recordings/{rel}/p1-v-init.mp4");
+    let r = request(
+        "GET",
+        b.http,
+        &path,
+        &[("Range", "bytes=0-99")],
+        b"",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body.len(), 100);
+    assert_eq!(&r.body[4..8], b"ftyp");
+    let r = get(b.http, &format!("/recordings/{rel}/manifest.mpd")).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/dash+xml"));
+    for (bad, status) in [
+        ("/recordings/live/cam/%2e%2e/%2e%2e/x.mpd", 400),
+        ("/recordings/live/cam/periods.json", 400),
+        ("/recordings/live/nope/2026/01/01/manifest.mpd", 404),
+    ] {
+        let r = get(b.http, bad).unwrap();
+        assert_eq!(r.status, status, "{bad}: {}", r.text());
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_recording_and_keeps_what_was_written_playable() {
+    let b = Edge::start(
+        "record-full",
+        &EdgeOptions {
+            noauth: true,
+            // About 300 kbit/s of video and audio: 400 KiB fill in roughly ten seconds.
+            agent_tmpfs: Some(("small", "400k")),
+            agent_toml:
+                "[record]\ndir = \"{dir}/small\"\nstreams = [\"live/*\"]\nsegment_secs = 1\n".into(),
+            ..EdgeOptions::default()
+        },
+    );
+    let media = Synthetic {
+        fps: 25,
+        gop: 25,
+        seconds: 30,
+        ..Synthetic::default()
+    };
+    let mut ffmpeg = b.publish("ffmpeg", "cam", &media);
+    let stopped = wait_for(Duration::from_secs(40), || {
+        b.agent
+            .log_text()
+            .lines()
+            .find(|l| l.contains("recording stopped"))
+            .map(str::to_string)
+    });
+    let line =
+        stopped.unwrap_or_else(|| panic!("the recording never stopped:\n{}", b.agent.log_text()));
+    assert!(line.contains("No space left on device"), "{line}");
+    // The stream itself goes on.
+    assert!(!ffmpeg.exited(), "{}", ffmpeg.log_text());
+    assert!(b.listed_stream("cam").is_some());
+
+    // What was written before the disk filled plays to its end. The tmpfs is the agent's
+    // own: read it through the agent's HTTP port, as a player would.
+    let day = verge_agent::record::day::Day::of_unix_ms(verge_protocol::now_ms()).path();
+    let manifest = format!("http://{}/recordings/live/cam/{day}/manifest.mpd", b.http);
+    let (video, _) = count_frames(&b, "ffprobe-kept", &manifest);
+    assert!(video >= 25, "{video} frames kept");
+    assert_eq!(video % 25, 0, "whole one-second segments only: {video}");
+}
