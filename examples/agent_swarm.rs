@@ -138,6 +138,7 @@ fn run_one(runtime: &tokio::runtime::Runtime, n: usize, args: &Args) -> Row {
                     StateHandle::new(),
                     Default::default(),
                     None,
+                    None,
                     shutdown,
                 )
                 .await

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use verge::testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
-use verge::testkit::{Proc, get, request, wait_for};
+use verge::testkit::postgres::Postgres;
+use verge::testkit::{Proc, TempDir, bin, get, listener, request, wait_for};
 
 /// (video frames, audio frames) ffprobe decodes from `input`.
 fn count_frames(b: &Edge, label: &str, input: &str) -> (u32, u32) {
@@ -56,13 +57,17 @@ fn day_dir(stream_dir: &Path) -> PathBuf {
 }
 
 fn publish_and_wait(b: &Edge, label: &str, seconds: u32, recordings: usize) {
+    publish_name_and_wait(b, label, "cam", seconds, recordings)
+}
+
+fn publish_name_and_wait(b: &Edge, label: &str, name: &str, seconds: u32, recordings: usize) {
     let media = Synthetic {
         fps: 25,
         gop: 25,
         seconds,
         ..Synthetic::default()
     };
-    let mut ffmpeg = b.publish(label, "cam", &media);
+    let mut ffmpeg = b.publish(label, name, &media);
     let status = wait_for(Duration::from_secs(60), || ffmpeg.exit_status());
     assert!(status.is_some_and(|s| s.success()), "{}", ffmpeg.log_text());
     let done = wait_for(Duration::from_secs(20), || {
@@ -99,6 +104,45 @@ fn every_published_frame_is_recorded_and_a_second_session_is_a_second_period() {
     let (video, audio) = count_frames(&b, "ffprobe-mpd", &manifest);
     assert_eq!(video, 250, "{manifest}");
     assert!((428..=434).contains(&audio), "{audio} audio frames");
+
+    // The day is in the manager's index, and plays through it (objects come from the box
+    // through the tunnel).
+    let indexed = wait_for(Duration::from_secs(20), || {
+        let r = get(b.manager_http, "/api/playback/live/cam").ok()?;
+        (r.status == 200).then(|| r.json())
+    });
+    let rows = indexed.unwrap_or_else(|| {
+        panic!(
+            "never indexed:\n{}\n{}",
+            b.agent.log_text(),
+            b.manager.log_text()
+        )
+    });
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows[0]["mpd_path"], format!("{rel}/manifest.mpd"));
+    assert_eq!(rows[0]["agent"], "edge-1");
+    let streams = get(b.manager_http, "/api/playback").unwrap().json();
+    assert_eq!(streams, serde_json::json!(["live/cam"]));
+    let through = format!(
+        "http://{}/api/record/object/{rel}/manifest.mpd",
+        b.manager_http
+    );
+    let (video, _) = count_frames(&b, "ffprobe-manager", &through);
+    assert_eq!(video, 250, "{through}");
+    let r = get(
+        b.manager_http,
+        "/api/record/object/live/cam/2020/01/01/manifest.mpd",
+    )
+    .unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = get(
+        b.manager_http,
+        "/api/record/object/live/cam/../../etc/passwd",
+    )
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = get(b.manager_http, "/api/playback/live/nope").unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
 
     // The publisher comes back: a second period in the same manifest.
     publish_and_wait(&b, "ffmpeg-2", 6, 2);
@@ -205,4 +249,75 @@ fn a_full_disk_stops_the_recording_and_keeps_what_was_written_playable() {
     let (video, _) = count_frames(&b, "ffprobe-kept", &manifest);
     assert!(video >= 25, "{video} frames kept");
     assert_eq!(video % 25, 0, "whole one-second segments only: {video}");
+}
+
+#[test]
+fn the_postgresql_index_ends_with_exactly_its_rows_after_the_database_and_the_agent_went_down() {
+    let pg_dir = TempDir::new("record-pg-data");
+    let mut pg = Postgres::start(pg_dir.path());
+    let mut b = Edge::start(
+        "record-pg",
+        &EdgeOptions {
+            noauth: true,
+            agent_toml: "[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/*\"]\nsegment_secs = 2\n"
+                .into(),
+            database_url: Some(pg.url.clone()),
+            ..EdgeOptions::default()
+        },
+    );
+    let indexed = |b: &Edge, stream: &str| {
+        let r = get(b.manager_http, &format!("/api/playback/{stream}")).ok()?;
+        (r.status == 200).then(|| r.json())
+    };
+    publish_name_and_wait(&b, "ffmpeg-cam", "cam", 4, 1);
+    let cam = wait_for(Duration::from_secs(20), || indexed(&b, "live/cam"));
+    assert!(cam.is_some(), "{}", b.manager.log_text());
+
+    // The database goes down: the API says so, and a day recorded now waits on the box.
+    pg.stop();
+    let down = wait_for(Duration::from_secs(20), || {
+        let r = get(b.manager_http, "/api/playback").ok()?;
+        (r.status == 503).then(|| r.text())
+    });
+    let reason =
+        down.unwrap_or_else(|| panic!("the API never said 503:\n{}", b.manager.log_text()));
+    assert!(reason.contains("database"), "{reason}");
+    publish_name_and_wait(&b, "ffmpeg-door", "door", 4, 2);
+
+    // The agent restarts before the row could be stored: it is in its outbox on disk.
+    b.agent.signal("TERM");
+    let exited = wait_for(Duration::from_secs(15), || b.agent.exited().then_some(()));
+    assert!(exited.is_some(), "agent did not exit on SIGTERM");
+    let (agent, bound) = Proc::spawn_ready(
+        "agent-2",
+        &bin("verge-agent"),
+        &["--config", b.agent_cfg.to_str().unwrap()],
+        b.dir.path(),
+    );
+    (b.agent, b.http) = (agent, listener(&bound, "http"));
+
+    // The database comes back: the row arrives (the agent resends every 15 s), once.
+    pg.resume();
+    let door = wait_for(Duration::from_secs(60), || indexed(&b, "live/door"));
+    assert!(
+        door.is_some(),
+        "{}\n{}",
+        b.agent.log_text(),
+        b.manager.log_text()
+    );
+    assert_eq!(
+        get(b.manager_http, "/api/playback").unwrap().json(),
+        serde_json::json!(["live/cam", "live/door"])
+    );
+    // Resends after the ack change nothing: still exactly two rows.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        pg.query("SELECT stream || ' ' || agent FROM recordings ORDER BY stream"),
+        "live/cam edge-1\nlive/door edge-1"
+    );
+    // And the recording plays through the manager from the PostgreSQL index.
+    let path = door.unwrap()[0]["mpd_path"].as_str().unwrap().to_string();
+    let url = format!("http://{}/api/record/object/{path}", b.manager_http);
+    let (video, _) = count_frames(&b, "ffprobe-door", &url);
+    assert_eq!(video, 100);
 }

@@ -57,6 +57,7 @@ pub struct Agent {
     state: StateHandle,
     keys: keys::KeyTable,
     whep: webrtc::Whep,
+    index: Option<session::IndexInputs>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -80,9 +81,12 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     let whep = webrtc::Whep::new(&cfg.id, hub.clone(), cfg.webrtc.settings());
     let record_dir = (!cfg.record.streams.is_empty()).then(|| cfg.record.dir.clone());
     let router = http::router(hub.clone(), Some(whep.clone()), record_dir);
-    // Days a recording begins: the manager's index (delivered over MQTT) is the next step;
-    // until then they are logged.
-    let (days_tx, mut days) = tokio::sync::mpsc::channel::<record::writer::NewDay>(64);
+    // Days a recording begins go to the manager's index through the MQTT session.
+    let (days_tx, days) = tokio::sync::mpsc::channel::<record::writer::NewDay>(64);
+    let index = (!cfg.record.streams.is_empty()).then(|| session::IndexInputs {
+        outbox: cfg.record.dir.join(".index-outbox.json"),
+        days,
+    });
     let recorder = record::Recorder::new(hub.clone(), cfg.record.settings(), days_tx);
     let hls = hls::http::router(hls::LiveHls::new(hub.clone(), cfg.hls.settings()));
     let tasks = vec![
@@ -105,11 +109,6 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
             }
         }),
         tokio::spawn(recorder.clone().run()),
-        tokio::spawn(async move {
-            while let Some(day) = days.recv().await {
-                tracing::debug!(stream = %day.stream, path = %day.mpd_path, "recorded day begun");
-            }
-        }),
         tokio::spawn(streams::report(hub, state.clone(), Duration::from_secs(10))),
     ];
     let agent = Agent {
@@ -117,6 +116,7 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
         state,
         keys,
         whep,
+        index,
         tasks,
     };
     tracing::info!(agent = %agent.cfg.id, listening = %agent.listeners().summary(), "media listeners up");
@@ -140,6 +140,7 @@ impl Agent {
             self.state,
             self.keys,
             Some(self.whep.clone()),
+            self.index,
             shutdown,
         )
         .await;

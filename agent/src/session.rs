@@ -14,6 +14,7 @@ use tokio::sync::{Semaphore, watch};
 use verge_mqtt::link::{LinkError, LinkOptions, WillFn};
 use verge_mqtt::{Link, LinkEvent};
 use verge_protocol::envelope::{self, Message};
+use verge_protocol::index::IndexAck;
 use verge_protocol::key::MacKey;
 use verge_protocol::keys::Keys;
 use verge_protocol::presence::{Presence, Status};
@@ -74,12 +75,20 @@ impl Shared {
     }
 }
 
+/// What the recorder hands the session for the recording index: its outbox file and the days
+/// recordings begin.
+pub struct IndexInputs {
+    pub outbox: std::path::PathBuf,
+    pub days: tokio::sync::mpsc::Receiver<crate::record::writer::NewDay>,
+}
+
 /// Runs the agent's MQTT session until `shutdown` completes, then publishes `offline`.
 pub async fn run(
     cfg: &AgentConfig,
     state: StateHandle,
     keys: KeyTable,
     whep: Option<Whep>,
+    index: Option<IndexInputs>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     cfg.validate()?;
@@ -174,6 +183,34 @@ pub async fn run(
         shared.topics.clone(),
         link_up_rx,
     )));
+    // The recording index: rows go out from their on-disk outbox until a manager acks them.
+    let (acks_tx, acks_rx) = tokio::sync::mpsc::channel(64);
+    let indexer = index.map(|inputs| {
+        let outbox = match crate::record::outbox::Outbox::open(&inputs.outbox) {
+            Ok(outbox) => outbox,
+            Err(e) => {
+                let aside = inputs.outbox.with_extension("json.corrupt");
+                tracing::error!(agent = %shared.id, error = %e, aside = %aside.display(), "index outbox unreadable: set aside, starting empty");
+                let _ = std::fs::rename(&inputs.outbox, &aside);
+                crate::record::outbox::Outbox::open(&inputs.outbox)
+                    .unwrap_or_else(|_| unreachable_outbox(&inputs.outbox))
+            }
+        };
+        tokio::spawn(crate::record::outbox::deliver(
+            outbox,
+            inputs.days,
+            acks_rx,
+            crate::record::outbox::Link {
+                agent: shared.id.clone(),
+                key: shared.key.clone(),
+                client: shared.client.clone(),
+                topic: shared.topics.index(&shared.id),
+                connected: connected_tx.subscribe(),
+            },
+        ))
+    });
+    // `{p}/v1/a/{id}/ack:` then the manager's id.
+    let ack_prefix = shared.topics.index_ack(&shared.id, "");
     let request_topic = shared.topics.request(&shared.id);
     let keys_topic = shared.topics.keys(&shared.id);
     let presence_topic = shared.topics.presence(&shared.id);
@@ -199,6 +236,14 @@ pub async fn run(
                         reannounce.notify_one();
                     }
                 }
+                Some(LinkEvent::Message { topic, payload }) if topic.starts_with(&ack_prefix) => {
+                    match envelope::open::<IndexAck>(&payload, &shared.key) {
+                        Ok(opened) => {
+                            let _ = acks_tx.try_send(opened.body);
+                        }
+                        Err(e) => tracing::warn!(agent = %shared.id, error = %e, "ignoring an index acknowledgement that does not open"),
+                    }
+                }
                 Some(LinkEvent::Message { topic, .. }) => {
                     tracing::trace!(agent = %shared.id, %topic, "ignoring our own echo or an unknown topic");
                 }
@@ -210,6 +255,9 @@ pub async fn run(
     };
 
     announcer.abort();
+    if let Some(indexer) = indexer {
+        indexer.abort();
+    }
     let session = *connected_tx.borrow();
     goodbye(&shared, session, events, task).await;
     result
@@ -436,4 +484,10 @@ async fn serve(
             format!("{method} took longer than {timeout_ms} ms"),
         )),
     }
+}
+
+/// An outbox that cannot even be created empty is one the index lives without: rows are then
+/// only sent once. Reached only if the file was set aside and still cannot be read.
+fn unreachable_outbox(path: &std::path::Path) -> crate::record::outbox::Outbox {
+    crate::record::outbox::Outbox::empty(path)
 }

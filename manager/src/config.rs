@@ -23,6 +23,7 @@ pub struct ManagerConfig {
     pub extra_ice: ExtraIce,
     pub tunnel: TunnelConfig,
     pub rtmp: RtmpConfig,
+    pub database: DatabaseConfig,
     /// Sections this build does not read yet, kept to warn about them.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
@@ -68,6 +69,37 @@ impl Default for TunnelConfig {
             forward: Vec::new(),
             socks_listen: None,
         }
+    }
+}
+
+/// `[database]` (liveman's keys): the recording index.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres(ql)://…`; the `DATABASE_URL` environment variable wins.
+    pub url: String,
+    pub max_connections: u32,
+    /// Seconds to wait for a connection.
+    pub connect_timeout: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://./liveman.db?mode=rwc".into(),
+            max_connections: 10,
+            connect_timeout: 30,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The URL in effect: `DATABASE_URL` if set, else `url`.
+    pub fn effective_url(&self) -> String {
+        std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| self.url.clone())
     }
 }
 
@@ -367,11 +399,17 @@ mod tests {
     #[test]
     fn seed_sections_are_accepted_and_kept_aside() {
         let cfg = ManagerConfig::parse(
-            "[database]\nurl = \"sqlite://./x.db\"\n[[agents]]\nid = \"e1\"\nsecret = \"s\"\n",
+            "[database]\nurl = \"sqlite://./x.db\"\nmax_connections = 3\n[auth]\ntokens = []\n\
+             [[agents]]\nid = \"e1\"\nsecret = \"s\"\n",
         )
         .unwrap();
-        assert!(cfg.unknown.contains_key("database"));
+        assert_eq!(cfg.database.url, "sqlite://./x.db");
+        assert_eq!(cfg.database.max_connections, 3);
+        assert!(cfg.unknown.contains_key("auth"));
         assert_eq!(cfg.agents.len(), 1);
+        let default = ManagerConfig::parse("").unwrap();
+        assert_eq!(default.database.url, "sqlite://./liveman.db?mode=rwc");
+        assert_eq!(default.database.connect_timeout, 30);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`rpc`]: calls to agents over MQTT, with deadlines and typed failures.
 //! - [`http`]: the REST API.
 //! - [`tunnel`]: the tunnel's links to agents, and `[[tunnel.forward]]` port forwards.
+//! - [`index`]: the recording index in a database (SQLite or PostgreSQL), fed by agents.
 //! - [`rtmp`]: the RTMP router (`[rtmp] listen`): publishers reach their box through the tunnel.
 //!
 //! Start-up ([`start`]): the embedded broker (unless `[mqtt] url` names an external one), the
@@ -15,6 +16,7 @@
 
 pub mod config;
 pub mod http;
+pub mod index;
 pub mod keys;
 pub mod registry;
 pub mod rpc;
@@ -69,6 +71,8 @@ pub enum ManagerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Database(#[from] index::db::DbError),
     #[error("HTTP listener {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -177,6 +181,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
                     topics.all_state(),
                     topics.reply("+"),
                     topics.tunnel_up_all(&cfg.mqtt.id),
+                    topics.all_index(),
                 ],
                 segment_size: cfg.broker.segment_size,
                 segment_count: cfg.broker.segment_count,
@@ -254,6 +259,22 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         cfg.down_in_flight(broker.is_some()),
     );
     let _ = tunnel_cell.set(tunnels.clone());
+    let database_url = cfg.database.effective_url();
+    let db = index::db::Db::open(
+        &database_url,
+        cfg.database.max_connections,
+        Duration::from_secs(cfg.database.connect_timeout.max(1)),
+    )?;
+    let index = index::Index::start(
+        db,
+        index::db::redact(&database_url),
+        index::Replies {
+            manager_id: cfg.mqtt.id.clone(),
+            client: client.clone(),
+            topics: topics.clone(),
+            credentials: credentials.clone(),
+        },
+    );
     let session = FleetSession {
         // rumqttd hands a QoS 1 subscriber only 100 retained messages; at QoS 0 it hands all
         // (see verge-broker). mosquitto drops QoS 0 beyond its queue limit, so QoS 1 there.
@@ -272,6 +293,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         link_up,
         tunnels: tunnels.clone(),
         keys: keys.clone(),
+        index: index.clone(),
     };
     tokio::spawn(session.run(events));
     if broker.is_some() {
@@ -297,6 +319,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         rpc_timeout: cfg.rpc_timeout(),
         ice_servers: Arc::new(cfg.extra_ice.ice_servers.clone()),
         tunnels: tunnels.clone(),
+        index,
     });
     let mut forwards = Vec::new();
     let mut listener_tasks = Vec::new();

@@ -36,6 +36,7 @@ pub struct FleetSession {
     pub link_up: tokio::sync::watch::Sender<bool>,
     pub tunnels: crate::tunnel::Tunnels,
     pub keys: crate::keys::KeyDistributor,
+    pub index: crate::index::Index,
 }
 
 impl FleetSession {
@@ -68,6 +69,7 @@ impl FleetSession {
                 self.topics.tunnel_up_all(&self.manager_id),
                 QoS::AtLeastOnce,
             ),
+            SubscribeFilter::new(self.topics.all_index(), QoS::AtLeastOnce),
         ];
         let client = self.client.clone();
         // On a task: the subscribe waits for room in the request queue that this loop's
@@ -107,6 +109,7 @@ impl FleetSession {
                     self.registry.apply_state(&agent, ts, state);
                 }
             }
+            Ok(Topic::Index { agent }) => self.index.deliver(&agent, payload),
             Ok(Topic::Reply { manager }) if manager == self.manager_id => {
                 self.rpc.on_reply(payload)
             }

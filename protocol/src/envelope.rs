@@ -27,6 +27,8 @@ pub enum Kind {
     Request,
     Reply,
     Keys,
+    Index,
+    IndexAck,
 }
 
 impl Kind {
@@ -37,6 +39,8 @@ impl Kind {
             Kind::Request => "request",
             Kind::Reply => "reply",
             Kind::Keys => "keys",
+            Kind::Index => "index",
+            Kind::IndexAck => "index_ack",
         }
     }
 }

@@ -21,12 +21,14 @@
 
 pub mod envelope;
 pub mod id;
+pub mod index;
 pub mod key;
 pub mod keys;
 pub mod presence;
 pub mod ready;
 pub mod rpc;
 pub mod state;
+pub mod time;
 pub mod topic;
 pub mod tunnel;
 pub mod whep;

@@ -9,6 +9,8 @@
 //! {p}/v1/a/{agent}/keys       retained channel keys, manager -> agent
 //! {p}/v1/a/{agent}/tun:{mgr}  sealed tunnel packets, manager -> agent
 //! {p}/v1/m/{mgr}/tun/{agent}  sealed tunnel packets, agent -> manager
+//! {p}/v1/a/{agent}/idx        recording index rows, agent -> managers
+//! {p}/v1/a/{agent}/ack:{mgr}  index acknowledgements, manager -> agent
 //! ```
 //!
 //! The down topic is one level under the agent (`tun:{manager}`, `:` never appears in an id)
@@ -36,6 +38,8 @@ pub enum Topic {
     Keys { agent: String },
     TunnelDown { agent: String, manager: String },
     TunnelUp { manager: String, agent: String },
+    Index { agent: String },
+    IndexAck { agent: String, manager: String },
 }
 
 /// Builds and parses topics under one prefix.
@@ -95,6 +99,21 @@ impl Topics {
         self.tunnel_up(manager, "+")
     }
 
+    /// Recording index rows from `agent`.
+    pub fn index(&self, agent: &str) -> String {
+        format!("{}/v1/a/{agent}/idx", self.prefix)
+    }
+
+    /// Every agent's index rows.
+    pub fn all_index(&self) -> String {
+        self.index("+")
+    }
+
+    /// Index acknowledgements from `manager` to `agent`.
+    pub fn index_ack(&self, agent: &str, manager: &str) -> String {
+        format!("{}/v1/a/{agent}/ack:{manager}", self.prefix)
+    }
+
     /// Filter matching every topic of one agent (what an agent subscribes to).
     pub fn agent_all(&self, agent: &str) -> String {
         format!("{}/v1/a/{agent}/+", self.prefix)
@@ -141,6 +160,26 @@ impl Topics {
                     agent: agent.to_string(),
                 },
             ),
+            ["v1", "a", agent, "idx"] => (
+                *agent,
+                Topic::Index {
+                    agent: agent.to_string(),
+                },
+            ),
+            ["v1", "a", agent, level] if level.starts_with("ack:") => {
+                let manager = &level["ack:".len()..];
+                id::validate(manager).map_err(|source| TopicError::BadId {
+                    topic: topic.to_string(),
+                    source,
+                })?;
+                (
+                    *agent,
+                    Topic::IndexAck {
+                        agent: agent.to_string(),
+                        manager: manager.to_string(),
+                    },
+                )
+            }
             ["v1", "a", agent, level] if level.starts_with("tun:") => {
                 let manager = &level["tun:".len()..];
                 id::validate(manager).map_err(|source| TopicError::BadId {
@@ -187,6 +226,25 @@ impl Topics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_topics() {
+        let t = Topics::new("verge").unwrap();
+        assert_eq!(
+            t.parse(&t.index("e1")),
+            Ok(Topic::Index { agent: "e1".into() })
+        );
+        assert_eq!(t.all_index(), "verge/v1/a/+/idx");
+        assert_eq!(
+            t.parse(&t.index_ack("e1", "m1")),
+            Ok(Topic::IndexAck {
+                agent: "e1".into(),
+                manager: "m1".into()
+            })
+        );
+        assert!(t.parse("verge/v1/a/e1/ack:").is_err());
+        assert!(t.parse("verge/v1/a/e1/ack:a/b").is_err());
+    }
 
     #[test]
     fn tunnel_topics_name_both_ends_and_fit_the_agent_filter() {

@@ -21,6 +21,8 @@ pub struct EdgeOptions {
     /// `("small", "400k")`: the agent runs in a mount namespace of its own (`unshare -rm`), so
     /// a test can fill a disk without touching the machine's.
     pub agent_tmpfs: Option<(&'static str, &'static str)>,
+    /// The manager's `DATABASE_URL` (the testkit's default: SQLite in the fixture's folder).
+    pub database_url: Option<String>,
 }
 
 pub struct Edge {
@@ -56,11 +58,18 @@ impl Edge {
                 opts.manager_toml.replace("{dir}", &dir.path().display().to_string())
             ),
         );
-        let (manager, manager_listeners) = Proc::spawn_ready(
+        let manager_env: Vec<(&str, &str)> = opts
+            .database_url
+            .as_deref()
+            .map(|url| ("DATABASE_URL", url))
+            .into_iter()
+            .collect();
+        let (manager, manager_listeners) = Proc::spawn_ready_with_env(
             "manager",
             &bin("verge-manager"),
             &["--config", manager_cfg.to_str().unwrap_or_default()],
             dir.path(),
+            &manager_env,
         );
         let (manager_http, mqtt) = (
             listener(&manager_listeners, "http"),

@@ -11,6 +11,7 @@
 pub mod chromium;
 pub mod edge;
 pub mod measure;
+pub mod postgres;
 pub mod rtmp;
 
 use std::fs::File;
@@ -163,10 +164,13 @@ impl Proc {
         let log = log_dir.join(format!("{name}.log"));
         let out = File::create(&log).expect("create log file");
         let err = out.try_clone().expect("clone log file");
+        // A manager's recording index goes into the test's folder unless the test names one.
+        let database = format!("sqlite://{}/{name}.db?mode=rwc", log_dir.display());
         let child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info,rumqttd=warn")
             .env("NO_COLOR", "1")
+            .env("DATABASE_URL", database)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)

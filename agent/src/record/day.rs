@@ -1,5 +1,5 @@
-//! UTC calendar days from Unix time, without a date library: the recorder names folders by
-//! day and rolls over at midnight UTC.
+//! UTC calendar days (see `verge_protocol::time`): the recorder names folders by day and
+//! rolls over at midnight UTC.
 
 /// A UTC calendar day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -17,29 +17,15 @@ impl Day {
         Self::from_days(unix_ms as i64 / MS_PER_DAY)
     }
 
-    /// Days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+    /// Days since 1970-01-01.
     pub fn from_days(days: i64) -> Self {
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+        let (year, month, day) = verge_protocol::time::civil_from_days(days);
         Self { year, month, day }
     }
 
-    /// Days since 1970-01-01 (`days_from_civil`).
+    /// Days since 1970-01-01.
     pub fn to_days(self) -> i64 {
-        let y = i64::from(self.year) - i64::from(self.month <= 2);
-        let era = y.div_euclid(400);
-        let yoe = y.rem_euclid(400);
-        let m = i64::from(self.month);
-        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(self.day) - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        era * 146_097 + doe - 719_468
+        verge_protocol::time::days_from_civil(self.year, self.month, self.day)
     }
 
     /// Where this day starts, in Unix ms.

@@ -5,7 +5,8 @@
 //! - [`day`]: UTC days from Unix time;
 //! - [`manifest`]: a day's periods and segments, and its MPD;
 //! - [`writer`]: the files of one stream's recording;
-//! - [`files`]: serving recorded files over HTTP, with ranges.
+//! - [`files`]: serving recorded files over HTTP, with ranges;
+//! - [`outbox`]: index rows (a stream-day each) kept on disk until a manager acknowledges them.
 //!
 //! A recording starts the moment its stream is published (the hub says so), so the first GOP
 //! is in it, and ends with the publisher; a publisher that comes back the same day adds a
@@ -16,6 +17,7 @@
 pub mod day;
 pub mod files;
 pub mod manifest;
+pub mod outbox;
 pub mod writer;
 
 use std::collections::HashMap;

@@ -23,7 +23,7 @@ use super::AppState;
 use super::error::ApiError;
 
 const MAX_HEAD: usize = 16 * 1024;
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// The agent waits up to 15 s for a new HLS feed's first segment.
 const HLS_HEAD_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bytes between the tunnel stream and the response body.
@@ -107,7 +107,7 @@ pub async fn hls(
     proxy(&app, &agent, "hls", &path, &headers, HLS_HEAD_TIMEOUT).await
 }
 
-async fn proxy(
+pub(super) async fn proxy(
     app: &AppState,
     agent: &str,
     tunnel_target: &str,

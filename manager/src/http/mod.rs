@@ -15,6 +15,7 @@ pub mod api;
 pub mod error;
 pub mod keys;
 pub mod play;
+mod playback;
 pub mod streams;
 pub mod whep;
 
@@ -41,6 +42,7 @@ pub struct AppState {
     /// `[extra_ice] ice_servers`: for viewers (`Link`) and the agent's peer connection.
     pub ice_servers: Arc<Vec<verge_protocol::whep::IceServer>>,
     pub tunnels: crate::tunnel::Tunnels,
+    pub index: crate::index::Index,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -83,6 +85,10 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{id}/http/{*path}", get(agent_http::agent_path))
         .route("/flv/{app}/{file}", get(agent_http::flv))
         .route("/hls/{app}/{name}/{file}", get(agent_http::hls))
+        .route("/api/playback", get(playback::streams))
+        .route("/api/playback/{name}", get(playback::days_in_live))
+        .route("/api/playback/{app}/{name}", get(playback::days))
+        .route("/api/record/object/{*path}", get(playback::object))
         .route("/play/{name}", get(play::page))
         .route("/play/{app}/{name}", get(play::page_in_app))
         .layer(DefaultBodyLimit::max(whep::MAX_BODY))

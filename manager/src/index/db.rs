@@ -1,0 +1,391 @@
+//! The recording index in a database: SQLite (embedded, the default) or PostgreSQL, chosen by
+//! the URL's scheme, migrated at start-up (one migration set per backend: the column types
+//! differ, `UUID` and `TIMESTAMPTZ` on PostgreSQL, text on SQLite).
+//!
+//! The pool connects lazily, so a manager whose database is down still starts: the index
+//! answers "not ready" (the API says 503 with the reason, index events stay unacknowledged)
+//! and becomes ready once the database answers and the migrations have run.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use verge_protocol::index::IndexRow;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("[database] url {0:?}: not sqlite:// or postgres(ql)://")]
+    Scheme(String),
+    #[error("[database] url: {0}")]
+    Url(sqlx::Error),
+    #[error("database: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// One row as the API shows it (liveman's fields, plus the agent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Recording {
+    pub id: String,
+    pub stream: String,
+    pub year: i32,
+    pub month: u32,
+    pub day: u32,
+    pub mpd_path: String,
+    pub agent: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// What an upsert did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upserted {
+    Stored,
+    /// The stream-day is indexed for another agent; nothing was changed.
+    OtherAgent(String),
+}
+
+#[derive(Clone)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Db {
+    /// A lazily connecting pool for `url`.
+    pub fn open(
+        url: &str,
+        max_connections: u32,
+        connect_timeout: Duration,
+    ) -> Result<Self, DbError> {
+        let max = max_connections.max(1);
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(DbError::Url)?
+                .busy_timeout(connect_timeout);
+            Ok(Db::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(max)
+                    .acquire_timeout(connect_timeout)
+                    .connect_lazy_with(options),
+            ))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url).map_err(DbError::Url)?;
+            Ok(Db::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(max)
+                    .acquire_timeout(connect_timeout)
+                    .connect_lazy_with(options),
+            ))
+        } else {
+            Err(DbError::Scheme(redact(url)))
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Runs the migrations of this backend (idempotent).
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Stores `row` for `agent`, or refreshes it; a stream-day indexed for another agent is
+    /// left as it is.
+    pub async fn upsert(&self, row: &IndexRow, agent: &str) -> Result<Upserted, DbError> {
+        let id = new_uuid();
+        let now = verge_protocol::time::rfc3339(verge_protocol::now_ms());
+        let stored = match self {
+            Db::Sqlite(pool) => {
+                sqlx::query(
+                    "INSERT INTO recordings (id, stream, year, month, day, mpd_path, agent, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
+                     ON CONFLICT (stream, year, month, day) DO UPDATE SET \
+                     mpd_path = excluded.mpd_path, updated_at = excluded.updated_at \
+                     WHERE recordings.agent = excluded.agent \
+                     RETURNING agent",
+                )
+                .bind(&id)
+                .bind(&row.stream)
+                .bind(row.year)
+                .bind(row.month as i32)
+                .bind(row.day as i32)
+                .bind(&row.mpd_path)
+                .bind(agent)
+                .bind(&now)
+                .fetch_optional(pool)
+                .await?
+                .is_some()
+            }
+            Db::Postgres(pool) => {
+                sqlx::query(
+                    "INSERT INTO recordings (id, stream, year, month, day, mpd_path, agent) \
+                     VALUES ($1::uuid, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (stream, year, month, day) DO UPDATE SET \
+                     mpd_path = excluded.mpd_path, updated_at = now() \
+                     WHERE recordings.agent = excluded.agent \
+                     RETURNING agent",
+                )
+                .bind(&id)
+                .bind(&row.stream)
+                .bind(row.year)
+                .bind(row.month as i32)
+                .bind(row.day as i32)
+                .bind(&row.mpd_path)
+                .bind(agent)
+                .fetch_optional(pool)
+                .await?
+                .is_some()
+            }
+        };
+        if stored {
+            return Ok(Upserted::Stored);
+        }
+        let holder = self
+            .day(&row.stream, row.year, row.month, row.day)
+            .await?
+            .map(|r| r.agent)
+            .unwrap_or_default();
+        Ok(Upserted::OtherAgent(holder))
+    }
+
+    /// Streams with at least one recorded day, sorted.
+    pub async fn streams(&self) -> Result<Vec<String>, DbError> {
+        let sql = "SELECT DISTINCT stream FROM recordings ORDER BY stream";
+        let rows = match self {
+            Db::Sqlite(pool) => sqlx::query(sql)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<_, _>>()?,
+            Db::Postgres(pool) => sqlx::query(sql)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(rows)
+    }
+
+    /// A stream's recorded days, newest first.
+    pub async fn days(&self, stream: &str) -> Result<Vec<Recording>, DbError> {
+        match self {
+            Db::Sqlite(pool) => {
+                let rows = sqlx::query(
+                    "SELECT id, stream, year, month, day, mpd_path, agent, created_at, updated_at \
+                     FROM recordings WHERE stream = ?1 ORDER BY year DESC, month DESC, day DESC",
+                )
+                .bind(stream)
+                .fetch_all(pool)
+                .await?;
+                rows.iter().map(sqlite_recording).collect()
+            }
+            Db::Postgres(pool) => {
+                let rows = sqlx::query(PG_SELECT_BY_STREAM)
+                    .bind(stream)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter().map(pg_recording).collect()
+            }
+        }
+    }
+
+    /// The row of one stream-day.
+    pub async fn day(
+        &self,
+        stream: &str,
+        year: i32,
+        month: u32,
+        day: u32,
+    ) -> Result<Option<Recording>, DbError> {
+        match self {
+            Db::Sqlite(pool) => {
+                let row = sqlx::query(
+                    "SELECT id, stream, year, month, day, mpd_path, agent, created_at, updated_at \
+                     FROM recordings WHERE stream = ?1 AND year = ?2 AND month = ?3 AND day = ?4",
+                )
+                .bind(stream)
+                .bind(year)
+                .bind(month as i32)
+                .bind(day as i32)
+                .fetch_optional(pool)
+                .await?;
+                row.as_ref().map(sqlite_recording).transpose()
+            }
+            Db::Postgres(pool) => {
+                let row = sqlx::query(PG_SELECT_DAY)
+                    .bind(stream)
+                    .bind(year)
+                    .bind(month as i32)
+                    .bind(day as i32)
+                    .fetch_optional(pool)
+                    .await?;
+                row.as_ref().map(pg_recording).transpose()
+            }
+        }
+    }
+}
+
+/// PostgreSQL's columns as the API's strings.
+macro_rules! pg_columns {
+    () => {
+        "id::text, stream, year, month, day, mpd_path, agent, \
+         to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+         to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+    };
+}
+
+const PG_SELECT_BY_STREAM: &str = concat!(
+    "SELECT ",
+    pg_columns!(),
+    " FROM recordings WHERE stream = $1 ORDER BY year DESC, month DESC, day DESC"
+);
+
+const PG_SELECT_DAY: &str = concat!(
+    "SELECT ",
+    pg_columns!(),
+    " FROM recordings WHERE stream = $1 AND year = $2 AND month = $3 AND day = $4"
+);
+
+fn sqlite_recording(row: &sqlx::sqlite::SqliteRow) -> Result<Recording, DbError> {
+    Ok(Recording {
+        id: row.try_get(0)?,
+        stream: row.try_get(1)?,
+        year: row.try_get(2)?,
+        month: row.try_get::<i32, _>(3)? as u32,
+        day: row.try_get::<i32, _>(4)? as u32,
+        mpd_path: row.try_get(5)?,
+        agent: row.try_get(6)?,
+        created_at: row.try_get(7)?,
+        updated_at: row.try_get(8)?,
+    })
+}
+
+fn pg_recording(row: &sqlx::postgres::PgRow) -> Result<Recording, DbError> {
+    Ok(Recording {
+        id: row.try_get(0)?,
+        stream: row.try_get(1)?,
+        year: row.try_get(2)?,
+        month: row.try_get::<i32, _>(3)? as u32,
+        day: row.try_get::<i32, _>(4)? as u32,
+        mpd_path: row.try_get(5)?,
+        agent: row.try_get(6)?,
+        created_at: row.try_get(7)?,
+        updated_at: row.try_get(8)?,
+    })
+}
+
+/// A random (version 4) UUID.
+fn new_uuid() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// A URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(stream: &str, day: u32) -> IndexRow {
+        IndexRow {
+            id: "r".into(),
+            stream: stream.into(),
+            year: 2026,
+            month: 12,
+            day,
+            mpd_path: format!("{stream}/2026/12/{day:02}/manifest.mpd"),
+        }
+    }
+
+    #[tokio::test]
+    async fn upserts_are_idempotent_and_a_day_stays_with_its_agent() {
+        let dir = std::env::temp_dir().join(format!("verge-db-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}/index.db?mode=rwc", dir.display());
+        let db = Db::open(&url, 2, Duration::from_secs(5)).unwrap();
+        db.migrate().await.unwrap();
+        db.migrate().await.unwrap();
+        assert_eq!(
+            db.upsert(&row("live/cam", 1), "edge-1").await.unwrap(),
+            Upserted::Stored
+        );
+        let first = db.day("live/cam", 2026, 12, 1).await.unwrap().unwrap();
+        assert_eq!(
+            db.upsert(&row("live/cam", 1), "edge-1").await.unwrap(),
+            Upserted::Stored
+        );
+        let again = db.day("live/cam", 2026, 12, 1).await.unwrap().unwrap();
+        assert_eq!(
+            (first.id.clone(), first.created_at.clone()),
+            (again.id, again.created_at)
+        );
+        assert_eq!(
+            db.upsert(&row("live/cam", 1), "edge-2").await.unwrap(),
+            Upserted::OtherAgent("edge-1".into())
+        );
+        db.upsert(&row("live/cam", 2), "edge-1").await.unwrap();
+        db.upsert(&row("door/x", 2), "edge-2").await.unwrap();
+        assert_eq!(db.streams().await.unwrap(), ["door/x", "live/cam"]);
+        let days: Vec<u32> = db
+            .days("live/cam")
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.day)
+            .collect();
+        assert_eq!(days, [2, 1], "newest first");
+        assert_eq!(first.id.len(), 36);
+        assert!(first.created_at.ends_with('Z'));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn urls() {
+        assert!(matches!(
+            Db::open("mysql://x", 1, Duration::from_secs(1)),
+            Err(DbError::Scheme(_))
+        ));
+        assert_eq!(
+            redact("postgresql://user:secret@db:5432/verge"),
+            "postgresql://user:***@db:5432/verge"
+        );
+        assert_eq!(redact("sqlite://./liveman.db"), "sqlite://./liveman.db");
+    }
+}
