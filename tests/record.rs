@@ -321,3 +321,71 @@ fn the_postgresql_index_ends_with_exactly_its_rows_after_the_database_and_the_ag
     let (video, _) = count_frames(&b, "ffprobe-door", &url);
     assert_eq!(video, 100);
 }
+
+#[test]
+fn recording_is_started_and_stopped_at_run_time_through_the_manager() {
+    use verge::testkit::send;
+    let b = Edge::start(
+        "record-control",
+        &EdgeOptions {
+            noauth: true,
+            agent_toml: "[record]\ndir = \"{dir}/rec\"\nsegment_secs = 1\n".into(),
+            ..EdgeOptions::default()
+        },
+    );
+    let media = Synthetic {
+        fps: 25,
+        gop: 25,
+        seconds: 30,
+        ..Synthetic::default()
+    };
+    let _ffmpeg = b.publish("ffmpeg", "cam", &media);
+    let live = wait_for(Duration::from_secs(30), || b.listed_stream("cam"));
+    assert!(live.is_some());
+    let state = |method: &str| {
+        let r = send(method, b.manager_http, "/api/record/live/cam");
+        assert_eq!(r.status, 200, "{method}: {}", r.text());
+        r.json()
+    };
+    let s = state("GET");
+    assert_eq!(
+        (s["state"].as_str(), s["wanted"].as_bool()),
+        (Some("stopped"), Some(false)),
+        "{s}"
+    );
+    assert_eq!(s["agent"], "edge-1");
+    let s = state("POST");
+    assert_eq!(s["wanted"], true, "{s}");
+    let recording = wait_for(Duration::from_secs(10), || {
+        let s = state("GET");
+        (s["state"] == "recording" && s["segments"].as_u64() >= Some(3)).then_some(s)
+    });
+    assert!(recording.is_some(), "{}", b.agent.log_text());
+    let s = state("DELETE");
+    assert_eq!(s["wanted"], false, "{s}");
+    let stopped = wait_for(Duration::from_secs(10), || {
+        b.agent
+            .log_text()
+            .contains("recording stopped on request")
+            .then_some(())
+    });
+    assert!(stopped.is_some(), "{}", b.agent.log_text());
+    assert_eq!(state("GET")["state"], "stopped");
+    // What was recorded plays, and stays.
+    let day = day_dir(&b.dir.path().join("rec/live/cam"));
+    let (video, _) = count_frames(
+        &b,
+        "ffprobe-stopped",
+        day.join("manifest.mpd").to_str().unwrap(),
+    );
+    assert!(video >= 75, "{video}");
+
+    // A stream that is not live: recorded from its next publish, on the agent named.
+    let r = send("POST", b.manager_http, "/api/record/live/door?agent=edge-1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["state"], "waiting");
+    let r = send("POST", b.manager_http, "/api/record/live/door?agent=ghost");
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = send("POST", b.manager_http, "/api/record/live/..");
+    assert_eq!(r.status, 400, "{}", r.text());
+}

@@ -79,15 +79,19 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     let state = StateHandle::new();
     let keys = keys::KeyTable::default();
     let whep = webrtc::Whep::new(&cfg.id, hub.clone(), cfg.webrtc.settings());
-    let record_dir = (!cfg.record.streams.is_empty()).then(|| cfg.record.dir.clone());
-    let router = http::router(hub.clone(), Some(whep.clone()), record_dir);
+    let router = http::router(
+        hub.clone(),
+        Some(whep.clone()),
+        Some(cfg.record.dir.clone()),
+    );
     // Days a recording begins go to the manager's index through the MQTT session.
     let (days_tx, days) = tokio::sync::mpsc::channel::<record::writer::NewDay>(64);
-    let index = (!cfg.record.streams.is_empty()).then(|| session::IndexInputs {
+    let recorder = record::Recorder::new(hub.clone(), cfg.record.settings(), days_tx);
+    let index = Some(session::IndexInputs {
+        recorder: recorder.clone(),
         outbox: cfg.record.dir.join(".index-outbox.json"),
         days,
     });
-    let recorder = record::Recorder::new(hub.clone(), cfg.record.settings(), days_tx);
     let hls = hls::http::router(hls::LiveHls::new(hub.clone(), cfg.hls.settings()));
     let tasks = vec![
         tokio::spawn(rtmp::serve(

@@ -4,6 +4,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use verge_protocol::index::{self, RecordParams};
 use verge_protocol::presence::Presence;
 use verge_protocol::rpc::{self, ErrorCode, Pong, RpcError};
 use verge_protocol::state::State;
@@ -18,6 +19,7 @@ pub struct Context {
     pub state: State,
     /// The WHEP service, if this agent serves WebRTC.
     pub whep: Option<Whep>,
+    pub recorder: Option<crate::record::Recorder>,
 }
 
 /// Result of `info`.
@@ -38,6 +40,31 @@ pub async fn dispatch(method: &str, params: Value, ctx: Context) -> Result<Value
                 "this agent does not serve WebRTC",
             )),
         };
+    }
+    if method.starts_with("record.") {
+        let Some(recorder) = ctx.recorder else {
+            return Err(RpcError::new(
+                ErrorCode::Unsupported,
+                "this agent does not record",
+            ));
+        };
+        let p: RecordParams = serde_json::from_value(params)
+            .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e.to_string()))?;
+        let stream = StreamName::from_id(&p.stream)
+            .map_err(|why| RpcError::new(ErrorCode::InvalidParams, why))?
+            .id();
+        let state = match method {
+            index::METHOD_RECORD_START => recorder.start(&stream),
+            index::METHOD_RECORD_STOP => recorder.stop(&stream),
+            index::METHOD_RECORD_STATE => recorder.state(&stream),
+            other => {
+                return Err(RpcError::new(
+                    ErrorCode::UnknownMethod,
+                    format!("this agent has no method {other:?}"),
+                ));
+            }
+        };
+        return to_value(state).map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()));
     }
     let result = match method {
         rpc::METHOD_PING => to_value(Pong { agent_time: now }),

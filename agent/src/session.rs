@@ -59,6 +59,7 @@ struct Shared {
     online: Presence,
     state: StateHandle,
     whep: Option<Whep>,
+    recorder: Option<crate::record::Recorder>,
 }
 
 impl Shared {
@@ -75,9 +76,10 @@ impl Shared {
     }
 }
 
-/// What the recorder hands the session for the recording index: its outbox file and the days
-/// recordings begin.
+/// What the recorder hands the session: itself (for the `record.*` methods), and for the
+/// recording index its outbox file and the days recordings begin.
 pub struct IndexInputs {
+    pub recorder: crate::record::Recorder,
     pub outbox: std::path::PathBuf,
     pub days: tokio::sync::mpsc::Receiver<crate::record::writer::NewDay>,
 }
@@ -169,6 +171,7 @@ pub async fn run(
         online,
         state,
         whep,
+        recorder: index.as_ref().map(|i| i.recorder.clone()),
     });
     // The current session number; 0 until the first CONNACK.
     let (connected_tx, connected_rx) = watch::channel(0u64);
@@ -474,6 +477,7 @@ async fn serve(
         presence: shared.online.clone(),
         state: shared.state.snapshot(),
         whep: shared.whep.clone(),
+        recorder: shared.recorder.clone(),
     };
     let budget = Duration::from_millis(timeout_ms.max(1));
     match tokio::time::timeout(budget, rpc::dispatch(&method, params, ctx)).await {

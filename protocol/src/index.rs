@@ -12,6 +12,38 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Kind, Message};
 
+/// RPC: record `stream` from now on (now if it is live, else from its next publish), whatever
+/// `[record] streams` says. Params [`RecordParams`], result [`RecordState`].
+pub const METHOD_RECORD_START: &str = "record.start";
+/// RPC: stop recording `stream` (what is written stays), even if `[record] streams` names it.
+pub const METHOD_RECORD_STOP: &str = "record.stop";
+/// RPC: whether and how `stream` is recorded.
+pub const METHOD_RECORD_STATE: &str = "record.state";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordParams {
+    /// `{app}/{name}`.
+    pub stream: String,
+}
+
+/// A stream's recording as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordState {
+    pub stream: String,
+    /// Recorded whenever it is published (by `[record] streams` or `record.start`).
+    pub wanted: bool,
+    /// `recording`, `waiting` (wanted, not live), `stopped` (not wanted), or `failed` (a write
+    /// failed: `error` says why; tried again at the next publish).
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Of the current (or failed) recording.
+    #[serde(default)]
+    pub segments: u64,
+    #[serde(default)]
+    pub bytes: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexRow {
     /// Chosen by the agent, unique among its rows: what an acknowledgement names.

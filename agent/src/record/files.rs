@@ -81,7 +81,7 @@ pub async fn serve(root: Option<&Path>, path: &str, headers: &HeaderMap) -> Resp
     let Some(root) = root else {
         return plain(
             StatusCode::NOT_FOUND,
-            "this agent records nothing ([record] streams is empty)".into(),
+            "this agent serves no recordings".into(),
         );
     };
     let (Some(file_path), Some(content_type)) = (resolve(root, path), content_type(path)) else {

@@ -25,9 +25,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use verge_media::fmp4::segmenter::{Output, Segmenter, SegmenterConfig};
 use verge_media::hub::Hub;
+use verge_protocol::index::RecordState;
 
 use writer::{NewDay, StreamWriter};
 
@@ -41,20 +41,25 @@ pub struct RecordSettings {
     pub keep_days: u32,
 }
 
-/// One stream's recording as the operator sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RecordingState {
-    pub stream: String,
-    /// `recording`, or `failed` (then `error` says why; it is retried when the stream is
-    /// published again).
-    pub state: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub segments: u64,
-    pub bytes: u64,
+/// One stream's recording, as the recorder tracks it.
+#[derive(Debug)]
+struct Recording {
+    /// `recording` or `failed`.
+    state: &'static str,
+    error: Option<String>,
+    segments: u64,
+    bytes: u64,
     /// The publisher session (its start, Unix ms) this recording belongs to.
-    #[serde(skip)]
     session: u64,
+    /// Ends the recording early (`record.stop`).
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// Run-time choices (`record.start` / `record.stop`), over `[record] streams`.
+#[derive(Debug, Default)]
+struct Choices {
+    started: std::collections::HashSet<String>,
+    stopped: std::collections::HashSet<String>,
 }
 
 /// Whether `stream` matches `pattern`, where `*` matches any run of characters.
@@ -83,7 +88,10 @@ pub fn matches(pattern: &str, stream: &str) -> bool {
 pub struct Recorder {
     hub: Arc<Hub>,
     settings: Arc<RecordSettings>,
-    states: Arc<Mutex<HashMap<String, RecordingState>>>,
+    states: Arc<Mutex<HashMap<String, Recording>>>,
+    choices: Arc<Mutex<Choices>>,
+    /// Wakes the loop that starts recordings (a `record.start` of a live stream).
+    rescan: Arc<tokio::sync::Notify>,
     /// Days begun, for whoever delivers the index (the MQTT session).
     days: tokio::sync::mpsc::Sender<NewDay>,
 }
@@ -99,25 +107,82 @@ impl Recorder {
             hub,
             settings: Arc::new(settings),
             states: Arc::default(),
+            choices: Arc::default(),
+            rescan: Arc::default(),
             days,
         }
     }
 
-    pub fn states(&self) -> Vec<RecordingState> {
-        let mut states: Vec<_> = lock(&self.states).values().cloned().collect();
-        states.sort_by(|a, b| a.stream.cmp(&b.stream));
-        states
+    /// Whether and how `stream` is recorded.
+    pub fn state(&self, stream: &str) -> RecordState {
+        let wanted = self.wanted(stream);
+        let states = lock(&self.states);
+        let current = states.get(stream);
+        RecordState {
+            stream: stream.to_string(),
+            wanted,
+            state: match current {
+                Some(r) => r.state.to_string(),
+                None if wanted => "waiting".to_string(),
+                None => "stopped".to_string(),
+            },
+            error: current.and_then(|r| r.error.clone()),
+            segments: current.map_or(0, |r| r.segments),
+            bytes: current.map_or(0, |r| r.bytes),
+        }
+    }
+
+    /// Records `stream` from now on (at once if it is live).
+    pub fn start(&self, stream: &str) -> RecordState {
+        {
+            let mut choices = lock(&self.choices);
+            choices.stopped.remove(stream);
+            choices.started.insert(stream.to_string());
+        }
+        // A failed recording of this session is tried again when asked.
+        let failed = lock(&self.states)
+            .get(stream)
+            .is_some_and(|r| r.state == "failed");
+        if failed {
+            lock(&self.states).remove(stream);
+        }
+        tracing::info!(%stream, "recording requested");
+        self.rescan.notify_one();
+        self.state(stream)
+    }
+
+    /// Stops recording `stream` (what is written stays), and does not record it again until
+    /// asked.
+    pub fn stop(&self, stream: &str) -> RecordState {
+        {
+            let mut choices = lock(&self.choices);
+            choices.started.remove(stream);
+            choices.stopped.insert(stream.to_string());
+        }
+        let mut states = lock(&self.states);
+        match states.get(stream) {
+            Some(r) if r.state == "recording" => {
+                r.stop.send_replace(true);
+            }
+            Some(_) => {
+                states.remove(stream);
+            }
+            None => {}
+        }
+        drop(states);
+        tracing::info!(%stream, "recording stop requested");
+        self.state(stream)
     }
 
     fn wanted(&self, stream: &str) -> bool {
-        self.settings.streams.iter().any(|p| matches(p, stream))
+        let choices = lock(&self.choices);
+        choices.started.contains(stream)
+            || (!choices.stopped.contains(stream)
+                && self.settings.streams.iter().any(|p| matches(p, stream)))
     }
 
     /// Starts recordings as streams are published, until the task is aborted.
     pub async fn run(self) {
-        if self.settings.streams.is_empty() {
-            return std::future::pending().await;
-        }
         tracing::info!(dir = %self.settings.dir.display(), streams = ?self.settings.streams, "recorder on");
         let mut changes = self.hub.changes();
         let retention = tokio::spawn(retention(self.settings.clone()));
@@ -138,28 +203,35 @@ impl Recorder {
                 let Ok(reader) = self.hub.subscribe(&stream) else {
                     continue;
                 };
+                let (stop, stop_rx) = tokio::sync::watch::channel(false);
                 states.insert(
                     stream.clone(),
-                    RecordingState {
-                        stream: stream.clone(),
+                    Recording {
                         state: "recording",
                         error: None,
                         segments: 0,
                         bytes: 0,
                         session: status.started_at,
+                        stop,
                     },
                 );
                 drop(states);
-                tokio::spawn(self.clone().record(stream, reader));
+                tokio::spawn(self.clone().record(stream, reader, stop_rx));
             }
-            if changes.changed().await.is_err() {
-                break;
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                () = self.rescan.notified() => {}
             }
         }
         retention.abort();
     }
 
-    async fn record(self, stream: String, mut reader: verge_media::hub::Reader) {
+    async fn record(
+        self,
+        stream: String,
+        mut reader: verge_media::hub::Reader,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         tracing::info!(%stream, "recording");
         let mut segmenter = Segmenter::new(SegmenterConfig {
             target_ms: self.settings.segment_ms,
@@ -170,7 +242,11 @@ impl Recorder {
         let mut failure = None;
         let mut ended = false;
         while failure.is_none() {
-            match reader.recv().await {
+            let frame = tokio::select! {
+                frame = reader.recv() => frame,
+                _ = stop.wait_for(|stop| *stop) => None,
+            };
+            match frame {
                 Some(frame) => {
                     if let Err(e) = segmenter.push(&frame) {
                         tracing::debug!(%stream, error = %e, "recorder: frame skipped");
@@ -231,6 +307,10 @@ impl Recorder {
                     state.state = "failed";
                     state.error = Some(error);
                 }
+            }
+            None if *stop.borrow() => {
+                tracing::info!(%stream, "recording stopped on request");
+                states.remove(&stream);
             }
             None => {
                 tracing::info!(%stream, "recording ended with the publisher");

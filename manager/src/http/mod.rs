@@ -16,6 +16,7 @@ pub mod error;
 pub mod keys;
 pub mod play;
 mod playback;
+mod record;
 pub mod streams;
 pub mod whep;
 
@@ -89,6 +90,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/playback/{name}", get(playback::days_in_live))
         .route("/api/playback/{app}/{name}", get(playback::days))
         .route("/api/record/object/{*path}", get(playback::object))
+        .route(
+            "/api/record/{name}",
+            get(record::state_in_live)
+                .post(record::start_in_live)
+                .delete(record::stop_in_live),
+        )
+        .route(
+            "/api/record/{app}/{name}",
+            get(record::state).post(record::start).delete(record::stop),
+        )
         .route("/play/{name}", get(play::page))
         .route("/play/{app}/{name}", get(play::page_in_app))
         .layer(DefaultBodyLimit::max(whep::MAX_BODY))
