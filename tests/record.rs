@@ -389,3 +389,126 @@ fn recording_is_started_and_stopped_at_run_time_through_the_manager() {
     let r = send("POST", b.manager_http, "/api/record/live/..");
     assert_eq!(r.status, 400, "{}", r.text());
 }
+
+#[test]
+fn index_events_that_are_forged_malformed_or_not_the_senders_own_are_refused() {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    use verge_protocol::envelope;
+    use verge_protocol::index::{IndexAck, IndexEvent};
+    use verge_protocol::key::MacKey;
+
+    let b = Edge::start(
+        "record-refusals",
+        &EdgeOptions {
+            noauth: true,
+            manager_toml: "[[agents]]\nid = \"edge-2\"\nsecret = \"s2\"\n".into(),
+            agent_toml: "[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/*\"]\nsegment_secs = 2\n"
+                .into(),
+            ..EdgeOptions::default()
+        },
+    );
+    publish_and_wait(&b, "ffmpeg", 4, 1);
+    let owned = wait_for(Duration::from_secs(20), || {
+        let r = get(b.manager_http, "/api/playback/live/cam").ok()?;
+        (r.status == 200).then(|| r.json())
+    });
+    let owned = owned.expect("edge-1's day indexed");
+    let day_path = owned[0]["mpd_path"].as_str().unwrap().to_string();
+
+    // edge-2, with its own valid credentials, tries its luck.
+    let mqtt = listener(&b.manager_listeners, "mqtt");
+    let mut opts = MqttOptions::new("edge-2", "127.0.0.1", mqtt.port());
+    opts.set_credentials("edge-2", "s2")
+        .set_keep_alive(Duration::from_secs(5));
+    let (client, mut connection) = Client::new(opts, 64);
+    client
+        .subscribe("verge/v1/a/edge-2/+", QoS::AtLeastOnce)
+        .unwrap();
+    let (acks_tx, acks) = std::sync::mpsc::channel::<IndexAck>();
+    std::thread::spawn(move || {
+        let key = MacKey::new("s2");
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic.contains("/ack:") => {
+                    if let Ok(opened) = envelope::open::<IndexAck>(&p.payload, &key) {
+                        let _ = acks_tx.send(opened.body);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let row = |id: &str, stream: &str, path: &str| verge_protocol::index::IndexRow {
+        id: id.into(),
+        stream: stream.into(),
+        year: owned[0]["year"].as_i64().unwrap() as i32,
+        month: owned[0]["month"].as_u64().unwrap() as u32,
+        day: owned[0]["day"].as_u64().unwrap() as u32,
+        mpd_path: path.into(),
+    };
+    let s2 = MacKey::new("s2");
+    let event = |rows| {
+        envelope::seal(
+            &s2,
+            "edge-2",
+            verge_protocol::now_ms(),
+            &IndexEvent { rows },
+        )
+    };
+    // Garbage; a row for edge-1's stream-day; a path outside the row's own manifest.
+    let publish = |topic: &str, payload: Vec<u8>| {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .unwrap()
+    };
+    publish("verge/v1/a/edge-2/idx", b"{not an envelope".to_vec());
+    publish(
+        "verge/v1/a/edge-2/idx",
+        event(vec![
+            row("theirs", "live/cam", &day_path),
+            row("escape", "live/cam", "../../../etc/passwd"),
+        ]),
+    );
+    // On edge-1's topic, signed with edge-2's key: does not open as edge-1.
+    publish(
+        "verge/v1/a/edge-1/idx",
+        event(vec![row("forged", "live/door", "live/door/x/manifest.mpd")]),
+    );
+    let ack = acks
+        .recv_timeout(Duration::from_secs(20))
+        .expect("edge-2 gets an answer for its own event");
+    assert!(ack.ids.is_empty(), "{ack:?}");
+    let reasons: Vec<(&str, &str)> = ack
+        .refused
+        .iter()
+        .map(|r| (r.id.as_str(), r.reason.as_str()))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|(id, why)| *id == "theirs" && why.contains("edge-1")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(id, why)| *id == "escape" && why.contains("mpd_path")),
+        "{reasons:?}"
+    );
+
+    // The index is as it was: edge-1's day, nothing else.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        get(b.manager_http, "/api/playback").unwrap().json(),
+        serde_json::json!(["live/cam"])
+    );
+    let rows = get(b.manager_http, "/api/playback/live/cam")
+        .unwrap()
+        .json();
+    assert_eq!(rows, owned);
+    let log = b.manager.log_text();
+    assert!(log.contains("index event that does not open"), "{log}");
+}
