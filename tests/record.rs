@@ -512,3 +512,44 @@ fn index_events_that_are_forged_malformed_or_not_the_senders_own_are_refused() {
     let log = b.manager.log_text();
     assert!(log.contains("index event that does not open"), "{log}");
 }
+
+#[test]
+fn a_day_recorded_while_the_box_is_cut_off_is_indexed_once_the_manager_is_back() {
+    let broker = verge::testkit::reserve_port();
+    let mut b = Edge::start(
+        "record-cut-off",
+        &EdgeOptions {
+            noauth: true,
+            agent_toml: "[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/*\"]\nsegment_secs = 2\n"
+                .into(),
+            broker_listen: Some(broker.addr()),
+            ..EdgeOptions::default()
+        },
+    );
+    // The manager, and with it the broker, goes away: the box records on its own.
+    b.stop_manager();
+    let cut_off = wait_for(Duration::from_secs(20), || {
+        b.agent
+            .log_text()
+            .contains("broker connection lost")
+            .then_some(())
+    });
+    assert!(cut_off.is_some(), "{}", b.agent.log_text());
+    publish_and_wait(&b, "ffmpeg", 6, 1);
+
+    // Back: the row waiting in the agent's outbox arrives, once.
+    b.start_manager("manager-2");
+    let rows = wait_for(Duration::from_secs(60), || {
+        let r = get(b.manager_http, "/api/playback/live/cam").ok()?;
+        (r.status == 200).then(|| r.json())
+    });
+    let rows = rows.unwrap_or_else(|| panic!("{}\n{}", b.agent.log_text(), b.manager.log_text()));
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    let url = format!(
+        "http://{}/api/record/object/{}",
+        b.manager_http,
+        rows[0]["mpd_path"].as_str().unwrap()
+    );
+    let (video, _) = count_frames(&b, "ffprobe-after", &url);
+    assert_eq!(video, 150);
+}

@@ -21,8 +21,12 @@ pub struct EdgeOptions {
     /// `("small", "400k")`: the agent runs in a mount namespace of its own (`unshare -rm`), so
     /// a test can fill a disk without touching the machine's.
     pub agent_tmpfs: Option<(&'static str, &'static str)>,
-    /// The manager's `DATABASE_URL` (the testkit's default: SQLite in the fixture's folder).
+    /// The manager's `DATABASE_URL` (default: SQLite in the fixture's folder, kept across
+    /// [`Edge::start_manager`]).
     pub database_url: Option<String>,
+    /// The embedded broker's address (default: any port). A test that restarts the manager
+    /// passes a reserved port, so the agent finds the broker again.
+    pub broker_listen: Option<SocketAddr>,
 }
 
 pub struct Edge {
@@ -36,6 +40,9 @@ pub struct Edge {
     pub manager: Proc,
     pub agent: Proc,
     pub agent_cfg: PathBuf,
+    pub manager_cfg: PathBuf,
+    /// The manager's `DATABASE_URL`.
+    pub database_url: String,
     /// Last: fields drop in order, and a failing test's processes print their logs from here.
     pub dir: TempDir,
 }
@@ -52,24 +59,24 @@ impl Edge {
         let manager_cfg = dir.write(
             "manager.toml",
             &format!(
-                "[http]\nlisten = \"{ANY_PORT}\"\n[broker]\nlisten = \"{ANY_PORT}\"\n\
+                "[http]\nlisten = \"{ANY_PORT}\"\n[broker]\nlisten = \"{}\"\n\
                  [keys]\nfile = \"{}\"\n[[agents]]\nid = \"edge-1\"\nsecret = \"s1\"\n{rpc_timeout}{}",
+                opts.broker_listen
+                    .map_or(ANY_PORT.to_string(), |a| a.to_string()),
                 dir.path().join("keys.json").display(),
                 opts.manager_toml.replace("{dir}", &dir.path().display().to_string())
             ),
         );
-        let manager_env: Vec<(&str, &str)> = opts
+        let database_url = opts
             .database_url
-            .as_deref()
-            .map(|url| ("DATABASE_URL", url))
-            .into_iter()
-            .collect();
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}/manager.db?mode=rwc", dir.path().display()));
         let (manager, manager_listeners) = Proc::spawn_ready_with_env(
             "manager",
             &bin("verge-manager"),
             &["--config", manager_cfg.to_str().unwrap_or_default()],
             dir.path(),
-            &manager_env,
+            &[("DATABASE_URL", &database_url)],
         );
         let (manager_http, mqtt) = (
             listener(&manager_listeners, "http"),
@@ -135,7 +142,31 @@ impl Edge {
             manager,
             agent,
             agent_cfg,
+            manager_cfg,
+            database_url,
         }
+    }
+
+    /// Stops the manager (SIGTERM) and waits for it to exit; its broker goes with it.
+    pub fn stop_manager(&mut self) {
+        self.manager.signal("TERM");
+        let exited = wait_for(READY_TIMEOUT, || self.manager.exited().then_some(()));
+        assert!(exited.is_some(), "the manager did not exit on SIGTERM");
+    }
+
+    /// Starts the manager again with the same configuration and database (`label` names its
+    /// log); its HTTP port may change, the broker's stays if `broker_listen` was given.
+    pub fn start_manager(&mut self, label: &str) {
+        let (manager, listeners) = Proc::spawn_ready_with_env(
+            label,
+            &bin("verge-manager"),
+            &["--config", self.manager_cfg.to_str().unwrap_or_default()],
+            self.dir.path(),
+            &[("DATABASE_URL", &self.database_url)],
+        );
+        self.manager = manager;
+        self.manager_http = listener(&listeners, "http");
+        self.manager_listeners = listeners;
     }
 
     /// ffmpeg publishing a synthetic H.264 + AAC stream (`size` e.g. `640x360`, `fps`, a
