@@ -238,9 +238,17 @@ fn a_full_disk_stops_the_recording_and_keeps_what_was_written_playable() {
     let line =
         stopped.unwrap_or_else(|| panic!("the recording never stopped:\n{}", b.agent.log_text()));
     assert!(line.contains("No space left on device"), "{line}");
-    // The stream itself goes on.
+    // The stream itself goes on, and the agent says what happened to its recording.
     assert!(!ffmpeg.exited(), "{}", ffmpeg.log_text());
     assert!(b.listed_stream("cam").is_some());
+    let state = verge::testkit::send("GET", b.manager_http, "/api/record/live/cam").json();
+    assert_eq!(state["state"], "failed", "{state}");
+    assert!(
+        state["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("No space left on device")),
+        "{state}"
+    );
 
     // What was written before the disk filled plays to its end. The tmpfs is the agent's
     // own: read it through the agent's HTTP port, as a player would.

@@ -109,6 +109,21 @@ pub struct BrokerSettings {
     pub segment_count: usize,
     pub agent_segment_size: usize,
     pub agent_segment_count: usize,
+    /// An in-process client of the broker (no socket, no MQTT encoding) subscribed to these
+    /// filters: the manager's tunnel traffic, where each hop shows in the round trip.
+    pub local_link: Option<LocalLinkSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalLinkSpec {
+    pub client_id: String,
+    pub filters: Vec<String>,
+}
+
+/// The two halves of a local link (rumqttd's own types).
+pub struct LocalLink {
+    pub tx: rumqttd::local::LinkTx,
+    pub rx: rumqttd::local::LinkRx,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +143,8 @@ pub enum BrokerError {
     },
     #[error("TLS file {0} does not exist")]
     MissingTlsFile(String),
+    #[error("local link: {0}")]
+    LocalLink(String),
     #[error("cannot start the broker thread: {0}")]
     Thread(std::io::Error),
 }
@@ -138,6 +155,8 @@ pub struct EmbeddedBroker {
     /// The address bound (a configured port 0 is a real port here).
     pub listen: SocketAddr,
     pub tls_listen: Option<SocketAddr>,
+    /// The local link asked for in [`BrokerSettings::local_link`], to be taken once.
+    pub local_link: Option<LocalLink>,
     _reservations: Vec<PortReservation>,
 }
 
@@ -170,6 +189,20 @@ pub fn start(
 
     let config = rumqttd_config(&bound, &credentials);
     let mut broker = Broker::new(config);
+    // The router runs from `Broker::new`, so a local link can subscribe before the listeners.
+    let local_link = match &settings.local_link {
+        Some(spec) => {
+            let (mut tx, rx) = broker
+                .link(&spec.client_id)
+                .map_err(|e| BrokerError::LocalLink(e.to_string()))?;
+            for filter in &spec.filters {
+                tx.subscribe(filter.clone())
+                    .map_err(|e| BrokerError::LocalLink(e.to_string()))?;
+            }
+            Some(LocalLink { tx, rx })
+        }
+        None => None,
+    };
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
@@ -189,6 +222,7 @@ pub fn start(
     Ok(EmbeddedBroker {
         listen: tcp.addr,
         tls_listen: tls.as_ref().map(|t| t.addr),
+        local_link,
         _reservations: [Some(tcp), tls].into_iter().flatten().collect(),
     })
 }

@@ -9,6 +9,7 @@ use verge_broker::{BrokerSettings, Credentials};
 
 fn settings(port: u16) -> BrokerSettings {
     BrokerSettings {
+        local_link: None,
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
         tls: None,
         max_connections: 100,

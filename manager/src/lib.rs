@@ -153,7 +153,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     // ':' cannot appear in an agent id, so no agent can take this client id.
     let client_id = format!("verge-manager:{}", cfg.mqtt.id);
 
-    let (url, broker, username, password, broker_kind) = match cfg.external_broker()? {
+    let (url, mut broker, username, password, broker_kind) = match cfg.external_broker()? {
         Some(url) => {
             tracing::info!(broker = %url, "using an external MQTT broker");
             (
@@ -187,6 +187,10 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
                 segment_count: cfg.broker.segment_count,
                 agent_segment_size: cfg.broker.agent_segment_size,
                 agent_segment_count: cfg.broker.agent_segment_count,
+                local_link: Some(verge_broker::LocalLinkSpec {
+                    client_id: format!("verge-manager-tunnel:{}", cfg.mqtt.id),
+                    filters: vec![topics.tunnel_up_all(&cfg.mqtt.id)],
+                }),
             };
             let broker = tokio::task::spawn_blocking({
                 let credentials = credentials.clone();
@@ -249,6 +253,12 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     ));
     let connected = Arc::new(AtomicBool::new(false));
     let (link_up, link_up_rx) = tokio::sync::watch::channel(false);
+    // With the embedded broker the tunnel rides an in-process link to it.
+    let (local_publisher, local_rx) = match broker.as_mut().and_then(|b| b.local_link.take()) {
+        Some(link) => (Some(tunnel::local::Publisher::new(link.tx)), Some(link.rx)),
+        None => (None, None),
+    };
+    let tunnel_over_session = local_publisher.is_none();
     let tunnels = tunnel::Tunnels::new(
         &cfg.mqtt.id,
         client.clone(),
@@ -257,7 +267,16 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         link_up_rx,
         cfg.tunnel.clone(),
         cfg.down_in_flight(broker.is_some()),
+        local_publisher,
     );
+    if let Some(rx) = local_rx {
+        tokio::spawn(tunnel::local::receive(
+            rx,
+            topics.clone(),
+            cfg.mqtt.id.clone(),
+            tunnels.clone(),
+        ));
+    }
     let _ = tunnel_cell.set(tunnels.clone());
     let database_url = cfg.database.effective_url();
     let db = index::db::Db::open(
@@ -294,6 +313,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         tunnels: tunnels.clone(),
         keys: keys.clone(),
         index: index.clone(),
+        tunnel_over_session,
     };
     tokio::spawn(session.run(events));
     if broker.is_some() {

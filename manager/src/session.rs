@@ -37,6 +37,9 @@ pub struct FleetSession {
     pub tunnels: crate::tunnel::Tunnels,
     pub keys: crate::keys::KeyDistributor,
     pub index: crate::index::Index,
+    /// Tunnel packets come over this session (an external broker); false when they use the
+    /// embedded broker's local link (subscribing here too would deliver each twice).
+    pub tunnel_over_session: bool,
 }
 
 impl FleetSession {
@@ -61,16 +64,18 @@ impl FleetSession {
     }
 
     fn subscribe(&self) {
-        let filters = vec![
+        let mut filters = vec![
             SubscribeFilter::new(self.topics.all_presence(), self.retained_qos),
             SubscribeFilter::new(self.topics.all_state(), self.retained_qos),
             SubscribeFilter::new(self.topics.reply(&self.manager_id), QoS::AtMostOnce),
-            SubscribeFilter::new(
-                self.topics.tunnel_up_all(&self.manager_id),
-                QoS::AtLeastOnce,
-            ),
             SubscribeFilter::new(self.topics.all_index(), QoS::AtLeastOnce),
         ];
+        if self.tunnel_over_session {
+            filters.push(SubscribeFilter::new(
+                self.topics.tunnel_up_all(&self.manager_id),
+                QoS::AtLeastOnce,
+            ));
+        }
         let client = self.client.clone();
         // On a task: the subscribe waits for room in the request queue that this loop's
         // draining makes.

@@ -4,8 +4,11 @@
 //!
 //! - [`forward`]: `[[tunnel.forward]]` port forwards: a listener here, a target on an agent.
 //! - [`socks`]: `[tunnel] socks_listen`, a SOCKS5 proxy whose hosts are agents.
+//! - [`local`]: with the embedded broker, the tunnel's packets use an in-process link to it
+//!   instead of the manager's MQTT connection.
 
 pub mod forward;
+pub mod local;
 pub mod socks;
 
 use std::collections::HashMap;
@@ -48,6 +51,8 @@ struct Inner {
     /// Bytes in flight towards one agent: what the broker holds for it without dropping.
     down_in_flight: u64,
     links: Mutex<HashMap<String, MqttTunnel>>,
+    /// With the embedded broker: packets to agents go into it directly (see [`local`]).
+    local: Option<local::Publisher>,
 }
 
 impl Tunnels {
@@ -59,9 +64,11 @@ impl Tunnels {
         link_up: watch::Receiver<bool>,
         cfg: TunnelConfig,
         down_in_flight: u64,
+        local: Option<local::Publisher>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                local,
                 manager_id: manager_id.to_string(),
                 client,
                 topics,
@@ -93,13 +100,14 @@ impl Tunnels {
         };
         let cfg = EndpointConfig::link(Side::Manager, &secret, &inner.manager_id, limits);
         let topic = inner.topics.tunnel_down(agent, &inner.manager_id);
-        let (link, incoming) =
-            MqttTunnel::spawn(cfg, inner.client.clone(), topic, inner.link_up.clone()).map_err(
-                |e| TunnelOpenError::Link {
-                    agent: agent.to_string(),
-                    reason: e.to_string(),
-                },
-            )?;
+        let spawned = match &inner.local {
+            Some(local) => MqttTunnel::spawn_on(cfg, local.for_topic(topic), local.link_up()),
+            None => MqttTunnel::spawn(cfg, inner.client.clone(), topic, inner.link_up.clone()),
+        };
+        let (link, incoming) = spawned.map_err(|e| TunnelOpenError::Link {
+            agent: agent.to_string(),
+            reason: e.to_string(),
+        })?;
         tokio::spawn(refuse_all(incoming, agent.to_string()));
         tracing::info!(%agent, "tunnel link up");
         let endpoint = link.endpoint.clone();

@@ -70,6 +70,41 @@ impl MqttTunnel {
         ))
     }
 
+    /// Starts the endpoint on a publisher of the caller's: `publish` hands a sealed packet on
+    /// without waiting, or gives it back when it has no room (then it is tried again, 1 ms
+    /// later, by a task of its own). For an in-process link to the broker.
+    pub fn spawn_on(
+        cfg: EndpointConfig,
+        publish: std::sync::Arc<dyn Fn(Vec<u8>) -> Result<(), Vec<u8>> + Send + Sync>,
+        link_up: watch::Receiver<bool>,
+    ) -> Result<(Self, mpsc::Receiver<Incoming>), SealError> {
+        let (packets_in, in_rx) = mpsc::channel(PACKETS_IN);
+        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(PACKETS_OUT);
+        let direct: DirectOut = {
+            let publish = publish.clone();
+            Box::new(move |packet| publish(packet))
+        };
+        let (endpoint, incoming) = Endpoint::spawn_with(cfg, in_rx, out_tx, Some(direct), link_up)?;
+        tokio::spawn(async move {
+            while let Some(mut packet) = out_rx.recv().await {
+                loop {
+                    match publish(packet) {
+                        Ok(()) => break,
+                        Err(back) => packet = back,
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        });
+        Ok((
+            Self {
+                endpoint,
+                packets_in,
+            },
+            incoming,
+        ))
+    }
+
     /// Hands a packet from the peer to the endpoint without waiting; false when it had to be
     /// dropped (the endpoint is far behind or gone; the peer resends what is not acked).
     pub fn deliver(&self, packet: Vec<u8>) -> bool {
