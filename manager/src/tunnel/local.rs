@@ -40,10 +40,7 @@ impl Publisher {
     }
 
     /// A sender of packets to `topic`.
-    pub fn for_topic(
-        &self,
-        topic: String,
-    ) -> Arc<dyn Fn(Vec<u8>) -> Result<(), Vec<u8>> + Send + Sync> {
+    pub fn for_topic(&self, topic: String) -> verge_mqtt::tunnel::SharedPublish {
         let tx = self.tx.clone();
         let topic = bytes::Bytes::from(topic);
         Arc::new(move |packet: Vec<u8>| {

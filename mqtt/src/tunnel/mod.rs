@@ -8,5 +8,5 @@ pub mod over_mqtt;
 pub mod stream;
 
 pub use endpoint::{Endpoint, EndpointConfig, EndpointStats, Incoming, LinkLimits, TunnelError};
-pub use over_mqtt::MqttTunnel;
+pub use over_mqtt::{MqttTunnel, SharedPublish};
 pub use stream::{Moved, TunnelStream};

@@ -20,6 +20,9 @@ const PACKETS_IN: usize = 1024;
 /// Sealed packets queued for publishing: with 32 KiB packets, 2 MiB.
 const PACKETS_OUT: usize = 64;
 
+/// Hands a sealed packet on without waiting, or gives it back when there is no room.
+pub type SharedPublish = std::sync::Arc<dyn Fn(Vec<u8>) -> Result<(), Vec<u8>> + Send + Sync>;
+
 /// One end of a tunnel link over MQTT.
 pub struct MqttTunnel {
     pub endpoint: Endpoint,
@@ -75,7 +78,7 @@ impl MqttTunnel {
     /// later, by a task of its own). For an in-process link to the broker.
     pub fn spawn_on(
         cfg: EndpointConfig,
-        publish: std::sync::Arc<dyn Fn(Vec<u8>) -> Result<(), Vec<u8>> + Send + Sync>,
+        publish: SharedPublish,
         link_up: watch::Receiver<bool>,
     ) -> Result<(Self, mpsc::Receiver<Incoming>), SealError> {
         let (packets_in, in_rx) = mpsc::channel(PACKETS_IN);
