@@ -267,8 +267,11 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         link_up_rx,
         cfg.tunnel.clone(),
         cfg.down_in_flight(broker.is_some()),
-        local_publisher,
     );
+    let tunnels = match local_publisher {
+        Some(publisher) => tunnels.over_local_link(publisher),
+        None => tunnels,
+    };
     if let Some(rx) = local_rx {
         tokio::spawn(tunnel::local::receive(
             rx,

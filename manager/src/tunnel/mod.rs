@@ -64,11 +64,10 @@ impl Tunnels {
         link_up: watch::Receiver<bool>,
         cfg: TunnelConfig,
         down_in_flight: u64,
-        local: Option<local::Publisher>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                local,
+                local: None,
                 manager_id: manager_id.to_string(),
                 client,
                 topics,
@@ -79,6 +78,16 @@ impl Tunnels {
                 links: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Tunnel packets go through `publisher` (the embedded broker's local link) instead of the
+    /// MQTT client. Only on a new value, before it is shared.
+    pub fn over_local_link(mut self, publisher: local::Publisher) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.local = Some(publisher),
+            None => tracing::error!("tunnel: local link set after start; using the MQTT client"),
+        }
+        self
     }
 
     /// The endpoint of the link to `agent`, started if there is none.
