@@ -23,12 +23,14 @@ usage:
       Any port may be 0. --ready-file: once all is up, write the bound addresses there as
       one JSON object with keys http, mqtt, rtmp, agent_http, hls.
   verge secret <enrollment-secret> <agent-id>
-      Print the secret of an agent admitted by [enrollment] secret.";
+      Print the secret of an agent admitted by [enrollment] secret.
+";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("up") => up(&args[1..]),
+        Some(command) if verge::cli::handles(command) => verge::cli::run(command, &args[1..]),
         Some("secret") if args.len() == 3 => {
             println!(
                 "{}",
@@ -41,11 +43,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("--help" | "-h" | "help") => {
-            println!("{USAGE}");
+            println!("{USAGE}{}", verge::cli::USAGE);
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("{USAGE}");
+            eprintln!("{USAGE}{}", verge::cli::USAGE);
             ExitCode::from(2)
         }
     }

@@ -95,6 +95,18 @@ pub async fn request(
     body: &str,
     timeout: Duration,
 ) -> Result<Response, WhepError> {
+    request_with(method, url, &[], content_type, body, timeout).await
+}
+
+/// [`request`] with extra request headers (e.g. `Authorization`).
+pub async fn request_with(
+    method: &str,
+    url: &HttpUrl,
+    headers: &[(&str, &str)],
+    content_type: Option<&str>,
+    body: &str,
+    timeout: Duration,
+) -> Result<Response, WhepError> {
     let exchange = async {
         let mut stream = TcpStream::connect((url.host.as_str(), url.port)).await?;
         stream.set_nodelay(true)?;
@@ -106,6 +118,9 @@ pub async fn request(
         );
         if let Some(ct) = content_type {
             head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).await?;
