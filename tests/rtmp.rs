@@ -511,3 +511,58 @@ fn a_key_bound_to_an_agent_is_given_to_that_agent_only() {
         201
     );
 }
+
+#[test]
+fn a_b_frame_stream_is_flagged_with_advice_and_a_plain_one_is_not() {
+    use verge::testkit::Proc;
+    use verge::testkit::edge::tool;
+    let b = start();
+    // x264's defaults (no zerolatency): B-frames.
+    let url = format!("rtmp://{}/live/bframes", b.rtmp);
+    let _with = Proc::spawn(
+        "ffmpeg-bframes",
+        tool("ffmpeg"),
+        &[
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=640x360:rate=25",
+            "-t",
+            "30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-bf",
+            "3",
+            "-g",
+            "50",
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "flv",
+            &url,
+        ],
+        b.dir.path(),
+    );
+    let _without = publish(&b, "ffmpeg-plain", "plain", 30);
+    let flagged = wait_for(Duration::from_secs(30), || {
+        b.listed_stream("bframes").filter(|s| s["bFrames"] == true)
+    });
+    let flagged = flagged.unwrap_or_else(|| panic!("{:?}", b.listed_stream("bframes")));
+    let advice = flagged["encoderAdvice"].as_str().unwrap_or_default();
+    assert!(
+        advice.contains("-bf 0") && advice.contains("bframes=0"),
+        "{flagged}"
+    );
+    let plain = wait_for(Duration::from_secs(30), || {
+        b.listed_stream("plain").filter(|s| s["fps"].is_number())
+    })
+    .unwrap();
+    assert_eq!(plain["bFrames"], false, "{plain}");
+    assert!(plain.get("encoderAdvice").is_none(), "{plain}");
+}

@@ -69,8 +69,15 @@ fn info(status: &StreamStatus) -> StreamInfo {
         publisher: Some(status.publisher.clone()),
         readers: status.readers as u32,
         webrtc_omits: crate::webrtc::omits(status.video.as_deref(), status.audio.as_deref()),
+        b_frames: status.b_frames,
+        encoder_advice: status.b_frames.then(|| B_FRAME_ADVICE.to_string()),
     }
 }
+
+/// What the operator of a B-frame encoder should change.
+pub const B_FRAME_ADVICE: &str = "the encoder sends B-frames, which WebRTC viewers may see stutter: \
+     turn them off (OBS: Output > x264 options bframes=0, or a NVENC/QuickSync preset with \
+     'Max B-frames' 0; ffmpeg: -bf 0)";
 
 /// What makes a stream list worth publishing at once: which streams, and what they are.
 /// Bitrate, fps and reader counts wait for the periodic refresh.

@@ -94,6 +94,8 @@ pub struct StreamStatus {
     pub fps: Option<f64>,
     pub bitrate_kbps: u32,
     pub readers: usize,
+    /// Frames come out of display order (non-zero FLV composition times): B-frames.
+    pub b_frames: bool,
 }
 
 #[derive(Default)]
@@ -127,6 +129,7 @@ struct ChannelState {
     audio: Option<String>,
     size: Option<(u32, u32)>,
     rate: RateMeter,
+    b_frames: bool,
 }
 
 struct Slot {
@@ -225,6 +228,7 @@ impl Hub {
                 audio: None,
                 size: None,
                 rate: RateMeter::new(),
+                b_frames: false,
             }),
         });
         streams.insert(id.to_string(), channel.clone());
@@ -308,6 +312,7 @@ impl Hub {
                     fps: st.rate.fps,
                     bitrate_kbps: st.rate.kbps,
                     readers: st.readers.len(),
+                    b_frames: st.b_frames,
                 }
             })
             .collect();
@@ -347,7 +352,13 @@ impl Publisher {
                 describe_audio(st, &frame);
                 st.audio_header = Some(frame.clone());
             }
-            _ => cache_in_gop(st, &frame, config.gop_max_bytes),
+            _ => {
+                if frame.kind == MediaKind::Video && !st.b_frames && has_composition_offset(&frame)
+                {
+                    st.b_frames = true;
+                }
+                cache_in_gop(st, &frame, config.gop_max_bytes)
+            }
         }
         let keyframe = frame.is_keyframe();
         let always = frame.kind == MediaKind::Data || frame.is_sequence_header();
@@ -376,6 +387,12 @@ impl Publisher {
             slot.notify.notify_one();
         }
     }
+}
+
+/// An AVC frame (codec 7, packet type 1) with a non-zero composition time: displayed at another
+/// time than decoded, which only reordering (B-frames) needs.
+fn has_composition_offset(frame: &Frame) -> bool {
+    matches!(frame.payload.get(..5), Some([first, 1, c0, c1, c2]) if first & 0x0f == 7 && [*c0, *c1, *c2] != [0, 0, 0])
 }
 
 fn cache_in_gop(st: &mut ChannelState, frame: &Frame, max_bytes: usize) {

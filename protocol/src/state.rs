@@ -41,6 +41,13 @@ pub struct StreamInfo {
     /// cannot carry). `None` when they get all of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webrtc_omits: Option<String>,
+    /// The encoder sends B-frames (frames out of display order).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub b_frames: bool,
+    /// What to change at the encoder, in plain words, when something about the stream hurts
+    /// its viewers (B-frames today).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_advice: Option<String>,
 }
 
 impl StreamInfo {

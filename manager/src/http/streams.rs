@@ -36,6 +36,11 @@ pub struct Stream {
     /// What WebRTC viewers do not get of this stream, and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webrtc_omits: Option<String>,
+    /// The encoder sends B-frames.
+    pub b_frames: bool,
+    /// What to change at the encoder, when something hurts viewers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoder_advice: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -110,6 +115,8 @@ fn shape(agent: &str, s: &StreamInfo) -> Stream {
         bitrate_kbps: s.bitrate_kbps,
         readers: s.readers,
         webrtc_omits: s.webrtc_omits.clone(),
+        b_frames: s.b_frames,
+        encoder_advice: s.encoder_advice.clone(),
     }
 }
 
