@@ -336,3 +336,63 @@ fn whep_refusals_are_statuses_a_client_can_act_on() {
     );
     ffmpeg.signal("KILL");
 }
+
+#[test]
+fn each_session_gets_its_own_turn_credentials_with_coturn_configured() {
+    let edge = Edge::start(
+        "whep-coturn",
+        &EdgeOptions {
+            noauth: true,
+            manager_toml: "[extra_ice.coturn]\nsecret = \"north\"\nurls = [\"turn:127.0.0.1:3478?transport=udp\"]\nttl = 600\n"
+                .into(),
+            ..Default::default()
+        },
+    );
+    let turn = |r: &Response| -> (String, String) {
+        let link = r
+            .all("link")
+            .find(|l| l.contains("turn:127.0.0.1:3478"))
+            .unwrap_or_else(|| panic!("no TURN server in {:?}", r.headers))
+            .to_string();
+        let field = |name: &str| {
+            link.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_default()
+                .to_string()
+        };
+        (field("username"), field("credential"))
+    };
+    let now = verge_protocol::now_ms() / 1000;
+    let first = turn(
+        &request(
+            "OPTIONS",
+            edge.manager_http,
+            "/whep/cam",
+            &[],
+            b"",
+            Duration::from_secs(10),
+        )
+        .unwrap(),
+    );
+    let second = turn(
+        &request(
+            "OPTIONS",
+            edge.manager_http,
+            "/whep/cam",
+            &[],
+            b"",
+            Duration::from_secs(10),
+        )
+        .unwrap(),
+    );
+    assert_ne!(first.0, second.0, "every session its own username");
+    for (username, credential) in [first, second] {
+        let expiry: u64 = username.split(':').next().unwrap().parse().unwrap();
+        assert!((now + 590..=now + 610).contains(&expiry), "{username}");
+        assert_eq!(
+            credential,
+            verge_manager::ice::credential("north", &username)
+        );
+    }
+}

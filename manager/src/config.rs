@@ -151,8 +151,28 @@ pub struct Forward {
 #[serde(default)]
 pub struct ExtraIce {
     pub ice_servers: Vec<verge_protocol::whep::IceServer>,
+    /// coturn's TURN REST credentials (`use-auth-secret` / `static-auth-secret`): each WHEP
+    /// session gets its own username and password, valid for `ttl` seconds.
+    pub coturn: Option<Coturn>,
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
+}
+
+/// `[extra_ice.coturn]` (liveman's keys).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Coturn {
+    /// coturn's `static-auth-secret`.
+    pub secret: String,
+    /// e.g. `["turn:turn.example.net:3478?transport=udp", "turns:turn.example.net:5349"]`.
+    pub urls: Vec<String>,
+    /// Seconds a credential stays valid.
+    #[serde(default = "default_coturn_ttl")]
+    pub ttl: u64,
+}
+
+fn default_coturn_ttl() -> u64 {
+    86_400
 }
 
 /// The embedded broker; not started when `[mqtt] url` names an external one.

@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod http;
+pub mod ice;
 pub mod index;
 pub mod keys;
 pub mod registry;
@@ -340,7 +341,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         broker: broker_kind,
         keys,
         rpc_timeout: cfg.rpc_timeout(),
-        ice_servers: Arc::new(cfg.extra_ice.ice_servers.clone()),
+        ice: Arc::new(cfg.extra_ice.clone()),
         tunnels: tunnels.clone(),
         index,
     });

@@ -40,8 +40,9 @@ pub struct AppState {
     pub broker: &'static str,
     pub keys: crate::keys::KeyDistributor,
     pub rpc_timeout: Duration,
-    /// `[extra_ice] ice_servers`: for viewers (`Link`) and the agent's peer connection.
-    pub ice_servers: Arc<Vec<verge_protocol::whep::IceServer>>,
+    /// `[extra_ice]`: ICE servers for viewers (`Link`) and the agent's peer connection, with
+    /// per-session TURN credentials (see [`crate::ice`]).
+    pub ice: Arc<crate::config::ExtraIce>,
     pub tunnels: crate::tunnel::Tunnels,
     pub index: crate::index::Index,
 }

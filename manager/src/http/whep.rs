@@ -27,12 +27,19 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// peer connection before it gathers candidates for the offer.
 pub async fn preflight(State(app): State<AppState>) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
-    add_links(&mut response, &app);
+    let servers = session_ice(&app);
+    add_links(&mut response, &servers);
     cors(response)
 }
 
-fn add_links(response: &mut Response, app: &AppState) {
-    for link in whep::link_headers(&app.ice_servers) {
+/// ICE servers for one new session (fresh TURN credentials with `[extra_ice.coturn]`).
+fn session_ice(app: &AppState) -> Vec<verge_protocol::whep::IceServer> {
+    let now = verge_protocol::now_ms() / 1000;
+    crate::ice::for_session(&app.ice, &crate::ice::session_label(), now)
+}
+
+fn add_links(response: &mut Response, servers: &[verge_protocol::whep::IceServer]) {
+    for link in whep::link_headers(servers) {
         if let Ok(v) = HeaderValue::from_str(&link) {
             response.headers_mut().append(header::LINK, v);
         }
@@ -145,6 +152,9 @@ async fn offer_for(
     let stream = format!("{app_name}/{name}");
     let agent = super::streams::locate(app, &stream)?;
     let started = std::time::Instant::now();
+    // The viewer and the agent get the same servers: with TURN credentials of this session,
+    // a box behind a symmetric NAT relays too.
+    let servers = session_ice(app);
     let answer: OfferResult = call(
         app,
         &agent,
@@ -152,7 +162,7 @@ async fn offer_for(
         OfferParams {
             stream: stream.clone(),
             sdp,
-            ice_servers: app.ice_servers.to_vec(),
+            ice_servers: servers.clone(),
         },
     )
     .await?;
@@ -171,7 +181,7 @@ async fn offer_for(
     if let Ok(v) = HeaderValue::from_str(&whep::location(&stream, &answer.session)) {
         h.insert(header::LOCATION, v);
     }
-    add_links(&mut response, app);
+    add_links(&mut response, &servers);
     Ok(cors(response))
 }
 

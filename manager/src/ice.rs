@@ -1,0 +1,112 @@
+//! ICE servers for one WHEP session: the static `[[extra_ice.ice_servers]]` plus, with
+//! `[extra_ice.coturn]`, TURN credentials of coturn's REST scheme made for this session alone:
+//! `username = {expiry}:{session}`, `credential = base64(HMAC-SHA1(secret, username))`. coturn
+//! (`use-auth-secret`) checks them without asking anyone and refuses them after `expiry`.
+
+use ring::hmac;
+use verge_protocol::whep::IceServer;
+
+use crate::config::{Coturn, ExtraIce};
+
+/// The servers a session named `session` gets at `now` (Unix seconds).
+pub fn for_session(extra: &ExtraIce, session: &str, now: u64) -> Vec<IceServer> {
+    let mut servers = extra.ice_servers.clone();
+    if let Some(coturn) = &extra.coturn {
+        servers.push(coturn_server(coturn, session, now));
+    }
+    servers
+}
+
+pub fn coturn_server(coturn: &Coturn, session: &str, now: u64) -> IceServer {
+    // ':' separates expiry and name in coturn's scheme; keep it out of the name.
+    let name: String = session.chars().filter(|c| *c != ':').collect();
+    let username = format!("{}:{name}", now + coturn.ttl);
+    IceServer {
+        urls: coturn.urls.clone(),
+        credential: credential(&coturn.secret, &username),
+        username,
+    }
+}
+
+/// coturn's password for `username`: base64(HMAC-SHA1(secret, username)).
+pub fn credential(secret: &str, username: &str) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
+    base64(hmac::sign(&key, username.as_bytes()).as_ref())
+}
+
+/// Standard base64 with padding (RFC 4648 §4).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A random name for a session that has none yet (the agent names its sessions when it
+/// answers; TURN credentials are made before).
+pub fn session_label() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_vectors() {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), expected);
+        }
+    }
+
+    #[test]
+    fn coturn_rest_credentials() {
+        let coturn = Coturn {
+            secret: "north".into(),
+            urls: vec!["turn:127.0.0.1:3478".into()],
+            ttl: 600,
+        };
+        let server = coturn_server(&coturn, "s1", 1_700_000_000 - 600);
+        assert_eq!(server.username, "1700000000:s1");
+        // python3: base64(hmac.new(b'north', b'1700000000:s1', sha1).digest())
+        assert_eq!(server.credential, "QvP5NTCoHOiDw4o+Ut4C0xnk7uk=");
+        assert_eq!(coturn_server(&coturn, "a:b", 0).username, "600:ab");
+        let extra = ExtraIce {
+            ice_servers: vec![IceServer {
+                urls: vec!["stun:127.0.0.1:3478".into()],
+                username: String::new(),
+                credential: String::new(),
+            }],
+            coturn: Some(coturn),
+            unknown: Default::default(),
+        };
+        let servers = for_session(&extra, "s1", 0);
+        assert_eq!(servers.len(), 2);
+        assert!(servers[1].urls[0].starts_with("turn:"));
+    }
+}
