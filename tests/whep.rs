@@ -396,3 +396,45 @@ fn each_session_gets_its_own_turn_credentials_with_coturn_configured() {
         );
     }
 }
+
+#[test]
+fn viewers_get_the_agents_ice_servers_too_unless_the_manager_overrides_them() {
+    for (label, overridden) in [("whep-upstream-ice", false), ("whep-override-ice", true)] {
+        let edge = Edge::start(
+            label,
+            &EdgeOptions {
+                noauth: true,
+                manager_toml: format!(
+                    "[extra_ice]\noverride_upstream_ice_servers = {overridden}\n\
+                     [[extra_ice.ice_servers]]\nurls = [\"stun:127.0.0.8:3478\"]\n"
+                ),
+                agent_toml: "[[webrtc.ice_servers]]\nurls = [\"stun:127.0.0.9:3478\"]\n".into(),
+                ..Default::default()
+            },
+        );
+        let media = Synthetic {
+            fps: 25,
+            gop: 25,
+            seconds: 30,
+            ..Synthetic::default()
+        };
+        let _ffmpeg = edge.publish("ffmpeg", "cam", &media);
+        wait_live(&edge, "cam");
+        let url = format!("http://{}/whep/cam", edge.manager_http);
+        let links = runtime().block_on(async {
+            let viewer = Viewer::connect(&url, &ViewerOptions::for_url(&url))
+                .await
+                .expect("WHEP through the manager");
+            let links = viewer.links.clone();
+            viewer.close().await;
+            links
+        });
+        let has = |addr: &str| links.iter().any(|l| l.contains(addr));
+        assert!(has("stun:127.0.0.8:3478"), "{links:?}");
+        assert_eq!(
+            has("stun:127.0.0.9:3478"),
+            !overridden,
+            "override {overridden}: {links:?}"
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! `manager.toml`. Every key has a default, so an empty file runs a manager with its embedded
 //! broker; `conf/manager.toml` documents them all. Sections that later releases read
-//! (`[database]`, `[auth]`, `[extra_ice.coturn]`) are accepted and reported as not yet used.
+//! (`[auth]`, `[extra_ice.cloudflare]`) are accepted and reported as not yet used.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -145,8 +145,8 @@ pub struct Forward {
 }
 
 /// `[extra_ice]`: ICE servers handed to WHEP viewers (in `Link` headers) and to the agent's
-/// peer connection. Only the static list is read by this release; `coturn`, `cloudflare` and
-/// `override_upstream_ice_servers` are kept aside and reported.
+/// peer connection: the static list and coturn credentials; `cloudflare` is kept aside and
+/// reported as not used yet.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct ExtraIce {
@@ -154,6 +154,9 @@ pub struct ExtraIce {
     /// coturn's TURN REST credentials (`use-auth-secret` / `static-auth-secret`): each WHEP
     /// session gets its own username and password, valid for `ttl` seconds.
     pub coturn: Option<Coturn>,
+    /// Viewers get only the manager's servers, not also the agent's own (`[webrtc]
+    /// ice_servers`, which the agent reports with each answer).
+    pub override_upstream_ice_servers: bool,
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
 }

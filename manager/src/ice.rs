@@ -103,6 +103,7 @@ mod tests {
                 credential: String::new(),
             }],
             coturn: Some(coturn),
+            override_upstream_ice_servers: false,
             unknown: Default::default(),
         };
         let servers = for_session(&extra, "s1", 0);

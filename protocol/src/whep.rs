@@ -39,6 +39,10 @@ pub struct OfferParams {
 pub struct OfferResult {
     pub session: String,
     pub sdp: String,
+    /// The agent's own ICE servers (`[webrtc] ice_servers`), which the manager passes on to
+    /// the viewer unless `[extra_ice] override_upstream_ice_servers`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ice_servers: Vec<IceServer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

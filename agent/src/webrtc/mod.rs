@@ -251,6 +251,7 @@ impl Whep {
         Ok(OfferResult {
             session,
             sdp: answer,
+            ice_servers: self.inner.settings.ice_servers.clone(),
         })
     }
 

@@ -181,7 +181,16 @@ async fn offer_for(
     if let Ok(v) = HeaderValue::from_str(&whep::location(&stream, &answer.session)) {
         h.insert(header::LOCATION, v);
     }
-    add_links(&mut response, &servers);
+    // The agent's own servers too, as liveman passes on its upstream's, unless overridden.
+    let mut links = servers;
+    if !app.ice.override_upstream_ice_servers {
+        for server in answer.ice_servers {
+            if !links.contains(&server) {
+                links.push(server);
+            }
+        }
+    }
+    add_links(&mut response, &links);
     Ok(cors(response))
 }
 
