@@ -364,6 +364,10 @@ fn recording_is_started_and_stopped_at_run_time_through_the_manager() {
     assert_eq!(s["agent"], "edge-1");
     let s = state("POST");
     assert_eq!(s["wanted"], true, "{s}");
+    assert_eq!(
+        s["state"], "recording",
+        "a live stream records at once: {s}"
+    );
     let recording = wait_for(Duration::from_secs(10), || {
         let s = state("GET");
         (s["state"] == "recording" && s["segments"].as_u64() >= Some(3)).then_some(s)

@@ -229,7 +229,12 @@ fn show_streams(v: &Value) -> Show {
                 text(&s["agent"]),
                 s["codecs"]
                     .as_array()
-                    .map(|c| c.iter().map(text).collect::<Vec<_>>().join(","))
+                    .map(|c| {
+                        c.iter()
+                            .map(|codec| text(&codec["codec"]))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
                     .unwrap_or_else(|| "-".into()),
                 size,
                 text(&s["fps"]),

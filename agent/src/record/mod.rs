@@ -90,8 +90,6 @@ pub struct Recorder {
     settings: Arc<RecordSettings>,
     states: Arc<Mutex<HashMap<String, Recording>>>,
     choices: Arc<Mutex<Choices>>,
-    /// Wakes the loop that starts recordings (a `record.start` of a live stream).
-    rescan: Arc<tokio::sync::Notify>,
     /// Days begun, for whoever delivers the index (the MQTT session).
     days: tokio::sync::mpsc::Sender<NewDay>,
 }
@@ -108,7 +106,6 @@ impl Recorder {
             settings: Arc::new(settings),
             states: Arc::default(),
             choices: Arc::default(),
-            rescan: Arc::default(),
             days,
         }
     }
@@ -147,7 +144,8 @@ impl Recorder {
             lock(&self.states).remove(stream);
         }
         tracing::info!(%stream, "recording requested");
-        self.rescan.notify_one();
+        // A live stream starts recording now, so the answer says so.
+        self.begin_wanted();
         self.state(stream)
     }
 
@@ -187,43 +185,47 @@ impl Recorder {
         let mut changes = self.hub.changes();
         let retention = tokio::spawn(retention(self.settings.clone()));
         loop {
-            for status in self.hub.status() {
-                let stream = status.id;
-                if !self.wanted(&stream) {
-                    continue;
-                }
-                let mut states = lock(&self.states);
-                // Recording it, or failed on this very publisher session: leave it.
-                let busy = states
-                    .get(&stream)
-                    .is_some_and(|s| s.state == "recording" || s.session == status.started_at);
-                if busy {
-                    continue;
-                }
-                let Ok(reader) = self.hub.subscribe(&stream) else {
-                    continue;
-                };
-                let (stop, stop_rx) = tokio::sync::watch::channel(false);
-                states.insert(
-                    stream.clone(),
-                    Recording {
-                        state: "recording",
-                        error: None,
-                        segments: 0,
-                        bytes: 0,
-                        session: status.started_at,
-                        stop,
-                    },
-                );
-                drop(states);
-                tokio::spawn(self.clone().record(stream, reader, stop_rx));
-            }
-            tokio::select! {
-                changed = changes.changed() => if changed.is_err() { break },
-                () = self.rescan.notified() => {}
+            self.begin_wanted();
+            if changes.changed().await.is_err() {
+                break;
             }
         }
         retention.abort();
+    }
+
+    /// Starts recording every live stream that is wanted and not being recorded (nor failed
+    /// on this very publisher session). Never waits: recordings run on tasks of their own.
+    fn begin_wanted(&self) {
+        for status in self.hub.status() {
+            let stream = status.id;
+            if !self.wanted(&stream) {
+                continue;
+            }
+            let mut states = lock(&self.states);
+            let busy = states
+                .get(&stream)
+                .is_some_and(|s| s.state == "recording" || s.session == status.started_at);
+            if busy {
+                continue;
+            }
+            let Ok(reader) = self.hub.subscribe(&stream) else {
+                continue;
+            };
+            let (stop, stop_rx) = tokio::sync::watch::channel(false);
+            states.insert(
+                stream.clone(),
+                Recording {
+                    state: "recording",
+                    error: None,
+                    segments: 0,
+                    bytes: 0,
+                    session: status.started_at,
+                    stop,
+                },
+            );
+            drop(states);
+            tokio::spawn(self.clone().record(stream, reader, stop_rx));
+        }
     }
 
     async fn record(
