@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use verge_media::flv::tag;
 use verge_media::hub::{Frame, Hub, Publisher, Reader};
+use verge_media::rtmp::handshake;
 use verge_media::rtmp::session::{Event, MediaKind, Session, SessionConfig};
 
 use crate::keys::KeyTable;
@@ -132,14 +133,6 @@ impl Conn {
     }
 }
 
-fn random_block() -> [u8; 1528] {
-    use ring::rand::SecureRandom;
-    let mut block = [0u8; 1528];
-    // Handshake randomness is not a secret; zeros still make a valid handshake.
-    let _ = ring::rand::SystemRandom::new().fill(&mut block);
-    block
-}
-
 async fn connection(
     socket: TcpStream,
     peer: SocketAddr,
@@ -149,7 +142,7 @@ async fn connection(
     let epoch = verge_protocol::now_ms() as u32;
     let mut conn = Conn {
         socket,
-        session: Session::new(SessionConfig::default(), random_block(), epoch),
+        session: Session::new(SessionConfig::default(), handshake::random_block(), epoch),
         settings: settings.clone(),
         buf: vec![0u8; 64 * 1024],
     };

@@ -195,8 +195,7 @@ pub async fn run(
                 let aside = inputs.outbox.with_extension("json.corrupt");
                 tracing::error!(agent = %shared.id, error = %e, aside = %aside.display(), "index outbox unreadable: set aside, starting empty");
                 let _ = std::fs::rename(&inputs.outbox, &aside);
-                crate::record::outbox::Outbox::open(&inputs.outbox)
-                    .unwrap_or_else(|_| unreachable_outbox(&inputs.outbox))
+                crate::record::outbox::Outbox::empty(&inputs.outbox)
             }
         };
         tokio::spawn(crate::record::outbox::deliver(
@@ -488,10 +487,4 @@ async fn serve(
             format!("{method} took longer than {timeout_ms} ms"),
         )),
     }
-}
-
-/// An outbox that cannot even be created empty is one the index lives without: rows are then
-/// only sent once. Reached only if the file was set aside and still cannot be read.
-fn unreachable_outbox(path: &std::path::Path) -> crate::record::outbox::Outbox {
-    crate::record::outbox::Outbox::empty(path)
 }

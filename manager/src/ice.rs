@@ -56,15 +56,6 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// A random name for a session that has none yet (the agent names its sessions when it
-/// answers; TURN credentials are made before).
-pub fn session_label() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 8];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,8 +34,10 @@ pub async fn preflight(State(app): State<AppState>) -> Response {
 
 /// ICE servers for one new session (fresh TURN credentials with `[extra_ice.coturn]`).
 fn session_ice(app: &AppState) -> Vec<verge_protocol::whep::IceServer> {
-    let now = verge_protocol::now_ms() / 1000;
-    crate::ice::for_session(&app.ice, &crate::ice::session_label(), now)
+    // The agent names its sessions when it answers; TURN credentials are made before, under a
+    // random name of their own.
+    let label = verge_protocol::key::random_secret();
+    crate::ice::for_session(&app.ice, &label, verge_protocol::now_ms() / 1000)
 }
 
 fn add_links(response: &mut Response, servers: &[verge_protocol::whep::IceServer]) {

@@ -164,21 +164,10 @@ impl Db {
     /// Streams with at least one recorded day, sorted.
     pub async fn streams(&self) -> Result<Vec<String>, DbError> {
         let sql = "SELECT DISTINCT stream FROM recordings ORDER BY stream";
-        let rows = match self {
-            Db::Sqlite(pool) => sqlx::query(sql)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|r| r.try_get::<String, _>(0))
-                .collect::<Result<_, _>>()?,
-            Db::Postgres(pool) => sqlx::query(sql)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|r| r.try_get::<String, _>(0))
-                .collect::<Result<_, _>>()?,
-        };
-        Ok(rows)
+        Ok(match self {
+            Db::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await?,
+            Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await?,
+        })
     }
 
     /// A stream's recorded days, newest first.
@@ -192,14 +181,14 @@ impl Db {
                 .bind(stream)
                 .fetch_all(pool)
                 .await?;
-                rows.iter().map(sqlite_recording).collect()
+                rows.iter().map(recording).collect()
             }
             Db::Postgres(pool) => {
                 let rows = sqlx::query(PG_SELECT_BY_STREAM)
                     .bind(stream)
                     .fetch_all(pool)
                     .await?;
-                rows.iter().map(pg_recording).collect()
+                rows.iter().map(recording).collect()
             }
         }
     }
@@ -224,7 +213,7 @@ impl Db {
                 .bind(day as i32)
                 .fetch_optional(pool)
                 .await?;
-                row.as_ref().map(sqlite_recording).transpose()
+                row.as_ref().map(recording).transpose()
             }
             Db::Postgres(pool) => {
                 let row = sqlx::query(PG_SELECT_DAY)
@@ -234,7 +223,7 @@ impl Db {
                     .bind(day as i32)
                     .fetch_optional(pool)
                     .await?;
-                row.as_ref().map(pg_recording).transpose()
+                row.as_ref().map(recording).transpose()
             }
         }
     }
@@ -261,21 +250,13 @@ const PG_SELECT_DAY: &str = concat!(
     " FROM recordings WHERE stream = $1 AND year = $2 AND month = $3 AND day = $4"
 );
 
-fn sqlite_recording(row: &sqlx::sqlite::SqliteRow) -> Result<Recording, DbError> {
-    Ok(Recording {
-        id: row.try_get(0)?,
-        stream: row.try_get(1)?,
-        year: row.try_get(2)?,
-        month: row.try_get::<i32, _>(3)? as u32,
-        day: row.try_get::<i32, _>(4)? as u32,
-        mpd_path: row.try_get(5)?,
-        agent: row.try_get(6)?,
-        created_at: row.try_get(7)?,
-        updated_at: row.try_get(8)?,
-    })
-}
-
-fn pg_recording(row: &sqlx::postgres::PgRow) -> Result<Recording, DbError> {
+/// A row of either backend, columns in the order both selects name them.
+fn recording<R: Row>(row: &R) -> Result<Recording, DbError>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     Ok(Recording {
         id: row.try_get(0)?,
         stream: row.try_get(1)?,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use verge_media::rtmp::handover::{Handover, HandoverError};
+use verge_media::rtmp::handshake::random_block;
 use verge_media::rtmp::session::{Event, Session, SessionConfig, SessionError};
 use verge_mqtt::tunnel::TunnelError;
 
@@ -88,7 +89,7 @@ pub async fn run(
     router: &Router,
 ) -> Result<Outcome, RouterError> {
     let epoch = verge_protocol::now_ms() as u32;
-    let mut session = Session::new(SessionConfig::default(), random(), epoch);
+    let mut session = Session::new(SessionConfig::default(), random_block(), epoch);
     let mut received = Vec::with_capacity(8 * 1024);
     let deadline = tokio::time::Instant::now() + router.handshake_timeout;
     let publish = tokio::time::timeout_at(
@@ -139,11 +140,12 @@ pub async fn run(
     tracing::info!(%peer, %stream, %agent, tunnel_stream = tunnel.id(), "RTMP router: handing the publisher to its agent");
     let (ours, theirs) = tokio::io::duplex(PIPE);
     let bridge = tokio::spawn(tunnel.bridge(theirs));
-    let mut handover =
-        Handover::start(session, &received, random()).map_err(|source| RouterError::Handover {
+    let mut handover = Handover::start(session, &received, random_block()).map_err(|source| {
+        RouterError::Handover {
             agent: agent.clone(),
             source,
-        })?;
+        }
+    })?;
     drop(received);
     let (mut agent_rd, mut agent_wr) = tokio::io::split(ours);
 
@@ -341,12 +343,4 @@ async fn write_out(socket: &mut TcpStream, bytes: &[u8]) -> Result<(), RouterErr
         .await
         .map_err(|_| RouterError::WriteTimeout(WRITE_TIMEOUT))??;
     Ok(())
-}
-
-fn random() -> [u8; 1528] {
-    use ring::rand::SecureRandom;
-    let mut block = [0u8; 1528];
-    // Handshake randomness is not a secret; zeros still make a valid handshake.
-    let _ = ring::rand::SystemRandom::new().fill(&mut block);
-    block
 }

@@ -53,6 +53,15 @@ const SERVER_KEY: [u8; 68] = *b"Genuine Adobe Flash Media Server 001\
     \x6E\xEC\x5D\x2D\x29\x80\x6F\xAB\x93\xB8\xE6\x36\xCF\xEB\x31\xAE";
 const SERVER_KEY_TEXT_LEN: usize = 36;
 
+/// OS randomness for S1 or C1's random part. Handshake randomness is not a secret: should the
+/// source fail, zeros still make a valid handshake.
+pub fn random_block() -> [u8; RANDOM_LEN] {
+    use ring::rand::SecureRandom;
+    let mut block = [0u8; RANDOM_LEN];
+    let _ = ring::rand::SystemRandom::new().fill(&mut block);
+    block
+}
+
 /// The RTMP handshake as a server sees it.
 ///
 /// Feed it the connection's first bytes with [`read`](Self::read) until
