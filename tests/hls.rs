@@ -4,43 +4,9 @@
 
 use std::time::Duration;
 
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
-use verge::testkit::{Proc, get, wait_for};
-
-/// ffprobe decoding every frame of `url` until the stream ends.
-fn probe(b: &Edge, label: &str, url: &str) -> Proc {
-    let args = [
-        "-v",
-        "error",
-        "-count_frames",
-        "-show_entries",
-        "stream=codec_type,width,height,nb_read_frames",
-        "-of",
-        "csv=p=0",
-        url,
-    ];
-    Proc::spawn(label, tool("ffprobe"), &args, b.dir.path())
-}
-
-/// (video frames, width, audio frames) once the probe has finished successfully.
-fn probed(p: &mut Proc) -> (u32, u32, u32) {
-    let status = wait_for(Duration::from_secs(90), || p.exit_status());
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{} failed: {status:?}\n{}",
-        p.name,
-        p.log_text()
-    );
-    let mut out = (0, 0, 0);
-    for line in p.log_text().lines() {
-        match line.split(',').collect::<Vec<_>>().as_slice() {
-            ["video", w, _, n] => (out.0, out.1) = (n.parse().unwrap_or(0), w.parse().unwrap_or(0)),
-            ["audio", n] => out.2 = n.parse().unwrap_or(0),
-            _ => {}
-        }
-    }
-    out
-}
+use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge::testkit::ffprobe::{Frames, Probe};
+use verge::testkit::{get, wait_for};
 
 #[test]
 fn ffprobe_reads_live_hls_from_the_box_and_through_the_manager_to_its_end() {
@@ -63,35 +29,29 @@ fn ffprobe_reads_live_hls_from_the_box_and_through_the_manager_to_its_end() {
     });
     assert!(live.is_some(), "never live:\n{}", ffmpeg.log_text());
 
-    let mut direct = probe(
-        &b,
+    let direct = Probe::start(
+        b.dir.path(),
         "ffprobe-agent",
         &format!("http://{}/live/cam/index.m3u8", b.hls),
     );
-    let mut proxied = probe(
-        &b,
+    let proxied = Probe::start(
+        b.dir.path(),
         "ffprobe-manager",
         &format!("http://{}/hls/live/cam/index.m3u8", b.manager_http),
     );
-    for p in [&mut direct, &mut proxied] {
-        let (video, width, audio) = probed(p);
-        println!("{}: {video} video frames, {audio} audio frames", p.name);
-        // Nothing but the counts: a malformed box or a timestamp problem would be reported.
-        let log = p.log_text();
-        let noise: Vec<&str> = log
-            .lines()
-            .filter(|l| !l.starts_with("video,") && !l.starts_with("audio,") && !l.is_empty())
-            .collect();
-        assert!(noise.is_empty(), "{}: {noise:?}", p.name);
+    for (name, p) in [("agent", direct), ("manager", proxied)] {
+        // It says nothing but its counts, or `finish` fails: a malformed box or a timestamp
+        // problem would be reported.
+        let Frames {
+            video,
+            audio,
+            width,
+        } = p.finish();
+        println!("{name}: {video} video frames, {audio} audio frames");
         // Joined a few seconds in, at the live edge, and read to the end: at least 6 s.
-        assert!(
-            video >= 150,
-            "{}: {video} video frames\n{}",
-            p.name,
-            p.log_text()
-        );
-        assert_eq!(width, 640, "{}", p.name);
-        assert!(audio >= 6 * 43, "{}: {audio} audio frames", p.name);
+        assert!(video >= 150, "{name}: {video} video frames");
+        assert_eq!(width, 640, "{name}");
+        assert!(audio >= 6 * 43, "{name}: {audio} audio frames");
     }
     assert!(ffmpeg.exited(), "{}", ffmpeg.log_text());
 

@@ -7,39 +7,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
+use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
 use verge::testkit::postgres::Postgres;
 use verge::testkit::{Proc, TempDir, bin, get, listener, request, wait_for};
 
-/// (video frames, audio frames) ffprobe decodes from `input`.
+/// (video frames, audio frames) ffprobe decodes from `input`, to its end, without complaint.
 fn count_frames(b: &Edge, label: &str, input: &str) -> (u32, u32) {
-    let args = [
-        "-v",
-        "error",
-        "-count_frames",
-        "-show_entries",
-        "stream=codec_type,nb_read_frames",
-        "-of",
-        "csv=p=0",
-        input,
-    ];
-    let mut p = Proc::spawn(label, tool("ffprobe"), &args, b.dir.path());
-    let status = wait_for(Duration::from_secs(60), || p.exit_status());
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{label}: {status:?}\n{}",
-        p.log_text()
-    );
-    let mut out = (0, 0);
-    for line in p.log_text().lines() {
-        match line.split(',').collect::<Vec<_>>().as_slice() {
-            ["video", n] => out.0 = n.parse().unwrap_or(0),
-            ["audio", n] => out.1 = n.parse().unwrap_or(0),
-            [""] => {}
-            other => panic!("{label}: unexpected output {other:?}\n{}", p.log_text()),
-        }
-    }
-    out
+    let frames = verge::testkit::ffprobe::count_frames(b.dir.path(), label, input);
+    (frames.video, frames.audio)
 }
 
 /// The one `yyyy/mm/dd` folder under `stream_dir`.

@@ -10,6 +10,7 @@
 
 pub mod chromium;
 pub mod edge;
+pub mod ffprobe;
 pub mod measure;
 pub mod postgres;
 pub mod rtmp;
