@@ -1,6 +1,6 @@
 //! `manager.toml`. Every key has a default, so an empty file runs a manager with its embedded
 //! broker; `conf/manager.toml` documents them all. Sections that later releases read
-//! (`[auth]`, `[extra_ice.cloudflare]`) are accepted and reported as not yet used.
+//! (`[extra_ice.cloudflare]`) are accepted and reported as not yet used.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,6 +24,7 @@ pub struct ManagerConfig {
     pub tunnel: TunnelConfig,
     pub rtmp: RtmpConfig,
     pub database: DatabaseConfig,
+    pub auth: AuthConfig,
     /// Sections this build does not read yet, kept to warn about them.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
@@ -101,6 +102,31 @@ impl DatabaseConfig {
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| self.url.clone())
     }
+}
+
+/// `[auth]` (liveman's keys): who may use the HTTP API, WHEP and the RTMP router. With none of
+/// `tokens`, `secret` or `accounts` set, everything is open.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Static bearer tokens with every right.
+    pub tokens: Vec<String>,
+    /// The HS256 key of JWTs (`{id, exp, mode}`). Without it, a random key is made at start, so
+    /// logins work but their tokens end with the process.
+    pub secret: Option<String>,
+    /// Dashboard and API accounts; `POST /api/login` turns one into an admin JWT.
+    pub accounts: Vec<Account>,
+    /// Lifetime of the JWT `POST /api/login` returns, in seconds.
+    pub login_ttl_secs: Option<u64>,
+}
+
+/// `[[auth.accounts]]`: `password` is plain text, or an argon2 PHC string (`$argon2id$…`,
+/// made by `verge-manager hash-password`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    pub username: String,
+    pub password: String,
 }
 
 /// `[rtmp]`: the RTMP router. Publishers dial `rtmp://manager/{app}/{key}`; the router finds
@@ -420,15 +446,18 @@ mod tests {
     }
 
     #[test]
-    fn seed_sections_are_accepted_and_kept_aside() {
+    fn seed_sections_are_read() {
         let cfg = ManagerConfig::parse(
-            "[database]\nurl = \"sqlite://./x.db\"\nmax_connections = 3\n[auth]\ntokens = []\n\
+            "[database]\nurl = \"sqlite://./x.db\"\nmax_connections = 3\n[auth]\ntokens = [\"t\"]\n\
+             [[auth.accounts]]\nusername = \"live777\"\npassword = \"live777\"\n\
              [[agents]]\nid = \"e1\"\nsecret = \"s\"\n",
         )
         .unwrap();
         assert_eq!(cfg.database.url, "sqlite://./x.db");
         assert_eq!(cfg.database.max_connections, 3);
-        assert!(cfg.unknown.contains_key("auth"));
+        assert_eq!(cfg.auth.tokens, ["t"]);
+        assert_eq!(cfg.auth.accounts[0].username, "live777");
+        assert!(cfg.unknown.is_empty());
         assert_eq!(cfg.agents.len(), 1);
         let default = ManagerConfig::parse("").unwrap();
         assert_eq!(default.database.url, "sqlite://./liveman.db?mode=rwc");

@@ -14,6 +14,7 @@
 //! `GET /api/agents/edge-1` reads the [`registry::Registry`] and pings through
 //! [`rpc::RpcClient`], whose reply comes back through [`session::FleetSession`].
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod ice;
@@ -47,6 +48,8 @@ use session::FleetSession;
 pub enum ManagerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthConfigError),
     #[error("embedded broker: {0}")]
     Broker(#[from] verge_broker::BrokerError),
     #[error("MQTT link: {0}")]
@@ -103,6 +106,14 @@ pub struct Manager {
 /// Starts every part and returns once HTTP accepts connections.
 pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     cfg.validate()?;
+    let auth = Arc::new(auth::Auth::new(&cfg.auth)?);
+    if !auth.enabled() {
+        tracing::info!("[auth] is off: the HTTP API and WHEP are open to anyone who reaches them");
+    } else if cfg.auth.secret.is_none() {
+        tracing::warn!(
+            "[auth] secret is not set: tokens from /api/login and /api/token end with this process"
+        );
+    }
     for section in cfg.unknown.keys() {
         tracing::warn!(%section, "config section not used by this release; ignored");
     }
@@ -344,6 +355,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         ice: Arc::new(cfg.extra_ice.clone()),
         tunnels: tunnels.clone(),
         index,
+        auth: auth.clone(),
     });
     let mut forwards = Vec::new();
     let mut listener_tasks = Vec::new();
@@ -390,6 +402,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             registry: registry.clone(),
             tunnels: tunnels.clone(),
             handshake_timeout: Duration::from_secs(cfg.rtmp.handshake_timeout_secs.max(1)),
+            auth: auth.clone(),
         };
         listener_tasks.push(tokio::spawn(rtmp::serve(
             listener,
@@ -399,7 +412,11 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     }
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+        let serve = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
             let _ = stopped.await;
         });
         if let Err(e) = serve.await {

@@ -6,10 +6,37 @@ use std::process::ExitCode;
 use verge_manager::ManagerConfig;
 
 const USAGE: &str = "usage: verge-manager [--config <manager.toml>] [--ready-file <path>]
+       verge-manager hash-password   (reads a password on stdin, prints its argon2id hash for
+                                      [[auth.accounts]] password)
 
 Runs the Verge manager; without --config, on embedded defaults. See conf/manager.toml.
 --ready-file: once every listener is up, write their bound addresses there as one JSON object
 ({\"http\": \"127.0.0.1:8080\", \"mqtt\": …}); any listen port may be 0.";
+
+/// One line from stdin (not an argument, which shells keep in their history) as an argon2id
+/// PHC string.
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("verge-manager: cannot read the password: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("verge-manager: the password is empty");
+        return ExitCode::from(2);
+    }
+    match verge_manager::auth::password::hash(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("verge-manager: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -28,6 +55,7 @@ fn main() -> ExitCode {
                     config = Some(value);
                 }
             }
+            "hash-password" => return hash_password(),
             "--version" | "-V" => {
                 println!("verge-manager {}", env!("CARGO_PKG_VERSION"));
                 return ExitCode::SUCCESS;

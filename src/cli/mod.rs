@@ -22,15 +22,20 @@ pub const USAGE: &str =
   verge record start|stop|state APP/NAME [--agent ID]
                                    record a stream from now on, stop, or show its recording
   verge recordings [APP/NAME]      streams with recordings, or a stream's recorded days
+  verge login USERNAME             log in ([[auth.accounts]]; the password is read from stdin)
+                                   and print the token, for --token or $VERGE_TOKEN
+  verge token APP/NAME|'*' --mode r|w|x|rw|… [--duration SECS]
+                                   mint a token for one stream or all (admin)
       Options: --manager URL (default $VERGE_MANAGER or http://127.0.0.1:8080),
                --token TOKEN (default $VERGE_TOKEN; sent as a bearer token), --json.
-      Exit codes: 0 done, 1 the manager refused, 2 usage, 3 the manager cannot be reached.";
+      Exit codes: 0 done, 1 the manager refused, 2 usage, 3 the manager cannot be reached,
+                  4 the token is missing, wrong or not allowed to do this (401/403).";
 
 /// Whether `command` is one of these.
 pub fn handles(command: &str) -> bool {
     matches!(
         command,
-        "nodes" | "streams" | "keys" | "record" | "recordings"
+        "nodes" | "streams" | "keys" | "record" | "recordings" | "login" | "token"
     )
 }
 
@@ -39,6 +44,8 @@ struct Options {
     token: Option<String>,
     json: bool,
     agent: Option<String>,
+    mode: Option<String>,
+    duration: Option<u64>,
     words: Vec<String>,
 }
 
@@ -48,6 +55,8 @@ fn options(args: &[String]) -> Result<Options, String> {
         token: std::env::var("VERGE_TOKEN").ok().filter(|t| !t.is_empty()),
         json: false,
         agent: None,
+        mode: None,
+        duration: None,
         words: Vec::new(),
     };
     let mut it = args.iter();
@@ -57,6 +66,14 @@ fn options(args: &[String]) -> Result<Options, String> {
             "--manager" => opts.manager = value("--manager")?,
             "--token" => opts.token = Some(value("--token")?),
             "--agent" => opts.agent = Some(value("--agent")?),
+            "--mode" => opts.mode = Some(value("--mode")?),
+            "--duration" => {
+                let v = value("--duration")?;
+                opts.duration = Some(
+                    v.parse()
+                        .map_err(|_| format!("--duration {v:?}: not seconds"))?,
+                );
+            }
             "--json" => opts.json = true,
             flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
             word => opts.words.push(word.to_string()),
@@ -134,6 +151,39 @@ pub fn run(command: &str, args: &[String]) -> ExitCode {
             }
             Err(e) => return usage(&e),
         },
+        ("login", [username]) => {
+            let mut password = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut password) {
+                return usage(&format!("cannot read the password from stdin: {e}"));
+            }
+            let body = serde_json::json!({
+                "username": username,
+                "password": password.trim_end_matches(['\r', '\n']),
+            });
+            api.call("POST", "/api/login", Some(&body.to_string()))
+                .map(|v| (Show::Text(text(&v["access_token"])), v))
+        }
+        ("token", [id]) => {
+            let mode = match opts.mode.as_deref().map(mode_bits) {
+                Some(Ok(mode)) => mode,
+                Some(Err(e)) => return usage(&e),
+                None => return usage("verge token needs --mode (r, w, x or a mix, e.g. rw)"),
+            };
+            let id = if *id == "*" {
+                id.to_string()
+            } else {
+                match stream_path(id) {
+                    Ok(path) => path,
+                    Err(e) => return usage(&e),
+                }
+            };
+            let mut body = serde_json::json!({ "id": id, "mode": mode });
+            if let Some(d) = opts.duration {
+                body["duration"] = d.into();
+            }
+            api.call("POST", "/api/token", Some(&body.to_string()))
+                .map(|v| (Show::Text(text(&v["access_token"])), v))
+        }
         ("recordings", []) => api
             .call("GET", "/api/playback", None)
             .map(|v| (show_list("STREAM", &v), v)),
@@ -164,7 +214,11 @@ pub fn run(command: &str, args: &[String]) -> ExitCode {
         }
         Err(CallError::Refused { status, reason }) => {
             eprintln!("verge {command}: the manager answered {status}: {reason}");
-            ExitCode::from(1)
+            if status == 401 || status == 403 {
+                ExitCode::from(4)
+            } else {
+                ExitCode::from(1)
+            }
         }
         Err(CallError::Unreachable(why)) => {
             eprintln!(
@@ -174,6 +228,23 @@ pub fn run(command: &str, args: &[String]) -> ExitCode {
             ExitCode::from(3)
         }
     }
+}
+
+/// `rw`-style rights as live777's mode bits (4 read, 2 write, 1 admin).
+fn mode_bits(letters: &str) -> Result<u8, String> {
+    let mut mode = 0;
+    for c in letters.chars() {
+        mode |= match c {
+            'r' => 4,
+            'w' => 2,
+            'x' => 1,
+            other => return Err(format!("--mode {letters:?}: {other:?} is not r, w or x")),
+        };
+    }
+    if mode == 0 {
+        return Err("--mode is empty".into());
+    }
+    Ok(mode)
 }
 
 fn usage(why: &str) -> ExitCode {

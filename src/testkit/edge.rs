@@ -27,6 +27,8 @@ pub struct EdgeOptions {
     /// The embedded broker's address (default: any port). A test that restarts the manager
     /// passes a reserved port, so the agent finds the broker again.
     pub broker_listen: Option<SocketAddr>,
+    /// A token of the manager's `[auth] tokens`: the fixture's own API calls carry it.
+    pub api_token: Option<String>,
 }
 
 pub struct Edge {
@@ -43,6 +45,7 @@ pub struct Edge {
     pub manager_cfg: PathBuf,
     /// The manager's `DATABASE_URL`.
     pub database_url: String,
+    pub api_token: Option<String>,
     /// Last: fields drop in order, and a failing test's processes print their logs from here.
     pub dir: TempDir,
 }
@@ -124,7 +127,9 @@ impl Edge {
             }
         };
         let online = wait_for(READY_TIMEOUT, || {
-            let nodes = get(manager_http, "/api/nodes/").ok()?.json();
+            let nodes = get(manager_http, &with_token("/api/nodes/", &opts.api_token))
+                .ok()?
+                .json();
             (nodes[0]["online"] == true).then_some(())
         });
         assert!(
@@ -144,6 +149,7 @@ impl Edge {
             agent_cfg,
             manager_cfg,
             database_url,
+            api_token: opts.api_token.clone(),
         }
     }
 
@@ -215,8 +221,21 @@ impl Edge {
 
     /// The manager's view of stream `id` (`{name}` or `{app}/{name}`), once listed.
     pub fn listed_stream(&self, id: &str) -> Option<serde_json::Value> {
-        let streams = get(self.manager_http, "/api/streams/").ok()?.json();
+        let streams = get(
+            self.manager_http,
+            &with_token("/api/streams/", &self.api_token),
+        )
+        .ok()?
+        .json();
         streams.as_array()?.iter().find(|s| s["id"] == id).cloned()
+    }
+}
+
+/// `path` with `?token=` when the manager wants one.
+fn with_token(path: &str, token: &Option<String>) -> String {
+    match token {
+        Some(t) => format!("{path}?token={t}"),
+        None => path.to_string(),
     }
 }
 

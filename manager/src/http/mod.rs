@@ -8,10 +8,12 @@
 //! - [`play`]: `/play/{stream}`, a minimal WHEP player page.
 //! - [`agent_http`]: a box's HTTP through the tunnel: `/agents/{id}/http/{*path}` and
 //!   `/flv/{app}/{name}.flv`, `/hls/{app}/{name}/{file}`.
+//! - [`auth`]: `[auth]` in front of every route, `POST /api/login`, `POST /api/token`.
 //! - [`error`]: errors as a status and a one-line reason a client can act on.
 
 pub mod agent_http;
 pub mod api;
+mod auth;
 pub mod error;
 pub mod keys;
 pub mod play;
@@ -45,6 +47,7 @@ pub struct AppState {
     pub ice: Arc<crate::config::ExtraIce>,
     pub tunnels: crate::tunnel::Tunnels,
     pub index: crate::index::Index,
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -103,6 +106,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/play/{name}", get(play::page))
         .route("/play/{app}/{name}", get(play::page_in_app))
+        .route("/api/login", post(auth::login))
+        .route("/api/token", post(auth::token))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
         .layer(DefaultBodyLimit::max(whep::MAX_BODY))
         .with_state(state)
 }

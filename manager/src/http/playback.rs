@@ -9,13 +9,14 @@
 //!   segments it names beside it.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::AppState;
 use super::agent_http::{HEAD_TIMEOUT, proxy};
 use super::error::ApiError;
+use crate::auth::Grant;
 use crate::index::db::{Db, Recording};
 
 fn database(app: &AppState) -> Result<&Db, ApiError> {
@@ -28,8 +29,13 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"))
 }
 
-pub async fn streams(State(app): State<AppState>) -> Result<Json<Vec<String>>, ApiError> {
-    let streams = database(&app)?.streams().await.map_err(unavailable)?;
+/// The recorded streams the request's token may read.
+pub async fn streams(
+    State(app): State<AppState>,
+    Extension(grant): Extension<Grant>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let mut streams = database(&app)?.streams().await.map_err(unavailable)?;
+    streams.retain(|s| grant.may_read(s));
     Ok(Json(streams))
 }
 

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use serde::Serialize;
 use verge_protocol::state::StreamInfo;
@@ -15,6 +15,7 @@ use verge_protocol::whep;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::auth::Grant;
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -138,8 +139,26 @@ fn all(app: &AppState) -> Vec<Stream> {
     streams
 }
 
-pub async fn list(State(app): State<AppState>) -> Json<Vec<Stream>> {
-    Json(all(&app))
+/// The streams the request's token may read (all of them with auth off).
+pub async fn list(
+    State(app): State<AppState>,
+    Extension(grant): Extension<Grant>,
+) -> Json<Vec<Stream>> {
+    Json(
+        all(&app)
+            .into_iter()
+            .filter(|s| grant.may_read(&full_id(&s.id)))
+            .collect(),
+    )
+}
+
+/// `app/name` of a stream id as this API writes it (`name` alone for app `live`).
+pub fn full_id(id: &str) -> String {
+    if id.contains('/') {
+        id.to_string()
+    } else {
+        format!("live/{id}")
+    }
 }
 
 /// One stream, keyed by the agent holding it (liveman keys by node alias; where liveman answers

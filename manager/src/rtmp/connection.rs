@@ -13,7 +13,7 @@ use verge_mqtt::tunnel::TunnelError;
 
 use super::Router;
 use super::admission::Ticket;
-use super::route::{Refusal, route};
+use super::route::{Refusal, authorize, publish_token, route};
 
 /// What a client may send before `publish`: a handshake and a few small commands. A client
 /// still talking past this is not an encoder.
@@ -124,6 +124,13 @@ pub async fn run(
         }
     };
     let stream = format!("{}/{}", key.app, key.name);
+    let token = publish_token(&publish.app, &publish.name);
+    let now = verge_protocol::now_ms() / 1000;
+    if let Err(Refusal { code, reason }) = authorize(&router.auth, &stream, token.as_deref(), now) {
+        session.reject_publish(publish.stream_id, code, &reason);
+        write_out(&mut socket, &session.take_output()).await?;
+        return Err(RouterError::Refused { stream, reason });
+    }
     let opened = match router.tunnels.endpoint(&agent) {
         Ok(endpoint) => endpoint.open("rtmp").await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),

@@ -33,6 +33,8 @@ pub struct Router {
     pub registry: Arc<Registry>,
     pub tunnels: Tunnels,
     pub handshake_timeout: Duration,
+    /// `[auth]`: with it on, a publisher needs a write token for its stream.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// Accepts publishers on `listener` until the task is aborted.

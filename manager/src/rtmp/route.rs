@@ -21,6 +21,7 @@ pub fn route(
     online: &[String],
 ) -> Result<(String, ChannelKey), Refusal> {
     let key = published.split('?').next().unwrap_or_default();
+    let app = app.split('?').next().unwrap_or_default();
     let app = if app.is_empty() { "live" } else { app };
     // Every entry is compared, in constant time, so timing tells nothing of other keys.
     let found = keys.keys.iter().fold(None, |found, k| {
@@ -74,6 +75,35 @@ pub fn route(
     };
     Ok((agent, channel.clone()))
 }
+
+/// The `token` a publisher sends with `[auth]` on: in the stream key's query
+/// (`{key}?token=…`, what OBS's key field can hold) or the app's (`rtmp://host/live?token=…`).
+pub fn publish_token(app: &str, published: &str) -> Option<String> {
+    [published, app].iter().find_map(|part| {
+        let (_, query) = part.split_once('?')?;
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("token="))
+            .map(crate::auth::policy::percent_decoded)
+    })
+}
+
+/// `Err(refusal)` when `[auth]` does not let `token` publish `stream`.
+pub fn authorize(
+    auth: &crate::auth::Auth,
+    stream: &str,
+    token: Option<&str>,
+    now: u64,
+) -> Result<(), Refusal> {
+    auth.admit(&crate::auth::Need::Write(stream.to_string()), token, now)
+        .map(|_| ())
+        .map_err(|denied| Refusal {
+            code: UNAUTHORIZED,
+            reason: format!("{denied} (publish with {{key}}?token=<write token>)"),
+        })
+}
+
+const UNAUTHORIZED: &str = "NetStream.Publish.Unauthorized";
 
 #[cfg(test)]
 mod tests {
@@ -137,5 +167,33 @@ mod tests {
         assert_eq!(none.reason, "no agent is online");
         let (agent, _) = route(&keys(), "live", "k-free", &online(&["edge-2"])).unwrap();
         assert_eq!(agent, "edge-2");
+        // A query on the app (a token) is not part of it.
+        assert!(route(&keys(), "live?token=t", "k-cam", &all).is_ok());
+    }
+
+    #[test]
+    fn publish_tokens_and_their_rights() {
+        assert_eq!(publish_token("live", "k?token=a%2Eb"), Some("a.b".into()));
+        assert_eq!(publish_token("live?x=1&token=t", "k"), Some("t".into()));
+        assert_eq!(publish_token("live", "k?x=1"), None);
+        let cfg: crate::config::AuthConfig = toml::from_str("secret = \"s\"").unwrap();
+        let auth = crate::auth::Auth::new(&cfg).unwrap();
+        let token = |id: &str, mode: u8| {
+            auth.mint(&crate::auth::Claims {
+                id: id.into(),
+                exp: 100,
+                mode,
+            })
+        };
+        assert!(authorize(&auth, "live/cam", Some(&token("cam", 2)), 10).is_ok());
+        let read_only = authorize(&auth, "live/cam", Some(&token("cam", 4)), 10).unwrap_err();
+        assert!(
+            read_only.reason.contains("may not publish to live/cam"),
+            "{read_only:?}"
+        );
+        assert!(authorize(&auth, "live/cam", Some(&token("other", 2)), 10).is_err());
+        assert!(authorize(&auth, "live/cam", None, 10).is_err());
+        let open = crate::auth::Auth::new(&Default::default()).unwrap();
+        assert!(authorize(&open, "live/cam", None, 10).is_ok());
     }
 }
