@@ -79,14 +79,16 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     let state = StateHandle::new();
     let keys = keys::KeyTable::default();
     let whep = webrtc::Whep::new(&cfg.id, hub.clone(), cfg.webrtc.settings());
-    let router = http::router(
-        hub.clone(),
-        Some(whep.clone()),
-        Some(cfg.record.dir.clone()),
-    );
     // Days a recording begins go to the manager's index through the MQTT session.
     let (days_tx, days) = tokio::sync::mpsc::channel::<record::writer::NewDay>(64);
     let recorder = record::Recorder::new(hub.clone(), cfg.record.settings(), days_tx);
+    let router = http::router(http::Parts {
+        agent_id: cfg.id.clone(),
+        hub: hub.clone(),
+        whep: Some(whep.clone()),
+        record_dir: Some(cfg.record.dir.clone()),
+        recorder: Some(recorder.clone()),
+    });
     let index = Some(session::IndexInputs {
         recorder: recorder.clone(),
         outbox: cfg.record.dir.join(".index-outbox.json"),

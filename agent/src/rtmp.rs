@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use verge_media::flv::tag;
-use verge_media::hub::{Frame, Hub, Publisher, Reader};
+use verge_media::hub::{Frame, Hub, Publisher, Reader, ReaderKind};
 use verge_media::rtmp::handshake;
 use verge_media::rtmp::session::{Event, MediaKind, Session, SessionConfig};
 
@@ -286,7 +286,7 @@ fn on_event(
         Event::PlayRequested { stream_id, name } => {
             let stream = StreamName::parse(&app, name.split('?').next().unwrap_or_default())
                 .map_err(ConnError::Refused)?;
-            match hub.subscribe(&stream.id()) {
+            match hub.subscribe_as(&stream.id(), ReaderKind::Rtmp) {
                 Ok(reader) => {
                     tracing::info!(%peer, stream = %stream.id(), "RTMP player joined");
                     conn.session.accept_play(stream_id, &stream.id());

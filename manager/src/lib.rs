@@ -20,6 +20,7 @@ pub mod http;
 pub mod ice;
 pub mod index;
 pub mod keys;
+pub mod metrics;
 pub mod registry;
 pub mod rpc;
 pub mod rtmp;
@@ -256,12 +257,14 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         credentials: credentials.clone(),
         manager_id: cfg.mqtt.id.clone(),
     };
+    let metrics = Arc::new(metrics::Metrics::default());
     let rpc = Arc::new(RpcClient::new(
         cfg.mqtt.id.clone(),
         topics.clone(),
         client.clone(),
         credentials.clone(),
         registry.clone(),
+        metrics.clone(),
     ));
     let connected = Arc::new(AtomicBool::new(false));
     let (link_up, link_up_rx) = tokio::sync::watch::channel(false);
@@ -307,6 +310,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             client: client.clone(),
             topics: topics.clone(),
             credentials: credentials.clone(),
+            metrics: metrics.clone(),
         },
     );
     let session = FleetSession {
@@ -356,6 +360,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         tunnels: tunnels.clone(),
         index,
         auth: auth.clone(),
+        metrics: metrics.clone(),
     });
     let mut forwards = Vec::new();
     let mut listener_tasks = Vec::new();

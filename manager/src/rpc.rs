@@ -44,6 +44,20 @@ pub enum CallError {
     Link(String),
 }
 
+impl CallError {
+    /// A short name for metrics: the agent's error code, or what kept the call from it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CallError::UnknownAgent(_) => "unknown_agent",
+            CallError::Offline(_) => "offline",
+            CallError::Timeout { .. } => "timeout",
+            CallError::Overloaded(_) => "overloaded",
+            CallError::Link(_) => "link",
+            CallError::Agent { error, .. } => error.code.as_str(),
+        }
+    }
+}
+
 struct Waiter {
     agent: String,
     tx: oneshot::Sender<Outcome>,
@@ -56,6 +70,7 @@ pub struct RpcClient {
     credentials: Credentials,
     registry: Arc<Registry>,
     calls: Mutex<Calls<Waiter>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl RpcClient {
@@ -65,6 +80,7 @@ impl RpcClient {
         client: AsyncClient,
         credentials: Credentials,
         registry: Arc<Registry>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         // A random first id, so a reply meant for an earlier run of this manager is not taken
         // for a call of this one.
@@ -77,11 +93,34 @@ impl RpcClient {
             credentials,
             registry,
             calls: Mutex::new(Calls::new(first_id, MAX_IN_FLIGHT)),
+            metrics,
         }
     }
 
     /// Calls `method` on `agent` and returns its result, or why there is none, within `timeout`.
     pub async fn call(
+        &self,
+        agent: &str,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let started = Instant::now();
+        let result = self.call_unmeasured(agent, method, params, timeout).await;
+        match &result {
+            Ok(_) | Err(CallError::Agent { .. }) => self
+                .metrics
+                .rpc_seconds
+                .observe(&[method], started.elapsed().as_secs_f64()),
+            Err(_) => {}
+        }
+        if let Err(e) = &result {
+            self.metrics.rpc_errors.add(&[method, e.code()], 1);
+        }
+        result
+    }
+
+    async fn call_unmeasured(
         &self,
         agent: &str,
         method: &str,

@@ -8,7 +8,7 @@
 //! then see the end of the stream.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -98,11 +98,73 @@ pub struct StreamStatus {
     pub b_frames: bool,
 }
 
+/// Who reads a stream, for the agent's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderKind {
+    Rtmp,
+    Flv,
+    Webrtc,
+    Hls,
+    Recorder,
+    Other,
+}
+
+impl ReaderKind {
+    pub const ALL: [ReaderKind; 6] = [
+        ReaderKind::Rtmp,
+        ReaderKind::Flv,
+        ReaderKind::Webrtc,
+        ReaderKind::Hls,
+        ReaderKind::Recorder,
+        ReaderKind::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReaderKind::Rtmp => "rtmp",
+            ReaderKind::Flv => "flv",
+            ReaderKind::Webrtc => "webrtc",
+            ReaderKind::Hls => "hls",
+            ReaderKind::Recorder => "recorder",
+            ReaderKind::Other => "other",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Running totals since the hub started (atomics: readers count without the stream's lock).
+#[derive(Default)]
+struct Totals {
+    publishes: AtomicU64,
+    frames_in: AtomicU64,
+    bytes_in: AtomicU64,
+    readers: [AtomicUsize; 6],
+    bytes_out: [AtomicU64; 6],
+    dropped: [AtomicU64; 6],
+}
+
+/// [`Hub::totals`]: what went through the hub since it started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HubTotals {
+    /// Publishers accepted.
+    pub publishes: u64,
+    pub frames_in: u64,
+    /// FLV tag bodies from publishers.
+    pub bytes_in: u64,
+    /// Per kind of reader: (kind, readers now, bytes handed to them, frames they lost by
+    /// falling behind).
+    pub readers: Vec<(ReaderKind, usize, u64, u64)>,
+}
+
 #[derive(Default)]
 pub struct Hub {
     config: HubConfig,
     streams: Mutex<HashMap<String, Arc<Channel>>>,
     readers: Arc<AtomicUsize>,
+    totals: Arc<Totals>,
     /// Bumped whenever a stream starts or ends, for owners that act on it (the recorder).
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -133,6 +195,7 @@ struct ChannelState {
 }
 
 struct Slot {
+    kind: ReaderKind,
     queue: VecDeque<Frame>,
     bytes: usize,
     skipping: bool,
@@ -188,6 +251,7 @@ impl Hub {
             config,
             streams: Mutex::new(HashMap::new()),
             readers: Arc::new(AtomicUsize::new(0)),
+            totals: Arc::default(),
             changes: tokio::sync::watch::channel(0).0,
         }
     }
@@ -233,6 +297,7 @@ impl Hub {
         });
         streams.insert(id.to_string(), channel.clone());
         drop(streams);
+        self.totals.publishes.fetch_add(1, Ordering::Relaxed);
         self.changes.send_modify(|n| *n += 1);
         Ok(Publisher {
             hub: self.clone(),
@@ -242,6 +307,33 @@ impl Hub {
 
     /// A reader of live stream `id`.
     pub fn subscribe(&self, id: &str) -> Result<Reader, HubError> {
+        self.subscribe_as(id, ReaderKind::Other)
+    }
+
+    /// What went through the hub since it started, and who reads now.
+    pub fn totals(&self) -> HubTotals {
+        let t = &self.totals;
+        HubTotals {
+            publishes: t.publishes.load(Ordering::Relaxed),
+            frames_in: t.frames_in.load(Ordering::Relaxed),
+            bytes_in: t.bytes_in.load(Ordering::Relaxed),
+            readers: ReaderKind::ALL
+                .iter()
+                .map(|&k| {
+                    let i = k.index();
+                    (
+                        k,
+                        t.readers[i].load(Ordering::Relaxed),
+                        t.bytes_out[i].load(Ordering::Relaxed),
+                        t.dropped[i].load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// A reader of live stream `id`, counted as `kind`.
+    pub fn subscribe_as(&self, id: &str, kind: ReaderKind) -> Result<Reader, HubError> {
         let not_live = || HubError::NotLive(id.to_string());
         let channel = self.streams().get(id).cloned().ok_or_else(not_live)?;
         let limit = self.config.max_readers;
@@ -255,7 +347,12 @@ impl Hub {
             return Err(HubError::TooManyReaders(limit));
         }
         // From here the count is held by the Reader (or given back below).
-        let count = ReaderCount(self.readers.clone());
+        self.totals.readers[kind.index()].fetch_add(1, Ordering::Relaxed);
+        let count = ReaderCount {
+            all: self.readers.clone(),
+            totals: self.totals.clone(),
+            kind,
+        };
         let notify = Arc::new(Notify::new());
         let reader_id = {
             let mut st = lock(&channel.state);
@@ -277,6 +374,7 @@ impl Hub {
             st.readers.insert(
                 reader_id,
                 Slot {
+                    kind,
                     queue,
                     bytes,
                     skipping,
@@ -290,7 +388,7 @@ impl Hub {
             channel,
             id: reader_id,
             notify,
-            _count: count,
+            count,
         })
     }
 
@@ -339,6 +437,11 @@ impl Publisher {
     /// Hands a frame to every reader and to the GOP cache. Never waits.
     pub fn push(&self, frame: Frame) {
         let config = &self.hub.config;
+        let totals = &self.hub.totals;
+        totals.frames_in.fetch_add(1, Ordering::Relaxed);
+        totals
+            .bytes_in
+            .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
         let mut guard = lock(&self.channel.state);
         let st = &mut *guard;
         st.rate.add(&frame, Instant::now());
@@ -365,6 +468,7 @@ impl Publisher {
         for slot in st.readers.values_mut() {
             if slot.skipping && !keyframe && !always {
                 slot.dropped += 1;
+                totals.dropped[slot.kind.index()].fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             if keyframe {
@@ -377,6 +481,8 @@ impl Publisher {
             {
                 // Too far behind: drop what is queued and start again at the next keyframe.
                 slot.dropped += slot.queue.len() as u64 + 1;
+                totals.dropped[slot.kind.index()]
+                    .fetch_add(slot.queue.len() as u64 + 1, Ordering::Relaxed);
                 slot.queue.clear();
                 slot.bytes = 0;
                 slot.skipping = true;
@@ -482,15 +588,20 @@ pub struct Reader {
     channel: Arc<Channel>,
     id: u64,
     notify: Arc<Notify>,
-    _count: ReaderCount,
+    count: ReaderCount,
 }
 
-/// One unit of the hub's reader count, given back when dropped.
-struct ReaderCount(Arc<AtomicUsize>);
+/// One unit of the hub's reader counts, given back when dropped.
+struct ReaderCount {
+    all: Arc<AtomicUsize>,
+    totals: Arc<Totals>,
+    kind: ReaderKind,
+}
 
 impl Drop for ReaderCount {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.all.fetch_sub(1, Ordering::AcqRel);
+        self.totals.readers[self.kind.index()].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -508,6 +619,8 @@ impl Reader {
                 let slot = st.readers.get_mut(&self.id)?;
                 if let Some(frame) = slot.queue.pop_front() {
                     slot.bytes -= frame.payload.len();
+                    self.count.totals.bytes_out[self.count.kind.index()]
+                        .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
                     return Some(frame);
                 }
                 if ended {
@@ -532,6 +645,8 @@ impl Reader {
     pub fn skip_to_next_keyframe(&self) {
         let mut st = lock(&self.channel.state);
         if let Some(slot) = st.readers.get_mut(&self.id) {
+            self.count.totals.dropped[slot.kind.index()]
+                .fetch_add(slot.queue.len() as u64, Ordering::Relaxed);
             slot.dropped += slot.queue.len() as u64;
             slot.queue.clear();
             slot.bytes = 0;
@@ -624,8 +739,8 @@ mod tests {
         };
         let hub = hub(config.clone());
         let publisher = hub.publish("live/cam", "p").unwrap();
-        let slow = hub.subscribe("live/cam").unwrap();
-        let mut fast = hub.subscribe("live/cam").unwrap();
+        let slow = hub.subscribe_as("live/cam", ReaderKind::Webrtc).unwrap();
+        let mut fast = hub.subscribe_as("live/cam", ReaderKind::Flv).unwrap();
         for i in 0..500u32 {
             publisher.push(video(i * 40, i % 50 == 0, 1000));
             let got = next(&mut fast).await.unwrap();
@@ -647,6 +762,33 @@ mod tests {
             "the slow reader skipped ahead, dropped {}",
             slow.dropped()
         );
+        // The totals say the same, by kind of reader.
+        let totals = hub.totals();
+        assert_eq!((totals.publishes, totals.frames_in), (1, 500));
+        let each = video(0, false, 1000).payload.len() as u64;
+        assert_eq!(totals.bytes_in, 500 * each);
+        let of = |kind| {
+            totals
+                .readers
+                .iter()
+                .find(|r| r.0 == kind)
+                .map(|r| (r.1, r.2, r.3))
+                .unwrap()
+        };
+        assert_eq!(of(ReaderKind::Flv), (1, 500 * each, 0));
+        assert_eq!(of(ReaderKind::Webrtc), (1, 0, slow.dropped()));
+        drop(slow);
+        drop(fast);
+        assert_eq!(of_now(&hub, ReaderKind::Webrtc), 0);
+        assert_eq!(of_now(&hub, ReaderKind::Flv), 0);
+    }
+
+    fn of_now(hub: &Hub, kind: ReaderKind) -> usize {
+        hub.totals()
+            .readers
+            .iter()
+            .find(|r| r.0 == kind)
+            .map_or(usize::MAX, |r| r.1)
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@ pub mod id;
 pub mod index;
 pub mod key;
 pub mod keys;
+pub mod metrics;
 pub mod presence;
 pub mod ready;
 pub mod rpc;

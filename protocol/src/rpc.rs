@@ -86,6 +86,20 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code as it is written on the wire (`not_found`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UnknownMethod => "unknown_method",
+            ErrorCode::InvalidParams => "invalid_params",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Busy => "busy",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+
     /// The HTTP status an API client should see when an agent refuses a call with this code.
     pub fn http_status(self) -> u16 {
         match self {
@@ -211,6 +225,25 @@ impl ReplayGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_names_are_the_wire_names() {
+        for code in [
+            ErrorCode::UnknownMethod,
+            ErrorCode::InvalidParams,
+            ErrorCode::NotFound,
+            ErrorCode::Busy,
+            ErrorCode::DeadlineExceeded,
+            ErrorCode::Internal,
+            ErrorCode::Unsupported,
+            ErrorCode::Unknown,
+        ] {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::Value::from(code.as_str())
+            );
+        }
+    }
 
     #[test]
     fn refusals_map_to_statuses_a_client_can_act_on() {

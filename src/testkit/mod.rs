@@ -13,6 +13,7 @@ pub mod edge;
 pub mod ffprobe;
 pub mod measure;
 pub mod postgres;
+pub mod prometheus;
 pub mod rtmp;
 
 use std::fs::File;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::watch;
 use verge_media::fmp4::segmenter::{Output, Segmenter, SegmenterConfig};
-use verge_media::hub::{Hub, HubError};
+use verge_media::hub::{Hub, HubError, ReaderKind};
 
 use super::playlist::{Entry, Header, render};
 
@@ -206,10 +206,13 @@ impl LiveHls {
         if let Some(feed) = feeds.get(stream) {
             return Ok(feed.clone());
         }
-        let reader = self.hub.subscribe(stream).map_err(|e| match e {
-            HubError::NotLive(_) => FeedError::NotLive(stream.to_string()),
-            other => FeedError::Hub(other.to_string()),
-        })?;
+        let reader = self
+            .hub
+            .subscribe_as(stream, ReaderKind::Hls)
+            .map_err(|e| match e {
+                HubError::NotLive(_) => FeedError::NotLive(stream.to_string()),
+                other => FeedError::Hub(other.to_string()),
+            })?;
         let feed = Arc::new(Feed {
             window: Mutex::new(Window::default()),
             produced: watch::channel(0).0,
@@ -305,7 +308,7 @@ async fn run_feed(
             if feed.idle_for() > settings.idle {
                 break 'feed;
             }
-            if let Ok(next) = live.hub.subscribe(&stream) {
+            if let Ok(next) = live.hub.subscribe_as(&stream, ReaderKind::Hls) {
                 reader = next;
                 if let Err(e) = segmenter.restart() {
                     tracing::warn!(%stream, error = %e, "live HLS: restart");

@@ -14,7 +14,7 @@ use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use verge_media::flv::mux;
-use verge_media::hub::{Frame, HubError, Reader};
+use verge_media::hub::{Frame, HubError, Reader, ReaderKind};
 
 use super::{AppState, plain};
 use crate::streams::StreamName;
@@ -33,7 +33,7 @@ pub(super) async fn flv(
         Ok(stream) => stream,
         Err(why) => return plain(StatusCode::BAD_REQUEST, why),
     };
-    let reader = match app.hub.subscribe(&stream.id()) {
+    let reader = match app.hub.subscribe_as(&stream.id(), ReaderKind::Flv) {
         Ok(reader) => reader,
         Err(e @ HubError::TooManyReaders(_)) => {
             return plain(StatusCode::SERVICE_UNAVAILABLE, e.to_string());

@@ -6,6 +6,7 @@
 //! - `GET /recordings/{*path}`: recorded files (see [`crate::record::files`]).
 
 mod flv;
+mod metrics;
 mod whep;
 
 use std::sync::Arc;
@@ -26,10 +27,29 @@ struct AppState {
     stall_timeout: Duration,
     /// `[record] dir`, when this agent records.
     record_dir: Option<Arc<std::path::PathBuf>>,
+    recorder: Option<crate::record::Recorder>,
+    agent_id: Arc<str>,
 }
 
-pub fn router(hub: Arc<Hub>, whep: Option<Whep>, record_dir: Option<std::path::PathBuf>) -> Router {
+/// What the agent's HTTP port serves from.
+pub struct Parts {
+    pub agent_id: String,
+    pub hub: Arc<Hub>,
+    pub whep: Option<Whep>,
+    pub record_dir: Option<std::path::PathBuf>,
+    pub recorder: Option<crate::record::Recorder>,
+}
+
+pub fn router(parts: Parts) -> Router {
+    let Parts {
+        agent_id,
+        hub,
+        whep,
+        record_dir,
+        recorder,
+    } = parts;
     Router::new()
+        .route("/metrics", get(metrics::scrape))
         .route("/recordings/{*path}", get(recording))
         .route("/whep/{name}", post(whep::offer).options(whep::preflight))
         .route(
@@ -54,6 +74,8 @@ pub fn router(hub: Arc<Hub>, whep: Option<Whep>, record_dir: Option<std::path::P
             whep,
             stall_timeout: Duration::from_secs(10),
             record_dir: record_dir.map(Arc::new),
+            recorder,
+            agent_id: agent_id.into(),
         })
 }
 

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use verge_media::fmp4::segmenter::{Output, Segmenter, SegmenterConfig};
-use verge_media::hub::Hub;
+use verge_media::hub::{Hub, ReaderKind};
 use verge_protocol::index::RecordState;
 
 use writer::{NewDay, StreamWriter};
@@ -92,6 +92,26 @@ pub struct Recorder {
     choices: Arc<Mutex<Choices>>,
     /// Days begun, for whoever delivers the index (the MQTT session).
     days: tokio::sync::mpsc::Sender<NewDay>,
+    totals: Arc<Totals>,
+}
+
+/// What all recordings wrote since the agent started.
+#[derive(Debug, Default)]
+struct Totals {
+    bytes: std::sync::atomic::AtomicU64,
+    segments: std::sync::atomic::AtomicU64,
+    failures: std::sync::atomic::AtomicU64,
+}
+
+/// [`Recorder::totals`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecorderTotals {
+    /// Streams being recorded now.
+    pub recording: usize,
+    pub bytes: u64,
+    pub segments: u64,
+    /// Recordings stopped by a failed write.
+    pub failures: u64,
 }
 
 impl Recorder {
@@ -107,6 +127,20 @@ impl Recorder {
             states: Arc::default(),
             choices: Arc::default(),
             days,
+            totals: Arc::default(),
+        }
+    }
+
+    pub fn totals(&self) -> RecorderTotals {
+        use std::sync::atomic::Ordering::Relaxed;
+        RecorderTotals {
+            recording: lock(&self.states)
+                .values()
+                .filter(|r| r.state == "recording")
+                .count(),
+            bytes: self.totals.bytes.load(Relaxed),
+            segments: self.totals.segments.load(Relaxed),
+            failures: self.totals.failures.load(Relaxed),
         }
     }
 
@@ -208,7 +242,7 @@ impl Recorder {
             if busy {
                 continue;
             }
-            let Ok(reader) = self.hub.subscribe(&stream) else {
+            let Ok(reader) = self.hub.subscribe_as(&stream, ReaderKind::Recorder) else {
                 continue;
             };
             let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -279,6 +313,12 @@ impl Recorder {
                 match written {
                     Ok((w, Ok(began))) => {
                         if let Some(state) = lock(&self.states).get_mut(&stream) {
+                            use std::sync::atomic::Ordering::Relaxed;
+                            let t = &self.totals;
+                            t.bytes
+                                .fetch_add(w.bytes.saturating_sub(state.bytes), Relaxed);
+                            t.segments
+                                .fetch_add(w.segments.saturating_sub(state.segments), Relaxed);
                             state.segments = w.segments;
                             state.bytes = w.bytes;
                         }
@@ -305,6 +345,9 @@ impl Recorder {
         match failure {
             Some(error) => {
                 tracing::error!(%stream, %error, "recording stopped: what was written stays");
+                self.totals
+                    .failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Some(state) = states.get_mut(&stream) {
                     state.state = "failed";
                     state.error = Some(error);

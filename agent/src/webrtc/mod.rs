@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio_util::sync::CancellationToken;
-use verge_media::hub::{Hub, HubError};
+use verge_media::hub::{Hub, HubError, ReaderKind};
 use verge_protocol::rpc::ErrorCode;
 use verge_protocol::whep::{self, IceServer, OfferResult, PatchResult};
 use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit};
@@ -197,10 +197,14 @@ impl Whep {
     ) -> Result<OfferResult, WhepError> {
         let started = Instant::now();
         // Subscribing first reserves the viewer's slot and fails fast for a stream not live.
-        let reader = self.inner.hub.subscribe(stream).map_err(|e| match e {
-            HubError::TooManyReaders(_) => WhepError::Busy(e.to_string()),
-            _ => WhepError::NotLive(stream.to_string()),
-        })?;
+        let reader = self
+            .inner
+            .hub
+            .subscribe_as(stream, ReaderKind::Webrtc)
+            .map_err(|e| match e {
+                HubError::TooManyReaders(_) => WhepError::Busy(e.to_string()),
+                _ => WhepError::NotLive(stream.to_string()),
+            })?;
         let mut servers = ice_servers.to_vec();
         servers.extend(self.inner.settings.ice_servers.iter().cloned());
         let ssrc = u32::from_be_bytes(self.random()).max(1);

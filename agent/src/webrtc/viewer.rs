@@ -14,7 +14,7 @@ use rtc::rtp;
 use std::sync::Arc;
 use verge_media::codec::avc;
 use verge_media::flv::tag::{self, VideoPacket};
-use verge_media::hub::{Frame, Hub, Reader};
+use verge_media::hub::{Frame, Hub, Reader, ReaderKind};
 use verge_media::rtmp::session::MediaKind;
 use verge_media::rtp::h264::H264Packetizer;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
@@ -139,7 +139,7 @@ pub async fn run(
                             last_resync = Some(tokio::time::Instant::now());
                             // Give the slot back first: the hub counts readers against a limit.
                             drop(reader);
-                            reader = match hub.subscribe(reader_stream(&peer)) {
+                            reader = match hub.subscribe_as(reader_stream(&peer), ReaderKind::Webrtc) {
                                 Ok(r) => r,
                                 Err(_) => break End::PublisherGone,
                             };

@@ -9,6 +9,7 @@
 //! - [`agent_http`]: a box's HTTP through the tunnel: `/agents/{id}/http/{*path}` and
 //!   `/flv/{app}/{name}.flv`, `/hls/{app}/{name}/{file}`.
 //! - [`auth`]: `[auth]` in front of every route, `POST /api/login`, `POST /api/token`.
+//! - [`metrics`]: `GET /metrics`, Prometheus' text format.
 //! - [`error`]: errors as a status and a one-line reason a client can act on.
 
 pub mod agent_http;
@@ -16,6 +17,7 @@ pub mod api;
 mod auth;
 pub mod error;
 pub mod keys;
+mod metrics;
 pub mod play;
 mod playback;
 mod record;
@@ -48,6 +50,7 @@ pub struct AppState {
     pub tunnels: crate::tunnel::Tunnels,
     pub index: crate::index::Index,
     pub auth: Arc<crate::auth::Auth>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -106,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/play/{name}", get(play::page))
         .route("/play/{app}/{name}", get(play::page_in_app))
+        .route("/metrics", get(metrics::scrape))
         .route("/api/login", post(auth::login))
         .route("/api/token", post(auth::token))
         .layer(axum::middleware::from_fn_with_state(

@@ -54,7 +54,24 @@ pub async fn offer(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    respond(offer_for(&app, "live", &name, &headers, body).await)
+    measured(&app, offer_for(&app, "live", &name, &headers, body)).await
+}
+
+/// Counts the offer by the status of its answer, and times the ones answered.
+async fn measured(
+    app: &AppState,
+    offer: impl std::future::Future<Output = Result<Response, ApiError>>,
+) -> Response {
+    let started = std::time::Instant::now();
+    let response = respond(offer.await);
+    let status = response.status();
+    if status == StatusCode::CREATED {
+        app.metrics
+            .whep_signaling_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+    app.metrics.whep_offers.add(&[status.as_str()], 1);
+    response
 }
 
 pub async fn offer_in_app(
@@ -63,7 +80,7 @@ pub async fn offer_in_app(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    respond(offer_for(&app, &app_name, &name, &headers, body).await)
+    measured(&app, offer_for(&app, &app_name, &name, &headers, body)).await
 }
 
 pub async fn patch(

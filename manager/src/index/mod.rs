@@ -34,6 +34,7 @@ pub struct Index {
     db: Db,
     ready: watch::Receiver<Readiness>,
     events: mpsc::Sender<(String, Vec<u8>)>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// What the worker needs to answer agents.
@@ -42,6 +43,7 @@ pub struct Replies {
     pub client: AsyncClient,
     pub topics: Topics,
     pub credentials: Credentials,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Index {
@@ -49,9 +51,15 @@ impl Index {
     pub fn start(db: Db, shown_url: String, replies: Replies) -> Self {
         let (ready_tx, ready) = watch::channel(Readiness::Starting);
         let (events, events_rx) = mpsc::channel(QUEUE);
-        tokio::spawn(keep_ready(db.clone(), shown_url, ready_tx));
+        let metrics = replies.metrics.clone();
+        tokio::spawn(keep_ready(db.clone(), shown_url, ready_tx, metrics.clone()));
         tokio::spawn(worker(db.clone(), ready.clone(), events_rx, replies));
-        Self { db, ready, events }
+        Self {
+            db,
+            ready,
+            events,
+            metrics,
+        }
     }
 
     /// The database, once migrated; else why not.
@@ -75,13 +83,19 @@ impl Index {
             .is_err()
         {
             tracing::warn!(%agent, "index queue full; the agent will resend");
+            self.metrics.index_events.add(&["queue_full"], 1);
         }
     }
 }
 
 /// Migrates once the database answers; then checks it every 5 s, so the API says "down" with
 /// the reason while it is.
-async fn keep_ready(db: Db, shown_url: String, ready: watch::Sender<Readiness>) {
+async fn keep_ready(
+    db: Db,
+    shown_url: String,
+    ready: watch::Sender<Readiness>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) {
     let mut migrated = false;
     loop {
         // The pool keeps retrying a refused connection until its acquire timeout (the
@@ -93,10 +107,16 @@ async fn keep_ready(db: Db, shown_url: String, ready: watch::Sender<Readiness>) 
                 db.migrate().await
             }
         };
+        let started = std::time::Instant::now();
         let result = match tokio::time::timeout(Duration::from_secs(3), check).await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err("no connection within 3 s".to_string()),
         };
+        if migrated && result.is_ok() {
+            metrics
+                .database_seconds
+                .observe(&["health"], started.elapsed().as_secs_f64());
+        }
         match result {
             Ok(()) => {
                 if !migrated {
@@ -142,29 +162,42 @@ async fn worker(
             Ok(opened) if opened.from == agent => opened,
             Ok(opened) => {
                 tracing::warn!(%agent, from = %opened.from, "index event signed for another agent; refused");
+                replies.metrics.index_events.add(&["refused"], 1);
                 continue;
             }
             Err(e) => {
                 tracing::warn!(%agent, error = %e, "index event that does not open; refused");
+                replies.metrics.index_events.add(&["refused"], 1);
                 continue;
             }
         };
         if *ready.borrow() != Readiness::Ready {
             tracing::debug!(%agent, rows = opened.body.rows.len(), "database not ready; index rows left for the agent to resend");
+            replies.metrics.index_events.add(&["db_down"], 1);
             continue;
         }
+        replies.metrics.index_events.add(&["accepted"], 1);
+        let rows = &replies.metrics.index_rows;
         let mut ack = IndexAck::default();
         for row in &opened.body.rows {
             if let Err(reason) = row.check() {
                 tracing::warn!(%agent, row = %row.id, %reason, "index row refused");
+                rows.add(&["refused"], 1);
                 ack.refused.push(Refused {
                     id: row.id.clone(),
                     reason,
                 });
                 continue;
             }
-            match db.upsert(row, &agent).await {
+            let started = std::time::Instant::now();
+            let upserted = db.upsert(row, &agent).await;
+            replies
+                .metrics
+                .database_seconds
+                .observe(&["upsert"], started.elapsed().as_secs_f64());
+            match upserted {
                 Ok(Upserted::Stored) => {
+                    rows.add(&["stored"], 1);
                     tracing::info!(%agent, stream = %row.stream, path = %row.mpd_path, "recording indexed");
                     ack.ids.push(row.id.clone());
                 }
@@ -174,12 +207,14 @@ async fn worker(
                         row.mpd_path
                     );
                     tracing::warn!(%agent, row = %row.id, %reason, "index row refused");
+                    rows.add(&["refused"], 1);
                     ack.refused.push(Refused {
                         id: row.id.clone(),
                         reason,
                     });
                 }
                 Err(e) => {
+                    rows.add(&["failed"], 1);
                     tracing::warn!(%agent, row = %row.id, error = %e, "index row not stored; the agent will resend");
                 }
             }

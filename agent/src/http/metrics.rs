@@ -1,0 +1,144 @@
+//! `GET /metrics` on the agent's HTTP port: the box in Prometheus' text format (streams,
+//! publishers, readers by kind, bytes in and out, the recorder).
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use verge_protocol::metrics::{CONTENT_TYPE, Exposition, Kind};
+
+use super::AppState;
+
+pub async fn scrape(State(app): State<AppState>) -> Response {
+    let mut e = Exposition::new();
+    e.family(
+        "verge_agent_info",
+        Kind::Gauge,
+        "This agent's id and version (always 1).",
+    )
+    .sample(
+        "verge_agent_info",
+        &[
+            ("agent", &app.agent_id),
+            ("version", env!("CARGO_PKG_VERSION")),
+        ],
+        1.0,
+    );
+    let streams = app.hub.status();
+    e.single(
+        "verge_agent_streams",
+        Kind::Gauge,
+        "Live streams (each has one publisher).",
+        streams.len() as f64,
+    );
+    let totals = app.hub.totals();
+    e.single(
+        "verge_agent_publishes_total",
+        Kind::Counter,
+        "Publishers accepted since the agent started (RTMP, through the tunnel or not).",
+        totals.publishes as f64,
+    );
+    e.single(
+        "verge_agent_ingest_frames_total",
+        Kind::Counter,
+        "Media frames received from publishers.",
+        totals.frames_in as f64,
+    );
+    e.single(
+        "verge_agent_ingest_bytes_total",
+        Kind::Counter,
+        "Media bytes (FLV tag bodies) received from publishers.",
+        totals.bytes_in as f64,
+    );
+    e.family(
+        "verge_agent_readers",
+        Kind::Gauge,
+        "Readers of live streams now, by kind (webrtc: WHEP viewers).",
+    );
+    for (kind, readers, _, _) in &totals.readers {
+        e.sample(
+            "verge_agent_readers",
+            &[("kind", kind.as_str())],
+            *readers as f64,
+        );
+    }
+    e.family(
+        "verge_agent_reader_bytes_total",
+        Kind::Counter,
+        "Media bytes handed to readers, by kind (before each protocol's own framing).",
+    );
+    for (kind, _, bytes, _) in &totals.readers {
+        e.sample(
+            "verge_agent_reader_bytes_total",
+            &[("kind", kind.as_str())],
+            *bytes as f64,
+        );
+    }
+    e.family(
+        "verge_agent_reader_dropped_frames_total",
+        Kind::Counter,
+        "Frames readers lost by falling behind (they resume at the next keyframe), by kind.",
+    );
+    for (kind, _, _, dropped) in &totals.readers {
+        e.sample(
+            "verge_agent_reader_dropped_frames_total",
+            &[("kind", kind.as_str())],
+            *dropped as f64,
+        );
+    }
+    e.family(
+        "verge_agent_stream_readers",
+        Kind::Gauge,
+        "Readers of each live stream.",
+    );
+    for s in &streams {
+        e.sample(
+            "verge_agent_stream_readers",
+            &[("stream", &s.id)],
+            s.readers as f64,
+        );
+    }
+    e.family(
+        "verge_agent_stream_bitrate_bits_per_second",
+        Kind::Gauge,
+        "Each live stream's bitrate over the last second.",
+    );
+    for s in &streams {
+        e.sample(
+            "verge_agent_stream_bitrate_bits_per_second",
+            &[("stream", &s.id)],
+            f64::from(s.bitrate_kbps) * 1000.0,
+        );
+    }
+    if let Some(recorder) = &app.recorder {
+        let r = recorder.totals();
+        e.single(
+            "verge_agent_recordings",
+            Kind::Gauge,
+            "Streams being recorded now.",
+            r.recording as f64,
+        );
+        e.single(
+            "verge_agent_recorder_bytes_total",
+            Kind::Counter,
+            "Bytes the recorder wrote (init and media segments).",
+            r.bytes as f64,
+        );
+        e.single(
+            "verge_agent_recorder_segments_total",
+            Kind::Counter,
+            "Media segments the recorder wrote.",
+            r.segments as f64,
+        );
+        e.single(
+            "verge_agent_recorder_failures_total",
+            Kind::Counter,
+            "Recordings stopped by a failed write (full disk, unwritable folder).",
+            r.failures as f64,
+        );
+    }
+    let mut response = e.finish().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
+}

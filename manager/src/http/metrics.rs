@@ -1,0 +1,241 @@
+//! `GET /metrics`: the manager in Prometheus' text format. The fleet's gauges are read now from
+//! the registry and the tunnels; counters and histograms come from [`crate::metrics`].
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use verge_protocol::metrics::{CONTENT_TYPE, Exposition, Kind};
+
+use super::AppState;
+
+pub async fn scrape(State(app): State<AppState>) -> Response {
+    let mut e = Exposition::new();
+    e.family(
+        "verge_manager_info",
+        Kind::Gauge,
+        "This manager's version (always 1).",
+    )
+    .sample(
+        "verge_manager_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
+    e.single(
+        "verge_broker_connected",
+        Kind::Gauge,
+        "Whether the manager's MQTT session is up (1) or not (0).",
+        flag(app.connected.load(Ordering::Relaxed)),
+    );
+    e.single(
+        "verge_database_up",
+        Kind::Gauge,
+        "Whether the recording index's database answers (1) or not (0).",
+        flag(app.index.db().is_ok()),
+    );
+    fleet(&app, &mut e);
+    tunnels(&app, &mut e).await;
+    let m = &app.metrics;
+    e.histograms(
+        "verge_rpc_duration_seconds",
+        "RPC round trips to agents that got an answer, by method.",
+        &["method"],
+        &m.rpc_seconds,
+    );
+    e.counters(
+        "verge_rpc_errors_total",
+        "RPCs to agents that failed, by method and code (the agent's code, or timeout, offline, link…).",
+        &["method", "code"],
+        &m.rpc_errors,
+    );
+    e.counters(
+        "verge_whep_offers_total",
+        "WHEP offers, by the HTTP status of the answer.",
+        &["status"],
+        &m.whep_offers,
+    );
+    e.family(
+        "verge_whep_signaling_seconds",
+        Kind::Histogram,
+        "From a WHEP offer's arrival to its answer (answered offers).",
+    )
+    .histogram(
+        "verge_whep_signaling_seconds",
+        &[],
+        &m.whep_signaling_seconds,
+    );
+    e.counters(
+        "verge_index_events_total",
+        "Recording-index events from agents, by result.",
+        &["result"],
+        &m.index_events,
+    );
+    e.counters(
+        "verge_index_rows_total",
+        "Recording-index rows, by result (stored, refused, failed and left for a resend).",
+        &["result"],
+        &m.index_rows,
+    );
+    e.histograms(
+        "verge_database_duration_seconds",
+        "Database operations of the recording index, by operation.",
+        &["op"],
+        &m.database_seconds,
+    );
+    let mut response = e.finish().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
+}
+
+fn flag(on: bool) -> f64 {
+    if on { 1.0 } else { 0.0 }
+}
+
+fn fleet(app: &AppState, e: &mut Exposition) {
+    let agents = app.registry.list();
+    let online = agents.iter().filter(|a| a.online()).count();
+    e.family("verge_agents", Kind::Gauge, "Enrolled agents by state.")
+        .sample("verge_agents", &[("state", "online")], online as f64)
+        .sample(
+            "verge_agents",
+            &[("state", "offline")],
+            (agents.len() - online) as f64,
+        );
+    e.family(
+        "verge_agent_up",
+        Kind::Gauge,
+        "Whether each agent is online (1) or not (0).",
+    );
+    for a in &agents {
+        e.sample("verge_agent_up", &[("agent", &a.id)], flag(a.online()));
+    }
+    e.family(
+        "verge_agent_rpc_rtt_seconds",
+        Kind::Gauge,
+        "Round trip of the last RPC each online agent answered.",
+    );
+    for a in agents.iter().filter(|a| a.online()) {
+        if let Some(ms) = a.last_rtt_ms {
+            e.sample(
+                "verge_agent_rpc_rtt_seconds",
+                &[("agent", &a.id)],
+                ms / 1000.0,
+            );
+        }
+    }
+    let streams: Vec<(&str, &verge_protocol::state::StreamInfo)> = agents
+        .iter()
+        .filter(|a| a.online())
+        .flat_map(|a| {
+            a.state
+                .iter()
+                .flat_map(|s| s.streams.iter())
+                .map(move |s| (a.id.as_str(), s))
+        })
+        .collect();
+    e.single(
+        "verge_streams",
+        Kind::Gauge,
+        "Live streams on online agents.",
+        streams.len() as f64,
+    );
+    e.single(
+        "verge_readers",
+        Kind::Gauge,
+        "Readers of those streams (WHEP viewers, RTMP and HTTP-FLV players, HLS, recorders).",
+        streams.iter().map(|(_, s)| f64::from(s.readers)).sum(),
+    );
+    e.family(
+        "verge_stream_readers",
+        Kind::Gauge,
+        "Readers of each live stream.",
+    );
+    for (agent, s) in &streams {
+        let id = s.id();
+        e.sample(
+            "verge_stream_readers",
+            &[("agent", agent), ("stream", &id)],
+            f64::from(s.readers),
+        );
+    }
+    e.family(
+        "verge_stream_bitrate_bits_per_second",
+        Kind::Gauge,
+        "Bitrate of each live stream as its agent measures it.",
+    );
+    for (agent, s) in &streams {
+        let id = s.id();
+        e.sample(
+            "verge_stream_bitrate_bits_per_second",
+            &[("agent", agent), ("stream", &id)],
+            f64::from(s.bitrate_kbps.unwrap_or(0)) * 1000.0,
+        );
+    }
+}
+
+async fn tunnels(app: &AppState, e: &mut Exposition) {
+    let mut stats = Vec::new();
+    for a in app.registry.list() {
+        if let Some(s) = app.tunnels.stats(&a.id).await {
+            stats.push((a.id, s));
+        }
+    }
+    e.family(
+        "verge_tunnel_open_streams",
+        Kind::Gauge,
+        "Tunnel streams open to each agent.",
+    );
+    for (agent, s) in &stats {
+        e.sample(
+            "verge_tunnel_open_streams",
+            &[("agent", agent)],
+            s.open_streams as f64,
+        );
+    }
+    e.family(
+        "verge_tunnel_bytes_total",
+        Kind::Counter,
+        "Sealed tunnel bytes to and from each agent, since its tunnel link started.",
+    );
+    for (agent, s) in &stats {
+        e.sample(
+            "verge_tunnel_bytes_total",
+            &[("agent", agent), ("direction", "to_agent")],
+            s.bytes_out as f64,
+        )
+        .sample(
+            "verge_tunnel_bytes_total",
+            &[("agent", agent), ("direction", "from_agent")],
+            s.bytes_in as f64,
+        );
+    }
+    e.family(
+        "verge_tunnel_packets_refused_total",
+        Kind::Counter,
+        "Packets on an agent's tunnel topic that did not authenticate or decode.",
+    );
+    for (agent, s) in &stats {
+        e.sample(
+            "verge_tunnel_packets_refused_total",
+            &[("agent", agent)],
+            s.packets_refused as f64,
+        );
+    }
+    e.family(
+        "verge_tunnel_resets_total",
+        Kind::Counter,
+        "Tunnel streams reset, by agent and reason.",
+    );
+    for (agent, s) in &stats {
+        for (reason, n) in &s.resets {
+            e.sample(
+                "verge_tunnel_resets_total",
+                &[("agent", agent), ("reason", reason)],
+                *n as f64,
+            );
+        }
+    }
+}
