@@ -40,6 +40,10 @@ pub enum AgentError {
     Link(#[from] LinkError),
     #[error("the MQTT link task ended unexpectedly")]
     LinkEnded,
+    #[error(
+        "the manager revoked agent {0:?}: its secret no longer connects; enrol it again under a new id"
+    )]
+    Revoked(String),
     #[error(transparent)]
     ReadyFile(#[from] verge_protocol::ready::ReadyFileError),
     #[error("{what} listener {addr}: {source}")]
@@ -228,7 +232,9 @@ pub async fn run(
                     link_up.send_replace(true);
                 }
                 Some(LinkEvent::Message { topic, payload }) if topic == request_topic => {
-                    on_request(&shared, &payload, &permits, &replays);
+                    if on_request(&shared, &payload, &permits, &replays) {
+                        break Err(AgentError::Revoked(shared.id.clone()));
+                    }
                 }
                 Some(LinkEvent::Message { topic, payload }) if topic == keys_topic => {
                     on_keys(&shared, &keys, &payload);
@@ -261,7 +267,9 @@ pub async fn run(
         indexer.abort();
     }
     let session = *connected_tx.borrow();
-    goodbye(&shared, session, events, task).await;
+    // A revoked agent leaves without a presence: the manager has cleared its topics.
+    let announce = !matches!(result, Err(AgentError::Revoked(_)));
+    goodbye(&shared, session, announce, events, task).await;
     result
 }
 
@@ -269,6 +277,7 @@ pub async fn run(
 async fn goodbye(
     shared: &Shared,
     session: u64,
+    announce: bool,
     mut events: tokio::sync::mpsc::Receiver<LinkEvent>,
     task: tokio::task::JoinHandle<()>,
 ) {
@@ -276,9 +285,11 @@ async fn goodbye(
     let topic = shared.topics.presence(&shared.id);
     let client = shared.client.clone();
     let send = async move {
-        client
-            .publish(topic, QoS::AtLeastOnce, true, offline)
-            .await?;
+        if announce {
+            client
+                .publish(topic, QoS::AtLeastOnce, true, offline)
+                .await?;
+        }
         client.disconnect().await
     };
     let drain = async move {
@@ -397,23 +408,24 @@ fn on_keys(shared: &Shared, keys: &KeyTable, payload: &[u8]) {
     }
 }
 
-/// Checks a request and starts it on its own task; never waits.
+/// Checks a request and starts it on its own task; never waits. `true`: the manager revoked
+/// this agent (answered here, before the session ends).
 fn on_request(
     shared: &Arc<Shared>,
     payload: &[u8],
     permits: &Arc<Semaphore>,
     replays: &Mutex<ReplayGuard>,
-) {
+) -> bool {
     let request = match envelope::open::<Request>(payload, &shared.key) {
         Ok(opened) => opened.body,
         Err(e) => {
             tracing::warn!(agent = %shared.id, error = %e, "dropping a request that does not open");
-            return;
+            return false;
         }
     };
     if verge_protocol::id::validate(&request.reply_to).is_err() {
         tracing::warn!(agent = %shared.id, reply_to = %request.reply_to, "dropping a request with an invalid reply_to");
-        return;
+        return false;
     }
     let first = replays
         .lock()
@@ -421,9 +433,20 @@ fn on_request(
         .unwrap_or(false);
     if !first {
         tracing::warn!(agent = %shared.id, id = request.id, "dropping a replayed request");
-        return;
+        return false;
     }
     let reply_topic = shared.topics.reply(&request.reply_to);
+    if request.method == verge_protocol::rpc::METHOD_REVOKED {
+        tracing::error!(agent = %shared.id, manager = %request.reply_to, "revoked by the manager: disconnecting");
+        let reply = shared.seal(&Reply {
+            id: request.id,
+            result: Outcome::Ok(serde_json::Value::Null),
+        });
+        let _ = shared
+            .client
+            .try_publish(reply_topic, QoS::AtMostOnce, false, reply);
+        return true;
+    }
     match permits.clone().try_acquire_owned() {
         Ok(permit) => {
             let shared = shared.clone();
@@ -464,6 +487,7 @@ fn on_request(
             }
         }
     }
+    false
 }
 
 async fn serve(

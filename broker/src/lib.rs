@@ -40,6 +40,8 @@ pub struct Credentials {
 struct CredentialTable {
     listed: HashMap<String, String>,
     enrollment_secret: Option<String>,
+    /// Revoked ids: refused whatever else says (listed, derived).
+    revoked: std::collections::HashSet<String>,
 }
 
 impl Credentials {
@@ -51,6 +53,7 @@ impl Credentials {
             inner: Arc::new(RwLock::new(CredentialTable {
                 listed: listed.into_iter().collect(),
                 enrollment_secret,
+                revoked: Default::default(),
             })),
         }
     }
@@ -62,9 +65,36 @@ impl Credentials {
         }
     }
 
-    /// The secret of `id`: listed ones first, then the derived one.
+    /// Refuses `id` from now on: its secret is forgotten and a derived one is not made.
+    pub fn revoke(&self, id: &str) {
+        if let Ok(mut table) = self.inner.write() {
+            table.listed.remove(id);
+            table.revoked.insert(id.to_string());
+        }
+    }
+
+    pub fn is_revoked(&self, id: &str) -> bool {
+        self.inner
+            .read()
+            .map(|t| t.revoked.contains(id))
+            .unwrap_or(true)
+    }
+
+    /// Whether `id` has a secret of its own (listed in the config or enrolled at run time), as
+    /// opposed to one derived from the enrollment secret.
+    pub fn is_listed(&self, id: &str) -> bool {
+        self.inner
+            .read()
+            .map(|t| t.listed.contains_key(id))
+            .unwrap_or(false)
+    }
+
+    /// The secret of `id`: listed ones first, then the derived one; none once revoked.
     pub fn secret_of(&self, id: &str) -> Option<String> {
         let table = self.inner.read().ok()?;
+        if table.revoked.contains(id) {
+            return None;
+        }
         if let Some(secret) = table.listed.get(id) {
             return Some(secret.clone());
         }
@@ -390,6 +420,14 @@ mod tests {
         );
         creds.insert("verge-manager:m", "internal");
         assert!(creds.check("verge-manager:m", "verge-manager:m", "internal"));
+
+        // Revoked: neither the listed nor the derived secret opens the door again.
+        creds.revoke("edge-1");
+        creds.revoke("edge-9");
+        assert!(!creds.check("edge-1", "edge-1", "s1"));
+        assert!(!creds.check("edge-9:s2", "edge-9", &derived));
+        assert_eq!(creds.secret_of("edge-9"), None);
+        assert!(creds.is_revoked("edge-9") && !creds.is_listed("edge-1"));
     }
 
     #[test]

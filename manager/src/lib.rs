@@ -14,6 +14,7 @@
 //! `GET /api/agents/edge-1` reads the [`registry::Registry`] and pings through
 //! [`rpc::RpcClient`], whose reply comes back through [`session::FleetSession`].
 
+pub mod agents;
 pub mod auth;
 pub mod config;
 pub mod http;
@@ -322,9 +323,9 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             rumqttc::QoS::AtLeastOnce
         },
         manager_id: cfg.mqtt.id.clone(),
-        topics,
+        topics: topics.clone(),
         client: client.clone(),
-        credentials,
+        credentials: credentials.clone(),
         registry: registry.clone(),
         rpc: rpc.clone(),
         connected: connected.clone(),
@@ -358,9 +359,18 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         rpc_timeout: cfg.rpc_timeout(),
         ice: Arc::new(cfg.extra_ice.clone()),
         tunnels: tunnels.clone(),
-        index,
+        index: index.clone(),
         auth: auth.clone(),
         metrics: metrics.clone(),
+        enrolment: agents::Enrolment {
+            credentials: credentials.clone(),
+            client: client.clone(),
+            topics: topics.clone(),
+            registry: registry.clone(),
+            rpc: rpc.clone(),
+            tunnels: tunnels.clone(),
+            index,
+        },
     });
     let mut forwards = Vec::new();
     let mut listener_tasks = Vec::new();

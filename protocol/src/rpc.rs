@@ -18,6 +18,9 @@ use crate::envelope::{Kind, Message};
 
 pub const METHOD_PING: &str = "ping";
 pub const METHOD_INFO: &str = "info";
+/// The manager revoked this agent: it disconnects and stops (its secret no longer opens the
+/// broker, and nothing it signs is accepted).
+pub const METHOD_REVOKED: &str = "agent.revoked";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {

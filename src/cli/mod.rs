@@ -22,6 +22,9 @@ pub const USAGE: &str =
   verge record start|stop|state APP/NAME [--agent ID]
                                    record a stream from now on, stop, or show its recording
   verge recordings [APP/NAME]      streams with recordings, or a stream's recorded days
+  verge agents add [ID]            enrol an agent (a new id unless given): prints its id and
+                                   secret, shown this once, for the agent's agent.toml
+  verge agents revoke ID           revoke an agent: disconnected and refused from then on
   verge login USERNAME             log in ([[auth.accounts]]; the password is read from stdin)
                                    and print the token, for --token or $VERGE_TOKEN
   verge token APP/NAME|'*' --mode r|w|x|rw|… [--duration SECS]
@@ -35,7 +38,7 @@ pub const USAGE: &str =
 pub fn handles(command: &str) -> bool {
     matches!(
         command,
-        "nodes" | "streams" | "keys" | "record" | "recordings" | "login" | "token"
+        "nodes" | "streams" | "keys" | "record" | "recordings" | "login" | "token" | "agents"
     )
 }
 
@@ -151,6 +154,22 @@ pub fn run(command: &str, args: &[String]) -> ExitCode {
             }
             Err(e) => return usage(&e),
         },
+        ("agents", ["add", rest @ ..]) if rest.len() <= 1 => {
+            let body = rest
+                .first()
+                .map(|id| serde_json::json!({ "id": id }).to_string());
+            api.call("POST", "/api/agents", body.as_deref()).map(|v| {
+                let text = format!(
+                    "enrolled {id}; its secret is shown only now.\nIn its agent.toml:\n  id = \"{id}\"\n  secret = \"{secret}\"",
+                    id = text(&v["id"]),
+                    secret = text(&v["secret"]),
+                );
+                (Show::Text(text), v)
+            })
+        }
+        ("agents", ["revoke", id]) if verge_protocol::id::validate(id).is_ok() => api
+            .call("DELETE", &format!("/api/agents/{id}"), None)
+            .map(|v| (Show::Text(format!("revoked {id}")), v)),
         ("login", [username]) => {
             let mut password = String::new();
             if let Err(e) = std::io::stdin().read_line(&mut password) {

@@ -8,11 +8,13 @@
 //! - [`play`]: `/play/{stream}`, a minimal WHEP player page.
 //! - [`agent_http`]: a box's HTTP through the tunnel: `/agents/{id}/http/{*path}` and
 //!   `/flv/{app}/{name}.flv`, `/hls/{app}/{name}/{file}`.
+//! - [`agents`]: `POST /api/agents` (enrol), `DELETE /api/agents/{id}` (revoke).
 //! - [`auth`]: `[auth]` in front of every route, `POST /api/login`, `POST /api/token`.
 //! - [`metrics`]: `GET /metrics`, Prometheus' text format.
 //! - [`error`]: errors as a status and a one-line reason a client can act on.
 
 pub mod agent_http;
+mod agents;
 pub mod api;
 mod auth;
 pub mod error;
@@ -51,6 +53,7 @@ pub struct AppState {
     pub index: crate::index::Index,
     pub auth: Arc<crate::auth::Auth>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub enrolment: crate::agents::Enrolment,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -59,9 +62,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/health", get(api::health))
         .route("/api/nodes", get(api::nodes))
         .route("/api/nodes/", get(api::nodes))
-        .route("/api/agents", get(api::nodes))
-        .route("/api/agents/", get(api::nodes))
-        .route("/api/agents/{id}", get(api::agent))
+        .route("/api/agents", get(api::nodes).post(agents::enrol))
+        .route("/api/agents/", get(api::nodes).post(agents::enrol))
+        .route("/api/agents/{id}", get(api::agent).delete(agents::revoke))
         .route("/api/keys", get(keys::list))
         .route("/api/keys/", get(keys::list))
         .route(

@@ -52,7 +52,13 @@ impl Index {
         let (ready_tx, ready) = watch::channel(Readiness::Starting);
         let (events, events_rx) = mpsc::channel(QUEUE);
         let metrics = replies.metrics.clone();
-        tokio::spawn(keep_ready(db.clone(), shown_url, ready_tx, metrics.clone()));
+        tokio::spawn(keep_ready(
+            db.clone(),
+            shown_url,
+            ready_tx,
+            metrics.clone(),
+            replies.credentials.clone(),
+        ));
         tokio::spawn(worker(db.clone(), ready.clone(), events_rx, replies));
         Self {
             db,
@@ -95,6 +101,7 @@ async fn keep_ready(
     shown_url: String,
     ready: watch::Sender<Readiness>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    credentials: Credentials,
 ) {
     let mut migrated = false;
     loop {
@@ -104,7 +111,17 @@ async fn keep_ready(
             if migrated {
                 db.streams().await.map(|_| ())
             } else {
-                db.migrate().await
+                // Agents enrolled or revoked at run time count before the API can change them.
+                db.migrate().await?;
+                let rows = db.agent_rows().await?;
+                crate::agents::load(&credentials, &rows);
+                if !rows.is_empty() {
+                    tracing::info!(
+                        agents = rows.len(),
+                        "agents enrolled or revoked at run time loaded"
+                    );
+                }
+                Ok(())
             }
         };
         let started = std::time::Instant::now();

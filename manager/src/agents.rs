@@ -1,0 +1,245 @@
+//! Agents at run time: `POST /api/agents` enrols one (a new id and secret, shown once, kept in
+//! the database), `DELETE /api/agents/{id}` revokes one (enrolled here, listed in
+//! `manager.toml` or derived from the enrollment secret alike): the broker refuses it from then
+//! on, the manager opens nothing it signs, its retained topics are cleared and a running agent
+//! is told to disconnect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, QoS};
+use serde::Serialize;
+use sqlx::Row;
+use verge_broker::Credentials;
+use verge_protocol::topic::Topics;
+
+use crate::index::db::{Db, DbError};
+use crate::registry::Registry;
+use crate::rpc::RpcClient;
+
+/// How long a revoked agent is given to hear that it is revoked before its secret goes.
+const TELL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One row of the `agents` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRow {
+    pub id: String,
+    /// None once revoked.
+    pub secret: Option<String>,
+    pub revoked: bool,
+}
+
+impl Db {
+    /// Every row, for loading the credentials at start.
+    pub async fn agent_rows(&self) -> Result<Vec<AgentRow>, DbError> {
+        let sql = "SELECT id, secret, revoked_at IS NOT NULL AS revoked FROM agents ORDER BY id";
+        match self {
+            Db::Sqlite(pool) => sqlx::query(sql)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(agent_row)
+                .collect(),
+            Db::Postgres(pool) => sqlx::query(sql)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(agent_row)
+                .collect(),
+        }
+    }
+
+    /// Stores a new agent; `false` if the id has a row already (enrolled or revoked).
+    pub async fn insert_agent(&self, id: &str, secret: &str) -> Result<bool, DbError> {
+        let inserted = match self {
+            Db::Sqlite(pool) => sqlx::query(
+                "INSERT INTO agents (id, secret, created_at) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(secret)
+            .bind(verge_protocol::time::rfc3339(verge_protocol::now_ms()))
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Db::Postgres(pool) => sqlx::query(
+                "INSERT INTO agents (id, secret) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(secret)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        };
+        Ok(inserted == 1)
+    }
+
+    /// Marks `id` revoked (adding its row if it had none) and forgets its secret.
+    pub async fn revoke_agent(&self, id: &str) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(pool) => {
+                let now = verge_protocol::time::rfc3339(verge_protocol::now_ms());
+                sqlx::query(
+                    "INSERT INTO agents (id, secret, created_at, revoked_at) VALUES (?1, NULL, ?2, ?2) \
+                     ON CONFLICT (id) DO UPDATE SET secret = NULL, \
+                     revoked_at = COALESCE(agents.revoked_at, excluded.revoked_at)",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(pool)
+                .await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query(
+                    "INSERT INTO agents (id, secret, revoked_at) VALUES ($1, NULL, now()) \
+                     ON CONFLICT (id) DO UPDATE SET secret = NULL, \
+                     revoked_at = COALESCE(agents.revoked_at, excluded.revoked_at)",
+                )
+                .bind(id)
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A row of either backend.
+fn agent_row<R: Row>(row: &R) -> Result<AgentRow, DbError>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(AgentRow {
+        id: row.try_get(0)?,
+        secret: row.try_get(1)?,
+        revoked: row.try_get(2)?,
+    })
+}
+
+/// Applies the table to the broker's credentials (at start, once the database answers).
+pub fn load(credentials: &Credentials, rows: &[AgentRow]) {
+    for row in rows {
+        match (&row.secret, row.revoked) {
+            (_, true) => credentials.revoke(&row.id),
+            (Some(secret), false) => credentials.insert(&row.id, secret),
+            (None, false) => {}
+        }
+    }
+}
+
+/// What `POST /api/agents` answers: the secret is shown this once.
+#[derive(Debug, Serialize)]
+pub struct Enrolled {
+    pub id: String,
+    pub secret: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrolError {
+    #[error("{0}")]
+    BadId(String),
+    #[error("agent {0:?} exists already")]
+    Exists(String),
+    #[error("agent {0:?} was revoked; a revoked id is not given out again")]
+    Revoked(String),
+    #[error("agent {0:?} is not known to this manager")]
+    Unknown(String),
+    #[error("{0}")]
+    Database(String),
+}
+
+/// What enrolling and revoking touch.
+#[derive(Clone)]
+pub struct Enrolment {
+    pub credentials: Credentials,
+    pub client: AsyncClient,
+    pub topics: Topics,
+    pub registry: Arc<Registry>,
+    pub rpc: Arc<RpcClient>,
+    pub tunnels: crate::tunnel::Tunnels,
+    pub index: crate::index::Index,
+}
+
+impl Enrolment {
+    pub async fn enrol(&self, id: Option<String>) -> Result<Enrolled, EnrolError> {
+        let id =
+            id.unwrap_or_else(|| format!("edge-{}", &verge_protocol::key::random_secret()[..8]));
+        verge_protocol::id::validate(&id).map_err(|e| EnrolError::BadId(e.to_string()))?;
+        if self.credentials.is_revoked(&id) {
+            return Err(EnrolError::Revoked(id));
+        }
+        if self.credentials.is_listed(&id) {
+            return Err(EnrolError::Exists(id));
+        }
+        let db = self.index.db().map_err(EnrolError::Database)?;
+        let secret = verge_protocol::key::random_secret();
+        if !db
+            .insert_agent(&id, &secret)
+            .await
+            .map_err(|e| EnrolError::Database(e.to_string()))?
+        {
+            return Err(EnrolError::Exists(id));
+        }
+        self.credentials.insert(&id, &secret);
+        tracing::info!(agent = %id, "agent enrolled");
+        Ok(Enrolled { id, secret })
+    }
+
+    pub async fn revoke(&self, id: &str) -> Result<(), EnrolError> {
+        // Any valid id has a derived secret with an enrollment secret set: only agents listed,
+        // enrolled here or seen are known.
+        let known = self.credentials.is_listed(id) || self.registry.get(id).is_some();
+        if !known || self.credentials.is_revoked(id) {
+            return Err(EnrolError::Unknown(id.to_string()));
+        }
+        let db = self.index.db().map_err(EnrolError::Database)?;
+        db.revoke_agent(id)
+            .await
+            .map_err(|e| EnrolError::Database(e.to_string()))?;
+        // Told while its secret still signs the request; a running agent disconnects and stops.
+        if let Err(e) = self
+            .rpc
+            .call(
+                id,
+                verge_protocol::rpc::METHOD_REVOKED,
+                serde_json::Value::Null,
+                TELL_TIMEOUT,
+            )
+            .await
+        {
+            tracing::info!(agent = %id, error = %e, "revoked agent not told (it is refused all the same)");
+        }
+        self.credentials.revoke(id);
+        self.tunnels.agent_offline(id);
+        self.clear_retained(id).await;
+        // A message the agent had in flight may land after the clear: clear again shortly.
+        let again = self.clone();
+        let id_again = id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(TELL_TIMEOUT).await;
+            again.clear_retained(&id_again).await;
+            again.registry.forget(&id_again);
+        });
+        self.registry.forget(id);
+        tracing::warn!(agent = %id, "agent revoked");
+        Ok(())
+    }
+
+    async fn clear_retained(&self, id: &str) {
+        for topic in [
+            self.topics.presence(id),
+            self.topics.state(id),
+            self.topics.keys(id),
+        ] {
+            if let Err(e) = self
+                .client
+                .publish(topic.clone(), QoS::AtLeastOnce, true, Vec::new())
+                .await
+            {
+                tracing::warn!(agent = %id, %topic, error = %e, "could not clear a retained topic");
+            }
+        }
+    }
+}
