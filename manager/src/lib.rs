@@ -350,6 +350,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     }
 
     let key_store = keys.store.clone();
+    let rtmp_router = rtmp_listener.as_ref().and_then(|l| l.local_addr().ok());
     let app = http::router(http::AppState {
         registry: registry.clone(),
         rpc: rpc.clone(),
@@ -371,6 +372,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             tunnels: tunnels.clone(),
             index,
         },
+        rtmp_router,
     });
     let mut forwards = Vec::new();
     let mut listener_tasks = Vec::new();

@@ -130,6 +130,45 @@ impl Chromium {
         }
     }
 
+    /// A PNG of the page as it looks `width` × `height` CSS pixels wide (a phone's width makes
+    /// the page lay itself out as on a phone), written to `path`.
+    pub fn screenshot(&mut self, path: &Path, width: u32, height: u32, mobile: bool) {
+        use base64::Engine;
+        self.viewport(width, height, mobile);
+        let session = self.session.clone();
+        let shot = self.call(
+            Some(&session),
+            "Page.captureScreenshot",
+            json!({"format": "png"}),
+        );
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap_or_default())
+            .expect("a base64 screenshot");
+        std::fs::write(path, png).expect("write the screenshot");
+    }
+
+    /// Renders the page as for a user who prefers `scheme` (`light` or `dark`).
+    pub fn color_scheme(&mut self, scheme: &str) {
+        let session = self.session.clone();
+        self.call(
+            Some(&session),
+            "Emulation.setEmulatedMedia",
+            json!({"features": [{"name": "prefers-color-scheme", "value": scheme}]}),
+        );
+    }
+
+    /// Lays the page out as in a window `width` × `height` CSS pixels wide.
+    pub fn viewport(&mut self, width: u32, height: u32, mobile: bool) {
+        let session = self.session.clone();
+        self.call(
+            Some(&session),
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}),
+        );
+        // Two frames for the new layout.
+        self.eval("new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(ok)))");
+    }
+
     /// Evaluates a JavaScript expression in the page; its value, as JSON.
     pub fn eval(&mut self, expression: &str) -> Value {
         let session = self.session.clone();

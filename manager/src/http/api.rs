@@ -162,6 +162,12 @@ pub struct Health {
     pub broker_connected: bool,
     pub agents: usize,
     pub online: usize,
+    /// `[auth]` is on: requests need a token.
+    pub auth: bool,
+    /// `POST /api/login` takes accounts.
+    pub accounts: bool,
+    /// The RTMP router's port, when it runs (publishers use `rtmp://{this host}:{port}/…`).
+    pub rtmp_router_port: Option<u16>,
 }
 
 pub async fn health(State(app): State<AppState>) -> Json<Health> {
@@ -173,5 +179,8 @@ pub async fn health(State(app): State<AppState>) -> Json<Health> {
         broker_connected,
         agents,
         online,
+        auth: app.auth.enabled(),
+        accounts: app.auth.has_accounts(),
+        rtmp_router_port: app.rtmp_router.map(|a| a.port()),
     })
 }

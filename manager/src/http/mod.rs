@@ -5,6 +5,7 @@
 //! - [`keys`]: channel keys, `/api/keys`.
 //! - [`whep`]: the WHEP proxy, `POST /whep/{stream}` and `/session/{stream}/{session}`,
 //!   forwarded over MQTT RPC to the agent holding the stream.
+//! - `/`: the dashboard (`assets/dashboard.html`).
 //! - [`play`]: `/play/{stream}`, a minimal WHEP player page.
 //! - [`agent_http`]: a box's HTTP through the tunnel: `/agents/{id}/http/{*path}` and
 //!   `/flv/{app}/{name}.flv`, `/hls/{app}/{name}/{file}`.
@@ -54,6 +55,8 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub enrolment: crate::agents::Enrolment,
+    /// The RTMP router's address, when it runs.
+    pub rtmp_router: Option<std::net::SocketAddr>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -123,6 +126,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn index() -> &'static str {
-    "Verge manager\n\nGET /api/nodes/        the fleet (liveman's node shape plus online, last_seen, version, streams)\nGET /api/agents/{id}   one agent, with a live ping\nGET /api/streams/      live streams on all agents (liveman's stream shape)\nGET /api/health        broker link and fleet counts\nPOST|DELETE /api/keys/{app}/{name}, GET /api/keys   channel keys\nPOST /whep/{stream}    WHEP (application/sdp); PATCH|DELETE /session/{stream}/{session}\nGET /play/{stream}     watch a stream in the browser (WHEP)\nGET /flv/{app}/{name}.flv, /hls/{app}/{name}/index.m3u8   a box's stream over HTTP-FLV and HLS\n"
+/// The dashboard: one page, its views chosen by the URL's hash, everything it shows from this
+/// API (`assets/dashboard.html`; no build step, no library).
+async fn index() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../../assets/dashboard.html"))
 }
