@@ -197,7 +197,7 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
         return Err("the agent reported no RTMP, HTTP or HLS listener".into());
     };
     println!("Verge {} is up.", env!("CARGO_PKG_VERSION"));
-    println!("  manager   http://{http}/  (fleet: http://{http}/api/nodes/)");
+    println!("  manager   http://{http}/  (dashboard; fleet API: http://{http}/api/nodes/)");
     println!("  broker    mqtt://{mqtt} (embedded)");
     println!(
         "  agent     {} {}  (details: http://{http}/api/agents/{})",

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use verge::testkit::chromium::{Chromium, in_private_netns, is_private_netns};
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
-use verge::testkit::{ANY_PORT, Proc, bin, wait_for};
+use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge::testkit::{ANY_PORT, bin, wait_for};
 
 const STATIC: &str = "dashboard-test-token";
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -23,9 +23,7 @@ fn until(chromium: &mut Chromium, what: &str, expr: &str) -> Value {
     let mut last = Value::Null;
     let found = wait_for(PATIENCE, || {
         last = chromium.eval(expr);
-        let truthy = !matches!(&last, Value::Null | Value::Bool(false))
-            && last != 0
-            && last != "";
+        let truthy = !matches!(&last, Value::Null | Value::Bool(false)) && last != 0 && last != "";
         truthy.then(|| last.clone())
     });
     found.unwrap_or_else(|| {
@@ -201,33 +199,16 @@ fn the_dashboard_shows_the_fleet_and_acts_on_it() {
     );
     let url = url.as_str().unwrap().to_string();
     shots.take(&mut chromium, "keys");
-    let _cam2 = Proc::spawn(
+    let _cam2 = b.publish_to(
         "cam2",
-        tool("ffmpeg"),
-        &[
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=15",
-            "-t",
-            "60",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "15",
-            "-f",
-            "flv",
-            &url,
-        ],
-        b.dir.path(),
+        &url,
+        &Synthetic {
+            size: "320x240",
+            fps: 15,
+            gop: 15,
+            seconds: 60,
+            profile: None,
+        },
     );
     chromium.eval("location.hash = '#streams'");
     until(

@@ -30,16 +30,7 @@ fn refused(e: EnrolError) -> ApiError {
 }
 
 pub async fn enrol(State(app): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let body: EnrolBody = if body.iter().all(u8::is_ascii_whitespace) {
-        EnrolBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not {{\"id\": \"<agent id>\"}}: {e}"),
-            )
-        })?
-    };
+    let body: EnrolBody = super::error::optional_json(&body, r#"{"id": "<agent id>"}"#)?;
     let enrolled = app.enrolment.enrol(body.id).await.map_err(refused)?;
     Ok((StatusCode::CREATED, Json(enrolled)).into_response())
 }

@@ -46,6 +46,23 @@ impl From<CallError> for ApiError {
     }
 }
 
+/// An optional JSON body: empty (or blank) is `T::default()`; anything else must parse, or
+/// the client is told the shape it should have (`shape`, e.g. `{"agent": "<agent id>"}`).
+pub fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    shape: &str,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not {shape}: {e}"),
+        )
+    })
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, format!("{}\n", self.reason)).into_response()

@@ -48,16 +48,7 @@ pub async fn issue(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     checked(&app_name, &name)?;
-    let body: IssueBody = if body.iter().all(u8::is_ascii_whitespace) {
-        IssueBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not {{\"agent\": \"<agent id>\"}}: {e}"),
-            )
-        })?
-    };
+    let body: IssueBody = super::error::optional_json(&body, r#"{"agent": "<agent id>"}"#)?;
     if let Some(agent) = &body.agent {
         verge_protocol::id::validate(agent)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("agent {agent:?}: {e}")))?;
