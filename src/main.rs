@@ -106,24 +106,12 @@ fn up(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "warn,verge_manager=info,verge_agent=info,rumqttd::router=off,rtc_ice=error",
-        )
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    verge_mqtt::process::init_tracing(
+        "warn,verge_manager=info,verge_agent=info,rumqttd::router=off,rtc_ice=error",
+    );
+    let runtime = match verge_mqtt::process::runtime("verge up") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("verge up: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(run_up(opts)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -233,7 +221,7 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
     };
     if written.is_ok() {
         println!("Press Ctrl-C to stop.");
-        let _ = tokio::signal::ctrl_c().await;
+        verge_mqtt::process::shutdown_signal().await;
     }
     println!("stopping…");
     let _ = stop_agent.send(());

@@ -1,9 +1,9 @@
 //! `verge-manager --config manager.toml`: the cloud binary.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use verge_manager::ManagerConfig;
+use verge_mqtt::process;
 
 const USAGE: &str = "usage: verge-manager [--config <manager.toml>] [--ready-file <path>]
        verge-manager hash-password   (reads a password on stdin, prints its argon2id hash for
@@ -39,39 +39,21 @@ fn hash_password() -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let mut config: Option<PathBuf> = None;
-    let mut ready_file: Option<PathBuf> = None;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--config" | "-c" | "--ready-file" => {
-                let Some(value) = args.next().map(PathBuf::from) else {
-                    eprintln!("verge-manager: {arg} needs a path\n{USAGE}");
-                    return ExitCode::from(2);
-                };
-                if arg == "--ready-file" {
-                    ready_file = Some(value);
-                } else {
-                    config = Some(value);
-                }
-            }
-            "hash-password" => return hash_password(),
-            "--version" | "-V" => {
-                println!("verge-manager {}", env!("CARGO_PKG_VERSION"));
-                return ExitCode::SUCCESS;
-            }
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!("verge-manager: unexpected argument {other:?}\n{USAGE}");
-                return ExitCode::from(2);
-            }
-        }
+    let line = match process::command_line(
+        "verge-manager",
+        USAGE,
+        &["hash-password"],
+        std::env::args().skip(1),
+    ) {
+        Ok(line) => line,
+        Err(code) => return code,
+    };
+    if line.subcommand.as_deref() == Some("hash-password") {
+        return hash_password();
     }
-    init_tracing();
-    let cfg = match &config {
+    // rumqttd logs every connection at info; keep it at warn unless asked.
+    process::init_tracing("info,rumqttd=warn");
+    let cfg = match &line.config {
         Some(path) => ManagerConfig::load(path),
         None => ManagerConfig::parse(""),
     };
@@ -82,20 +64,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match process::runtime("verge-manager") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("verge-manager: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(verge_manager::run(
         &cfg,
-        ready_file.as_deref(),
-        shutdown_signal(),
+        line.ready_file.as_deref(),
+        process::shutdown_signal(),
     )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -103,31 +79,5 @@ fn main() -> ExitCode {
             eprintln!("verge-manager: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing() {
-    // rumqttd logs every connection at info; keep it at warn unless asked.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the manager");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
     }
 }

@@ -4,6 +4,7 @@
 //! - [`tls`]: the rustls client configuration (ring, system roots plus an optional CA file).
 //! - [`backoff`]: jittered exponential backoff between reconnects.
 //! - [`link`]: the task that owns rumqttc's `EventLoop`.
+//! - [`process`]: the command line, logging, runtime and signals of both binaries.
 //! - [`tunnel`]: one end of a tunnel link as a task, and its streams bridged to sockets.
 //!
 //! Measured with rumqttc and live777's net4mqtt: awaiting `client.publish()` in the same
@@ -15,6 +16,7 @@
 
 pub mod backoff;
 pub mod link;
+pub mod process;
 pub mod tls;
 pub mod tunnel;
 pub mod url;
