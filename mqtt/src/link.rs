@@ -220,6 +220,8 @@ async fn run(
                 let reason = describe(&err);
                 if bad_credentials {
                     tracing::error!(broker = %url, %reason, ?retry_in, "broker refused the connection before the session was up: wrong id or secret?");
+                } else if reason.contains("invalid peer certificate") {
+                    tracing::error!(broker = %url, %reason, ?retry_in, "the broker's TLS certificate is not trusted: is [mqtt] ca_file the CA that signed it, and does it name this host?");
                 } else {
                     tracing::warn!(broker = %url, %reason, ?retry_in, "broker connection lost or refused, retrying");
                 }
