@@ -16,8 +16,9 @@ use verge_mqtt::{Link, LinkEvent};
 use verge_protocol::envelope::{self, Message};
 use verge_protocol::index::IndexAck;
 use verge_protocol::key::MacKey;
-use verge_protocol::keys::Keys;
+use verge_protocol::keys::SealedKeys;
 use verge_protocol::presence::{Presence, Status};
+use verge_protocol::private::{PrivateKey, Way};
 use verge_protocol::rpc::{ErrorCode, Outcome, ReplayGuard, Reply, Request, RpcError};
 use verge_protocol::state::State;
 use verge_protocol::topic::Topics;
@@ -58,12 +59,16 @@ pub enum AgentError {
 struct Shared {
     id: String,
     key: MacKey,
+    /// Seals RPC params and results (SDP, TURN credentials) for this agent and its manager.
+    private: PrivateKey,
     topics: Topics,
     client: AsyncClient,
     online: Presence,
     state: StateHandle,
     whep: Option<Whep>,
     recorder: Option<crate::record::Recorder>,
+    /// The state payload last published (retained), to notice when someone replaces it.
+    last_state: Mutex<Vec<u8>>,
 }
 
 impl Shared {
@@ -170,12 +175,14 @@ pub async fn run(
     let shared = Arc::new(Shared {
         id: cfg.id.clone(),
         key,
+        private: PrivateKey::new(&cfg.secret),
         topics,
         client,
         online,
         state,
         whep,
         recorder: index.as_ref().map(|i| i.recorder.clone()),
+        last_state: Mutex::new(Vec::new()),
     });
     // The current session number; 0 until the first CONNACK.
     let (connected_tx, connected_rx) = watch::channel(0u64);
@@ -220,6 +227,7 @@ pub async fn run(
     let request_topic = shared.topics.request(&shared.id);
     let keys_topic = shared.topics.keys(&shared.id);
     let presence_topic = shared.topics.presence(&shared.id);
+    let state_topic = shared.topics.state(&shared.id);
 
     tokio::pin!(shutdown);
     let result = loop {
@@ -241,6 +249,11 @@ pub async fn run(
                 }
                 Some(LinkEvent::Message { topic, payload }) if topic == presence_topic => {
                     if stale_presence(&shared, &payload, *connected_tx.borrow()) {
+                        reannounce.notify_one();
+                    }
+                }
+                Some(LinkEvent::Message { topic, payload }) if topic == state_topic => {
+                    if stale_state(&shared, &payload, *connected_tx.borrow()) {
                         reannounce.notify_one();
                     }
                 }
@@ -334,6 +347,10 @@ async fn announce(
         if generation == 0 {
             continue;
         }
+        if again {
+            // Someone replaced what we retained: the state goes out again too.
+            published = None;
+        }
         if announced_generation != generation || again {
             // One filter for everything addressed to this agent (requests, keys, our own
             // presence to notice a late will): rumqttd matches every new topic against every
@@ -359,9 +376,11 @@ async fn announce(
         let state: State = state_rx.borrow_and_update().clone();
         if published != Some((generation, state.seq)) {
             let topic = shared.topics.state(&shared.id);
+            let payload = shared.seal(&state);
+            *shared.last_state.lock().unwrap_or_else(|p| p.into_inner()) = payload.clone();
             if let Err(e) = shared
                 .client
-                .publish(topic, QoS::AtLeastOnce, true, shared.seal(&state))
+                .publish(topic, QoS::AtLeastOnce, true, payload)
                 .await
             {
                 tracing::warn!(agent = %shared.id, error = %e, "state publish failed");
@@ -390,15 +409,36 @@ fn stale_presence(shared: &Shared, payload: &[u8], session: u64) -> bool {
     }
 }
 
+/// True when the retained state is not what we last published: cleared, replaced by
+/// something else, or an old message of ours published again. (An echo of an earlier publish
+/// arriving late also counts; publishing once more is harmless.)
+fn stale_state(shared: &Shared, payload: &[u8], session: u64) -> bool {
+    if session == 0 {
+        return false;
+    }
+    let last = shared.last_state.lock().unwrap_or_else(|p| p.into_inner());
+    let stale = !last.is_empty() && *last != payload;
+    drop(last);
+    if stale {
+        tracing::info!(agent = %shared.id, "our retained state was replaced; publishing it again");
+    }
+    stale
+}
+
 /// Takes the channel key table the manager keeps for this agent.
 fn on_keys(shared: &Shared, keys: &KeyTable, payload: &[u8]) {
     if payload.is_empty() {
-        keys.replace(Keys::default());
+        // Anyone the broker lets publish can clear a retained topic; the manager notices and
+        // sends the table again, and until then the keys held stay in force.
+        tracing::warn!(agent = %shared.id, "our retained key table was cleared; keeping the keys held");
         return;
     }
-    match envelope::open::<Keys>(payload, &shared.key) {
-        Ok(opened) => {
-            if keys.replace(opened.body) {
+    let table = envelope::open::<SealedKeys>(payload, &shared.key)
+        .map_err(|e| e.to_string())
+        .and_then(|opened| opened.body.open(&shared.private).map_err(|e| e.to_string()));
+    match table {
+        Ok(table) => {
+            if keys.replace(table) {
                 tracing::info!(agent = %shared.id, keys = keys.len(), "channel keys updated");
             }
         }
@@ -438,9 +478,13 @@ fn on_request(
     let reply_topic = shared.topics.reply(&request.reply_to);
     if request.method == verge_protocol::rpc::METHOD_REVOKED {
         tracing::error!(agent = %shared.id, manager = %request.reply_to, "revoked by the manager: disconnecting");
+        let answer = shared
+            .private
+            .seal(Way::Reply, &serde_json::Value::Null)
+            .unwrap_or_default();
         let reply = shared.seal(&Reply {
             id: request.id,
-            result: Outcome::Ok(serde_json::Value::Null),
+            result: Outcome::Ok(answer),
         });
         let _ = shared
             .client
@@ -451,13 +495,19 @@ fn on_request(
         Ok(permit) => {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let outcome = serve(
-                    &shared,
-                    request.method.clone(),
-                    request.params,
-                    request.timeout_ms,
-                )
-                .await;
+                let outcome = match shared.private.open(Way::Request, &request.params) {
+                    Ok(params) => {
+                        serve(&shared, request.method.clone(), params, request.timeout_ms).await
+                    }
+                    Err(e) => Outcome::Err(RpcError::new(ErrorCode::InvalidParams, e.to_string())),
+                };
+                let outcome = match outcome {
+                    Outcome::Ok(value) => match shared.private.seal(Way::Reply, &value) {
+                        Ok(sealed) => Outcome::Ok(sealed),
+                        Err(e) => Outcome::Err(RpcError::new(ErrorCode::Internal, e.to_string())),
+                    },
+                    err => err,
+                };
                 let reply = shared.seal(&Reply {
                     id: request.id,
                     result: outcome,

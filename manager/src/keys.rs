@@ -10,7 +10,8 @@ use rumqttc::{AsyncClient, QoS};
 use verge_broker::Credentials;
 use verge_protocol::envelope;
 use verge_protocol::key::MacKey;
-use verge_protocol::keys::{ChannelKey, Keys};
+use verge_protocol::keys::{ChannelKey, Keys, SealedKeys};
+use verge_protocol::private::PrivateKey;
 use verge_protocol::topic::Topics;
 
 use crate::registry::Registry;
@@ -165,11 +166,18 @@ impl KeyDistributor {
             // once should not cost the broker a retained topic per agent for nothing.
             return;
         }
+        let sealed = match table.seal(&PrivateKey::new(&secret)) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                tracing::error!(%agent, error = %e, "could not seal the key table");
+                return;
+            }
+        };
         let payload = envelope::seal(
             &MacKey::new(&secret),
             &self.manager_id,
             verge_protocol::now_ms(),
-            &table,
+            &sealed,
         );
         let (client, topic, agent) = (
             self.client.clone(),
@@ -181,6 +189,25 @@ impl KeyDistributor {
                 tracing::warn!(%agent, error = %e, "could not publish channel keys");
             }
         });
+    }
+
+    /// Whether the retained table of `agent` (as the broker now holds it) must be sent again:
+    /// cleared, replaced by something that does not open, or older than the store's.
+    pub fn clobbered(&self, agent: &str, payload: &[u8]) -> bool {
+        let Some(secret) = self.credentials.secret_of(agent) else {
+            return false;
+        };
+        let version = self.store.snapshot().version;
+        if version == 0 {
+            return false;
+        }
+        match envelope::open::<SealedKeys>(payload, &MacKey::new(&secret)) {
+            Ok(opened) => match opened.body.open(&PrivateKey::new(&secret)) {
+                Ok(keys) => keys.version < version,
+                Err(_) => true,
+            },
+            Err(_) => true,
+        }
     }
 
     /// To every agent the registry knows.

@@ -334,6 +334,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         keys: keys.clone(),
         index: index.clone(),
         tunnel_over_session,
+        verifying: Default::default(),
     };
     tokio::spawn(session.run(events));
     if broker.is_some() {

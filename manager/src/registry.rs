@@ -16,6 +16,10 @@ pub struct AgentRecord {
     pub last_seen: u64,
     /// Round trip of the last RPC that succeeded, in milliseconds.
     pub last_rtt_ms: Option<f64>,
+    /// The agent answered a fresh request of this manager's since its presence last said
+    /// online: a retained or replayed "online" alone proves nothing (anyone who can publish
+    /// can publish an old signed message again).
+    pub proven: bool,
 }
 
 impl AgentRecord {
@@ -26,10 +30,17 @@ impl AgentRecord {
             state: None,
             last_seen: 0,
             last_rtt_ms: None,
+            proven: false,
         }
     }
 
+    /// Online: its presence says so and it has answered this manager since.
     pub fn online(&self) -> bool {
+        self.claims_online() && self.proven
+    }
+
+    /// Its presence says online (proven or not): RPCs may be tried, to prove it.
+    pub fn claims_online(&self) -> bool {
         self.presence
             .as_ref()
             .is_some_and(|p| p.status == Status::Online)
@@ -67,6 +78,13 @@ impl Registry {
             {
                 return;
             }
+            // A new session, or any word that it is gone, needs a new proof of life.
+            let same = r.presence.as_ref().is_some_and(|held| {
+                held.session == presence.session && held.status == presence.status
+            });
+            if !same || presence.status != Status::Online {
+                r.proven = false;
+            }
             r.last_seen = r.last_seen.max(sent_at);
             r.presence = Some(presence);
             taken = true;
@@ -81,9 +99,12 @@ impl Registry {
         });
     }
 
-    /// An RPC reply arrived: the agent is alive now.
+    /// A reply to a fresh request of this manager arrived: the agent is alive now.
     pub fn heard_from(&self, id: &str, rtt_ms: Option<f64>) {
         self.update(id, |r| {
+            if r.claims_online() {
+                r.proven = true;
+            }
             r.last_seen = r.last_seen.max(verge_protocol::now_ms());
             if rtt_ms.is_some() {
                 r.last_rtt_ms = rtt_ms;
@@ -141,11 +162,14 @@ mod tests {
     fn presence_decides_online_and_last_seen_only_grows() {
         let reg = Registry::new();
         reg.apply_presence("e1", 100, presence(Status::Online));
+        assert!(reg.get("e1").unwrap().claims_online());
+        assert!(!reg.get("e1").unwrap().online(), "not before it answers");
+        reg.heard_from("e1", Some(1.0));
         assert!(reg.get("e1").unwrap().online());
         reg.apply_presence("e1", 50, presence(Status::Offline));
         let r = reg.get("e1").unwrap();
         assert!(!r.online());
-        assert_eq!(r.last_seen, 100);
+        assert!(r.last_seen >= 100, "last_seen never goes back");
         assert_eq!(reg.counts(), (1, 0));
         reg.forget("e1");
         assert_eq!(reg.get("e1"), None);
@@ -159,6 +183,7 @@ mod tests {
             ..presence(Status::Online)
         };
         assert!(reg.apply_presence("e1", 10, newer));
+        reg.heard_from("e1", None);
         let stale = Presence {
             session: 4,
             ..presence(Status::Offline)
@@ -173,6 +198,26 @@ mod tests {
             reg.apply_presence("e1", 12, death),
             "the same session's will is its death"
         );
+        assert!(!reg.get("e1").unwrap().online());
+    }
+
+    #[test]
+    fn a_replayed_online_after_a_death_needs_a_new_answer() {
+        let reg = Registry::new();
+        assert!(reg.apply_presence("e1", 10, presence(Status::Online)));
+        reg.heard_from("e1", None);
+        assert!(reg.get("e1").unwrap().online());
+        // The same signed message again while online changes nothing.
+        reg.apply_presence("e1", 10, presence(Status::Online));
+        assert!(reg.get("e1").unwrap().online());
+        assert!(reg.apply_presence("e1", 20, presence(Status::Offline)));
+        // Someone publishes the captured "online" again: claimed, not shown.
+        assert!(reg.apply_presence("e1", 10, presence(Status::Online)));
+        let r = reg.get("e1").unwrap();
+        assert!(r.claims_online() && !r.online());
+        // An answer from an agent that is offline does not prove anything either.
+        reg.apply_presence("e1", 30, presence(Status::Offline));
+        reg.heard_from("e1", None);
         assert!(!reg.get("e1").unwrap().online());
     }
 

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use verge_broker::Credentials;
 use verge_protocol::envelope;
 use verge_protocol::key::MacKey;
+use verge_protocol::private::{PrivateKey, Way};
 use verge_protocol::rpc::{Calls, Outcome, Reply, Request, RpcError};
 use verge_protocol::topic::Topics;
 
@@ -131,7 +132,8 @@ impl RpcClient {
             .registry
             .get(agent)
             .ok_or_else(|| CallError::UnknownAgent(agent.to_string()))?;
-        if !record.online() {
+        // Claimed is enough to ask: the answer is what proves it.
+        if !record.claims_online() {
             return Err(CallError::Offline(agent.to_string()));
         }
         let secret = self
@@ -151,6 +153,15 @@ impl RpcClient {
                 timeout,
             )
             .map_err(|e| CallError::Overloaded(e.0))?;
+        // SDP and TURN credentials ride in params and results: sealed for this agent alone.
+        let private = PrivateKey::new(&secret);
+        let params = match private.seal(Way::Request, &params) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                self.lock_calls().finish(id);
+                return Err(CallError::Link(e.to_string()));
+            }
+        };
         let request = Request {
             id,
             method: method.to_string(),
@@ -192,7 +203,13 @@ impl RpcClient {
         let rtt_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.registry.heard_from(agent, Some(rtt_ms));
         match outcome {
-            Outcome::Ok(value) => Ok(value),
+            Outcome::Ok(value) => private
+                .open(Way::Reply, &value)
+                .map_err(|e| CallError::Agent {
+                    agent: agent.to_string(),
+                    method: method.to_string(),
+                    error: RpcError::new(verge_protocol::rpc::ErrorCode::Internal, e.to_string()),
+                }),
             Outcome::Err(error) => Err(CallError::Agent {
                 agent: agent.to_string(),
                 method: method.to_string(),

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rumqttc::{AsyncClient, QoS, SubscribeFilter};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use verge_broker::Credentials;
 use verge_mqtt::LinkEvent;
 use verge_protocol::envelope::{self, Message};
 use verge_protocol::key::MacKey;
 use verge_protocol::presence::Presence;
+use verge_protocol::rpc;
 use verge_protocol::state::State;
 use verge_protocol::topic::{Topic, Topics};
 
@@ -40,6 +42,8 @@ pub struct FleetSession {
     /// Tunnel packets come over this session (an external broker); false when they use the
     /// embedded broker's local link (subscribing here too would deliver each twice).
     pub tunnel_over_session: bool,
+    /// Agents being asked to prove that they are online.
+    pub verifying: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 impl FleetSession {
@@ -69,6 +73,8 @@ impl FleetSession {
             SubscribeFilter::new(self.topics.all_state(), self.retained_qos),
             SubscribeFilter::new(self.topics.reply(&self.manager_id), QoS::AtMostOnce),
             SubscribeFilter::new(self.topics.all_index(), QoS::AtLeastOnce),
+            // To notice a key table someone else replaced or cleared, and send it again.
+            SubscribeFilter::new(self.topics.keys("+"), QoS::AtMostOnce),
         ];
         if self.tunnel_over_session {
             filters.push(SubscribeFilter::new(
@@ -83,6 +89,55 @@ impl FleetSession {
             if let Err(e) = client.subscribe_many(filters).await {
                 tracing::error!(error = %e, "subscribing to the fleet's topics failed");
             }
+        });
+    }
+
+    /// Asks an agent whose presence says online for a signed answer to a fresh request; only
+    /// then is it shown online. A captured "online" published again by someone else (another
+    /// agent's credentials suffice with a broker that has no ACLs) gets no answer.
+    fn verify(&self, agent: &str) {
+        if self.registry.get(agent).is_none_or(|r| r.online()) {
+            return;
+        }
+        let lock = || self.verifying.lock().unwrap_or_else(|p| p.into_inner());
+        if !lock().insert(agent.to_string()) {
+            return;
+        }
+        let (rpc, registry, verifying) = (
+            self.rpc.clone(),
+            self.registry.clone(),
+            self.verifying.clone(),
+        );
+        let agent = agent.to_string();
+        tokio::spawn(async move {
+            // Quick first (the agent subscribed before it announced), then patient.
+            let waits = [0.5, 1.0, 2.0, 2.0, 4.0];
+            for (attempt, wait) in waits.iter().enumerate() {
+                let Some(record) = registry.get(&agent) else {
+                    break;
+                };
+                if record.online() || !record.claims_online() {
+                    break;
+                }
+                let timeout = Duration::from_secs_f64(*wait);
+                match rpc
+                    .call(&agent, rpc::METHOD_PING, serde_json::Value::Null, timeout)
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::debug!(%agent, attempt, "online: answered a fresh request");
+                        break;
+                    }
+                    Err(e) if attempt + 1 == waits.len() => {
+                        tracing::warn!(%agent, error = %e, "presence says online but the agent does not answer: not shown online (a replayed message?)");
+                    }
+                    Err(_) => tokio::time::sleep(timeout).await,
+                }
+            }
+            verifying
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&agent);
         });
     }
 
@@ -104,6 +159,7 @@ impl FleetSession {
                     } else {
                         // Retained, so this only matters for agents new since the last change.
                         self.keys.send_to(&agent);
+                        self.verify(&agent);
                     }
                 }
             }
@@ -115,6 +171,12 @@ impl FleetSession {
                 }
             }
             Ok(Topic::Index { agent }) => self.index.deliver(&agent, payload),
+            Ok(Topic::Keys { agent }) => {
+                if self.keys.clobbered(&agent, payload) {
+                    tracing::warn!(%agent, "the agent's retained key table was replaced or cleared; sending it again");
+                    self.keys.send_to(&agent);
+                }
+            }
             Ok(Topic::Reply { manager }) if manager == self.manager_id => {
                 self.rpc.on_reply(payload)
             }

@@ -1,11 +1,14 @@
 //! Channel keys (LiveGo's model): a publisher proves it may publish a stream by using a secret
 //! key in place of the stream name; players use the name. The manager issues keys and keeps
 //! every agent's copy in a retained message on `{p}/v1/a/{agent}/keys`, signed with that
-//! agent's secret, so an agent that restarts (or reconnects) has them at once.
+//! agent's secret and sealed for it alone ([`SealedKeys`]: a key lets whoever holds it publish,
+//! and the broker lets any client read any topic), so an agent that restarts (or reconnects)
+//! has them at once.
 
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Kind, Message};
+use crate::private::{PrivateError, PrivateKey, Way};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelKey {
@@ -26,8 +29,28 @@ pub struct Keys {
     pub keys: Vec<ChannelKey>,
 }
 
-impl Message for Keys {
+/// The key table as it travels: encrypted for its agent (see [`crate::private`]) inside the
+/// signed envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SealedKeys(pub serde_json::Value);
+
+impl Message for SealedKeys {
     const KIND: Kind = Kind::Keys;
+}
+
+impl Keys {
+    pub fn seal(&self, key: &PrivateKey) -> Result<SealedKeys, PrivateError> {
+        let value = serde_json::to_value(self).map_err(|_| PrivateError::NotJson)?;
+        key.seal(Way::Request, &value).map(SealedKeys)
+    }
+}
+
+impl SealedKeys {
+    pub fn open(&self, key: &PrivateKey) -> Result<Keys, PrivateError> {
+        let value = key.open(Way::Request, &self.0)?;
+        serde_json::from_value(value).map_err(|_| PrivateError::NotJson)
+    }
 }
 
 #[cfg(test)]
@@ -58,5 +81,27 @@ mod tests {
             serde_json::from_str::<Keys>(r#"{"keys":[]}"#).is_err(),
             "version is required"
         );
+    }
+
+    #[test]
+    fn key_tables_travel_sealed() {
+        let table = Keys {
+            version: 7,
+            keys: vec![ChannelKey {
+                key: "secret-key".into(),
+                app: "live".into(),
+                name: "cam".into(),
+                agent: None,
+            }],
+        };
+        let mine = PrivateKey::new("s1");
+        let sealed = table.seal(&mine).unwrap();
+        assert!(
+            !serde_json::to_string(&sealed)
+                .unwrap()
+                .contains("secret-key")
+        );
+        assert_eq!(sealed.open(&mine), Ok(table));
+        assert!(sealed.open(&PrivateKey::new("s2")).is_err());
     }
 }

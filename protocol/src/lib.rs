@@ -26,6 +26,7 @@ pub mod key;
 pub mod keys;
 pub mod metrics;
 pub mod presence;
+pub mod private;
 pub mod ready;
 pub mod rpc;
 pub mod state;

@@ -1,0 +1,244 @@
+//! A broker that is not trusted: a client holding edge-2's valid credentials subscribes to
+//! everything on the embedded broker (rumqttd has no topic ACLs) while edge-1 serves a WHEP
+//! viewer, then tries what an attacker would. It reads no SDP, ICE password, DTLS fingerprint
+//! or TURN server; its forged state and cleared keys are refused or healed; and edge-1's
+//! captured "online", published again after edge-1 died, does not bring it back online, not
+//! even for a manager restarted onto that retained message.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge::testkit::{get, listener, request, reserve_port, wait_for};
+use verge::whep::{Viewer, ViewerOptions};
+use verge_protocol::envelope;
+use verge_protocol::key::MacKey;
+use verge_protocol::keys::SealedKeys;
+use verge_protocol::private::PrivateKey;
+use verge_protocol::state::{State, StreamInfo};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+type Seen = Arc<Mutex<Vec<(String, Vec<u8>, bool)>>>;
+
+fn edge1_online(b: &Edge) -> bool {
+    get(b.manager_http, "/api/nodes/")
+        .ok()
+        .map(|r| r.json())
+        .and_then(|n| {
+            n.as_array()?
+                .iter()
+                .find(|n| n["alias"] == "edge-1")
+                .map(|n| n["online"] == true)
+        })
+        .unwrap_or(false)
+}
+
+/// Messages seen on `topic` from index `from` on.
+fn seen_on(seen: &Seen, topic: &str, from: usize) -> Vec<Vec<u8>> {
+    seen.lock().unwrap()[from..]
+        .iter()
+        .filter(|(t, _, _)| t == topic)
+        .map(|(_, p, _)| p.clone())
+        .collect()
+}
+
+#[test]
+fn a_client_with_another_agents_credentials_reads_and_changes_nothing() {
+    let broker = reserve_port();
+    let mut b = Edge::start(
+        "rogue",
+        &EdgeOptions {
+            noauth: false,
+            broker_listen: Some(broker.addr()),
+            manager_toml: "[[agents]]\nid = \"edge-2\"\nsecret = \"s2\"\n\
+                 [extra_ice.coturn]\nsecret = \"turn-secret\"\nurls = [\"turn:127.0.0.1:3478\"]\nttl = 600\n"
+                .into(),
+            ..EdgeOptions::default()
+        },
+    );
+    let key = request(
+        "POST",
+        b.manager_http,
+        "/api/keys/live/cam",
+        &[],
+        br#"{"agent": "edge-1"}"#,
+        Duration::from_secs(10),
+    )
+    .unwrap()
+    .json()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let _cam = wait_for(PATIENCE, || {
+        let p = b.publish_to(
+            "cam",
+            &format!("rtmp://{}/live/{key}", b.rtmp),
+            &Synthetic {
+                seconds: 120,
+                ..Synthetic::default()
+            },
+        );
+        wait_for(Duration::from_secs(5), || b.listed_stream("cam")).map(|_| p)
+    })
+    .expect("the stream never went live");
+
+    // The rogue: edge-2's credentials, subscribed to everything.
+    let mqtt = listener(&b.manager_listeners, "mqtt");
+    let mut opts = MqttOptions::new("edge-2", "127.0.0.1", mqtt.port());
+    opts.set_credentials("edge-2", "s2")
+        .set_keep_alive(Duration::from_secs(5))
+        .set_max_packet_size(2 << 20, 2 << 20);
+    let (rogue, mut connection) = Client::new(opts, 64);
+    rogue.subscribe("verge/#", QoS::AtMostOnce).unwrap();
+    let seen: Seen = Arc::default();
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    sink.lock()
+                        .unwrap()
+                        .push((p.topic.clone(), p.payload.to_vec(), p.retain));
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
+    let presence_topic = "verge/v1/a/edge-1/presence";
+    let captured = wait_for(PATIENCE, || {
+        seen_on(&seen, presence_topic, 0)
+            .into_iter()
+            .find(|p| String::from_utf8_lossy(p).contains("\"online\""))
+    })
+    .expect("edge-1's retained online presence was not seen");
+
+    // A WHEP session through the manager while the rogue listens: nothing secret in clear.
+    let url = format!("http://{}/whep/cam", b.manager_http);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut viewer = Viewer::connect(&url, &ViewerOptions::for_url(&url))
+            .await
+            .expect("WHEP through the manager");
+        viewer.watch(Duration::from_secs(2)).await.unwrap();
+        assert!(viewer.stats.frames > 0);
+        viewer.close().await;
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    {
+        let seen = seen.lock().unwrap();
+        let rpc: Vec<&(String, Vec<u8>, bool)> = seen
+            .iter()
+            .filter(|(t, _, _)| t.contains("/req") || t.contains("/res"))
+            .collect();
+        assert!(
+            rpc.iter()
+                .any(|(_, p, _)| String::from_utf8_lossy(p).contains("\"sealed\"")),
+            "the rogue saw no RPC at all: {:?}",
+            seen.iter().map(|(t, _, _)| t).collect::<Vec<_>>()
+        );
+        for (topic, payload, _) in seen.iter() {
+            let text = String::from_utf8_lossy(payload);
+            for secret in [
+                "ice-pwd",
+                "fingerprint",
+                "a=candidate",
+                "turn:127.0.0.1",
+                key.as_str(),
+            ] {
+                assert!(
+                    !text.contains(secret),
+                    "{secret} in clear on {topic}: {text}"
+                );
+            }
+        }
+    }
+
+    // Forged state for edge-1 (signed with edge-2's secret): refused, and edge-1 publishes its
+    // own again, so a manager started later does not read the forgery.
+    let s1 = MacKey::new("s1");
+    let state_topic = "verge/v1/a/edge-1/state";
+    let forged = envelope::seal(
+        &MacKey::new("s2"),
+        "edge-1",
+        verge_protocol::now_ms(),
+        &State {
+            seq: 999,
+            streams: vec![StreamInfo {
+                app: "live".into(),
+                name: "fake".into(),
+                ..StreamInfo::default()
+            }],
+        },
+    );
+    let mark = seen.lock().unwrap().len();
+    rogue
+        .publish(state_topic, QoS::AtLeastOnce, true, forged)
+        .unwrap();
+    let healed = wait_for(PATIENCE, || {
+        seen_on(&seen, state_topic, mark)
+            .into_iter()
+            .find(|p| envelope::open::<State>(p, &s1).is_ok())
+    });
+    assert!(healed.is_some(), "edge-1 did not publish its state again");
+    assert!(
+        b.listed_stream("fake").is_none(),
+        "the forged stream is listed"
+    );
+    assert!(b.listed_stream("cam").is_some());
+
+    // Cleared keys: the agent keeps its keys and the manager sends the table again.
+    let keys_topic = "verge/v1/a/edge-1/keys";
+    let mark = seen.lock().unwrap().len();
+    rogue
+        .publish(keys_topic, QoS::AtLeastOnce, true, Vec::new())
+        .unwrap();
+    let resent = wait_for(PATIENCE, || {
+        seen_on(&seen, keys_topic, mark).into_iter().find(|p| {
+            envelope::open::<SealedKeys>(p, &s1)
+                .ok()
+                .and_then(|k| k.body.open(&PrivateKey::new("s1")).ok())
+                .is_some_and(|k| !k.keys.is_empty())
+        })
+    });
+    assert!(
+        resent.is_some(),
+        "the manager did not send the key table again"
+    );
+
+    // edge-1 dies; its captured "online" published again does not bring it back.
+    b.agent.signal("KILL");
+    assert!(
+        wait_for(PATIENCE, || (!edge1_online(&b)).then_some(())).is_some(),
+        "edge-1 never went offline"
+    );
+    rogue
+        .publish(presence_topic, QoS::AtLeastOnce, true, captured.clone())
+        .unwrap();
+    let watch = |b: &Edge, what: &str| {
+        let until = Instant::now() + Duration::from_secs(12);
+        while Instant::now() < until {
+            assert!(!edge1_online(b), "{what}: edge-1 shown online");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    watch(&b, "after the replay");
+    assert!(
+        wait_for(PATIENCE, || b
+            .manager
+            .log_text()
+            .contains("does not answer")
+            .then_some(()))
+        .is_some(),
+        "the manager did not say why it ignores the claim"
+    );
+    assert!(!edge1_online(&b));
+
+    // A manager started now reads the replayed message as retained: still not online.
+    b.stop_manager();
+    b.start_manager("manager-2");
+    watch(&b, "after a manager restart");
+    drop(rogue);
+}
