@@ -438,3 +438,143 @@ fn viewers_get_the_agents_ice_servers_too_unless_the_manager_overrides_them() {
         );
     }
 }
+
+/// A stand-in for Cloudflare's TURN credential API on loopback: it answers the documented
+/// `POST /v1/turn/keys/{key_id}/credentials/generate-ice-servers` with the documented shape
+/// (201, `{"iceServers": [...]}`) and records what it was asked.
+struct CloudflareStandIn {
+    addr: std::net::SocketAddr,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CloudflareStandIn {
+    fn start() -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = asked.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(16) {
+                let Ok(mut conn) = conn else { continue };
+                conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The head, then as many body bytes as it announces.
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&raw).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break;
+                        }
+                    }
+                }
+                let text = String::from_utf8_lossy(&raw).to_string();
+                log.lock().unwrap().push(text.clone());
+                let ok = text
+                    .starts_with("POST /v1/turn/keys/key-1/credentials/generate-ice-servers ")
+                    && text.contains("Authorization: Bearer cf-token");
+                let (status, body) = if ok {
+                    (
+                        "201 Created",
+                        r#"{"iceServers":[{"urls":["stun:stun.cloudflare.test:3478"]},{"urls":["turn:turn.cloudflare.test:3478?transport=udp","turns:turn.cloudflare.test:5349?transport=tcp"],"username":"cf-user","credential":"cf-pass"}]}"#,
+                    )
+                } else {
+                    ("401 Unauthorized", r#"{"error":"bad token"}"#)
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Self { addr, asked }
+    }
+}
+
+#[test]
+fn cloudflare_turn_credentials_reach_viewers_and_are_reused() {
+    let cf = CloudflareStandIn::start();
+    let edge = Edge::start(
+        "whep-cloudflare",
+        &EdgeOptions {
+            noauth: true,
+            manager_toml: format!(
+                "[extra_ice.cloudflare]\nkey_id = \"key-1\"\napi_token = \"cf-token\"\nttl = 600\n\
+                 api_url = \"http://{}/v1/turn/keys\"\n",
+                cf.addr
+            ),
+            ..Default::default()
+        },
+    );
+    let links = || {
+        let r = send("OPTIONS", edge.manager_http, "/whep/cam");
+        assert_eq!(r.status, 204);
+        r.all("link").map(str::to_string).collect::<Vec<_>>()
+    };
+    let first = links();
+    let turn = first
+        .iter()
+        .find(|l| l.contains("turn:turn.cloudflare.test:3478"))
+        .unwrap_or_else(|| panic!("no Cloudflare TURN server in {first:?}"));
+    assert!(
+        turn.contains("username=\"cf-user\"") && turn.contains("credential=\"cf-pass\""),
+        "{turn}"
+    );
+    assert!(
+        first
+            .iter()
+            .any(|l| l.contains("stun:stun.cloudflare.test:3478"))
+    );
+    // Reused while fresh: one request for both sessions.
+    let second = links();
+    assert_eq!(first, second);
+    let asked = cf.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(asked[0].ends_with(r#"{"ttl":600}"#), "{}", asked[0]);
+}
+
+#[test]
+fn without_cloudflare_sessions_go_on_without_its_servers() {
+    // Nothing listens on this port: the API is down.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = down.local_addr().unwrap();
+    drop(down);
+    let edge = Edge::start(
+        "whep-cloudflare-down",
+        &EdgeOptions {
+            noauth: true,
+            manager_toml: format!(
+                "[extra_ice.cloudflare]\nkey_id = \"key-1\"\napi_token = \"cf-token\"\n\
+                 api_url = \"http://{addr}/v1/turn/keys\"\n"
+            ),
+            ..Default::default()
+        },
+    );
+    let started = std::time::Instant::now();
+    let r = send("OPTIONS", edge.manager_http, "/whep/cam");
+    assert_eq!(r.status, 204);
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(!r.all("link").any(|l| l.contains("cloudflare")));
+    assert!(
+        wait_for(Duration::from_secs(5), || edge
+            .manager
+            .log_text()
+            .contains("no Cloudflare TURN credentials")
+            .then_some(()))
+        .is_some()
+    );
+}

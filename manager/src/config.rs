@@ -171,8 +171,7 @@ pub struct Forward {
 }
 
 /// `[extra_ice]`: ICE servers handed to WHEP viewers (in `Link` headers) and to the agent's
-/// peer connection: the static list and coturn credentials; `cloudflare` is kept aside and
-/// reported as not used yet.
+/// peer connection: the static list, coturn credentials and Cloudflare's TURN.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct ExtraIce {
@@ -180,6 +179,8 @@ pub struct ExtraIce {
     /// coturn's TURN REST credentials (`use-auth-secret` / `static-auth-secret`): each WHEP
     /// session gets its own username and password, valid for `ttl` seconds.
     pub coturn: Option<Coturn>,
+    /// Cloudflare's Realtime TURN: credentials from its API.
+    pub cloudflare: Option<Cloudflare>,
     /// Viewers get only the manager's servers, not also the agent's own (`[webrtc]
     /// ice_servers`, which the agent reports with each answer).
     pub override_upstream_ice_servers: bool,
@@ -202,6 +203,29 @@ pub struct Coturn {
 
 fn default_coturn_ttl() -> u64 {
     86_400
+}
+
+/// `[extra_ice.cloudflare]` (liveman's keys, plus `api_url` for a stand-in).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cloudflare {
+    /// The TURN key's id.
+    pub key_id: String,
+    /// The TURN key's API token.
+    pub api_token: String,
+    /// Seconds the credentials stay valid (Cloudflare allows at most 172800).
+    #[serde(default = "default_cloudflare_ttl")]
+    pub ttl: u64,
+    #[serde(default = "default_cloudflare_api")]
+    pub api_url: String,
+}
+
+fn default_cloudflare_ttl() -> u64 {
+    86_400
+}
+
+fn default_cloudflare_api() -> String {
+    "https://rtc.live.cloudflare.com/v1/turn/keys".into()
 }
 
 /// The embedded broker; not started when `[mqtt] url` names an external one.
@@ -336,6 +360,8 @@ pub enum ConfigError {
     EmptySecret(String),
     #[error("[broker] tls_listen needs both cert and key")]
     TlsFiles,
+    #[error("[extra_ice.cloudflare] needs key_id and api_token, and ttl 1..=172800")]
+    Cloudflare,
 }
 
 impl ManagerConfig {
@@ -365,6 +391,11 @@ impl ManagerConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.topics()?;
+        if let Some(cf) = &self.extra_ice.cloudflare
+            && (cf.key_id.is_empty() || cf.api_token.is_empty() || !(1..=172_800).contains(&cf.ttl))
+        {
+            return Err(ConfigError::Cloudflare);
+        }
         self.external_broker()?;
         verge_protocol::id::validate(&self.mqtt.id).map_err(|source| ConfigError::ManagerId {
             id: self.mqtt.id.clone(),

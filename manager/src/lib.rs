@@ -360,6 +360,11 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         keys,
         rpc_timeout: cfg.rpc_timeout(),
         ice: Arc::new(cfg.extra_ice.clone()),
+        cloudflare: cfg
+            .extra_ice
+            .cloudflare
+            .clone()
+            .map(|c| Arc::new(ice::cloudflare::Cloudflare::new(c))),
         tunnels: tunnels.clone(),
         index: index.clone(),
         auth: auth.clone(),

@@ -50,6 +50,8 @@ pub struct AppState {
     /// `[extra_ice]`: ICE servers for viewers (`Link`) and the agent's peer connection, with
     /// per-session TURN credentials (see [`crate::ice`]).
     pub ice: Arc<crate::config::ExtraIce>,
+    /// `[extra_ice.cloudflare]`, when configured.
+    pub cloudflare: Option<Arc<crate::ice::cloudflare::Cloudflare>>,
     pub tunnels: crate::tunnel::Tunnels,
     pub index: crate::index::Index,
     pub auth: Arc<crate::auth::Auth>,

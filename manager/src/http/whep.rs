@@ -27,17 +27,21 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// peer connection before it gathers candidates for the offer.
 pub async fn preflight(State(app): State<AppState>) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
-    let servers = session_ice(&app);
+    let servers = session_ice(&app).await;
     add_links(&mut response, &servers);
     cors(response)
 }
 
 /// ICE servers for one new session (fresh TURN credentials with `[extra_ice.coturn]`).
-fn session_ice(app: &AppState) -> Vec<verge_protocol::whep::IceServer> {
+async fn session_ice(app: &AppState) -> Vec<verge_protocol::whep::IceServer> {
     // The agent names its sessions when it answers; TURN credentials are made before, under a
     // random name of their own.
     let label = verge_protocol::key::random_secret();
-    crate::ice::for_session(&app.ice, &label, verge_protocol::now_ms() / 1000)
+    let mut servers = crate::ice::for_session(&app.ice, &label, verge_protocol::now_ms() / 1000);
+    if let Some(cloudflare) = &app.cloudflare {
+        servers.extend(cloudflare.servers().await);
+    }
+    servers
 }
 
 fn add_links(response: &mut Response, servers: &[verge_protocol::whep::IceServer]) {
@@ -173,7 +177,7 @@ async fn offer_for(
     let started = std::time::Instant::now();
     // The viewer and the agent get the same servers: with TURN credentials of this session,
     // a box behind a symmetric NAT relays too.
-    let servers = session_ice(app);
+    let servers = session_ice(app).await;
     let answer: OfferResult = call(
         app,
         &agent,

@@ -2,6 +2,10 @@
 //! `[extra_ice.coturn]`, TURN credentials of coturn's REST scheme made for this session alone:
 //! `username = {expiry}:{session}`, `credential = base64(HMAC-SHA1(secret, username))`. coturn
 //! (`use-auth-secret`) checks them without asking anyone and refuses them after `expiry`.
+//! With `[extra_ice.cloudflare]`, Cloudflare's TURN too ([`cloudflare`]).
+
+pub mod cloudflare;
+mod https;
 
 use base64::Engine;
 use ring::hmac;
@@ -58,6 +62,7 @@ mod tests {
                 credential: String::new(),
             }],
             coturn: Some(coturn),
+            cloudflare: None,
             override_upstream_ice_servers: false,
             unknown: Default::default(),
         };
