@@ -26,9 +26,19 @@ pub struct Chromium {
 impl Chromium {
     /// Starts Chromium on `url` with a fresh profile in `profile` and attaches to its page.
     pub fn open(url: &str, profile: &Path, log: &Path) -> Self {
+        Self::open_in(&[], url, profile, log)
+    }
+
+    /// [`Chromium::open`] run through `wrapper` (e.g. `nsenter -t {pid} -n`, to browse from
+    /// another network namespace).
+    pub fn open_in(wrapper: &[String], url: &str, profile: &Path, log: &Path) -> Self {
         let log = std::fs::File::create(log).expect("chromium log file");
         // fd 3: commands to Chromium (our stdin pipe); fd 4: its replies (our stdout pipe).
-        let script = format!("exec {} \"$@\" 3<&0 4>&1 1>&2", tool("chromium").display());
+        let script = format!(
+            "exec {} {} \"$@\" 3<&0 4>&1 1>&2",
+            wrapper.join(" "),
+            tool("chromium").display()
+        );
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
@@ -207,7 +217,13 @@ pub fn in_private_netns(name: &str) -> String {
         .args(unshare_args)
         .args(["--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
         .arg(&exe)
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            name,
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env(NETNS_ENV, "1")
         .output()
         .expect("run unshare (util-linux)");
@@ -227,7 +243,7 @@ pub fn in_private_netns(name: &str) -> String {
     text
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -183,39 +183,8 @@ impl Edge {
 
     /// [`Edge::publish`] to any RTMP URL (a port forward, the manager's router).
     pub fn publish_to(&self, label: &str, url: &str, media: &Synthetic) -> Proc {
-        let video = format!("testsrc=size={}:rate={}", media.size, media.fps);
-        let seconds = media.seconds.to_string();
-        let gop = media.gop.to_string();
-        let mut args = vec![
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            &video,
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=44100",
-            "-t",
-            &seconds,
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            &gop,
-            "-pix_fmt",
-            "yuv420p",
-        ];
-        if let Some(profile) = media.profile {
-            args.extend(["-profile:v", profile]);
-        }
-        args.extend(["-c:a", "aac", "-b:a", "64k", "-f", "flv", url]);
+        let args = publish_args(url, media);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Proc::spawn(label, tool("ffmpeg"), &args, self.dir.path())
     }
 
@@ -237,6 +206,44 @@ fn with_token(path: &str, token: &Option<String>) -> String {
         Some(t) => format!("{path}?token={t}"),
         None => path.to_string(),
     }
+}
+
+/// ffmpeg's arguments for publishing `media` to `url` in real time (H.264 + AAC over RTMP).
+pub fn publish_args(url: &str, media: &Synthetic) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("testsrc=size={}:rate={}", media.size, media.fps),
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=44100",
+        "-t",
+        &media.seconds.to_string(),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-tune",
+        "zerolatency",
+        "-g",
+        &media.gop.to_string(),
+        "-pix_fmt",
+        "yuv420p",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(profile) = media.profile {
+        args.extend(["-profile:v".to_string(), profile.to_string()]);
+    }
+    args.extend(["-c:a", "aac", "-b:a", "64k", "-f", "flv", url].map(String::from));
+    args
 }
 
 /// What [`Edge::publish`] sends.

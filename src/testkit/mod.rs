@@ -12,6 +12,7 @@ pub mod chromium;
 pub mod edge;
 pub mod ffprobe;
 pub mod measure;
+pub mod netns;
 pub mod postgres;
 pub mod prometheus;
 pub mod rtmp;

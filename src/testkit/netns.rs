@@ -1,0 +1,202 @@
+//! Network namespaces for NAT tests, made without names (nothing under `/run/netns` to leak): each
+//! [`Node`] is a `sleep` in a namespace of its own (`unshare -n`), reached with `nsenter`, and
+//! gone with its process. Links are veth pairs; the namespace the test runs in (itself a private
+//! one, see [`super::chromium::in_private_netns`]) is the "internet": a bridge `wan0`.
+//!
+//! Root only (bridges, veths, nftables).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+pub struct Node {
+    child: Child,
+}
+
+impl Node {
+    pub fn new() -> Self {
+        let child = Command::new("unshare")
+            .args(["-n", "sleep", "3600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("unshare -n (util-linux)");
+        let node = Self { child };
+        // Until unshare has run, the process is still in our namespace.
+        let ours = std::fs::read_link("/proc/self/ns/net").ok();
+        let theirs = format!("/proc/{}/ns/net", node.pid());
+        for _ in 0..200 {
+            let link = std::fs::read_link(&theirs).ok();
+            if link.is_some() && link != ours {
+                node.run(&["ip", "link", "set", "lo", "up"]);
+                return node;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the namespace of a new node never came up");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `program args…` inside this namespace, as a command to spawn.
+    pub fn command(&self, program: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &self.pid().to_string(), "-n"])
+            .arg(program)
+            .args(args);
+        c
+    }
+
+    /// The arguments that run a program in here: `nsenter -t {pid} -n`.
+    pub fn wrapper(&self) -> Vec<String> {
+        vec![
+            "nsenter".into(),
+            "-t".into(),
+            self.pid().to_string(),
+            "-n".into(),
+        ]
+    }
+
+    /// Runs a setup command in here; fails the test with its output if it fails.
+    pub fn run(&self, args: &[&str]) {
+        let out = self
+            .command(Path::new(args[0]), &args[1..])
+            .output()
+            .expect("nsenter");
+        assert!(
+            out.status.success(),
+            "{args:?} in namespace {}: {}",
+            self.pid(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a setup command here (the "internet").
+pub fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A home network behind a NAT that lets it connect out only: a router node (its WAN side on
+/// the `wan0` bridge at `wan_ip`, masquerading) and a host node at `{lan}.2` behind it (router
+/// `{lan}.1`, a /24). Nothing on the internet has a route to the LAN.
+pub struct Home {
+    pub router: Node,
+    pub host: Node,
+    pub host_ip: String,
+}
+
+impl Home {
+    pub fn new(name: &str, wan_ip: &str, lan: &str) -> Self {
+        let router = Node::new();
+        let host = Node::new();
+        let (router_pid, host_pid) = (router.pid().to_string(), host.pid().to_string());
+        let outside = format!("{name}-wan");
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &outside,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "wan",
+            "netns",
+            &router_pid,
+        ]);
+        run(&["ip", "link", "set", &outside, "master", "wan0", "up"]);
+        router.run(&["ip", "addr", "add", &format!("{wan_ip}/24"), "dev", "wan"]);
+        router.run(&["ip", "link", "set", "wan", "up"]);
+        router.run(&[
+            "ip", "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", &host_pid,
+        ]);
+        router.run(&["ip", "addr", "add", &format!("{lan}.1/24"), "dev", "lan"]);
+        router.run(&["ip", "link", "set", "lan", "up"]);
+        router.run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        router.run(&["nft", "add", "table", "ip", "nat"]);
+        router.run(&[
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "nat",
+            "post",
+            "{ type nat hook postrouting priority 100 ; }",
+        ]);
+        router.run(&[
+            "nft",
+            "add",
+            "rule",
+            "ip",
+            "nat",
+            "post",
+            "oifname",
+            "wan",
+            "masquerade",
+        ]);
+        // Only answers come in: what the LAN did not start is dropped.
+        router.run(&["nft", "add", "table", "ip", "filter"]);
+        router.run(&[
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "filter",
+            "inbound",
+            "{ type filter hook forward priority 0 ; policy drop ; }",
+        ]);
+        router.run(&[
+            "nft", "add", "rule", "ip", "filter", "inbound", "iifname", "lan", "accept",
+        ]);
+        router.run(&[
+            "nft",
+            "add",
+            "rule",
+            "ip",
+            "filter",
+            "inbound",
+            "ct",
+            "state",
+            "established,related",
+            "accept",
+        ]);
+        let host_ip = format!("{lan}.2");
+        host.run(&["ip", "addr", "add", &format!("{host_ip}/24"), "dev", "eth0"]);
+        host.run(&["ip", "link", "set", "eth0", "up"]);
+        host.run(&["ip", "route", "add", "default", "via", &format!("{lan}.1")]);
+        Self {
+            router,
+            host,
+            host_ip,
+        }
+    }
+}
+
+/// The internet side: the bridge `wan0` with `ip` (a /24) in the test's own namespace.
+pub fn internet(ip: &str) {
+    run(&["ip", "link", "add", "wan0", "type", "bridge"]);
+    run(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "wan0"]);
+    run(&["ip", "link", "set", "wan0", "up"]);
+}
