@@ -166,7 +166,16 @@ fn a_box_behind_nat_reaches_a_viewer_behind_nat_through_turn() {
         agent_cfg.display().to_string(),
     ]);
     let args: Vec<&str> = wrapper[1..].iter().map(String::as_str).collect();
-    let (_agent, agent_bound) = Proc::spawn_ready("agent", Path::new("nsenter"), &args, dir.path());
+    let (_agent, agent_bound) = Proc::spawn_ready_with_env(
+        "agent",
+        Path::new("nsenter"),
+        &args,
+        dir.path(),
+        &[(
+            "RUST_LOG",
+            "info,turn=debug,webrtc_ice=debug,rtc_turn=debug,rtc_ice=debug",
+        )],
+    );
     let rtmp = listener(&agent_bound, "rtmp");
 
     let publish = publish_args(
@@ -205,6 +214,17 @@ fn a_box_behind_nat_reaches_a_viewer_behind_nat_through_turn() {
             &dir.path().join(format!("chromium-{policy}")),
             &dir.path().join(format!("chromium-{policy}.log")),
         );
+        std::thread::sleep(Duration::from_secs(4));
+        let early = chromium.eval(
+            "pc.getStats().then((r) => { const out = []; r.forEach((s) => { if (s.type === 'candidate-pair') { \
+               const l = r.get(s.localCandidateId), m = r.get(s.remoteCandidateId); \
+               out.push(`${l.candidateType} ${l.address}:${l.port} -> ${m.candidateType} ${m.address}:${m.port} ${s.state} sent=${s.requestsSent} recv=${s.responsesReceived} reqIn=${s.requestsReceived}`); } }); return out.join('\\n'); })",
+        );
+        // What Chromium tried, for when it fails (requests sent and answered per pair).
+        println!(
+            "candidate pairs after 4 s:\n{}",
+            early.as_str().unwrap_or_default()
+        );
         let mut last = String::new();
         let played = wait_for(PATIENCE, || {
             let (n, text) = frames(&mut chromium);
@@ -220,11 +240,37 @@ fn a_box_behind_nat_reaches_a_viewer_behind_nat_through_turn() {
                 .as_str()
                 .unwrap_or_default()
                 .lines()
-                .filter(|l| l.starts_with("a=candidate") || l.starts_with("---"))
+                .filter(|l| {
+                    l.starts_with("a=candidate")
+                        || l.starts_with("---")
+                        || l.starts_with("a=group")
+                        || l.starts_with("m=")
+                        || l.starts_with("a=rtcp-mux")
+                        || l.starts_with("a=ice-ufrag")
+                })
+                .collect();
+            let pairs = chromium.eval(
+                "pc.getStats().then((r) => { const out = []; r.forEach((s) => { if (s.type === 'candidate-pair') { \
+                   const l = r.get(s.localCandidateId), m = r.get(s.remoteCandidateId); \
+                   out.push(`${l.candidateType} ${l.address}:${l.port} -> ${m.candidateType} ${m.address}:${m.port} ${s.state} sent=${s.requestsSent} recv=${s.responsesReceived} reqIn=${s.requestsReceived}`); } }); return out.join('\\n'); })",
+            );
+            println!("PAIRS:\n{}", pairs.as_str().unwrap_or_default());
+            let agent_log = _agent.log_text();
+            let turn_lines: Vec<&str> = agent_log
+                .lines()
+                .filter(|l| {
+                    let l = l.to_ascii_lowercase();
+                    l.contains("turn")
+                        || l.contains("relay")
+                        || l.contains("permission")
+                        || l.contains("channel")
+                })
+                .take(60)
                 .collect();
             panic!(
-                "policy {policy}: the viewer decoded too little:\n{last}\ncandidates:\n{}\n--- coturn ---\n{}",
+                "policy {policy}: the viewer decoded too little:\n{last}\ncandidates:\n{}\n--- agent turn ---\n{}\n--- coturn ---\n{}",
                 candidates.join("\n"),
+                turn_lines.join("\n"),
                 coturn
                     .log_text()
                     .lines()
