@@ -84,34 +84,17 @@ fn the_dashboard_shows_the_fleet_and_acts_on_it() {
     std::fs::create_dir_all(&shots.dir).unwrap();
 
     // A stream on the agent, published with its key (the agent requires keys).
-    let key = verge::testkit::request(
-        "POST",
-        b.manager_http,
-        "/api/keys/live/cam",
-        &[("Authorization", &format!("Bearer {STATIC}"))],
-        br#"{"agent": "edge-1"}"#,
-        Duration::from_secs(10),
-    )
-    .unwrap()
-    .json()["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let _cam = wait_for(PATIENCE, || {
-        let p = b.publish_to(
-            "cam",
-            &format!("rtmp://{}/live/{key}", b.rtmp),
-            &Synthetic {
-                size: "640x360",
-                fps: 25,
-                gop: 25,
-                seconds: 120,
-                profile: Some("high"),
-            },
-        );
-        wait_for(Duration::from_secs(5), || b.listed_stream("cam")).map(|_| p)
-    })
-    .expect("the stream never went live");
+    let (_cam, _) = b.publish_with_key(
+        "cam",
+        "cam",
+        &Synthetic {
+            size: "640x360",
+            fps: 25,
+            gop: 25,
+            seconds: 120,
+            profile: Some("high"),
+        },
+    );
 
     let mut chromium = Chromium::open(
         &format!("http://{}/", b.manager_http),

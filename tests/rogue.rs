@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge::testkit::{get, listener, request, reserve_port, wait_for};
+use verge::testkit::{get, listener, reserve_port, wait_for};
 use verge::whep::{Viewer, ViewerOptions};
 use verge_protocol::envelope;
 use verge_protocol::key::MacKey;
@@ -58,31 +58,14 @@ fn a_client_with_another_agents_credentials_reads_and_changes_nothing() {
             ..EdgeOptions::default()
         },
     );
-    let key = request(
-        "POST",
-        b.manager_http,
-        "/api/keys/live/cam",
-        &[],
-        br#"{"agent": "edge-1"}"#,
-        Duration::from_secs(10),
-    )
-    .unwrap()
-    .json()["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let _cam = wait_for(PATIENCE, || {
-        let p = b.publish_to(
-            "cam",
-            &format!("rtmp://{}/live/{key}", b.rtmp),
-            &Synthetic {
-                seconds: 120,
-                ..Synthetic::default()
-            },
-        );
-        wait_for(Duration::from_secs(5), || b.listed_stream("cam")).map(|_| p)
-    })
-    .expect("the stream never went live");
+    let (_cam, key) = b.publish_with_key(
+        "cam",
+        "cam",
+        &Synthetic {
+            seconds: 120,
+            ..Synthetic::default()
+        },
+    );
 
     // The rogue: edge-2's credentials, subscribed to everything.
     let mqtt = listener(&b.manager_listeners, "mqtt");

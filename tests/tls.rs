@@ -190,15 +190,11 @@ fn the_embedded_broker_serves_agents_over_tls() {
             pki.key.display()
         ),
     );
-    let (_manager, bound) = Proc::spawn_ready_with_env(
+    let (_manager, bound) = Proc::spawn_ready(
         "manager",
         &bin("verge-manager"),
         &["--config", config.to_str().unwrap()],
         dir.path(),
-        &[(
-            "DATABASE_URL",
-            &format!("sqlite://{}/m.db?mode=rwc", dir.path().display()),
-        )],
     );
     let http = listener(&bound, "http");
     let tls = listener(&bound, "mqtts");
@@ -250,15 +246,11 @@ fn mosquitto_serves_manager_and_agents_over_tls() {
             pki.ca.display()
         ),
     );
-    let (_manager, bound) = Proc::spawn_ready_with_env(
+    let (_manager, bound) = Proc::spawn_ready(
         "manager",
         &bin("verge-manager"),
         &["--config", config.to_str().unwrap()],
         dir.path(),
-        &[(
-            "DATABASE_URL",
-            &format!("sqlite://{}/m.db?mode=rwc", dir.path().display()),
-        )],
     );
     let http = listener(&bound, "http");
     right_ca_connects_wrong_ca_is_refused(&dir, http, &url, &pki);

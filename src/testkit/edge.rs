@@ -188,6 +188,41 @@ impl Edge {
         Proc::spawn(label, tool("ffmpeg"), &args, self.dir.path())
     }
 
+    /// Issues the channel key of `live/{name}` bound to edge-1 (with the fixture's API token)
+    /// and publishes with it until the agent, which learns keys over MQTT a moment later,
+    /// takes it; returns the publisher (once the manager lists the stream) and the key.
+    pub fn publish_with_key(&self, label: &str, name: &str, media: &Synthetic) -> (Proc, String) {
+        let bearer = self.api_token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .as_deref()
+            .map(|b| ("Authorization", b))
+            .into_iter()
+            .collect();
+        let issued = super::request(
+            "POST",
+            self.manager_http,
+            &format!("/api/keys/live/{name}"),
+            &headers,
+            br#"{"agent": "edge-1"}"#,
+            std::time::Duration::from_secs(10),
+        )
+        .expect("POST /api/keys");
+        let key = issued.json()["key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no key issued: {}", issued.text()))
+            .to_string();
+        let url = format!("rtmp://{}/live/{key}", self.rtmp);
+        let publisher = wait_for(READY_TIMEOUT, || {
+            let publisher = self.publish_to(label, &url, media);
+            wait_for(std::time::Duration::from_secs(5), || {
+                self.listed_stream(name)
+            })
+            .map(|_| publisher)
+        })
+        .unwrap_or_else(|| panic!("{name} never went live with its key"));
+        (publisher, key)
+    }
+
     /// The manager's view of stream `id` (`{name}` or `{app}/{name}`), once listed.
     pub fn listed_stream(&self, id: &str) -> Option<serde_json::Value> {
         let streams = get(
