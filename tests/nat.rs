@@ -277,6 +277,9 @@ fn a_box_behind_nat_reaches_a_viewer_behind_nat_through_turn() {
                     .filter(|l| {
                         let l = l.to_ascii_lowercase();
                         l.contains("error")
+                            || l.contains("allocate")
+                            || l.contains("relay")
+                            || l.contains("new,")
                             || l.contains("403")
                             || l.contains("forbidden")
                             || l.contains("permission")
@@ -284,7 +287,7 @@ fn a_box_behind_nat_reaches_a_viewer_behind_nat_through_turn() {
                             || l.contains("unreachable")
                             || l.contains("peer")
                     })
-                    .take(40)
+                    .take(60)
                     .collect::<Vec<_>>()
                     .join("\n")
             );
