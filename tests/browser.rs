@@ -43,6 +43,7 @@ fn chromium_plays_a_stream_through_the_manager() {
             gop: 50,
             seconds: 60,
             profile: Some("high"),
+            b_frames: None,
         },
     );
     let live = wait_for(Duration::from_secs(15), || {
@@ -97,4 +98,80 @@ fn chromium_plays_a_stream_through_the_manager() {
     assert_eq!(stat(&last, "audioSamplesReceived"), None, "{last}");
     drop(chromium);
     // Chromium gone without a DELETE: the agent frees the viewer once ICE gives up.
+}
+
+/// Frames decoded and freezes over 6 s of a B-frame stream (x264's default: `-bf 3`, High
+/// profile) in Chromium through the manager's WHEP: what a new user's OBS or ffmpeg sends.
+/// The acceptance test of issue #11's B-frame part; measured so far (640x360@30, 6 s): RTP
+/// timestamps at PTS (as sent today) 26 of 180 frames decoded, 1 freeze of 631 ms; at DTS
+/// 26 of 180, no freeze. Chromium receives every frame (framesReceived) and decodes few.
+#[test]
+#[ignore = "work in progress (issue #11): Chromium decodes ~15 % of a B-frame stream's frames"]
+fn a_b_frame_stream_plays_smoothly_in_chromium() {
+    if !is_private_netns() {
+        bin("verge-manager");
+        let output = in_private_netns("a_b_frame_stream_plays_smoothly_in_chromium");
+        println!("{output}");
+        return;
+    }
+    let edge = Edge::start(
+        "browser-bframes",
+        &EdgeOptions {
+            noauth: true,
+            ..Default::default()
+        },
+    );
+    let fps = 30;
+    let _ffmpeg = edge.publish(
+        "ffmpeg",
+        "cam",
+        &Synthetic {
+            size: "640x360",
+            fps,
+            gop: 60,
+            seconds: 60,
+            profile: Some("high"),
+            b_frames: Some(3),
+        },
+    );
+    let live = wait_for(Duration::from_secs(15), || {
+        edge.listed_stream("cam").filter(|s| s["bFrames"] == true)
+    });
+    assert!(live.is_some(), "the stream was not listed with B-frames");
+    let mut chromium = Chromium::open(
+        &format!("http://{}/play/cam", edge.manager_http),
+        &edge.dir.path().join("chromium-profile"),
+        &edge.dir.path().join("chromium.log"),
+    );
+    let mut read = || {
+        chromium
+            .eval("document.getElementById('stats').textContent")
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let started = wait_for(Duration::from_secs(30), || {
+        let text = read();
+        stat(&text, "framesDecoded")
+            .filter(|&n| n >= 15)
+            .map(|_| text)
+    })
+    .expect("Chromium decoded nothing");
+    let begin = Instant::now();
+    std::thread::sleep(Duration::from_secs(6));
+    let end = read();
+    let secs = begin.elapsed().as_secs_f64();
+    let delta = |key: &str| stat(&end, key).unwrap_or(0) - stat(&started, key).unwrap_or(0);
+    let decoded = delta("framesDecoded");
+    let expected = (f64::from(fps) * secs) as u64;
+    println!(
+        "B-frames: {decoded} of ~{expected} frames decoded in {secs:.1} s, freezes {} ({} ms)",
+        delta("freezeCount"),
+        delta("totalFreezesDuration")
+    );
+    assert!(
+        decoded * 10 >= expected * 9,
+        "only {decoded} of ~{expected} frames decoded:\n{end}"
+    );
+    assert_eq!(delta("freezeCount"), 0, "the picture froze:\n{end}");
 }

@@ -93,6 +93,7 @@ fn the_dashboard_shows_the_fleet_and_acts_on_it() {
             gop: 25,
             seconds: 120,
             profile: Some("high"),
+            b_frames: None,
         },
     );
 
@@ -191,6 +192,7 @@ fn the_dashboard_shows_the_fleet_and_acts_on_it() {
             gop: 15,
             seconds: 60,
             profile: None,
+            b_frames: None,
         },
     );
     chromium.eval("location.hash = '#streams'");

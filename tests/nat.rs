@@ -186,6 +186,7 @@ fn a_box_behind_nat_reaches_a_viewer_behind_nat_through_turn() {
             gop: 25,
             seconds: 120,
             profile: Some("main"),
+            b_frames: None,
         },
     );
     let mut ffmpeg_args = box_net.host.wrapper();

@@ -264,8 +264,6 @@ pub fn publish_args(url: &str, media: &Synthetic) -> Vec<String> {
         "libx264",
         "-preset",
         "ultrafast",
-        "-tune",
-        "zerolatency",
         "-g",
         &media.gop.to_string(),
         "-pix_fmt",
@@ -274,6 +272,11 @@ pub fn publish_args(url: &str, media: &Synthetic) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    match media.b_frames {
+        // ultrafast alone turns B-frames off: ask for them.
+        Some(n) => args.extend(["-bf".to_string(), n.to_string()]),
+        None => args.extend(["-tune".to_string(), "zerolatency".to_string()]),
+    }
     if let Some(profile) = media.profile {
         args.extend(["-profile:v".to_string(), profile.to_string()]);
     }
@@ -290,6 +293,9 @@ pub struct Synthetic {
     pub seconds: u32,
     /// `-profile:v`, e.g. `high`; ffmpeg's default otherwise.
     pub profile: Option<&'static str>,
+    /// B-frames between references, as x264 makes them by default (`-bf`); None: none
+    /// (`-tune zerolatency`), what a low-latency encoder sends.
+    pub b_frames: Option<u32>,
 }
 
 impl Default for Synthetic {
@@ -300,6 +306,7 @@ impl Default for Synthetic {
             gop: 100,
             seconds: 6,
             profile: None,
+            b_frames: None,
         }
     }
 }
