@@ -227,6 +227,18 @@ pub struct WebrtcConfig {
     pub disconnected_secs: u64,
     /// …and this much longer, `failed`: the viewer is closed.
     pub failed_secs: u64,
+    /// What WebRTC viewers get of a stream with B-frames: `drop` (the I and P frames, which
+    /// Chromium plays smoothly at a fraction of the frame rate) or `send` (every frame, of which
+    /// Chromium decodes about one in seven, with freezes).
+    pub b_frames: BFrames,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BFrames {
+    #[default]
+    Drop,
+    Send,
 }
 
 impl Default for WebrtcConfig {
@@ -239,6 +251,7 @@ impl Default for WebrtcConfig {
             connect_timeout_secs: 15,
             disconnected_secs: 5,
             failed_secs: 10,
+            b_frames: BFrames::Drop,
         }
     }
 }
@@ -255,6 +268,7 @@ impl WebrtcConfig {
             ice_servers: self.ice_servers.clone(),
             gather_timeout: Duration::from_millis(self.gather_timeout_ms.max(1)),
             connect_timeout: Duration::from_secs(self.connect_timeout_secs.max(1)),
+            drop_b_frames: self.b_frames == BFrames::Drop,
         }
     }
 }

@@ -75,8 +75,8 @@ fn info(status: &StreamStatus) -> StreamInfo {
 }
 
 /// What the operator of a B-frame encoder should change.
-pub const B_FRAME_ADVICE: &str = "the encoder sends B-frames, which WebRTC viewers may see stutter: \
-     turn them off (OBS: Output > x264 options bframes=0, or a NVENC/QuickSync preset with \
+pub const B_FRAME_ADVICE: &str = "the encoder sends B-frames, which browsers' WebRTC cannot play at \
+     the full frame rate: turn them off (OBS: Output > x264 options bframes=0, or a NVENC/QuickSync preset with \
      'Max B-frames' 0; ffmpeg: -bf 0)";
 
 /// What makes a stream list worth publishing at once: which streams, and what they are.

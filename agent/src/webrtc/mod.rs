@@ -64,6 +64,8 @@ pub struct WhepSettings {
     pub gather_timeout: Duration,
     /// A viewer not connected this long after its answer is dropped.
     pub connect_timeout: Duration,
+    /// Leave B-frames out of what viewers are sent (see `[webrtc] b_frames`).
+    pub drop_b_frames: bool,
 }
 
 impl Default for WhepSettings {
@@ -73,6 +75,7 @@ impl Default for WhepSettings {
             ice_servers: Vec::new(),
             gather_timeout: Duration::from_millis(1500),
             connect_timeout: Duration::from_secs(15),
+            drop_b_frames: true,
         }
     }
 }
@@ -208,7 +211,7 @@ impl Whep {
         let mut servers = ice_servers.to_vec();
         servers.extend(self.inner.settings.ice_servers.iter().cloned());
         let ssrc = u32::from_be_bytes(self.random()).max(1);
-        let (answer, peer) = peer::answer(
+        let (answer, mut peer) = peer::answer(
             stream,
             sdp,
             &self.inner.settings.ice,
@@ -217,6 +220,7 @@ impl Whep {
             ssrc,
         )
         .await?;
+        peer.drop_b_frames = self.inner.settings.drop_b_frames;
         let session = whep::session_id(&self.inner.agent, u64::from_be_bytes(self.random()));
         let close = self.inner.shutdown.child_token();
         self.sessions().insert(

@@ -37,6 +37,8 @@ pub struct Peer {
     /// The viewer's payload type for the H.264 format we send.
     pub payload_type: u8,
     pub state: watch::Receiver<RTCPeerConnectionState>,
+    /// B-frames are left out of what this viewer is sent.
+    pub drop_b_frames: bool,
 }
 
 /// Answers `offer` (non-trickle: the answer holds every candidate gathered within
@@ -120,6 +122,7 @@ pub async fn answer(
                 ssrc,
                 payload_type,
                 state,
+                drop_b_frames: true,
             },
         )),
         Err(e) => {

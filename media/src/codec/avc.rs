@@ -384,6 +384,25 @@ fn read_vui_fps(r: &mut BitReader<'_>) -> Result<Option<f64>, CodecError> {
     ))
 }
 
+/// Whether an access unit (length-prefixed NAL units) is a B-frame: its first slice's
+/// `slice_type` is B (1 or 6). Only the first bits of the slice header are read.
+pub fn is_b_frame(data: &[u8], length_size: u8) -> bool {
+    let Ok(nalus) = split_nalus(data, length_size) else {
+        return false;
+    };
+    nalus
+        .iter()
+        .find(|nal| matches!(nal.first().map(|b| b & 0x1f), Some(1 | 5)))
+        .is_some_and(|nal| {
+            // The header's first bytes are enough: emulation prevention cannot start before
+            // two zero bytes, which `first_mb_in_slice` and `slice_type` rarely span; a slice
+            // header that does not parse counts as not B.
+            let head = strip_emulation_prevention(&nal[1..nal.len().min(16)]);
+            let mut bits = BitReader::new(&head, "slice header");
+            bits.read_ue().is_ok() && bits.read_ue().is_ok_and(|t| t % 5 == 1)
+        })
+}
+
 /// Splits a coded frame into its NAL units. Each unit is prefixed by its length in
 /// `length_size` bytes (1, 2 or 4, from [`AvcConfig::nalu_length_size`]).
 ///
@@ -1012,6 +1031,27 @@ mod tests {
             split_nalus(&[0, 0, 1, 0x65], 3),
             Err(CodecError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn b_frames_are_told_by_their_first_slice() {
+        let au = |nal: &[u8]| {
+            let mut out = (nal.len() as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(nal);
+            out
+        };
+        // first_mb_in_slice = 0 ("1"), then slice_type as ue(v).
+        assert!(is_b_frame(&au(&[0x01, 0xA0]), 4), "slice_type 1: B");
+        assert!(is_b_frame(&au(&[0x01, 0x9C]), 4), "slice_type 6: B");
+        assert!(!is_b_frame(&au(&[0x01, 0xC0]), 4), "slice_type 0: P");
+        assert!(!is_b_frame(&au(&[0x65, 0x88]), 4), "slice_type 7: I");
+        // SEI first, then the slice.
+        let mut both = au(&[0x06, 0x05, 0x00]);
+        both.extend(au(&[0x01, 0xA0]));
+        assert!(is_b_frame(&both, 4));
+        for garbage in [&[][..], &[0, 0, 0, 9, 1], &[0, 0, 0, 1, 0x01]] {
+            assert!(!is_b_frame(garbage, 4));
+        }
     }
 
     #[test]
