@@ -119,6 +119,10 @@ fn metrics_of_manager_and_agent_parse_and_follow_the_fleet() {
     assert_eq!(page.value("verge_whep_signaling_seconds_count"), 1.0);
     assert!(page.value("verge_whep_signaling_seconds_sum") > 0.0);
     assert!(page.value("verge_rpc_duration_seconds_count{method=\"whep.offer\"}") >= 1.0);
+    // What edge-1 sent its viewer shows as its egress at its next state report.
+    scrape_until(m, "edge-1's egress", |p| {
+        p.value("verge_agent_egress_bits_per_second{agent=\"edge-1\"}") > 0.0
+    });
     // The recording's day reached the index.
     let page = scrape_until(m, "the indexed day", |p| {
         p.value("verge_index_rows_total{result=\"stored\"}") >= 1.0

@@ -154,6 +154,7 @@ fn a_client_with_another_agents_credentials_reads_and_changes_nothing() {
                 name: "fake".into(),
                 ..StreamInfo::default()
             }],
+            ..State::default()
         },
     );
     let mark = seen.lock().unwrap().len();

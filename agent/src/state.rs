@@ -19,11 +19,18 @@ impl StateHandle {
 
     /// Replaces the stream list; the snapshot's `seq` grows only when something changed.
     pub fn set_streams(&self, streams: Vec<StreamInfo>) {
+        self.set(streams, None);
+    }
+
+    /// Replaces the stream list and, when measured, the egress rate.
+    pub fn set(&self, streams: Vec<StreamInfo>, egress_kbps: Option<u32>) {
         self.tx.send_if_modified(|state| {
-            if state.streams == streams {
+            let egress_kbps = egress_kbps.or(state.egress_kbps);
+            if state.streams == streams && state.egress_kbps == egress_kbps {
                 return false;
             }
             state.streams = streams;
+            state.egress_kbps = egress_kbps;
             state.seq += 1;
             true
         });

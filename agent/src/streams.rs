@@ -102,16 +102,36 @@ struct Identity {
 }
 
 /// Keeps the state snapshot in step with the hub until the task is dropped.
+/// Media bytes the hub has handed to readers other than the recorder.
+fn viewer_bytes(hub: &Hub) -> u64 {
+    hub.totals()
+        .readers
+        .iter()
+        .filter(|(kind, ..)| *kind != verge_media::hub::ReaderKind::Recorder)
+        .map(|(_, _, bytes, _)| bytes)
+        .sum()
+}
+
 pub async fn report(hub: Arc<Hub>, state: StateHandle, refresh: Duration) {
     let mut published = identity(&[]);
     let mut published_at = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // Bytes handed to viewers and players so far, and when, for the egress rate.
+    let mut egress = (viewer_bytes(&hub), Instant::now());
     loop {
         tick.tick().await;
         let status = hub.status();
         let now = identity(&status);
-        if now != published || published_at.elapsed() >= refresh {
-            state.set_streams(status.iter().map(info).collect());
+        let due = published_at.elapsed() >= refresh;
+        if now != published || due {
+            let kbps = due.then(|| {
+                let bytes = viewer_bytes(&hub);
+                let secs = egress.1.elapsed().as_secs_f64().max(0.001);
+                let kbps = (bytes.saturating_sub(egress.0) as f64 * 8.0 / 1000.0 / secs) as u32;
+                egress = (bytes, Instant::now());
+                kbps
+            });
+            state.set(status.iter().map(info).collect(), kbps);
             published = now;
             published_at = Instant::now();
         }

@@ -10,6 +10,10 @@ pub struct State {
     pub seq: u64,
     #[serde(default)]
     pub streams: Vec<StreamInfo>,
+    /// Media the agent hands its viewers and players (WebRTC, RTMP, HTTP-FLV, HLS; not the
+    /// recorder), in kbit/s over the last report interval: most of what it sends up its link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_kbps: Option<u32>,
 }
 
 /// One live stream on an agent. Fields beyond `app` and `name` are filled as the agent learns
@@ -72,9 +76,13 @@ mod tests {
             s,
             State {
                 seq: 3,
-                streams: vec![]
+                streams: vec![],
+                egress_kbps: None,
             }
         );
+        let with_rate: State = serde_json::from_str(r#"{"seq":5,"egress_kbps":1200}"#).unwrap();
+        assert_eq!(with_rate.egress_kbps, Some(1200));
+        assert!(!serde_json::to_string(&s).unwrap().contains("egress"));
         let s: State = serde_json::from_str(
             r#"{"seq":4,"streams":[{"app":"live","name":"cam","new_field":1}]}"#,
         )

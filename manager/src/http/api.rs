@@ -31,6 +31,8 @@ pub struct Node {
     pub version: Option<String>,
     /// `{app}/{name}` of each live stream.
     pub streams: Vec<String>,
+    /// Media the agent sends its viewers and players, kbit/s (its last state report).
+    pub egress_kbps: Option<u32>,
 }
 
 impl From<&AgentRecord> for Node {
@@ -53,6 +55,7 @@ impl From<&AgentRecord> for Node {
                 .as_ref()
                 .map(|s| s.streams.iter().map(|s| s.id()).collect())
                 .unwrap_or_default(),
+            egress_kbps: r.state.as_ref().and_then(|s| s.egress_kbps),
         }
     }
 }

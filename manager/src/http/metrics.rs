@@ -126,6 +126,20 @@ fn fleet(app: &AppState, e: &mut Exposition) {
             );
         }
     }
+    e.family(
+        "verge_agent_egress_bits_per_second",
+        Kind::Gauge,
+        "Media each online agent hands its viewers and players (its last state report).",
+    );
+    for a in agents.iter().filter(|a| a.online()) {
+        if let Some(kbps) = a.state.as_ref().and_then(|s| s.egress_kbps) {
+            e.sample(
+                "verge_agent_egress_bits_per_second",
+                &[("agent", &a.id)],
+                f64::from(kbps) * 1000.0,
+            );
+        }
+    }
     let streams: Vec<(&str, &verge_protocol::state::StreamInfo)> = agents
         .iter()
         .filter(|a| a.online())
