@@ -514,40 +514,17 @@ fn a_key_bound_to_an_agent_is_given_to_that_agent_only() {
 
 #[test]
 fn a_b_frame_stream_is_flagged_with_advice_and_a_plain_one_is_not() {
-    use verge::testkit::Proc;
-    use verge::testkit::edge::tool;
     let b = start();
-    // x264's defaults (no zerolatency): B-frames.
-    let url = format!("rtmp://{}/live/bframes", b.rtmp);
-    let _with = Proc::spawn(
+    // x264 with B-frames, as its defaults (and OBS's) make them.
+    let _with = b.publish(
         "ffmpeg-bframes",
-        tool("ffmpeg"),
-        &[
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=640x360:rate=25",
-            "-t",
-            "30",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-bf",
-            "3",
-            "-g",
-            "50",
-            "-pix_fmt",
-            "yuv420p",
-            "-f",
-            "flv",
-            &url,
-        ],
-        b.dir.path(),
+        "bframes",
+        &Synthetic {
+            seconds: 30,
+            gop: 50,
+            b_frames: Some(3),
+            ..Default::default()
+        },
     );
     let _without = publish(&b, "ffmpeg-plain", "plain", 30);
     let flagged = wait_for(Duration::from_secs(30), || {

@@ -134,6 +134,15 @@ fn start_agent(dir: &TempDir, id: &str, secret: &str, url: &str, ca: &Path) -> P
     )
 }
 
+fn start_manager(dir: &TempDir, config: &Path) -> (Proc, verge::testkit::Listeners) {
+    Proc::spawn_ready(
+        "manager",
+        &bin("verge-manager"),
+        &["--config", config.to_str().unwrap()],
+        dir.path(),
+    )
+}
+
 fn online(http: SocketAddr, id: &str) -> bool {
     get(http, "/api/nodes/")
         .ok()
@@ -190,12 +199,7 @@ fn the_embedded_broker_serves_agents_over_tls() {
             pki.key.display()
         ),
     );
-    let (_manager, bound) = Proc::spawn_ready(
-        "manager",
-        &bin("verge-manager"),
-        &["--config", config.to_str().unwrap()],
-        dir.path(),
-    );
+    let (_manager, bound) = start_manager(&dir, &config);
     let http = listener(&bound, "http");
     let tls = listener(&bound, "mqtts");
     let url = format!("mqtts://localhost:{}", tls.port());
@@ -246,12 +250,7 @@ fn mosquitto_serves_manager_and_agents_over_tls() {
             pki.ca.display()
         ),
     );
-    let (_manager, bound) = Proc::spawn_ready(
-        "manager",
-        &bin("verge-manager"),
-        &["--config", config.to_str().unwrap()],
-        dir.path(),
-    );
+    let (_manager, bound) = start_manager(&dir, &config);
     let http = listener(&bound, "http");
     right_ca_connects_wrong_ca_is_refused(&dir, http, &url, &pki);
 }

@@ -158,9 +158,17 @@ impl Tunnels {
             let links = self.inner.links.lock().unwrap_or_else(|e| e.into_inner());
             links.get(agent).map(|l| l.endpoint.clone())
         }?;
-        endpoint.stats().await.ok()
+        // A link busy moving data answers in microseconds; one that does not is reported
+        // as having no numbers rather than holding up the API or a metrics scrape.
+        tokio::time::timeout(STATS_TIMEOUT, endpoint.stats())
+            .await
+            .ok()?
+            .ok()
     }
 }
+
+/// Longest wait for a link's numbers.
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Agents do not open streams to the manager (yet): each is refused with a reason.
 async fn refuse_all(mut incoming: mpsc::Receiver<Incoming>, agent: String) {
