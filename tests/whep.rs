@@ -81,7 +81,10 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
     let rt = runtime();
     let manager_url = format!("http://{}/whep/cam", edge.manager_http);
     rt.block_on(async {
-        let opts = ViewerOptions::for_url(&manager_url);
+        let opts = ViewerOptions {
+            audio: true,
+            ..ViewerOptions::for_url(&manager_url)
+        };
         let mut viewer = Viewer::connect(&manager_url, &opts)
             .await
             .expect("WHEP through the manager");
@@ -126,6 +129,29 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
         let s = viewer.stats.clone();
         assert_eq!(s.lost, lost_before_first, "{s}");
         assert_eq!((s.width, s.height), (Some(640), Some(360)), "{s}");
+
+        // The AAC came along as Opus: 50 packets a second (3 s of video were read), each one
+        // 20 ms frame (RFC 6716 §3.1: the TOC byte's config and frame-count code).
+        let audio_packets = viewer
+            .audio
+            .packets
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            (100..=250).contains(&audio_packets),
+            "{audio_packets} Opus packets in ~3 s"
+        );
+        let toc = viewer
+            .audio
+            .last
+            .lock()
+            .map(|p| p.first().copied())
+            .ok()
+            .flatten();
+        let toc = toc.expect("an Opus packet");
+        assert!(
+            [1, 5, 9, 13, 15, 19, 23, 27, 31].contains(&(toc >> 3)) && toc & 3 == 0,
+            "TOC {toc:#04x} is not one 20 ms Opus frame"
+        );
 
         // A keyframe request (PLI) is answered from the cache, long before the next IDR (20 s
         // GOP), with RTP time running on past the last frame sent.

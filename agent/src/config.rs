@@ -231,6 +231,19 @@ pub struct WebrtcConfig {
     /// Chromium plays smoothly at a fraction of the frame rate) or `send` (every frame, of which
     /// Chromium decodes about one in seven, with freezes).
     pub b_frames: BFrames,
+    /// What WebRTC viewers hear: `opus` (the stream's AAC-LC transcoded once per stream while
+    /// someone watches) or `off` (video only).
+    pub audio: WebrtcAudio,
+    /// Opus bitrate, kbit/s (6–510).
+    pub audio_kbps: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebrtcAudio {
+    #[default]
+    Opus,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -252,6 +265,8 @@ impl Default for WebrtcConfig {
             disconnected_secs: 5,
             failed_secs: 10,
             b_frames: BFrames::Drop,
+            audio: WebrtcAudio::Opus,
+            audio_kbps: 64,
         }
     }
 }
@@ -269,6 +284,8 @@ impl WebrtcConfig {
             gather_timeout: Duration::from_millis(self.gather_timeout_ms.max(1)),
             connect_timeout: Duration::from_secs(self.connect_timeout_secs.max(1)),
             drop_b_frames: self.b_frames == BFrames::Drop,
+            opus_bitrate: (self.audio == WebrtcAudio::Opus)
+                .then(|| self.audio_kbps.clamp(6, 510) * 1000),
         }
     }
 }

@@ -115,7 +115,12 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
             }
         }),
         tokio::spawn(recorder.clone().run()),
-        tokio::spawn(streams::report(hub, state.clone(), Duration::from_secs(10))),
+        tokio::spawn(streams::report(
+            hub,
+            state.clone(),
+            Duration::from_secs(10),
+            cfg.webrtc.audio == config::WebrtcAudio::Opus,
+        )),
     ];
     let agent = Agent {
         cfg,

@@ -51,7 +51,7 @@ pub fn parse_publish_name(app: &str, published: &str) -> Result<StreamName, Stri
     StreamName::parse(app, published.split('?').next().unwrap_or_default())
 }
 
-fn info(status: &StreamStatus) -> StreamInfo {
+fn info(status: &StreamStatus, opus: bool) -> StreamInfo {
     let (app, name) = status
         .id
         .split_once('/')
@@ -68,7 +68,7 @@ fn info(status: &StreamStatus) -> StreamInfo {
         bitrate_kbps: Some(status.bitrate_kbps),
         publisher: Some(status.publisher.clone()),
         readers: status.readers as u32,
-        webrtc_omits: crate::webrtc::omits(status.video.as_deref(), status.audio.as_deref()),
+        webrtc_omits: crate::webrtc::omits(status.video.as_deref(), status.audio.as_deref(), opus),
         b_frames: status.b_frames,
         encoder_advice: status.b_frames.then(|| B_FRAME_ADVICE.to_string()),
     }
@@ -102,17 +102,24 @@ struct Identity {
 }
 
 /// Keeps the state snapshot in step with the hub until the task is dropped.
-/// Media bytes the hub has handed to readers other than the recorder.
+/// Media bytes the hub has handed to viewers and players (not to the recorder or the audio
+/// transcoder).
 fn viewer_bytes(hub: &Hub) -> u64 {
     hub.totals()
         .readers
         .iter()
-        .filter(|(kind, ..)| *kind != verge_media::hub::ReaderKind::Recorder)
+        .filter(|(kind, ..)| {
+            !matches!(
+                kind,
+                verge_media::hub::ReaderKind::Recorder | verge_media::hub::ReaderKind::Transcoder
+            )
+        })
         .map(|(_, _, bytes, _)| bytes)
         .sum()
 }
 
-pub async fn report(hub: Arc<Hub>, state: StateHandle, refresh: Duration) {
+/// `opus`: WebRTC viewers get AAC-LC audio as Opus (`[webrtc] audio`).
+pub async fn report(hub: Arc<Hub>, state: StateHandle, refresh: Duration, opus: bool) {
     let mut published = identity(&[]);
     let mut published_at = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -131,7 +138,7 @@ pub async fn report(hub: Arc<Hub>, state: StateHandle, refresh: Duration) {
                 egress = (bytes, Instant::now());
                 kbps
             });
-            state.set(status.iter().map(info).collect(), kbps);
+            state.set(status.iter().map(|s| info(s, opus)).collect(), kbps);
             published = now;
             published_at = Instant::now();
         }

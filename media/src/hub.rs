@@ -106,16 +106,19 @@ pub enum ReaderKind {
     Webrtc,
     Hls,
     Recorder,
+    /// A transcoder feeding other readers (the Opus audio of WebRTC viewers): not a viewer.
+    Transcoder,
     Other,
 }
 
 impl ReaderKind {
-    pub const ALL: [ReaderKind; 6] = [
+    pub const ALL: [ReaderKind; 7] = [
         ReaderKind::Rtmp,
         ReaderKind::Flv,
         ReaderKind::Webrtc,
         ReaderKind::Hls,
         ReaderKind::Recorder,
+        ReaderKind::Transcoder,
         ReaderKind::Other,
     ];
 
@@ -126,6 +129,7 @@ impl ReaderKind {
             ReaderKind::Webrtc => "webrtc",
             ReaderKind::Hls => "hls",
             ReaderKind::Recorder => "recorder",
+            ReaderKind::Transcoder => "transcoder",
             ReaderKind::Other => "other",
         }
     }
@@ -141,9 +145,9 @@ struct Totals {
     publishes: AtomicU64,
     frames_in: AtomicU64,
     bytes_in: AtomicU64,
-    readers: [AtomicUsize; 6],
-    bytes_out: [AtomicU64; 6],
-    dropped: [AtomicU64; 6],
+    readers: [AtomicUsize; 7],
+    bytes_out: [AtomicU64; 7],
+    dropped: [AtomicU64; 7],
 }
 
 /// [`Hub::totals`]: what went through the hub since it started.
@@ -409,7 +413,11 @@ impl Hub {
                     height: st.size.map(|s| s.1),
                     fps: st.rate.fps,
                     bitrate_kbps: st.rate.kbps,
-                    readers: st.readers.len(),
+                    readers: st
+                        .readers
+                        .values()
+                        .filter(|r| r.kind != ReaderKind::Transcoder)
+                        .count(),
                     b_frames: st.b_frames,
                 }
             })

@@ -3,7 +3,8 @@
 //! picture size, losses).
 
 use std::net::{IpAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -32,6 +33,8 @@ pub struct ViewerOptions {
     pub http_timeout: Duration,
     /// Longest wait for our own ICE candidates before offering with those gathered so far.
     pub gather_timeout: Duration,
+    /// Also receive audio (Opus); its packets are counted, not decoded ([`Viewer::audio`]).
+    pub audio: bool,
 }
 
 impl ViewerOptions {
@@ -58,8 +61,18 @@ impl ViewerOptions {
             },
             http_timeout: Duration::from_secs(10),
             gather_timeout: Duration::from_secs(2),
+            audio: false,
         }
     }
+}
+
+/// Audio received by a [`Viewer`].
+#[derive(Debug, Default)]
+pub struct AudioCounters {
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    /// The payload of the last packet (an Opus packet).
+    pub last: Mutex<bytes::Bytes>,
 }
 
 /// What a viewer has received so far.
@@ -117,10 +130,28 @@ const PLI_INTERVAL: Duration = Duration::from_millis(300);
 
 /// Stores the received video track for keyframe requests and forwards its packets to
 /// `packets` from a task of its own (the callback runs on the connection's driver).
-fn on_track(packets: mpsc::Sender<bytes::Bytes>, slot: TrackSlot) -> engine::OnTrack {
+fn on_track(
+    packets: mpsc::Sender<bytes::Bytes>,
+    slot: TrackSlot,
+    audio: Arc<AudioCounters>,
+) -> engine::OnTrack {
     Box::new(move |track: Arc<dyn TrackRemote>| {
-        let (packets, slot) = (packets.clone(), slot.clone());
+        let (packets, slot, audio) = (packets.clone(), slot.clone(), audio.clone());
         tokio::spawn(async move {
+            if track.kind().await == RtpCodecKind::Audio {
+                while let Some(event) = track.poll().await {
+                    if let TrackRemoteEvent::OnRtpPacket(packet) = event {
+                        audio.packets.fetch_add(1, Ordering::Relaxed);
+                        audio
+                            .bytes
+                            .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
+                        if let Ok(mut last) = audio.last.lock() {
+                            *last = packet.payload;
+                        }
+                    }
+                }
+                return;
+            }
             if let Some(&ssrc) = track.ssrcs().await.first()
                 && let Ok(mut slot) = slot.lock()
             {
@@ -153,6 +184,8 @@ pub struct Viewer {
     track: TrackSlot,
     last_pli: Option<Instant>,
     pub stats: Stats,
+    /// What arrived of the audio (nothing unless [`ViewerOptions::audio`]).
+    pub audio: Arc<AudioCounters>,
 }
 
 impl Viewer {
@@ -161,7 +194,9 @@ impl Viewer {
         let endpoint = HttpUrl::parse(url)?;
         let (packets_tx, packets) = mpsc::channel(PACKET_QUEUE);
         let track = TrackSlot::default();
-        let (events, watch) = engine::Events::new(Some(on_track(packets_tx, track.clone())));
+        let audio = Arc::new(AudioCounters::default());
+        let (events, watch) =
+            engine::Events::new(Some(on_track(packets_tx, track.clone(), audio.clone())));
         let (state, mut gathered) = (watch.state, watch.gathered);
         let pc = engine::build(&opts.ice, &[], false, events)
             .await
@@ -176,6 +211,17 @@ impl Viewer {
             )
             .await
             .map_err(webrtc_error)?;
+            if opts.audio {
+                pc.add_transceiver_from_kind(
+                    RtpCodecKind::Audio,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Recvonly,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .map_err(webrtc_error)?;
+            }
             let offer = pc.create_offer(None).await.map_err(webrtc_error)?;
             pc.set_local_description(offer)
                 .await
@@ -237,6 +283,7 @@ impl Viewer {
             track,
             last_pli: None,
             stats,
+            audio,
         })
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
 use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
@@ -32,6 +32,9 @@ const H264_FORMATS: [(&str, u8); 4] = [
     ("4d001f", 106),
     ("640c1f", 108),
 ];
+
+/// Opus's payload type when we offer (browsers use 111 too; an answer takes the offer's).
+const OPUS_PAYLOAD_TYPE: u8 = 111;
 
 /// Every video RTP payload this side sends fits in this many bytes, below any path MTU once
 /// SRTP, UDP, IP and a TURN channel header are added.
@@ -138,6 +141,23 @@ fn h264_codec(profile_level_id: &str) -> RTCRtpCodec {
     }
 }
 
+/// Opus as WebRTC signals it: always `opus/48000/2`, whatever the channels actually sent
+/// (RFC 7587 §7); in-band FEC lets the receiver conceal a lost packet from the next one.
+pub fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_string(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_string(),
+        rtcp_feedback: Vec::new(),
+    }
+}
+
+/// True for Opus.
+pub fn is_opus(codec: &RTCRtpCodec) -> bool {
+    codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS)
+}
+
 /// True for an H.264 format we can send: packetization mode 1.
 pub fn is_sendable_h264(codec: &RTCRtpCodec) -> bool {
     codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_H264)
@@ -165,6 +185,13 @@ pub async fn build(
             RtpCodecKind::Video,
         )?;
     }
+    media.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: opus_codec(),
+            payload_type: OPUS_PAYLOAD_TYPE,
+        },
+        RtpCodecKind::Audio,
+    )?;
     // After the codecs: the NACK/PLI feedback it adds goes only to codecs already registered.
     let mut registry = register_default_interceptors(Registry::new(), &mut media)?;
     if sender {

@@ -6,10 +6,12 @@
 //! - [`viewer`]: one viewer's sender task, hub → RTP.
 //! - [`keyframe`]: viewers' keyframe requests (PLI/FIR), delivered to the sender task.
 //! - [`payloads`]: RTP payloads made once per stream and shared by its viewers.
+//! - [`audio`]: the stream's AAC as Opus, transcoded once per stream while someone listens.
 //!
 //! [`Whep`] owns the live sessions. A session id is `{agent}~{random}`
 //! ([`verge_protocol::whep::session_id`]), so any manager can route its PATCH and DELETE.
 
+pub mod audio;
 pub mod engine;
 pub mod keyframe;
 pub mod payloads;
@@ -27,13 +29,15 @@ use verge_protocol::rpc::ErrorCode;
 use verge_protocol::whep::{self, IceServer, OfferResult, PatchResult};
 use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit};
 
+use audio::AudioFeed;
 pub use engine::IceSettings;
 use payloads::SharedPayloads;
 use peer::AnswerError;
 
 /// What a WebRTC viewer of a stream with these codecs (as the hub describes them) does not
 /// get, and why; `None` when it gets everything.
-pub fn omits(video: Option<&str>, audio: Option<&str>) -> Option<String> {
+/// `opus`: AAC-LC audio is transcoded for them (`[webrtc] audio = "opus"`).
+pub fn omits(video: Option<&str>, audio: Option<&str>, opus: bool) -> Option<String> {
     let mut missing = Vec::new();
     // Browsers decode 8-bit 4:2:0 H.264 only; ffmpeg's default for RGB input is 4:4:4.
     let undecodable = |v: &&str| {
@@ -46,10 +50,15 @@ pub fn omits(video: Option<&str>, audio: Option<&str>) -> Option<String> {
             "video: {v} does not decode in browsers (send 8-bit 4:2:0, e.g. ffmpeg -pix_fmt yuv420p)"
         ));
     }
-    if let Some(a) = audio {
-        missing.push(format!(
-            "audio: {a} is not sent to WebRTC viewers (no Opus transcoder)"
-        ));
+    match audio {
+        Some(a) if !opus => missing.push(format!(
+            "audio: {a} is not sent to WebRTC viewers ([webrtc] audio = \"off\")"
+        )),
+        Some(a) if !audio::transcodable(a) => missing.push(format!(
+            "audio: {a} is not sent to WebRTC viewers (the Opus transcoder takes AAC-LC, mono \
+             or stereo: set the encoder's AAC profile to LC)"
+        )),
+        _ => {}
     }
     (!missing.is_empty()).then(|| missing.join("; "))
 }
@@ -66,6 +75,8 @@ pub struct WhepSettings {
     pub connect_timeout: Duration,
     /// Leave B-frames out of what viewers are sent (see `[webrtc] b_frames`).
     pub drop_b_frames: bool,
+    /// Opus bitrate (bit/s) of the audio sent to viewers; `None`: video only.
+    pub opus_bitrate: Option<u32>,
 }
 
 impl Default for WhepSettings {
@@ -76,6 +87,7 @@ impl Default for WhepSettings {
             gather_timeout: Duration::from_millis(1500),
             connect_timeout: Duration::from_secs(15),
             drop_b_frames: true,
+            opus_bitrate: Some(64_000),
         }
     }
 }
@@ -127,6 +139,8 @@ struct Inner {
     sessions: Mutex<HashMap<String, Session>>,
     /// Per stream, while it has viewers.
     payloads: Mutex<HashMap<String, Weak<SharedPayloads>>>,
+    /// Per stream, while it has viewers that take audio.
+    audio: Mutex<HashMap<String, Weak<AudioFeed>>>,
     random: SystemRandom,
     /// Cancelled when the agent stops: every viewer closes its connection.
     shutdown: CancellationToken,
@@ -141,6 +155,7 @@ impl Whep {
                 settings,
                 sessions: Mutex::new(HashMap::new()),
                 payloads: Mutex::new(HashMap::new()),
+                audio: Mutex::new(HashMap::new()),
                 random: SystemRandom::new(),
                 shutdown: CancellationToken::new(),
             }),
@@ -177,6 +192,18 @@ impl Whep {
         shared
     }
 
+    /// The Opus feed of `stream`, started for its first viewer that takes audio.
+    fn audio_for(&self, stream: &str, bitrate: u32) -> Option<Arc<AudioFeed>> {
+        let mut all = self.inner.audio.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|_, weak| weak.strong_count() > 0);
+        if let Some(feed) = all.get(stream).and_then(Weak::upgrade) {
+            return Some(feed);
+        }
+        let feed = AudioFeed::start(&self.inner.hub, stream, bitrate)?;
+        all.insert(stream.to_string(), Arc::downgrade(&feed));
+        Some(feed)
+    }
+
     /// The agent's own ICE servers, handed to viewers of its own WHEP endpoint.
     pub fn ice_servers(&self) -> &[IceServer] {
         &self.inner.settings.ice_servers
@@ -211,6 +238,11 @@ impl Whep {
         let mut servers = ice_servers.to_vec();
         servers.extend(self.inner.settings.ice_servers.iter().cloned());
         let ssrc = u32::from_be_bytes(self.random()).max(1);
+        let audio_ssrc = self
+            .inner
+            .settings
+            .opus_bitrate
+            .map(|_| u32::from_be_bytes(self.random()).max(1));
         let (answer, mut peer) = peer::answer(
             stream,
             sdp,
@@ -218,8 +250,13 @@ impl Whep {
             &servers,
             self.inner.settings.gather_timeout,
             ssrc,
+            audio_ssrc,
         )
         .await?;
+        let audio = match (&peer.audio, self.inner.settings.opus_bitrate) {
+            (Some(_), Some(bitrate)) => self.audio_for(stream, bitrate),
+            _ => None,
+        };
         peer.drop_b_frames = self.inner.settings.drop_b_frames;
         let session = whep::session_id(&self.inner.agent, u64::from_be_bytes(self.random()));
         let close = self.inner.shutdown.child_token();
@@ -236,7 +273,7 @@ impl Whep {
         let this = self.clone();
         let id = session.clone();
         let stream = stream.to_string();
-        let [s0, s1, t0, t1, t2, t3] = self.random();
+        let [s0, s1, t0, t1, t2, t3, a0, a1, a2, a3, a4, a5] = self.random();
         let connect_timeout = self.inner.settings.connect_timeout;
         let shared = self.payloads_for(&stream);
         tokio::spawn(async move {
@@ -244,16 +281,21 @@ impl Whep {
                 hub: &this.inner.hub,
                 reader,
                 payloads: shared,
+                audio,
             };
             let rtp = viewer::RtpStart {
                 sequence: u16::from_be_bytes([s0, s1]),
                 timestamp: u32::from_be_bytes([t0, t1, t2, t3]),
+                audio_sequence: u16::from_be_bytes([a0, a1]),
+                audio_timestamp: u32::from_be_bytes([a2, a3, a4, a5]),
             };
             let (end, sent) =
                 viewer::run(peer, source, rtp, connect_timeout, close.cancelled_owned()).await;
             this.sessions().remove(&id);
             tracing::info!(agent = %this.inner.agent, %stream, session = %id, end = end.as_str(),
-                frames = sent.frames, packets = sent.packets, bytes = sent.bytes, resyncs = sent.resyncs, skips = sent.skips,
+                frames = sent.frames, packets = sent.packets, audio_packets = sent.audio_packets, audio_lost = sent.audio_lost,
+                av_offset_ms = format!("{:.1}", sent.av_offset.mean_ms()), av_offset_max_ms = format!("{:.1}", sent.av_offset.max_abs_ms),
+                bytes = sent.bytes, resyncs = sent.resyncs, skips = sent.skips,
                 secs = started.elapsed().as_secs(), "WHEP viewer ended");
         });
         Ok(OfferResult {
@@ -325,14 +367,21 @@ mod tests {
 
     #[test]
     fn omits_names_what_browsers_do_not_get() {
-        assert_eq!(omits(Some("H.264 High"), None), None);
-        assert_eq!(omits(Some("H.264 Main"), None), None);
-        let both = omits(Some("H.264 High 4:4:4"), Some("AAC-LC 44100 Hz 2ch")).unwrap();
+        assert_eq!(omits(Some("H.264 High"), None, true), None);
+        assert_eq!(omits(Some("H.264 Main"), None, true), None);
+        assert_eq!(
+            omits(Some("H.264 High"), Some("AAC-LC 44100 Hz 2ch"), true),
+            None
+        );
+        assert_eq!(omits(None, Some("AAC-LC 48000 Hz 1ch"), true), None);
+        let both = omits(Some("H.264 High 4:4:4"), Some("AAC-LC 44100 Hz 2ch"), false).unwrap();
         assert!(
-            both.contains("yuv420p") && both.contains("AAC-LC"),
+            both.contains("yuv420p") && both.contains("AAC-LC") && both.contains("off"),
             "{both}"
         );
-        assert!(omits(Some("H.264 High 10"), None).is_some());
-        assert!(omits(None, Some("AAC")).unwrap().contains("Opus"));
+        assert!(omits(Some("H.264 High 10"), None, true).is_some());
+        let he = omits(None, Some("HE-AAC 44100 Hz 2ch"), true).unwrap();
+        assert!(he.contains("HE-AAC") && he.contains("LC"), "{he}");
+        assert!(omits(None, Some("AAC-LC 48000 Hz 6ch"), true).is_some());
     }
 }

@@ -39,31 +39,40 @@ pub struct Peer {
     pub state: watch::Receiver<RTCPeerConnectionState>,
     /// B-frames are left out of what this viewer is sent.
     pub drop_b_frames: bool,
+    /// The viewer's Opus track, when its offer receives audio and audio is on.
+    pub audio: Option<AudioOut>,
 }
 
-/// Answers `offer` (non-trickle: the answer holds every candidate gathered within
-/// `gather_timeout`, so a slow STUN server delays the answer by at most that much).
-pub async fn answer(
-    stream: &str,
-    offer: String,
-    ice: &IceSettings,
-    ice_servers: &[IceServer],
-    gather_timeout: Duration,
+/// Where a viewer's audio goes.
+pub struct AudioOut {
+    pub track: Arc<TrackLocalStaticRTP>,
+    pub ssrc: u32,
+    /// The viewer's payload type for Opus.
+    pub payload_type: u8,
+}
+
+/// True if an SDP offer has an audio section that can take Opus.
+pub fn offers_opus(sdp: &str) -> bool {
+    sdp.lines().any(|l| l.starts_with("m=audio "))
+        && sdp
+            .lines()
+            .any(|l| l.starts_with("a=rtpmap:") && l.to_ascii_lowercase().contains(" opus/48000"))
+}
+
+fn local_track(
+    kind: RtpCodecKind,
     ssrc: u32,
-) -> Result<(String, Peer), AnswerError> {
-    let offer =
-        RTCSessionDescription::offer(offer).map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
-    let (events, watch) = engine::Events::new(None);
-    let (state, mut gathered) = (watch.state, watch.gathered);
-    let pc = engine::build(ice, ice_servers, true, events)
-        .await
-        .map_err(|e| AnswerError::Internal(one_line(&e)))?;
-    let codec = engine::h264_codec_for_track();
-    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+    codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec,
+) -> Arc<TrackLocalStaticRTP> {
+    let name = match kind {
+        RtpCodecKind::Audio => "audio",
+        _ => "video",
+    };
+    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
         "verge".into(),
-        "video".into(),
-        "video".into(),
-        RtpCodecKind::Video,
+        name.into(),
+        name.into(),
+        kind,
         vec![RTCRtpEncodingParameters {
             rtp_coding_parameters: RTCRtpCodingParameters {
                 ssrc: Some(ssrc),
@@ -72,7 +81,35 @@ pub async fn answer(
             codec,
             ..Default::default()
         }],
-    )));
+    )))
+}
+
+/// Answers `offer` (non-trickle: the answer holds every candidate gathered within
+/// `gather_timeout`, so a slow STUN server delays the answer by at most that much). With
+/// `audio_ssrc`, an offer that receives Opus gets an audio track too.
+pub async fn answer(
+    stream: &str,
+    offer: String,
+    ice: &IceSettings,
+    ice_servers: &[IceServer],
+    gather_timeout: Duration,
+    ssrc: u32,
+    audio_ssrc: Option<u32>,
+) -> Result<(String, Peer), AnswerError> {
+    let audio_track = audio_ssrc.filter(|_| offers_opus(&offer)).map(|ssrc| {
+        (
+            ssrc,
+            local_track(RtpCodecKind::Audio, ssrc, engine::opus_codec()),
+        )
+    });
+    let offer =
+        RTCSessionDescription::offer(offer).map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
+    let (events, watch) = engine::Events::new(None);
+    let (state, mut gathered) = (watch.state, watch.gathered);
+    let pc = engine::build(ice, ice_servers, true, events)
+        .await
+        .map_err(|e| AnswerError::Internal(one_line(&e)))?;
+    let track = local_track(RtpCodecKind::Video, ssrc, engine::h264_codec_for_track());
 
     let negotiated = async {
         // add_track before the remote offer: its sendrecv transceiver pairs with a `recvonly`
@@ -81,9 +118,29 @@ pub async fn answer(
             .add_track(track.clone() as Arc<dyn TrackLocal>)
             .await
             .map_err(|e| AnswerError::Internal(one_line(&e)))?;
+        let audio_sender = match &audio_track {
+            Some((_, t)) => Some(
+                pc.add_track(t.clone() as Arc<dyn TrackLocal>)
+                    .await
+                    .map_err(|e| AnswerError::Internal(one_line(&e)))?,
+            ),
+            None => None,
+        };
         pc.set_remote_description(offer)
             .await
             .map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
+        let audio_payload_type = match audio_sender {
+            Some(s) => s
+                .get_parameters()
+                .await
+                .map_err(|e| AnswerError::Internal(one_line(&e)))?
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| engine::is_opus(&c.rtp_codec))
+                .map(|c| c.payload_type),
+            None => None,
+        };
         // Filled from the offer during set_remote_description, in the offer's order.
         let payload_type = sender
             .get_parameters()
@@ -109,11 +166,11 @@ pub async fn answer(
             .await
             .ok_or_else(|| AnswerError::Internal("no local description".into()))?
             .sdp;
-        Ok((sdp, payload_type))
+        Ok((sdp, payload_type, audio_payload_type))
     }
     .await;
     match negotiated {
-        Ok((sdp, payload_type)) => Ok((
+        Ok((sdp, payload_type, audio_payload_type)) => Ok((
             sdp,
             Peer {
                 stream: stream.to_string(),
@@ -123,6 +180,13 @@ pub async fn answer(
                 payload_type,
                 state,
                 drop_b_frames: true,
+                audio: audio_track
+                    .zip(audio_payload_type)
+                    .map(|((ssrc, track), payload_type)| AudioOut {
+                        track,
+                        ssrc,
+                        payload_type,
+                    }),
             },
         )),
         Err(e) => {

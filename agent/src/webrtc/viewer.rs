@@ -20,10 +20,12 @@ use verge_media::rtp::h264::H264Packetizer;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::RTCPeerConnectionState;
 
+use super::audio::{AudioFeed, OpusPacket};
 use super::engine::RTP_MTU;
 use super::keyframe::is_keyframe_request;
 use super::payloads::SharedPayloads;
-use super::peer::Peer;
+use super::peer::{AudioOut, Peer};
+use tokio::sync::broadcast;
 
 /// Why a viewer's session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +72,44 @@ pub struct Sent {
     pub resyncs: u64,
     /// Times the viewer fell too far behind and skipped to the next keyframe.
     pub skips: u64,
+    pub audio_packets: u64,
+    /// Opus packets the viewer missed by falling behind the stream's audio feed.
+    pub audio_lost: u64,
+    /// How much later than its video the audio was sent, relative to their timestamps (ms,
+    /// positive: the browser plays the sound late). Browsers line tracks up by the sender
+    /// reports, which webrtc stamps at send time, so this is the lip-sync error.
+    pub av_offset: OffsetStats,
+}
+
+/// Running statistics of the audio-to-video send offset.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OffsetStats {
+    pub count: u64,
+    sum_ms: f64,
+    pub max_abs_ms: f64,
+}
+
+impl OffsetStats {
+    fn add(&mut self, ms: f64) {
+        self.count += 1;
+        self.sum_ms += ms;
+        self.max_abs_ms = self.max_abs_ms.max(ms.abs());
+    }
+
+    pub fn mean_ms(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum_ms / self.count as f64
+        }
+    }
+}
+
+/// When the live video's latest frame was sent, and its presentation time (ms).
+#[derive(Debug, Clone, Copy)]
+struct VideoClock {
+    at: tokio::time::Instant,
+    pts_ms: u32,
 }
 
 /// Where a viewer's video comes from.
@@ -79,6 +119,8 @@ pub struct Source<'a> {
     pub reader: Reader,
     /// The stream's payloads, shared with its other viewers.
     pub payloads: Arc<SharedPayloads>,
+    /// The stream's Opus audio, when the viewer takes audio.
+    pub audio: Option<Arc<AudioFeed>>,
 }
 
 /// The first RTP sequence number and timestamp of a viewer's stream (RFC 3550 wants both
@@ -87,6 +129,8 @@ pub struct Source<'a> {
 pub struct RtpStart {
     pub sequence: u16,
     pub timestamp: u32,
+    pub audio_sequence: u16,
+    pub audio_timestamp: u32,
 }
 
 /// Sends the source's video to `peer` until the stream ends, the connection fails, or `closed`
@@ -102,6 +146,7 @@ pub async fn run(
         hub,
         mut reader,
         payloads: shared,
+        audio: feed,
     } = source;
     let (sequence, timestamp_base) = (rtp.sequence, rtp.timestamp);
     tokio::pin!(closed);
@@ -121,6 +166,19 @@ pub async fn run(
         Err(end) => end,
         Ok(()) => {
             let mut out = Outbound::new(&peer, shared, sequence, timestamp_base);
+            // Audio is live only: subscribed once connected, it starts with the next packet.
+            let mut audio = peer.audio.as_ref().zip(feed.as_ref()).map(|(out, feed)| {
+                (
+                    feed.subscribe(),
+                    AudioSender {
+                        out,
+                        sequence: rtp.audio_sequence,
+                        timestamp_base: rtp.audio_timestamp,
+                    },
+                )
+            });
+            let mut audio_rtcp_open = audio.is_some();
+            let mut video_clock: Option<VideoClock> = None;
             let mut rtcp_open = true;
             let mut last_resync: Option<tokio::time::Instant> = None;
             // The cached GOP arrives as one burst; lag counts only once it is drained.
@@ -149,6 +207,27 @@ pub async fn run(
                         }
                         Some(_) => {}
                     },
+                    packet = next_audio(audio.as_mut().map(|(rx, _)| rx)) => match packet {
+                        Ok(packet) => {
+                            if let Some((_, tx)) = &mut audio {
+                                if let Some(v) = video_clock.filter(|v| v.at.elapsed() < Duration::from_secs(1)) {
+                                    // Audio ms past the video frame, against how much later it is sent.
+                                    let media_ms = f64::from(packet.timestamp.wrapping_sub(v.pts_ms.wrapping_mul(48)) as i32) / 48.0;
+                                    sent.av_offset.add(v.at.elapsed().as_secs_f64() * 1000.0 - media_ms);
+                                }
+                                if !tx.send(&packet, &mut sent).await {
+                                    break End::ConnectionLost;
+                                }
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(n)) => sent.audio_lost += n,
+                        // The stream's audio ended (its video ends too).
+                        Err(broadcast::error::RecvError::Closed) => audio = None,
+                    },
+                    // Receiver reports on the audio track: read, so that they do not pile up.
+                    event = audio_rtcp(peer.audio.as_ref()), if audio_rtcp_open => {
+                        audio_rtcp_open = event.is_some();
+                    }
                     changed = state.changed() => {
                         let lost = changed.is_err() || matches!(*state.borrow(),
                             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed);
@@ -162,6 +241,9 @@ pub async fn run(
                         let pending = reader.pending();
                         if pending == 0 {
                             caught_up = true;
+                            if let Some(pts_ms) = out.last_pts_ms.take() {
+                                video_clock = Some(VideoClock { at: tokio::time::Instant::now(), pts_ms });
+                            }
                         } else if caught_up && pending > MAX_BEHIND_FRAMES {
                             reader.skip_to_next_keyframe();
                             sent.skips += 1;
@@ -181,6 +263,53 @@ fn reader_stream(peer: &Peer) -> &str {
     &peer.stream
 }
 
+/// One viewer's audio: the stream's Opus packets re-stamped with its own RTP numbers.
+struct AudioSender<'a> {
+    out: &'a AudioOut,
+    sequence: u16,
+    timestamp_base: u32,
+}
+
+impl AudioSender<'_> {
+    /// Sends one packet; false once the connection no longer takes packets.
+    async fn send(&mut self, packet: &OpusPacket, sent: &mut Sent) -> bool {
+        let header = rtp::header::Header {
+            version: 2,
+            payload_type: self.out.payload_type,
+            sequence_number: self.sequence,
+            timestamp: self.timestamp_base.wrapping_add(packet.timestamp),
+            ssrc: self.out.ssrc,
+            ..Default::default()
+        };
+        self.sequence = self.sequence.wrapping_add(1);
+        sent.audio_packets += 1;
+        sent.bytes += packet.data.len() as u64;
+        let packet = rtp::Packet {
+            header,
+            payload: packet.data.clone(),
+        };
+        self.out.track.write_rtp(packet).await.is_ok()
+    }
+}
+
+/// The next Opus packet for the viewer; pending forever when it has no audio.
+async fn next_audio(
+    packets: Option<&mut broadcast::Receiver<Arc<OpusPacket>>>,
+) -> Result<Arc<OpusPacket>, broadcast::error::RecvError> {
+    match packets {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next RTCP event on the audio track; pending forever when there is none.
+async fn audio_rtcp(out: Option<&AudioOut>) -> Option<TrackLocalEvent> {
+    match out {
+        Some(a) => a.track.poll().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The packetizer state of one viewer.
 struct Outbound {
     /// This viewer's RTP clock and sequence numbers, and the parameter sets for payloads not
@@ -190,6 +319,8 @@ struct Outbound {
     length_size: Option<u8>,
     /// RTP timestamp of the last access unit sent.
     last_timestamp: Option<u32>,
+    /// Presentation time (ms) of the access unit just sent.
+    last_pts_ms: Option<u32>,
     /// Leave B-frames out (`[webrtc] b_frames = "drop"`).
     drop_b_frames: bool,
 }
@@ -207,6 +338,7 @@ impl Outbound {
             shared,
             length_size: None,
             last_timestamp: None,
+            last_pts_ms: None,
             drop_b_frames: peer.drop_b_frames,
         }
     }
@@ -270,6 +402,7 @@ impl Outbound {
             .stamp(frame.timestamp, video.composition_time);
         let first = self.packetizer.take_sequences(payloads.len());
         self.last_timestamp = Some(timestamp);
+        self.last_pts_ms = Some(frame.timestamp.wrapping_add_signed(video.composition_time));
         sent.frames += 1;
         for (i, payload) in payloads.iter().enumerate() {
             let header = rtp::header::Header {
