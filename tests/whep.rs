@@ -604,3 +604,73 @@ fn without_cloudflare_sessions_go_on_without_its_servers() {
         .is_some()
     );
 }
+
+/// An offer that sends H.264 in packetization mode 1 and nothing else: it passes the checks
+/// made before WebRTC, and WebRTC then refuses it (no ICE credentials, no fingerprint).
+const WHIP_H264_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+    m=video 9 UDP/TLS/RTP/SAVPF 102\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n\
+    a=rtpmap:102 H264/90000\r\na=fmtp:102 packetization-mode=1;profile-level-id=42e01f\r\n";
+
+fn post_whip(addr: SocketAddr, path: &str, bearer: Option<&str>, sdp: &str) -> Response {
+    let auth = bearer.map(|b| format!("Bearer {b}"));
+    let mut headers = vec![("Content-Type", "application/sdp")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a));
+    }
+    request(
+        "POST",
+        addr,
+        path,
+        &headers,
+        sdp.as_bytes(),
+        Duration::from_secs(10),
+    )
+    .expect("HTTP exchange")
+}
+
+#[test]
+fn whip_refusals_say_why_and_the_boxs_own_port_wants_the_channel_key() {
+    let edge = Edge::start("whip-refusals", &EdgeOptions::default());
+    let m = edge.manager_http;
+    // No H.264 to receive.
+    let r = post_whip(m, "/whip/cam", None, VP8_OFFER);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("H.264"), "{}", r.text());
+    // Wrong content type.
+    let r = request(
+        "POST",
+        m,
+        "/whip/cam",
+        &[],
+        WHIP_H264_OFFER.as_bytes(),
+        Duration::from_secs(10),
+    )
+    .expect("HTTP exchange");
+    assert_eq!(r.status, 415, "{}", r.text());
+    // An agent that is not online.
+    let r = post_whip(m, "/whip/cam?agent=edge-9", None, WHIP_H264_OFFER);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("edge-9"), "{}", r.text());
+
+    // A stream with a publisher (RTMP, with its key) refuses a WHIP one, and names the
+    // key's agent when another is asked for.
+    let (_ffmpeg, key) = edge.publish_with_key("ffmpeg", "cam", &Synthetic::default());
+    let r = post_whip(m, "/whip/cam", None, WHIP_H264_OFFER);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("already has a publisher"), "{}", r.text());
+    let r = post_whip(m, "/whip/cam?agent=edge-2", None, WHIP_H264_OFFER);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("edge-1"), "{}", r.text());
+
+    // The box's own port, with [rtmp] noauth = false: the stream's channel key, as a bearer.
+    let a = edge.http;
+    let r = post_whip(a, "/whip/other", None, WHIP_H264_OFFER);
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = post_whip(a, "/whip/other", Some(&key), WHIP_H264_OFFER);
+    assert_eq!(r.status, 403, "cam's key for another stream: {}", r.text());
+    let r = post_whip(a, "/whip/cam", Some("not-a-key"), WHIP_H264_OFFER);
+    assert_eq!(r.status, 403, "{}", r.text());
+    // The right key passes; the stream is taken by ffmpeg.
+    let r = post_whip(a, "/whip/cam", Some(&key), WHIP_H264_OFFER);
+    assert_eq!(r.status, 409, "{}", r.text());
+}

@@ -88,6 +88,7 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
         whep: Some(whep.clone()),
         record_dir: Some(cfg.record.dir.clone()),
         recorder: Some(recorder.clone()),
+        keys: (!cfg.rtmp.noauth).then(|| keys.clone()),
     });
     let index = Some(session::IndexInputs {
         recorder: recorder.clone(),

@@ -32,7 +32,7 @@ pub struct Info {
 
 pub async fn dispatch(method: &str, params: Value, ctx: Context) -> Result<Value, RpcError> {
     let now = verge_protocol::now_ms();
-    if method.starts_with("whep.") {
+    if method.starts_with("whep.") || method == whep::METHOD_WHIP_OFFER {
         return match ctx.whep {
             Some(whep) => whep_call(&whep, method, params).await,
             None => Err(RpcError::new(
@@ -96,6 +96,16 @@ async fn whep_call(whep: &Whep, method: &str, params: Value) -> Result<Value, Rp
                 .map_err(|why| RpcError::new(ErrorCode::InvalidParams, why))?;
             to_value(
                 whep.offer(&stream.id(), p.sdp, &p.ice_servers)
+                    .await
+                    .map_err(refused)?,
+            )
+        }
+        whep::METHOD_WHIP_OFFER => {
+            let p: OfferParams = parse(params)?;
+            let stream = StreamName::from_id(&p.stream)
+                .map_err(|why| RpcError::new(ErrorCode::InvalidParams, why))?;
+            to_value(
+                whep.publish(&stream.id(), p.sdp, &p.ice_servers)
                     .await
                     .map_err(refused)?,
             )

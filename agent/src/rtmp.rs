@@ -165,6 +165,9 @@ async fn connection(
                 tokio::select! {
                     more = conn.read(None) => if !more? { return Ok(()) },
                     frame = reader.recv() => match frame {
+                        // RTMP players take AAC; a WHIP publisher's Opus stays with WebRTC.
+                        Some(frame) if frame.kind == MediaKind::Audio
+                            && !verge_media::flv::make::is_aac(&frame.payload) => {}
                         Some(frame) => conn.session.send_media(stream_id, frame.kind, frame.timestamp, frame.payload),
                         None => {
                             conn.session.end_of_stream(stream_id);

@@ -553,6 +553,13 @@ fn describe_video(st: &mut ChannelState, frame: &Frame) {
 }
 
 fn describe_audio(st: &mut ChannelState, frame: &Frame) {
+    if let Some((crate::flv::make::OpusPacketType::SequenceStart, head)) =
+        crate::flv::make::parse_opus(&frame.payload)
+    {
+        let channels = head.get(9).copied().unwrap_or(2);
+        st.audio = Some(format!("Opus 48000 Hz {channels}ch"));
+        return;
+    }
     let Ok(parsed) = tag::parse_audio(&frame.payload) else {
         return;
     };

@@ -83,6 +83,8 @@ pub enum ErrorCode {
     Internal,
     /// The agent understood the call but does not do what it asks (e.g. an ICE restart).
     Unsupported,
+    /// What the call would create exists already (a stream that has a publisher).
+    Conflict,
     /// A code a newer agent sent that this build does not know.
     #[serde(other)]
     Unknown,
@@ -99,6 +101,7 @@ impl ErrorCode {
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::Internal => "internal",
             ErrorCode::Unsupported => "unsupported",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -109,6 +112,7 @@ impl ErrorCode {
             ErrorCode::InvalidParams => 400,
             ErrorCode::NotFound => 404,
             ErrorCode::Unsupported => 405,
+            ErrorCode::Conflict => 409,
             ErrorCode::Busy => 503,
             ErrorCode::DeadlineExceeded => 504,
             ErrorCode::UnknownMethod | ErrorCode::Internal | ErrorCode::Unknown => 502,

@@ -10,6 +10,9 @@ pub const METHOD_OFFER: &str = "whep.offer";
 pub const METHOD_PATCH: &str = "whep.patch";
 /// `SessionParams` → `{}`: ends a session.
 pub const METHOD_DELETE: &str = "whep.delete";
+/// WHIP (RFC 9725): `OfferParams` → `OfferResult`, a publisher's offer. Its session is
+/// patched and deleted with [`METHOD_PATCH`] and [`METHOD_DELETE`] like a viewer's.
+pub const METHOD_WHIP_OFFER: &str = "whip.offer";
 
 /// Separates the agent id from the random part of a session id. Agent ids cannot contain it
 /// (see [`crate::id::validate`]) and it needs no escaping in a URL path.
@@ -134,6 +137,11 @@ pub fn stream_path(stream: &str) -> &str {
 /// The session URL a `201 Created` names: `/session/{stream}/{session}`.
 pub fn location(stream: &str, session: &str) -> String {
     format!("/session/{}/{session}", stream_path(stream))
+}
+
+/// The URL path of a WHIP publisher's session: `/whip-session/{stream}/{session}`.
+pub fn whip_location(stream: &str, session: &str) -> String {
+    format!("/whip-session/{}/{session}", stream_path(stream))
 }
 
 /// `Link` header values (RFC 8288, as WHEP uses them) handing the viewer `servers`.

@@ -53,6 +53,10 @@ impl Chromium {
                 "--disable-component-update",
                 "--autoplay-policy=no-user-gesture-required",
                 "--allow-loopback-in-peer-connection",
+                // A camera (a moving test pattern) and a microphone (a beep every second),
+                // granted without a prompt: what a WHIP publisher page gets.
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
                 // Host candidates as plain addresses, not mDNS names: the namespace has no
                 // multicast, and the agent ignores .local candidates.
                 "--disable-features=WebRtcHideLocalIpsWithMdns",

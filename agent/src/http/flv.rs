@@ -41,8 +41,16 @@ pub(super) async fn flv(
         Err(e) => return plain(StatusCode::NOT_FOUND, e.to_string()),
     };
     tracing::info!(stream = %stream.id(), "HTTP-FLV viewer joined");
+    // A stream whose audio players cannot take (a WHIP publisher's Opus) is announced as
+    // video only: ffmpeg waits for an announced audio track that never comes.
+    let id = stream.id();
+    let has_audio = !app
+        .hub
+        .status()
+        .iter()
+        .any(|s| s.id == id && s.audio.as_deref().is_some_and(|a| !a.starts_with("AAC")));
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    tokio::spawn(pump(reader, tx, app.stall_timeout));
+    tokio::spawn(pump(reader, tx, app.stall_timeout, has_audio));
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -63,6 +71,7 @@ async fn pump(
     mut reader: Reader,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     stall_timeout: Duration,
+    has_audio: bool,
 ) {
     let send = |chunk: Bytes| {
         let tx = tx.clone();
@@ -73,7 +82,7 @@ async fn pump(
             )
         }
     };
-    if !send(Bytes::copy_from_slice(&mux::file_header(true, true))).await {
+    if !send(Bytes::copy_from_slice(&mux::file_header(has_audio, true))).await {
         return;
     }
     // Players expect timestamps near zero at the start; sequence headers go out at 0.
@@ -84,6 +93,12 @@ async fn pump(
             timestamp,
             payload,
         } = &frame;
+        // FLV players take AAC; a WHIP publisher's Opus stays with WebRTC viewers.
+        if *kind == verge_media::rtmp::session::MediaKind::Audio
+            && !verge_media::flv::make::is_aac(payload)
+        {
+            continue;
+        }
         let ts =
             if frame.is_sequence_header() || *kind == verge_media::rtmp::session::MediaKind::Data {
                 0

@@ -3,11 +3,13 @@
 //!
 //! - [`flv`]: HTTP-FLV, `GET /{app}/{name}.flv`.
 //! - [`whep`]: WHEP, `POST /whep/{stream}`, `PATCH|DELETE /session/{stream}/{session}`.
+//! - [`whip`]: WHIP publishers, `POST /whip/{stream}`, `PATCH|DELETE /whip-session/{stream}/{session}`.
 //! - `GET /recordings/{*path}`: recorded files (see [`crate::record::files`]).
 
 mod flv;
 mod metrics;
 mod whep;
+mod whip;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,8 @@ struct AppState {
     record_dir: Option<Arc<std::path::PathBuf>>,
     recorder: Option<crate::record::Recorder>,
     agent_id: Arc<str>,
+    /// With `[rtmp] noauth = false`: a WHIP publisher must bring the stream's channel key.
+    keys: Option<crate::keys::KeyTable>,
 }
 
 /// What the agent's HTTP port serves from.
@@ -38,6 +42,7 @@ pub struct Parts {
     pub whep: Option<Whep>,
     pub record_dir: Option<std::path::PathBuf>,
     pub recorder: Option<crate::record::Recorder>,
+    pub keys: Option<crate::keys::KeyTable>,
 }
 
 pub fn router(parts: Parts) -> Router {
@@ -47,6 +52,7 @@ pub fn router(parts: Parts) -> Router {
         whep,
         record_dir,
         recorder,
+        keys,
     } = parts;
     Router::new()
         .route("/metrics", get(metrics::scrape))
@@ -68,6 +74,23 @@ pub fn router(parts: Parts) -> Router {
                 .delete(whep::delete_in_app)
                 .options(whep::preflight),
         )
+        .route("/whip/{name}", post(whip::offer).options(whep::preflight))
+        .route(
+            "/whip/{app}/{name}",
+            post(whip::offer_in_app).options(whep::preflight),
+        )
+        .route(
+            "/whip-session/{name}/{session}",
+            axum::routing::patch(whep::patch)
+                .delete(whep::delete)
+                .options(whep::preflight),
+        )
+        .route(
+            "/whip-session/{app}/{name}/{session}",
+            axum::routing::patch(whep::patch_in_app)
+                .delete(whep::delete_in_app)
+                .options(whep::preflight),
+        )
         .route("/{app}/{file}", get(flv::flv))
         .with_state(AppState {
             hub,
@@ -76,6 +99,7 @@ pub fn router(parts: Parts) -> Router {
             record_dir: record_dir.map(Arc::new),
             recorder,
             agent_id: agent_id.into(),
+            keys,
         })
 }
 

@@ -71,20 +71,20 @@ pub(super) async fn delete_in_app(
     delete_session(app, &format!("{app_name}/{name}"), &session)
 }
 
-fn no_webrtc() -> Response {
+pub(super) fn no_webrtc() -> Response {
     plain(
         StatusCode::NOT_FOUND,
         "this agent does not serve WebRTC".into(),
     )
 }
 
-fn refused(e: WhepError) -> Response {
+pub(super) fn refused(e: WhepError) -> Response {
     let status =
         StatusCode::from_u16(e.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     plain(status, e.to_string())
 }
 
-fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
+pub(super) fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
     whep::is_content_type(
         headers
             .get(header::CONTENT_TYPE)
@@ -156,7 +156,7 @@ fn delete_session(app: AppState, stream: &str, session: &str) -> Response {
 }
 
 /// `201 Created` with the answer, its session URL and the viewer's ICE servers.
-fn created(sdp: String, location: &str, links: &[String]) -> Response {
+pub(super) fn created(sdp: String, location: &str, links: &[String]) -> Response {
     let mut response = (StatusCode::CREATED, sdp).into_response();
     let h = response.headers_mut();
     h.insert(

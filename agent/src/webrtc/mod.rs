@@ -4,6 +4,7 @@
 //! - [`engine`]: how peer connections are built (H.264 formats, interceptors, no mDNS).
 //! - [`peer`]: answering an offer.
 //! - [`viewer`]: one viewer's sender task, hub → RTP.
+//! - [`publish`]: WHIP publishers, RTP → hub.
 //! - [`keyframe`]: viewers' keyframe requests (PLI/FIR), delivered to the sender task.
 //! - [`payloads`]: RTP payloads made once per stream and shared by its viewers.
 //! - [`audio`]: the stream's AAC as Opus, transcoded once per stream while someone listens.
@@ -16,6 +17,7 @@ pub mod engine;
 pub mod keyframe;
 pub mod payloads;
 pub mod peer;
+pub mod publish;
 pub mod viewer;
 
 use std::collections::HashMap;
@@ -54,6 +56,7 @@ pub fn omits(video: Option<&str>, audio: Option<&str>, opus: bool) -> Option<Str
         Some(a) if !opus => missing.push(format!(
             "audio: {a} is not sent to WebRTC viewers ([webrtc] audio = \"off\")"
         )),
+        Some(a) if a.starts_with("Opus ") => {}
         Some(a) if !audio::transcodable(a) => missing.push(format!(
             "audio: {a} is not sent to WebRTC viewers (the Opus transcoder takes AAC-LC, mono \
              or stereo: set the encoder's AAC profile to LC)"
@@ -98,6 +101,9 @@ pub enum WhepError {
     NotLive(String),
     #[error("{0}")]
     Busy(String),
+    /// The stream has a publisher already.
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Answer(#[from] AnswerError),
     #[error("no WHEP session {0}")]
@@ -113,6 +119,7 @@ impl WhepError {
         match self {
             WhepError::NotLive(_) | WhepError::UnknownSession(_) => ErrorCode::NotFound,
             WhepError::Busy(_) => ErrorCode::Busy,
+            WhepError::Conflict(_) => ErrorCode::Conflict,
             WhepError::Answer(AnswerError::Internal(_)) => ErrorCode::Internal,
             WhepError::Answer(_) | WhepError::BadCandidate(_) => ErrorCode::InvalidParams,
             WhepError::RestartUnsupported => ErrorCode::Unsupported,
@@ -297,6 +304,75 @@ impl Whep {
                 av_offset_ms = format!("{:.1}", sent.av_offset.mean_ms()), av_offset_max_ms = format!("{:.1}", sent.av_offset.max_abs_ms),
                 bytes = sent.bytes, resyncs = sent.resyncs, skips = sent.skips,
                 secs = started.elapsed().as_secs(), "WHEP viewer ended");
+        });
+        Ok(OfferResult {
+            session,
+            sdp: answer,
+            ice_servers: self.inner.settings.ice_servers.clone(),
+        })
+    }
+
+    /// Takes a WHIP publisher's offer for stream `stream` (`{app}/{name}`): the stream is
+    /// taken at once (refused if it has a publisher), and its media goes into the hub.
+    pub async fn publish(
+        &self,
+        stream: &str,
+        sdp: String,
+        ice_servers: &[IceServer],
+    ) -> Result<OfferResult, WhepError> {
+        let started = Instant::now();
+        if !publish::offers_h264(&sdp) {
+            return Err(AnswerError::NoH264ToPublish.into());
+        }
+        let session = whep::session_id(&self.inner.agent, u64::from_be_bytes(self.random()));
+        let publisher = self
+            .inner
+            .hub
+            .publish(stream, &format!("WHIP {session}"))
+            .map_err(|e| match e {
+                HubError::AlreadyPublishing(_) => WhepError::Conflict(e.to_string()),
+                _ => WhepError::Busy(e.to_string()),
+            })?;
+        let mut servers = ice_servers.to_vec();
+        servers.extend(self.inner.settings.ice_servers.iter().cloned());
+        let (tracks_tx, tracks) = tokio::sync::mpsc::channel(4);
+        let (answer, receiving) = peer::answer_publisher(
+            sdp,
+            &self.inner.settings.ice,
+            &servers,
+            self.inner.settings.gather_timeout,
+            publish::on_track(tracks_tx),
+        )
+        .await?;
+        let close = self.inner.shutdown.child_token();
+        self.sessions().insert(
+            session.clone(),
+            Session {
+                stream: stream.to_string(),
+                pc: receiving.pc.clone(),
+                close: close.clone(),
+            },
+        );
+        tracing::info!(agent = %self.inner.agent, %stream, %session,
+            answer_ms = started.elapsed().as_millis() as u64, "WHIP publisher answered");
+        let this = self.clone();
+        let id = session.clone();
+        let stream = stream.to_string();
+        let connect_timeout = self.inner.settings.connect_timeout;
+        tokio::spawn(async move {
+            let (end, got) = publish::run(
+                receiving.pc,
+                receiving.state,
+                tracks,
+                publisher,
+                connect_timeout,
+                close,
+            )
+            .await;
+            this.sessions().remove(&id);
+            tracing::info!(agent = %this.inner.agent, %stream, session = %id, end = end.as_str(),
+                frames = got.frames, audio_packets = got.audio_packets, keyframe_requests = got.keyframe_requests,
+                secs = started.elapsed().as_secs(), "WHIP publisher ended");
         });
         Ok(OfferResult {
             session,

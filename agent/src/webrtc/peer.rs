@@ -23,6 +23,10 @@ pub enum AnswerError {
     BadOffer(String),
     #[error("the offer has no H.264 video with packetization-mode=1 to receive")]
     NoH264,
+    #[error(
+        "the offer sends no H.264 video with packetization-mode=1 (the only video a WHIP publisher can send here)"
+    )]
+    NoH264ToPublish,
     #[error("WebRTC failed: {0}")]
     Internal(String),
 }
@@ -202,4 +206,69 @@ pub(crate) fn one_line(e: &dyn std::fmt::Display) -> String {
     let text = e.to_string();
     let first = text.lines().next().unwrap_or_default();
     first.chars().take(200).collect()
+}
+
+/// A WHIP publisher's connection, answered: it receives what the offer sends.
+pub struct Receiving {
+    pub pc: Arc<dyn PeerConnection>,
+    pub state: watch::Receiver<RTCPeerConnectionState>,
+}
+
+/// Answers a publisher's `offer`: receive-only H.264 (and Opus when the offer sends audio);
+/// each remote track is handed to `on_track`.
+pub async fn answer_publisher(
+    offer: String,
+    ice: &IceSettings,
+    ice_servers: &[IceServer],
+    gather_timeout: Duration,
+    on_track: engine::OnTrack,
+) -> Result<(String, Receiving), AnswerError> {
+    let audio = offers_opus(&offer);
+    let offer =
+        RTCSessionDescription::offer(offer).map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
+    let (events, watch) = engine::Events::new(Some(on_track));
+    let (state, mut gathered) = (watch.state, watch.gathered);
+    let pc = engine::build(ice, ice_servers, true, events)
+        .await
+        .map_err(|e| AnswerError::Internal(one_line(&e)))?;
+    let negotiated = async {
+        let mut kinds = vec![RtpCodecKind::Video];
+        if audio {
+            kinds.push(RtpCodecKind::Audio);
+        }
+        for kind in kinds {
+            pc.add_transceiver_from_kind(
+                kind,
+                Some(rtc::rtp_transceiver::RTCRtpTransceiverInit {
+                    direction: rtc::rtp_transceiver::RTCRtpTransceiverDirection::Recvonly,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| AnswerError::Internal(one_line(&e)))?;
+        }
+        pc.set_remote_description(offer)
+            .await
+            .map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
+        let answer = pc
+            .create_answer(None)
+            .await
+            .map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
+        pc.set_local_description(answer)
+            .await
+            .map_err(|e| AnswerError::Internal(one_line(&e)))?;
+        let _ = tokio::time::timeout(gather_timeout, gathered.wait_for(|done| *done)).await;
+        pc.local_description()
+            .await
+            .map(|d| d.sdp)
+            .ok_or_else(|| AnswerError::Internal("no local description".into()))
+    }
+    .await;
+    match negotiated {
+        Ok(sdp) => Ok((sdp, Receiving { pc, state })),
+        Err(e) => {
+            let _ = pc.close().await;
+            Err(e)
+        }
+    }
 }

@@ -35,13 +35,17 @@ pub fn need(method: &Method, path: &str) -> Need {
     let get = method == Method::GET || method == Method::HEAD;
     let stream = |app: &str, name: &str| Need::Read(format!("{app}/{name}"));
     match s.as_slice() {
-        [""] | ["play", ..] | ["api", "health"] | ["favicon.ico"] if get => Need::Public,
+        [""] | ["play", ..] | ["publish", ..] | ["api", "health"] | ["favicon.ico"] if get => {
+            Need::Public
+        }
         ["assets", ..] if get => Need::Public,
         ["api", "login"] if method == Method::POST => Need::Public,
         ["whep", name] | ["session", name, _] => stream("live", name),
         ["whep", app, name] | ["session", app, name, _] => stream(app, name),
-        ["whip", name] => Need::Write(format!("live/{name}")),
-        ["whip", app, name] => Need::Write(format!("{app}/{name}")),
+        ["whip", name] | ["whip-session", name, _] => Need::Write(format!("live/{name}")),
+        ["whip", app, name] | ["whip-session", app, name, _] => {
+            Need::Write(format!("{app}/{name}"))
+        }
         ["flv", app, file] if get => stream(app, file.strip_suffix(".flv").unwrap_or(file)),
         ["hls", app, name, _] if get => stream(app, name),
         ["api", "streams"] | ["api", "streams", ""] | ["api", "playback"] if get => Need::ReadSome,
@@ -111,6 +115,17 @@ mod tests {
             (&patch, "/session/cam/s1", read("live/cam")),
             (&delete, "/session/tv/cam/s1", read("tv/cam")),
             (&post, "/whip/cam", Need::Write("live/cam".into())),
+            (&post, "/whip/tv/cam", Need::Write("tv/cam".into())),
+            (
+                &patch,
+                "/whip-session/cam/s1",
+                Need::Write("live/cam".into()),
+            ),
+            (
+                &delete,
+                "/whip-session/tv/cam/s1",
+                Need::Write("tv/cam".into()),
+            ),
             (&get, "/flv/live/cam.flv", read("live/cam")),
             (&get, "/hls/live/cam/index.m3u8", read("live/cam")),
             (&get, "/api/streams/", Need::ReadSome),

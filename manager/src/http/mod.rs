@@ -3,6 +3,7 @@
 //! - [`api`]: the REST API: `/api/nodes/` (liveman's shape), `/api/agents/{id}`, `/api/health`.
 //! - [`streams`]: `/api/streams/`, every agent's live streams in liveman's shape.
 //! - [`keys`]: channel keys, `/api/keys`.
+//! - [`whip`]: the WHIP proxy, `POST /whip/{stream}` and `/whip-session/{stream}/{session}`.
 //! - [`whep`]: the WHEP proxy, `POST /whep/{stream}` and `/session/{stream}/{session}`,
 //!   forwarded over MQTT RPC to the agent holding the stream.
 //! - `/`: the dashboard (`assets/dashboard.html`).
@@ -26,6 +27,7 @@ mod playback;
 mod record;
 pub mod streams;
 pub mod whep;
+pub mod whip;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -97,6 +99,23 @@ pub fn router(state: AppState) -> Router {
                 .delete(whep::delete_in_app)
                 .options(whep::preflight),
         )
+        .route("/whip/{name}", post(whip::offer).options(whep::preflight))
+        .route(
+            "/whip/{app}/{name}",
+            post(whip::offer_in_app).options(whep::preflight),
+        )
+        .route(
+            "/whip-session/{name}/{session}",
+            patch(whep::patch)
+                .delete(whep::delete)
+                .options(whep::preflight),
+        )
+        .route(
+            "/whip-session/{app}/{name}/{session}",
+            patch(whep::patch_in_app)
+                .delete(whep::delete_in_app)
+                .options(whep::preflight),
+        )
         .route("/agents/{id}/http/", get(agent_http::agent_root))
         .route("/agents/{id}/http/{*path}", get(agent_http::agent_path))
         .route("/flv/{app}/{file}", get(agent_http::flv))
@@ -117,6 +136,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/play/{name}", get(play::page))
         .route("/play/{app}/{name}", get(play::page_in_app))
+        .route("/publish/{name}", get(play::publish_page))
+        .route("/publish/{app}/{name}", get(play::publish_page_in_app))
         .route("/metrics", get(metrics::scrape))
         .route("/api/login", post(auth::login))
         .route("/api/token", post(auth::token))

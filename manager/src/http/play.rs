@@ -7,6 +7,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 const PAGE: &str = include_str!("../../assets/play.html");
+const PUBLISH_PAGE: &str = include_str!("../../assets/publish.html");
 
 /// The page reads its stream from its own URL, so every stream is served the same bytes.
 pub async fn page(Path(_name): Path<String>) -> Response {
@@ -17,13 +18,26 @@ pub async fn page_in_app(Path((_app, _name)): Path<(String, String)>) -> Respons
     html()
 }
 
+/// `GET /publish/{stream}`: publishes the browser's camera and microphone over WHIP.
+pub async fn publish_page(Path(_name): Path<String>) -> Response {
+    page_of(PUBLISH_PAGE)
+}
+
+pub async fn publish_page_in_app(Path((_app, _name)): Path<(String, String)>) -> Response {
+    page_of(PUBLISH_PAGE)
+}
+
 fn html() -> Response {
+    page_of(PAGE)
+}
+
+fn page_of(page: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        PAGE,
+        page,
     )
         .into_response()
 }

@@ -33,7 +33,7 @@ pub async fn preflight(State(app): State<AppState>) -> Response {
 }
 
 /// ICE servers for one new session (fresh TURN credentials with `[extra_ice.coturn]`).
-async fn session_ice(app: &AppState) -> Vec<verge_protocol::whep::IceServer> {
+pub(super) async fn session_ice(app: &AppState) -> Vec<verge_protocol::whep::IceServer> {
     // The agent names its sessions when it answers; TURN credentials are made before, under a
     // random name of their own.
     let label = verge_protocol::key::random_secret();
@@ -44,7 +44,7 @@ async fn session_ice(app: &AppState) -> Vec<verge_protocol::whep::IceServer> {
     servers
 }
 
-fn add_links(response: &mut Response, servers: &[verge_protocol::whep::IceServer]) {
+pub(super) fn add_links(response: &mut Response, servers: &[verge_protocol::whep::IceServer]) {
     for link in whep::link_headers(servers) {
         if let Ok(v) = HeaderValue::from_str(&link) {
             response.headers_mut().append(header::LINK, v);
@@ -62,7 +62,7 @@ pub async fn offer(
 }
 
 /// Counts the offer by the status of its answer, and times the ones answered.
-async fn measured(
+pub(super) async fn measured(
     app: &AppState,
     offer: impl std::future::Future<Output = Result<Response, ApiError>>,
 ) -> Response {
@@ -119,11 +119,11 @@ pub async fn delete_in_app(
     respond(delete_session(&app, format!("{app_name}/{name}"), session).await)
 }
 
-fn respond(result: Result<Response, ApiError>) -> Response {
+pub(super) fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(|refusal| cors(refusal.into_response()))
 }
 
-fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
+pub(super) fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
     let value = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -137,7 +137,7 @@ fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiEr
     }
 }
 
-async fn call<T: DeserializeOwned>(
+pub(super) async fn call<T: DeserializeOwned>(
     app: &AppState,
     agent: &str,
     method: &str,
@@ -223,7 +223,7 @@ fn session_agent(session: &str) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no WHEP session {session}")))
 }
 
-async fn patch_session(
+pub(super) async fn patch_session(
     app: &AppState,
     stream: String,
     session: String,
@@ -246,7 +246,7 @@ async fn patch_session(
     Ok(cors(StatusCode::NO_CONTENT.into_response()))
 }
 
-async fn delete_session(
+pub(super) async fn delete_session(
     app: &AppState,
     stream: String,
     session: String,
@@ -260,7 +260,7 @@ async fn delete_session(
     Ok(cors(StatusCode::OK.into_response()))
 }
 
-fn cors(mut response: Response) -> Response {
+pub(super) fn cors(mut response: Response) -> Response {
     let h = response.headers_mut();
     for (name, value) in whep::CORS {
         h.insert(name, HeaderValue::from_static(value));

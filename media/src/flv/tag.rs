@@ -279,6 +279,8 @@ pub fn is_sequence_header(tag_type: u8, body: &[u8]) -> bool {
             first & IS_EX_HEADER == 0 && first & 0x0f == CODEC_AVC && first >> 4 != 5
         }
         (super::mux::TAG_AUDIO, [first, 0, ..]) => first >> 4 == SOUND_AAC,
+        // Enhanced RTMP Opus, sequence start (see `super::make`).
+        (super::mux::TAG_AUDIO, [0x90, b'O', b'p', b'u', b's', ..]) => true,
         _ => false,
     }
 }

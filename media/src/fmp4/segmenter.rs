@@ -280,6 +280,10 @@ impl Segmenter {
     }
 
     fn push_audio(&mut self, frame: &Frame) -> Result<(), SegmenterError> {
+        // Opus from a WHIP publisher: the segments carry the video only.
+        if crate::flv::make::parse_opus(&frame.payload).is_some() {
+            return Ok(());
+        }
         let audio =
             tag::parse_audio(&frame.payload).map_err(|e| SegmenterError::Audio(e.to_string()))?;
         match audio.packet {

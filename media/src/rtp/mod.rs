@@ -7,3 +7,4 @@
 //!   units.
 
 pub mod h264;
+pub mod to_flv;

@@ -1,5 +1,6 @@
 //! A stream's Opus audio for its WebRTC viewers: one transcoder per stream, whatever the number
-//! of viewers, started with the first and stopped with the last.
+//! of viewers, started with the first and stopped with the last. A WHIP publisher's Opus
+//! passes through as it came.
 //!
 //! The feed reads the stream from the hub like any reader (counted as a transcoder, not as a
 //! viewer) and broadcasts each Opus packet. The broadcast is a bounded ring: a viewer that
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use verge_media::flv::make::{self, OpusPacketType};
 use verge_media::flv::tag::{self, AudioPacket};
 use verge_media::hub::{Hub, ReaderKind};
 use verge_media::rtmp::session::MediaKind;
@@ -79,6 +81,16 @@ impl Task {
         while let Some(frame) = reader.recv().await {
             live = live || reader.pending() == 0;
             if frame.kind != MediaKind::Audio {
+                continue;
+            }
+            // Opus from a WHIP publisher goes to viewers as it came.
+            if let Some((kind, data)) = make::parse_opus(&frame.payload) {
+                if kind == OpusPacketType::CodedFrames && live {
+                    let _ = self.packets.send(Arc::new(OpusPacket {
+                        timestamp: frame.timestamp.wrapping_mul(48),
+                        data,
+                    }));
+                }
                 continue;
             }
             let Ok(audio) = tag::parse_audio(&frame.payload) else {

@@ -1,0 +1,84 @@
+//! WHIP (RFC 9725) on the agent's own port: a publisher on the box's LAN sends straight to it.
+//! With `[rtmp] noauth = false` it must bring the stream's channel key as a bearer token, as
+//! an RTMP publisher brings it in the stream name. Sessions are patched and deleted under
+//! `/whip-session/{stream}/{session}` by the WHEP handlers (one session table).
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use verge_protocol::whep;
+
+use super::whep::{content_type_is, created, no_webrtc, refused};
+use super::{AppState, plain};
+use crate::streams::StreamName;
+
+pub(super) async fn offer(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    offer_for(app, "live", &name, &headers, body).await
+}
+
+pub(super) async fn offer_in_app(
+    State(app): State<AppState>,
+    Path((app_name, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    offer_for(app, &app_name, &name, &headers, body).await
+}
+
+async fn offer_for(
+    app: AppState,
+    app_name: &str,
+    name: &str,
+    headers: &HeaderMap,
+    sdp: String,
+) -> Response {
+    let Some(service) = app.whep.as_ref() else {
+        return no_webrtc();
+    };
+    if !content_type_is(headers, whep::SDP) {
+        return plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a WHIP offer is sent as Content-Type: application/sdp".into(),
+        );
+    }
+    let stream = match StreamName::parse(app_name, name) {
+        Ok(s) => s,
+        Err(why) => return plain(StatusCode::BAD_REQUEST, why),
+    };
+    if let Some(keys) = &app.keys {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(key) = bearer else {
+            return plain(
+                StatusCode::UNAUTHORIZED,
+                "publishing needs the stream's channel key: Authorization: Bearer {key}".into(),
+            );
+        };
+        let owns = keys
+            .lookup(key)
+            .is_some_and(|k| k.app == stream.app && k.name == stream.name);
+        if !owns {
+            return plain(
+                StatusCode::FORBIDDEN,
+                format!("that is not the channel key of {}", stream.id()),
+            );
+        }
+    }
+    let id = stream.id();
+    match service.publish(&id, sdp, &[]).await {
+        Ok(answer) => {
+            let location = whep::whip_location(&id, &answer.session);
+            let links = whep::link_headers(service.ice_servers());
+            created(answer.sdp, &location, &links)
+        }
+        Err(e) => refused(e),
+    }
+}

@@ -1,0 +1,168 @@
+//! The WHIP proxy (RFC 9725): a publisher's offer goes over MQTT RPC to the agent that is to
+//! carry the stream, and its answer comes back as `201 Created` with
+//! `Location: /whip-session/{stream}/{session}`.
+//!
+//! The agent is the one the stream's channel key is bound to; else the one named by
+//! `?agent={id}`; else the only online agent (with several and no choice, 409 asks for one).
+//! Refusals are those of WHEP plus 409 for a stream that already has a publisher. PATCH and
+//! DELETE of the session go to the agent like a viewer's (one session table per agent).
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use verge_protocol::id::validate_stream_part;
+use verge_protocol::whep::{self, OfferParams, OfferResult};
+
+use super::AppState;
+use super::error::ApiError;
+use super::whep::{add_links, call, cors, require_content_type, respond, session_ice};
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Target {
+    /// The agent to publish into, when the stream has no key bound to one.
+    pub agent: Option<String>,
+}
+
+pub async fn offer(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Query(target): Query<Target>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    respond(offer_for(&app, "live", &name, target, &headers, body).await)
+}
+
+pub async fn offer_in_app(
+    State(app): State<AppState>,
+    Path((app_name, name)): Path<(String, String)>,
+    Query(target): Query<Target>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    respond(offer_for(&app, &app_name, &name, target, &headers, body).await)
+}
+
+/// The agent a stream is published into (see the module's doc).
+fn choose_agent(
+    app: &AppState,
+    app_name: &str,
+    name: &str,
+    asked: Option<String>,
+) -> Result<String, ApiError> {
+    let bound = app
+        .keys
+        .store
+        .snapshot()
+        .keys
+        .into_iter()
+        .find(|k| k.app == app_name && k.name == name)
+        .and_then(|k| k.agent);
+    let online = |id: &str| app.registry.get(id).is_some_and(|r| r.online());
+    let chosen = match (bound, asked) {
+        (Some(bound), Some(asked)) if bound != asked => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "stream {app_name}/{name} has a channel key bound to agent {bound:?}, not {asked:?}"
+                ),
+            ));
+        }
+        (Some(agent), _) | (None, Some(agent)) => agent,
+        (None, None) => {
+            let up: Vec<String> = app
+                .registry
+                .list()
+                .into_iter()
+                .filter(|r| r.online())
+                .map(|r| r.id)
+                .collect();
+            match up.as_slice() {
+                [only] => only.clone(),
+                [] => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no agent is online to publish into",
+                    ));
+                }
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "{} agents are online: name one with ?agent={{id}}, or bind the stream's key to one",
+                            up.len()
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    if !online(&chosen) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("agent {chosen:?} is not online"),
+        ));
+    }
+    Ok(chosen)
+}
+
+async fn offer_for(
+    app: &AppState,
+    app_name: &str,
+    name: &str,
+    target: Target,
+    headers: &HeaderMap,
+    sdp: String,
+) -> Result<Response, ApiError> {
+    require_content_type(headers, whep::SDP)?;
+    for (what, part) in [("app", app_name), ("stream name", name)] {
+        validate_stream_part(what, part)
+            .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, why))?;
+    }
+    if !sdp.trim_start().starts_with("v=0") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body is not an SDP offer (it must start with v=0)",
+        ));
+    }
+    let stream = format!("{app_name}/{name}");
+    let agent = choose_agent(app, app_name, name, target.agent)?;
+    let started = std::time::Instant::now();
+    let servers = session_ice(app).await;
+    let answer: OfferResult = call(
+        app,
+        &agent,
+        whep::METHOD_WHIP_OFFER,
+        OfferParams {
+            stream: stream.clone(),
+            sdp,
+            ice_servers: servers.clone(),
+        },
+    )
+    .await?;
+    if whep::session_agent(&answer.session) != Some(agent.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("agent {agent:?} answered with a session id that is not its own"),
+        ));
+    }
+    tracing::info!(%agent, %stream, session = %answer.session,
+        signaling_ms = started.elapsed().as_millis() as u64, "WHIP session created");
+    let mut response = (StatusCode::CREATED, answer.sdp).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(whep::SDP));
+    if let Ok(v) = HeaderValue::from_str(&whep::whip_location(&stream, &answer.session)) {
+        h.insert(header::LOCATION, v);
+    }
+    let mut links = servers;
+    if !app.ice.override_upstream_ice_servers {
+        for server in answer.ice_servers {
+            if !links.contains(&server) {
+                links.push(server);
+            }
+        }
+    }
+    add_links(&mut response, &links);
+    Ok(cors(response))
+}
