@@ -247,6 +247,21 @@ pub fn in_private_netns(name: &str) -> String {
     text
 }
 
+/// For a benchmark (an example binary): runs this program again with `args` inside a new
+/// network namespace with only loopback, its output going to ours, and returns its status.
+pub fn rerun_in_private_netns(args: &[String]) -> std::process::ExitStatus {
+    let exe = std::env::current_exe().expect("own executable");
+    let unshare_args: &[&str] = if is_root() { &["-n"] } else { &["-r", "-n"] };
+    Command::new("unshare")
+        .args(unshare_args)
+        .args(["--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+        .arg(&exe)
+        .args(args)
+        .env(NETNS_ENV, "1")
+        .status()
+        .expect("run unshare (util-linux)")
+}
+
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
