@@ -94,7 +94,7 @@ fn main() {
             .log_text()
             .lines()
             .filter(|l| l.contains("WHIP session created") && l.contains(&format!("live/{name} ")))
-            .find_map(|l| log_seconds_of_day(l))
+            .find_map(log_seconds_of_day)
         {
             offers.push((at - started_wall) * 1000.0);
         }
