@@ -210,7 +210,8 @@ fn a_box_behind_nat_reaches_a_viewer_behind_nat_through_turn() {
         dir.path(),
         &[(
             "RUST_LOG",
-            "info,webrtc::peer_connection=debug,rtc_turn=trace,rtc_ice=debug",
+            // The TURN relayer logs under webrtc's own target.
+            "info,webrtc::peer_connection=debug,rtc_turn=debug,rtc_ice=debug",
         )],
     );
     let rtmp = listener(&agent_bound, "rtmp");
