@@ -170,7 +170,7 @@ fn a_box_behind_nat_reaches_a_viewer_behind_nat_through_turn() {
         &format!(
             "[http]\nlisten = \"0.0.0.0:0\"\n[broker]\nlisten = \"0.0.0.0:0\"\n\
              [[agents]]\nid = \"edge-1\"\nsecret = \"s1\"\n\
-             [extra_ice.coturn]\nsecret = \"{TURN_SECRET}\"\nurls = [\"turn:{CLOUD}:3478?transport=udp\"]\nttl = 600\n"
+             [extra_ice.coturn]\nsecret = \"{TURN_SECRET}\"\nurls = [\"stun:{CLOUD}:3478\", \"turn:{CLOUD}:3478?transport=udp\"]\nttl = 600\n"
         ),
     );
     let (_manager, bound) = Proc::spawn_ready(

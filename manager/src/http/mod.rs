@@ -136,6 +136,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/play/{name}", get(play::page))
         .route("/play/{app}/{name}", get(play::page_in_app))
+        .route("/assets/webrtc.js", get(play::script))
         .route("/publish/{name}", get(play::publish_page))
         .route("/publish/{app}/{name}", get(play::publish_page_in_app))
         .route("/metrics", get(metrics::scrape))

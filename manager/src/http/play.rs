@@ -8,6 +8,19 @@ use axum::response::{IntoResponse, Response};
 
 const PAGE: &str = include_str!("../../assets/play.html");
 const PUBLISH_PAGE: &str = include_str!("../../assets/publish.html");
+const SCRIPT: &str = include_str!("../../assets/webrtc.js");
+
+/// `GET /assets/webrtc.js`: what the player and publisher pages share.
+pub async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        SCRIPT,
+    )
+        .into_response()
+}
 
 /// The page reads its stream from its own URL, so every stream is served the same bytes.
 pub async fn page(Path(_name): Path<String>) -> Response {

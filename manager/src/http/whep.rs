@@ -161,18 +161,7 @@ async fn offer_for(
     headers: &HeaderMap,
     sdp: String,
 ) -> Result<Response, ApiError> {
-    require_content_type(headers, whep::SDP)?;
-    for (what, part) in [("app", app_name), ("stream name", name)] {
-        validate_stream_part(what, part)
-            .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, why))?;
-    }
-    if !sdp.trim_start().starts_with("v=0") {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "the body is not an SDP offer (it must start with v=0)",
-        ));
-    }
-    let stream = format!("{app_name}/{name}");
+    let stream = check_offer(headers, app_name, name, &sdp)?;
     let agent = super::streams::locate(app, &stream)?;
     let started = std::time::Instant::now();
     // The viewer and the agent get the same servers: with TURN credentials of this session,
@@ -189,22 +178,60 @@ async fn offer_for(
         },
     )
     .await?;
-    // The agent names its sessions after itself; anything else could not be routed back.
-    if whep::session_agent(&answer.session) != Some(agent.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            format!("agent {agent:?} answered with a session id that is not its own"),
-        ));
-    }
+    check_session(&agent, &answer)?;
     tracing::info!(%agent, %stream, session = %answer.session,
         signaling_ms = started.elapsed().as_millis() as u64, "WHEP session created");
+    let location = whep::location(&stream, &answer.session);
+    Ok(created(app, &location, answer, servers))
+}
+
+/// The checks every offer (WHEP or WHIP) passes before it goes to an agent; its stream id.
+pub(super) fn check_offer(
+    headers: &HeaderMap,
+    app_name: &str,
+    name: &str,
+    sdp: &str,
+) -> Result<String, ApiError> {
+    require_content_type(headers, whep::SDP)?;
+    for (what, part) in [("app", app_name), ("stream name", name)] {
+        validate_stream_part(what, part)
+            .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, why))?;
+    }
+    if !sdp.trim_start().starts_with("v=0") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body is not an SDP offer (it must start with v=0)",
+        ));
+    }
+    Ok(format!("{app_name}/{name}"))
+}
+
+/// The agent names its sessions after itself; anything else could not be routed back.
+pub(super) fn check_session(agent: &str, answer: &OfferResult) -> Result<(), ApiError> {
+    if whep::session_agent(&answer.session) == Some(agent) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        format!("agent {agent:?} answered with a session id that is not its own"),
+    ))
+}
+
+/// `201 Created` with the agent's answer, the session URL and the ICE servers: those given to
+/// the agent with the offer, and the agent's own too, as liveman passes on its upstream's,
+/// unless `[extra_ice] override_upstream_ice_servers`.
+pub(super) fn created(
+    app: &AppState,
+    location: &str,
+    answer: OfferResult,
+    servers: Vec<verge_protocol::whep::IceServer>,
+) -> Response {
     let mut response = (StatusCode::CREATED, answer.sdp).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(whep::SDP));
-    if let Ok(v) = HeaderValue::from_str(&whep::location(&stream, &answer.session)) {
+    if let Ok(v) = HeaderValue::from_str(location) {
         h.insert(header::LOCATION, v);
     }
-    // The agent's own servers too, as liveman passes on its upstream's, unless overridden.
     let mut links = servers;
     if !app.ice.override_upstream_ice_servers {
         for server in answer.ice_servers {
@@ -214,7 +241,7 @@ async fn offer_for(
         }
     }
     add_links(&mut response, &links);
-    Ok(cors(response))
+    cors(response)
 }
 
 fn session_agent(session: &str) -> Result<String, ApiError> {

@@ -8,15 +8,14 @@
 //! DELETE of the session go to the agent like a viewer's (one session table per agent).
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde::Deserialize;
-use verge_protocol::id::validate_stream_part;
 use verge_protocol::whep::{self, OfferParams, OfferResult};
 
 use super::AppState;
 use super::error::ApiError;
-use super::whep::{add_links, call, cors, require_content_type, respond, session_ice};
+use super::whep::{call, check_offer, check_session, created, respond, session_ice};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Target {
@@ -115,18 +114,7 @@ async fn offer_for(
     headers: &HeaderMap,
     sdp: String,
 ) -> Result<Response, ApiError> {
-    require_content_type(headers, whep::SDP)?;
-    for (what, part) in [("app", app_name), ("stream name", name)] {
-        validate_stream_part(what, part)
-            .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, why))?;
-    }
-    if !sdp.trim_start().starts_with("v=0") {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "the body is not an SDP offer (it must start with v=0)",
-        ));
-    }
-    let stream = format!("{app_name}/{name}");
+    let stream = check_offer(headers, app_name, name, &sdp)?;
     let agent = choose_agent(app, app_name, name, target.agent)?;
     let started = std::time::Instant::now();
     let servers = session_ice(app).await;
@@ -141,28 +129,9 @@ async fn offer_for(
         },
     )
     .await?;
-    if whep::session_agent(&answer.session) != Some(agent.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            format!("agent {agent:?} answered with a session id that is not its own"),
-        ));
-    }
+    check_session(&agent, &answer)?;
     tracing::info!(%agent, %stream, session = %answer.session,
         signaling_ms = started.elapsed().as_millis() as u64, "WHIP session created");
-    let mut response = (StatusCode::CREATED, answer.sdp).into_response();
-    let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(whep::SDP));
-    if let Ok(v) = HeaderValue::from_str(&whep::whip_location(&stream, &answer.session)) {
-        h.insert(header::LOCATION, v);
-    }
-    let mut links = servers;
-    if !app.ice.override_upstream_ice_servers {
-        for server in answer.ice_servers {
-            if !links.contains(&server) {
-                links.push(server);
-            }
-        }
-    }
-    add_links(&mut response, &links);
-    Ok(cors(response))
+    let location = whep::whip_location(&stream, &answer.session);
+    Ok(created(app, &location, answer, servers))
 }
