@@ -1,6 +1,7 @@
 "use strict";
-// What the /play (WHEP) and /publish (WHIP) pages share: the ICE servers a Link header hands
-// out, and a bounded wait for ICE gathering (the offer carries the candidates: no trickle).
+// What the /play (WHEP) and /publish (WHIP) pages share: the ICE servers the endpoint hands out
+// (Link headers), a bounded wait for ICE gathering (the offer carries the candidates: no
+// trickle), and the offer/answer exchange itself.
 
 // Link: <turn:host>; rel="ice-server"; username="u"; credential="c"
 function iceServersFrom(linkHeader) {
@@ -24,4 +25,35 @@ function gathered(pc, ms) {
     pc.addEventListener("icegatheringstatechange", done);
     setTimeout(resolve, ms);
   });
+}
+
+// The endpoint's ICE servers, from the Link headers of its OPTIONS answer; none if it fails.
+async function offeredIceServers(url) {
+  try {
+    const r = await fetch(url, { method: "OPTIONS" });
+    return iceServersFrom(r.headers.get("Link"));
+  } catch (e) {
+    return []; // host candidates only
+  }
+}
+
+// POSTs `pc`'s offer to a WHEP or WHIP endpoint and applies the answer. Returns the session
+// URL, or null after `status` showed the refusal (and the title says "error {status}").
+async function exchange(url, pc, auth, label, status) {
+  await pc.setLocalDescription(await pc.createOffer());
+  await gathered(pc, 1500);
+  const r = await fetch(url, {
+    method: "POST",
+    headers: { "Content-Type": "application/sdp", ...auth },
+    body: pc.localDescription.sdp,
+  });
+  const body = await r.text();
+  if (r.status !== 201) {
+    status(label + " " + r.status + ": " + body.trim(), true);
+    document.title = "error " + r.status;
+    return null;
+  }
+  const session = new URL(r.headers.get("Location"), location.href).toString();
+  await pc.setRemoteDescription({ type: "answer", sdp: body });
+  return session;
 }

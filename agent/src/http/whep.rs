@@ -71,7 +71,7 @@ pub(super) async fn delete_in_app(
     delete_session(app, &format!("{app_name}/{name}"), &session)
 }
 
-pub(super) fn no_webrtc() -> Response {
+fn no_webrtc() -> Response {
     plain(
         StatusCode::NOT_FOUND,
         "this agent does not serve WebRTC".into(),
@@ -84,7 +84,7 @@ pub(super) fn refused(e: WhepError) -> Response {
     plain(status, e.to_string())
 }
 
-pub(super) fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
+fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
     whep::is_content_type(
         headers
             .get(header::CONTENT_TYPE)
@@ -100,18 +100,9 @@ async fn offer_for(
     headers: &HeaderMap,
     sdp: String,
 ) -> Response {
-    let Some(whep) = app.whep.as_ref() else {
-        return no_webrtc();
-    };
-    if !content_type_is(headers, whep::SDP) {
-        return plain(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "a WHEP offer is sent as Content-Type: application/sdp".into(),
-        );
-    }
-    let stream = match StreamName::parse(app_name, name) {
-        Ok(s) => s.id(),
-        Err(why) => return plain(StatusCode::BAD_REQUEST, why),
+    let (whep, stream) = match offer_target(&app, headers, app_name, name, "WHEP") {
+        Ok((whep, stream)) => (whep, stream.id()),
+        Err(refused) => return *refused,
     };
     match whep.offer(&stream, sdp, &[]).await {
         Ok(answer) => {
@@ -121,6 +112,29 @@ async fn offer_for(
         }
         Err(e) => refused(e),
     }
+}
+
+/// The service and stream an offer (`what`: WHEP or WHIP) is for, or the refusal: no WebRTC
+/// here, the wrong content type, a bad stream name.
+pub(super) fn offer_target<'a>(
+    app: &'a AppState,
+    headers: &HeaderMap,
+    app_name: &str,
+    name: &str,
+    what: &str,
+) -> Result<(&'a crate::webrtc::Whep, StreamName), Box<Response>> {
+    let Some(service) = app.whep.as_ref() else {
+        return Err(Box::new(no_webrtc()));
+    };
+    if !content_type_is(headers, whep::SDP) {
+        return Err(Box::new(plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("a {what} offer is sent as Content-Type: application/sdp"),
+        )));
+    }
+    let stream = StreamName::parse(app_name, name)
+        .map_err(|why| Box::new(plain(StatusCode::BAD_REQUEST, why)))?;
+    Ok((service, stream))
 }
 
 async fn patch_session(

@@ -8,9 +8,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use verge_protocol::whep;
 
-use super::whep::{content_type_is, created, no_webrtc, refused};
+use super::whep::{created, offer_target, refused};
 use super::{AppState, plain};
-use crate::streams::StreamName;
 
 pub(super) async fn offer(
     State(app): State<AppState>,
@@ -37,18 +36,9 @@ async fn offer_for(
     headers: &HeaderMap,
     sdp: String,
 ) -> Response {
-    let Some(service) = app.whep.as_ref() else {
-        return no_webrtc();
-    };
-    if !content_type_is(headers, whep::SDP) {
-        return plain(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "a WHIP offer is sent as Content-Type: application/sdp".into(),
-        );
-    }
-    let stream = match StreamName::parse(app_name, name) {
-        Ok(s) => s,
-        Err(why) => return plain(StatusCode::BAD_REQUEST, why),
+    let (service, stream) = match offer_target(&app, headers, app_name, name, "WHIP") {
+        Ok(target) => target,
+        Err(refused) => return *refused,
     };
     if let Some(keys) = &app.keys {
         let bearer = headers

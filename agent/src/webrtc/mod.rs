@@ -199,6 +199,26 @@ impl Whep {
         shared
     }
 
+    /// Enters a session (a viewer's or a publisher's) for PATCH and DELETE; cancelling the
+    /// token (DELETE, or the agent stopping) ends it.
+    fn open_session(
+        &self,
+        id: &str,
+        stream: &str,
+        pc: Arc<dyn PeerConnection>,
+    ) -> CancellationToken {
+        let close = self.inner.shutdown.child_token();
+        self.sessions().insert(
+            id.to_string(),
+            Session {
+                stream: stream.to_string(),
+                pc,
+                close: close.clone(),
+            },
+        );
+        close
+    }
+
     /// The Opus feed of `stream`, started for its first viewer that takes audio.
     fn audio_for(&self, stream: &str, bitrate: u32) -> Option<Arc<AudioFeed>> {
         let mut all = self.inner.audio.lock().unwrap_or_else(|p| p.into_inner());
@@ -266,15 +286,7 @@ impl Whep {
         };
         peer.drop_b_frames = self.inner.settings.drop_b_frames;
         let session = whep::session_id(&self.inner.agent, u64::from_be_bytes(self.random()));
-        let close = self.inner.shutdown.child_token();
-        self.sessions().insert(
-            session.clone(),
-            Session {
-                stream: stream.to_string(),
-                pc: peer.pc.clone(),
-                close: close.clone(),
-            },
-        );
+        let close = self.open_session(&session, stream, peer.pc.clone());
         tracing::info!(agent = %self.inner.agent, %stream, %session, payload_type = peer.payload_type,
             answer_ms = started.elapsed().as_millis() as u64, "WHEP viewer answered");
         let this = self.clone();
@@ -344,15 +356,7 @@ impl Whep {
             publish::on_track(tracks_tx),
         )
         .await?;
-        let close = self.inner.shutdown.child_token();
-        self.sessions().insert(
-            session.clone(),
-            Session {
-                stream: stream.to_string(),
-                pc: receiving.pc.clone(),
-                close: close.clone(),
-            },
-        );
+        let close = self.open_session(&session, stream, receiving.pc.clone());
         tracing::info!(agent = %self.inner.agent, %stream, %session,
             answer_ms = started.elapsed().as_millis() as u64, "WHIP publisher answered");
         let this = self.clone();
