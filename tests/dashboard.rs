@@ -94,6 +94,7 @@ fn the_dashboard_shows_the_fleet_and_acts_on_it() {
             seconds: 120,
             profile: Some("high"),
             b_frames: None,
+            ..Default::default()
         },
     );
 
@@ -193,6 +194,7 @@ fn the_dashboard_shows_the_fleet_and_acts_on_it() {
             seconds: 60,
             profile: None,
             b_frames: None,
+            ..Default::default()
         },
     );
     chromium.eval("location.hash = '#streams'");

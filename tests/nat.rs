@@ -225,6 +225,7 @@ fn a_box_behind_nat_reaches_a_viewer_behind_nat_through_turn() {
             seconds: 120,
             profile: Some("main"),
             b_frames: None,
+            ..Default::default()
         },
     );
     let mut ffmpeg_args = box_net.host.wrapper();

@@ -250,8 +250,8 @@ pub enum WebrtcAudio {
 #[serde(rename_all = "lowercase")]
 pub enum BFrames {
     #[default]
-    Drop,
     Send,
+    Drop,
 }
 
 impl Default for WebrtcConfig {
@@ -264,7 +264,7 @@ impl Default for WebrtcConfig {
             connect_timeout_secs: 15,
             disconnected_secs: 5,
             failed_secs: 10,
-            b_frames: BFrames::Drop,
+            b_frames: BFrames::Send,
             audio: WebrtcAudio::Opus,
             audio_kbps: 64,
         }

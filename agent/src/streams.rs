@@ -75,8 +75,9 @@ fn info(status: &StreamStatus, opus: bool) -> StreamInfo {
 }
 
 /// What the operator of a B-frame encoder should change.
-pub const B_FRAME_ADVICE: &str = "the encoder sends B-frames, which browsers' WebRTC cannot play at \
-     the full frame rate: turn them off (OBS: Output > x264 options bframes=0, or a NVENC/QuickSync preset with \
+pub const B_FRAME_ADVICE: &str = "the encoder sends B-frames, which add their reorder delay (two \
+     frames with x264's defaults) to every WebRTC viewer's latency, or cost them three frames in four with \
+     [webrtc] b_frames = \"drop\": for the lowest latency turn them off (OBS: Output > x264 options bframes=0, or a NVENC/QuickSync preset with \
      'Max B-frames' 0; ffmpeg: -bf 0)";
 
 /// What makes a stream list worth publishing at once: which streams, and what they are.

@@ -63,6 +63,13 @@ impl Chromium {
                 "--remote-debugging-pipe",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
+            // For a diagnosis, e.g. `--enable-logging=stderr --vmodule=h264_decoder_impl=1`:
+            // what Chromium logs lands in the test's chromium.log.
+            .args(
+                std::env::var("VERGE_CHROMIUM_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .arg(url)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

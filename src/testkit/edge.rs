@@ -245,6 +245,14 @@ fn with_token(path: &str, token: &Option<String>) -> String {
 
 /// ffmpeg's arguments for publishing `media` to `url` in real time (H.264 + AAC over RTMP).
 pub fn publish_args(url: &str, media: &Synthetic) -> Vec<String> {
+    let mut video = format!("testsrc=size={}:rate={}", media.size, media.fps);
+    if media.frame_counter {
+        video = format!(
+            "{video}[pattern];color=size=64x64:rate={},format=yuv420p,\
+             geq=lum=16+mod(6*N\\,216):cb=128:cr=128[counter];[pattern][counter]overlay",
+            media.fps
+        );
+    }
     let mut args: Vec<String> = [
         "-hide_banner",
         "-loglevel",
@@ -253,7 +261,7 @@ pub fn publish_args(url: &str, media: &Synthetic) -> Vec<String> {
         "-f",
         "lavfi",
         "-i",
-        &format!("testsrc=size={}:rate={}", media.size, media.fps),
+        &video,
         "-f",
         "lavfi",
         "-i",
@@ -263,7 +271,7 @@ pub fn publish_args(url: &str, media: &Synthetic) -> Vec<String> {
         "-c:v",
         "libx264",
         "-preset",
-        "ultrafast",
+        media.preset,
         "-g",
         &media.gop.to_string(),
         "-pix_fmt",
@@ -296,6 +304,12 @@ pub struct Synthetic {
     /// B-frames between references, as x264 makes them by default (`-bf`); None: none
     /// (`-tune zerolatency`), what a low-latency encoder sends.
     pub b_frames: Option<u32>,
+    /// x264's preset; `ultrafast` (the default here) keeps tests light, `medium` is what
+    /// ffmpeg and OBS users get unless they choose.
+    pub preset: &'static str,
+    /// A 64x64 square at the top left whose grey level counts frames (16 + 6 × n, modulo 216,
+    /// in limited-range luma): a viewer can tell from it whether pictures are shown in order.
+    pub frame_counter: bool,
 }
 
 impl Default for Synthetic {
@@ -307,6 +321,8 @@ impl Default for Synthetic {
             seconds: 6,
             profile: None,
             b_frames: None,
+            preset: "ultrafast",
+            frame_counter: false,
         }
     }
 }

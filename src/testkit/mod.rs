@@ -171,7 +171,11 @@ impl Proc {
         let database = format!("sqlite://{}/{name}.db?mode=rwc", log_dir.display());
         let child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", "info,rumqttd=warn")
+            // VERGE_TEST_RUST_LOG: more detail from every Verge process a test starts.
+            .env(
+                "RUST_LOG",
+                std::env::var("VERGE_TEST_RUST_LOG").unwrap_or_else(|_| "info,rumqttd=warn".into()),
+            )
             .env("NO_COLOR", "1")
             .env("DATABASE_URL", database)
             .envs(env.iter().copied())

@@ -16,6 +16,7 @@ use verge_media::codec::avc;
 use verge_media::flv::tag::{self, VideoPacket};
 use verge_media::hub::{Frame, Hub, Reader, ReaderKind};
 use verge_media::rtmp::session::MediaKind;
+use verge_media::rtp::decode_order::DecodeOrderClock;
 use verge_media::rtp::h264::H264Packetizer;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::RTCPeerConnectionState;
@@ -323,6 +324,10 @@ struct Outbound {
     last_pts_ms: Option<u32>,
     /// Leave B-frames out (`[webrtc] b_frames = "drop"`).
     drop_b_frames: bool,
+    /// Stamps for a stream whose decoder reorders (B-frames sent): set from the SPS.
+    reorder: Option<DecodeOrderClock>,
+    /// Whether the viewer's decoder was primed with copies of its first keyframe.
+    primed: bool,
 }
 
 impl Outbound {
@@ -334,75 +339,72 @@ impl Outbound {
                 sequence,
                 timestamp_base,
                 RTP_MTU,
-            ),
+            )
+            .keeping_decoder_reorder(!peer.drop_b_frames),
             shared,
             length_size: None,
             last_timestamp: None,
             last_pts_ms: None,
             drop_b_frames: peer.drop_b_frames,
+            reorder: None,
+            primed: false,
         }
     }
 
     /// Starts over from a fresh hub reader (which begins with the sequence header and the
     /// cached GOP): sequence numbers continue, and timestamps continue just past the last
     /// frame sent, so the receiver takes the resent frames as new ones.
+    /// A decoder that reorders is primed again: whatever it held is not what comes next.
     fn resync(&mut self, peer: &Peer) {
         let sequence = self.packetizer.sequence();
         let base = self
             .last_timestamp
             .map_or(0, |t| t.wrapping_add(RESYNC_STEP_TICKS));
         self.packetizer =
-            H264Packetizer::new(peer.ssrc, peer.payload_type, sequence, base, RTP_MTU);
+            H264Packetizer::new(peer.ssrc, peer.payload_type, sequence, base, RTP_MTU)
+                .keeping_decoder_reorder(!self.drop_b_frames);
         self.length_size = None;
+        self.reorder = None;
+        self.primed = false;
     }
 
-    /// Sends one hub frame; false once the connection no longer takes packets.
-    async fn send(&mut self, peer: &Peer, frame: &Frame, sent: &mut Sent) -> bool {
-        // Audio is AAC, which WebRTC cannot carry; the stream's state says so.
-        if frame.kind != MediaKind::Video {
-            return true;
+    /// Learns from a sequence header how many pictures the viewer's decoder holds back: the
+    /// SPS's `max_num_reorder_frames`, which the packetizer makes sure reaches the decoder
+    /// unless B-frames are left out.
+    fn set_reorder(&mut self, config: &avc::AvcConfig) {
+        if self.drop_b_frames {
+            return;
         }
-        let Ok(video) = tag::parse_video(&frame.payload) else {
-            return true;
-        };
-        match video.packet {
-            VideoPacket::SequenceHeader => {
-                if let Ok(config) = avc::parse_avc_config(&video.data) {
-                    self.packetizer.set_config(&config);
-                    self.length_size = Some(config.nalu_length_size);
-                }
-                return true;
-            }
-            VideoPacket::Nalu => {}
-            VideoPacket::EndOfSequence | VideoPacket::Command => return true,
+        let sps = config.sps.first().and_then(|s| avc::parse_sps(s).ok());
+        let delay = sps.and_then(|s| s.max_num_reorder_frames).unwrap_or(0);
+        let current = self.reorder.as_ref().map_or(0, DecodeOrderClock::delay);
+        // A repeated sequence header keeps the clock (and what it knows is pending).
+        if delay > current {
+            self.reorder = Some(DecodeOrderClock::new(delay));
+            self.primed = false;
         }
-        // Frames before the first sequence header cannot be split into NAL units.
-        let Some(length_size) = self.length_size else {
-            return true;
-        };
-        // Chromium decodes about one in seven frames of a stream with B-frames, with freezes;
-        // without them it plays every I and P frame smoothly (docs/benchmarks.md). With x264's
-        // default b-pyramid only B-frames reference B-frames, so the rest still decodes.
-        if self.drop_b_frames && avc::is_b_frame(&video.data, length_size) {
-            return true;
-        }
-        let packetizer = &self.packetizer;
-        let payloads = self.shared.get_or_make(&frame.payload, || {
-            let mut out = Vec::new();
-            packetizer
-                .payloads(&video.data, length_size, &mut out)
-                .ok()
-                .map(|()| out)
-        });
-        let Some(payloads) = payloads.filter(|p| !p.is_empty()) else {
-            return true;
-        };
-        let timestamp = self
-            .packetizer
-            .stamp(frame.timestamp, video.composition_time);
+    }
+
+    /// Whether B-frames are left out: by configuration, or because the stream's SPS does not
+    /// say how many frames to reorder, so the browser's decoder would drop them as out of
+    /// order (and each drop costs a keyframe request).
+    fn drops_b_frames(&self) -> bool {
+        self.drop_b_frames || self.reorder.is_none()
+    }
+
+    /// Sends one access unit's payloads with the next sequence numbers; false once the
+    /// connection no longer takes packets.
+    async fn write(
+        &mut self,
+        peer: &Peer,
+        payloads: &[bytes::Bytes],
+        timestamp: u32,
+        sent: &mut Sent,
+    ) -> bool {
         let first = self.packetizer.take_sequences(payloads.len());
+        tracing::trace!(stream = %peer.stream, sequence = first, timestamp, packets = payloads.len(),
+            bytes = payloads.iter().map(|p| p.len()).sum::<usize>(), "WHEP access unit");
         self.last_timestamp = Some(timestamp);
-        self.last_pts_ms = Some(frame.timestamp.wrapping_add_signed(video.composition_time));
         sent.frames += 1;
         for (i, payload) in payloads.iter().enumerate() {
             let header = rtp::header::Header {
@@ -422,6 +424,77 @@ impl Outbound {
             };
             // Errors carry a dump of the whole packet: never log them.
             if peer.track.write_rtp(packet).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends one hub frame; false once the connection no longer takes packets.
+    async fn send(&mut self, peer: &Peer, frame: &Frame, sent: &mut Sent) -> bool {
+        // Audio is AAC, which WebRTC cannot carry; the stream's state says so.
+        if frame.kind != MediaKind::Video {
+            return true;
+        }
+        let Ok(video) = tag::parse_video(&frame.payload) else {
+            return true;
+        };
+        match video.packet {
+            VideoPacket::SequenceHeader => {
+                if let Ok(config) = avc::parse_avc_config(&video.data) {
+                    self.packetizer.set_config(&config);
+                    self.length_size = Some(config.nalu_length_size);
+                    self.set_reorder(&config);
+                }
+                return true;
+            }
+            VideoPacket::Nalu => {}
+            VideoPacket::EndOfSequence | VideoPacket::Command => return true,
+        }
+        // Frames before the first sequence header cannot be split into NAL units.
+        let Some(length_size) = self.length_size else {
+            return true;
+        };
+        // With x264's default b-pyramid only B-frames reference B-frames, so without them the I
+        // and P frames still decode (at a fraction of the rate).
+        if self.drops_b_frames() && avc::is_b_frame(&video.data, length_size) {
+            return true;
+        }
+        let packetizer = &self.packetizer;
+        let payloads = self.shared.get_or_make(&frame.payload, || {
+            let mut out = Vec::new();
+            packetizer
+                .payloads(&video.data, length_size, &mut out)
+                .ok()
+                .map(|()| out)
+        });
+        let Some(payloads) = payloads.filter(|p| !p.is_empty()) else {
+            return true;
+        };
+        let pts_ms = frame.timestamp.wrapping_add_signed(video.composition_time);
+        // A fresh decoder that reorders outputs nothing for its first access units, which
+        // the browser takes as errors: its first keyframe goes out as many extra times.
+        let copies = match &self.reorder {
+            Some(clock) if !self.primed && frame.is_keyframe() => {
+                self.primed = true;
+                clock.priming()
+            }
+            _ => 0,
+        };
+        for _ in 0..=copies {
+            let timestamp = match &mut self.reorder {
+                Some(clock) => {
+                    let shown_ms = clock.stamp(frame.timestamp, pts_ms);
+                    self.last_pts_ms = Some(shown_ms);
+                    self.packetizer.stamp(shown_ms, 0)
+                }
+                None => {
+                    self.last_pts_ms = Some(pts_ms);
+                    self.packetizer
+                        .stamp(frame.timestamp, video.composition_time)
+                }
+            };
+            if !self.write(peer, &payloads, timestamp, sent).await {
                 return false;
             }
         }

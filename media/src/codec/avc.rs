@@ -153,7 +153,49 @@ pub struct SpsInfo {
     pub chroma_format_idc: u8,
     pub bit_depth_luma: u8,
     pub bit_depth_chroma: u8,
+    /// `max_num_ref_frames`: the most reference frames any picture may use.
+    pub max_num_ref_frames: u32,
+    /// `max_num_reorder_frames` from the VUI's bitstream restrictions: how many frames a
+    /// decoder must hold back to put B-frames in display order. `None` when the encoder did
+    /// not write it (x264 and ffmpeg do).
+    pub max_num_reorder_frames: Option<u32>,
 }
+
+/// An SPS no slice refers to: `sps_id`, Baseline, `width`x`height` (rounded up to even), no
+/// VUI. See [`crate::rtp::h264::H264Packetizer::keeping_decoder_reorder`] for its use.
+pub fn decoy_sps(sps_id: u32, width: u32, height: u32) -> Vec<u8> {
+    use crate::codec::bits::{BitWriter, add_emulation_prevention};
+    let mbs = |pixels: u32| pixels.div_ceil(16).max(1);
+    // 4:2:0 crops in units of two pixels.
+    let crop = |pixels: u32| (mbs(pixels) * 16 - pixels.max(1)) / 2;
+    let mut w = BitWriter::default();
+    w.bits(8, 66) // profile_idc: Baseline
+        .bits(8, 0xc0) // constraint_set0 and 1: Constrained Baseline
+        .bits(8, 30) // level_idc
+        .ue(sps_id)
+        .ue(0) // log2_max_frame_num_minus4
+        .ue(2) // pic_order_cnt_type
+        .ue(1) // max_num_ref_frames
+        .bit(false) // gaps_in_frame_num_value_allowed_flag
+        .ue(mbs(width) - 1)
+        .ue(mbs(height) - 1)
+        .bit(true) // frame_mbs_only_flag
+        .bit(true); // direct_8x8_inference_flag
+    let (right, bottom) = (crop(width), crop(height));
+    if right > 0 || bottom > 0 {
+        w.bit(true).ue(0).ue(right).ue(0).ue(bottom);
+    } else {
+        w.bit(false);
+    }
+    w.bit(false) // vui_parameters_present_flag
+        .trailing();
+    let mut nal = vec![0x67];
+    nal.extend(add_emulation_prevention(&w.finish()));
+    nal
+}
+
+/// The most frames any level's decoded picture buffer holds (Table A-1).
+const MAX_DPB_FRAMES: u32 = 16;
 
 const SPS: &str = "SPS";
 
@@ -162,12 +204,13 @@ const SPS: &str = "SPS";
 /// on any side for the 8:1 shapes levels permit; anything larger is garbage, not video.
 const MAX_MBS_PER_SIDE: u64 = 2048;
 
-/// Parses a sequence parameter set (ITU-T H.264 §7.3.2.1.1) far enough to get the picture
-/// size and frame rate. `nal` is the whole NAL unit including its one-byte header.
+/// Parses a sequence parameter set (ITU-T H.264 §7.3.2.1.1) for the picture size, the frame
+/// rate and the decoder's reorder depth. `nal` is the whole NAL unit including its one-byte
+/// header.
 ///
-/// Parsing stops after the VUI timing information; later fields (HRD parameters, bitstream
-/// restrictions) are not needed and are not read, so a SPS cut after the timing fields
-/// still parses.
+/// A SPS cut or damaged after the VUI timing information still parses: the fields after it
+/// (HRD parameters, bitstream restrictions) only refine the reorder depth, which is then
+/// `None`.
 pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, CodecError> {
     let (&header, payload) = nal.split_first().ok_or(CodecError::Truncated(SPS))?;
     if header & 0x1f != NAL_SPS {
@@ -253,7 +296,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, CodecError> {
         2 => {}
         other => return Err(invalid(SPS, format!("pic_order_cnt_type {other} > 2"))),
     }
-    let _max_num_ref_frames = r.read_ue()?;
+    let max_num_ref_frames = r.read_ue()?;
     let _gaps_in_frame_num_value_allowed = r.read_flag()?;
     let width_mbs = u64::from(r.read_ue()?) + 1;
     let height_map_units = u64::from(r.read_ue()?) + 1;
@@ -306,10 +349,10 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, CodecError> {
     let height =
         u32::try_from(coded_height - crop_y).map_err(|_| invalid(SPS, "height overflow"))?;
 
-    let fps = if r.read_flag()? {
-        read_vui_fps(&mut r)?
+    let vui = if r.read_flag()? {
+        read_vui(&mut r)?
     } else {
-        None
+        Vui::default()
     };
 
     Ok(SpsInfo {
@@ -317,10 +360,12 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, CodecError> {
         level_idc,
         width,
         height,
-        fps,
+        fps: vui.fps,
         chroma_format_idc: chroma_format_idc as u8,
         bit_depth_luma: bit_depths[0],
         bit_depth_chroma: bit_depths[1],
+        max_num_ref_frames,
+        max_num_reorder_frames: vui.max_num_reorder_frames,
     })
 }
 
@@ -351,8 +396,16 @@ fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Result<(), CodecErro
     Ok(())
 }
 
-/// Reads vui_parameters() (Annex E.1.1) up to timing_info and returns the frame rate.
-fn read_vui_fps(r: &mut BitReader<'_>) -> Result<Option<f64>, CodecError> {
+/// What the VUI says that matters here.
+#[derive(Debug, Default)]
+struct Vui {
+    fps: Option<f64>,
+    max_num_reorder_frames: Option<u32>,
+}
+
+/// Reads vui_parameters() (Annex E.1.1). The fields up to timing_info must parse; the rest
+/// (HRD, bitstream restrictions) only fill in the reorder depth when they do.
+fn read_vui(r: &mut BitReader<'_>) -> Result<Vui, CodecError> {
     const EXTENDED_SAR: u8 = 255;
     if r.read_flag()? && r.read_u8()? == EXTENDED_SAR {
         r.skip_bits(32)?; // sar_width, sar_height
@@ -370,18 +423,73 @@ fn read_vui_fps(r: &mut BitReader<'_>) -> Result<Option<f64>, CodecError> {
         let _top_field = r.read_ue()?;
         let _bottom_field = r.read_ue()?;
     }
+    let mut vui = Vui::default();
+    if r.read_flag()? {
+        let num_units_in_tick = r.read_bits(32)?;
+        let time_scale = r.read_bits(32)?;
+        // A tick is a field period, so a frame lasts two ticks.
+        if num_units_in_tick != 0 && time_scale != 0 {
+            vui.fps = Some(f64::from(time_scale) / (2.0 * f64::from(num_units_in_tick)));
+        }
+        if r.read_flag().is_err() {
+            return Ok(vui); // fixed_frame_rate_flag: cut here, nothing more to learn
+        }
+    }
+    vui.max_num_reorder_frames = read_vui_reorder(r).ok().flatten();
+    Ok(vui)
+}
+
+/// The VUI after timing_info: HRD parameters walked over, then max_num_reorder_frames from
+/// the bitstream restrictions, if present.
+fn read_vui_reorder(r: &mut BitReader<'_>) -> Result<Option<u32>, CodecError> {
+    let nal_hrd = r.read_flag()?;
+    if nal_hrd {
+        skip_hrd_parameters(r)?;
+    }
+    let vcl_hrd = r.read_flag()?;
+    if vcl_hrd {
+        skip_hrd_parameters(r)?;
+    }
+    if nal_hrd || vcl_hrd {
+        r.skip_bits(1)?; // low_delay_hrd_flag
+    }
+    r.skip_bits(1)?; // pic_struct_present_flag
     if !r.read_flag()? {
         return Ok(None);
     }
-    let num_units_in_tick = r.read_bits(32)?;
-    let time_scale = r.read_bits(32)?;
-    // A tick is a field period, so a frame lasts two ticks.
-    if num_units_in_tick == 0 || time_scale == 0 {
-        return Ok(None);
+    r.skip_bits(1)?; // motion_vectors_over_pic_boundaries_flag
+    for _ in 0..4 {
+        // max_bytes_per_pic_denom, max_bits_per_mb_denom, log2_max_mv_length_{horizontal,vertical}
+        r.read_ue()?;
     }
-    Ok(Some(
-        f64::from(time_scale) / (2.0 * f64::from(num_units_in_tick)),
-    ))
+    let reorder = r.read_ue()?;
+    let max_dec_frame_buffering = r.read_ue()?;
+    if reorder > max_dec_frame_buffering || max_dec_frame_buffering > MAX_DPB_FRAMES {
+        return Err(invalid(
+            SPS,
+            format!(
+                "max_num_reorder_frames {reorder} with max_dec_frame_buffering {max_dec_frame_buffering}"
+            ),
+        ));
+    }
+    Ok(Some(reorder))
+}
+
+/// Walks hrd_parameters() (Annex E.1.2).
+fn skip_hrd_parameters(r: &mut BitReader<'_>) -> Result<(), CodecError> {
+    let cpb_cnt = r.read_ue()? + 1;
+    if cpb_cnt > 32 {
+        return Err(invalid(SPS, format!("cpb_cnt_minus1 {} > 31", cpb_cnt - 1)));
+    }
+    r.skip_bits(8)?; // bit_rate_scale, cpb_size_scale
+    for _ in 0..cpb_cnt {
+        r.read_ue()?; // bit_rate_value_minus1
+        r.read_ue()?; // cpb_size_value_minus1
+        r.skip_bits(1)?; // cbr_flag
+    }
+    // initial_cpb_removal_delay_length_minus1, cpb_removal_delay_length_minus1,
+    // dpb_output_delay_length_minus1, time_offset_length
+    r.skip_bits(20)
 }
 
 /// Whether an access unit (length-prefixed NAL units) is a B-frame: its first slice's
@@ -488,6 +596,53 @@ mod tests {
         assert_eq!((sps.profile_idc, sps.level_idc), (100, 31));
         assert_eq!((sps.width, sps.height), (1280, 720));
         assert_eq!(sps.fps, Some(30.0));
+    }
+
+    // x264 (via ffmpeg), -profile:v high, 640x360 at 30 fps, with -bf 0, 1 and 3 (b-pyramid):
+    // the VUI's max_num_reorder_frames is 0, 1 and 2 (read with ffmpeg's trace_headers).
+    const SPS_HIGH_BF0: [u8; 26] = [
+        0x67, 0x64, 0x00, 0x1e, 0xac, 0xb2, 0x01, 0x40, 0x5f, 0xf2, 0xe0, 0x22, 0x00, 0x00, 0x03,
+        0x00, 0x02, 0x00, 0x00, 0x03, 0x00, 0x78, 0x1e, 0x2c, 0x5c, 0x90,
+    ];
+    const SPS_HIGH_BF1: [u8; 26] = [
+        0x67, 0x64, 0x00, 0x1e, 0xac, 0xe4, 0x02, 0x80, 0xbf, 0xe5, 0xc0, 0x44, 0x00, 0x00, 0x03,
+        0x00, 0x04, 0x00, 0x00, 0x03, 0x00, 0xf0, 0x3c, 0x58, 0xb4, 0x48,
+    ];
+    const SPS_HIGH_BF3: [u8; 26] = [
+        0x67, 0x64, 0x00, 0x1e, 0xac, 0xd9, 0x40, 0xa0, 0x2f, 0xf9, 0x70, 0x11, 0x00, 0x00, 0x03,
+        0x00, 0x01, 0x00, 0x00, 0x03, 0x00, 0x3c, 0x0f, 0x16, 0x2d, 0x96,
+    ];
+
+    #[test]
+    fn a_decoy_sps_has_its_id_and_size() {
+        for (id, width, height) in [(1, 640, 360), (1, 1920, 1080), (31, 16, 16), (1, 1, 1)] {
+            let nal = decoy_sps(id, width, height);
+            let sps = info(&nal);
+            let even = |pixels: u32| pixels.next_multiple_of(2);
+            assert_eq!(
+                (sps.profile_idc, sps.width, sps.height, sps.fps),
+                (66, even(width), even(height), None)
+            );
+            let rbsp = strip_emulation_prevention(&nal[1..]);
+            let mut r = BitReader::new(&rbsp, "test");
+            r.skip_bits(24).unwrap();
+            assert_eq!(r.read_ue().unwrap(), id);
+        }
+    }
+
+    #[test]
+    fn reorder_depth_comes_from_the_vui_bitstream_restrictions() {
+        for (nal, refs, reorder) in [
+            (&SPS_HIGH_BF0, 3, 0),
+            (&SPS_HIGH_BF1, 3, 1),
+            (&SPS_HIGH_BF3, 4, 2),
+        ] {
+            let sps = info(nal);
+            assert_eq!((sps.width, sps.height, sps.fps), (640, 360, Some(30.0)));
+            assert_eq!(sps.max_num_ref_frames, refs);
+            assert_eq!(sps.max_num_reorder_frames, Some(reorder));
+            assert_prefixes_truncate(nal);
+        }
     }
 
     #[test]
@@ -831,6 +986,16 @@ mod tests {
         for len in 0..nal.len() {
             match parse_sps(&nal[..len]) {
                 Ok(sps) => {
+                    // Cut inside the VUI's tail, the reorder depth is unknown, not wrong.
+                    assert!(
+                        sps.max_num_reorder_frames.is_none()
+                            || sps.max_num_reorder_frames == full.max_num_reorder_frames,
+                        "prefix of {len} bytes"
+                    );
+                    let sps = SpsInfo {
+                        max_num_reorder_frames: full.max_num_reorder_frames,
+                        ..sps
+                    };
                     assert_eq!(sps, full, "prefix of {len} bytes");
                     complete = true;
                 }

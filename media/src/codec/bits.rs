@@ -116,15 +116,13 @@ pub(crate) fn strip_emulation_prevention(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Writes bits most significant first; tests use it to build headers field by field.
-#[cfg(test)]
+/// Writes bits most significant first, to build headers field by field.
 #[derive(Default)]
 pub(crate) struct BitWriter {
     bytes: Vec<u8>,
     bits: usize,
 }
 
-#[cfg(test)]
 impl BitWriter {
     pub(crate) fn bit(&mut self, bit: bool) -> &mut Self {
         if self.bits.is_multiple_of(8) {
@@ -159,6 +157,7 @@ impl BitWriter {
         self
     }
 
+    #[cfg(test)]
     pub(crate) fn se(&mut self, value: i32) -> &mut Self {
         let k = if value > 0 {
             2 * value as u32 - 1
@@ -183,8 +182,7 @@ impl BitWriter {
 }
 
 /// Inserts emulation-prevention bytes: the inverse of [`strip_emulation_prevention`], for
-/// tests that build NAL units from an RBSP.
-#[cfg(test)]
+/// NAL units built from an RBSP.
 pub(crate) fn add_emulation_prevention(rbsp: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(rbsp.len() + rbsp.len() / 2);
     let mut zeros = 0usize;

@@ -18,7 +18,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::codec::avc::{AvcConfig, CodecError, NAL_PPS, NAL_SPS, nal_type, split_nalus};
+use crate::codec::avc::{self, AvcConfig, CodecError, NAL_PPS, NAL_SPS, nal_type, split_nalus};
 
 /// The fixed RTP header (RFC 3550 §5.1); the packetizer writes no CSRC list and no extension.
 pub const RTP_HEADER_LEN: usize = 12;
@@ -76,6 +76,10 @@ pub struct H264Packetizer {
     first_pts: Option<u32>,
     sps: Vec<Bytes>,
     pps: Vec<Bytes>,
+    /// Keep a receiver's decoder reordering as the SPS says ([`Self::keeping_decoder_reorder`]).
+    keep_reorder: bool,
+    /// The SPS sent after one that asks for reordering, when `keep_reorder`.
+    decoy: Option<Bytes>,
 }
 
 impl H264Packetizer {
@@ -112,7 +116,26 @@ impl H264Packetizer {
             first_pts: None,
             sps: Vec::new(),
             pps: Vec::new(),
+            keep_reorder: false,
+            decoy: None,
         }
+    }
+
+    /// Makes a browser's decoder reorder B-frames as the stream's SPS asks.
+    ///
+    /// libwebrtc (Chromium's WebRTC; Firefox and Safari build on the same library) rewrites each
+    /// SPS it receives to `max_num_reorder_frames = 0`, so that its FFmpeg decoder never holds a
+    /// picture back; that decoder then drops every B-frame as out of order (about one frame in
+    /// seven decoded, docs/benchmarks.md). In a STAP-A with two SPSs that both want rewriting,
+    /// libwebrtc rewrites only the last and passes the first through as sent. So the stream's
+    /// SPS goes first and a decoy second ([`avc::decoy_sps`]: another id, no VUI, the stream's
+    /// picture size, which libwebrtc takes from the last SPS): the decoder gets the stream's
+    /// SPS and reorders, and the RTP timestamps must then follow the pictures it outputs
+    /// ([`super::decode_order`]). Only for an SPS that asks for reordering; nothing else in
+    /// the stream changes.
+    pub fn keeping_decoder_reorder(mut self, keep: bool) -> Self {
+        self.keep_reorder = keep;
+        self
     }
 
     /// Takes the SPS and PPS of an AVC sequence header, to send before every IDR from now on.
@@ -120,6 +143,11 @@ impl H264Packetizer {
         let non_empty = |sets: &[Bytes]| sets.iter().filter(|s| !s.is_empty()).cloned().collect();
         self.sps = non_empty(&config.sps);
         self.pps = non_empty(&config.pps);
+        self.decoy = self
+            .sps
+            .first()
+            .and_then(|sps| decoy_for(sps))
+            .map(Bytes::from);
     }
 
     /// The sequence number the next packet will carry.
@@ -154,6 +182,7 @@ impl H264Packetizer {
         if units.is_empty() {
             return Ok(());
         }
+        let units = self.with_decoy_sps(units);
         let pts = dts_ms.wrapping_add_signed(cts_ms);
         let timestamp = self.timestamp_at(pts);
         let mut packets = AccessUnitPackets {
@@ -183,7 +212,7 @@ impl H264Packetizer {
         length_size: u8,
         out: &mut Vec<Bytes>,
     ) -> Result<(), CodecError> {
-        let units = self.units(avcc, length_size)?;
+        let units = self.with_decoy_sps(self.units(avcc, length_size)?);
         let mut packets = AccessUnitPackets {
             out,
             open: None,
@@ -229,6 +258,19 @@ impl H264Packetizer {
             .wrapping_add(pts.wrapping_sub(origin).wrapping_mul(TICKS_PER_MS))
     }
 
+    /// With [`Self::keeping_decoder_reorder`], the decoy SPS right after an SPS that asks for
+    /// reordering; `write_units` keeps the pair in one STAP-A.
+    fn with_decoy_sps<'a>(&'a self, mut units: Vec<&'a [u8]>) -> Vec<&'a [u8]> {
+        let Some(decoy) = self.decoy.as_deref().filter(|_| self.keep_reorder) else {
+            return units;
+        };
+        // The configured SPS (added before an IDR) or the access unit's own.
+        if let Some(at) = units.iter().position(|nal| nal_type(nal) == Some(NAL_SPS)) {
+            units.insert(at + 1, decoy);
+        }
+        units
+    }
+
     /// The access unit's NAL units with the configured parameter sets it lacks, if it has an
     /// IDR slice: a missing SPS goes first, a missing PPS after the unit's leading parameter
     /// sets, so an added set never lands on the wrong side of one the unit carries (SPS before
@@ -261,11 +303,53 @@ fn is_sent(nal: &[u8]) -> bool {
     }
 }
 
+/// The decoy to send after `sps` if it asks for reordering (see
+/// [`H264Packetizer::keeping_decoder_reorder`]): an id it does not use, its picture size.
+fn decoy_for(sps: &[u8]) -> Option<Vec<u8>> {
+    let info = avc::parse_sps(sps).ok()?;
+    if info.max_num_reorder_frames.is_none_or(|n| n == 0) {
+        return None;
+    }
+    let id = sps_id(sps)?;
+    Some(avc::decoy_sps(
+        if id == 1 { 2 } else { 1 },
+        info.width,
+        info.height,
+    ))
+}
+
+/// The `seq_parameter_set_id` of an SPS NAL unit.
+fn sps_id(sps: &[u8]) -> Option<u32> {
+    let body = sps.get(4..)?;
+    // Ids 0–31 fit in an exp-Golomb code of at most 11 bits, within the first two bytes.
+    let bits = u32::from(u16::from_be_bytes([
+        *body.first()?,
+        *body.get(1).unwrap_or(&0),
+    ]));
+    let zeros = (bits << 16).leading_zeros();
+    (zeros <= 5).then(|| (bits >> (16 - (2 * zeros + 1))) - 1)
+}
+
 /// Writes NAL units as single-NAL packets, STAP-As and FU-As.
 fn write_units(packets: &mut AccessUnitPackets<'_>, units: &[&[u8]], mtu: usize) {
     let mut rest = units;
     while let Some((&first, tail)) = rest.split_first() {
-        let together = stap_a_count(rest, mtu);
+        // An SPS and the decoy after it travel together, whatever comes before them.
+        if let Some((&decoy, after)) = tail.split_first()
+            && nal_type(first) == Some(NAL_SPS)
+            && nal_type(decoy) == Some(NAL_SPS)
+            && STAP_A_HEADER + 2 * STAP_A_SIZE + first.len() + decoy.len() <= mtu
+        {
+            write_stap_a(packets, &[first, decoy]);
+            rest = after;
+            continue;
+        }
+        // ...and are not split by an aggregate that starts before them.
+        let pair_at = rest
+            .windows(2)
+            .position(|w| w.iter().all(|nal| nal_type(nal) == Some(NAL_SPS)))
+            .map_or(rest.len(), |sps| sps.max(1));
+        let together = stap_a_count(&rest[..pair_at], mtu);
         if together >= 2 {
             let (aggregated, tail) = rest.split_at(together);
             write_stap_a(packets, aggregated);
@@ -692,6 +776,63 @@ mod tests {
             out.extend_from_slice(nal);
         }
         out
+    }
+
+    #[test]
+    fn a_reordering_sps_travels_first_in_a_stap_a_with_the_decoy_after_it() {
+        // x264 -bf 3 (b-pyramid): max_num_reorder_frames 2.
+        const SPS_BF3: &[u8] = &[
+            0x67, 0x64, 0x00, 0x1e, 0xac, 0xd9, 0x40, 0xa0, 0x2f, 0xf9, 0x70, 0x11, 0x00, 0x00,
+            0x03, 0x00, 0x01, 0x00, 0x00, 0x03, 0x00, 0x3c, 0x0f, 0x16, 0x2d, 0x96,
+        ];
+        let decoy = decoy_for(SPS_BF3).expect("x264's SPS with B-frames asks for reordering");
+        let info = avc::parse_sps(&decoy).expect("the decoy parses");
+        assert_eq!((info.width, info.height, info.fps), (640, 360, None));
+        assert_eq!((sps_id(SPS_BF3), sps_id(&decoy)), (Some(0), Some(1)));
+        let config = AvcConfig {
+            sps: vec![Bytes::from_static(SPS_BF3)],
+            ..config()
+        };
+        let sei = nal(0x06, 700);
+        let idr = nal(0x65, 3000);
+        let payloads = |keep: bool, config: &AvcConfig, nals: &[&[u8]]| {
+            let mut p = H264Packetizer::new(SSRC, PT, 0, 0, 1200).keeping_decoder_reorder(keep);
+            p.set_config(config);
+            let mut out = Vec::new();
+            p.payloads(&avcc(nals), 4, &mut out).expect("packetizes");
+            out
+        };
+        let stap_a = |units: &[&[u8]]| {
+            let mut packet = vec![STAP_A | 0x60];
+            for unit in units {
+                packet.extend_from_slice(&(unit.len() as u16).to_be_bytes());
+                packet.extend_from_slice(unit);
+            }
+            packet
+        };
+        // The parameter sets added before an IDR: the SPS and the decoy together first.
+        let out = payloads(true, &config, &[&idr]);
+        assert_eq!(out[0][..], stap_a(&[SPS_BF3, &decoy])[..]);
+        assert_eq!(out[1][..], PPS[..]);
+        assert_eq!(out[2][1] & TYPE_MASK, NAL_IDR);
+        // An access unit with its own sets after an SEI that would have aggregated with the
+        // SPS: the pair still travels alone.
+        let out = payloads(true, &config, &[&sei, SPS_BF3, PPS, &idr]);
+        assert_eq!(out[0][..], sei[..]);
+        assert_eq!(out[1][..], stap_a(&[SPS_BF3, &decoy])[..]);
+        assert_eq!(out[2][..], PPS[..]);
+        assert_eq!(out[3][1] & TYPE_MASK, NAL_IDR);
+        // Not asked for, an SPS that does not reorder, or a frame without an SPS: no decoy.
+        for out in [
+            payloads(false, &config, &[&idr]),
+            payloads(true, &self::config(), &[&idr]),
+            payloads(true, &config, &[&nal(0x41, 300)]),
+        ] {
+            assert!(
+                !out.iter()
+                    .any(|p| p.windows(decoy.len()).any(|w| w == decoy))
+            );
+        }
     }
 
     #[test]
