@@ -1,10 +1,12 @@
 //! Real NAT, real TURN. Network namespaces made by the test: the "cloud" (manager with its
 //! broker, and coturn, started here) on an internet bridge at 198.18.0.1; the "box" (agent and
-//! the encoder) behind a NAT that only lets it connect out; the "viewer" (headless Chromium)
-//! behind another. Nothing on the internet side can reach either LAN, so the only way between
-//! box and viewer is through coturn, with the per-session credentials the manager hands to
-//! both ends. Chromium plays the box's stream through the manager's WHEP URL, once with any
-//! candidates and once relay-only; coturn refuses credentials past their expiry.
+//! the encoder) behind a symmetric NAT that only lets it connect out (a new port for every
+//! peer, as on many 4G uplinks); the "viewer" (headless Chromium) behind a port-preserving one.
+//! Nothing on the internet side can reach either LAN and the box's STUN address is no use to
+//! anyone, so the only way between box and viewer is through coturn, with the per-session
+//! credentials the manager hands to both ends: the box relays too. Chromium plays the box's
+//! stream through the manager's WHEP URL, once with any candidates and once relay-only; coturn
+//! refuses credentials past their expiry.
 //!
 //! Needs root (bridges, veths, nftables) and coturn (`scripts/setup` installs it).
 
@@ -14,7 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 use verge::testkit::chromium::{Chromium, in_private_netns, is_private_netns, is_root};
 use verge::testkit::edge::{Synthetic, publish_args, tool};
-use verge::testkit::netns::{Home, internet};
+use verge::testkit::netns::{Home, Nat, internet};
 use verge::testkit::{Proc, TempDir, bin, get, listener, wait_for};
 
 const CLOUD: &str = "198.18.0.1";
@@ -60,9 +62,6 @@ fn gather(chromium: &mut Chromium, user: &str, pass: &str) -> Value {
 }
 
 #[test]
-#[ignore = "work in progress (issue #12): the namespaces, NATs, coturn and per-session \
-            credentials work and both ends allocate relays, but the relay-to-relay ICE pair \
-            between Chromium and the agent's webrtc does not connect yet; run with --ignored"]
 fn a_box_behind_nat_reaches_a_viewer_behind_nat_through_turn() {
     if !is_root() {
         println!("skipped: building NATs needs root");
@@ -79,8 +78,9 @@ fn a_box_behind_nat_reaches_a_viewer_behind_nat_through_turn() {
     }
     let dir = TempDir::new("nat");
     internet(CLOUD);
-    let box_net = Home::new("box", "198.18.0.2", "10.1.0");
-    let viewer_net = Home::new("viewer", "198.18.0.3", "10.2.0");
+    // The box on a symmetric NAT, as on many 4G uplinks: only its own relay reaches it.
+    let box_net = Home::new("box", "198.18.0.2", "10.1.0", Nat::Symmetric);
+    let viewer_net = Home::new("viewer", "198.18.0.3", "10.2.0", Nat::PortPreserving);
 
     let mut coturn = Proc::spawn(
         "coturn",
@@ -109,6 +109,17 @@ fn a_box_behind_nat_reaches_a_viewer_behind_nat_through_turn() {
             // Both ends relay through this one server: its relays are each other's peers.
             "--allowed-peer-ip",
             CLOUD,
+            // Private ranges are no peers, as on any TURN server facing the internet (coturn's
+            // own advice): a permission for a box's LAN address is refused (403), the viewer
+            // drops that pair. Without this coturn sends to 10.1.0.2, gets "network is
+            // unreachable" and closes the whole allocation, and relay-only viewers never
+            // connect.
+            "--denied-peer-ip",
+            "10.0.0.0-10.255.255.255",
+            "--denied-peer-ip",
+            "172.16.0.0-172.31.255.255",
+            "--denied-peer-ip",
+            "192.168.0.0-192.168.255.255",
             "--log-file",
             "stdout",
             "--simple-log",
@@ -335,6 +346,12 @@ fn a_box_behind_nat_reaches_a_viewer_behind_nat_through_turn() {
         assert!(
             last.contains("candidateType=relay"),
             "policy {policy}: not through TURN (there is no other way):\n{last}"
+        );
+        // The box got the session's TURN credentials in the WHEP RPC and offers its own relay.
+        let answer = chromium.eval("pc.remoteDescription.sdp");
+        assert!(
+            answer.as_str().is_some_and(|sdp| sdp.contains("typ relay")),
+            "policy {policy}: the box's answer has no relay candidate:\n{answer}"
         );
         println!(
             "policy {policy}: {} frames through coturn",

@@ -101,14 +101,25 @@ pub fn run(args: &[&str]) {
 /// A home network behind a NAT that lets it connect out only: a router node (its WAN side on
 /// the `wan0` bridge at `wan_ip`, masquerading) and a host node at `{lan}.2` behind it (router
 /// `{lan}.1`, a /24). Nothing on the internet has a route to the LAN.
+///
+/// `Nat::PortPreserving` keeps a flow's source port where it can (Linux's masquerade, most home
+/// routers): what a STUN server saw is what every peer sees. `Nat::Symmetric` gives each new
+/// flow a random port (carrier-grade NATs, many 4G uplinks): an address learnt through STUN
+/// is useless to anyone else, so only a TURN relay connects.
 pub struct Home {
     pub router: Node,
     pub host: Node,
     pub host_ip: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    PortPreserving,
+    Symmetric,
+}
+
 impl Home {
-    pub fn new(name: &str, wan_ip: &str, lan: &str) -> Self {
+    pub fn new(name: &str, wan_ip: &str, lan: &str, nat: Nat) -> Self {
         let router = Node::new();
         let host = Node::new();
         let (router_pid, host_pid) = (router.pid().to_string(), host.pid().to_string());
@@ -145,7 +156,7 @@ impl Home {
             "post",
             "{ type nat hook postrouting priority 100 ; }",
         ]);
-        router.run(&[
+        let mut masquerade = vec![
             "nft",
             "add",
             "rule",
@@ -155,7 +166,11 @@ impl Home {
             "oifname",
             "wan",
             "masquerade",
-        ]);
+        ];
+        if nat == Nat::Symmetric {
+            masquerade.push("random");
+        }
+        router.run(&masquerade);
         // Only answers come in: what the LAN did not start is dropped.
         router.run(&["nft", "add", "table", "ip", "filter"]);
         router.run(&[
@@ -181,6 +196,32 @@ impl Home {
             "state",
             "established,related",
             "accept",
+        ]);
+        // Nor does anything new reach the router itself, as on a home router: an unsolicited
+        // packet accepted here would leave a connection-tracking entry behind that makes the
+        // masquerade give a later outgoing flow to the same peer another port.
+        router.run(&[
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "filter",
+            "to_router",
+            "{ type filter hook input priority 0 ; policy accept ; }",
+        ]);
+        router.run(&[
+            "nft",
+            "add",
+            "rule",
+            "ip",
+            "filter",
+            "to_router",
+            "iifname",
+            "wan",
+            "ct",
+            "state",
+            "new",
+            "drop",
         ]);
         let host_ip = format!("{lan}.2");
         host.run(&["ip", "addr", "add", &format!("{host_ip}/24"), "dev", "eth0"]);
