@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example tunnel_bench -- [--mib 256] [--streams 8] [--round-trips 2000]
+//!     [--agent-segment-kib 256]
 //! ```
 //!
 //! For each path (direct TCP; the tunnel through the manager's embedded rumqttd; the tunnel
@@ -148,6 +149,9 @@ struct Args {
     mib: u64,
     streams: u64,
     round_trips: usize,
+    /// The embedded broker's `agent_segment_size` in KiB (its default otherwise): what bounds
+    /// the bytes in flight towards an agent.
+    agent_segment_kib: Option<u64>,
 }
 
 fn parse_args() -> Args {
@@ -155,6 +159,7 @@ fn parse_args() -> Args {
         mib: 256,
         streams: 8,
         round_trips: 2000,
+        agent_segment_kib: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -163,6 +168,9 @@ fn parse_args() -> Args {
             "--mib" => args.mib = value.parse().expect("--mib N"),
             "--streams" => args.streams = value.parse().expect("--streams N"),
             "--round-trips" => args.round_trips = value.parse().expect("--round-trips N"),
+            "--agent-segment-kib" => {
+                args.agent_segment_kib = Some(value.parse().expect("--agent-segment-kib N"))
+            }
             other => panic!("unknown option {other}"),
         }
     }
@@ -215,12 +223,18 @@ fn start_pair(
     dir: &TempDir,
     label: &str,
     broker: Option<SocketAddr>,
+    agent_segment_kib: Option<u64>,
     sink: SocketAddr,
     echo: SocketAddr,
 ) -> (Proc, Proc, SocketAddr, SocketAddr) {
     let broker_toml = match broker {
         Some(addr) => format!("[mqtt]\nurl = \"mqtt://{addr}\"\n"),
-        None => format!("[broker]\nlisten = \"{ANY_PORT}\"\n"),
+        None => format!(
+            "[broker]\nlisten = \"{ANY_PORT}\"\n{}",
+            agent_segment_kib
+                .map(|kib| format!("agent_segment_size = {}\n", kib * 1024))
+                .unwrap_or_default()
+        ),
     };
     let manager_cfg = dir.write(
         &format!("{label}-manager.toml"),
@@ -280,7 +294,8 @@ fn main() {
     let dir = TempDir::new("tunnel-bench");
     let mut rows = vec![rt.block_on(measure("direct TCP", sink, echo, &args))];
 
-    let (manager, agent, fsink, fecho) = start_pair(&dir, "embedded", None, sink, echo);
+    let (manager, agent, fsink, fecho) =
+        start_pair(&dir, "embedded", None, args.agent_segment_kib, sink, echo);
     let mut row = rt.block_on(measure("tunnel, embedded rumqttd", fsink, fecho, &args));
     row.peak = peak_kib(manager.pid()).zip(peak_kib(agent.pid()));
     rows.push(row);
@@ -308,7 +323,7 @@ fn main() {
         })
         .expect("mosquitto listens");
         let (manager, agent, fsink, fecho) =
-            start_pair(&dir, "mosquitto", Some(port.addr()), sink, echo);
+            start_pair(&dir, "mosquitto", Some(port.addr()), None, sink, echo);
         let mut row = rt.block_on(measure("tunnel, mosquitto", fsink, fecho, &args));
         row.peak = peak_kib(manager.pid()).zip(peak_kib(agent.pid()));
         rows.push(row);
