@@ -376,6 +376,8 @@ impl Whep {
             this.sessions().remove(&id);
             tracing::info!(agent = %this.inner.agent, %stream, session = %id, end = end.as_str(),
                 frames = got.frames, audio_packets = got.audio_packets, keyframe_requests = got.keyframe_requests,
+                video_reordered = got.video_packets.reordered, video_lost = got.video_packets.lost,
+                video_late = got.video_packets.late,
                 secs = started.elapsed().as_secs(), "WHIP publisher ended");
         });
         Ok(OfferResult {

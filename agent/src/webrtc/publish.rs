@@ -6,8 +6,10 @@
 //! The hub slot is taken before the answer: a stream that has a publisher (RTMP or WHIP)
 //! refuses a second one at once. The session ends on DELETE, when ICE fails, when no media
 //! arrives for [`SILENCE`], or when the connection never comes up; the stream ends with it.
-//! A lost or damaged access unit, or a start without a keyframe, sends a PLI (at most every
-//! [`PLI_INTERVAL`]); webrtc's NACK generator asks for lost packets first.
+//! Lost video packets are asked for again by webrtc's NACK generator; a reorder buffer holds
+//! what follows a gap for up to [`REORDER_WAIT_MS`], so a retransmission repairs the access
+//! unit. A gap that outlives it, a damaged access unit, or a start without a keyframe sends a
+//! PLI (at most every [`PLI_INTERVAL`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use verge_media::hub::Publisher;
 use verge_media::rtp::h264::{AccessUnit, DEFAULT_MAX_ACCESS_UNIT, H264Depacketizer};
+use verge_media::rtp::reorder::{ReorderBuffer, ReorderStats};
 use verge_media::rtp::to_flv::{RtpToFlv, VideoOutcome};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
@@ -27,6 +30,11 @@ use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 pub const SILENCE: Duration = Duration::from_secs(10);
 /// Keyframe requests at most this often.
 const PLI_INTERVAL: Duration = Duration::from_millis(500);
+/// How long video packets after a gap wait for the missing one: a NACK goes out within about
+/// 100 ms (webrtc's generator interval) and the retransmission takes a round trip more.
+const REORDER_WAIT_MS: u64 = 200;
+/// Most video packets held behind a gap (about 600 KB).
+const REORDER_CAPACITY: usize = 512;
 /// Media handed from the tracks' tasks to the session task; a full queue drops (the publisher
 /// cannot be slowed, and the next keyframe repairs the picture).
 const MEDIA_QUEUE: usize = 512;
@@ -92,9 +100,10 @@ impl End {
 pub struct Received {
     pub frames: u64,
     pub audio_packets: u64,
-    /// Access units lost or damaged on the way.
-    pub lost: u64,
     pub keyframe_requests: u64,
+    /// What the video's reorder buffer did: packets put back in place (retransmissions
+    /// among them), and packets given up on.
+    pub video_packets: ReorderStats,
 }
 
 /// Runs a publisher's session until it ends; always closes the connection (and drops
@@ -124,6 +133,7 @@ pub async fn run(
             let (media_tx, mut media) = mpsc::channel(MEDIA_QUEUE);
             let stop = closed.child_token();
             let (keyframe_tx, keyframe_rx) = watch::channel(0u64);
+            let reorder_stats = Arc::new(std::sync::Mutex::new(ReorderStats::default()));
             let started = tokio::time::Instant::now();
             let mut convert = RtpToFlv::new();
             let mut frames = Vec::new();
@@ -139,7 +149,8 @@ pub async fn run(
                         if lost { break End::ConnectionLost }
                     }
                     Some(track) = tracks.recv() => {
-                        tokio::spawn(read_track(track, media_tx.clone(), keyframe_rx.clone(), stop.clone()));
+                        tokio::spawn(read_track(track, media_tx.clone(), keyframe_rx.clone(),
+                            reorder_stats.clone(), stop.clone()));
                     }
                     _ = tokio::time::sleep_until(silent_at) => break End::Silent,
                     next = media.recv() => {
@@ -169,6 +180,7 @@ pub async fn run(
             };
             stop.cancel();
             received.keyframe_requests = wanted_keyframes;
+            received.video_packets = *reorder_stats.lock().unwrap_or_else(|p| p.into_inner());
             end
         }
     };
@@ -183,11 +195,16 @@ async fn read_track(
     track: Arc<dyn TrackRemote>,
     media: mpsc::Sender<Media>,
     mut keyframes: watch::Receiver<u64>,
+    stats: Arc<std::sync::Mutex<ReorderStats>>,
     stop: CancellationToken,
 ) {
     let video = track.kind().await == RtpCodecKind::Video;
     let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
     let mut depacketizer = H264Depacketizer::new(DEFAULT_MAX_ACCESS_UNIT);
+    let mut reorder = ReorderBuffer::new(REORDER_WAIT_MS, REORDER_CAPACITY);
+    let mut in_order = Vec::new();
+    let started = tokio::time::Instant::now();
+    let now_ms = || started.elapsed().as_millis() as u64;
     let mut last_pli: Option<tokio::time::Instant> = None;
     // The first picture needs a keyframe: ask at once rather than wait for the encoder's GOP.
     let mut want_keyframe = video;
@@ -203,6 +220,9 @@ async fn read_track(
             last_pli = Some(tokio::time::Instant::now());
             want_keyframe = false;
         }
+        let gap_deadline = reorder
+            .deadline()
+            .map(|ms| started + Duration::from_millis(ms));
         let event = tokio::select! {
             _ = stop.cancelled() => return,
             changed = keyframes.changed(), if video => {
@@ -212,33 +232,52 @@ async fn read_track(
             }
             // Wake up to send a PLI that was held back by the interval.
             _ = tokio::time::sleep(PLI_INTERVAL), if want_keyframe => continue,
-            event = track.poll() => event,
-        };
-        let Some(event) = event else { return };
-        let TrackRemoteEvent::OnRtpPacket(packet) = event else {
-            continue;
-        };
-        let item = if video {
-            let Ok(raw) = packet.marshal() else { continue };
-            let before = depacketizer.dropped();
-            let unit = depacketizer.push(&raw);
-            if depacketizer.dropped() > before {
-                want_keyframe = true;
+            // A gap waited long enough: what is behind it goes on without it.
+            _ = sleep_until(gap_deadline), if gap_deadline.is_some() => {
+                reorder.expire(now_ms(), &mut in_order);
+                None
             }
-            match unit {
-                Ok(Some(au)) => Media::Video(au),
-                _ => continue,
-            }
-        } else {
-            Media::Audio {
-                timestamp: packet.header.timestamp,
-                payload: packet.payload,
-            }
+            event = track.poll() => match event {
+                None => return,
+                Some(TrackRemoteEvent::OnRtpPacket(packet)) if video => {
+                    reorder.push(packet.header.sequence_number, packet, now_ms(), &mut in_order);
+                    None
+                }
+                Some(TrackRemoteEvent::OnRtpPacket(packet)) => Some(Media::Audio {
+                    timestamp: packet.header.timestamp,
+                    payload: packet.payload,
+                }),
+                Some(_) => continue,
+            },
         };
-        // Full: the session task is behind; dropping is what a live stream can do.
-        if media.try_send(item).is_err() && media.is_closed() {
-            return;
+        let mut items: Vec<Media> = event.into_iter().collect();
+        if video {
+            *stats.lock().unwrap_or_else(|p| p.into_inner()) = reorder.stats();
+            for packet in in_order.drain(..) {
+                let Ok(raw) = packet.marshal() else { continue };
+                let before = depacketizer.dropped();
+                let unit = depacketizer.push(&raw);
+                if depacketizer.dropped() > before {
+                    want_keyframe = true;
+                }
+                if let Ok(Some(au)) = unit {
+                    items.push(Media::Video(au));
+                }
+            }
         }
+        for item in items {
+            // Full: the session task is behind; dropping is what a live stream can do.
+            if media.try_send(item).is_err() && media.is_closed() {
+                return;
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -5,9 +5,12 @@
 //! - [`h264`]: H.264 (RFC 6184, packetization mode 1): [`h264::H264Packetizer`] turns FLV video
 //!   frames into RTP packets, [`h264::H264Depacketizer`] turns RTP packets into Annex-B access
 //!   units.
+//! - [`reorder`]: a received stream back in sequence order, waiting a bounded time for a
+//!   retransmission to fill a gap.
 //! - [`decode_order`]: RTP timestamps for H.264 with B-frames sent to a decoder that returns
 //!   one picture per access unit (WebRTC in Chromium).
 
 pub mod decode_order;
 pub mod h264;
+pub mod reorder;
 pub mod to_flv;
