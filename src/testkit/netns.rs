@@ -146,83 +146,28 @@ impl Home {
         router.run(&["ip", "addr", "add", &format!("{lan}.1/24"), "dev", "lan"]);
         router.run(&["ip", "link", "set", "lan", "up"]);
         router.run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-        router.run(&["nft", "add", "table", "ip", "nat"]);
-        router.run(&[
-            "nft",
-            "add",
-            "chain",
-            "ip",
-            "nat",
-            "post",
-            "{ type nat hook postrouting priority 100 ; }",
-        ]);
-        let mut masquerade = vec![
-            "nft",
-            "add",
-            "rule",
-            "ip",
-            "nat",
-            "post",
-            "oifname",
-            "wan",
-            "masquerade",
-        ];
-        if nat == Nat::Symmetric {
-            masquerade.push("random");
-        }
-        router.run(&masquerade);
-        // Only answers come in: what the LAN did not start is dropped.
-        router.run(&["nft", "add", "table", "ip", "filter"]);
-        router.run(&[
-            "nft",
-            "add",
-            "chain",
-            "ip",
-            "filter",
-            "inbound",
-            "{ type filter hook forward priority 0 ; policy drop ; }",
-        ]);
-        router.run(&[
-            "nft", "add", "rule", "ip", "filter", "inbound", "iifname", "lan", "accept",
-        ]);
-        router.run(&[
-            "nft",
-            "add",
-            "rule",
-            "ip",
-            "filter",
-            "inbound",
-            "ct",
-            "state",
-            "established,related",
-            "accept",
-        ]);
-        // Nor does anything new reach the router itself, as on a home router: an unsolicited
-        // packet accepted here would leave a connection-tracking entry behind that makes the
+        // Out through the masquerade; in, only answers to what the LAN started. Nor does
+        // anything new reach the router itself, as on a home router: an unsolicited packet
+        // accepted there would leave a connection-tracking entry behind that makes the
         // masquerade give a later outgoing flow to the same peer another port.
-        router.run(&[
-            "nft",
-            "add",
-            "chain",
-            "ip",
-            "filter",
-            "to_router",
-            "{ type filter hook input priority 0 ; policy accept ; }",
-        ]);
-        router.run(&[
-            "nft",
-            "add",
-            "rule",
-            "ip",
-            "filter",
-            "to_router",
-            "iifname",
-            "wan",
-            "ct",
-            "state",
-            "new",
-            "drop",
-        ]);
+        let random = if nat == Nat::Symmetric { "random" } else { "" };
+        let rules = format!(
+            "table ip nat {{
+               chain post {{ type nat hook postrouting priority 100 ; oifname \"wan\" masquerade {random} ; }}
+             }}
+             table ip filter {{
+               chain inbound {{
+                 type filter hook forward priority 0 ; policy drop ;
+                 iifname \"lan\" accept
+                 ct state established,related accept
+               }}
+               chain to_router {{
+                 type filter hook input priority 0 ; policy accept ;
+                 iifname \"wan\" ct state new drop
+               }}
+             }}"
+        );
+        router.run(&["sh", "-c", "printf '%s\\n' \"$0\" | nft -f -", &rules]);
         let host_ip = format!("{lan}.2");
         host.run(&["ip", "addr", "add", &format!("{host_ip}/24"), "dev", "eth0"]);
         host.run(&["ip", "link", "set", "eth0", "up"]);
