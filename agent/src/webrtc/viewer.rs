@@ -7,6 +7,10 @@
 //! its picture asks for a keyframe (PLI/FIR); it is answered at once from the same cache,
 //! with RTP timestamps that keep running forward, rather than after up to a GOP of frozen
 //! video.
+//!
+//! A stream with B-frames is sent so that the browser's decoder reorders them (the
+//! packetizer keeps the stream's SPS for it) and stamped with the presentation times of the
+//! pictures that decoder outputs (`verge_media::rtp::decode_order`); see docs/architecture.md.
 
 use std::time::Duration;
 
@@ -353,8 +357,8 @@ impl Outbound {
 
     /// Starts over from a fresh hub reader (which begins with the sequence header and the
     /// cached GOP): sequence numbers continue, and timestamps continue just past the last
-    /// frame sent, so the receiver takes the resent frames as new ones.
-    /// A decoder that reorders is primed again: whatever it held is not what comes next.
+    /// frame sent, so the receiver takes the resent frames as new ones. A decoder that
+    /// reorders is primed again: what it held is not what comes next.
     fn resync(&mut self, peer: &Peer) {
         let sequence = self.packetizer.sequence();
         let base = self

@@ -141,6 +141,8 @@ impl<'a> Cursor<'a> {
 /// What a sequence parameter set says about the picture.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpsInfo {
+    /// `seq_parameter_set_id` (0–31): what PPSs name it by.
+    pub sps_id: u32,
     pub profile_idc: u8,
     pub level_idc: u8,
     /// Displayed width in pixels, after frame cropping.
@@ -356,6 +358,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, CodecError> {
     };
 
     Ok(SpsInfo {
+        sps_id,
         profile_idc,
         level_idc,
         width,
@@ -623,10 +626,7 @@ mod tests {
                 (sps.profile_idc, sps.width, sps.height, sps.fps),
                 (66, even(width), even(height), None)
             );
-            let rbsp = strip_emulation_prevention(&nal[1..]);
-            let mut r = BitReader::new(&rbsp, "test");
-            r.skip_bits(24).unwrap();
-            assert_eq!(r.read_ue().unwrap(), id);
+            assert_eq!(sps.sps_id, id);
         }
     }
 
