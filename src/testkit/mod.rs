@@ -139,7 +139,12 @@ impl TempDir {
 }
 
 impl Drop for TempDir {
+    /// Removed, unless `VERGE_TEST_KEEP` is set (to read the logs of a failing test).
     fn drop(&mut self) {
+        if std::env::var_os("VERGE_TEST_KEEP").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
