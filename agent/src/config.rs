@@ -227,9 +227,9 @@ pub struct WebrtcConfig {
     pub disconnected_secs: u64,
     /// …and this much longer, `failed`: the viewer is closed.
     pub failed_secs: u64,
-    /// What WebRTC viewers get of a stream with B-frames: `drop` (the I and P frames, which
-    /// Chromium plays smoothly at a fraction of the frame rate) or `send` (every frame, of which
-    /// Chromium decodes about one in seven, with freezes).
+    /// What WebRTC viewers get of a stream with B-frames: `send` (every frame, which browsers
+    /// decode and show in order, at the cost of the decoder's reorder delay) or `drop` (the I
+    /// and P frames only: a fraction of the frame rate, no added delay).
     pub b_frames: BFrames,
     /// What WebRTC viewers hear: `opus` (the stream's AAC-LC transcoded once per stream while
     /// someone watches) or `off` (video only).
