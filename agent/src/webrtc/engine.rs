@@ -258,3 +258,32 @@ pub async fn build(
 pub fn h264_codec_for_track() -> RTCRtpCodec {
     h264_codec(H264_FORMATS[0].0)
 }
+
+/// Why a connection did not come up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotConnected {
+    /// Not connected within the timeout.
+    Timeout,
+    /// ICE or DTLS failed, or the connection closed.
+    Lost,
+}
+
+/// Waits at most `timeout` for `state` to reach `Connected`.
+pub async fn connected(
+    state: &mut watch::Receiver<RTCPeerConnectionState>,
+    timeout: Duration,
+) -> Result<(), NotConnected> {
+    let settled = state.wait_for(|s| {
+        matches!(
+            s,
+            RTCPeerConnectionState::Connected
+                | RTCPeerConnectionState::Failed
+                | RTCPeerConnectionState::Closed
+        )
+    });
+    match tokio::time::timeout(timeout, settled).await {
+        Err(_) => Err(NotConnected::Timeout),
+        Ok(Ok(s)) if *s == RTCPeerConnectionState::Connected => Ok(()),
+        Ok(_) => Err(NotConnected::Lost),
+    }
+}

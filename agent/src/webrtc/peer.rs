@@ -156,20 +156,7 @@ pub async fn answer(
             .find(|c| engine::is_sendable_h264(&c.rtp_codec))
             .map(|c| c.payload_type)
             .ok_or(AnswerError::NoH264)?;
-        let answer = pc
-            .create_answer(None)
-            .await
-            .map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
-        pc.set_local_description(answer)
-            .await
-            .map_err(|e| AnswerError::Internal(one_line(&e)))?;
-        // After a timeout the description still holds the candidates gathered so far.
-        let _ = tokio::time::timeout(gather_timeout, gathered.wait_for(|done| *done)).await;
-        let sdp = pc
-            .local_description()
-            .await
-            .ok_or_else(|| AnswerError::Internal("no local description".into()))?
-            .sdp;
+        let sdp = answer_gathered(&pc, &mut gathered, gather_timeout).await?;
         Ok((sdp, payload_type, audio_payload_type))
     }
     .await;
@@ -199,6 +186,27 @@ pub async fn answer(
             Err(e)
         }
     }
+}
+
+/// Creates and sets the answer to the remote offer already set, and returns it with the
+/// candidates gathered within `gather_timeout` (non-trickle; after the timeout, those so far).
+async fn answer_gathered(
+    pc: &Arc<dyn PeerConnection>,
+    gathered: &mut watch::Receiver<bool>,
+    gather_timeout: Duration,
+) -> Result<String, AnswerError> {
+    let answer = pc
+        .create_answer(None)
+        .await
+        .map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
+    pc.set_local_description(answer)
+        .await
+        .map_err(|e| AnswerError::Internal(one_line(&e)))?;
+    let _ = tokio::time::timeout(gather_timeout, gathered.wait_for(|done| *done)).await;
+    pc.local_description()
+        .await
+        .map(|d| d.sdp)
+        .ok_or_else(|| AnswerError::Internal("no local description".into()))
 }
 
 /// webrtc's errors can carry multi-line dumps; a reason sent to a client is one short line.
@@ -250,18 +258,7 @@ pub async fn answer_publisher(
         pc.set_remote_description(offer)
             .await
             .map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
-        let answer = pc
-            .create_answer(None)
-            .await
-            .map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
-        pc.set_local_description(answer)
-            .await
-            .map_err(|e| AnswerError::Internal(one_line(&e)))?;
-        let _ = tokio::time::timeout(gather_timeout, gathered.wait_for(|done| *done)).await;
-        pc.local_description()
-            .await
-            .map(|d| d.sdp)
-            .ok_or_else(|| AnswerError::Internal("no local description".into()))
+        answer_gathered(&pc, &mut gathered, gather_timeout).await
     }
     .await;
     match negotiated {

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::engine::NotConnected;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::shared::marshal::Marshal;
@@ -119,13 +120,10 @@ pub async fn run(
     let mut received = Received::default();
     let up = tokio::select! {
         _ = closed.cancelled() => Err(End::Closed),
-        r = tokio::time::timeout(connect_timeout, state.wait_for(|s| matches!(s,
-            RTCPeerConnectionState::Connected | RTCPeerConnectionState::Failed
-            | RTCPeerConnectionState::Closed))) => match r {
-            Err(_) => Err(End::ConnectTimeout),
-            Ok(Ok(s)) if *s == RTCPeerConnectionState::Connected => Ok(()),
-            Ok(_) => Err(End::ConnectionLost),
-        },
+        r = super::engine::connected(&mut state, connect_timeout) => r.map_err(|e| match e {
+            NotConnected::Timeout => End::ConnectTimeout,
+            NotConnected::Lost => End::ConnectionLost,
+        }),
     };
     let end = match up {
         Err(end) => end,

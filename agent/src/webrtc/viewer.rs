@@ -26,7 +26,7 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::RTCPeerConnectionState;
 
 use super::audio::{AudioFeed, OpusPacket};
-use super::engine::RTP_MTU;
+use super::engine::{NotConnected, RTP_MTU};
 use super::keyframe::is_keyframe_request;
 use super::payloads::SharedPayloads;
 use super::peer::{AudioOut, Peer};
@@ -159,13 +159,10 @@ pub async fn run(
     let mut sent = Sent::default();
     let up = tokio::select! {
         _ = &mut closed => Err(End::Closed),
-        r = tokio::time::timeout(connect_timeout, state.wait_for(|s| matches!(s,
-            RTCPeerConnectionState::Connected | RTCPeerConnectionState::Failed
-            | RTCPeerConnectionState::Closed))) => match r {
-            Err(_) => Err(End::ConnectTimeout),
-            Ok(Ok(s)) if *s == RTCPeerConnectionState::Connected => Ok(()),
-            Ok(_) => Err(End::ConnectionLost),
-        },
+        r = super::engine::connected(&mut state, connect_timeout) => r.map_err(|e| match e {
+            NotConnected::Timeout => End::ConnectTimeout,
+            NotConnected::Lost => End::ConnectionLost,
+        }),
     };
     let end = match up {
         Err(end) => end,

@@ -163,14 +163,26 @@ async fn offer_for(
 ) -> Result<Response, ApiError> {
     let stream = check_offer(headers, app_name, name, &sdp)?;
     let agent = super::streams::locate(app, &stream)?;
+    offer_to_agent(app, &agent, whep::METHOD_OFFER, stream, sdp).await
+}
+
+/// Carries an offer (WHEP or WHIP, by `method`) to `agent` and answers the client with 201,
+/// the session's `Location` and the ICE servers.
+pub(super) async fn offer_to_agent(
+    app: &AppState,
+    agent: &str,
+    method: &str,
+    stream: String,
+    sdp: String,
+) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    // The viewer and the agent get the same servers: with TURN credentials of this session,
+    // The client and the agent get the same servers: with TURN credentials of this session,
     // a box behind a symmetric NAT relays too.
     let servers = session_ice(app).await;
     let answer: OfferResult = call(
         app,
-        &agent,
-        whep::METHOD_OFFER,
+        agent,
+        method,
         OfferParams {
             stream: stream.clone(),
             sdp,
@@ -178,10 +190,14 @@ async fn offer_for(
         },
     )
     .await?;
-    check_session(&agent, &answer)?;
+    check_session(agent, &answer)?;
+    let (location, kind) = if method == whep::METHOD_WHIP_OFFER {
+        (whep::whip_location(&stream, &answer.session), "WHIP")
+    } else {
+        (whep::location(&stream, &answer.session), "WHEP")
+    };
     tracing::info!(%agent, %stream, session = %answer.session,
-        signaling_ms = started.elapsed().as_millis() as u64, "WHEP session created");
-    let location = whep::location(&stream, &answer.session);
+        signaling_ms = started.elapsed().as_millis() as u64, "{kind} session created");
     Ok(created(app, &location, answer, servers))
 }
 

@@ -11,11 +11,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
-use verge_protocol::whep::{self, OfferParams, OfferResult};
+use verge_protocol::whep;
 
 use super::AppState;
 use super::error::ApiError;
-use super::whep::{call, check_offer, check_session, created, respond, session_ice};
+use super::whep::{check_offer, offer_to_agent, respond};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Target {
@@ -116,22 +116,5 @@ async fn offer_for(
 ) -> Result<Response, ApiError> {
     let stream = check_offer(headers, app_name, name, &sdp)?;
     let agent = choose_agent(app, app_name, name, target.agent)?;
-    let started = std::time::Instant::now();
-    let servers = session_ice(app).await;
-    let answer: OfferResult = call(
-        app,
-        &agent,
-        whep::METHOD_WHIP_OFFER,
-        OfferParams {
-            stream: stream.clone(),
-            sdp,
-            ice_servers: servers.clone(),
-        },
-    )
-    .await?;
-    check_session(&agent, &answer)?;
-    tracing::info!(%agent, %stream, session = %answer.session,
-        signaling_ms = started.elapsed().as_millis() as u64, "WHIP session created");
-    let location = whep::whip_location(&stream, &answer.session);
-    Ok(created(app, &location, answer, servers))
+    offer_to_agent(app, &agent, whep::METHOD_WHIP_OFFER, stream, sdp).await
 }
