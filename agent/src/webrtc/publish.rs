@@ -96,6 +96,15 @@ impl End {
     }
 }
 
+impl From<NotConnected> for End {
+    fn from(e: NotConnected) -> Self {
+        match e {
+            NotConnected::Timeout => End::ConnectTimeout,
+            NotConnected::Lost => End::ConnectionLost,
+        }
+    }
+}
+
 /// What a publisher's session received.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Received {
@@ -120,10 +129,7 @@ pub async fn run(
     let mut received = Received::default();
     let up = tokio::select! {
         _ = closed.cancelled() => Err(End::Closed),
-        r = super::engine::connected(&mut state, connect_timeout) => r.map_err(|e| match e {
-            NotConnected::Timeout => End::ConnectTimeout,
-            NotConnected::Lost => End::ConnectionLost,
-        }),
+        r = super::engine::connected(&mut state, connect_timeout) => r.map_err(End::from),
     };
     let end = match up {
         Err(end) => end,

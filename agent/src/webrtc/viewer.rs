@@ -56,6 +56,15 @@ impl End {
     }
 }
 
+impl From<NotConnected> for End {
+    fn from(e: NotConnected) -> Self {
+        match e {
+            NotConnected::Timeout => End::ConnectTimeout,
+            NotConnected::Lost => End::ConnectionLost,
+        }
+    }
+}
+
 /// Keyframe requests closer together than this are answered once: a viewer repeats its PLI
 /// until a keyframe arrives, and each answer resends a whole GOP.
 const MIN_RESYNC_INTERVAL: Duration = Duration::from_millis(500);
@@ -159,10 +168,7 @@ pub async fn run(
     let mut sent = Sent::default();
     let up = tokio::select! {
         _ = &mut closed => Err(End::Closed),
-        r = super::engine::connected(&mut state, connect_timeout) => r.map_err(|e| match e {
-            NotConnected::Timeout => End::ConnectTimeout,
-            NotConnected::Lost => End::ConnectionLost,
-        }),
+        r = super::engine::connected(&mut state, connect_timeout) => r.map_err(End::from),
     };
     let end = match up {
         Err(end) => end,
