@@ -400,10 +400,12 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
     // network namespace): the agent NACKs, holds what follows a gap for the retransmission,
     // and asks for a keyframe only when that fails; the viewer keeps playing at the rate it
     // had without loss.
+    // The port of the pair the publisher's (bundled) transport sends on.
     let port = publisher.eval(
         "pc.getStats().then((r) => { let port = 0; r.forEach((s) => { \
-           if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') \
-             port = r.get(s.localCandidateId).port; }); return port; })",
+           if (s.type === 'transport' && s.selectedCandidatePairId) \
+             port = r.get(r.get(s.selectedCandidatePairId).localCandidateId).port; }); \
+           return port; })",
     );
     let port = port
         .as_u64()
@@ -434,12 +436,24 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
     let port = port.to_string();
     nft(&[
         "add", "rule", "ip", "loss", "out", "udp", "sport", &port, "numgen", "random", "mod",
-        "100", "<", "10", "drop",
+        "100", "<", "10", "counter", "drop",
     ]);
     let lossy = viewer_stats(&mut viewer);
     std::thread::sleep(Duration::from_secs(6));
     let after = viewer_stats(&mut viewer);
+    let rules = std::process::Command::new("nft")
+        .args(["list", "table", "ip", "loss"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     nft(&["delete", "table", "ip", "loss"]);
+    let dropped: u64 = rules
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped > 0, "the loss rule dropped nothing:\n{rules}");
     let rate = |from: &str, to: &str| {
         let delta = |key: &str| stat(to, key).unwrap_or(0) - stat(from, key).unwrap_or(0);
         let secs = delta("statsAtMs") as f64 / 1000.0;
@@ -452,8 +466,8 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
     let (clean_fps, _, _) = rate(&clean, &lossy);
     let (lossy_fps, freezes, frozen_ms) = rate(&lossy, &after);
     println!(
-        "10 % loss on the way in: the viewer decoded {lossy_fps:.1} frames/s (without loss \
-         {clean_fps:.1}), freezes {freezes} ({frozen_ms} ms)"
+        "10 % loss on the way in ({dropped} packets dropped): the viewer decoded \
+         {lossy_fps:.1} frames/s (without loss {clean_fps:.1}), freezes {freezes} ({frozen_ms} ms)"
     );
     assert!(
         lossy_fps >= clean_fps * 0.8,
