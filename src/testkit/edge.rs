@@ -137,6 +137,7 @@ impl Edge {
             "agent did not come online:\n{}",
             agent.log_text()
         );
+        wait_for_database(manager_http);
         Self {
             dir,
             manager_http,
@@ -173,6 +174,7 @@ impl Edge {
         self.manager = manager;
         self.manager_http = listener(&listeners, "http");
         self.manager_listeners = listeners;
+        wait_for_database(self.manager_http);
     }
 
     /// ffmpeg publishing a synthetic H.264 + AAC stream (`size` e.g. `640x360`, `fps`, a
@@ -233,6 +235,15 @@ impl Edge {
         .json();
         streams.as_array()?.iter().find(|s| s["id"] == id).cloned()
     }
+}
+
+/// The index's database connects and migrates after the manager is up, and its endpoints
+/// answer 503 until then: tests go on once it is ready (or down, for those that want that).
+fn wait_for_database(manager_http: SocketAddr) {
+    wait_for(READY_TIMEOUT, || {
+        let health = get(manager_http, "/api/health").ok()?.json();
+        (health["database"] != "starting").then_some(())
+    });
 }
 
 /// `path` with `?token=` when the manager wants one.

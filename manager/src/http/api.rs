@@ -171,6 +171,9 @@ pub struct Health {
     pub accounts: bool,
     /// The RTMP router's port, when it runs (publishers use `rtmp://{this host}:{port}/…`).
     pub rtmp_router_port: Option<u16>,
+    /// The recording index's database: `ready`, `starting` (connecting or migrating; its
+    /// endpoints answer 503 meanwhile) or `down: {why}`.
+    pub database: String,
 }
 
 pub async fn health(State(app): State<AppState>) -> Json<Health> {
@@ -185,5 +188,10 @@ pub async fn health(State(app): State<AppState>) -> Json<Health> {
         auth: app.auth.enabled(),
         accounts: app.auth.has_accounts(),
         rtmp_router_port: app.rtmp_router.map(|a| a.port()),
+        database: match app.index.readiness() {
+            crate::index::Readiness::Ready => "ready".into(),
+            crate::index::Readiness::Starting => "starting".into(),
+            crate::index::Readiness::Down(why) => format!("down: {why}"),
+        },
     })
 }
