@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example tunnel_bench -- [--mib 256] [--streams 8] [--round-trips 2000]
-//!     [--agent-segment-kib 256]
+//!     [--agent-segment-kib 256] [--worker-threads N]
 //! ```
 //!
 //! For each path (direct TCP; the tunnel through the manager's embedded rumqttd; the tunnel
@@ -13,6 +13,9 @@
 //! - **parallel**: `--streams` connections sharing `--mib` MiB at once;
 //! - **round trip**: 64 bytes to an echo and back, `--round-trips` times: p50 and p99;
 //! - the peak resident memory (VmHWM) of the manager and the agent after the run.
+//!
+//! `--worker-threads` sets `[runtime] worker_threads` of both the manager and the agent (their
+//! default: one per core).
 //!
 //! Sealing (ChaCha20-Poly1305) is always on. The targets run in this process.
 
@@ -152,7 +155,12 @@ struct Args {
     /// The embedded broker's `agent_segment_size` in KiB (its default otherwise): what bounds
     /// the bytes in flight towards an agent.
     agent_segment_kib: Option<u64>,
+    /// `[runtime] worker_threads` of the manager and the agent (their default otherwise).
+    worker_threads: Option<usize>,
 }
+
+const USAGE: &str = "tunnel_bench [--mib 256] [--streams 8] [--round-trips 2000] \
+                     [--agent-segment-kib 256] [--worker-threads N]";
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -160,9 +168,14 @@ fn parse_args() -> Args {
         streams: 8,
         round_trips: 2000,
         agent_segment_kib: None,
+        worker_threads: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
         let value = it.next().unwrap_or_default();
         match flag.as_str() {
             "--mib" => args.mib = value.parse().expect("--mib N"),
@@ -171,7 +184,13 @@ fn parse_args() -> Args {
             "--agent-segment-kib" => {
                 args.agent_segment_kib = Some(value.parse().expect("--agent-segment-kib N"))
             }
-            other => panic!("unknown option {other}"),
+            "--worker-threads" => {
+                args.worker_threads = Some(value.parse().expect("--worker-threads N"))
+            }
+            other => {
+                eprintln!("unknown option {other}\n{USAGE}");
+                std::process::exit(2);
+            }
         }
     }
     args
@@ -223,15 +242,19 @@ fn start_pair(
     dir: &TempDir,
     label: &str,
     broker: Option<SocketAddr>,
-    agent_segment_kib: Option<u64>,
+    args: &Args,
     sink: SocketAddr,
     echo: SocketAddr,
 ) -> (Proc, Proc, SocketAddr, SocketAddr) {
+    let runtime_toml = args
+        .worker_threads
+        .map(|n| format!("[runtime]\nworker_threads = {n}\n"))
+        .unwrap_or_default();
     let broker_toml = match broker {
         Some(addr) => format!("[mqtt]\nurl = \"mqtt://{addr}\"\n"),
         None => format!(
             "[broker]\nlisten = \"{ANY_PORT}\"\n{}",
-            agent_segment_kib
+            args.agent_segment_kib
                 .map(|kib| format!("agent_segment_size = {}\n", kib * 1024))
                 .unwrap_or_default()
         ),
@@ -239,7 +262,7 @@ fn start_pair(
     let manager_cfg = dir.write(
         &format!("{label}-manager.toml"),
         &format!(
-            "[http]\nlisten = \"{ANY_PORT}\"\n{broker_toml}[keys]\nfile = \"{}\"\n\
+            "{runtime_toml}[http]\nlisten = \"{ANY_PORT}\"\n{broker_toml}[keys]\nfile = \"{}\"\n\
              [[agents]]\nid = \"edge-1\"\nsecret = \"bench-secret\"\n\
              [[tunnel.forward]]\nlisten = \"{ANY_PORT}\"\nagent = \"edge-1\"\ntarget = \"{sink}\"\n\
              [[tunnel.forward]]\nlisten = \"{ANY_PORT}\"\nagent = \"edge-1\"\ntarget = \"{echo}\"\n",
@@ -259,7 +282,7 @@ fn start_pair(
         &format!(
             "id = \"edge-1\"\nsecret = \"bench-secret\"\n[mqtt]\nurl = \"mqtt://{mqtt}\"\n\
              [rtmp]\nlisten = \"{ANY_PORT}\"\n[http]\nlisten = \"{ANY_PORT}\"\n[hls]\nlisten = \"{ANY_PORT}\"\n\
-             [tunnel]\nallow = [\"{sink}\", \"{echo}\"]\n"
+             [tunnel]\nallow = [\"{sink}\", \"{echo}\"]\n{runtime_toml}"
         ),
     );
     let (agent, _) = Proc::spawn_ready_with_env(
@@ -294,8 +317,7 @@ fn main() {
     let dir = TempDir::new("tunnel-bench");
     let mut rows = vec![rt.block_on(measure("direct TCP", sink, echo, &args))];
 
-    let (manager, agent, fsink, fecho) =
-        start_pair(&dir, "embedded", None, args.agent_segment_kib, sink, echo);
+    let (manager, agent, fsink, fecho) = start_pair(&dir, "embedded", None, &args, sink, echo);
     let mut row = rt.block_on(measure("tunnel, embedded rumqttd", fsink, fecho, &args));
     row.peak = peak_kib(manager.pid()).zip(peak_kib(agent.pid()));
     rows.push(row);
@@ -323,7 +345,7 @@ fn main() {
         })
         .expect("mosquitto listens");
         let (manager, agent, fsink, fecho) =
-            start_pair(&dir, "mosquitto", Some(port.addr()), None, sink, echo);
+            start_pair(&dir, "mosquitto", Some(port.addr()), &args, sink, echo);
         let mut row = rt.block_on(measure("tunnel, mosquitto", fsink, fecho, &args));
         row.peak = peak_kib(manager.pid()).zip(peak_kib(agent.pid()));
         rows.push(row);
@@ -331,8 +353,13 @@ fn main() {
 
     let direct = rows[0].one.as_ref().ok().copied();
     println!(
-        "\n{} MiB one stream, {} streams in parallel, {} round trips of 64 bytes; sealing on\n",
-        args.mib, args.streams, args.round_trips
+        "\n{} MiB one stream, {} streams in parallel, {} round trips of 64 bytes; sealing on; \
+         worker threads of the manager and the agent: {}\n",
+        args.mib,
+        args.streams,
+        args.round_trips,
+        args.worker_threads
+            .map_or("one per core".to_string(), |n| n.to_string())
     );
     println!(
         "| path | one stream MB/s | × direct | {} streams MB/s | RTT p50 µs | RTT p99 µs | peak RSS manager / agent MiB |",

@@ -109,7 +109,7 @@ fn up(args: &[String]) -> ExitCode {
     verge_mqtt::process::init_tracing(
         "warn,verge_manager=info,verge_agent=info,rumqttd::router=off,rtc_ice=error",
     );
-    let runtime = match verge_mqtt::process::runtime("verge up") {
+    let runtime = match verge_mqtt::process::runtime("verge up", &Default::default()) {
         Ok(rt) => rt,
         Err(code) => return code,
     };

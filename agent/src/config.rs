@@ -33,6 +33,8 @@ pub struct AgentConfig {
     pub hls: HlsConfig,
     #[serde(default)]
     pub record: RecordConfig,
+    #[serde(default)]
+    pub runtime: verge_mqtt::process::RuntimeConfig,
 }
 
 /// `[record]`: recording to fMP4 + DASH on the box.
@@ -317,6 +319,8 @@ pub enum ConfigError {
     Keepalive,
     #[error("[webrtc] udp_ips must list at least one address")]
     NoUdpIps,
+    #[error("{0}")]
+    Runtime(String),
 }
 
 impl AgentConfig {
@@ -360,6 +364,7 @@ impl AgentConfig {
             tunnel: TunnelConfig::default(),
             hls: HlsConfig::default(),
             record: RecordConfig::default(),
+            runtime: Default::default(),
         }
     }
 
@@ -379,6 +384,7 @@ impl AgentConfig {
         if self.webrtc.udp_ips.is_empty() {
             return Err(ConfigError::NoUdpIps);
         }
+        self.runtime.check().map_err(ConfigError::Runtime)?;
         Ok(())
     }
 
@@ -446,5 +452,16 @@ mod tests {
         assert!(err("id = \"a\"\nsecret = \"s\"\n[mqtt]\nurl = \"http://x\"").contains("mqtt://"));
         assert!(err("id = \"a\"\nsecret = \"s\"\n[mqtt]\nprefix = \"a/+\"").contains("prefix"));
         assert!(err("id = \"a\"\nsecret = \"s\"\ntypo = 1").contains("unknown field"));
+        assert!(
+            err("id = \"a\"\nsecret = \"s\"\n[runtime]\nworker_threads = 1000")
+                .contains("at most 256")
+        );
+    }
+
+    #[test]
+    fn the_documented_config_parses_with_the_defaults_it_states() {
+        let cfg = AgentConfig::parse(include_str!("../../conf/agent.toml")).unwrap();
+        let defaults = AgentConfig::with_defaults("edge-1", "change-me", &cfg.mqtt.url);
+        assert_eq!(format!("{cfg:?}"), format!("{defaults:?}"));
     }
 }

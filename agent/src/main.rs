@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match process::runtime("verge-agent") {
+    let runtime = match process::runtime("verge-agent", &cfg.runtime) {
         Ok(rt) => rt,
         Err(code) => return code,
     };

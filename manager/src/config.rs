@@ -25,6 +25,7 @@ pub struct ManagerConfig {
     pub rtmp: RtmpConfig,
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
+    pub runtime: verge_mqtt::process::RuntimeConfig,
     /// Sections this build does not read yet, kept to warn about them.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
@@ -328,6 +329,8 @@ pub struct EnrolledAgent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("{0}")]
+    Runtime(String),
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,
@@ -430,6 +433,7 @@ impl ManagerConfig {
         {
             return Err(ConfigError::TlsFiles);
         }
+        self.runtime.check().map_err(ConfigError::Runtime)?;
         Ok(())
     }
 
@@ -474,6 +478,16 @@ mod tests {
         assert_eq!(cfg.broker.listen.port(), 1883);
         assert!(cfg.external_broker().unwrap().is_none());
         assert!(cfg.broker.max_payload_size >= 1024 * 1024);
+    }
+
+    #[test]
+    fn the_documented_config_parses_with_the_defaults_it_states() {
+        let cfg = ManagerConfig::parse(include_str!("../../conf/manager.toml")).unwrap();
+        assert!(cfg.unknown.is_empty(), "{:?}", cfg.unknown.keys());
+        let defaults = ManagerConfig::parse("").unwrap();
+        assert_eq!(format!("{cfg:?}"), format!("{defaults:?}"));
+        let err = ManagerConfig::parse("[runtime]\nworker_threads = 257").unwrap_err();
+        assert!(err.to_string().contains("at most 256"), "{err}");
     }
 
     #[test]

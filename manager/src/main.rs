@@ -64,7 +64,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match process::runtime("verge-manager") {
+    let runtime = match process::runtime("verge-manager", &cfg.runtime) {
         Ok(rt) => rt,
         Err(code) => return code,
     };

@@ -67,15 +67,40 @@ pub fn init_tracing(default_filter: &str) {
         .init();
 }
 
-/// The multi-threaded runtime, or the exit code after saying why there is none.
-pub fn runtime(program: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("{program}: cannot start the runtime: {e}");
-            ExitCode::FAILURE
-        })
+/// `[runtime]`, the same in agent.toml and manager.toml.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Threads that run the process's tasks; 0: one per CPU core.
+    pub worker_threads: usize,
+}
+
+/// The most worker threads a config may ask for.
+pub const MAX_WORKER_THREADS: usize = 256;
+
+impl RuntimeConfig {
+    /// Why the section cannot be used, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err(format!(
+                "[runtime] worker_threads = {}: at most {MAX_WORKER_THREADS} (0: one per CPU core)",
+                self.worker_threads
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The multi-threaded runtime `cfg` asks for, or the exit code after saying why there is none.
+pub fn runtime(program: &str, cfg: &RuntimeConfig) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cfg.worker_threads > 0 {
+        builder.worker_threads(cfg.worker_threads);
+    }
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("{program}: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 /// Completes on SIGINT or SIGTERM.
