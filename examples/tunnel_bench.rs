@@ -12,6 +12,8 @@
 //!   answers with the count; throughput is bytes over the time until that answer;
 //! - **parallel**: `--streams` connections sharing `--mib` MiB at once;
 //! - **round trip**: 64 bytes to an echo and back, `--round-trips` times: p50 and p99;
+//! - the CPU time per round trip of the processes on the path (manager, agent, and mosquitto
+//!   when it is the broker), from their utime + stime;
 //! - the peak resident memory (VmHWM) of the manager and the agent after the run.
 //!
 //! `--worker-threads` sets `[runtime] worker_threads` of both the manager and the agent (their
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use verge::testkit::measure::{peak_kib, percentile};
+use verge::testkit::measure::{TICKS_PER_SEC, cpu_ticks, peak_kib, percentile};
 use verge::testkit::{ANY_PORT, Proc, TempDir, bin, listener, reserve_port, wait_for};
 
 /// The pattern every stream sends: 1 MiB of xorshift bytes, repeated.
@@ -201,10 +203,20 @@ struct Row {
     one: Result<f64, String>,
     parallel: Result<f64, String>,
     rtt: Result<(f64, f64), String>,
+    /// CPU time of the path's processes per round trip.
+    rtt_cpu_us: Option<f64>,
     peak: Option<(u64, u64)>,
 }
 
-async fn measure(path: &'static str, sink: SocketAddr, echo: SocketAddr, args: &Args) -> Row {
+/// `pids`: the processes on the path (manager, agent, broker) whose CPU time the round trips
+/// are charged.
+async fn measure(
+    path: &'static str,
+    sink: SocketAddr,
+    echo: SocketAddr,
+    args: &Args,
+    pids: &[u32],
+) -> Row {
     let total = args.mib << 20;
     let mbps = |secs: f64| total as f64 / secs / 1e6;
     let one = tokio::time::timeout(Duration::from_secs(600), push(sink, total))
@@ -224,14 +236,23 @@ async fn measure(path: &'static str, sink: SocketAddr, echo: SocketAddr, args: &
     }
     let parallel =
         parallel.map(|_| (share * args.streams) as f64 / started.elapsed().as_secs_f64() / 1e6);
+    let cpu = || pids.iter().map(|&pid| cpu_ticks(pid)).sum::<Option<u64>>();
+    let cpu_before = cpu();
     let rtt = round_trips(echo, args.round_trips)
         .await
         .map(|t| (percentile(&t, 0.5), percentile(&t, 0.99)));
+    let rtt_cpu_us = match (cpu_before, cpu()) {
+        (Some(before), Some(after)) if !pids.is_empty() && rtt.is_ok() => {
+            Some((after - before) as f64 / TICKS_PER_SEC * 1e6 / args.round_trips.max(1) as f64)
+        }
+        _ => None,
+    };
     Row {
         path,
         one,
         parallel,
         rtt,
+        rtt_cpu_us,
         peak: None,
     }
 }
@@ -315,10 +336,16 @@ fn main() {
         .unwrap();
     let (sink, echo) = rt.block_on(async { (sink_server().await, echo_server().await) });
     let dir = TempDir::new("tunnel-bench");
-    let mut rows = vec![rt.block_on(measure("direct TCP", sink, echo, &args))];
+    let mut rows = vec![rt.block_on(measure("direct TCP", sink, echo, &args, &[]))];
 
     let (manager, agent, fsink, fecho) = start_pair(&dir, "embedded", None, &args, sink, echo);
-    let mut row = rt.block_on(measure("tunnel, embedded rumqttd", fsink, fecho, &args));
+    let mut row = rt.block_on(measure(
+        "tunnel, embedded rumqttd",
+        fsink,
+        fecho,
+        &args,
+        &[manager.pid(), agent.pid()],
+    ));
     row.peak = peak_kib(manager.pid()).zip(peak_kib(agent.pid()));
     rows.push(row);
     drop((manager, agent));
@@ -334,7 +361,7 @@ fn main() {
                 port.addr().port()
             ),
         );
-        let _broker = Proc::spawn(
+        let broker = Proc::spawn(
             "mosquitto",
             mosquitto,
             &["-c", conf.to_str().unwrap()],
@@ -346,7 +373,13 @@ fn main() {
         .expect("mosquitto listens");
         let (manager, agent, fsink, fecho) =
             start_pair(&dir, "mosquitto", Some(port.addr()), &args, sink, echo);
-        let mut row = rt.block_on(measure("tunnel, mosquitto", fsink, fecho, &args));
+        let mut row = rt.block_on(measure(
+            "tunnel, mosquitto",
+            fsink,
+            fecho,
+            &args,
+            &[manager.pid(), agent.pid(), broker.pid()],
+        ));
         row.peak = peak_kib(manager.pid()).zip(peak_kib(agent.pid()));
         rows.push(row);
     }
@@ -362,10 +395,10 @@ fn main() {
             .map_or("one per core".to_string(), |n| n.to_string())
     );
     println!(
-        "| path | one stream MB/s | × direct | {} streams MB/s | RTT p50 µs | RTT p99 µs | peak RSS manager / agent MiB |",
+        "| path | one stream MB/s | × direct | {} streams MB/s | RTT p50 µs | RTT p99 µs | CPU per RTT µs | peak RSS manager / agent MiB |",
         args.streams
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let show = |r: &Result<f64, String>| match r {
         Ok(v) => format!("{v:.0}"),
         Err(e) => format!("failed: {e}"),
@@ -383,8 +416,11 @@ fn main() {
             .peak
             .map(|(m, a)| format!("{:.0} / {:.0}", m as f64 / 1024.0, a as f64 / 1024.0))
             .unwrap_or_else(|| "-".into());
+        let cpu = row
+            .rtt_cpu_us
+            .map_or_else(|| "-".to_string(), |us| format!("{us:.0}"));
         println!(
-            "| {} | {} | {ratio} | {} | {p50} | {p99} | {peak} |",
+            "| {} | {} | {ratio} | {} | {p50} | {p99} | {cpu} | {peak} |",
             row.path,
             show(&row.one),
             show(&row.parallel)
