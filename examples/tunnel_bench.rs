@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example tunnel_bench -- [--mib 256] [--streams 8] [--round-trips 2000]
-//!     [--agent-segment-kib 256] [--worker-threads N]
+//!     [--agent-segment-kib 256] [--worker-threads N] [--rounds 1]
 //! ```
 //!
 //! For each path (direct TCP; the tunnel through the manager's embedded rumqttd; the tunnel
@@ -16,7 +16,9 @@
 //!   when it is the broker), from their utime + stime;
 //! - the peak resident memory (VmHWM) of the manager and the agent after the run.
 //!
-//! `--worker-threads` sets `[runtime] worker_threads` of both the manager and the agent (their
+//! `--rounds N` measures every path N times, alternating between them, and prints the median
+//! and the range of each number: this VM's speed drifts by a fifth between minutes, more than
+//! most changes move a tunnel number. `--worker-threads` sets `[runtime] worker_threads` of both the manager and the agent (their
 //! default: one per core).
 //!
 //! Sealing (ChaCha20-Poly1305) is always on. The targets run in this process.
@@ -159,10 +161,12 @@ struct Args {
     agent_segment_kib: Option<u64>,
     /// `[runtime] worker_threads` of the manager and the agent (their default otherwise).
     worker_threads: Option<usize>,
+    /// Times each path is measured, alternating between them.
+    rounds: usize,
 }
 
 const USAGE: &str = "tunnel_bench [--mib 256] [--streams 8] [--round-trips 2000] \
-                     [--agent-segment-kib 256] [--worker-threads N]";
+                     [--agent-segment-kib 256] [--worker-threads N] [--rounds 1]";
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -171,6 +175,7 @@ fn parse_args() -> Args {
         round_trips: 2000,
         agent_segment_kib: None,
         worker_threads: None,
+        rounds: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -186,6 +191,7 @@ fn parse_args() -> Args {
             "--agent-segment-kib" => {
                 args.agent_segment_kib = Some(value.parse().expect("--agent-segment-kib N"))
             }
+            "--rounds" => args.rounds = value.parse::<usize>().expect("--rounds N").max(1),
             "--worker-threads" => {
                 args.worker_threads = Some(value.parse().expect("--worker-threads N"))
             }
@@ -198,25 +204,18 @@ fn parse_args() -> Args {
     args
 }
 
-struct Row {
-    path: &'static str,
+/// One path's numbers in one round.
+struct Sample {
     one: Result<f64, String>,
     parallel: Result<f64, String>,
     rtt: Result<(f64, f64), String>,
     /// CPU time of the path's processes per round trip.
     rtt_cpu_us: Option<f64>,
-    peak: Option<(u64, u64)>,
 }
 
 /// `pids`: the processes on the path (manager, agent, broker) whose CPU time the round trips
 /// are charged.
-async fn measure(
-    path: &'static str,
-    sink: SocketAddr,
-    echo: SocketAddr,
-    args: &Args,
-    pids: &[u32],
-) -> Row {
+async fn measure(sink: SocketAddr, echo: SocketAddr, args: &Args, pids: &[u32]) -> Sample {
     let total = args.mib << 20;
     let mbps = |secs: f64| total as f64 / secs / 1e6;
     let one = tokio::time::timeout(Duration::from_secs(600), push(sink, total))
@@ -247,14 +246,72 @@ async fn measure(
         }
         _ => None,
     };
-    Row {
-        path,
+    Sample {
         one,
         parallel,
         rtt,
         rtt_cpu_us,
-        peak: None,
     }
+}
+
+/// A path under test, the processes on it, and its samples.
+struct Route {
+    name: &'static str,
+    sink: SocketAddr,
+    echo: SocketAddr,
+    /// Manager and agent, whose peak memory is shown.
+    pair: Option<(Proc, Proc)>,
+    /// Whose CPU time the round trips are charged.
+    pids: Vec<u32>,
+    samples: Vec<Sample>,
+}
+
+impl Route {
+    fn tunnel(
+        name: &'static str,
+        pair: (Proc, Proc, SocketAddr, SocketAddr),
+        broker: Option<u32>,
+    ) -> Self {
+        let (manager, agent, sink, echo) = pair;
+        let pids = [manager.pid(), agent.pid()]
+            .into_iter()
+            .chain(broker)
+            .collect();
+        Self {
+            name,
+            sink,
+            echo,
+            pair: Some((manager, agent)),
+            pids,
+            samples: Vec::new(),
+        }
+    }
+}
+
+/// The median of `values`, and with more than one their range.
+fn spread(values: &[f64], digits: usize) -> String {
+    let median = percentile(values, 0.5);
+    match (
+        values.iter().copied().reduce(f64::min),
+        values.iter().copied().reduce(f64::max),
+    ) {
+        (Some(min), Some(max)) if values.len() > 1 => {
+            format!("{median:.digits$} ({min:.digits$}–{max:.digits$})")
+        }
+        _ => format!("{median:.digits$}"),
+    }
+}
+
+/// One column over all rounds: the first failure, or the spread of the values.
+fn column(values: impl IntoIterator<Item = Result<f64, String>>, digits: usize) -> String {
+    let mut ok = Vec::new();
+    for value in values {
+        match value {
+            Ok(v) => ok.push(v),
+            Err(e) => return format!("failed: {e}"),
+        }
+    }
+    spread(&ok, digits)
 }
 
 /// A manager (embedded broker, or the external one at `broker`) and an agent, with forwards
@@ -336,22 +393,21 @@ fn main() {
         .unwrap();
     let (sink, echo) = rt.block_on(async { (sink_server().await, echo_server().await) });
     let dir = TempDir::new("tunnel-bench");
-    let mut rows = vec![rt.block_on(measure("direct TCP", sink, echo, &args, &[]))];
-
-    let (manager, agent, fsink, fecho) = start_pair(&dir, "embedded", None, &args, sink, echo);
-    let mut row = rt.block_on(measure(
+    let mut routes = vec![Route {
+        name: "direct TCP",
+        sink,
+        echo,
+        pair: None,
+        pids: Vec::new(),
+        samples: Vec::new(),
+    }];
+    routes.push(Route::tunnel(
         "tunnel, embedded rumqttd",
-        fsink,
-        fecho,
-        &args,
-        &[manager.pid(), agent.pid()],
+        start_pair(&dir, "embedded", None, &args, sink, echo),
+        None,
     ));
-    row.peak = peak_kib(manager.pid()).zip(peak_kib(agent.pid()));
-    rows.push(row);
-    drop((manager, agent));
-
     let mosquitto = Path::new("/usr/sbin/mosquitto");
-    if mosquitto.exists() {
+    let _broker = mosquitto.exists().then(|| {
         let port = reserve_port();
         let conf = dir.write(
             "mosquitto.conf",
@@ -371,59 +427,81 @@ fn main() {
             std::net::TcpStream::connect(port.addr()).ok()
         })
         .expect("mosquitto listens");
-        let (manager, agent, fsink, fecho) =
-            start_pair(&dir, "mosquitto", Some(port.addr()), &args, sink, echo);
-        let mut row = rt.block_on(measure(
+        routes.push(Route::tunnel(
             "tunnel, mosquitto",
-            fsink,
-            fecho,
-            &args,
-            &[manager.pid(), agent.pid(), broker.pid()],
+            start_pair(&dir, "mosquitto", Some(port.addr()), &args, sink, echo),
+            Some(broker.pid()),
         ));
-        row.peak = peak_kib(manager.pid()).zip(peak_kib(agent.pid()));
-        rows.push(row);
+        broker
+    });
+
+    // Rounds alternate the paths, so a slower minute of the machine falls on all of them.
+    for round in 1..=args.rounds {
+        for route in &mut routes {
+            let sample = rt.block_on(measure(route.sink, route.echo, &args, &route.pids));
+            route.samples.push(sample);
+        }
+        if args.rounds > 1 {
+            eprintln!("round {round} of {} done", args.rounds);
+        }
     }
 
-    let direct = rows[0].one.as_ref().ok().copied();
     println!(
         "\n{} MiB one stream, {} streams in parallel, {} round trips of 64 bytes; sealing on; \
-         worker threads of the manager and the agent: {}\n",
+         worker threads of the manager and the agent: {}; {}\n",
         args.mib,
         args.streams,
         args.round_trips,
         args.worker_threads
-            .map_or("one per core".to_string(), |n| n.to_string())
+            .map_or("one per core".to_string(), |n| n.to_string()),
+        if args.rounds > 1 {
+            format!("{} rounds: median (min–max)", args.rounds)
+        } else {
+            "one round".to_string()
+        }
     );
     println!(
         "| path | one stream MB/s | × direct | {} streams MB/s | RTT p50 µs | RTT p99 µs | CPU per RTT µs | peak RSS manager / agent MiB |",
         args.streams
     );
     println!("|---|---|---|---|---|---|---|---|");
-    let show = |r: &Result<f64, String>| match r {
-        Ok(v) => format!("{v:.0}"),
-        Err(e) => format!("failed: {e}"),
-    };
-    for row in &rows {
-        let ratio = match (&row.one, direct) {
-            (Ok(v), Some(d)) if d > 0.0 => format!("{:.2}", v / d),
-            _ => "-".into(),
+    let direct: Vec<Option<f64>> = routes[0]
+        .samples
+        .iter()
+        .map(|s| s.one.as_ref().ok().copied().filter(|d| *d > 0.0))
+        .collect();
+    for route in &routes {
+        let samples = &route.samples;
+        let ratio = column(
+            samples.iter().zip(&direct).map(|(s, d)| match (&s.one, d) {
+                (Ok(v), Some(d)) => Ok(v / d),
+                _ => Err("-".to_string()),
+            }),
+            2,
+        );
+        let cpu = if route.pids.is_empty() {
+            "-".to_string()
+        } else {
+            column(
+                samples
+                    .iter()
+                    .map(|s| s.rtt_cpu_us.ok_or_else(|| "-".to_string())),
+                0,
+            )
         };
-        let (p50, p99) = match &row.rtt {
-            Ok((a, b)) => (format!("{a:.0}"), format!("{b:.0}")),
-            Err(e) => (format!("failed: {e}"), "-".into()),
-        };
-        let peak = row
-            .peak
+        let peak = route
+            .pair
+            .as_ref()
+            .and_then(|(m, a)| peak_kib(m.pid()).zip(peak_kib(a.pid())))
             .map(|(m, a)| format!("{:.0} / {:.0}", m as f64 / 1024.0, a as f64 / 1024.0))
             .unwrap_or_else(|| "-".into());
-        let cpu = row
-            .rtt_cpu_us
-            .map_or_else(|| "-".to_string(), |us| format!("{us:.0}"));
         println!(
-            "| {} | {} | {ratio} | {} | {p50} | {p99} | {cpu} | {peak} |",
-            row.path,
-            show(&row.one),
-            show(&row.parallel)
+            "| {} | {} | {ratio} | {} | {} | {} | {cpu} | {peak} |",
+            route.name,
+            column(samples.iter().map(|s| s.one.clone()), 0),
+            column(samples.iter().map(|s| s.parallel.clone()), 0),
+            column(samples.iter().map(|s| s.rtt.clone().map(|r| r.0)), 0),
+            column(samples.iter().map(|s| s.rtt.clone().map(|r| r.1)), 0),
         );
     }
 }
