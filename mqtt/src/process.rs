@@ -71,7 +71,7 @@ pub fn init_tracing(default_filter: &str) {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Threads that run the process's tasks; 0: one per CPU core.
+    /// Threads that run the process's tasks; 0: one per CPU core (or `TOKIO_WORKER_THREADS`).
     pub worker_threads: usize,
 }
 
