@@ -414,15 +414,9 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
     let clean = viewer_stats(&mut viewer);
     std::thread::sleep(Duration::from_secs(4));
     let nft = |args: &[&str]| {
-        let out = std::process::Command::new("nft")
-            .args(args)
-            .output()
-            .expect("nft (scripts/setup installs nftables)");
-        assert!(
-            out.status.success(),
-            "nft {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // scripts/setup installs nftables.
+        let command: Vec<&str> = std::iter::once("nft").chain(args.iter().copied()).collect();
+        verge::testkit::netns::run(&command);
     };
     nft(&["add", "table", "ip", "loss"]);
     nft(&[
