@@ -15,13 +15,16 @@ use verge_manager::{ManagerConfig, loopback_for};
 
 const USAGE: &str = "\
 usage:
-  verge up [--http ADDR] [--mqtt ADDR] [--rtmp ADDR] [--agent-http ADDR] [--hls ADDR]
-           [--agent-id ID] [--ready-file PATH]
+  verge up [--open] [--http ADDR] [--mqtt ADDR] [--rtmp ADDR] [--agent-http ADDR]
+           [--hls ADDR] [--agent-id ID] [--ready-file PATH]
       Run a manager with its embedded MQTT broker and one local agent.
-      Defaults: --http 0.0.0.0:8080 --mqtt 0.0.0.0:1883 --rtmp 0.0.0.0:1935
-                --agent-http 0.0.0.0:7001 --hls 0.0.0.0:7002 --agent-id local
-      Any port may be 0. --ready-file: once all is up, write the bound addresses there as
-      one JSON object with keys http, mqtt, rtmp, agent_http, hls.
+      Defaults: --http 127.0.0.1:8080 --mqtt 127.0.0.1:1883 --rtmp 127.0.0.1:1935
+                --agent-http 127.0.0.1:7001 --hls 127.0.0.1:7002 --agent-id local
+      --open: the same ports on every interface (0.0.0.0) instead of loopback. Whenever the
+      manager's HTTP or MQTT listens beyond loopback, its API and dashboard need a token,
+      made at start and printed (`[auth] tokens`); the box's own ports stay open, as on any
+      box. Any port may be 0. --ready-file: once all is up, write the bound addresses there
+      as one JSON object with keys http, mqtt, rtmp, agent_http, hls.
   verge secret <enrollment-secret> <agent-id>
       Print the secret of an agent admitted by [enrollment] secret.
 ";
@@ -63,18 +66,35 @@ struct UpOptions {
     ready_file: Option<std::path::PathBuf>,
 }
 
+impl UpOptions {
+    /// Whether the manager can be reached from beyond this machine, so its API needs a token.
+    fn manager_is_exposed(&self) -> bool {
+        !self.http.ip().is_loopback() || !self.mqtt.ip().is_loopback()
+    }
+}
+
 fn parse_up(args: &[String]) -> Result<UpOptions, String> {
+    // A laptop's demo is reachable from the laptop only unless asked: on a café's network an
+    // open manager would let anyone issue keys and enrol agents.
+    let ip: [u8; 4] = if args.iter().any(|a| a == "--open") {
+        [0, 0, 0, 0]
+    } else {
+        [127, 0, 0, 1]
+    };
     let mut opts = UpOptions {
-        http: SocketAddr::from(([0, 0, 0, 0], 8080)),
-        mqtt: SocketAddr::from(([0, 0, 0, 0], 1883)),
-        rtmp: SocketAddr::from(([0, 0, 0, 0], 1935)),
-        agent_http: SocketAddr::from(([0, 0, 0, 0], 7001)),
-        hls: SocketAddr::from(([0, 0, 0, 0], 7002)),
+        http: SocketAddr::from((ip, 8080)),
+        mqtt: SocketAddr::from((ip, 1883)),
+        rtmp: SocketAddr::from((ip, 1935)),
+        agent_http: SocketAddr::from((ip, 7001)),
+        hls: SocketAddr::from((ip, 7002)),
         agent_id: "local".into(),
         ready_file: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--open" {
+            continue;
+        }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--http" => opts.http = value.parse().map_err(|e| format!("--http {value}: {e}"))?,
@@ -127,6 +147,8 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
     let mut manager_cfg = ManagerConfig::default();
     manager_cfg.http.listen = opts.http;
     manager_cfg.broker.listen = opts.mqtt;
+    let token = opts.manager_is_exposed().then(verge_protocol::key::random_secret);
+    manager_cfg.auth.tokens.extend(token.clone());
     manager_cfg.agents.push(EnrolledAgent {
         id: opts.agent_id.clone(),
         secret: secret.clone(),
@@ -208,6 +230,13 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
         "  browser   http://{http}/play/<name>   (WebRTC via WHEP: http://{http}/whep/<name>)"
     );
     println!("  streams   http://{http}/api/streams/");
+    match &token {
+        Some(token) => println!(
+            "  token     {token}\n            (the manager listens beyond loopback: its API and dashboard need this \
+             token, as Authorization: Bearer or ?token=)"
+        ),
+        None => println!("  (loopback only; `verge up --open` listens on every interface, with a token)"),
+    }
     let written = match &opts.ready_file {
         Some(path) => {
             let mut listeners = manager_listeners;
@@ -232,4 +261,31 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
     }
     manager.stop().await;
     written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn verge_up_listens_on_loopback_unless_opened() {
+        let opts = parse_up(&[]).unwrap();
+        for addr in [opts.http, opts.mqtt, opts.rtmp, opts.agent_http, opts.hls] {
+            assert!(addr.ip().is_loopback(), "{addr}");
+        }
+        assert!(!opts.manager_is_exposed());
+
+        let open = parse_up(&args(&["--open", "--rtmp", "127.0.0.1:0"])).unwrap();
+        assert!(open.http.ip().is_unspecified());
+        assert!(open.rtmp.ip().is_loopback(), "an explicit address wins");
+        assert!(open.manager_is_exposed());
+
+        let wide = parse_up(&args(&["--mqtt", "0.0.0.0:0"])).unwrap();
+        assert!(wide.manager_is_exposed(), "any wider manager listener needs a token");
+        assert!(parse_up(&args(&["--http"])).is_err());
+    }
 }

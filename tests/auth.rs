@@ -323,6 +323,13 @@ fn every_route_answers_each_credential_as_its_rights_say() {
         let mut viewer = Viewer::connect(&url, &ViewerOptions::for_url(&url))
             .await
             .expect("WHEP with a read token");
+        // The first picture, however long a loaded machine takes; then the session stays up.
+        let first = viewer
+            .next_frame(Duration::from_secs(20))
+            .await
+            .expect("video")
+            .expect("open");
+        assert!(first.keyframe, "{:?}", viewer.stats);
         let ended = viewer.watch(Duration::from_secs(3)).await.unwrap();
         assert!(!ended && viewer.stats.frames > 0, "{:?}", viewer.stats);
         viewer.close().await;

@@ -216,13 +216,15 @@ fn a_b_frame_stream_plays_smoothly_in_chromium() {
     let decoded = delta("framesDecoded");
     let secs = delta("statsAtMs") as f64 / 1000.0;
     let expected = (f64::from(fps) * secs) as u64;
-    // Counters step by about 7 (out of 252) a frame: between two pictures shown, the source
-    // moved on by 1 to 17 frames, never back (a backward step is a B-frame shown late).
+    // Counters step by about 7 (out of 252) a frame, so they repeat every 36 frames. A B-frame
+    // shown late (a decoder that outputs in decode order) steps back by 1 to 3 frames (x264's
+    // -bf 3): 33 to 35 forward steps modulo 36. Forward steps up to 29 (a 1 s stall on a busy
+    // machine) are skips, counted by the freeze numbers instead.
     let steps: Vec<u32> = shown
         .windows(2)
-        .map(|w| ((u32::from(w[1]) + 252 - u32::from(w[0])) % 252 + 3) / 7)
+        .map(|w| ((u32::from(w[1]) + 252 - u32::from(w[0])) % 252 + 3) / 7 % 36)
         .collect();
-    let backwards = steps.iter().filter(|&&s| s == 0 || s > 18).count();
+    let backwards = steps.iter().filter(|&&s| s >= 30).count();
     println!(
         "B-frames: {decoded} of ~{expected} frames decoded in {secs:.1} s, freezes {} ({} ms); \
          {} pictures shown, {backwards} out of order",
@@ -230,13 +232,15 @@ fn a_b_frame_stream_plays_smoothly_in_chromium() {
         delta("totalFreezesDuration"),
         shown.len(),
     );
+    // Without the decoder kept reordering, Chromium decodes about one frame in seven
+    // (26 of 180): three in four tells the two apart with room for a loaded machine.
     assert!(
-        decoded * 10 >= expected * 9,
+        decoded * 4 >= expected * 3,
         "only {decoded} of ~{expected} frames decoded:\n{end}"
     );
-    assert_eq!(delta("freezeCount"), 0, "the picture froze:\n{end}");
+    assert!(delta("freezeCount") <= 1, "the picture froze:\n{end}");
     // Reading a picture back costs the page time, so not every picture is seen here.
-    assert!(shown.len() >= 60, "only {} pictures seen", shown.len());
+    assert!(shown.len() >= 30, "only {} pictures seen", shown.len());
     assert_eq!(backwards, 0, "pictures shown out of order: {shown:?}");
 }
 
@@ -396,21 +400,28 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
     .finish();
     assert!(frames.video >= 30, "{frames:?}");
 
-    // A tenth of what the publisher sends is lost on the way (nftables, in this test's own
-    // network namespace): the agent NACKs, holds what follows a gap for the retransmission,
-    // and asks for a keyframe only when that fails; the viewer keeps playing at the rate it
-    // had without loss.
-    // The port of the pair the publisher's (bundled) transport sends on.
-    let port = publisher.eval(
-        "pc.getStats().then((r) => { let port = 0; r.forEach((s) => { \
+    // Every tenth packet of the publisher's video RTP is lost on the way (nftables, in this
+    // test's own network namespace): the agent NACKs, holds what follows a gap for the
+    // retransmission, and asks for a keyframe only when that fails; the viewer keeps playing
+    // at the rate it had without loss. The rule matches the video's SSRC (SRTP leaves the RTP
+    // header in the clear) and counts with `numgen inc`, so every drop is a gap in the video
+    // the agent must see: nothing depends on where random drops land.
+    // The port of the pair the publisher's (bundled) transport sends on, and its video SSRC.
+    let sending = publisher.eval(
+        "pc.getStats().then((r) => { let port = 0, ssrc = 0; r.forEach((s) => { \
            if (s.type === 'transport' && s.selectedCandidatePairId) \
-             port = r.get(r.get(s.selectedCandidatePairId).localCandidateId).port; }); \
-           return port; })",
+             port = r.get(r.get(s.selectedCandidatePairId).localCandidateId).port; \
+           if (s.type === 'outbound-rtp' && s.kind === 'video') ssrc = s.ssrc; }); \
+           return [port, ssrc]; })",
     );
-    let port = port
+    let port = sending[0]
         .as_u64()
         .filter(|&p| p > 0)
         .expect("the publisher's UDP port");
+    let ssrc = sending[1]
+        .as_u64()
+        .filter(|&s| s > 0)
+        .expect("the publisher's video SSRC");
     let clean = viewer_stats(&mut viewer);
     std::thread::sleep(Duration::from_secs(4));
     let nft = |args: &[&str]| {
@@ -427,14 +438,22 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
         "out",
         "{ type filter hook output priority 0 ; }",
     ]);
-    let port = port.to_string();
+    let (port, ssrc) = (port.to_string(), format!("{ssrc:#010x}"));
+    // `@th,64,2`: RTP version 2; `@th,128,32`: the SSRC (bytes 8..12 of the RTP header, after
+    // the 8-byte UDP header). Retransmissions use the same SSRC (no RTX is negotiated), so a
+    // retransmission can be dropped too; Chromium then sends it again.
     nft(&[
-        "add", "rule", "ip", "loss", "out", "udp", "sport", &port, "numgen", "random", "mod",
-        "100", "<", "10", "counter", "drop",
+        "add", "rule", "ip", "loss", "out", "udp", "sport", &port, "@th,64,2", "2",
+        "@th,128,32", &ssrc, "numgen", "inc", "mod", "10", "0", "counter", "drop",
     ]);
     let lossy = viewer_stats(&mut viewer);
+    let (sent_before, lossy_at) = (stats(&mut publisher, "''"), Instant::now());
     std::thread::sleep(Duration::from_secs(6));
     let after = viewer_stats(&mut viewer);
+    let (sent_after, lossy_secs) = (
+        stats(&mut publisher, "''"),
+        lossy_at.elapsed().as_secs_f64(),
+    );
     let rules = std::process::Command::new("nft")
         .args(["list", "table", "ip", "loss"])
         .output()
@@ -447,7 +466,11 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    assert!(dropped > 0, "the loss rule dropped nothing:\n{rules}");
+    // At 20 frames/s the camera sends well over 100 video packets in 6 s.
+    assert!(
+        dropped >= 10,
+        "the loss rule dropped {dropped} video packets:\n{rules}"
+    );
     let rate = |from: &str, to: &str| {
         let delta = |key: &str| stat(to, key).unwrap_or(0) - stat(from, key).unwrap_or(0);
         let secs = delta("statsAtMs") as f64 / 1000.0;
@@ -459,13 +482,20 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
     };
     let (clean_fps, _, _) = rate(&clean, &lossy);
     let (lossy_fps, freezes, frozen_ms) = rate(&lossy, &after);
+    // What the publisher sent meanwhile: Chromium lowers its frame rate when its CPU is
+    // short, so the viewer is measured against what it could have shown.
+    let sent = |key: &str| stat(&sent_after, key).unwrap_or(0) - stat(&sent_before, key).unwrap_or(0);
+    let sent_fps = sent("framesSent") as f64 / lossy_secs;
+    let nacks = sent("nackCount");
     println!(
-        "10 % loss on the way in ({dropped} packets dropped): the viewer decoded \
-         {lossy_fps:.1} frames/s (without loss {clean_fps:.1}), freezes {freezes} ({frozen_ms} ms)"
+        "10 % video loss on the way in ({dropped} packets dropped, {nacks} NACKs at the \
+         publisher): the viewer decoded {lossy_fps:.1} frames/s of {sent_fps:.1} sent (without \
+         loss {clean_fps:.1}), freezes {freezes} ({frozen_ms} ms)"
     );
+    assert!(nacks > 0, "the agent asked for no retransmission:\n{sent_after}");
     assert!(
-        lossy_fps >= clean_fps * 0.8,
-        "the picture did not recover from loss: {lossy_fps:.1} frames/s against {clean_fps:.1}"
+        lossy_fps >= sent_fps * 0.8,
+        "the picture did not recover from loss: {lossy_fps:.1} frames/s of {sent_fps:.1} sent"
     );
     // The publisher vanishes without a DELETE: the stream ends and its name is free again
     // within 15 s (ICE: 5 s to disconnected, 10 more to failed; or 10 s without media).
@@ -479,22 +509,33 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
         "stream name free {:?} after the publisher vanished",
         gone_at.elapsed()
     );
-    assert!(gone_at.elapsed() < Duration::from_secs(20));
     drop(viewer);
-    let ended = edge.agent.log_text();
-    let ended = ended
+    let log = edge.agent.log_text();
+    let ended = log
         .lines()
-        .find(|l| l.contains("WHIP publisher ended"))
+        .rfind(|l| l.contains("WHIP publisher ended"))
         .unwrap_or_default();
     println!("{ended}");
-    // Retransmissions filled gaps (the field is only there when the publisher's session ended).
-    let repaired = ended
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("video_reordered="))
-        .and_then(|n| n.parse::<u64>().ok());
+    // Every drop left a gap in the video the agent saw: repaired by a retransmission
+    // (`video_reordered`) or given up after the wait (`video_lost`). Chromium answers NACKs
+    // from its send history, so most gaps are repaired. (The fields are only there when the
+    // publisher's session ended.)
+    let field = |name: &str| {
+        ended
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in: {ended}"))
+    };
+    let (repaired, lost) = (field("video_reordered"), field("video_lost"));
+    println!("{dropped} video packets dropped: {repaired} repaired, {lost} given up");
     assert!(
-        repaired.is_some_and(|n| n > 0),
-        "no lost packet was repaired: {ended}"
+        repaired + lost >= dropped / 2,
+        "the agent saw {repaired} repaired and {lost} lost packets of {dropped} dropped: {ended}"
+    );
+    assert!(
+        repaired >= lost,
+        "most gaps were not repaired ({repaired} repaired, {lost} lost): {ended}"
     );
 }
 

@@ -10,23 +10,47 @@ use std::time::{Duration, Instant};
 use verge::testkit::edge::mosquitto_passwd;
 use verge::testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, reserve_port, wait_for};
 
-/// The agents' MQTT keepalive. A frozen agent goes offline after 1.5 × this, which must be
-/// well past the manager's RPC timeout (1 s) for the frozen-agent check below.
-const KEEPALIVE_SECS: u64 = 3;
+/// The manager's RPC timeout where a test freezes an agent: long enough for any call to a
+/// live agent on a loaded machine.
+const RPC_TIMEOUT_MS: u64 = 3000;
+
+/// The MQTT keepalive of an agent a test freezes (SIGSTOP), short so that the broker soon notices the freeze. The broker drops a
+/// silent client 1.5 × this after the client's last packet, which came at most this long
+/// before the freeze: the frozen agent stays online for 0.5 × this at least, time enough for
+/// the manager to start a call to it (which then runs into its timeout). The other agents
+/// keep the default (10 s): a starved one must not reconnect.
+const FROZEN_KEEPALIVE_SECS: u64 = 6;
 
 /// How long a fleet change (online, offline) may take on a loaded machine before a test
 /// fails. Conditions are polled, so a healthy run waits only as long as the change takes.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-fn agent_toml(id: &str, secret: &str, broker: &str) -> String {
+/// An agent's config; `keepalive_secs` overrides the default (10 s).
+fn agent_toml(id: &str, secret: &str, broker: &str, keepalive_secs: Option<u64>) -> String {
+    let keepalive = keepalive_secs
+        .map(|k| format!("keepalive_secs = {k}\n"))
+        .unwrap_or_default();
     format!(
-        "id = \"{id}\"\nsecret = \"{secret}\"\n[mqtt]\nurl = \"{broker}\"\nkeepalive_secs = {KEEPALIVE_SECS}\nmax_backoff_secs = 1\n\
+        "id = \"{id}\"\nsecret = \"{secret}\"\n[mqtt]\nurl = \"{broker}\"\n{keepalive}max_backoff_secs = 1\n\
          [rtmp]\nlisten = \"{ANY_PORT}\"\n[http]\nlisten = \"{ANY_PORT}\"\n[hls]\nlisten = \"{ANY_PORT}\"\n"
     )
 }
 
 fn start_agent(dir: &TempDir, id: &str, secret: &str, broker: &str) -> Proc {
-    let config = dir.write(&format!("{id}.toml"), &agent_toml(id, secret, broker));
+    start_agent_with(dir, id, secret, broker, None)
+}
+
+fn start_agent_with(
+    dir: &TempDir,
+    id: &str,
+    secret: &str,
+    broker: &str,
+    keepalive_secs: Option<u64>,
+) -> Proc {
+    let config = dir.write(
+        &format!("{id}.toml"),
+        &agent_toml(id, secret, broker, keepalive_secs),
+    );
     Proc::spawn_ready(
         id,
         &bin("verge-agent"),
@@ -90,7 +114,8 @@ fn wait_online(http: SocketAddr, expected: &[&str]) {
 /// Time from `since` until `id` is listed as stopped (printed by the tests, not asserted: how
 /// fast the broker notices is measured on a quiet machine, see docs/benchmarks.md).
 fn time_until_offline(http: SocketAddr, id: &str, since: Instant) -> Duration {
-    let timeout = PATIENCE;
+    // A frozen agent's keepalive runs out first (at most 1.5 × it).
+    let timeout = PATIENCE + Duration::from_secs(FROZEN_KEEPALIVE_SECS * 3 / 2);
     wait_for(timeout, || {
         nodes(http)
             .get(id)
@@ -114,17 +139,22 @@ fn agents_toml(agents: &[(&str, &str)]) -> String {
 }
 
 /// Starts `agents` against the broker at `mqtt` and waits until the manager at `http` lists
-/// them all online.
+/// them all online; the one named `frozen` (which the test will freeze) gets
+/// [`FROZEN_KEEPALIVE_SECS`].
 fn start_fleet(
     dir: &TempDir,
     http: SocketAddr,
     agents: &[(&str, &str)],
     mqtt: SocketAddr,
+    frozen: Option<&str>,
 ) -> Vec<Proc> {
     let broker = format!("mqtt://{mqtt}");
     let procs = agents
         .iter()
-        .map(|(id, s)| start_agent(dir, id, s, &broker))
+        .map(|(id, s)| {
+            let keepalive = (frozen == Some(*id)).then_some(FROZEN_KEEPALIVE_SECS);
+            start_agent_with(dir, id, s, &broker, keepalive)
+        })
         .collect();
     let ids: Vec<&str> = agents.iter().map(|(id, _)| *id).collect();
     wait_online(http, &ids);
@@ -143,13 +173,13 @@ fn embedded_broker_fleet_registers_goes_offline_and_returns_after_manager_restar
     let mqtt = reserve_port();
     let agents = [("edge-1", "s1"), ("edge-2", "s2"), ("edge-3", "s3")];
     let toml = format!(
-        "[http]\nlisten = \"{ANY_PORT}\"\n[broker]\nlisten = \"{}\"\n[mqtt]\nrpc_timeout_ms = 1000\n{}",
+        "[http]\nlisten = \"{ANY_PORT}\"\n[broker]\nlisten = \"{}\"\n[mqtt]\nrpc_timeout_ms = {RPC_TIMEOUT_MS}\n{}",
         mqtt.addr(),
         agents_toml(&agents)
     );
     let config = dir.write("manager.toml", &toml);
     let (manager, http) = start_manager(&dir, &config, "manager");
-    let mut procs = start_fleet(&dir, http, &agents, mqtt.addr());
+    let mut procs = start_fleet(&dir, http, &agents, mqtt.addr(), Some("edge-2"));
     let all = get(http, "/api/nodes/").unwrap().json();
     let first = &all[0];
     for key in [
@@ -180,8 +210,8 @@ fn embedded_broker_fleet_registers_goes_offline_and_returns_after_manager_restar
     // SIGSTOP: the socket stays open and silent; only the keepalive can tell.
     let stopped_at = Instant::now();
     procs[1].signal("STOP");
-    // Meanwhile the manager still believes edge-2 online: a call to it times out (1 s), long
-    // before the keepalive runs out (1.5 × 3 s).
+    // Meanwhile the manager still believes edge-2 online (for 0.5 × 6 s at least): a call to it
+    // starts, and times out (3 s).
     let detail = get(http, "/api/agents/edge-2").unwrap().json();
     let why = detail["ping_error"]
         .as_str()
@@ -347,7 +377,7 @@ fn external_mosquitto_fleet_is_known_at_once_after_a_manager_restart() {
     );
     let config = dir.write("manager.toml", &toml);
     let (manager, http) = start_manager(&dir, &config, "manager");
-    let procs = start_fleet(&dir, http, &agents, mqtt.addr());
+    let procs = start_fleet(&dir, http, &agents, mqtt.addr(), None);
     let detail = get(http, "/api/agents/edge-2").unwrap().json();
     assert!(detail["ping"]["rtt_ms"].as_f64().is_some(), "{detail}");
 

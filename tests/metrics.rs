@@ -87,6 +87,14 @@ fn metrics_of_manager_and_agent_parse_and_follow_the_fleet() {
         let mut viewer = Viewer::connect(&url, &ViewerOptions::for_url(&url))
             .await
             .expect("WHEP");
+        // ICE, DTLS and the first picture, however long a loaded machine takes; then a while
+        // of watching.
+        let first = viewer
+            .next_frame(Duration::from_secs(20))
+            .await
+            .expect("video")
+            .expect("open");
+        assert!(first.keyframe, "{}", viewer.stats);
         viewer.watch(Duration::from_secs(2)).await.unwrap();
         viewer
     });

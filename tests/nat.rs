@@ -141,6 +141,7 @@ fn a_box_behind_nat_reaches_a_viewer_behind_nat_through_turn() {
 
     // First the network itself: coturn's own client, from inside the box's NAT, relays between
     // two allocations of its own with nothing lost (so a failure below is WebRTC's, not this).
+    // UDP on a loaded machine may lose a packet now and then: three tries, one must be clean.
     let coturn_cfg = verge_manager::config::Coturn {
         secret: TURN_SECRET.into(),
         urls: vec![format!("turn:{CLOUD}:3478?transport=udp")],
@@ -148,32 +149,39 @@ fn a_box_behind_nat_reaches_a_viewer_behind_nat_through_turn() {
     };
     let probe =
         verge_manager::ice::coturn_server(&coturn_cfg, "probe", verge_protocol::now_ms() / 1000);
-    let uclient = box_net
-        .host
-        .command(
-            Path::new("/usr/bin/turnutils_uclient"),
-            &[
-                "-y",
-                "-n",
-                "20",
-                "-m",
-                "1",
-                "-l",
-                "100",
-                "-u",
-                &probe.username,
-                "-w",
-                &probe.credential,
-                CLOUD,
-            ],
-        )
-        .output()
-        .expect("turnutils_uclient (coturn)");
-    let report = String::from_utf8_lossy(&uclient.stdout);
-    assert!(
+    let clean = |report: &str| {
         report.contains("tot_send_msgs=80, tot_recv_msgs=80")
-            && report.contains("Total lost packets 0 "),
-        "coturn does not relay between two allocations from behind the NAT:\n{report}"
+            && report.contains("Total lost packets 0 ")
+    };
+    let mut reports: Vec<String> = Vec::new();
+    while reports.len() < 3 && !reports.last().is_some_and(|r| clean(r)) {
+        let uclient = box_net
+            .host
+            .command(
+                Path::new("/usr/bin/turnutils_uclient"),
+                &[
+                    "-y",
+                    "-n",
+                    "20",
+                    "-m",
+                    "1",
+                    "-l",
+                    "100",
+                    "-u",
+                    &probe.username,
+                    "-w",
+                    &probe.credential,
+                    CLOUD,
+                ],
+            )
+            .output()
+            .expect("turnutils_uclient (coturn)");
+        reports.push(String::from_utf8_lossy(&uclient.stdout).to_string());
+    }
+    assert!(
+        reports.last().is_some_and(|r| clean(r)),
+        "coturn does not relay between two allocations from behind the NAT:\n{}",
+        reports.join("\n----\n")
     );
 
     let manager_cfg = dir.write(

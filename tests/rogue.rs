@@ -105,6 +105,14 @@ fn a_client_with_another_agents_credentials_reads_and_changes_nothing() {
         let mut viewer = Viewer::connect(&url, &ViewerOptions::for_url(&url))
             .await
             .expect("WHEP through the manager");
+        // ICE, DTLS and the first picture, however long a loaded machine takes; then a while
+        // of watching.
+        let first = viewer
+            .next_frame(Duration::from_secs(20))
+            .await
+            .expect("video")
+            .expect("open");
+        assert!(first.keyframe, "{}", viewer.stats);
         viewer.watch(Duration::from_secs(2)).await.unwrap();
         assert!(viewer.stats.frames > 0);
         viewer.close().await;

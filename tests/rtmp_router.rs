@@ -1,7 +1,8 @@
 //! The manager's RTMP router with real processes: ffmpeg publishes to the manager with a key
 //! bound to edge-1, the box behind it gets the stream through the tunnel, and viewers on the
 //! manager's side play it (WHEP, HTTP-FLV); wrong keys and keys of offline agents are refused at
-//! publish; the router's limits hold against idle and flooding clients.
+//! publish; the router's limits hold against idle and flooding clients; write tokens work in
+//! the app (`rtmp://…/live?token=…/key`) or the key, and no log holds them.
 
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use verge::testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
 use verge::testkit::rtmp::RtmpClient;
-use verge::testkit::{ANY_PORT, Proc, http, listener, tcp_from, wait_for};
+use verge::testkit::{ANY_PORT, Proc, http, listener, request, tcp_from, wait_for};
 use verge::whep::{Viewer, ViewerOptions};
 
 /// A manager with the router on and two enrolled agents, of which only edge-1 runs (with keys
@@ -241,5 +242,142 @@ fn idle_and_flooding_clients_cannot_lock_publishers_out() {
         .collect();
     for mut socket in others {
         assert!(!closed_within(&mut socket, Duration::from_millis(300)));
+    }
+}
+
+#[test]
+fn write_tokens_in_the_app_publish_through_the_router_and_to_the_agent_and_reach_no_log() {
+    const STATIC: &str = "router-static-token";
+    let b = Edge::start(
+        "router-tokens",
+        &EdgeOptions {
+            noauth: false,
+            manager_toml: format!(
+                "[auth]\ntokens = [\"{STATIC}\"]\nsecret = \"router-jwt-secret\"\n\
+                 [rtmp]\nlisten = \"{ANY_PORT}\"\n"
+            ),
+            api_token: Some(STATIC.into()),
+            // Every line either process writes, so none can hold a token unseen.
+            rust_log: Some("debug,rumqttd=warn".into()),
+            ..EdgeOptions::default()
+        },
+    );
+    let router = listener(&b.manager_listeners, "rtmp");
+    let bearer = format!("Bearer {STATIC}");
+    let post = |path: &str, body: &str| {
+        let r = request(
+            "POST",
+            b.manager_http,
+            path,
+            &[
+                ("Authorization", &bearer),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert!(r.status < 300, "{path}: {} {}", r.status, r.text());
+        r.json()
+    };
+    let key = |name: &str| {
+        post(&format!("/api/keys/live/{name}"), r#"{"agent": "edge-1"}"#)["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let write_token = |name: &str| {
+        post(
+            "/api/token",
+            &format!(r#"{{"id":"{name}","mode":2,"duration":600}}"#),
+        )["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (routed_key, direct_key) = (key("routed"), key("direct"));
+    let (routed_token, direct_token) = (write_token("routed"), write_token("direct"));
+    let wrong_tokens = ["wrong-token-in-the-app-7f3a", "wrong-token-in-the-key-9c1e"];
+
+    // The app form through the router, as the testkit's client sends it, until the agent has
+    // the key (it learns keys over MQTT a moment after they are issued). No status the
+    // encoder sees echoes the token.
+    let app = format!("live?token={routed_token}");
+    let mut last = (String::new(), String::new());
+    let started = wait_for(Duration::from_secs(20), || {
+        let mut c = RtmpClient::connect(router).ok()?;
+        last = c.publish_status(&app, &routed_key).ok()?;
+        assert!(!last.1.contains(&routed_token), "token echoed: {last:?}");
+        (last.0 == "NetStream.Publish.Start").then_some(())
+    });
+    assert!(
+        started.is_some(),
+        "the app form did not publish through the router: {last:?}\n{}\n{}",
+        b.manager.log_text(),
+        b.agent.log_text()
+    );
+
+    // ffmpeg, `rtmp://…/live?token=…/key`: through the router, and to the agent directly.
+    let media = Synthetic {
+        seconds: 60,
+        ..Synthetic::default()
+    };
+    let _routed = b.publish_to(
+        "ffmpeg-router",
+        &format!("rtmp://{router}/live?token={routed_token}/{routed_key}"),
+        &media,
+    );
+    let _direct = b.publish_to(
+        "ffmpeg-agent",
+        &format!("rtmp://{}/live?token={direct_token}/{direct_key}", b.rtmp),
+        &media,
+    );
+    for name in ["routed", "direct"] {
+        let live = wait_for(Duration::from_secs(30), || b.listed_stream(name));
+        assert!(
+            live.is_some(),
+            "{name} never went live:\n{}\n{}",
+            b.manager.log_text(),
+            b.agent.log_text()
+        );
+    }
+
+    // Wrong tokens, in the app and in the key: refused, and not echoed either.
+    let refusals = [
+        (
+            format!("live?token={}", wrong_tokens[0]),
+            routed_key.clone(),
+        ),
+        (
+            "live".to_string(),
+            format!("{routed_key}?token={}", wrong_tokens[1]),
+        ),
+    ];
+    for ((app, name), wrong) in refusals.iter().zip(wrong_tokens) {
+        let mut c = RtmpClient::connect(router).unwrap();
+        let (code, description) = c.publish_status(app, name).unwrap();
+        assert_eq!(code, "NetStream.Publish.Unauthorized", "{description}");
+        assert!(!description.contains(wrong), "{description}");
+        assert!(c.closed_by_server(Duration::from_secs(10)));
+    }
+
+    // No process logged any of them.
+    for (process, log) in [
+        ("manager", b.manager.log_text()),
+        ("agent", b.agent.log_text()),
+    ] {
+        assert!(
+            log.contains("RTMP"),
+            "the {process}'s log holds nothing to check"
+        );
+        for token in [routed_token.as_str(), direct_token.as_str()]
+            .into_iter()
+            .chain(wrong_tokens)
+        {
+            assert!(
+                !log.contains(token),
+                "the {process} logged a token ({token}):\n{log}"
+            );
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The tunnel end to end with real processes: a manager (embedded broker) and an agent, a port
 //! forward on the manager to a target on the agent's side, bulk bytes checked by SHA-256, a
-//! target outside the agent's allowlist refused, RTMP from ffmpeg through the forward, and the
-//! agent's death ending the forwarded connection.
+//! target outside the agent's allowlist refused, RTMP from ffmpeg through the forward, the
+//! agent's death ending the forwarded connection, and the SOCKS5 proxy answering "succeeded"
+//! only once the agent has accepted, each refusal with its own reply code.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ring::digest::{Context, SHA256};
 use verge::testkit::edge::{Edge, EdgeOptions, Synthetic, mosquitto_passwd, tool};
-use verge::testkit::{ANY_PORT, Proc, get, listener, wait_for};
+use verge::testkit::{ANY_PORT, Proc, get, listener, reserve_port, wait_for};
 
 /// A TCP echo server on a thread per connection; returns its address.
 fn echo_server() -> SocketAddr {
@@ -261,23 +262,43 @@ fn another_agent_with_broker_credentials_can_neither_inject_nor_replay() {
         .subscribe("verge/v1/a/edge-1/+", QoS::AtMostOnce)
         .unwrap();
     let (captured_tx, captured_rx) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
+    let (acked_tx, acked_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
         for event in connection.iter() {
             match event {
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic.contains("/tun") => {
                     let _ = captured_tx.send((p.topic.clone(), p.payload.to_vec()));
                 }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = acked_tx.send(());
+                }
                 Ok(_) => {}
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Both subscriptions are in place before the transfer: the broker has acknowledged them.
+    for _ in 0..2 {
+        acked_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the broker did not acknowledge edge-2's subscriptions");
+    }
 
     // A real transfer, which edge-2 captures.
     let (sent, back, got) = echo_digests(forward, 1 << 20);
     assert_eq!((sent.clone(), got), (back.clone(), 1 << 20));
-    let captured: Vec<(String, Vec<u8>)> = captured_rx.try_iter().collect();
+    // The broker has passed on every packet of it; edge-2 may still be reading them.
+    let is_up = |(t, _): &(String, Vec<u8>)| t.starts_with("verge/v1/m/");
+    let mut captured: Vec<(String, Vec<u8>)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !captured.iter().any(is_up) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match captured_rx.recv_timeout(left) {
+            Ok(packet) => captured.push(packet),
+            Err(_) => break,
+        }
+    }
+    captured.extend(captured_rx.try_iter());
     let up: Vec<&Vec<u8>> = captured
         .iter()
         .filter(|(t, _)| t.starts_with("verge/v1/m/"))
@@ -540,6 +561,92 @@ fn curl_reaches_a_box_through_the_managers_socks5_proxy() {
         b.agent.log_text().contains("localhost:22").then_some(())
     });
     assert!(said.is_some(), "{}", b.agent.log_text());
+}
+
+/// A SOCKS5 CONNECT to `host:port` through `proxy`: the reply code (`None`: no reply within
+/// `within`), how long it took, and the socket for what follows.
+fn socks5_connect(
+    proxy: SocketAddr,
+    host: &str,
+    port: u16,
+    within: Duration,
+) -> (Option<u8>, Duration, TcpStream) {
+    let mut s = TcpStream::connect_timeout(&proxy, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(within)).unwrap();
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut choice = [0u8; 2];
+    s.read_exact(&mut choice).unwrap();
+    assert_eq!(choice, [5, 0], "no authentication");
+    let mut request = vec![5, 1, 0, 3, host.len() as u8];
+    request.extend_from_slice(host.as_bytes());
+    request.extend_from_slice(&port.to_be_bytes());
+    let asked = Instant::now();
+    s.write_all(&request).unwrap();
+    let mut reply = [0u8; 10];
+    let code = s.read_exact(&mut reply).ok().map(|()| reply[1]);
+    (code, asked.elapsed(), s)
+}
+
+#[test]
+fn socks5_succeeds_only_once_the_agent_accepted_and_each_refusal_has_its_code() {
+    // A port that refuses connections (held, never listened on), which the agent allows.
+    let closed = reserve_port();
+    let mut b = Edge::start(
+        "tunnel-socks-replies",
+        &EdgeOptions {
+            noauth: true,
+            manager_toml: format!("[tunnel]\nsocks_listen = \"{ANY_PORT}\"\n"),
+            agent_toml: format!(
+                "[tunnel]\nallow = [\"rtmp\", \"http\", \"{}\"]\n",
+                closed.addr()
+            ),
+            ..EdgeOptions::default()
+        },
+    );
+    let socks = listener(&b.manager_listeners, "socks");
+    let patience = Duration::from_secs(30);
+
+    // Allowed and listening: succeeded, and the agent's HTTP port answers through it.
+    let (code, _, mut s) = socks5_connect(socks, "edge-1.verge", b.http.port(), patience);
+    assert_eq!(code, Some(0));
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut head = [0u8; 8];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head[..7], b"HTTP/1.");
+
+    // Not in the agent's allowlist: "not allowed by ruleset", at once (it used to be
+    // "succeeded", then a closed connection).
+    let (code, took, _) = socks5_connect(socks, "edge-1", 22, patience);
+    assert_eq!(code, Some(2), "after {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Allowed, but nothing listens there: "connection refused".
+    let (code, took, _) = socks5_connect(socks, "edge-1", closed.addr().port(), patience);
+    assert_eq!(code, Some(5), "after {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // An agent that answers nothing while the manager still counts it online (frozen): an
+    // error within the accept timeout (10 s), not a connection that hangs.
+    b.agent.signal("STOP");
+    let (code, took, _) = socks5_connect(socks, "edge-1", b.http.port(), patience);
+    b.agent.signal("CONT");
+    assert!(
+        code.is_some_and(|c| c != 0) && took < Duration::from_secs(15),
+        "{code:?} after {took:?}"
+    );
+
+    // An agent that has gone offline: refused (at once where the tunnel knows it is offline,
+    // within the accept timeout at worst).
+    b.agent.signal("TERM");
+    let offline = wait_for(patience, || {
+        let nodes = get(b.manager_http, "/api/nodes/").ok()?.json();
+        (nodes[0]["online"] == false && b.agent.exited()).then_some(())
+    });
+    assert!(offline.is_some(), "the agent never went offline");
+    let (code, took, _) = socks5_connect(socks, "edge-1", b.http.port(), patience);
+    assert!(
+        code.is_some_and(|c| c != 0) && took < Duration::from_secs(15),
+        "{code:?} after {took:?}"
+    );
 }
 
 #[test]

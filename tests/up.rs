@@ -78,3 +78,49 @@ fn verge_up_runs_a_manager_and_an_agent_and_stops_on_ctrl_c() {
     );
     assert!(up.log_text().contains("stopping"));
 }
+
+/// `verge up` beyond loopback (here its HTTP on every interface) makes a token at start and
+/// prints it: without it the API refuses, with it the API answers. The default stays loopback
+/// (a unit test of the options checks the addresses).
+#[test]
+fn verge_up_beyond_loopback_needs_the_printed_token() {
+    let dir = TempDir::new("up-open");
+    let args = [
+        "up",
+        "--http",
+        "0.0.0.0:0",
+        "--mqtt",
+        ANY_PORT,
+        "--rtmp",
+        ANY_PORT,
+        "--agent-http",
+        ANY_PORT,
+        "--hls",
+        ANY_PORT,
+    ];
+    let (mut up, bound) = Proc::spawn_ready("verge-up", &bin("verge"), &args, dir.path());
+    let manager = verge_manager::loopback_for(listener(&bound, "http"));
+    let summary = up.log_text();
+    let token = summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token"))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no token printed:\n{summary}"))
+        .to_string();
+    assert!(token.len() >= 32, "{summary}");
+    let keys = |headers: &[(&str, &str)]| {
+        verge::testkit::request("GET", manager, "/api/keys", headers, b"", Duration::from_secs(5))
+            .expect("HTTP exchange")
+            .status
+    };
+    assert_eq!(keys(&[]), 401);
+    assert_eq!(keys(&[("Authorization", "Bearer wrong")]), 401);
+    let bearer = format!("Bearer {token}");
+    assert_eq!(keys(&[("Authorization", &bearer)]), 200);
+    // The box's own ports stay as on any box, and the agent is online behind the auth.
+    assert!(summary.contains("local online"), "{summary}");
+    up.signal("INT");
+    let stopped = wait_for(Duration::from_secs(20), || up.exited().then_some(()));
+    assert!(stopped.is_some(), "verge up did not stop:\n{}", up.log_text());
+    assert!(!up.log_text().contains(&format!("token={token}")));
+}

@@ -61,15 +61,14 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
             ..Default::default()
         },
     );
-    // One keyframe every 20 s: the source's second keyframe is sent 20 s after ffmpeg starts,
-    // so any keyframe before that, or any second one within it, came from the agent's cache.
+    // One keyframe, the source's first: every keyframe a viewer gets after joining came from
+    // the agent's cache (the whole stream is about 1.3 MB, well within the cache's bound).
     let media = Synthetic {
         fps: 25,
-        gop: 500,
+        gop: 1500,
         seconds: 60,
         ..Synthetic::default()
     };
-    let publishing_since = Instant::now();
     let mut ffmpeg = edge.publish("ffmpeg", "cam", &media);
     wait_live(&edge, "cam");
     let state = wait_for(Duration::from_secs(20), || {
@@ -93,53 +92,90 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
             "{}",
             viewer.session_url.path
         );
-        // The cached keyframe comes first: the picture does not wait for the next IDR.
+        // The cached keyframe comes first: the picture does not wait for the next IDR (the
+        // source sends none).
         let first = viewer
             .next_frame(Duration::from_secs(20))
             .await
             .expect("video")
             .expect("open");
         assert!(first.keyframe);
-        assert!(
-            publishing_since.elapsed() < Duration::from_secs(20),
-            "the first keyframe came no sooner than the source's second one: {}",
-            viewer.stats
-        );
         println!("first keyframe through the manager: {}", viewer.stats);
-        // Packets that reach the client before its SRTP is up are lost (`lost`, `skipped`
-        // before the first keyframe); from the first keyframe on, nothing may be.
-        let lost_before_first = viewer.stats.lost;
 
-        // Every frame, in order: 25 fps is 3600 RTP ticks a frame, whatever the pace.
+        // Every frame, in order, until 3 s of video and 2 s of audio came: 25 fps is 3600 RTP
+        // ticks a frame, whatever the pace. Packets that reach the client before its SRTP is
+        // up are lost (`lost`, `skipped` before the first keyframe). Later a UDP packet may
+        // still be lost on a busy machine (the cached GOP comes as one unpaced burst): that
+        // shows as a gap in the sequence numbers (or a packet resent on a NACK, too late),
+        // and the client asks for a keyframe, which the agent sends again from its cache,
+        // stamped just past the last frame it sent. Nothing else may move RTP time, and no
+        // frame may be lost unless a packet went missing or came late just then.
+        let deadline = Instant::now() + Duration::from_secs(60);
         let mut last = first.rtp_timestamp;
-        for n in 1..=75 {
+        let mut n = 0;
+        loop {
+            let s = &viewer.stats;
+            let (lost, out_of_sequence) = (s.lost, s.missing_packets + s.late_packets);
             let unit = viewer
                 .next_frame(Duration::from_secs(10))
                 .await
                 .expect("video")
                 .expect("open");
+            n += 1;
             let step = unit.rtp_timestamp.wrapping_sub(last);
-            assert_eq!(
-                step, 3600,
-                "frame {n} moved RTP time by {step}: {}",
-                viewer.stats
-            );
+            let s = &viewer.stats;
+            if s.lost > lost {
+                assert!(
+                    s.missing_packets + s.late_packets > out_of_sequence,
+                    "frame {n}: an access unit was lost with no packet missing or late: {s}"
+                );
+            } else if unit.keyframe {
+                assert!(
+                    s.keyframe_requests > 0 && step > 0 && step < 1 << 31,
+                    "frame {n}: a keyframe nobody asked for, or back in time ({step}): {s}"
+                );
+            } else {
+                assert_eq!(step, 3600, "frame {n} moved RTP time by {step}: {s}");
+            }
             last = unit.rtp_timestamp;
+            let audio = viewer
+                .audio
+                .packets
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if n >= 75 && audio >= 100 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} frames and {audio} Opus packets in 60 s: {s}"
+            );
         }
         let s = viewer.stats.clone();
-        assert_eq!(s.lost, lost_before_first, "{s}");
+        println!("{n} frames read: {s}");
         assert_eq!((s.width, s.height), (Some(640), Some(360)), "{s}");
 
-        // The AAC came along as Opus: 50 packets a second (3 s of video were read), each one
-        // 20 ms frame (RFC 6716 §3.1: the TOC byte's config and frame-count code).
-        let audio_packets = viewer
+        // The AAC came along as Opus, live: each packet 960 ticks of 48 kHz RTP time (20 ms)
+        // past the one before (times the sequence step, should one be lost on the way), so 50
+        // packets a second; each one 20 ms frame (RFC 6716 §3.1: the TOC byte's config and
+        // frame-count code).
+        let rtp = viewer
             .audio
-            .packets
-            .load(std::sync::atomic::Ordering::Relaxed);
-        assert!(
-            (100..=250).contains(&audio_packets),
-            "{audio_packets} Opus packets in ~3 s"
-        );
+            .rtp
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        assert!(rtp.len() >= 100, "{} Opus packets", rtp.len());
+        for pair in rtp.windows(2) {
+            let sequence_step = pair[1].0.wrapping_sub(pair[0].0);
+            let time_step = pair[1].1.wrapping_sub(pair[0].1);
+            let in_order = (1..0x8000).contains(&sequence_step);
+            assert!(
+                in_order && time_step == 960 * u32::from(sequence_step),
+                "Opus packet {:?} after {:?}: not 20 ms a packet",
+                pair[1],
+                pair[0]
+            );
+        }
         let toc = viewer
             .audio
             .last
@@ -153,13 +189,17 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
             "TOC {toc:#04x} is not one 20 ms Opus frame"
         );
 
-        // A keyframe request (PLI) is answered from the cache, long before the next IDR (20 s
-        // GOP), with RTP time running on past the last frame sent.
+        // A keyframe request (PLI) is answered from the cache (the source sends no other
+        // keyframe), with RTP time running on past the last frame sent. A request within the
+        // client's (300 ms) or the agent's (500 ms) interval of the one before is dropped, so
+        // it is repeated until a keyframe comes.
         let before = viewer
             .next_frame(Duration::from_secs(10))
             .await
             .expect("video")
             .expect("open");
+        let asked_since = Instant::now();
+        let mut asked = asked_since;
         viewer.request_keyframe();
         let key = loop {
             let unit = viewer
@@ -170,12 +210,21 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
             if unit.keyframe {
                 break unit;
             }
+            assert!(
+                asked_since.elapsed() < Duration::from_secs(20),
+                "no keyframe 20 s after asking: {}",
+                viewer.stats
+            );
+            if asked.elapsed() >= Duration::from_millis(600) {
+                viewer.request_keyframe();
+                asked = Instant::now();
+            }
         };
         let ahead = key.rtp_timestamp.wrapping_sub(before.rtp_timestamp);
-        // The source's own next keyframe is at media time 20 s, about 17 s (1,530,000 ticks)
-        // past the ~3 s watched so far; the cache's comes right after the last frame sent.
+        // Just past the last frame sent, which the client is at most a few seconds behind (a
+        // keyframe stamped with its own media time would be far back: a huge wrapped step).
         assert!(
-            ahead > 0 && ahead < 450_000,
+            ahead > 0 && ahead < 900_000,
             "RTP time went from {} to {}",
             before.rtp_timestamp,
             key.rtp_timestamp
@@ -272,7 +321,7 @@ fn whep_refusals_are_statuses_a_client_can_act_on() {
         "whep-errors",
         &EdgeOptions {
             noauth: true,
-            rpc_timeout_ms: Some(1000),
+            rpc_timeout_ms: Some(4000),
             ..Default::default()
         },
     );
@@ -332,8 +381,9 @@ fn whep_refusals_are_statuses_a_client_can_act_on() {
         404
     );
 
-    // The agent does not answer in time: frozen, still online until its keepalive runs out.
-    // (post_offer gives up after 10 s: the manager answers within its 1 s RPC timeout.)
+    // The agent does not answer in time: frozen, still online until its keepalive runs out
+    // (5 s at the soonest; the call starts at once and is not cut short by that).
+    // (post_offer gives up after 10 s: the manager answers within its 4 s RPC timeout.)
     edge.agent.signal("STOP");
     let r = post_offer(m, "/whep/cam", sdp, VP8_OFFER);
     edge.agent.signal("CONT");
@@ -590,10 +640,23 @@ fn without_cloudflare_sessions_go_on_without_its_servers() {
             ..Default::default()
         },
     );
+    // The API's refusal (or its 3 s timeout) does not hold the session up.
     let started = std::time::Instant::now();
-    let r = send("OPTIONS", edge.manager_http, "/whep/cam");
+    let r = request(
+        "OPTIONS",
+        edge.manager_http,
+        "/whep/cam",
+        &[],
+        b"",
+        Duration::from_secs(30),
+    )
+    .expect("HTTP exchange");
     assert_eq!(r.status, 204);
-    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(!r.all("link").any(|l| l.contains("cloudflare")));
     assert!(
         wait_for(Duration::from_secs(5), || edge

@@ -176,18 +176,41 @@ impl Default for RtmpConfig {
     }
 }
 
+/// `[http]`: the agent's HTTP port; its limits apply to the HLS port as well, each port
+/// counting its own connections (see `verge_serve::http`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub advertise: Option<String>,
+    /// Connections served at once per port; more wait in the kernel's queue.
+    pub max_connections: usize,
+    /// A request's headers must be complete this long after the accept or the previous
+    /// response (so also the keep-alive wait for the next request).
+    pub header_timeout_secs: u64,
+    /// A connection with no byte moving either way this long is closed.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
+        let limits = verge_serve::http::Limits::default();
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 7001)),
             advertise: None,
+            max_connections: 256,
+            header_timeout_secs: limits.header_timeout.as_secs(),
+            idle_timeout_secs: limits.idle_timeout.as_secs(),
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn limits(&self) -> verge_serve::http::Limits {
+        verge_serve::http::Limits {
+            max_connections: self.max_connections.max(1),
+            header_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
         }
     }
 }
@@ -199,6 +222,10 @@ pub struct Limits {
     pub sub_max: u16,
     /// RPC calls handled at once; more are answered `busy`.
     pub rpc_concurrency: usize,
+    /// WebRTC sessions one source address may hold at once (0: no cap).
+    pub sessions_per_address: usize,
+    /// WebRTC sessions one token may hold at once (0: no cap).
+    pub sessions_per_token: usize,
 }
 
 impl Default for Limits {
@@ -207,6 +234,8 @@ impl Default for Limits {
             pub_max: 8,
             sub_max: 64,
             rpc_concurrency: 16,
+            sessions_per_address: 16,
+            sessions_per_token: 0,
         }
     }
 }
@@ -274,8 +303,12 @@ impl Default for WebrtcConfig {
 }
 
 impl WebrtcConfig {
-    pub fn settings(&self) -> crate::webrtc::WhepSettings {
+    pub fn settings(&self, limits: &Limits) -> crate::webrtc::WhepSettings {
         crate::webrtc::WhepSettings {
+            client_caps: crate::webrtc::ClientCaps {
+                per_address: limits.sessions_per_address,
+                per_token: limits.sessions_per_token,
+            },
             ice: crate::webrtc::IceSettings {
                 udp_ips: self.udp_ips.clone(),
                 nat_ips: self.nat_ips.clone(),

@@ -3,6 +3,8 @@
 //! - [`config`]: the `agent.toml` keys.
 //! - [`session`]: the MQTT session: retained presence with an `offline` last will, retained
 //!   state, the RPC server, the goodbye on shutdown.
+//! - [`heal`]: putting back our retained presence and state when someone replaces them
+//!   (sans-IO; compares what the bodies mean, repairs bounded in time).
 //! - [`rpc`]: the methods the manager can call.
 //! - [`state`]: the live snapshot the session publishes when it changes.
 //! - [`rtmp`]: the RTMP listener; publishers feed the hub, players read from it.
@@ -25,6 +27,7 @@
 //! [`rpc::dispatch`] on a task of its own; the signed reply goes to the manager's `res` topic.
 
 pub mod config;
+pub mod heal;
 pub mod hls;
 pub mod http;
 pub mod keys;
@@ -78,7 +81,7 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     }));
     let state = StateHandle::new();
     let keys = keys::KeyTable::default();
-    let whep = webrtc::Whep::new(&cfg.id, hub.clone(), cfg.webrtc.settings());
+    let whep = webrtc::Whep::new(&cfg.id, hub.clone(), cfg.webrtc.settings(&cfg.limits));
     // Days a recording begins go to the manager's index through the MQTT session.
     let (days_tx, days) = tokio::sync::mpsc::channel::<record::writer::NewDay>(64);
     let recorder = record::Recorder::new(hub.clone(), cfg.record.settings(), days_tx);
@@ -105,16 +108,21 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
                 ..rtmp::RtmpSettings::default()
             },
         )),
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(http_listener, router).await {
-                tracing::error!(error = %e, "agent HTTP server stopped");
-            }
-        }),
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(hls_listener, hls).await {
-                tracing::error!(error = %e, "agent HLS server stopped");
-            }
-        }),
+        // Both end when the agent aborts its tasks.
+        tokio::spawn(verge_serve::http::serve(
+            http_listener,
+            router,
+            cfg.http.limits(),
+            "HTTP",
+            std::future::pending(),
+        )),
+        tokio::spawn(verge_serve::http::serve(
+            hls_listener,
+            hls,
+            cfg.http.limits(),
+            "HLS",
+            std::future::pending(),
+        )),
         tokio::spawn(recorder.clone().run()),
         tokio::spawn(streams::report(
             hub,

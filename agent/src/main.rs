@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     process::init_tracing("info,rtc_ice=error");
+    process::raise_open_files_limit();
     let cfg = match AgentConfig::load(&path) {
         Ok(cfg) => cfg,
         Err(e) => {

@@ -95,7 +95,7 @@ async fn whep_call(whep: &Whep, method: &str, params: Value) -> Result<Value, Rp
             let stream = StreamName::from_id(&p.stream)
                 .map_err(|why| RpcError::new(ErrorCode::InvalidParams, why))?;
             to_value(
-                whep.offer(&stream.id(), p.sdp, &p.ice_servers)
+                whep.offer(&stream.id(), p.sdp, &p.ice_servers, p.client.as_ref())
                     .await
                     .map_err(refused)?,
             )
@@ -105,7 +105,7 @@ async fn whep_call(whep: &Whep, method: &str, params: Value) -> Result<Value, Rp
             let stream = StreamName::from_id(&p.stream)
                 .map_err(|why| RpcError::new(ErrorCode::InvalidParams, why))?;
             to_value(
-                whep.publish(&stream.id(), p.sdp, &p.ice_servers)
+                whep.publish(&stream.id(), p.sdp, &p.ice_servers, p.client.as_ref())
                     .await
                     .map_err(refused)?,
             )
@@ -113,14 +113,14 @@ async fn whep_call(whep: &Whep, method: &str, params: Value) -> Result<Value, Rp
         whep::METHOD_PATCH => {
             let p: PatchParams = parse(params)?;
             to_value(
-                whep.patch(&p.session, p.stream.as_deref(), &p.frag)
+                whep.patch(&p.session, p.stream.as_deref(), p.role, &p.frag)
                     .await
                     .map_err(refused)?,
             )
         }
         whep::METHOD_DELETE => {
             let p: SessionParams = parse(params)?;
-            whep.delete(&p.session, p.stream.as_deref())
+            whep.delete(&p.session, p.stream.as_deref(), p.role)
                 .map_err(refused)?;
             Ok(Value::Object(Default::default()))
         }

@@ -18,7 +18,7 @@ use verge_media::rtmp::handshake;
 use verge_media::rtmp::session::{Event, MediaKind, Session, SessionConfig};
 
 use crate::keys::KeyTable;
-use crate::streams::{StreamName, parse_publish_name};
+use crate::streams::StreamName;
 
 #[derive(Debug, Clone)]
 pub struct RtmpSettings {
@@ -211,16 +211,12 @@ async fn connection(
 }
 
 /// The stream a `publish` goes to: the name itself, or with keys on, the stream the key maps to
-/// (the key must belong to the app the publisher connected to).
-fn publish_target(
-    keys: Option<&KeyTable>,
-    app: &str,
-    published: &str,
-) -> Result<StreamName, String> {
+/// (the key must belong to the app the publisher connected to). App and name come without
+/// their queries (the session cut them off).
+fn publish_target(keys: Option<&KeyTable>, app: &str, key: &str) -> Result<StreamName, String> {
     let Some(keys) = keys else {
-        return parse_publish_name(app, published);
+        return StreamName::parse(app, key);
     };
-    let key = published.split('?').next().unwrap_or_default();
     let app = if app.is_empty() { "live" } else { app };
     match keys.lookup(key) {
         Some(channel) if channel.app == app => StreamName::parse(&channel.app, &channel.name),
@@ -242,7 +238,9 @@ fn on_event(
             tracing::debug!(%peer, %app, "RTMP connect");
             Ok(role)
         }
-        Event::PublishRequested { stream_id, name } => {
+        Event::PublishRequested {
+            stream_id, name, ..
+        } => {
             if !matches!(role, Role::Idle) {
                 conn.session.reject_publish(
                     stream_id,
@@ -261,15 +259,17 @@ fn on_event(
                     return Err(ConnError::Refused(why));
                 }
             };
-            match hub.publish(&stream.id(), &peer.to_string()) {
+            // Named like a WHIP publisher (`WHIP {session}`): its kind, then who it is.
+            match hub.publish(&stream.id(), &format!("RTMP {peer}")) {
                 Ok(publisher) => {
                     tracing::info!(%peer, stream = %stream.id(), "publishing");
                     conn.session.accept_publish(stream_id, &stream.id());
                     // With keys on, the key is checked again whenever the table changes.
-                    let key = conn.settings.keys.as_ref().map(|keys| {
-                        let used = name.split('?').next().unwrap_or_default().to_string();
-                        (keys.clone(), keys.subscribe(), used)
-                    });
+                    let key = conn
+                        .settings
+                        .keys
+                        .as_ref()
+                        .map(|keys| (keys.clone(), keys.subscribe(), name));
                     Ok(Role::Publishing {
                         stream_id,
                         publisher,
@@ -286,9 +286,10 @@ fn on_event(
                 }
             }
         }
-        Event::PlayRequested { stream_id, name } => {
-            let stream = StreamName::parse(&app, name.split('?').next().unwrap_or_default())
-                .map_err(ConnError::Refused)?;
+        Event::PlayRequested {
+            stream_id, name, ..
+        } => {
+            let stream = StreamName::parse(&app, &name).map_err(ConnError::Refused)?;
             match hub.subscribe_as(&stream.id(), ReaderKind::Rtmp) {
                 Ok(reader) => {
                     tracing::info!(%peer, stream = %stream.id(), "RTMP player joined");

@@ -19,11 +19,12 @@ use verge_protocol::key::MacKey;
 use verge_protocol::keys::SealedKeys;
 use verge_protocol::presence::{Presence, Status};
 use verge_protocol::private::{PrivateKey, Way};
-use verge_protocol::rpc::{ErrorCode, Outcome, ReplayGuard, Reply, Request, RpcError};
+use verge_protocol::rpc::{ErrorCode, NotRun, Outcome, ReplayGuard, Reply, Request, RpcError};
 use verge_protocol::state::State;
 use verge_protocol::topic::Topics;
 
 use crate::config::{AgentConfig, ConfigError};
+use crate::heal::{Healer, Seen};
 use crate::keys::KeyTable;
 use crate::rpc;
 use crate::state::StateHandle;
@@ -32,6 +33,11 @@ use crate::webrtc::Whep;
 
 /// How long a goodbye may take before the process exits anyway.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Requests the replay guard remembers at most. It only has to remember those signed within
+/// [`verge_protocol::rpc::REQUEST_WINDOW`] (older ones are refused as stale): this is 136 a
+/// second for the two minutes, far more than a manager sends one agent; past it requests are
+/// refused `busy` rather than any forgotten early.
+const REPLAY_MEMORY: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -67,8 +73,21 @@ struct Shared {
     state: StateHandle,
     whep: Option<Whep>,
     recorder: Option<crate::record::Recorder>,
-    /// The state payload last published (retained), to notice when someone replaces it.
-    last_state: Mutex<Vec<u8>>,
+    /// Healing of the retained presence and state (see [`crate::heal`]).
+    heal: Mutex<Healers>,
+}
+
+/// One healer per retained topic of ours.
+#[derive(Default)]
+struct Healers {
+    presence: Healer,
+    state: Healer,
+}
+
+impl Shared {
+    fn healers(&self) -> std::sync::MutexGuard<'_, Healers> {
+        self.heal.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Shared {
@@ -182,14 +201,13 @@ pub async fn run(
         state,
         whep,
         recorder: index.as_ref().map(|i| i.recorder.clone()),
-        last_state: Mutex::new(Vec::new()),
+        heal: Mutex::default(),
     });
     // The current session number; 0 until the first CONNACK.
     let (connected_tx, connected_rx) = watch::channel(0u64);
-    let reannounce = Arc::new(tokio::sync::Notify::new());
-    let announcer = tokio::spawn(announce(shared.clone(), connected_rx, reannounce.clone()));
+    let announcer = tokio::spawn(announce(shared.clone(), connected_rx));
     let permits = Arc::new(Semaphore::new(cfg.limits.rpc_concurrency.max(1)));
-    let replays = Mutex::new(ReplayGuard::new(4096));
+    let replays = Mutex::new(ReplayGuard::new(REPLAY_MEMORY));
     let (link_up, link_up_rx) = watch::channel(false);
     let _ = tunnel_cell.set(Mutex::new(Tunnels::new(
         cfg,
@@ -231,11 +249,25 @@ pub async fn run(
 
     tokio::pin!(shutdown);
     let result = loop {
+        let repair_at = {
+            let healers = shared.healers();
+            [healers.presence.deadline(), healers.state.deadline()]
+                .into_iter()
+                .flatten()
+                .min()
+        };
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
+            _ = tokio::time::sleep_until(repair_at.map_or_else(tokio::time::Instant::now, Into::into)),
+                if repair_at.is_some() => repair(&shared),
             event = events.recv() => match event {
                 None => break Err(AgentError::LinkEnded),
                 Some(LinkEvent::Connected { session }) => {
+                    {
+                        let mut healers = shared.healers();
+                        healers.presence.connected();
+                        healers.state.connected();
+                    }
                     connected_tx.send_replace(session);
                     link_up.send_replace(true);
                 }
@@ -248,14 +280,12 @@ pub async fn run(
                     on_keys(&shared, &keys, &payload);
                 }
                 Some(LinkEvent::Message { topic, payload }) if topic == presence_topic => {
-                    if stale_presence(&shared, &payload, *connected_tx.borrow()) {
-                        reannounce.notify_one();
-                    }
+                    let seen = seen_presence(&shared, &payload, *connected_tx.borrow());
+                    shared.healers().presence.seen(seen, std::time::Instant::now());
                 }
                 Some(LinkEvent::Message { topic, payload }) if topic == state_topic => {
-                    if stale_state(&shared, &payload, *connected_tx.borrow()) {
-                        reannounce.notify_one();
-                    }
+                    let seen = seen_as::<State>(&shared, &payload);
+                    shared.healers().state.seen(seen, std::time::Instant::now());
                 }
                 Some(LinkEvent::Message { topic, payload }) if topic.starts_with(&ack_prefix) => {
                     match envelope::open::<IndexAck>(&payload, &shared.key) {
@@ -327,48 +357,37 @@ async fn goodbye(
 }
 
 /// After every (re)connect: subscribe and announce; on every state change: republish the
-/// state; when told (a stale `offline` of ours is retained): announce again.
-async fn announce(
-    shared: Arc<Shared>,
-    mut connected: watch::Receiver<u64>,
-    reannounce: Arc<tokio::sync::Notify>,
-) {
+/// state. What it publishes is what the healers compare their topics with.
+async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver<u64>) {
     let mut state_rx = shared.state.subscribe();
     let mut announced_generation = 0u64;
     let mut published: Option<(u64, u64)> = None;
     loop {
-        let mut again = false;
         tokio::select! {
             changed = connected.changed() => if changed.is_err() { return },
             changed = state_rx.changed() => if changed.is_err() { return },
-            _ = reannounce.notified() => again = true,
         }
         let generation = *connected.borrow_and_update();
         if generation == 0 {
             continue;
         }
-        if again {
-            // Someone replaced what we retained: the state goes out again too.
-            published = None;
-        }
-        if announced_generation != generation || again {
+        if announced_generation != generation {
             // One filter for everything addressed to this agent (requests, keys, our own
-            // presence to notice a late will): rumqttd matches every new topic against every
+            // presence and state, to heal them): rumqttd matches every new topic against every
             // filter, so filters per agent multiply its work across a fleet (measured with
-            // examples/agent_swarm). Our own state echoes back too and is ignored.
+            // examples/agent_swarm). Subscribed before we announce, so the manager's first
+            // ping (~1 ms after our presence) finds us listening.
             let filter = shared.topics.agent_all(&shared.id);
-            let presence = shared.seal(&shared.presence(Status::Online, generation));
-            let presence_topic = shared.topics.presence(&shared.id);
-            if announced_generation != generation
-                && let Err(e) = shared.client.subscribe(filter, QoS::AtLeastOnce).await
-            {
+            if let Err(e) = shared.client.subscribe(filter, QoS::AtLeastOnce).await {
                 tracing::warn!(agent = %shared.id, error = %e, "subscribe failed");
             }
-            if let Err(e) = shared
-                .client
-                .publish(presence_topic, QoS::AtLeastOnce, true, presence)
-                .await
-            {
+            let presence = shared.presence(Status::Online, generation);
+            let topic = shared.topics.presence(&shared.id);
+            let payload = shared.seal(&presence);
+            if let Ok(body) = serde_json::to_value(&presence) {
+                shared.healers().presence.published(body);
+            }
+            if let Err(e) = shared.client.publish(topic, QoS::AtLeastOnce, true, payload).await {
                 tracing::warn!(agent = %shared.id, error = %e, "presence publish failed");
             }
             announced_generation = generation;
@@ -377,12 +396,10 @@ async fn announce(
         if published != Some((generation, state.seq)) {
             let topic = shared.topics.state(&shared.id);
             let payload = shared.seal(&state);
-            *shared.last_state.lock().unwrap_or_else(|p| p.into_inner()) = payload.clone();
-            if let Err(e) = shared
-                .client
-                .publish(topic, QoS::AtLeastOnce, true, payload)
-                .await
-            {
+            if let Ok(body) = serde_json::to_value(&state) {
+                shared.healers().state.published(body);
+            }
+            if let Err(e) = shared.client.publish(topic, QoS::AtLeastOnce, true, payload).await {
                 tracing::warn!(agent = %shared.id, error = %e, "state publish failed");
             }
             published = Some((generation, state.seq));
@@ -390,39 +407,62 @@ async fn announce(
     }
 }
 
-/// True when the retained presence is not this session's `online`: a late will of an older
-/// connection (or anything else) replaced it, and it must be announced again.
-fn stale_presence(shared: &Shared, payload: &[u8], session: u64) -> bool {
-    if session == 0 {
-        return false;
-    }
+/// What a message on our retained presence topic is to its healer: ours (its body), someone
+/// else's, or the presence of a newer process with our id (a higher session), not ours to
+/// overwrite.
+fn seen_presence(shared: &Shared, payload: &[u8], session: u64) -> Seen {
     match envelope::open::<Presence>(payload, &shared.key) {
-        Ok(opened) => {
-            let p = opened.body;
-            let stale = p.session < session || (p.session == session && p.status != Status::Online);
-            if stale {
-                tracing::info!(agent = %shared.id, old_session = p.session, session, "our retained presence was replaced; announcing again");
-            }
-            stale
+        Ok(opened) if opened.from == shared.id && opened.body.session > session => {
+            tracing::warn!(agent = %shared.id, session, newer = opened.body.session,
+                "a newer process with this agent's id announced itself; leaving its presence");
+            Seen::Newer
         }
-        Err(_) => true,
+        _ => seen_as::<Presence>(shared, payload),
     }
 }
 
-/// True when the retained state is not what we last published: cleared, replaced by
-/// something else, or an old message of ours published again. (An echo of an earlier publish
-/// arriving late also counts; publishing once more is harmless.)
-fn stale_state(shared: &Shared, payload: &[u8], session: u64) -> bool {
-    if session == 0 {
-        return false;
+/// A retained message of ours as its body (the JSON value: what it means, not the bytes of a
+/// signature made at another time), or [`Seen::Other`].
+fn seen_as<M: Message + serde::de::DeserializeOwned + serde::Serialize>(
+    shared: &Shared,
+    payload: &[u8],
+) -> Seen {
+    match envelope::open::<M>(payload, &shared.key) {
+        Ok(opened) if opened.from == shared.id => serde_json::to_value(&opened.body)
+            .map(Seen::Ours)
+            .unwrap_or(Seen::Other),
+        _ => Seen::Other,
     }
-    let last = shared.last_state.lock().unwrap_or_else(|p| p.into_inner());
-    let stale = !last.is_empty() && *last != payload;
-    drop(last);
-    if stale {
-        tracing::info!(agent = %shared.id, "our retained state was replaced; publishing it again");
-    }
-    stale
+}
+
+/// Publishes again, sealed afresh, what a healer says was damaged and is due for repair.
+fn repair(shared: &Shared) {
+    let now = std::time::Instant::now();
+    let (presence, state, held_back) = {
+        let mut healers = shared.healers();
+        let held_back = healers.presence.held_back() + healers.state.held_back();
+        (healers.presence.poll(now), healers.state.poll(now), held_back)
+    };
+    let republish = |topic: String, what: &str, payload: Option<Vec<u8>>| {
+        let Some(payload) = payload else { return };
+        tracing::info!(agent = %shared.id, held_back, "our retained {what} was replaced; publishing it again");
+        if let Err(e) = shared.client.try_publish(topic, QoS::AtLeastOnce, true, payload) {
+            tracing::warn!(agent = %shared.id, error = %e, "could not queue the repair of our {what}");
+        }
+    };
+    // The bodies were made from these types when they were published.
+    let presence = presence.and_then(|body| serde_json::from_value::<Presence>(body).ok());
+    let state = state.and_then(|body| serde_json::from_value::<State>(body).ok());
+    republish(
+        shared.topics.presence(&shared.id),
+        "presence",
+        presence.map(|p| shared.seal(&p)),
+    );
+    republish(
+        shared.topics.state(&shared.id),
+        "state",
+        state.map(|st| shared.seal(&st)),
+    );
 }
 
 /// Takes the channel key table the manager keeps for this agent.
@@ -448,6 +488,64 @@ fn on_keys(shared: &Shared, keys: &KeyTable, payload: &[u8]) {
     }
 }
 
+/// What becomes of a request payload, decided before anything runs.
+#[derive(Debug)]
+enum Admission {
+    Run(Request),
+    /// Answered with this error, not run: signed outside the window (the caller learns its
+    /// clock or its delivery is off), or too many to remember.
+    Refuse(Request, RpcError),
+    /// Dropped without a word: it does not open, names no valid reply topic, or was run
+    /// already.
+    Drop,
+}
+
+/// Opens a request and checks its signed time and its id ([`ReplayGuard`]) at `now` (Unix
+/// ms). Each refusal is logged once, here.
+fn admit(
+    agent: &str,
+    key: &MacKey,
+    payload: &[u8],
+    replays: &Mutex<ReplayGuard>,
+    now: u64,
+) -> Admission {
+    let opened = match envelope::open::<Request>(payload, key) {
+        Ok(opened) => opened,
+        Err(e) => {
+            tracing::warn!(%agent, error = %e, "dropping a request that does not open");
+            return Admission::Drop;
+        }
+    };
+    let (sender, request) = (opened.from, opened.body);
+    if verge_protocol::id::validate(&request.reply_to).is_err() {
+        tracing::warn!(%agent, %sender, reply_to = %request.reply_to, "dropping a request with an invalid reply_to");
+        return Admission::Drop;
+    }
+    let verdict = replays.lock().unwrap_or_else(|p| p.into_inner()).admit(
+        &request.reply_to,
+        request.id.value(),
+        opened.ts,
+        now,
+    );
+    match verdict {
+        Ok(()) => Admission::Run(request),
+        Err(NotRun::Replayed { .. }) => {
+            tracing::warn!(%agent, %sender, id = %request.id, method = %request.method, "dropping a replayed request");
+            Admission::Drop
+        }
+        Err(stale @ NotRun::Stale { skew_ms }) => {
+            tracing::warn!(%agent, %sender, id = %request.id, method = %request.method, skew_ms, "refusing a stale request");
+            let error = RpcError::new(ErrorCode::Stale, format!("request {stale}"));
+            Admission::Refuse(request, error)
+        }
+        Err(full @ NotRun::Full(_)) => {
+            tracing::warn!(%agent, %sender, id = %request.id, method = %request.method, "refusing a request: {full}");
+            let error = RpcError::new(ErrorCode::Busy, full.to_string());
+            Admission::Refuse(request, error)
+        }
+    }
+}
+
 /// Checks a request and starts it on its own task; never waits. `true`: the manager revoked
 /// this agent (answered here, before the session ends).
 fn on_request(
@@ -456,25 +554,22 @@ fn on_request(
     permits: &Arc<Semaphore>,
     replays: &Mutex<ReplayGuard>,
 ) -> bool {
-    let request = match envelope::open::<Request>(payload, &shared.key) {
-        Ok(opened) => opened.body,
-        Err(e) => {
-            tracing::warn!(agent = %shared.id, error = %e, "dropping a request that does not open");
+    let now = verge_protocol::now_ms();
+    let request = match admit(&shared.id, &shared.key, payload, replays, now) {
+        Admission::Run(request) => request,
+        Admission::Refuse(request, error) => {
+            let reply = shared.seal(&Reply {
+                id: request.id,
+                result: Outcome::Err(error),
+            });
+            let topic = shared.topics.reply(&request.reply_to);
+            let _ = shared
+                .client
+                .try_publish(topic, QoS::AtMostOnce, false, reply);
             return false;
         }
+        Admission::Drop => return false,
     };
-    if verge_protocol::id::validate(&request.reply_to).is_err() {
-        tracing::warn!(agent = %shared.id, reply_to = %request.reply_to, "dropping a request with an invalid reply_to");
-        return false;
-    }
-    let first = replays
-        .lock()
-        .map(|mut guard| guard.first_time(&request.reply_to, request.id))
-        .unwrap_or(false);
-    if !first {
-        tracing::warn!(agent = %shared.id, id = request.id, "dropping a replayed request");
-        return false;
-    }
     let reply_topic = shared.topics.reply(&request.reply_to);
     if request.method == verge_protocol::rpc::METHOD_REVOKED {
         tracing::error!(agent = %shared.id, manager = %request.reply_to, "revoked by the manager: disconnecting");
@@ -560,5 +655,56 @@ async fn serve(
             ErrorCode::DeadlineExceeded,
             format!("{method} took longer than {timeout_ms} ms"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(id: u64) -> Request {
+        Request {
+            id: id.into(),
+            method: verge_protocol::rpc::METHOD_PING.into(),
+            params: serde_json::Value::Null,
+            timeout_ms: 2000,
+            reply_to: "manager-1".into(),
+        }
+    }
+
+    #[test]
+    fn stale_requests_are_refused_and_replays_within_the_window_dropped() {
+        let key = MacKey::new("s1");
+        let replays = Mutex::new(ReplayGuard::new(REPLAY_MEMORY));
+        let now = verge_protocol::now_ms();
+        let admit = |payload: &[u8], at: u64| admit("edge-1", &key, payload, &replays, at);
+
+        // Correctly signed, ten minutes ago: what a replay of a captured request looks like.
+        let old = envelope::seal(&key, "manager-1", now - 600_000, &request(1));
+        match admit(&old, now) {
+            Admission::Refuse(refused, error) => {
+                assert_eq!((refused.id.value(), error.code), (1, ErrorCode::Stale));
+                assert!(error.message.contains("-600000 ms"), "{}", error.message);
+            }
+            other => panic!("a request ten minutes old was not refused as stale: {other:?}"),
+        }
+        // As far in the future: refused the same way.
+        let ahead = envelope::seal(&key, "manager-1", now + 600_000, &request(2));
+        assert!(
+            matches!(admit(&ahead, now), Admission::Refuse(_, e) if e.code == ErrorCode::Stale)
+        );
+
+        // Within the window: run, once; its replay a minute later is dropped.
+        let fresh = envelope::seal(&key, "manager-1", now - 5_000, &request(3));
+        assert!(matches!(admit(&fresh, now), Admission::Run(r) if r.id.value() == 3));
+        assert!(matches!(admit(&fresh, now + 60_000), Admission::Drop));
+        // Past the window the same bytes are stale, not run again.
+        assert!(matches!(
+            admit(&fresh, now + 180_000),
+            Admission::Refuse(_, e) if e.code == ErrorCode::Stale
+        ));
+        // Another's signature opens nothing.
+        let forged = envelope::seal(&MacKey::new("other"), "manager-1", now, &request(4));
+        assert!(matches!(admit(&forged, now), Admission::Drop));
     }
 }

@@ -45,12 +45,6 @@ impl StreamName {
     }
 }
 
-/// The stream a `publish` names: the query string (`?token=…` from some encoders) is not part
-/// of it.
-pub fn parse_publish_name(app: &str, published: &str) -> Result<StreamName, String> {
-    StreamName::parse(app, published.split('?').next().unwrap_or_default())
-}
-
 fn info(status: &StreamStatus, opus: bool) -> StreamInfo {
     let (app, name) = status
         .id
@@ -151,11 +145,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_default_the_app_and_drop_the_query() {
-        let s = parse_publish_name("", "cam1?token=x").unwrap();
-        assert_eq!(s.id(), "live/cam1");
+    fn names_default_the_app() {
+        assert_eq!(StreamName::parse("", "cam1").unwrap().id(), "live/cam1");
         assert_eq!(
-            parse_publish_name("studio", "a.b-c_d").unwrap().id(),
+            StreamName::parse("studio", "a.b-c_d").unwrap().id(),
             "studio/a.b-c_d"
         );
     }

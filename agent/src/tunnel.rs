@@ -171,7 +171,12 @@ async fn serve(mut incoming: mpsc::Receiver<Incoming>, allow: Arc<Allow>, manage
                 Ok(Err(e)) => {
                     let why = format!("dialling {target} ({addr}): {e}");
                     tracing::info!(%manager, %target, "tunnel stream refused: {why}");
-                    return request.refuse(ResetCode::Unreachable, &why).await;
+                    // The opener tells its client which (a SOCKS5 reply code, say).
+                    let code = match e.kind() {
+                        std::io::ErrorKind::ConnectionRefused => ResetCode::TargetRefused,
+                        _ => ResetCode::Unreachable,
+                    };
+                    return request.refuse(code, &why).await;
                 }
                 Err(_) => {
                     let why = format!("dialling {target} ({addr}) took over {DIAL_TIMEOUT:?}");

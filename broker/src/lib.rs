@@ -15,6 +15,13 @@
 //! `agent_segment_size × agent_segment_count`. The broker's log memory is then at most
 //! `fleet filters × segment_size × segment_count + agents × agent_segment_size × agent_segment_count`.
 //!
+//! Descriptors: rumqttd's accept loop logs an ERROR for every failed accept and retries at once,
+//! so running out of descriptors spins a core and floods the log (issue #27). It has no cap
+//! on sockets it has accepted; its router refuses a CONNECT beyond `max_connections`, and a
+//! socket that sends no CONNECT is closed after `connect_timeout_ms`. So each listener pauses
+//! `accept_interval_ms` after every accept, and the broker then holds at most
+//! [`descriptors_at_most`] sockets: the manager's `LimitNOFILE` must leave room for them.
+//!
 //! rumqttd hands a new wildcard subscriber at most 100 retained messages at QoS 1 (a fixed
 //! in-flight window) but up to `max_outgoing_packet_count` at QoS 0; that count is set to cover
 //! every connection, so a manager that resubscribes gets the whole fleet's presence.
@@ -131,7 +138,13 @@ impl Credentials {
 pub struct BrokerSettings {
     pub listen: SocketAddr,
     pub tls: Option<TlsListener>,
+    /// MQTT sessions at once (rumqttd's router refuses more at CONNECT).
     pub max_connections: usize,
+    /// A socket that has not sent CONNECT this long after its accept is closed.
+    pub connect_timeout_ms: u16,
+    /// Each listener's pause after every accept (at least 1 ms); bounds the sockets waiting for
+    /// CONNECT.
+    pub accept_interval_ms: u64,
     pub max_payload_size: usize,
     /// Filters that carry the whole fleet's traffic (`verge/v1/a/+/presence`, …).
     pub fleet_filters: Vec<String>,
@@ -322,9 +335,22 @@ impl PortReservation {
     }
 }
 
+/// The most sockets the broker holds at once: `max_connections` sessions, plus on each of
+/// `listeners` the sockets accepted within one `connect_timeout_ms` that have not yet sent
+/// CONNECT (at most one per `accept_interval_ms`).
+pub fn descriptors_at_most(
+    max_connections: usize,
+    listeners: usize,
+    connect_timeout_ms: u16,
+    accept_interval_ms: u64,
+) -> u64 {
+    let waiting = u64::from(connect_timeout_ms).div_ceil(accept_interval_ms.max(1)) + 1;
+    max_connections as u64 + listeners as u64 * waiting
+}
+
 fn rumqttd_config(settings: &BrokerSettings, credentials: &Credentials) -> Config {
     let mut connections = ConnectionSettings {
-        connection_timeout_ms: 10_000,
+        connection_timeout_ms: settings.connect_timeout_ms.max(1),
         max_payload_size: settings.max_payload_size,
         max_inflight_count: 100,
         auth: None,
@@ -343,7 +369,8 @@ fn rumqttd_config(settings: &BrokerSettings, credentials: &Credentials) -> Confi
         name: name.to_string(),
         listen,
         tls,
-        next_connection_delay_ms: 0,
+        // At least 1 ms, or nothing bounds the sockets waiting for CONNECT.
+        next_connection_delay_ms: settings.accept_interval_ms.max(1),
         connections: connections.clone(),
     };
     let mut v4 = HashMap::new();
@@ -428,6 +455,19 @@ mod tests {
         assert!(!creds.check("edge-9:s2", "edge-9", &derived));
         assert_eq!(creds.secret_of("edge-9"), None);
         assert!(creds.is_revoked("edge-9") && !creds.is_listed("edge-1"));
+    }
+
+    #[test]
+    fn the_descriptor_bound_counts_sessions_and_sockets_waiting_for_connect() {
+        // The defaults: 20,000 sessions, and 1,000 accepts a second for 10 s per listener.
+        assert_eq!(descriptors_at_most(20_000, 1, 10_000, 1), 30_001);
+        assert_eq!(descriptors_at_most(20_000, 2, 10_000, 1), 40_002);
+        assert_eq!(descriptors_at_most(32, 1, 1_000, 20), 83);
+        assert_eq!(
+            descriptors_at_most(32, 1, 1_000, 0),
+            1_033,
+            "0 is taken as 1 ms"
+        );
     }
 
     #[test]

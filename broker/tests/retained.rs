@@ -13,6 +13,8 @@ fn settings(port: u16) -> BrokerSettings {
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
         tls: None,
         max_connections: 100,
+        connect_timeout_ms: 10_000,
+        accept_interval_ms: 1,
         max_payload_size: 1 << 20,
         fleet_filters: vec!["verge/v1/a/+/presence".into()],
         segment_size: 1 << 20,

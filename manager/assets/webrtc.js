@@ -28,9 +28,10 @@ function gathered(pc, ms) {
 }
 
 // The endpoint's ICE servers, from the Link headers of its OPTIONS answer; none if it fails.
-async function offeredIceServers(url) {
+// The manager hands them only to a caller whose token may make the offer (`auth`).
+async function offeredIceServers(url, auth) {
   try {
-    const r = await fetch(url, { method: "OPTIONS" });
+    const r = await fetch(url, { method: "OPTIONS", headers: { ...auth } });
     return iceServersFrom(r.headers.get("Link"));
   } catch (e) {
     return []; // host candidates only

@@ -31,16 +31,38 @@ pub struct ManagerConfig {
     pub unknown: BTreeMap<String, toml::Value>,
 }
 
+/// `[http]`: the API, WHEP, the dashboard; and what one peer can hold (see `verge_serve::http`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// Connections served at once; more wait in the kernel's queue until one closes.
+    pub max_connections: usize,
+    /// A request's headers must be complete this long after the accept or the previous
+    /// response (so also the keep-alive wait for the next request).
+    pub header_timeout_secs: u64,
+    /// A connection with no byte moving either way this long is closed.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
+        let limits = verge_serve::http::Limits::default();
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            max_connections: limits.max_connections,
+            header_timeout_secs: limits.header_timeout.as_secs(),
+            idle_timeout_secs: limits.idle_timeout.as_secs(),
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn limits(&self) -> verge_serve::http::Limits {
+        verge_serve::http::Limits {
+            max_connections: self.max_connections.max(1),
+            header_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
         }
     }
 }
@@ -237,7 +259,13 @@ pub struct BrokerConfig {
     pub tls_listen: Option<SocketAddr>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// MQTT sessions at once (agents and managers); more are refused at CONNECT.
     pub max_connections: usize,
+    /// A connection that has not sent CONNECT this long after it was accepted is closed.
+    pub connect_timeout_ms: u16,
+    /// Each listener's pause after every accept, at least 1: with `connect_timeout_ms`, the
+    /// bound on connections waiting for CONNECT (see [`ManagerConfig::descriptors_needed`]).
+    pub accept_interval_ms: u64,
     pub max_payload_size: usize,
     /// Commit-log segment size of each fleet-wide filter (presence, state, replies), in bytes.
     pub segment_size: usize,
@@ -257,6 +285,8 @@ impl Default for BrokerConfig {
             cert: None,
             key: None,
             max_connections: 20_000,
+            connect_timeout_ms: 10_000,
+            accept_interval_ms: 1,
             max_payload_size: verge_protocol::envelope::MAX_PAYLOAD + 64 * 1024,
             segment_size: 4 * 1024 * 1024,
             segment_count: 4,
@@ -363,6 +393,10 @@ pub enum ConfigError {
     EmptySecret(String),
     #[error("[broker] tls_listen needs both cert and key")]
     TlsFiles,
+    #[error(
+        "[broker] accept_interval_ms = 0: at least 1, or nothing bounds the connections that never send CONNECT"
+    )]
+    AcceptInterval,
     #[error("[extra_ice.cloudflare] needs key_id and api_token, and ttl 1..=172800")]
     Cloudflare,
 }
@@ -433,6 +467,9 @@ impl ManagerConfig {
         {
             return Err(ConfigError::TlsFiles);
         }
+        if self.broker.accept_interval_ms == 0 {
+            return Err(ConfigError::AcceptInterval);
+        }
         self.runtime.check().map_err(ConfigError::Runtime)?;
         Ok(())
     }
@@ -448,6 +485,35 @@ impl ManagerConfig {
         } else {
             4 << 20
         }
+    }
+
+    /// Descriptors this configuration lets peers hold at once, plus the manager's own: what
+    /// the open-files limit (systemd's `LimitNOFILE`) must allow, or a flood of connections
+    /// stops every listener at once (issue #27). HTTP, the embedded broker and the RTMP router
+    /// are capped; `[[tunnel.forward]]` and `socks_listen` are not, so they are not counted.
+    pub fn descriptors_needed(&self) -> u64 {
+        /// The manager's own: runtime, database files, log, the broker's threads and links.
+        const OWN: u64 = 256;
+        let broker = if self.external_broker().ok().flatten().is_some() {
+            0
+        } else {
+            let listeners = 1 + usize::from(self.broker.tls_listen.is_some());
+            verge_broker::descriptors_at_most(
+                self.broker.max_connections,
+                listeners,
+                self.broker.connect_timeout_ms,
+                self.broker.accept_interval_ms,
+            )
+        };
+        let rtmp = if self.rtmp.listen.is_some() {
+            self.rtmp.max_connections as u64
+        } else {
+            0
+        };
+        OWN + self.http.limits().max_connections as u64
+            + broker
+            + rtmp
+            + u64::from(self.database.max_connections)
     }
 
     pub fn topics(&self) -> Result<Topics, ConfigError> {
@@ -522,5 +588,21 @@ mod tests {
         assert!(err("[broker]\ntls_listen = \"0.0.0.0:8883\"").contains("cert and key"));
         assert!(err("[http]\nlisten = \"nowhere\"").contains("listen"));
         assert!(err("[broker]\nlisen = \"0.0.0.0:1\"").contains("unknown field"));
+        assert!(err("[broker]\naccept_interval_ms = 0").contains("at least 1"));
+        assert!(err("[broker]\nconnect_timeout_ms = 70000").contains("connect_timeout_ms"));
+    }
+
+    #[test]
+    fn the_defaults_fit_in_the_shipped_open_files_limit() {
+        // conf/systemd/verge-manager.service: LimitNOFILE=65536.
+        let mut cfg = ManagerConfig::parse("").unwrap();
+        assert_eq!(cfg.descriptors_needed(), 256 + 1024 + 30_001 + 10);
+        cfg.broker.tls_listen = Some(SocketAddr::from(([0, 0, 0, 0], 8883)));
+        cfg.rtmp.listen = Some(SocketAddr::from(([0, 0, 0, 0], 1935)));
+        assert!(
+            cfg.descriptors_needed() < 65_536,
+            "{}",
+            cfg.descriptors_needed()
+        );
     }
 }

@@ -189,6 +189,8 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
                     key: cfg.broker.key.clone().unwrap_or_default(),
                 }),
                 max_connections: cfg.broker.max_connections,
+                connect_timeout_ms: cfg.broker.connect_timeout_ms,
+                accept_interval_ms: cfg.broker.accept_interval_ms,
                 max_payload_size: cfg.broker.max_payload_size,
                 fleet_filters: vec![
                     topics.all_presence(),
@@ -280,6 +282,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         client.clone(),
         topics.clone(),
         credentials.clone(),
+        registry.clone(),
         link_up_rx,
         cfg.tunnel.clone(),
         cfg.down_in_flight(broker.is_some()),
@@ -434,18 +437,15 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         )));
     }
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = tokio::spawn(async move {
-        let serve = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
+    let http = tokio::spawn(verge_serve::http::serve(
+        listener,
+        app,
+        cfg.http.limits(),
+        "HTTP",
+        async {
             let _ = stopped.await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+        },
+    ));
     let manager = Manager {
         http_addr,
         broker,

@@ -53,6 +53,7 @@ fn main() -> ExitCode {
     }
     // rumqttd logs every connection at info; keep it at warn unless asked.
     process::init_tracing("info,rumqttd=warn");
+    let open_files = process::raise_open_files_limit();
     let cfg = match &line.config {
         Some(path) => ManagerConfig::load(path),
         None => ManagerConfig::parse(""),
@@ -64,6 +65,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let needed = cfg.descriptors_needed();
+    if let Some(limit) = open_files
+        && limit < needed
+    {
+        tracing::warn!(
+            limit,
+            needed,
+            "the open files limit is below what the connection caps allow: a flood can use up \
+             the descriptors and stop every listener; raise LimitNOFILE or lower [http] \
+             max_connections, [broker] max_connections, [rtmp] max_connections"
+        );
+    }
     let runtime = match process::runtime("verge-manager", &cfg.runtime) {
         Ok(rt) => rt,
         Err(code) => return code,

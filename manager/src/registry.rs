@@ -119,6 +119,15 @@ impl Registry {
         }
     }
 
+    /// Whether `id` is online and has proven it (see [`AgentRecord::online`]).
+    pub fn is_online(&self, id: &str) -> bool {
+        self.agents
+            .read()
+            .ok()
+            .and_then(|agents| agents.get(id).map(AgentRecord::online))
+            .unwrap_or(false)
+    }
+
     pub fn get(&self, id: &str) -> Option<AgentRecord> {
         self.agents.read().ok()?.get(id).cloned()
     }

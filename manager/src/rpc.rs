@@ -72,6 +72,8 @@ pub struct RpcClient {
     registry: Arc<Registry>,
     calls: Mutex<Calls<Waiter>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Replies that matched no call, logged sparingly.
+    unmatched: LogEvery,
 }
 
 impl RpcClient {
@@ -84,9 +86,10 @@ impl RpcClient {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         // A random first id, so a reply meant for an earlier run of this manager is not taken
-        // for a call of this one.
+        // for a call of this one (`Calls` keeps ids within 2^53 - 1, which every JSON library
+        // reads exactly).
         let first_id =
-            u64::from_str_radix(&verge_protocol::key::random_secret()[..12], 16).unwrap_or(1) << 16;
+            u64::from_str_radix(&verge_protocol::key::random_secret()[..13], 16).unwrap_or(1);
         Self {
             manager_id,
             topics,
@@ -95,6 +98,7 @@ impl RpcClient {
             registry,
             calls: Mutex::new(Calls::new(first_id, MAX_IN_FLIGHT)),
             metrics,
+            unmatched: LogEvery::new(UNMATCHED_LOG_INTERVAL),
         }
     }
 
@@ -163,7 +167,7 @@ impl RpcClient {
             }
         };
         let request = Request {
-            id,
+            id: id.into(),
             method: method.to_string(),
             params,
             timeout_ms: timeout.as_millis() as u64,
@@ -237,11 +241,20 @@ impl RpcClient {
         };
         let mut calls = self.lock_calls();
         // Only the agent that was called may answer the call.
-        if calls.get(reply.id).is_none_or(|w| w.agent != sender) {
-            tracing::debug!(agent = %sender, id = reply.id, "reply to no call in flight (late or foreign)");
+        let id = reply.id.value();
+        if calls.get(id).is_none_or(|w| w.agent != sender) {
+            drop(calls);
+            // Signed by the agent, yet no call waits for it: late, or an implementation that
+            // changed the id (a JSON library that reads numbers as doubles rounds ids above
+            // 2^53). Said at warn, at most every few seconds: the agent's replies would be lost.
+            let suppressed = self.unmatched.note(std::time::Instant::now());
+            if let Some(suppressed) = suppressed {
+                tracing::warn!(agent = %sender, %id, suppressed,
+                    "a signed RPC reply matches no call in flight (late, or its id was changed on the way)");
+            }
             return;
         }
-        if let Some(waiter) = calls.finish(reply.id) {
+        if let Some(waiter) = calls.finish(id) {
             let _ = waiter.tx.send(reply.result);
         }
     }
@@ -251,5 +264,35 @@ impl RpcClient {
         self.calls
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// How often at most a reply that matches no call is logged.
+const UNMATCHED_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A log line at most once per interval, with how many were held back meanwhile.
+struct LogEvery {
+    interval: std::time::Duration,
+    state: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl LogEvery {
+    fn new(interval: std::time::Duration) -> Self {
+        Self {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(held back since the last line)` when a line is due at `now`.
+    fn note(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, held) = &mut *state;
+        if last.is_some_and(|at| now.duration_since(at) < self.interval) {
+            *held += 1;
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(held))
     }
 }

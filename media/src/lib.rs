@@ -4,7 +4,8 @@
 //! - [`amf0`]: AMF0 values, the encoding of RTMP commands and metadata.
 //! - [`rtmp`]: the RTMP server side: [`rtmp::handshake`] (plain and digest),
 //!   [`rtmp::chunk`] (chunk stream decoder/encoder), [`rtmp::message`] (protocol control and
-//!   user control messages), [`rtmp::session`] (the state machine a publisher or player talks to).
+//!   user control messages), [`rtmp::session`] (the state machine a publisher or player talks to),
+//!   [`rtmp::query`] (what follows `?` in an app or stream name: tokens, kept out of names).
 //! - [`flv`]: FLV tags (video, audio, script data) and the FLV muxer for HTTP-FLV.
 //! - [`codec`]: H.264 (AVC decoder configuration, SPS) and AAC (AudioSpecificConfig) parsing.
 //! - [`hub`]: per stream one publisher and many readers, a GOP cache and bounded queues.

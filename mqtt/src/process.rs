@@ -1,9 +1,18 @@
 //! What the agent and manager binaries both do around their run: the command line
-//! (`--config`, `--ready-file`, `--version`, `--help`), logging, the runtime, and stopping on
-//! SIGINT or SIGTERM. Exit codes: 2 for a bad command line or config, 1 for a failure.
+//! (`--config`, `--ready-file`, `--version`, `--help`), logging, the open-files limit, the
+//! runtime, and stopping on SIGINT or SIGTERM. Exit codes: 2 for a bad command line or config,
+//! 1 for a failure.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tracing::{Event, Metadata};
+use tracing_subscriber::layer::{Context, Filter, Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, filter::FilterExt};
 
 /// A parsed command line.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -57,14 +66,101 @@ pub fn command_line(
     Ok(line)
 }
 
-/// Logs to stderr; `RUST_LOG` wins over `default_filter` (e.g. `info,rumqttd=warn`).
+/// Installs the process's log; `RUST_LOG` wins over `default_filter` (e.g. `info,rumqttd=warn`).
+/// Each call site of a dependency logs at most [`DEPENDENCY_LINES`] lines per
+/// [`DEPENDENCY_WINDOW`] (see `DependencyBudget`).
 pub fn init_tracing(default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    tracing_subscriber::registry()
+        .with(log_layer(filter, std::io::stdout))
         .init();
+}
+
+fn log_layer<S, W>(filter: EnvFilter, writer: W) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_writer(writer)
+        .with_filter(filter.and(DependencyBudget::default()))
+}
+
+/// Lines one call site of a dependency may log per [`DEPENDENCY_WINDOW`].
+pub const DEPENDENCY_LINES: u32 = 20;
+pub const DEPENDENCY_WINDOW: Duration = Duration::from_secs(10);
+
+/// A log budget for the call sites of code Verge cannot change (every target outside
+/// `verge*`). rumqttd logs an ERROR for every failed accept and retries at once: out of
+/// descriptors, that was 8.6 million lines, 1.44 GB, in 20 s (issue #27). The descriptor
+/// budget (the manager's caps under `LimitNOFILE`) keeps that from happening; this keeps the
+/// log readable if it happens anyway, or if another dependency repeats itself. Verge's own call
+/// sites are not limited: each logs once per episode where repetition is possible.
+#[derive(Default)]
+struct DependencyBudget {
+    /// Per call site: when its window began, and the lines it has logged in it.
+    spent: Mutex<HashMap<tracing::callsite::Identifier, (Instant, u32)>>,
+}
+
+impl<S> Filter<S> for DependencyBudget {
+    fn enabled(&self, _meta: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
+        true
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, _cx: &Context<'_, S>) -> bool {
+        let meta = event.metadata();
+        if meta.target().starts_with("verge") {
+            return true;
+        }
+        let now = Instant::now();
+        let mut spent = self.spent.lock().unwrap_or_else(PoisonError::into_inner);
+        let (since, lines) = spent.entry(meta.callsite()).or_insert((now, 0));
+        if now.duration_since(*since) >= DEPENDENCY_WINDOW {
+            *since = now;
+            *lines = 0;
+        }
+        *lines += 1;
+        *lines <= DEPENDENCY_LINES
+    }
+}
+
+/// Raises the soft limit on open files to the hard one, and logs the limit in effect. Every
+/// connection is a descriptor, and the usual soft limit (1024) is below what the configured
+/// connection caps allow; the hard limit is the operator's (systemd's `LimitNOFILE`). Returns
+/// the limit in effect, if it can be read.
+pub fn raise_open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into `limit`, which lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, "cannot read the open files limit");
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads `raised`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(%error, hard = limit.rlim_max, "cannot raise the open files limit to the hard limit");
+        }
+    }
+    tracing::info!(
+        open_files = limit.rlim_cur,
+        hard = limit.rlim_max,
+        "open files limit"
+    );
+    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on 64-bit Linux, not everywhere
+    Some(limit.rlim_cur as u64)
 }
 
 /// `[runtime]`, the same in agent.toml and manager.toml.
@@ -150,5 +246,57 @@ mod tests {
         assert_eq!(parse(&["--config"]), Err(ExitCode::from(2)));
         assert_eq!(parse(&["--what"]), Err(ExitCode::from(2)));
         assert_eq!(parse(&["--help"]), Err(ExitCode::SUCCESS));
+    }
+
+    /// The log's output, kept for the test to read.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_dependency_repeating_an_error_is_cut_to_its_budget_and_ours_are_not() {
+        let captured = Captured::default();
+        let writer = {
+            let captured = captured.clone();
+            move || captured.clone()
+        };
+        let subscriber = tracing_subscriber::registry()
+            .with(log_layer(EnvFilter::new("info,rumqttd=warn"), writer));
+        tracing::subscriber::with_default(subscriber, || {
+            // rumqttd's accept loop out of descriptors, and its per-connection info line.
+            for _ in 0..10_000 {
+                tracing::error!(target: "rumqttd::server::broker", error = "EMFILE", "Unable to accept socket.");
+                tracing::info!(target: "rumqttd::server::broker", "accept");
+            }
+            for _ in 0..30 {
+                tracing::warn!(target: "rumqttd::router::routing", "no space for new connection");
+            }
+            for i in 0..50 {
+                tracing::info!(target: "verge_manager::http", i, "ours");
+            }
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let count = |what: &str| text.lines().filter(|l| l.contains(what)).count() as u32;
+        assert_eq!(count("Unable to accept socket."), DEPENDENCY_LINES);
+        assert_eq!(
+            count("no space"),
+            DEPENDENCY_LINES,
+            "each call site has its own budget"
+        );
+        assert!(
+            !text.lines().any(|l| l.ends_with(" accept")),
+            "rumqttd=warn still applies"
+        );
+        assert_eq!(count("ours"), 50);
     }
 }

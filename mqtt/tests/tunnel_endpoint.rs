@@ -390,3 +390,54 @@ async fn an_agent_with_another_secret_opens_nothing() {
         "{stats:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opened_stream_is_established_only_when_the_agent_accepts_and_refusals_say_why() {
+    let mut p = pair("s1");
+    let patience = Duration::from_millis(300);
+
+    // The agent holds the request (dialling, say): the opener hears nothing meanwhile.
+    let mut held = p.manager.open("127.0.0.1:1").await.unwrap();
+    let request = tokio::time::timeout(Duration::from_secs(5), p.agent_incoming.recv())
+        .await
+        .expect("the open arrives")
+        .unwrap();
+    assert!(
+        tokio::time::timeout(patience, held.established())
+            .await
+            .is_err(),
+        "established before the agent accepted"
+    );
+    let accepted = request.accept().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), held.established())
+        .await
+        .expect("the acceptance arrives")
+        .expect("accepted");
+    drop(accepted);
+
+    // Refused, with the agent's code and reason.
+    let mut refused = p.manager.open("10.0.0.1:22").await.unwrap();
+    let request = p.agent_incoming.recv().await.unwrap();
+    request
+        .refuse(ResetCode::Refused, "10.0.0.1:22 is not in [tunnel] allow")
+        .await;
+    let refusal = tokio::time::timeout(Duration::from_secs(5), refused.established())
+        .await
+        .expect("the refusal arrives");
+    assert_eq!(
+        refusal,
+        Err(TunnelError::Reset {
+            code: ResetCode::Refused,
+            reason: "10.0.0.1:22 is not in [tunnel] allow".into()
+        })
+    );
+
+    // Nobody answers while the link is down: the caller's bound is what ends the wait.
+    p.link.set_up(false);
+    let mut lost = p.manager.open("127.0.0.1:2").await.unwrap();
+    assert!(
+        tokio::time::timeout(patience, lost.established())
+            .await
+            .is_err()
+    );
+}

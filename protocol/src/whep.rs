@@ -36,6 +36,20 @@ pub struct OfferParams {
     /// Servers the agent's peer connection uses; the viewer is handed the same list.
     #[serde(default)]
     pub ice_servers: Vec<IceServer>,
+    /// Who asks, for the agent's per-client caps (`[limits] sessions_per_address`,
+    /// `sessions_per_token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<Client>,
+}
+
+/// The client behind an offer, as the manager saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Client {
+    /// The source address of the HTTP request (no port).
+    pub address: String,
+    /// A digest of the bearer token it carried (never the token itself), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,12 +62,33 @@ pub struct OfferResult {
     pub ice_servers: Vec<IceServer>,
 }
 
+/// Whose session a PATCH or DELETE may reach. The manager decides it from the URL it was
+/// called on (`/session/…` needs read rights, `/whip-session/…` write rights), and the agent
+/// finds a session only under its own role: a viewer's token cannot end a publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionRole {
+    /// A WHEP viewer's session. A request without a role (an older manager) means this.
+    #[default]
+    Viewer,
+    /// A WHIP publisher's session.
+    Publisher,
+}
+
+impl SessionRole {
+    fn is_viewer(&self) -> bool {
+        *self == Self::Viewer
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionParams {
     pub session: String,
     /// `{app}/{name}` from the session URL: a session is found only under its own stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    #[serde(default, skip_serializing_if = "SessionRole::is_viewer")]
+    pub role: SessionRole,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +97,8 @@ pub struct PatchParams {
     /// As in [`SessionParams`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    #[serde(default, skip_serializing_if = "SessionRole::is_viewer")]
+    pub role: SessionRole,
     /// The body of the PATCH: an `application/trickle-ice-sdpfrag`.
     pub frag: String,
 }
@@ -170,6 +207,21 @@ pub fn link_headers(servers: &[IceServer]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_request_without_a_role_reaches_only_viewers() {
+        let old: SessionParams = serde_json::from_str(r#"{"session":"a~1"}"#).unwrap();
+        assert_eq!(old.role, SessionRole::Viewer);
+        let publisher = SessionParams {
+            session: "a~1".into(),
+            stream: None,
+            role: SessionRole::Publisher,
+        };
+        let text = serde_json::to_string(&publisher).unwrap();
+        assert_eq!(text, r#"{"session":"a~1","role":"publisher"}"#);
+        assert_eq!(serde_json::from_str::<SessionParams>(&text).unwrap(), publisher);
+        assert!(serde_json::from_str::<SessionParams>(r#"{"session":"a","role":"x"}"#).is_err());
+    }
 
     #[test]
     fn locations_use_the_short_form_for_the_default_app() {

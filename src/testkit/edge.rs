@@ -29,6 +29,9 @@ pub struct EdgeOptions {
     pub broker_listen: Option<SocketAddr>,
     /// A token of the manager's `[auth] tokens`: the fixture's own API calls carry it.
     pub api_token: Option<String>,
+    /// `RUST_LOG` of the manager and the agent (default: the testkit's), e.g. `debug` for a
+    /// test that reads their logs for what must never be there.
+    pub rust_log: Option<String>,
 }
 
 pub struct Edge {
@@ -74,12 +77,18 @@ impl Edge {
             .database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}/manager.db?mode=rwc", dir.path().display()));
+        let log_env: Vec<(&str, &str)> = opts
+            .rust_log
+            .as_deref()
+            .map(|filter| ("RUST_LOG", filter))
+            .into_iter()
+            .collect();
         let (manager, manager_listeners) = Proc::spawn_ready_with_env(
             "manager",
             &bin("verge-manager"),
             &["--config", manager_cfg.to_str().unwrap_or_default()],
             dir.path(),
-            &[("DATABASE_URL", &database_url)],
+            &[&[("DATABASE_URL", database_url.as_str())], &log_env[..]].concat(),
         );
         let (manager_http, mqtt) = (
             listener(&manager_listeners, "http"),
@@ -97,11 +106,12 @@ impl Edge {
         );
         let agent_bin = bin("verge-agent");
         let (agent, bound) = match opts.agent_tmpfs {
-            None => Proc::spawn_ready(
+            None => Proc::spawn_ready_with_env(
                 "agent",
                 &agent_bin,
                 &["--config", agent_cfg.to_str().unwrap_or_default()],
                 dir.path(),
+                &log_env,
             ),
             Some((folder, size)) => {
                 let mount_point = dir.path().join(folder);
@@ -110,7 +120,7 @@ impl Edge {
                     "mount -t tmpfs -o size={size} tmpfs '{}' && exec \"$0\" \"$@\"",
                     mount_point.display()
                 );
-                Proc::spawn_ready(
+                Proc::spawn_ready_with_env(
                     "agent",
                     Path::new("unshare"),
                     &[
@@ -123,6 +133,7 @@ impl Edge {
                         agent_cfg.to_str().unwrap_or_default(),
                     ],
                     dir.path(),
+                    &log_env,
                 )
             }
         };

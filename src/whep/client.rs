@@ -66,6 +66,9 @@ impl ViewerOptions {
     }
 }
 
+/// Audio packets whose RTP numbers [`AudioCounters::rtp`] keeps (a minute at 50 a second).
+const AUDIO_HISTORY: usize = 3000;
+
 /// Audio received by a [`Viewer`].
 #[derive(Debug, Default)]
 pub struct AudioCounters {
@@ -73,6 +76,9 @@ pub struct AudioCounters {
     pub bytes: AtomicU64,
     /// The payload of the last packet (an Opus packet).
     pub last: Mutex<bytes::Bytes>,
+    /// RTP sequence number and timestamp of each packet, in arrival order: the first
+    /// [`AUDIO_HISTORY`] of them.
+    pub rtp: Mutex<Vec<(u16, u32)>>,
 }
 
 /// What a viewer has received so far.
@@ -93,6 +99,10 @@ pub struct Stats {
     pub height: Option<u32>,
     /// Access units lost to gaps or damage.
     pub lost: u64,
+    /// Video RTP packets missing when a later one arrived: the gaps in the sequence numbers.
+    pub missing_packets: u64,
+    /// Video RTP packets that arrived after a later one (resent on a NACK, or reordered).
+    pub late_packets: u64,
     /// PLIs sent after a loss.
     pub keyframe_requests: u64,
     /// Complete access units received before the first decodable keyframe (one with its SPS),
@@ -106,7 +116,7 @@ impl std::fmt::Display for Stats {
         let dim = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
         write!(
             f,
-            "frames={} keyframes={} bytes={} first_frame_ms={} width={} height={} answer_ms={} connected_ms={} lost={} skipped={} keyframe_requests={}",
+            "frames={} keyframes={} bytes={} first_frame_ms={} width={} height={} answer_ms={} connected_ms={} lost={} skipped={} keyframe_requests={} missing_packets={} late_packets={}",
             self.frames,
             self.keyframes,
             self.bytes,
@@ -117,7 +127,9 @@ impl std::fmt::Display for Stats {
             opt(self.connected_ms),
             self.lost,
             self.skipped,
-            self.keyframe_requests
+            self.keyframe_requests,
+            self.missing_packets,
+            self.late_packets
         )
     }
 }
@@ -145,6 +157,11 @@ fn on_track(
                         audio
                             .bytes
                             .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
+                        if let Ok(mut rtp) = audio.rtp.lock()
+                            && rtp.len() < AUDIO_HISTORY
+                        {
+                            rtp.push((packet.header.sequence_number, packet.header.timestamp));
+                        }
                         if let Ok(mut last) = audio.last.lock() {
                             *last = packet.payload;
                         }
@@ -183,6 +200,8 @@ pub struct Viewer {
     http_timeout: Duration,
     track: TrackSlot,
     last_pli: Option<Instant>,
+    /// Highest sequence number of the video packets so far, for [`Stats::missing_packets`].
+    last_sequence: Option<u16>,
     pub stats: Stats,
     /// What arrived of the audio (nothing unless [`ViewerOptions::audio`]).
     pub audio: Arc<AudioCounters>,
@@ -282,6 +301,7 @@ impl Viewer {
             http_timeout: opts.http_timeout,
             track,
             last_pli: None,
+            last_sequence: None,
             stats,
             audio,
         })
@@ -306,6 +326,7 @@ impl Viewer {
             if self.stats.connected_ms.is_none() {
                 self.stats.connected_ms = Some(ms(self.started.elapsed()));
             }
+            self.count_sequence(&packet);
             let unit = self.depacketizer.push(&packet).ok().flatten();
             if self.depacketizer.dropped() > self.stats.lost {
                 // A lost access unit breaks the pictures after it until the next keyframe.
@@ -347,6 +368,24 @@ impl Viewer {
             };
             let _ = track.write_rtcp(vec![Box::new(pli)]).await;
         });
+    }
+
+    /// Counts the packets `packet`'s sequence number skips over ([`Stats::missing_packets`]),
+    /// or `packet` itself if it comes after a later one ([`Stats::late_packets`]).
+    fn count_sequence(&mut self, packet: &[u8]) {
+        let Some(&[hi, lo]) = packet.get(2..4) else {
+            return;
+        };
+        let sequence = u16::from_be_bytes([hi, lo]);
+        let gap = self
+            .last_sequence
+            .map_or(0, |last| sequence.wrapping_sub(last.wrapping_add(1)));
+        if gap >= 0x8000 {
+            self.stats.late_packets += 1;
+            return;
+        }
+        self.stats.missing_packets += u64::from(gap);
+        self.last_sequence = Some(sequence);
     }
 
     fn count(&mut self, unit: &AccessUnit) {

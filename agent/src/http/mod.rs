@@ -14,11 +14,12 @@ mod whip;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use verge_media::hub::Hub;
+use verge_protocol::whep::SessionRole;
 
 use crate::webrtc::Whep;
 
@@ -66,13 +67,15 @@ pub fn router(parts: Parts) -> Router {
             "/session/{name}/{session}",
             axum::routing::patch(whep::patch)
                 .delete(whep::delete)
-                .options(whep::preflight),
+                .options(whep::preflight)
+                .layer(Extension(SessionRole::Viewer)),
         )
         .route(
             "/session/{app}/{name}/{session}",
             axum::routing::patch(whep::patch_in_app)
                 .delete(whep::delete_in_app)
-                .options(whep::preflight),
+                .options(whep::preflight)
+                .layer(Extension(SessionRole::Viewer)),
         )
         .route("/whip/{name}", post(whip::offer).options(whep::preflight))
         .route(
@@ -83,13 +86,15 @@ pub fn router(parts: Parts) -> Router {
             "/whip-session/{name}/{session}",
             axum::routing::patch(whep::patch)
                 .delete(whep::delete)
-                .options(whep::preflight),
+                .options(whep::preflight)
+                .layer(Extension(SessionRole::Publisher)),
         )
         .route(
             "/whip-session/{app}/{name}/{session}",
             axum::routing::patch(whep::patch_in_app)
                 .delete(whep::delete_in_app)
-                .options(whep::preflight),
+                .options(whep::preflight)
+                .layer(Extension(SessionRole::Publisher)),
         )
         .route("/{app}/{file}", get(flv::flv))
         .with_state(AppState {

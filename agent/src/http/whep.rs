@@ -1,10 +1,11 @@
 //! WHEP on the agent's own port: the same paths and answers as the manager's proxy, without the
 //! MQTT hop.
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use verge_protocol::whep;
+use verge_protocol::whep::{self, SessionRole};
 
 use super::{AppState, plain};
 use crate::streams::StreamName;
@@ -34,15 +35,25 @@ pub(super) async fn offer_in_app(
 
 pub(super) async fn patch(
     State(app): State<AppState>,
+    Extension(role): Extension<SessionRole>,
     Path((name, session)): Path<(String, String)>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    patch_session(app, &format!("live/{name}"), &session, &headers, &body).await
+    patch_session(
+        app,
+        &format!("live/{name}"),
+        &session,
+        role,
+        &headers,
+        &body,
+    )
+    .await
 }
 
 pub(super) async fn patch_in_app(
     State(app): State<AppState>,
+    Extension(role): Extension<SessionRole>,
     Path((app_name, name, session)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: String,
@@ -51,6 +62,7 @@ pub(super) async fn patch_in_app(
         app,
         &format!("{app_name}/{name}"),
         &session,
+        role,
         &headers,
         &body,
     )
@@ -59,16 +71,18 @@ pub(super) async fn patch_in_app(
 
 pub(super) async fn delete(
     State(app): State<AppState>,
+    Extension(role): Extension<SessionRole>,
     Path((name, session)): Path<(String, String)>,
 ) -> Response {
-    delete_session(app, &format!("live/{name}"), &session)
+    delete_session(app, &format!("live/{name}"), &session, role)
 }
 
 pub(super) async fn delete_in_app(
     State(app): State<AppState>,
+    Extension(role): Extension<SessionRole>,
     Path((app_name, name, session)): Path<(String, String, String)>,
 ) -> Response {
-    delete_session(app, &format!("{app_name}/{name}"), &session)
+    delete_session(app, &format!("{app_name}/{name}"), &session, role)
 }
 
 fn no_webrtc() -> Response {
@@ -104,7 +118,7 @@ async fn offer_for(
         Ok((whep, stream)) => (whep, stream.id()),
         Err(refused) => return *refused,
     };
-    match whep.offer(&stream, sdp, &[]).await {
+    match whep.offer(&stream, sdp, &[], None).await {
         Ok(answer) => {
             let location = whep::location(&stream, &answer.session);
             let links = whep::link_headers(whep.ice_servers());
@@ -141,6 +155,7 @@ async fn patch_session(
     app: AppState,
     stream: &str,
     session: &str,
+    role: SessionRole,
     headers: &HeaderMap,
     frag: &str,
 ) -> Response {
@@ -153,17 +168,17 @@ async fn patch_session(
             "a WHEP PATCH is sent as Content-Type: application/trickle-ice-sdpfrag".into(),
         );
     }
-    match whep.patch(session, Some(stream), frag).await {
+    match whep.patch(session, Some(stream), role, frag).await {
         Ok(_) => cors(StatusCode::NO_CONTENT.into_response()),
         Err(e) => refused(e),
     }
 }
 
-fn delete_session(app: AppState, stream: &str, session: &str) -> Response {
+fn delete_session(app: AppState, stream: &str, session: &str, role: SessionRole) -> Response {
     let Some(whep) = app.whep.as_ref() else {
         return no_webrtc();
     };
-    match whep.delete(session, Some(stream)) {
+    match whep.delete(session, Some(stream), role) {
         Ok(()) => cors(StatusCode::OK.into_response()),
         Err(e) => refused(e),
     }

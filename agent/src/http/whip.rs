@@ -63,7 +63,7 @@ async fn offer_for(
         }
     }
     let id = stream.id();
-    match service.publish(&id, sdp, &[]).await {
+    match service.publish(&id, sdp, &[], None).await {
         Ok(answer) => {
             let location = whep::whip_location(&id, &answer.session);
             let links = whep::link_headers(service.ice_servers());

@@ -8,11 +8,13 @@
 //! - [`keyframe`]: viewers' keyframe requests (PLI/FIR), delivered to the sender task.
 //! - [`payloads`]: RTP payloads made once per stream and shared by its viewers.
 //! - [`audio`]: the stream's AAC as Opus, transcoded once per stream while someone listens.
+//! - [`clients`]: per-client caps on sessions (one address, one token).
 //!
 //! [`Whep`] owns the live sessions. A session id is `{agent}~{random}`
 //! ([`verge_protocol::whep::session_id`]), so any manager can route its PATCH and DELETE.
 
 pub mod audio;
+pub mod clients;
 pub mod engine;
 pub mod keyframe;
 pub mod payloads;
@@ -28,7 +30,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio_util::sync::CancellationToken;
 use verge_media::hub::{Hub, HubError, ReaderKind};
 use verge_protocol::rpc::ErrorCode;
-use verge_protocol::whep::{self, IceServer, OfferResult, PatchResult};
+use verge_protocol::whep::{self, Client, IceServer, OfferResult, PatchResult, SessionRole};
+
+pub use clients::ClientCaps;
+use clients::{CapReached, ClientSlot, ClientTable};
 use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit};
 
 use audio::AudioFeed;
@@ -80,6 +85,8 @@ pub struct WhepSettings {
     pub drop_b_frames: bool,
     /// Opus bitrate (bit/s) of the audio sent to viewers; `None`: video only.
     pub opus_bitrate: Option<u32>,
+    /// Sessions one client may hold (`[limits] sessions_per_address`, `sessions_per_token`).
+    pub client_caps: ClientCaps,
 }
 
 impl Default for WhepSettings {
@@ -91,6 +98,7 @@ impl Default for WhepSettings {
             connect_timeout: Duration::from_secs(15),
             drop_b_frames: true,
             opus_bitrate: Some(64_000),
+            client_caps: ClientCaps::default(),
         }
     }
 }
@@ -101,6 +109,9 @@ pub enum WhepError {
     NotLive(String),
     #[error("{0}")]
     Busy(String),
+    /// The client holds as many sessions as it may.
+    #[error(transparent)]
+    TooMany(#[from] CapReached),
     /// The stream has a publisher already.
     #[error("{0}")]
     Conflict(String),
@@ -119,6 +130,7 @@ impl WhepError {
         match self {
             WhepError::NotLive(_) | WhepError::UnknownSession(_) => ErrorCode::NotFound,
             WhepError::Busy(_) => ErrorCode::Busy,
+            WhepError::TooMany(_) => ErrorCode::TooMany,
             WhepError::Conflict(_) => ErrorCode::Conflict,
             WhepError::Answer(AnswerError::Internal(_)) => ErrorCode::Internal,
             WhepError::Answer(_) | WhepError::BadCandidate(_) => ErrorCode::InvalidParams,
@@ -129,8 +141,17 @@ impl WhepError {
 
 struct Session {
     stream: String,
+    role: SessionRole,
     pc: Arc<dyn PeerConnection>,
     close: CancellationToken,
+}
+
+impl Session {
+    /// Whether a PATCH or DELETE for `stream` (if named) in `role` may reach this session: a
+    /// session in another role is as unknown as one that does not exist.
+    fn is(&self, stream: Option<&str>, role: SessionRole) -> bool {
+        self.role == role && stream.is_none_or(|id| id == self.stream)
+    }
 }
 
 /// The agent's WHEP service.
@@ -144,6 +165,8 @@ struct Inner {
     hub: Arc<Hub>,
     settings: WhepSettings,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Sessions per client, for the per-client caps.
+    clients: Arc<ClientTable>,
     /// Per stream, while it has viewers.
     payloads: Mutex<HashMap<String, Weak<SharedPayloads>>>,
     /// Per stream, while it has viewers that take audio.
@@ -161,6 +184,7 @@ impl Whep {
                 hub,
                 settings,
                 sessions: Mutex::new(HashMap::new()),
+                clients: Arc::default(),
                 payloads: Mutex::new(HashMap::new()),
                 audio: Mutex::new(HashMap::new()),
                 random: SystemRandom::new(),
@@ -205,6 +229,7 @@ impl Whep {
         &self,
         id: &str,
         stream: &str,
+        role: SessionRole,
         pc: Arc<dyn PeerConnection>,
     ) -> CancellationToken {
         let close = self.inner.shutdown.child_token();
@@ -212,6 +237,7 @@ impl Whep {
             id.to_string(),
             Session {
                 stream: stream.to_string(),
+                role,
                 pc,
                 close: close.clone(),
             },
@@ -245,14 +271,29 @@ impl Whep {
         self.len() == 0
     }
 
-    /// Answers a viewer's offer for stream `stream` (`{app}/{name}`).
+    /// A session slot for `client`, or the refusal when it holds as many as it may.
+    fn reserve(&self, client: Option<&Client>) -> Result<ClientSlot, WhepError> {
+        let slot = self
+            .inner
+            .clients
+            .reserve(client, self.inner.settings.client_caps);
+        if let Err(refused) = &slot {
+            tracing::warn!(agent = %self.inner.agent, client = client.map(|c| c.address.as_str()),
+                "{refused}");
+        }
+        Ok(slot?)
+    }
+
+    /// Answers a viewer's offer for stream `stream` (`{app}/{name}`) from `client`.
     pub async fn offer(
         &self,
         stream: &str,
         sdp: String,
         ice_servers: &[IceServer],
+        client: Option<&Client>,
     ) -> Result<OfferResult, WhepError> {
         let started = Instant::now();
+        let slot = self.reserve(client)?;
         // Subscribing first reserves the viewer's slot and fails fast for a stream not live.
         let reader = self
             .inner
@@ -286,7 +327,7 @@ impl Whep {
         };
         peer.drop_b_frames = self.inner.settings.drop_b_frames;
         let session = whep::session_id(&self.inner.agent, u64::from_be_bytes(self.random()));
-        let close = self.open_session(&session, stream, peer.pc.clone());
+        let close = self.open_session(&session, stream, SessionRole::Viewer, peer.pc.clone());
         tracing::info!(agent = %self.inner.agent, %stream, %session, payload_type = peer.payload_type,
             answer_ms = started.elapsed().as_millis() as u64, "WHEP viewer answered");
         let this = self.clone();
@@ -296,6 +337,8 @@ impl Whep {
         let connect_timeout = self.inner.settings.connect_timeout;
         let shared = self.payloads_for(&stream);
         tokio::spawn(async move {
+            // Held until the viewer ends.
+            let _slot = slot;
             let source = viewer::Source {
                 hub: &this.inner.hub,
                 reader,
@@ -331,11 +374,13 @@ impl Whep {
         stream: &str,
         sdp: String,
         ice_servers: &[IceServer],
+        client: Option<&Client>,
     ) -> Result<OfferResult, WhepError> {
         let started = Instant::now();
         if !publish::offers_h264(&sdp) {
             return Err(AnswerError::NoH264ToPublish.into());
         }
+        let slot = self.reserve(client)?;
         let session = whep::session_id(&self.inner.agent, u64::from_be_bytes(self.random()));
         let publisher = self
             .inner
@@ -356,7 +401,12 @@ impl Whep {
             publish::on_track(tracks_tx),
         )
         .await?;
-        let close = self.open_session(&session, stream, receiving.pc.clone());
+        let close = self.open_session(
+            &session,
+            stream,
+            SessionRole::Publisher,
+            receiving.pc.clone(),
+        );
         tracing::info!(agent = %self.inner.agent, %stream, %session,
             answer_ms = started.elapsed().as_millis() as u64, "WHIP publisher answered");
         let this = self.clone();
@@ -364,6 +414,8 @@ impl Whep {
         let stream = stream.to_string();
         let connect_timeout = self.inner.settings.connect_timeout;
         tokio::spawn(async move {
+            // Held until the publisher ends.
+            let _slot = slot;
             let (end, got) = publish::run(
                 receiving.pc,
                 receiving.state,
@@ -387,17 +439,19 @@ impl Whep {
         })
     }
 
-    /// Adds the candidates of a trickle-ICE sdpfrag to a session (of `stream`, if given).
+    /// Adds the candidates of a trickle-ICE sdpfrag to a session (of `stream`, if given) in
+    /// `role`.
     pub async fn patch(
         &self,
         session: &str,
         stream: Option<&str>,
+        role: SessionRole,
         frag: &str,
     ) -> Result<PatchResult, WhepError> {
         let pc = self
             .sessions()
             .get(session)
-            .filter(|s| stream.is_none_or(|id| id == s.stream))
+            .filter(|s| s.is(stream, role))
             .map(|s| s.pc.clone())
             .ok_or_else(|| WhepError::UnknownSession(session.to_string()))?;
         let candidates = whep::frag_candidates(frag);
@@ -418,13 +472,17 @@ impl Whep {
         Ok(PatchResult { added })
     }
 
-    /// Ends a session (of `stream`, if given); its connection is closed by its sender task.
-    pub fn delete(&self, session: &str, stream: Option<&str>) -> Result<(), WhepError> {
+    /// Ends a session (of `stream`, if given) in `role`; its connection is closed by its
+    /// sender task.
+    pub fn delete(
+        &self,
+        session: &str,
+        stream: Option<&str>,
+        role: SessionRole,
+    ) -> Result<(), WhepError> {
         let removed = {
             let mut sessions = self.sessions();
-            let ours = sessions
-                .get(session)
-                .is_some_and(|s| stream.is_none_or(|id| id == s.stream));
+            let ours = sessions.get(session).is_some_and(|s| s.is(stream, role));
             ours.then(|| sessions.remove(session)).flatten()
         };
         let s = removed.ok_or_else(|| WhepError::UnknownSession(session.to_string()))?;

@@ -3,7 +3,8 @@
 //! - [`policy`]: the right each route needs.
 //! - [`jwt`]: HS256 tokens with live777's `{id, exp, mode}` claims.
 //! - [`password`]: account passwords, plain or argon2.
-//! - [`limit`]: failed logins per source address.
+//! - [`limit`]: login attempts per source address and from all together, and how many
+//!   passwords are checked at once.
 //!
 //! Static tokens and accounts have every right; a JWT has the rights of its `mode` bits on the
 //! stream its `id` names (or all streams with `*`). Denials are 401 (no or bad credentials)
@@ -15,7 +16,9 @@ pub mod password;
 pub mod policy;
 
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::Semaphore;
 
 use crate::config::{Account, AuthConfig};
 pub use jwt::Claims;
@@ -127,15 +130,33 @@ pub enum LoginError {
     Wrong,
     #[error("too many failed logins from this address; try again in {0} s")]
     Limited(u64),
+    #[error("too many failed logins from all addresses; try again in {0} s")]
+    LimitedForEveryone(u64),
+    #[error("another login is being checked; try again in a second")]
+    Busy,
+}
+
+impl LoginError {
+    /// Seconds to wait before trying again (`Retry-After`), when waiting helps.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Wrong => None,
+            Self::Limited(secs) | Self::LimitedForEveryone(secs) => Some(*secs),
+            Self::Busy => Some(1),
+        }
+    }
 }
 
 pub struct Auth {
     enabled: bool,
     tokens: Vec<String>,
     key: jwt::Key,
-    accounts: Vec<Account>,
+    accounts: Arc<[Account]>,
     login_ttl_secs: u64,
+    /// Held only to count or refund an attempt, never across a password check.
     limiter: Mutex<limit::LoginLimiter>,
+    /// Passwords checked at once ([`limit::CHECKS_AT_ONCE`]).
+    checks: Arc<Semaphore>,
 }
 
 impl Auth {
@@ -168,9 +189,10 @@ impl Auth {
             enabled: !cfg.tokens.is_empty() || cfg.secret.is_some() || !cfg.accounts.is_empty(),
             tokens: cfg.tokens.clone(),
             key: jwt::Key::new(secret.as_bytes()),
-            accounts: cfg.accounts.clone(),
+            accounts: cfg.accounts.clone().into(),
             login_ttl_secs: cfg.login_ttl_secs.unwrap_or(LOGIN_TTL_SECS).max(1),
             limiter: Mutex::new(limit::LoginLimiter::default()),
+            checks: Arc::new(Semaphore::new(limit::CHECKS_AT_ONCE)),
         })
     }
 
@@ -222,35 +244,67 @@ impl Auth {
         Ok(grant)
     }
 
-    /// An admin JWT for `username` if `password` is theirs.
-    pub fn login(
+    /// An admin JWT for `username` if `password` is theirs. The check runs on a blocking
+    /// thread, at most [`limit::CHECKS_AT_ONCE`] at a time: a login that finds them busy, or
+    /// its source or everyone out of attempts, is refused without one.
+    pub async fn login(
         &self,
         username: &str,
         password: &str,
         from: IpAddr,
         now_ms: u64,
     ) -> Result<(String, Claims), LoginError> {
-        let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        limiter.check(from, now_ms).map_err(LoginError::Limited)?;
-        // Every account is checked so the time does not tell which usernames exist.
-        let mut found = false;
-        for account in &self.accounts {
-            let user = verge_protocol::key::secrets_equal(&account.username, username);
-            let pass = password::matches(&account.password, password);
-            found |= user && pass;
+        let check = self
+            .checks
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| LoginError::Busy)?;
+        let attempt = self.limiter().attempt(from, now_ms);
+        match attempt {
+            Ok(()) => {}
+            Err(limit::Exhausted::Source(secs)) => return Err(LoginError::Limited(secs)),
+            Err(limit::Exhausted::Everyone { wait, first }) => {
+                if first {
+                    tracing::warn!(
+                        burst = limit::GLOBAL_BURST,
+                        refill_secs = limit::GLOBAL_REFILL_SECS,
+                        "too many failed logins from all addresses: each is refused until the \
+                         budget refills (said again only after it has refilled entirely)"
+                    );
+                }
+                return Err(LoginError::LimitedForEveryone(wait));
+            }
         }
+        let accounts = self.accounts.clone();
+        let (username, password) = (username.to_string(), password.to_string());
+        // The permit goes with the check: a caller that gives up does not free it early.
+        let found = tokio::task::spawn_blocking(move || {
+            let _check = check;
+            // Every account is checked so the time does not tell which usernames exist.
+            let mut found = false;
+            for account in accounts.iter() {
+                let user = verge_protocol::key::secrets_equal(&account.username, &username);
+                let pass = password::matches(&account.password, &password);
+                found |= user && pass;
+            }
+            found
+        })
+        .await
+        .unwrap_or(false);
         if !found {
-            limiter.failed(from, now_ms);
             return Err(LoginError::Wrong);
         }
-        limiter.succeeded(from);
-        drop(limiter);
+        self.limiter().succeeded(from, now_ms);
         let claims = Claims {
             id: ANY.into(),
             exp: now_ms / 1000 + self.login_ttl_secs,
             mode: READ | WRITE | ADMIN,
         };
         Ok((self.key.sign(&claims), claims))
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, limit::LoginLimiter> {
+        self.limiter.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A token for `claims` (`POST /api/token`).
@@ -337,8 +391,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn accounts_log_in_and_failures_are_limited() {
+    #[tokio::test]
+    async fn accounts_log_in_and_failures_are_limited() {
         let hashed = password::hash("ops-pass").unwrap();
         let a = auth(&format!(
             "[[accounts]]\nusername = \"live777\"\npassword = \"live777\"\n\
@@ -346,24 +400,65 @@ mod tests {
         ));
         assert!(a.enabled() && a.has_accounts());
         let ip: IpAddr = "198.51.100.7".parse().unwrap();
-        assert!(a.login("ops", "ops-pass", ip, 5_000).is_ok());
-        assert_eq!(a.login("ops", "live777", ip, 5_000), Err(LoginError::Wrong));
+        assert!(a.login("ops", "ops-pass", ip, 5_000).await.is_ok());
         assert_eq!(
-            a.login("live777", "ops-pass", ip, 5_000),
+            a.login("ops", "live777", ip, 5_000).await,
             Err(LoginError::Wrong)
         );
-        let (token, claims) = a.login("live777", "live777", ip, 5_000).unwrap();
+        assert_eq!(
+            a.login("live777", "ops-pass", ip, 5_000).await,
+            Err(LoginError::Wrong)
+        );
+        let (token, claims) = a.login("live777", "live777", ip, 5_000).await.unwrap();
         assert_eq!(claims.exp, 5 + LOGIN_TTL_SECS);
         assert_eq!(a.authenticate(Some(&token), 5), Ok(Grant::all()));
         for _ in 0..limit::BURST {
-            assert_eq!(a.login("live777", "x", ip, 6_000), Err(LoginError::Wrong));
+            assert_eq!(
+                a.login("live777", "x", ip, 6_000).await,
+                Err(LoginError::Wrong)
+            );
         }
         assert!(matches!(
-            a.login("live777", "live777", ip, 6_000),
+            a.login("live777", "live777", ip, 6_000).await,
             Err(LoginError::Limited(_))
         ));
         let elsewhere: IpAddr = "198.51.100.8".parse().unwrap();
-        assert!(a.login("live777", "live777", elsewhere, 6_000).is_ok());
+        assert!(
+            a.login("live777", "live777", elsewhere, 6_000)
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_login_while_a_password_is_being_checked_is_refused_at_once() {
+        let a = Arc::new(auth(&format!(
+            "[[accounts]]\nusername = \"ops\"\npassword = \"{}\"",
+            password::hash("ops-pass").unwrap()
+        )));
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let first = tokio::spawn({
+            let a = a.clone();
+            async move { a.login("ops", "wrong", ip, 0).await }
+        });
+        // The first check holds the only permit until its hash is done.
+        let waiting = std::time::Instant::now();
+        while a.checks.available_permits() > 0 {
+            assert!(waiting.elapsed() < std::time::Duration::from_secs(5));
+            tokio::task::yield_now().await;
+        }
+        let started = std::time::Instant::now();
+        let second = a
+            .login("ops", "ops-pass", "198.51.100.8".parse().unwrap(), 0)
+            .await;
+        assert_eq!(second, Err(LoginError::Busy));
+        assert_eq!(LoginError::Busy.retry_after(), Some(1));
+        assert!(started.elapsed() < std::time::Duration::from_millis(50));
+        assert_eq!(first.await.unwrap(), Err(LoginError::Wrong));
+        assert!(
+            a.login("ops", "ops-pass", ip, 0).await.is_ok(),
+            "the permit is back"
+        );
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub async fn guard(State(app): State<AppState>, mut request: Request, next: Next
             if let Some(uri) = rest {
                 *request.uri_mut() = uri;
             }
+            let address = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
+            request
+                .extensions_mut()
+                .insert(super::whep::Caller::new(address, token.as_deref()));
             request.extensions_mut().insert(grant);
             next.run(request).await
         }
@@ -148,12 +155,13 @@ pub async fn login(
         )
         .into_response()
     })?;
-    match app.auth.login(
+    let login = app.auth.login(
         &body.username,
         &body.password,
         from.ip(),
         verge_protocol::now_ms(),
-    ) {
+    );
+    match login.await {
         Ok((token, claims)) => {
             tracing::info!(user = %body.username, %from, "login");
             Ok(Json(TokenAnswer::new(token, claims)))
@@ -162,13 +170,17 @@ pub async fn login(
             tracing::info!(user = %body.username, %from, "login refused: wrong username or password");
             Err(ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response())
         }
-        Err(e @ LoginError::Limited(wait)) => {
-            tracing::warn!(%from, "login refused: too many failures");
+        Err(e) => {
+            // Refused without a check. At debug: a flood of these would flood the log (the
+            // global budget says once when it runs out).
+            tracing::debug!(%from, reason = %e, "login refused");
             let mut response =
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()).into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            if let Some(wait) = e.retry_after() {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            }
             Err(response)
         }
     }

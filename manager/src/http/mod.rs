@@ -23,7 +23,7 @@ pub mod error;
 pub mod keys;
 mod metrics;
 pub mod play;
-mod playback;
+pub(crate) mod playback;
 mod record;
 pub mod streams;
 pub mod whep;
@@ -33,9 +33,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post};
+use axum::{Extension, Router};
+
+use verge_protocol::whep::SessionRole;
 
 use crate::registry::Registry;
 use crate::rpc::RpcClient;
@@ -91,13 +93,15 @@ pub fn router(state: AppState) -> Router {
             "/session/{name}/{session}",
             patch(whep::patch)
                 .delete(whep::delete)
-                .options(whep::preflight),
+                .options(whep::preflight)
+                .layer(Extension(SessionRole::Viewer)),
         )
         .route(
             "/session/{app}/{name}/{session}",
             patch(whep::patch_in_app)
                 .delete(whep::delete_in_app)
-                .options(whep::preflight),
+                .options(whep::preflight)
+                .layer(Extension(SessionRole::Viewer)),
         )
         .route("/whip/{name}", post(whip::offer).options(whep::preflight))
         .route(
@@ -108,13 +112,15 @@ pub fn router(state: AppState) -> Router {
             "/whip-session/{name}/{session}",
             patch(whep::patch)
                 .delete(whep::delete)
-                .options(whep::preflight),
+                .options(whep::preflight)
+                .layer(Extension(SessionRole::Publisher)),
         )
         .route(
             "/whip-session/{app}/{name}/{session}",
             patch(whep::patch_in_app)
                 .delete(whep::delete_in_app)
-                .options(whep::preflight),
+                .options(whep::preflight)
+                .layer(Extension(SessionRole::Publisher)),
         )
         .route("/agents/{id}/http/", get(agent_http::agent_root))
         .route("/agents/{id}/http/{*path}", get(agent_http::agent_path))

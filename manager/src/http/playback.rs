@@ -71,7 +71,7 @@ async fn days_of(
 }
 
 /// `{app}/{name}/{yyyy}/{mm}/{dd}/{file}`: the stream-day and the file, or why not.
-fn parse_object(path: &str) -> Result<(String, i32, u32, u32), String> {
+pub(crate) fn parse_object(path: &str) -> Result<(String, i32, u32, u32), String> {
     let parts: Vec<&str> = path.split('/').collect();
     let [app, name, year, month, day, file] = parts.as_slice() else {
         return Err(format!(

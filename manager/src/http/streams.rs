@@ -15,7 +15,7 @@ use verge_protocol::whep;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::auth::Grant;
+use crate::auth::{Grant, Need};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -78,7 +78,21 @@ pub fn stream_id(app: &str, name: &str) -> String {
     }
 }
 
-fn shape(agent: &str, s: &StreamInfo) -> Stream {
+/// The publisher as `grant` may see it: its id (`WHIP {session}`, `RTMP {address}`) only with
+/// the right to publish the stream, its kind (`WHIP`, `RTMP`) otherwise, and nothing of an id
+/// in another form.
+fn publisher_seen_by(grant: &Grant, stream: &str, publisher: Option<&str>) -> String {
+    let publisher = publisher.unwrap_or_default();
+    if grant.meets(&Need::Write(stream.to_string())).is_ok() {
+        return publisher.to_string();
+    }
+    match publisher.split_once(' ') {
+        Some((kind, _)) if kind.bytes().all(|b| b.is_ascii_uppercase()) => kind.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn shape(agent: &str, s: &StreamInfo, grant: &Grant) -> Stream {
     let codecs = [("video", &s.video), ("audio", &s.audio)]
         .into_iter()
         .filter_map(|(kind, codec)| {
@@ -95,7 +109,7 @@ fn shape(agent: &str, s: &StreamInfo) -> Stream {
         publish: PubSub {
             leave_at: 0,
             sessions: vec![Session {
-                id: s.publisher.clone().unwrap_or_default(),
+                id: publisher_seen_by(grant, &s.id(), s.publisher.as_deref()),
                 created_at: s.started_at,
                 leave_at: 0,
                 state: "connected",
@@ -121,7 +135,7 @@ fn shape(agent: &str, s: &StreamInfo) -> Stream {
     }
 }
 
-fn all(app: &AppState) -> Vec<Stream> {
+fn all(app: &AppState, grant: &Grant) -> Vec<Stream> {
     let mut streams: Vec<Stream> = app
         .registry
         .list()
@@ -131,7 +145,7 @@ fn all(app: &AppState) -> Vec<Stream> {
             r.state
                 .iter()
                 .flat_map(|state| state.streams.iter())
-                .map(|s| shape(&r.id, s))
+                .map(|s| shape(&r.id, s, grant))
                 .collect::<Vec<_>>()
         })
         .collect();
@@ -145,7 +159,7 @@ pub async fn list(
     Extension(grant): Extension<Grant>,
 ) -> Json<Vec<Stream>> {
     Json(
-        all(&app)
+        all(&app, &grant)
             .into_iter()
             .filter(|s| grant.may_read(&full_id(&s.id)))
             .collect(),
@@ -166,21 +180,27 @@ pub fn full_id(id: &str) -> String {
 /// or the two-segment route).
 pub async fn one(
     State(app): State<AppState>,
+    Extension(grant): Extension<Grant>,
     Path(stream): Path<String>,
 ) -> Result<Json<BTreeMap<String, Stream>>, ApiError> {
-    find(&app, &stream)
+    find(&app, &grant, &stream)
 }
 
 pub async fn one_in_app(
     State(app): State<AppState>,
+    Extension(grant): Extension<Grant>,
     Path((app_name, name)): Path<(String, String)>,
 ) -> Result<Json<BTreeMap<String, Stream>>, ApiError> {
-    find(&app, &stream_id(&app_name, &name))
+    find(&app, &grant, &stream_id(&app_name, &name))
 }
 
-fn find(app: &AppState, id: &str) -> Result<Json<BTreeMap<String, Stream>>, ApiError> {
+fn find(
+    app: &AppState,
+    grant: &Grant,
+    id: &str,
+) -> Result<Json<BTreeMap<String, Stream>>, ApiError> {
     let id = id.strip_prefix("live/").unwrap_or(id);
-    let found: BTreeMap<String, Stream> = all(app)
+    let found: BTreeMap<String, Stream> = all(app, grant)
         .into_iter()
         .filter(|s| s.id == id)
         .map(|s| (s.agent.clone(), s))
@@ -227,5 +247,34 @@ pub(crate) fn locate(app: &AppState, stream: &str) -> Result<String, ApiError> {
                 whep::stream_path(stream)
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{READ, WRITE};
+
+    #[test]
+    fn readers_see_a_publishers_kind_and_writers_its_id() {
+        let grant = |id: &str, mode| Grant {
+            id: id.into(),
+            mode,
+        };
+        let whip = Some("WHIP edge-1~0123456789abcdef");
+        let reader = grant("live/cam", READ);
+        assert_eq!(publisher_seen_by(&reader, "live/cam", whip), "WHIP");
+        assert_eq!(
+            publisher_seen_by(&reader, "live/cam", Some("RTMP 10.0.0.7:50123")),
+            "RTMP"
+        );
+        assert_eq!(publisher_seen_by(&reader, "live/cam", Some("10.0.0.7:1")), "");
+        assert_eq!(publisher_seen_by(&reader, "live/cam", None), "");
+        let writer = grant("live/cam", WRITE);
+        assert_eq!(publisher_seen_by(&writer, "live/cam", whip), whip.unwrap());
+        assert_eq!(publisher_seen_by(&Grant::all(), "live/cam", whip), whip.unwrap());
+        // A writer of another stream is a reader here.
+        let other = grant("live/other", READ | WRITE);
+        assert_eq!(publisher_seen_by(&other, "live/cam", whip), "WHIP");
     }
 }

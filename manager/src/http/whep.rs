@@ -8,28 +8,79 @@
 //! agent did not answer in time, 400 an offer the agent cannot answer, 415 a wrong content
 //! type (see [`ApiError`] for the mapping of RPC failures).
 
+use axum::Extension;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use verge_protocol::id::validate_stream_part;
 use verge_protocol::whep::{
-    self, OfferParams, OfferResult, PatchParams, PatchResult, SessionParams,
+    self, Client, OfferParams, OfferResult, PatchParams, PatchResult, SessionParams, SessionRole,
 };
 
 use super::AppState;
 use super::error::ApiError;
+use crate::auth::{Grant, Need, policy};
 
 /// Largest offer or sdpfrag accepted; browsers' offers are a few KiB.
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// CORS preflight; it also hands out the ICE servers (`Link`), so a page can configure its
-/// peer connection before it gathers candidates for the offer.
-pub async fn preflight(State(app): State<AppState>) -> Response {
+/// peer connection before it gathers candidates for the offer. Preflights are public (a
+/// browser sends them without credentials), so the servers, and the TURN credentials among
+/// them, go only to a caller whose token may make the offer or change the session the path
+/// names, and for WHEP only while the stream is live: nobody gets a relay for nothing.
+pub async fn preflight(
+    State(app): State<AppState>,
+    Extension(grant): Extension<Grant>,
+    uri: Uri,
+) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
-    let servers = session_ice(&app).await;
-    add_links(&mut response, &servers);
+    if may_have_ice(&app, &grant, uri.path()) {
+        let servers = session_ice(&app).await;
+        add_links(&mut response, &servers);
+    }
     cors(response)
+}
+
+/// Whether a preflight on `path` may carry ICE servers for `grant`.
+fn may_have_ice(app: &AppState, grant: &Grant, path: &str) -> bool {
+    // What the request the preflight announces will need (offers and session changes need
+    // the same right whatever their method).
+    match policy::need(&Method::POST, path) {
+        need @ Need::Read(_) => {
+            let Need::Read(stream) = &need else {
+                return false;
+            };
+            grant.meets(&need).is_ok() && super::streams::locate(app, stream).is_ok()
+        }
+        need @ Need::Write(_) => grant.meets(&need).is_ok(),
+        _ => false,
+    }
+}
+
+/// Who made a request, for the agents' per-client session caps: its source address and a
+/// digest of its token (the token itself never leaves the manager). The auth guard puts one
+/// in every request.
+#[derive(Debug, Clone, Default)]
+pub struct Caller(pub Option<Client>);
+
+impl Caller {
+    pub fn new(address: Option<std::net::IpAddr>, token: Option<&str>) -> Self {
+        Self(address.map(|address| Client {
+            address: address.to_string(),
+            token: token.filter(|t| !t.is_empty()).map(token_digest),
+        }))
+    }
+}
+
+/// 16 hex digits of SHA-256: enough to tell tokens apart, nothing to replay.
+fn token_digest(token: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// ICE servers for one new session (fresh TURN credentials with `[extra_ice.coturn]`).
@@ -54,11 +105,16 @@ pub(super) fn add_links(response: &mut Response, servers: &[verge_protocol::whep
 
 pub async fn offer(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    measured(&app, offer_for(&app, "live", &name, &headers, body)).await
+    measured(
+        &app,
+        offer_for(&app, &caller, "live", &name, &headers, body),
+    )
+    .await
 }
 
 /// Counts the offer by the status of its answer, and times the ones answered.
@@ -80,43 +136,62 @@ pub(super) async fn measured(
 
 pub async fn offer_in_app(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((app_name, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    measured(&app, offer_for(&app, &app_name, &name, &headers, body)).await
+    measured(
+        &app,
+        offer_for(&app, &caller, &app_name, &name, &headers, body),
+    )
+    .await
 }
 
 pub async fn patch(
     State(app): State<AppState>,
+    Extension(role): Extension<SessionRole>,
     Path((name, session)): Path<(String, String)>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    respond(patch_session(&app, format!("live/{name}"), session, &headers, body).await)
+    respond(patch_session(&app, format!("live/{name}"), session, role, &headers, body).await)
 }
 
 pub async fn patch_in_app(
     State(app): State<AppState>,
+    Extension(role): Extension<SessionRole>,
     Path((app_name, name, session)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    respond(patch_session(&app, format!("{app_name}/{name}"), session, &headers, body).await)
+    respond(
+        patch_session(
+            &app,
+            format!("{app_name}/{name}"),
+            session,
+            role,
+            &headers,
+            body,
+        )
+        .await,
+    )
 }
 
 pub async fn delete(
     State(app): State<AppState>,
+    Extension(role): Extension<SessionRole>,
     Path((name, session)): Path<(String, String)>,
 ) -> Response {
-    respond(delete_session(&app, format!("live/{name}"), session).await)
+    respond(delete_session(&app, format!("live/{name}"), session, role).await)
 }
 
 pub async fn delete_in_app(
     State(app): State<AppState>,
+    Extension(role): Extension<SessionRole>,
     Path((app_name, name, session)): Path<(String, String, String)>,
 ) -> Response {
-    respond(delete_session(&app, format!("{app_name}/{name}"), session).await)
+    respond(delete_session(&app, format!("{app_name}/{name}"), session, role).await)
 }
 
 pub(super) fn respond(result: Result<Response, ApiError>) -> Response {
@@ -156,6 +231,7 @@ pub(super) async fn call<T: DeserializeOwned>(
 
 async fn offer_for(
     app: &AppState,
+    caller: &Caller,
     app_name: &str,
     name: &str,
     headers: &HeaderMap,
@@ -163,13 +239,14 @@ async fn offer_for(
 ) -> Result<Response, ApiError> {
     let stream = check_offer(headers, app_name, name, &sdp)?;
     let agent = super::streams::locate(app, &stream)?;
-    offer_to_agent(app, &agent, whep::METHOD_OFFER, stream, sdp).await
+    offer_to_agent(app, caller, &agent, whep::METHOD_OFFER, stream, sdp).await
 }
 
 /// Carries an offer (WHEP or WHIP, by `method`) to `agent` and answers the client with 201,
 /// the session's `Location` and the ICE servers.
 pub(super) async fn offer_to_agent(
     app: &AppState,
+    caller: &Caller,
     agent: &str,
     method: &str,
     stream: String,
@@ -187,6 +264,7 @@ pub(super) async fn offer_to_agent(
             stream: stream.clone(),
             sdp,
             ice_servers: servers.clone(),
+            client: caller.0.clone(),
         },
     )
     .await?;
@@ -270,6 +348,7 @@ pub(super) async fn patch_session(
     app: &AppState,
     stream: String,
     session: String,
+    role: SessionRole,
     headers: &HeaderMap,
     frag: String,
 ) -> Result<Response, ApiError> {
@@ -282,6 +361,7 @@ pub(super) async fn patch_session(
         PatchParams {
             session,
             stream: Some(stream),
+            role,
             frag,
         },
     )
@@ -293,11 +373,13 @@ pub(super) async fn delete_session(
     app: &AppState,
     stream: String,
     session: String,
+    role: SessionRole,
 ) -> Result<Response, ApiError> {
     let agent = session_agent(&session)?;
     let params = SessionParams {
         session,
         stream: Some(stream),
+        role,
     };
     let _: serde_json::Value = call(app, &agent, whep::METHOD_DELETE, params).await?;
     Ok(cors(StatusCode::OK.into_response()))

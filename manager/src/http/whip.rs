@@ -5,8 +5,10 @@
 //! The agent is the one the stream's channel key is bound to; else the one named by
 //! `?agent={id}`; else the only online agent (with several and no choice, 409 asks for one).
 //! Refusals are those of WHEP plus 409 for a stream that already has a publisher. PATCH and
-//! DELETE of the session go to the agent like a viewer's (one session table per agent).
+//! DELETE of the session go to the agent like a viewer's (one session table per agent), in the
+//! publisher's role: `/whip-session/…` needs the right to write the stream.
 
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -15,7 +17,7 @@ use verge_protocol::whep;
 
 use super::AppState;
 use super::error::ApiError;
-use super::whep::{check_offer, offer_to_agent, respond};
+use super::whep::{Caller, check_offer, offer_to_agent, respond};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Target {
@@ -25,22 +27,24 @@ pub struct Target {
 
 pub async fn offer(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(target): Query<Target>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    respond(offer_for(&app, "live", &name, target, &headers, body).await)
+    respond(offer_for(&app, &caller, "live", &name, target, &headers, body).await)
 }
 
 pub async fn offer_in_app(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((app_name, name)): Path<(String, String)>,
     Query(target): Query<Target>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    respond(offer_for(&app, &app_name, &name, target, &headers, body).await)
+    respond(offer_for(&app, &caller, &app_name, &name, target, &headers, body).await)
 }
 
 /// The agent a stream is published into (see the module's doc).
@@ -108,6 +112,7 @@ fn choose_agent(
 
 async fn offer_for(
     app: &AppState,
+    caller: &Caller,
     app_name: &str,
     name: &str,
     target: Target,
@@ -116,5 +121,5 @@ async fn offer_for(
 ) -> Result<Response, ApiError> {
     let stream = check_offer(headers, app_name, name, &sdp)?;
     let agent = choose_agent(app, app_name, name, target.agent)?;
-    offer_to_agent(app, &agent, whep::METHOD_WHIP_OFFER, stream, sdp).await
+    offer_to_agent(app, caller, &agent, whep::METHOD_WHIP_OFFER, stream, sdp).await
 }

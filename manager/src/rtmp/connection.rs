@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use verge_media::rtmp::handover::{Handover, HandoverError};
 use verge_media::rtmp::handshake::random_block;
+use verge_media::rtmp::query::Query;
 use verge_media::rtmp::session::{Event, Session, SessionConfig, SessionError};
 use verge_mqtt::tunnel::TunnelError;
 
@@ -75,11 +76,13 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-/// What the client asked for before the handover.
+/// What the client asked for before the handover: app and key without their queries, which
+/// (with the token) are in `query`.
 struct Publish {
     stream_id: u32,
     app: String,
     name: String,
+    query: Query,
 }
 
 pub async fn run(
@@ -124,7 +127,7 @@ pub async fn run(
         }
     };
     let stream = format!("{}/{}", key.app, key.name);
-    let token = publish_token(&publish.app, &publish.name);
+    let token = publish_token(&publish.query);
     let now = verge_protocol::now_ms() / 1000;
     if let Err(Refusal { code, reason }) = authorize(&router.auth, &stream, token.as_deref(), now) {
         session.reject_publish(publish.stream_id, code, &reason);
@@ -233,11 +236,16 @@ async fn until_publish(
     loop {
         while let Some(event) = session.poll_event() {
             match event {
-                Event::PublishRequested { stream_id, name } => {
+                Event::PublishRequested {
+                    stream_id,
+                    name,
+                    query,
+                } => {
                     return Ok(Publish {
                         stream_id,
                         app: session.app().unwrap_or_default().to_string(),
                         name,
+                        query,
                     });
                 }
                 Event::PlayRequested { stream_id, .. } => {

@@ -1,5 +1,6 @@
 //! Where a `publish` goes: the channel key names the stream and (when bound) its agent.
 
+use verge_media::rtmp::query::Query;
 use verge_protocol::keys::{ChannelKey, Keys};
 
 /// A publish the router refuses, with the RTMP status code and a reason for the encoder's log.
@@ -12,16 +13,14 @@ pub struct Refusal {
 const BAD_NAME: &str = "NetStream.Publish.BadName";
 const FAILED: &str = "NetStream.Failed";
 
-/// The agent `published` (the key, as sent in `publish` on `app`) goes to, and its key.
-/// `online` lists the agents online now.
+/// The agent `key` (as sent in `publish` on `app`, both without their queries) goes to, and
+/// its key. `online` lists the agents online now.
 pub fn route(
     keys: &Keys,
     app: &str,
-    published: &str,
+    key: &str,
     online: &[String],
 ) -> Result<(String, ChannelKey), Refusal> {
-    let key = published.split('?').next().unwrap_or_default();
-    let app = app.split('?').next().unwrap_or_default();
     let app = if app.is_empty() { "live" } else { app };
     // Every entry is compared, in constant time, so timing tells nothing of other keys.
     let found = keys.keys.iter().fold(None, |found, k| {
@@ -77,15 +76,10 @@ pub fn route(
 }
 
 /// The `token` a publisher sends with `[auth]` on: in the stream key's query
-/// (`{key}?token=…`, what OBS's key field can hold) or the app's (`rtmp://host/live?token=…`).
-pub fn publish_token(app: &str, published: &str) -> Option<String> {
-    [published, app].iter().find_map(|part| {
-        let (_, query) = part.split_once('?')?;
-        query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("token="))
-            .map(crate::auth::policy::percent_decoded)
-    })
+/// (`{key}?token=…`, what OBS's key field can hold) or the app's (`rtmp://host/live?token=…/…`);
+/// the session put both in `query`, the key's first.
+pub fn publish_token(query: &Query) -> Option<String> {
+    query.get("token").map(crate::auth::policy::percent_decoded)
 }
 
 /// `Err(refusal)` when `[auth]` does not let `token` publish `stream`.
@@ -131,8 +125,7 @@ mod tests {
 
     #[test]
     fn a_bound_key_goes_to_its_agent_only_while_it_is_online() {
-        let (agent, key) =
-            route(&keys(), "live", "k-cam?x=1", &online(&["edge-2", "edge-1"])).unwrap();
+        let (agent, key) = route(&keys(), "live", "k-cam", &online(&["edge-2", "edge-1"])).unwrap();
         assert_eq!((agent.as_str(), key.name.as_str()), ("edge-1", "cam"));
         let refusal = route(&keys(), "live", "k-cam", &online(&["edge-2"])).unwrap_err();
         assert_eq!(refusal.code, "NetStream.Failed");
@@ -167,15 +160,14 @@ mod tests {
         assert_eq!(none.reason, "no agent is online");
         let (agent, _) = route(&keys(), "live", "k-free", &online(&["edge-2"])).unwrap();
         assert_eq!(agent, "edge-2");
-        // A query on the app (a token) is not part of it.
-        assert!(route(&keys(), "live?token=t", "k-cam", &all).is_ok());
     }
 
     #[test]
     fn publish_tokens_and_their_rights() {
-        assert_eq!(publish_token("live", "k?token=a%2Eb"), Some("a.b".into()));
-        assert_eq!(publish_token("live?x=1&token=t", "k"), Some("t".into()));
-        assert_eq!(publish_token("live", "k?x=1"), None);
+        let query = |text: &str| Query::split_off(text).1;
+        assert_eq!(publish_token(&query("k?token=a%2Eb")), Some("a.b".into()));
+        assert_eq!(publish_token(&query("live?x=1&token=t")), Some("t".into()));
+        assert_eq!(publish_token(&query("k?x=1")), None);
         let cfg: crate::config::AuthConfig = toml::from_str("secret = \"s\"").unwrap();
         let auth = crate::auth::Auth::new(&cfg).unwrap();
         let token = |id: &str, mode: u8| {

@@ -1,6 +1,8 @@
 //! The manager's end of the tunnel: one link per agent, started when something here opens a
 //! stream to that agent or when the agent's first packet arrives, and dropped when the agent
-//! goes offline (its streams end at once with a reset that says so).
+//! goes offline (its streams end at once with a reset that says so). Links exist only for
+//! agents that are online and have proven it (a signed reply to this manager): packets named
+//! after any other id are dropped before they cost memory, whoever holds broker credentials.
 //!
 //! - [`forward`]: `[[tunnel.forward]]` port forwards: a listener here, a target on an agent.
 //! - [`socks`]: `[tunnel] socks_listen`, a SOCKS5 proxy whose hosts are agents.
@@ -26,11 +28,14 @@ use verge_protocol::tunnel::frame::ResetCode;
 use verge_protocol::tunnel::mux::Side;
 
 use crate::config::TunnelConfig;
+use crate::registry::Registry;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TunnelOpenError {
     #[error("agent {0} is not enrolled")]
     UnknownAgent(String),
+    #[error("agent {0} is offline")]
+    Offline(String),
     #[error("cannot start a tunnel link to {agent}: {reason}")]
     Link { agent: String, reason: String },
 }
@@ -46,6 +51,8 @@ struct Inner {
     client: AsyncClient,
     topics: Topics,
     credentials: Credentials,
+    /// Who is online: links are made for those agents only.
+    registry: Arc<Registry>,
     link_up: watch::Receiver<bool>,
     cfg: TunnelConfig,
     /// Bytes in flight towards one agent: what the broker holds for it without dropping.
@@ -61,6 +68,7 @@ impl Tunnels {
         client: AsyncClient,
         topics: Topics,
         credentials: Credentials,
+        registry: Arc<Registry>,
         link_up: watch::Receiver<bool>,
         cfg: TunnelConfig,
         down_in_flight: u64,
@@ -72,6 +80,7 @@ impl Tunnels {
                 client,
                 topics,
                 credentials,
+                registry,
                 link_up,
                 cfg,
                 down_in_flight,
@@ -90,7 +99,7 @@ impl Tunnels {
         self
     }
 
-    /// The endpoint of the link to `agent`, started if there is none.
+    /// The endpoint of the link to `agent`, started if there is none and the agent is online.
     pub fn endpoint(&self, agent: &str) -> Result<Endpoint, TunnelOpenError> {
         let inner = &self.inner;
         let mut links = inner.links.lock().unwrap_or_else(|e| e.into_inner());
@@ -101,6 +110,9 @@ impl Tunnels {
             .credentials
             .secret_of(agent)
             .ok_or_else(|| TunnelOpenError::UnknownAgent(agent.to_string()))?;
+        if !inner.registry.is_online(agent) {
+            return Err(TunnelOpenError::Offline(agent.to_string()));
+        }
         let limits = LinkLimits {
             window: inner.cfg.window_kib.saturating_mul(1024),
             max_streams: inner.cfg.max_streams,
@@ -124,11 +136,14 @@ impl Tunnels {
         Ok(endpoint)
     }
 
-    /// A sealed packet from `agent`; never waits. Packets of an agent this manager has no
-    /// link to start one, so that streams the agent still holds (from before a manager
-    /// restart) are answered with resets.
+    /// A sealed packet from `agent`; never waits. Packets of an online agent this manager
+    /// has no link to start one, so that streams the agent still holds (from before a manager
+    /// restart) are answered with resets; packets of any other id are dropped without a word
+    /// (anyone with broker credentials can name any id: a log line each would be theirs to
+    /// write).
     pub fn deliver(&self, agent: &str, payload: &[u8]) {
-        if self.endpoint(agent).is_err() {
+        if let Err(e) = self.endpoint(agent) {
+            tracing::trace!(%agent, error = %e, "tunnel packet dropped");
             return;
         }
         let links = self.inner.links.lock().unwrap_or_else(|e| e.into_inner());

@@ -5,12 +5,17 @@
 //! `curl --socks5-hostname manager:1080 http://edge-1.verge:7001/live/cam.flv`.
 //!
 //! The greeting and the request are parsed by [`parse_greeting`] and [`parse_request`] (bytes
-//! in, a verdict out); the task around them owns the socket.
+//! in, a verdict out); the task around them owns the socket. The client hears "succeeded" only
+//! once the agent has accepted the stream (dialled the target); a refusal is the reply code
+//! [`refusal_reply`] picks, and an agent that does not answer within [`ACCEPT_TIMEOUT`] is
+//! "TTL expired".
 
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use verge_mqtt::tunnel::TunnelError;
+use verge_protocol::tunnel::frame::ResetCode;
 
 use super::Tunnels;
 
@@ -21,11 +26,18 @@ const CONNECT: u8 = 1;
 const DOMAIN: u8 = 3;
 /// Reply codes.
 const SUCCEEDED: u8 = 0;
+const GENERAL_FAILURE: u8 = 1;
+const NOT_ALLOWED: u8 = 2;
 const HOST_UNREACHABLE: u8 = 4;
+const CONNECTION_REFUSED: u8 = 5;
+const TTL_EXPIRED: u8 = 6;
 const COMMAND_NOT_SUPPORTED: u8 = 7;
 const ADDRESS_NOT_SUPPORTED: u8 = 8;
 /// A client has this long to say where it wants to go.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the agent has to accept a stream: to dial its target (it gives up after 5 s) and
+/// answer over MQTT. An agent that is gone without the registry knowing yet answers never.
+pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a parser needs: more bytes, a verdict, or a refusal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +111,23 @@ fn reply(code: u8) -> [u8; 10] {
     [VERSION, code, 0, 1, 0, 0, 0, 0, 0, 0]
 }
 
+/// The reply to a client whose stream the agent did not accept.
+pub fn refusal_reply(refusal: &TunnelError) -> u8 {
+    match refusal {
+        TunnelError::Reset { code, .. } => match code {
+            // Not in the agent's `[tunnel] allow`.
+            ResetCode::Refused => NOT_ALLOWED,
+            ResetCode::TargetRefused => CONNECTION_REFUSED,
+            ResetCode::Unreachable | ResetCode::LinkLost => HOST_UNREACHABLE,
+            ResetCode::Aborted
+            | ResetCode::Protocol
+            | ResetCode::TooManyStreams
+            | ResetCode::Other(_) => GENERAL_FAILURE,
+        },
+        TunnelError::Open(_) | TunnelError::Stopped => GENERAL_FAILURE,
+    }
+}
+
 /// Accepts SOCKS5 clients until the task is aborted.
 pub async fn serve(listener: TcpListener, tunnels: Tunnels) {
     loop {
@@ -123,13 +152,32 @@ async fn handle(mut socket: TcpStream, tunnels: &Tunnels) -> Result<(), String> 
     let Some((agent, port)) = target else {
         return Ok(());
     };
-    let stream = match tunnels.endpoint(&agent) {
-        Ok(endpoint) => endpoint.open(&format!("localhost:{port}")).await.ok(),
-        Err(_) => None,
+    let endpoint = match tunnels.endpoint(&agent) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            let _ = socket.write_all(&reply(HOST_UNREACHABLE)).await;
+            return Err(e.to_string());
+        }
     };
-    let Some(stream) = stream else {
-        let _ = socket.write_all(&reply(HOST_UNREACHABLE)).await;
-        return Err(format!("agent {agent:?} cannot be reached"));
+    let target = format!("localhost:{port}");
+    let accepted = match endpoint.open(&target).await {
+        Ok(mut stream) => match tokio::time::timeout(ACCEPT_TIMEOUT, stream.established()).await {
+            Ok(Ok(())) => Ok(stream),
+            Ok(Err(refusal)) => Err((refusal_reply(&refusal), refusal.to_string())),
+            Err(_) => {
+                let why = format!("agent {agent} did not accept within {ACCEPT_TIMEOUT:?}");
+                stream.abort(&why).await;
+                Err((TTL_EXPIRED, why))
+            }
+        },
+        Err(e) => Err((GENERAL_FAILURE, e.to_string())),
+    };
+    let stream = match accepted {
+        Ok(stream) => stream,
+        Err((code, why)) => {
+            let _ = socket.write_all(&reply(code)).await;
+            return Err(format!("{agent}:{port}: {why}"));
+        }
     };
     socket
         .write_all(&reply(SUCCEEDED))
@@ -275,5 +323,28 @@ mod tests {
         assert_eq!(agent_of("edge-1.verge"), Some("edge-1"));
         assert_eq!(agent_of("edge-1"), Some("edge-1"));
         assert_eq!(agent_of("evil/../x"), None);
+    }
+
+    #[test]
+    fn each_refusal_of_the_agent_has_its_reply_code() {
+        let reset = |code| TunnelError::Reset {
+            code,
+            reason: String::new(),
+        };
+        assert_eq!(refusal_reply(&reset(ResetCode::Refused)), NOT_ALLOWED);
+        assert_eq!(
+            refusal_reply(&reset(ResetCode::TargetRefused)),
+            CONNECTION_REFUSED
+        );
+        assert_eq!(
+            refusal_reply(&reset(ResetCode::Unreachable)),
+            HOST_UNREACHABLE
+        );
+        assert_eq!(refusal_reply(&reset(ResetCode::LinkLost)), HOST_UNREACHABLE);
+        assert_eq!(
+            refusal_reply(&reset(ResetCode::TooManyStreams)),
+            GENERAL_FAILURE
+        );
+        assert_eq!(refusal_reply(&TunnelError::Stopped), GENERAL_FAILURE);
     }
 }

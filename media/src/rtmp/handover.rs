@@ -314,7 +314,7 @@ mod tests {
             events.push(event);
         }
         assert!(
-            matches!(&events[1], Event::PublishRequested { name, stream_id: 1 } if name == "k1")
+            matches!(&events[1], Event::PublishRequested { name, stream_id: 1, .. } if name == "k1")
         );
         assert!(
             matches!(&events[2], Event::Media { kind: MediaKind::Video, timestamp: 40, payload } if payload.len() == 100_000)

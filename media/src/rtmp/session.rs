@@ -7,6 +7,10 @@
 //! `play` becomes an event, and the owner calls [`Session::accept_publish`] or
 //! [`Session::reject_publish`] (and the `play` pair). Media that follows a `publish` in the same
 //! read is queued behind the publish event, so nothing is lost while the owner decides.
+//!
+//! Queries are cut off here, once: `connect`'s app and the names in `publish` and `play` come
+//! out as names, their queries (where encoders put tokens) as a [`Query`] beside them, so
+//! nothing downstream logs or echoes a token by way of a name.
 
 use std::collections::VecDeque;
 
@@ -15,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use super::chunk::{ChunkDecoder, ChunkEncoder, ChunkError, Message};
 use super::handshake::{HandshakeError, ServerHandshake};
 use super::message::{self, Control, ControlError, UserControl};
+use super::query::Query;
 use crate::amf0::{self, Amf0Value};
 
 /// The longest status description sent, in bytes. Descriptions are for people and may echo a
@@ -70,18 +75,20 @@ impl MediaKind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Connected {
-        app: String,
-        tc_url: Option<String>,
-    },
-    /// `name` is the stream name or channel key as sent, query string included.
+    /// `app` and `tc_url` without their query.
+    Connected { app: String, tc_url: Option<String> },
+    /// `name` is the stream name or channel key as sent, without its query; `query` is the
+    /// name's query, then the app's.
     PublishRequested {
         stream_id: u32,
         name: String,
+        query: Query,
     },
+    /// As [`Event::PublishRequested`].
     PlayRequested {
         stream_id: u32,
         name: String,
+        query: Query,
     },
     /// Audio, video or metadata from the publishing stream. Metadata is re-encoded as
     /// `onMetaData` + object, without `@setDataFrame`, ready to send to players.
@@ -91,9 +98,7 @@ pub enum Event {
         payload: Bytes,
     },
     /// `deleteStream`, `closeStream` or `FCUnpublish`: that stream ended.
-    StreamClosed {
-        stream_id: u32,
-    },
+    StreamClosed { stream_id: u32 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +122,8 @@ pub struct Session {
     output: BytesMut,
     events: VecDeque<Event>,
     app: Option<String>,
+    /// What followed `?` in `connect`'s app.
+    app_query: Query,
     next_stream_id: u32,
     /// The stream whose `publish` was requested and not refused: its media is forwarded.
     publishing: Option<u32>,
@@ -136,6 +143,7 @@ impl Session {
             output: BytesMut::new(),
             events: VecDeque::new(),
             app: None,
+            app_query: Query::default(),
             next_stream_id: 1,
             publishing: None,
             received: 0,
@@ -144,7 +152,7 @@ impl Session {
         }
     }
 
-    /// The application name from `connect`.
+    /// The application name from `connect`, without its query.
     pub fn app(&self) -> Option<&str> {
         self.app.as_deref()
     }
@@ -374,18 +382,19 @@ impl Session {
         match name.as_str() {
             "connect" => {
                 let obj = values.get(2);
-                let app = obj
-                    .and_then(|o| o.get("app"))
-                    .and_then(Amf0Value::as_str)
-                    .unwrap_or_default()
-                    .trim_matches('/')
-                    .to_string();
+                let (app, app_query) = Query::split_off(
+                    obj.and_then(|o| o.get("app"))
+                        .and_then(Amf0Value::as_str)
+                        .unwrap_or_default(),
+                );
+                let app = app.trim_matches('/').to_string();
                 let tc_url = obj
                     .and_then(|o| o.get("tcUrl"))
                     .and_then(Amf0Value::as_str)
-                    .map(str::to_string);
+                    .map(|url| Query::split_off(url).0.to_string());
                 self.on_connect(txn, &app);
                 self.app = Some(app.clone());
+                self.app_query = app_query;
                 self.events.push_back(Event::Connected { app, tc_url });
             }
             "createStream" => {
@@ -400,16 +409,20 @@ impl Session {
                 let stream = arg(3).ok_or_else(|| {
                     SessionError::Command(format!("{name} without a stream name"))
                 })?;
+                let (stream, query) = Query::split_off(&stream);
+                let (stream, query) = (stream.to_string(), query.then(&self.app_query));
                 if name == "publish" {
                     self.publishing = Some(stream_id);
                     self.events.push_back(Event::PublishRequested {
                         stream_id,
                         name: stream,
+                        query,
                     });
                 } else {
                     self.events.push_back(Event::PlayRequested {
                         stream_id,
                         name: stream,
+                        query,
                     });
                 }
             }
@@ -677,7 +690,8 @@ mod tests {
                 client.events(),
                 [Event::PublishRequested {
                     stream_id: 1,
-                    name: "key".into()
+                    name: "key".into(),
+                    query: Query::default(),
                 }]
             );
             client.session.accept_publish(1, "live/key");
@@ -878,6 +892,66 @@ mod tests {
     }
 
     #[test]
+    fn queries_of_the_app_and_the_name_are_cut_off_and_never_echoed() {
+        // What ffmpeg sends for rtmp://host/live?token=…/key: the token in the app (and the
+        // tcUrl); OBS's key field puts one after the key.
+        let mut client = Client::new();
+        client
+            .send(&[connect(1.0, "live?token=eyJ.app-secret")])
+            .unwrap();
+        client
+            .send(&[create_stream(2.0), publish(1, "key?token=eyJ.name-secret")])
+            .unwrap();
+        let events = client.events();
+        assert_eq!(client.session.app(), Some("live"));
+        let [
+            Event::Connected { app, tc_url },
+            Event::PublishRequested {
+                stream_id: 1,
+                name,
+                query,
+            },
+        ] = &events[..]
+        else {
+            panic!("{events:?}");
+        };
+        assert_eq!(app, "live");
+        assert_eq!(tc_url.as_deref(), Some("rtmp://localhost/live"));
+        assert_eq!(name, "key");
+        assert_eq!(
+            query.get("token"),
+            Some("eyJ.name-secret"),
+            "the name's first"
+        );
+        client
+            .session
+            .reject_publish(1, "NetStream.Publish.BadName", name);
+        client.session.accept_publish(1, name);
+        // Everything the server wrote: the connect result, statuses.
+        let out = client.session.take_output();
+        let shown = format!("{events:?}");
+        for secret in ["app-secret", "name-secret"] {
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(
+                !out.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} echoed to the client"
+            );
+        }
+
+        // The app's query alone, and a play.
+        let mut client = Client::new();
+        client.send(&[connect(1.0, "live/?token=t1")]).unwrap();
+        client.send(&[create_stream(2.0), play(1, "cam")]).unwrap();
+        let events = client.events();
+        assert!(
+            matches!(&events[1], Event::PlayRequested { name, query, .. }
+                if name == "cam" && query.get("token") == Some("t1")),
+            "{events:?}"
+        );
+        assert_eq!(client.session.app(), Some("live"));
+    }
+
+    #[test]
     fn server_chunk_size_applies_to_what_follows_connect() {
         let mut client = Client::connected();
         client.send(&[create_stream(2.0), play(1, "key")]).unwrap();
@@ -946,7 +1020,8 @@ mod tests {
             [
                 Event::PublishRequested {
                     stream_id: 1,
-                    name: "key?secret=1".into(),
+                    name: "key".into(),
+                    query: Query::split_off("key?secret=1").1,
                 },
                 Event::Media {
                     kind: MediaKind::Data,
@@ -978,7 +1053,8 @@ mod tests {
             client.events(),
             [Event::PublishRequested {
                 stream_id: 1,
-                name: "taken".into()
+                name: "taken".into(),
+                query: Query::default(),
             }]
         );
         client
@@ -1036,7 +1112,8 @@ mod tests {
             client.events(),
             [Event::PlayRequested {
                 stream_id: 1,
-                name: "key".into()
+                name: "key".into(),
+                query: Query::default(),
             }]
         );
         client.session.accept_play(1, "live/key");
@@ -1053,7 +1130,8 @@ mod tests {
             client.events(),
             [Event::PlayRequested {
                 stream_id: 1,
-                name: "key".into()
+                name: "key".into(),
+                query: Query::default(),
             }]
         );
         client.session.accept_play(1, "live/key");
@@ -1386,10 +1464,14 @@ mod tests {
             while let Some(event) = client.session.poll_event() {
                 // The owner's answers must not panic either.
                 match event {
-                    Event::PublishRequested { stream_id, name } => {
+                    Event::PublishRequested {
+                        stream_id, name, ..
+                    } => {
                         client.session.accept_publish(stream_id, &name);
                     }
-                    Event::PlayRequested { stream_id, name } => {
+                    Event::PlayRequested {
+                        stream_id, name, ..
+                    } => {
                         client.session.accept_play(stream_id, &name);
                         client.session.end_of_stream(stream_id);
                     }

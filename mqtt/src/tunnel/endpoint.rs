@@ -107,7 +107,8 @@ impl Incoming {
         self.id
     }
 
-    /// Takes the stream; bytes the peer sent meanwhile are waiting in it.
+    /// Takes the stream (the peer learns it now: see [`TunnelStream::established`]); bytes
+    /// the peer sent meanwhile are waiting in it.
     pub async fn accept(self) -> Result<TunnelStream, TunnelError> {
         let (reply, answer) = oneshot::channel();
         self.commands
@@ -234,7 +235,9 @@ impl Endpoint {
         Ok((Self { commands }, incoming))
     }
 
-    /// Opens a stream to `target` on the peer.
+    /// Opens a stream to `target` on the peer. It may be written to at once (the peer holds a
+    /// first window of bytes until it accepts); [`TunnelStream::established`] waits for the
+    /// peer's answer.
     pub async fn open(&self, target: &str) -> Result<TunnelStream, TunnelError> {
         let (reply, answer) = oneshot::channel();
         self.commands
@@ -451,7 +454,7 @@ impl Task {
                 let _ = reply.send(result);
             }
             Command::Accept { id, reply } => {
-                let result = if self.mux.stream(id).is_some() && !self.slots.contains_key(&id) {
+                let result = if !self.slots.contains_key(&id) && self.mux.accept(id) {
                     Ok(self.bridge(id))
                 } else {
                     Err(TunnelError::Reset {
@@ -555,6 +558,15 @@ impl Task {
                             ResetCode::TooManyStreams,
                             "the endpoint is not accepting",
                         );
+                    }
+                }
+                MuxEvent::Stream {
+                    stream,
+                    event: StreamEvent::Established,
+                } => {
+                    // First on the channel: nothing is readable before the peer's first frame.
+                    if let Some(slot) = self.slots.get(&stream) {
+                        let _ = slot.down.try_send(Down::Established);
                     }
                 }
                 MuxEvent::Stream {

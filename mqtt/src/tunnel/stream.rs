@@ -19,9 +19,14 @@ pub(crate) enum Up {
 
 /// Endpoint → bridge.
 pub(crate) enum Down {
+    /// The peer accepted a stream opened here; before anything else.
+    Established,
     Bytes(Vec<u8>),
     End,
-    Reset { code: ResetCode, reason: String },
+    Reset {
+        code: ResetCode,
+        reason: String,
+    },
 }
 
 /// Bytes moved by a finished bridge.
@@ -38,6 +43,8 @@ pub struct TunnelStream {
     up_permits: Arc<Semaphore>,
     up: mpsc::Sender<Up>,
     down: mpsc::Receiver<Down>,
+    /// What [`TunnelStream::established`] took off `down` that the bridge must still see.
+    held: Option<Down>,
     wake_me: Arc<AtomicBool>,
     drained: mpsc::Sender<u32>,
 }
@@ -56,6 +63,7 @@ impl TunnelStream {
             up_permits,
             up,
             down,
+            held: None,
             wake_me,
             drained,
         }
@@ -63,6 +71,40 @@ impl TunnelStream {
 
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// For a stream opened here: waits until the peer accepts it (`Ok`) or refuses it (the
+    /// reset, with the peer's code and reason). The caller bounds the wait: a peer that is
+    /// gone answers neither.
+    pub async fn established(&mut self) -> Result<(), TunnelError> {
+        if self.held.is_some() {
+            return Ok(());
+        }
+        let first = self.down.recv().await;
+        if self.wake_me.swap(false, Ordering::AcqRel) {
+            let _ = self.drained.try_send(self.id);
+        }
+        match first {
+            Some(Down::Established) => Ok(()),
+            Some(Down::Reset { code, reason }) => Err(TunnelError::Reset { code, reason }),
+            // Bytes or the end come after the acceptance only; the bridge gets them.
+            Some(other) => {
+                self.held = Some(other);
+                Ok(())
+            }
+            None => Err(TunnelError::Stopped),
+        }
+    }
+
+    /// Resets the stream (the peer is told `reason`) without bridging it.
+    pub async fn abort(self, reason: &str) {
+        let _ = self
+            .up
+            .send(Up::Abort {
+                id: self.id,
+                reason: reason.to_string(),
+            })
+            .await;
     }
 
     /// Copies both ways between `io` and the tunnel until both directions have ended: the
@@ -80,6 +122,7 @@ impl TunnelStream {
             up_permits,
             up,
             mut down,
+            mut held,
             wake_me,
             drained,
         } = self;
@@ -139,11 +182,15 @@ impl TunnelStream {
         let downward = async {
             let mut total = 0u64;
             loop {
-                let chunk = down.recv().await;
+                let chunk = match held.take() {
+                    Some(chunk) => Some(chunk),
+                    None => down.recv().await,
+                };
                 if wake_me.swap(false, Ordering::AcqRel) {
                     let _ = drained.try_send(id);
                 }
                 match chunk {
+                    Some(Down::Established) => {}
                     Some(Down::Bytes(bytes)) => {
                         if let Err(e) = writer.write_all(&bytes).await {
                             return Err(abort(format!("local write failed: {e}")).await);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use verge_protocol::tunnel::frame::Frame;
-use verge_protocol::tunnel::mux::{Mux, MuxConfig, Side};
+use verge_protocol::tunnel::mux::{Mux, MuxConfig, MuxEvent, Side};
 use verge_protocol::tunnel::seal::{Direction, Opener};
 use verge_protocol::tunnel::stream::StreamConfig;
 
@@ -40,7 +40,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(agent.handle_packet(packet, now).is_err());
             assert_eq!(agent.len(), before, "a refused packet changed the streams");
         } else {
-            agent.handle_packet(packet, now).expect("decodable packet is taken");
+            agent
+                .handle_packet(packet, now)
+                .expect("decodable packet is taken");
         }
         assert!(agent.len() <= 8);
         now += Duration::from_millis(30);
@@ -49,7 +51,15 @@ fuzz_target!(|data: &[u8]| {
             assert!(out.len() <= 16 * 1024);
             Frame::decode_all(&out).expect("what the mux sends decodes");
         }
-        while agent.poll_event().is_some() {}
-        assert!(opener.open(packet).is_err(), "random bytes opened as a sealed packet");
+        // Every stream the peer opens is accepted, as a dialled target would be.
+        while let Some(event) = agent.poll_event() {
+            if let MuxEvent::Opened { stream, .. } = event {
+                agent.accept(stream);
+            }
+        }
+        assert!(
+            opener.open(packet).is_err(),
+            "random bytes opened as a sealed packet"
+        );
     }
 });

@@ -72,8 +72,10 @@ pub enum ResetCode {
     Aborted,
     /// The agent does not dial this target (not in `[tunnel] allow`).
     Refused,
-    /// Dialling the target failed.
+    /// Dialling the target failed: no route, or no answer in time.
     Unreachable,
+    /// The target refused the connection (nothing listens on its port).
+    TargetRefused,
     /// The peer broke the protocol (data past the window, after fin, …).
     Protocol,
     /// The link was down longer than the resume time.
@@ -93,6 +95,7 @@ impl ResetCode {
             ResetCode::Protocol => 4,
             ResetCode::LinkLost => 5,
             ResetCode::TooManyStreams => 6,
+            ResetCode::TargetRefused => 7,
             ResetCode::Other(b) => b,
         }
     }
@@ -105,6 +108,7 @@ impl ResetCode {
             4 => ResetCode::Protocol,
             5 => ResetCode::LinkLost,
             6 => ResetCode::TooManyStreams,
+            7 => ResetCode::TargetRefused,
             other => ResetCode::Other(other),
         }
     }
@@ -117,6 +121,7 @@ impl ResetCode {
             ResetCode::Protocol => "protocol error",
             ResetCode::LinkLost => "link lost",
             ResetCode::TooManyStreams => "too many streams",
+            ResetCode::TargetRefused => "connection refused",
             ResetCode::Other(_) => "other",
         }
     }

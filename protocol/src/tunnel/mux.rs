@@ -44,8 +44,8 @@ impl Default for MuxConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MuxEvent {
-    /// The peer opened `stream` to `target`: [`Mux::stream`] it to use it, or
-    /// [`Mux::refuse`] it.
+    /// The peer opened `stream` to `target`: [`Mux::accept`] it (the peer learns it then)
+    /// and use it through [`Mux::stream`], or [`Mux::refuse`] it.
     Opened { stream: u32, target: String },
     /// Something happened on `stream`.
     Stream { stream: u32, event: StreamEvent },
@@ -118,6 +118,17 @@ impl Mux {
     /// The stream `id`, while it is open.
     pub fn stream(&mut self, id: u32) -> Option<&mut Stream> {
         self.streams.get_mut(&id)
+    }
+
+    /// Accepts stream `id`, which the peer opened; `false` if it is gone (the peer gave up).
+    pub fn accept(&mut self, id: u32) -> bool {
+        match self.streams.get_mut(&id) {
+            Some(stream) => {
+                stream.accept();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Refuses (or aborts) stream `id` with a reason the peer sees.
@@ -410,6 +421,9 @@ mod tests {
         }
         assert_eq!(opened.len(), 20);
         assert_eq!(opened[3], (ids[3], "127.0.0.1:7003".to_string()));
+        for (id, _) in &opened {
+            assert!(agent.accept(*id));
+        }
 
         let mut got = vec![Vec::new(); 20];
         for _ in 0..1000 {
@@ -546,6 +560,9 @@ mod tests {
             .collect();
         let p = manager.poll_packet(now).unwrap();
         agent.handle_packet(&p, now).unwrap();
+        for id in &ids {
+            agent.accept(*id);
+        }
         while let Some(p) = agent.poll_packet(now) {
             manager.handle_packet(&p, now).unwrap();
         }

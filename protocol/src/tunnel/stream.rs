@@ -10,6 +10,10 @@
 //!   whatever the peer does (data past the grant is a protocol error that resets the stream).
 //!   The opener may send [`INITIAL_WINDOW`] bytes before its first ack, so a request does not
 //!   wait a round trip.
+//! - **Opening.** The acceptor sends nothing until its application [`Stream::accept`]s (having
+//!   dialled the target) or refuses (a reset): its first ack is the acceptance, and the opener
+//!   reports it as [`StreamEvent::Established`]. Until then the opener may only have sent its
+//!   initial window, which the acceptor holds.
 //! - **Fin** takes one virtual byte after the last, so acking `final + 1` acknowledges it.
 //! - **Resends.** The sender keeps every unacknowledged byte (at most `send_buffer`). Without
 //!   progress for `retransmit_after`, or when the link comes back ([`Stream::resume`]), it sends
@@ -56,6 +60,8 @@ impl Default for StreamConfig {
 /// What the application should look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamEvent {
+    /// (Opener only.) The peer accepted the stream: its first frame arrived.
+    Established,
     /// Bytes (or the end) can be read.
     Readable,
     /// Room in the send buffer again after a short write.
@@ -82,10 +88,23 @@ pub enum Read {
     Blocked,
 }
 
+/// Where a stream is in its opening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// Opened here; the peer has not answered.
+    Sent,
+    /// Opened by the peer; this end's application has not accepted it: nothing is sent but a
+    /// refusal (a reset).
+    Received,
+    /// Both ends are in.
+    Done,
+}
+
 #[derive(Debug)]
 pub struct Stream {
     id: u32,
     cfg: StreamConfig,
+    opening: Opening,
     // Sending: `send` holds the bytes from `send_base` on, acknowledged ones dropped.
     send: VecDeque<u8>,
     send_base: u64,
@@ -122,21 +141,29 @@ pub struct Stream {
 impl Stream {
     /// A stream this end opened: it may send [`INITIAL_WINDOW`] bytes before the first ack.
     pub fn opener(id: u32, cfg: StreamConfig) -> Self {
-        Self::new(id, cfg, INITIAL_WINDOW)
+        Self::new(id, cfg, INITIAL_WINDOW, Opening::Sent)
     }
 
-    /// A stream the peer opened with `window` in its open frame. An ack goes out at once so
-    /// the opener learns this end's window.
+    /// A stream the peer opened with `window` in its open frame, silent until
+    /// [`Stream::accept`]ed or [`Stream::reset`] (refused).
     pub fn acceptor(id: u32, cfg: StreamConfig, window: u32) -> Self {
-        let mut stream = Self::new(id, cfg, window);
-        stream.ack_now = true;
-        stream
+        Self::new(id, cfg, window, Opening::Received)
     }
 
-    fn new(id: u32, mut cfg: StreamConfig, peer_window: u32) -> Self {
+    /// The application takes a stream the peer opened: an ack goes out at once, which tells
+    /// the opener so and this end's window.
+    pub fn accept(&mut self) {
+        if self.opening == Opening::Received {
+            self.opening = Opening::Done;
+            self.ack_now = true;
+        }
+    }
+
+    fn new(id: u32, mut cfg: StreamConfig, peer_window: u32, opening: Opening) -> Self {
         cfg.recv_window = cfg.recv_window.max(INITIAL_WINDOW);
         Self {
             id,
+            opening,
             send: VecDeque::new(),
             send_base: 0,
             send_next: 0,
@@ -318,6 +345,15 @@ impl Stream {
     pub fn handle(&mut self, frame: Frame, now: Instant) {
         if self.reset.is_some() {
             return;
+        }
+        if self.opening == Opening::Sent
+            && matches!(
+                frame,
+                Frame::Data { .. } | Frame::Ack { .. } | Frame::Fin { .. }
+            )
+        {
+            self.opening = Opening::Done;
+            self.events.push_back(StreamEvent::Established);
         }
         match frame {
             Frame::Data { offset, bytes, .. } => self.on_data(offset, bytes, now),
@@ -507,7 +543,7 @@ impl Stream {
                 reason,
             });
         }
-        if self.reset.is_some() {
+        if self.reset.is_some() || self.opening == Opening::Received {
             return None;
         }
         if self.ack_now || self.ack_at.is_some_and(|t| now >= t) {
@@ -560,7 +596,7 @@ impl Stream {
 
     /// When [`Stream::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.reset.is_some() {
+        if self.reset.is_some() || self.opening == Opening::Received {
             return None;
         }
         let resend = self
@@ -724,6 +760,7 @@ mod tests {
     fn bytes_arrive_in_order_with_flow_control_and_fin() {
         let mut a = Stream::opener(1, cfg(64 * 1024, 100_000));
         let mut b = Stream::acceptor(1, cfg(64 * 1024, 100_000), a.recv_window());
+        b.accept();
         let data = payload(1_000_000);
         let got = transfer(&mut a, &mut b, &data, &mut |f| vec![f]);
         assert_eq!(got, data);
@@ -739,7 +776,9 @@ mod tests {
     fn the_sender_never_exceeds_the_granted_window() {
         let mut a = Stream::opener(1, cfg(64 * 1024, 1 << 20));
         let mut b = Stream::acceptor(1, cfg(64 * 1024, 1 << 20), a.recv_window());
+        b.accept();
         pump(&mut b, &mut a, Instant::now(), &mut |f| vec![f]);
+        assert_eq!(a.poll_event(), Some(StreamEvent::Established));
         assert_eq!(a.write(&payload(1 << 20)).unwrap(), 1 << 20);
         // Nobody reads at b: what crosses stops at its window, and b holds no more than that.
         for _ in 0..10 {
@@ -764,6 +803,7 @@ mod tests {
     fn duplicated_and_reordered_frames_deliver_each_byte_once() {
         let mut a = Stream::opener(3, cfg(64 * 1024, 200_000));
         let mut b = Stream::acceptor(3, cfg(64 * 1024, 200_000), a.recv_window());
+        b.accept();
         let data = payload(300_000);
         let mut held: Option<Frame> = None;
         let mut n = 0;
@@ -786,6 +826,7 @@ mod tests {
     fn lost_frames_are_resent_after_the_retransmit_time() {
         let mut a = Stream::opener(5, cfg(64 * 1024, 200_000));
         let mut b = Stream::acceptor(5, cfg(64 * 1024, 200_000), a.recv_window());
+        b.accept();
         let data = payload(200_000);
         let mut n = 0;
         // Every fifth data frame (and the first fin) is lost.
@@ -801,6 +842,7 @@ mod tests {
         let now = Instant::now();
         let mut a = Stream::opener(5, cfg(64 * 1024, 200_000));
         let mut b = Stream::acceptor(5, cfg(64 * 1024, 200_000), a.recv_window());
+        b.accept();
         pump(&mut b, &mut a, now, &mut |f| vec![f]);
         a.write(&payload(50_000)).unwrap();
         // The link drops everything in flight.
@@ -818,6 +860,7 @@ mod tests {
         a.write(b"abc").unwrap();
         a.finish().unwrap();
         let mut b = Stream::acceptor(1, cfg(64 * 1024, 1000), a.recv_window());
+        b.accept();
         pump(&mut a, &mut b, now, &mut |f| vec![f]);
         a.resume(now);
         // b's ack of the bytes and the fin arrives after the resume; the resent copies are
@@ -833,6 +876,7 @@ mod tests {
     fn overlapping_bytes_past_a_gap_are_held_once() {
         let now = Instant::now();
         let mut b = Stream::acceptor(1, cfg(64 * 1024, 1000), 1000);
+        b.accept();
         // Resends cut at other places overlap what is held: each byte is kept once.
         for i in 0..64u64 {
             b.handle(
@@ -871,6 +915,7 @@ mod tests {
         let now = Instant::now();
         let mut a = Stream::opener(1, cfg(64 * 1024, 100_000));
         let mut b = Stream::acceptor(1, cfg(64 * 1024, 100_000), a.recv_window());
+        b.accept();
         a.write(&payload(20_000)).unwrap();
         let mut n = 0;
         // The first data frame is lost; the rest arrive and b acks each at once.
@@ -891,6 +936,7 @@ mod tests {
     fn data_past_the_window_or_the_fin_resets_with_a_protocol_error() {
         let now = Instant::now();
         let mut b = Stream::acceptor(1, cfg(64 * 1024, 1000), 1000);
+        b.accept();
         b.handle(
             Frame::Data {
                 stream: 1,
@@ -917,6 +963,8 @@ mod tests {
         assert!(matches!(b.write(b"x"), Err(StreamError::Reset { .. })));
 
         let mut c = Stream::acceptor(2, cfg(64 * 1024, 1000), 1000);
+
+        c.accept();
         c.handle(
             Frame::Fin {
                 stream: 2,
@@ -990,5 +1038,39 @@ mod tests {
             }
         }
         assert_eq!(sent, INITIAL_WINDOW as usize);
+    }
+
+    #[test]
+    fn an_acceptor_is_silent_until_accepted_and_its_first_ack_establishes_the_opener() {
+        let now = Instant::now();
+        let mut a = Stream::opener(1, cfg(64 * 1024, 100_000));
+        a.write(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut b = Stream::acceptor(1, cfg(64 * 1024, 100_000), a.recv_window());
+        pump(&mut a, &mut b, now, &mut |f| vec![f]);
+        // Not accepted yet (the agent is still dialling): no ack, no deadline, whatever came.
+        assert_eq!(b.poll_transmit(now, 1200), None);
+        assert_eq!(b.poll_timeout(), None);
+        b.handle_timeout(now + Duration::from_secs(60));
+        assert_eq!(b.poll_transmit(now, 1200), None);
+        assert_eq!(a.poll_event(), None, "nothing established yet");
+        b.accept();
+        pump(&mut b, &mut a, now, &mut |f| vec![f]);
+        assert_eq!(a.poll_event(), Some(StreamEvent::Established));
+        assert_eq!(a.in_flight(), 0, "the first ack took the request");
+        assert_eq!(read_all(&mut b).0, b"GET / HTTP/1.1\r\n\r\n");
+
+        // Refused instead: the reset is all the opener hears, never an establishment.
+        let mut a = Stream::opener(3, StreamConfig::default());
+        let mut b = Stream::acceptor(3, StreamConfig::default(), a.recv_window());
+        b.reset(ResetCode::Refused, "not in [tunnel] allow");
+        pump(&mut b, &mut a, now, &mut |f| vec![f]);
+        assert!(matches!(
+            a.poll_event(),
+            Some(StreamEvent::Reset {
+                code: ResetCode::Refused,
+                ..
+            })
+        ));
+        assert_eq!(a.poll_event(), None);
     }
 }

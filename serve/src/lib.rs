@@ -1,0 +1,19 @@
+//! How Verge's servers take connections, shared by the agent and the manager.
+//!
+//! - [`accept`]: accepting when accept fails (out of descriptors, out of memory): a pause that
+//!   doubles, and a log line when an episode begins and one when it ends, never one per
+//!   failure. [`accept::AcceptBackoff`] is the state, [`accept::next`] the loop around it.
+//! - [`idle`]: a socket that notes when bytes last moved, and the wait for it to go quiet.
+//! - [`http`]: an axum [`Router`](axum::Router) served over HTTP/1.1 with [`http::Limits`]:
+//!   a cap on connections (more wait in the kernel's queue, holding no descriptor), a
+//!   header-read timeout (also the keep-alive wait for the next request) and an idle timeout
+//!   (no byte either way); graceful shutdown.
+//!
+//! A request's path: [`http::serve`] takes a permit for the connection, then
+//! [`accept::next`] a socket; the connection's task serves it with hyper, the peer's address
+//! going into each request as axum's `ConnectInfo<SocketAddr>`, until the peer closes, a
+//! timeout closes it, or shutdown lets its last request finish; the permit then goes back.
+
+pub mod accept;
+pub mod http;
+pub mod idle;
