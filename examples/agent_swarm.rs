@@ -3,7 +3,11 @@
 //!
 //! ```text
 //! cargo run --release --example agent_swarm -- --agents 1000,10000 [--pings 1000] [--concurrency 16]
+//!     [--backlog 4096[,128]]
 //! ```
+//!
+//! `--backlog`: the broker's `[broker] backlog` (each value is a run of every N; 128 is what
+//! rumqttd listens with by itself, the baseline for a burst of connections).
 //!
 //! For each N it prints the time until the manager lists all N online, the manager's RSS, the
 //! swarm's RSS per agent, and RPC `ping` round trips (p50/p99) through the manager's HTTP API
@@ -22,6 +26,7 @@ const ENROLLMENT: &str = "swarm-bench-enrollment";
 
 struct Args {
     agents: Vec<usize>,
+    backlogs: Vec<u32>,
     pings: usize,
     concurrency: usize,
 }
@@ -29,6 +34,7 @@ struct Args {
 fn parse_args() -> Args {
     let mut args = Args {
         agents: vec![1000, 10_000],
+        backlogs: vec![4096],
         pings: 1000,
         concurrency: 16,
     };
@@ -38,6 +44,12 @@ fn parse_args() -> Args {
         match flag.as_str() {
             "--agents" => {
                 args.agents = value
+                    .split(',')
+                    .filter_map(|n| n.trim().parse().ok())
+                    .collect()
+            }
+            "--backlog" => {
+                args.backlogs = value
                     .split(',')
                     .filter_map(|n| n.trim().parse().ok())
                     .collect()
@@ -52,6 +64,7 @@ fn parse_args() -> Args {
 
 struct Row {
     agents: usize,
+    backlog: u32,
     all_online: Duration,
     manager_rss_mib: f64,
     manager_peak_mib: f64,
@@ -71,14 +84,16 @@ fn main() {
         .expect("tokio runtime");
     let mut rows = Vec::new();
     for n in std::iter::once(1).chain(args.agents.iter().copied()) {
-        eprintln!("== {n} agent(s)");
-        rows.push(run_one(&runtime, n, &args));
+        for &backlog in &args.backlogs {
+            eprintln!("== {n} agent(s), backlog {backlog}");
+            rows.push(run_one(&runtime, n, backlog, &args));
+        }
     }
     println!();
     println!(
-        "| agents | all online | manager RSS (peak) | manager CPU idle | swarm RSS/agent | ping p50 | ping p99 | HTTP p50 | failed |"
+        "| agents | backlog | all online | manager RSS (peak) | manager CPU idle | swarm RSS/agent | ping p50 | ping p99 | HTTP p50 | failed |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let label = if r.agents == 1 {
             "1 (baseline)".to_string()
@@ -86,7 +101,8 @@ fn main() {
             r.agents.to_string()
         };
         println!(
-            "| {label} | {:.2} s | {:.1} MiB ({:.1}) | {:.0} % | {:.1} KiB | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+            "| {label} | {} | {:.2} s | {:.1} MiB ({:.1}) | {:.0} % | {:.1} KiB | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+            r.backlog,
             r.all_online.as_secs_f64(),
             r.manager_rss_mib,
             r.manager_peak_mib,
@@ -100,12 +116,12 @@ fn main() {
     }
 }
 
-fn run_one(runtime: &tokio::runtime::Runtime, n: usize, args: &Args) -> Row {
+fn run_one(runtime: &tokio::runtime::Runtime, n: usize, backlog: u32, args: &Args) -> Row {
     let dir = TempDir::new("swarm");
     let config = dir.write(
         "manager.toml",
         &format!(
-            "[http]\nlisten = \"{ANY_PORT}\"\n[broker]\nlisten = \"{ANY_PORT}\"\nmax_connections = {}\n\
+            "[http]\nlisten = \"{ANY_PORT}\"\n[broker]\nlisten = \"{ANY_PORT}\"\nbacklog = {backlog}\nmax_connections = {}\n\
              [mqtt]\nrpc_timeout_ms = 5000\n[enrollment]\nsecret = \"{ENROLLMENT}\"\n",
             n + 100
         ),
@@ -189,6 +205,7 @@ fn run_one(runtime: &tokio::runtime::Runtime, n: usize, args: &Args) -> Row {
     drop(manager);
     Row {
         agents: n,
+        backlog,
         all_online,
         manager_rss_mib: manager_rss as f64 / 1024.0,
         manager_peak_mib: manager_peak as f64 / 1024.0,

@@ -192,7 +192,7 @@ async fn bind(
     what: &'static str,
 ) -> Result<(tokio::net::TcpListener, SocketAddr), AgentError> {
     let error = |source| AgentError::Listen { what, addr, source };
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(error)?;
+    let listener = verge_serve::listen(addr).map_err(error)?;
     let bound = listener.local_addr().map_err(error)?;
     Ok((listener, bound))
 }

@@ -5,7 +5,7 @@
 //! - [`Credentials`]: who may connect. A client's id must equal its username, and its password
 //!   must be that id's secret; rumqttd asks [`Credentials::check`] on every CONNECT.
 //! - [`start`]: reserves the ports (port 0 becomes a real one) and runs rumqttd on threads of
-//!   its own. The manager then waits for its own MQTT session, the proof that the broker is
+//!   its own; [`backlog`] then gives its listeners a queue sized for a fleet. The manager then waits for its own MQTT session, the proof that the broker is
 //!   serving.
 //!
 //! rumqttd keeps every published message in a commit log per subscription filter, and a log
@@ -25,6 +25,8 @@
 //! rumqttd hands a new wildcard subscriber at most 100 retained messages at QoS 1 (a fixed
 //! in-flight window) but up to `max_outgoing_packet_count` at QoS 0; that count is set to cover
 //! every connection, so a manager that resubscribes gets the whole fleet's presence.
+
+pub mod backlog;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -145,6 +147,8 @@ pub struct BrokerSettings {
     /// Each listener's pause after every accept (at least 1 ms); bounds the sockets waiting for
     /// CONNECT.
     pub accept_interval_ms: u64,
+    /// Each listener's accept queue (see [`backlog`]).
+    pub backlog: u32,
     pub max_payload_size: usize,
     /// Filters that carry the whole fleet's traffic (`verge/v1/a/+/presence`, …).
     pub fleet_filters: Vec<String>,
@@ -259,6 +263,14 @@ pub fn start(
     for reserved in [Some(&tcp), tls.as_ref()].into_iter().flatten() {
         if !reserved.wait_listening(std::time::Duration::from_secs(5)) {
             tracing::warn!(listen = %reserved.addr, "the embedded broker is not listening yet");
+            continue;
+        }
+        match backlog::raise(reserved.addr, settings.backlog) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(listen = %reserved.addr,
+                "the embedded broker's listener was not found: its backlog stays at 128"),
+            Err(e) => tracing::warn!(listen = %reserved.addr, error = %e,
+                "cannot raise the embedded broker's backlog: it stays at 128"),
         }
     }
     tracing::info!(listen = %tcp.addr, tls = ?tls.as_ref().map(|t| t.addr), "embedded MQTT broker up");

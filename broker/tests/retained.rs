@@ -15,6 +15,7 @@ fn settings(port: u16) -> BrokerSettings {
         max_connections: 100,
         connect_timeout_ms: 10_000,
         accept_interval_ms: 1,
+        backlog: 1024,
         max_payload_size: 1 << 20,
         fleet_filters: vec!["verge/v1/a/+/presence".into()],
         segment_size: 1 << 20,

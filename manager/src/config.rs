@@ -266,6 +266,9 @@ pub struct BrokerConfig {
     /// Each listener's pause after every accept, at least 1: with `connect_timeout_ms`, the
     /// bound on connections waiting for CONNECT (see [`ManagerConfig::descriptors_needed`]).
     pub accept_interval_ms: u64,
+    /// Each listener's queue of connections not yet accepted (capped by the kernel's
+    /// `net.core.somaxconn`): a fleet reconnecting at once must not overflow it.
+    pub backlog: u32,
     pub max_payload_size: usize,
     /// Commit-log segment size of each fleet-wide filter (presence, state, replies), in bytes.
     pub segment_size: usize,
@@ -287,6 +290,7 @@ impl Default for BrokerConfig {
             max_connections: 20_000,
             connect_timeout_ms: 10_000,
             accept_interval_ms: 1,
+            backlog: 4096,
             max_payload_size: verge_protocol::envelope::MAX_PAYLOAD + 64 * 1024,
             segment_size: 4 * 1024 * 1024,
             segment_count: 4,

@@ -124,9 +124,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     }
     let topics = cfg.topics()?;
     // HTTP first: a taken port fails the start before anything else runs.
-    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
-        .await
-        .map_err(|source| ManagerError::Http {
+    let listener = verge_serve::listen(cfg.http.listen).map_err(|source| ManagerError::Http {
             addr: cfg.http.listen,
             source,
         })?;
@@ -191,6 +189,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
                 max_connections: cfg.broker.max_connections,
                 connect_timeout_ms: cfg.broker.connect_timeout_ms,
                 accept_interval_ms: cfg.broker.accept_interval_ms,
+                backlog: cfg.broker.backlog,
                 max_payload_size: cfg.broker.max_payload_size,
                 fleet_filters: vec![
                     topics.all_presence(),

@@ -4,6 +4,7 @@
 //!   doubles, and a log line when an episode begins and one when it ends, never one per
 //!   failure. [`accept::AcceptBackoff`] is the state, [`accept::next`] the loop around it.
 //! - [`idle`]: a socket that notes when bytes last moved, and the wait for it to go quiet.
+//! - [`listen`]: a listener whose accept queue is sized for a burst ([`BACKLOG`]).
 //! - [`http`]: an axum [`Router`](axum::Router) served over HTTP/1.1 with [`http::Limits`]:
 //!   a cap on connections (more wait in the kernel's queue, holding no descriptor), a
 //!   header-read timeout (also the keep-alive wait for the next request) and an idle timeout
@@ -17,3 +18,22 @@
 pub mod accept;
 pub mod http;
 pub mod idle;
+
+/// The accept queue of Verge's listeners. `TcpListener::bind` listens with std's 128: a burst
+/// (a fleet's players after a restart, a flood the connection cap holds back) overflows it,
+/// and a dropped SYN is retried only after a second. The kernel caps it at
+/// `net.core.somaxconn` (4096 on current kernels).
+pub const BACKLOG: u32 = 4096;
+
+/// A TCP listener on `addr` with a [`BACKLOG`]-deep accept queue (`SO_REUSEADDR`, as
+/// `TcpListener::bind` sets it).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}

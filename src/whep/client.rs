@@ -99,10 +99,9 @@ pub struct Stats {
     pub height: Option<u32>,
     /// Access units lost to gaps or damage.
     pub lost: u64,
-    /// Video RTP packets missing when a later one arrived: the gaps in the sequence numbers.
-    pub missing_packets: u64,
-    /// Video RTP packets that arrived after a later one (resent on a NACK, or reordered).
-    pub late_packets: u64,
+    /// Video RTP packets whose sequence number does not follow the one before: each loss,
+    /// and each packet that came late (resent on a NACK, or reordered), breaks the sequence.
+    pub sequence_breaks: u64,
     /// PLIs sent after a loss.
     pub keyframe_requests: u64,
     /// Complete access units received before the first decodable keyframe (one with its SPS),
@@ -116,7 +115,7 @@ impl std::fmt::Display for Stats {
         let dim = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
         write!(
             f,
-            "frames={} keyframes={} bytes={} first_frame_ms={} width={} height={} answer_ms={} connected_ms={} lost={} skipped={} keyframe_requests={} missing_packets={} late_packets={}",
+            "frames={} keyframes={} bytes={} first_frame_ms={} width={} height={} answer_ms={} connected_ms={} lost={} skipped={} keyframe_requests={} sequence_breaks={}",
             self.frames,
             self.keyframes,
             self.bytes,
@@ -128,8 +127,7 @@ impl std::fmt::Display for Stats {
             self.lost,
             self.skipped,
             self.keyframe_requests,
-            self.missing_packets,
-            self.late_packets
+            self.sequence_breaks
         )
     }
 }
@@ -200,7 +198,7 @@ pub struct Viewer {
     http_timeout: Duration,
     track: TrackSlot,
     last_pli: Option<Instant>,
-    /// Highest sequence number of the video packets so far, for [`Stats::missing_packets`].
+    /// Sequence number of the latest video packet, for [`Stats::sequence_breaks`].
     last_sequence: Option<u16>,
     pub stats: Stats,
     /// What arrived of the audio (nothing unless [`ViewerOptions::audio`]).
@@ -370,21 +368,19 @@ impl Viewer {
         });
     }
 
-    /// Counts the packets `packet`'s sequence number skips over ([`Stats::missing_packets`]),
-    /// or `packet` itself if it comes after a later one ([`Stats::late_packets`]).
+    /// Counts `packet` in [`Stats::sequence_breaks`] unless its sequence number follows the
+    /// one before (the depacketizer drops an access unit only at such a break, or for damage).
     fn count_sequence(&mut self, packet: &[u8]) {
         let Some(&[hi, lo]) = packet.get(2..4) else {
             return;
         };
         let sequence = u16::from_be_bytes([hi, lo]);
-        let gap = self
+        if self
             .last_sequence
-            .map_or(0, |last| sequence.wrapping_sub(last.wrapping_add(1)));
-        if gap >= 0x8000 {
-            self.stats.late_packets += 1;
-            return;
+            .is_some_and(|last| sequence != last.wrapping_add(1))
+        {
+            self.stats.sequence_breaks += 1;
         }
-        self.stats.missing_packets += u64::from(gap);
         self.last_sequence = Some(sequence);
     }
 
