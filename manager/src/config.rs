@@ -178,7 +178,7 @@ impl Default for RtmpConfig {
             handshake_timeout_secs: 10,
             max_per_source: 8,
             max_handshakes: 64,
-            max_connections: 1024,
+            max_connections: 8192,
         }
     }
 }

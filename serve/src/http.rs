@@ -4,6 +4,11 @@
 //!   before it accepts, so more connections wait in the kernel's listen queue, where they
 //!   hold no descriptor of this process: a flood of idle connections cannot use up the
 //!   process's descriptors and stop the other listeners (issue #27).
+//! - At the cap, the connection that has been quiet longest — no request in progress, no byte
+//!   moved for at least [`EVICT_AFTER_QUIET`] — is closed to make room: slowloris and idle
+//!   connections go first, a client whose request is being served or whose stream is flowing
+//!   never. So a flood that fills every slot delays a new client by an accept, not by the
+//!   header timeout.
 //! - `header_timeout`: from the moment a connection is accepted, or has answered a request
 //!   and waits for the next one (keep-alive), its next request's headers must be complete
 //!   within this time (hyper's header-read timeout), or it is closed. Slowloris holds a slot
@@ -27,10 +32,58 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 use crate::accept::{self, AcceptBackoff};
 use crate::idle::{Progress, Watched};
+
+/// How long a connection with no request in progress must have moved no byte before it may be
+/// closed to make room for a new one: a stream flowing, or a client between two requests of a
+/// page, is never that quiet.
+pub const EVICT_AFTER_QUIET: Duration = Duration::from_secs(1);
+
+/// One connection as the accept loop sees it, to choose whom to close at the cap.
+struct Tracked {
+    progress: Arc<Progress>,
+    /// Requests whose handler is running.
+    active: std::sync::atomic::AtomicUsize,
+    close: CancellationToken,
+}
+
+/// The connections being served, by a number of their own.
+#[derive(Default)]
+struct Connections {
+    next: u64,
+    all: std::collections::HashMap<u64, Arc<Tracked>>,
+}
+
+impl Connections {
+    fn add(&mut self, tracked: Arc<Tracked>) -> u64 {
+        self.next += 1;
+        self.all.insert(self.next, tracked);
+        self.next
+    }
+
+    /// Closes the connection that has been quiet longest, if one has been quiet for at least
+    /// [`EVICT_AFTER_QUIET`] with no request in progress. Whether one was closed.
+    fn evict_quietest(&mut self, now: tokio::time::Instant) -> bool {
+        let quietest = self
+            .all
+            .iter()
+            .filter(|(_, c)| c.active.load(std::sync::atomic::Ordering::Relaxed) == 0)
+            .map(|(id, c)| (c.progress.last(), *id))
+            .filter(|(last, _)| now.saturating_duration_since(*last) >= EVICT_AFTER_QUIET)
+            .min();
+        let Some((_, id)) = quietest else {
+            return false;
+        };
+        if let Some(tracked) = self.all.remove(&id) {
+            tracked.close.cancel();
+        }
+        true
+    }
+}
 
 /// What one HTTP listener allows its peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +121,7 @@ pub async fn serve(
     let (stop, stopping) = watch::channel(false);
     let mut backoff = AcceptBackoff::default();
     let mut full = false;
+    let connections = Arc::new(std::sync::Mutex::new(Connections::default()));
     tokio::pin!(shutdown);
     loop {
         let permit = match permits.clone().try_acquire_owned() {
@@ -81,14 +135,23 @@ pub async fn serve(
                     tracing::warn!(
                         listener = what,
                         max_connections = max,
-                        "connection cap reached; new connections wait until one closes"
+                        "connection cap reached; the quietest connections make room, or new \
+                         ones wait until one closes"
                     );
                 }
+                // Room from the quietest connection, if one is quiet enough; its permit comes
+                // back as its task ends.
+                connections
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .evict_quietest(tokio::time::Instant::now());
                 tokio::select! {
                     _ = &mut shutdown => break,
                     permit = permits.clone().acquire_owned() => {
                         permit.expect("the semaphore is never closed")
                     }
+                    // Connections grow quiet while we wait: look again.
+                    _ = tokio::time::sleep(EVICT_AFTER_QUIET / 4) => continue,
                 }
             }
         };
@@ -96,14 +159,25 @@ pub async fn serve(
             _ = &mut shutdown => break,
             accepted = accept::next(&listener, &mut backoff, what) => accepted,
         };
-        tokio::spawn(connection(
-            socket,
-            peer,
-            router.clone(),
-            limits,
-            stopping.clone(),
-            permit,
-        ));
+        let tracked = Arc::new(Tracked {
+            progress: Progress::new(),
+            active: Default::default(),
+            close: CancellationToken::new(),
+        });
+        let id = connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(tracked.clone());
+        let connections = connections.clone();
+        let (router, stopping) = (router.clone(), stopping.clone());
+        tokio::spawn(async move {
+            connection(socket, peer, router, limits, stopping, tracked, permit).await;
+            connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .all
+                .remove(&id);
+        });
     }
     drop(listener);
     let _ = stop.send(true);
@@ -117,15 +191,29 @@ async fn connection(
     router: Router,
     limits: Limits,
     mut stopping: watch::Receiver<bool>,
+    tracked: Arc<Tracked>,
     _permit: OwnedSemaphorePermit,
 ) {
     let _ = socket.set_nodelay(true);
-    let progress = Progress::new();
+    let progress = tracked.progress.clone();
     let io = TokioIo::new(Watched::new(socket, progress.clone()));
+    let in_service = tracked.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         let mut router = router.clone();
-        async move { Ok::<_, Infallible>(router.call(request).await.unwrap_or_else(|n| match n {})) }
+        let tracked = in_service.clone();
+        async move {
+            // Not to be closed for room while its handler runs (a stream's body then keeps
+            // its bytes moving).
+            tracked
+                .active
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let response = router.call(request).await.unwrap_or_else(|n| match n {});
+            tracked
+                .active
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
@@ -152,6 +240,10 @@ async fn connection(
             }
             _ = progress.quiet_for(limits.idle_timeout) => {
                 tracing::debug!(%peer, timeout = ?limits.idle_timeout, "HTTP connection idle; closed");
+                return;
+            }
+            _ = tracked.close.cancelled() => {
+                tracing::debug!(%peer, "quietest HTTP connection closed to make room");
                 return;
             }
         }
@@ -190,6 +282,13 @@ mod tests {
                 get(|| async {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     "done"
+                }),
+            )
+            .route(
+                "/hold",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    "held"
                 }),
             );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -262,6 +361,64 @@ mod tests {
         }
         let _ = stop.send(());
         tokio::time::timeout(Duration::from_secs(3), server)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// The probe's flood, in small: every slot held by slowloris and idle connections for
+    /// longer than the header timeout allows a newcomer to wait. The quietest make room: a new
+    /// client is answered at once, and a client whose request is in progress is not closed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_the_cap_the_quietest_connection_makes_room_for_a_new_one() {
+        let limits = Limits {
+            max_connections: 8,
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+        };
+        let (addr, stop, server) = start(limits).await;
+        // A client whose request takes 2 s holds one slot, the quietest of all (no byte moves
+        // while its handler runs), yet is not closed.
+        let mut busy = TcpStream::connect(addr).await.unwrap();
+        busy.write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut flood = Vec::new();
+        for n in 0..20 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            if n % 2 == 0 {
+                s.write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\n")
+                    .await
+                    .unwrap();
+            }
+            flood.push(s);
+        }
+        tokio::time::sleep(EVICT_AFTER_QUIET + Duration::from_millis(300)).await;
+        for round in 0..3 {
+            let started = Instant::now();
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let answer = exchange(
+                &mut client,
+                "GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            // Well under the 30 s header timeout the slots would otherwise be held for.
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "round {round}: {:?}",
+                started.elapsed()
+            );
+        }
+        let mut answer = String::new();
+        busy.read_to_string(&mut answer).await.unwrap();
+        assert!(
+            answer.ends_with("held"),
+            "the request in progress was cut: {answer}"
+        );
+        let _ = stop.send(());
+        drop(flood);
+        tokio::time::timeout(Duration::from_secs(5), server)
             .await
             .unwrap()
             .unwrap();

@@ -35,7 +35,8 @@ impl Progress {
         self.last_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
-    fn last(&self) -> Instant {
+    /// When a byte last moved (the accept, if none has).
+    pub fn last(&self) -> Instant {
         self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
 

@@ -232,6 +232,7 @@ pub async fn answer_publisher(
     on_track: engine::OnTrack,
 ) -> Result<(String, Receiving), AnswerError> {
     let audio = offers_opus(&offer);
+    tracing::warn!("TMPDEBUG offer:\n{offer}");
     let offer =
         RTCSessionDescription::offer(offer).map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
     let (events, watch) = engine::Events::new(Some(on_track));
@@ -262,10 +263,294 @@ pub async fn answer_publisher(
     }
     .await;
     match negotiated {
-        Ok(sdp) => Ok((sdp, Receiving { pc, state })),
+        Ok(sdp) => { tracing::warn!("TMPDEBUG answer:\n{sdp}"); Ok((sdp, Receiving { pc, state })) },
         Err(e) => {
             let _ = pc.close().await;
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::net::IpAddr;
+    use std::time::Instant;
+
+    use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, StreamInfo, TaggedPacket};
+    use rtc::ice::mdns::MulticastDnsMode;
+    use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MediaEngine};
+    use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+    use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters};
+    use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+    use rtc::sansio::Protocol;
+    use rtc::shared::error::Error;
+    use tokio::sync::mpsc;
+    use webrtc::media_stream::track_local::TrackLocalEvent;
+    use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+    use webrtc::peer_connection::{PeerConnectionBuilder, SettingEngineBuilder};
+
+    use super::*;
+
+    /// Hands the NACKs a publisher receives to its application, where the test counts them.
+    #[derive(Default)]
+    struct DeliverNacks {
+        read: VecDeque<TaggedPacket>,
+        write: VecDeque<TaggedPacket>,
+    }
+
+    impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverNacks {
+        type Rout = TaggedPacket;
+        type Wout = TaggedPacket;
+        type Eout = ();
+        type Error = Error;
+        type Time = Instant;
+
+        fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+            if let Packet::Rtcp(packets) = &msg.message.packet
+                && packets.iter().any(|p| p.as_any().is::<TransportLayerNack>())
+            {
+                msg.message.add(Attribute::DeliverToApplication);
+            }
+            self.read.push_back(msg);
+            Ok(())
+        }
+
+        fn poll_read(&mut self) -> Option<Self::Rout> {
+            self.read.pop_front()
+        }
+
+        fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+            self.write.push_back(msg);
+            Ok(())
+        }
+
+        fn poll_write(&mut self) -> Option<Self::Wout> {
+            self.write.pop_front()
+        }
+    }
+
+    impl Interceptor for DeliverNacks {
+        fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+        fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+        fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+        fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+    }
+
+    /// Chromium's H.264 formats, with its payload types (not ours) and its feedback.
+    const CHROMIUM_H264: [(u8, &str); 3] = [(102, "42001f"), (108, "42e01f"), (116, "4d001f")];
+
+    fn chromium_h264(profile: &str) -> RTCRtpCodec {
+        let fb = |typ: &str, parameter: &str| RTCPFeedback {
+            typ: typ.into(),
+            parameter: parameter.into(),
+        };
+        RTCRtpCodec {
+            mime_type: MIME_TYPE_H264.to_string(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: format!(
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}"
+            ),
+            rtcp_feedback: vec![
+                fb("goog-remb", ""),
+                fb("transport-cc", ""),
+                fb("ccm", "fir"),
+                fb("nack", ""),
+                fb("nack", "pli"),
+            ],
+        }
+    }
+
+    fn loopback() -> IceSettings {
+        IceSettings {
+            udp_ips: vec![IpAddr::from([127, 0, 0, 1])],
+            ..IceSettings::default()
+        }
+    }
+
+    /// A publisher shaped like Chromium's WHIP offer (sendonly H.264, SSRC declared, its own
+    /// payload types) sends video with every tenth packet missing: the agent's answer must
+    /// make the agent ask for the missing packets again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_whip_publisher_is_asked_for_lost_video_packets() {
+        const SSRC: u32 = 0x1234_5678;
+        let mut media = MediaEngine::default();
+        for (payload_type, profile) in CHROMIUM_H264 {
+            media
+                .register_codec(
+                    RTCRtpCodecParameters {
+                        rtp_codec: chromium_h264(profile),
+                        payload_type,
+                    },
+                    RtpCodecKind::Video,
+                )
+                .expect("codec");
+        }
+        media
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: engine::opus_codec(),
+                    payload_type: 111,
+                },
+                RtpCodecKind::Audio,
+            )
+            .expect("opus");
+        let registry = webrtc::peer_connection::register_default_interceptors(
+            Registry::new().with(rtc::interceptor::Slot::from(14_000), DeliverNacks::default()),
+            &mut media,
+        )
+        .expect("interceptors");
+        let (events, mut publisher_watch) = engine::Events::new(None);
+        let publisher = PeerConnectionBuilder::new()
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(
+                SettingEngineBuilder::new()
+                    .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+                    .build(),
+            )
+            .with_handler(events)
+            .with_udp_addrs(vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))])
+            .build()
+            .await
+            .expect("publisher");
+        // Audio first, as Chromium's offer has it.
+        let audio = local_track(RtpCodecKind::Audio, SSRC + 1, engine::opus_codec());
+        publisher
+            .add_transceiver_from_track(
+                audio.clone() as Arc<dyn TrackLocal>,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .expect("audio transceiver");
+        let track = local_track(RtpCodecKind::Video, SSRC, chromium_h264("42001f"));
+        publisher
+            .add_transceiver_from_track(
+                track.clone() as Arc<dyn TrackLocal>,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .expect("transceiver");
+        let offer = publisher.create_offer(None).await.expect("offer");
+        publisher
+            .set_local_description(offer)
+            .await
+            .expect("local offer");
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            publisher_watch.gathered.wait_for(|done| *done),
+        )
+        .await;
+        let offer = publisher.local_description().await.expect("offer").sdp;
+
+        let (tracks_tx, mut tracks) = mpsc::channel::<Arc<dyn TrackRemote>>(4);
+        let (answer, receiving) = answer_publisher(
+            offer,
+            &loopback(),
+            &[],
+            Duration::from_secs(2),
+            Box::new(move |t| {
+                let _ = tracks_tx.try_send(t);
+            }),
+        )
+        .await
+        .expect("answer");
+        eprintln!("answer:\n{answer}");
+        publisher
+            .set_remote_description(RTCSessionDescription::answer(answer).expect("answer sdp"))
+            .await
+            .expect("remote answer");
+        let mut agent_state = receiving.state.clone();
+        engine::connected(&mut publisher_watch.state, Duration::from_secs(10))
+            .await
+            .expect("publisher connected");
+        engine::connected(&mut agent_state, Duration::from_secs(10))
+            .await
+            .expect("agent connected");
+
+        // The agent reads its track, as the publish session does.
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = received.clone();
+        tokio::spawn(async move {
+            while let Some(track) = tracks.recv().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    while let Some(event) = track.poll().await {
+                        if let TrackRemoteEvent::OnRtpPacket(_) = event {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+
+        let nacked = Arc::new(std::sync::Mutex::new(Vec::<u16>::new()));
+        let listener = {
+            let (track, nacked) = (track.clone(), nacked.clone());
+            tokio::spawn(async move {
+                while let Some(event) = track.poll().await {
+                    if let TrackLocalEvent::OnRtcpPacket(packets) = event {
+                        for p in packets {
+                            if let Some(nack) = p.as_any().downcast_ref::<TransportLayerNack>() {
+                                let mut seen = nacked.lock().unwrap();
+                                for pair in &nack.nacks {
+                                    seen.extend(pair.packet_list());
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        };
+
+        // 300 packets at 500 per second, every tenth (after the first few) missing.
+        let mut dropped = Vec::new();
+        for seq in 0u16..300 {
+            if seq >= 20 && seq % 10 == 0 {
+                dropped.push(seq);
+            } else {
+                let packet = rtc::rtp::Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        payload_type: CHROMIUM_H264[0].0,
+                        sequence_number: seq,
+                        timestamp: u32::from(seq / 5) * 3000,
+                        ssrc: SSRC,
+                        marker: seq % 5 == 4,
+                        ..Default::default()
+                    },
+                    // A single NAL unit (non-IDR slice).
+                    payload: bytes::Bytes::from_static(&[0x41, 0x9a, 0x00, 0x01]),
+                };
+                track.write_rtp(packet).await.expect("write");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let nacked = nacked.lock().unwrap().clone();
+        eprintln!(
+            "received {} packets, NACKed {:?}",
+            received.load(std::sync::atomic::Ordering::Relaxed),
+            nacked
+        );
+        listener.abort();
+        let _ = publisher.close().await;
+        let _ = receiving.pc.close().await;
+        let missed: Vec<u16> = dropped
+            .iter()
+            .copied()
+            .filter(|s| !nacked.contains(s))
+            .collect();
+        assert!(
+            missed.is_empty(),
+            "packets lost and never NACKed: {missed:?} (NACKed: {nacked:?})"
+        );
     }
 }
