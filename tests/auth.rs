@@ -88,6 +88,8 @@ fn every_route_answers_each_credential_as_its_rights_say() {
                  [rtmp]\nlisten = \"{ANY_PORT}\"\n"
             ),
             api_token: Some(STATIC.into()),
+            // Everything our code logs, down to debug: no token may appear in any of it.
+            rust_log: Some("info,verge=debug,verge_manager=debug,verge_agent=debug,verge_mqtt=debug,verge_media=debug".into()),
             ..EdgeOptions::default()
         },
     );
@@ -429,4 +431,20 @@ fn every_route_answers_each_credential_as_its_rights_say() {
         (code == "NetStream.Publish.Start").then_some(())
     });
     assert!(started.is_some(), "a write token did not publish");
+
+    // No token, in a header, a query or an RTMP key, reached any process's log.
+    let mut tokens: Vec<String> = who.iter().filter_map(|(_, t)| t.clone()).collect();
+    tokens.extend([reader, minted, token, scoped, writer, STATIC.to_string()]);
+    for (process, log) in [
+        ("manager", b.manager.log_text()),
+        ("agent", b.agent.log_text()),
+    ] {
+        for secret in tokens.iter().filter(|t| t.len() >= 10) {
+            assert!(
+                !log.contains(secret.as_str()),
+                "the {process}'s log holds a token ({}…)",
+                &secret[..10]
+            );
+        }
+    }
 }

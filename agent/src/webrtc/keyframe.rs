@@ -72,3 +72,72 @@ impl Interceptor for KeyframeRequests {
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
+
+/// TEMPORARY debug probe.
+#[derive(Default)]
+pub struct TmpProbe {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+    nacks_out: u64,
+    rtcp_out: u64,
+    rtp_in: u64,
+    last: std::collections::HashMap<u32, u16>,
+    gaps: u64,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for TmpProbe {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtp(p) = &msg.message.packet {
+            self.rtp_in += 1;
+            if p.header.payload_type != 111 {
+                if let Some(&l) = self.last.get(&p.header.ssrc) {
+                    let d = p.header.sequence_number.wrapping_sub(l);
+                    if d != 1 {
+                        self.gaps += 1;
+                        tracing::warn!("TMPDEBUG probe gap ssrc={} last={} seq={} gaps={} nacks_out={} at={:?}", p.header.ssrc, l, p.header.sequence_number, self.gaps, self.nacks_out, msg.now);
+                    }
+                }
+                if p.header.sequence_number.wrapping_sub(*self.last.get(&p.header.ssrc).unwrap_or(&0)) < 0x8000 { self.last.insert(p.header.ssrc, p.header.sequence_number); }
+            }
+            if self.rtp_in % 500 == 1 {
+                tracing::warn!("TMPDEBUG probe rtp_in={} ssrc={} pt={} seq={} nacks_out={} rtcp_out={}", self.rtp_in, p.header.ssrc, p.header.payload_type, p.header.sequence_number, self.nacks_out, self.rtcp_out);
+            }
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(ps) = &msg.message.packet {
+            self.rtcp_out += 1;
+            for p in ps {
+                if p.as_any().is::<rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>() {
+                    self.nacks_out += 1;
+                    if self.nacks_out < 5 { tracing::warn!("TMPDEBUG probe NACK out {:?}", p); }
+                }
+            }
+        }
+        self.write.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> { Ok(()) }
+    fn poll_timeout(&mut self) -> Option<Instant> { None }
+}
+
+impl Interceptor for TmpProbe {
+    fn bind_local_stream(&mut self, info: &StreamInfo) { tracing::warn!("TMPDEBUG bind_local {info:?}"); }
+    fn unbind_local_stream(&mut self, info: &StreamInfo) { tracing::warn!("TMPDEBUG unbind_local {}", info.ssrc); }
+    fn bind_remote_stream(&mut self, info: &StreamInfo) { tracing::warn!("TMPDEBUG bind_remote {info:?}"); }
+    fn unbind_remote_stream(&mut self, info: &StreamInfo) { tracing::warn!("TMPDEBUG unbind_remote {}", info.ssrc); }
+}

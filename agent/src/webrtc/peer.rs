@@ -512,8 +512,11 @@ mod tests {
 
         // 300 packets at 500 per second, every tenth (after the first few) missing.
         let mut dropped = Vec::new();
-        for seq in 0u16..300 {
-            if seq >= 20 && seq % 10 == 0 {
+        let total: u16 = std::env::var("TMP_TOTAL").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+        let first_loss: u16 = std::env::var("TMP_FIRST").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+        let gap_ms: u64 = std::env::var("TMP_GAP").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+        for seq in 0u16..total {
+            if seq >= first_loss && seq % 10 == 0 {
                 dropped.push(seq);
             } else {
                 let packet = rtc::rtp::Packet {
@@ -531,7 +534,7 @@ mod tests {
                 };
                 track.write_rtp(packet).await.expect("write");
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(Duration::from_millis(gap_ms)).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let nacked = nacked.lock().unwrap().clone();
