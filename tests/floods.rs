@@ -32,6 +32,18 @@ fn mqtt_connect(id: &str, password: &str) -> Vec<u8> {
     packet
 }
 
+/// edge-1 connects to the broker at `mqtt` and is accepted (CONNACK 0) within `patience`.
+fn agent_connects(mqtt: SocketAddr, patience: Duration) {
+    let mut agent = TcpStream::connect_timeout(&mqtt, patience).expect("MQTT");
+    agent.write_all(&mqtt_connect("edge-1", "s1")).unwrap();
+    agent.set_read_timeout(Some(patience)).unwrap();
+    let mut connack = [0u8; 4];
+    agent
+        .read_exact(&mut connack)
+        .expect("CONNACK during the flood");
+    assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK, accepted");
+}
+
 /// Whether the peer closes `stream` before `deadline` (bytes it sends first are read).
 fn closed_by(stream: &mut TcpStream, deadline: Instant) -> bool {
     let mut buf = [0u8; 512];
@@ -144,17 +156,8 @@ fn idle_and_slowloris_connections_past_the_open_files_limit_do_not_stop_the_mana
     assert_eq!(health.status, 200, "{}", health.text());
 
     // and an agent connects to the broker.
-    let mut agent = TcpStream::connect_timeout(&mqtt, Duration::from_secs(40)).expect("MQTT");
-    agent.write_all(&mqtt_connect("edge-1", "s1")).unwrap();
-    agent
-        .set_read_timeout(Some(Duration::from_secs(40)))
-        .unwrap();
-    let mut connack = [0u8; 4];
-    agent
-        .read_exact(&mut connack)
-        .expect("CONNACK during the flood");
+    agent_connects(mqtt, Duration::from_secs(40));
     let connack_after = flood_start.elapsed();
-    assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK, accepted");
 
     // Every connection that never finished its request is closed by the manager.
     let mut held: Vec<TcpStream> = attackers
@@ -413,17 +416,8 @@ fn the_probes_flood_of_slowloris_and_idle_connections_leaves_health_fast() {
     }
     // And an agent connects to the broker.
     let started = Instant::now();
-    let mut agent = TcpStream::connect_timeout(&mqtt, Duration::from_secs(10)).expect("MQTT");
-    agent.write_all(&mqtt_connect("edge-1", "s1")).unwrap();
-    agent
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut connack = [0u8; 4];
-    agent
-        .read_exact(&mut connack)
-        .expect("CONNACK during the flood");
+    agent_connects(mqtt, Duration::from_secs(10));
     let connack_after = started.elapsed();
-    assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK, accepted");
 
     // Every attacking connection is closed at the header timeout.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -91,6 +91,20 @@ fn edge(label: &str, agent_toml: &str) -> Edge {
     )
 }
 
+/// ffmpeg publishing `live/cam` to the box for two minutes, once it is listed.
+fn live_cam(b: &Edge) -> verge::testkit::Proc {
+    let cam = b.publish(
+        "cam",
+        "cam",
+        &Synthetic {
+            seconds: 120,
+            ..Synthetic::default()
+        },
+    );
+    assert!(wait_for(Duration::from_secs(20), || b.listed_stream("cam")).is_some());
+    cam
+}
+
 /// Finding 1: the publisher's session id was shown to readers, and `DELETE /session/…` (read
 /// rights) ended publisher sessions too. Observed: a read token's DELETE → 200, "WHIP
 /// publisher ended".
@@ -109,14 +123,7 @@ fn a_read_token_can_neither_see_nor_end_a_whip_publisher() {
 
     // What a reader sees of a publisher: its kind, not the session id (or address) that would
     // name it. (The WHIP publisher above sends no media, so it is not listed: an RTMP one is.)
-    let _cam = b.publish(
-        "cam",
-        "cam",
-        &Synthetic {
-            seconds: 120,
-            ..Synthetic::default()
-        },
-    );
+    let _cam = live_cam(&b);
     let seen = |token: &str| {
         wait_for(Duration::from_secs(20), || {
             let r = call(m, "GET", "/api/streams/cam", Some(token), "");
@@ -129,16 +136,37 @@ fn a_read_token_can_neither_see_nor_end_a_whip_publisher() {
     };
     assert_eq!(seen(&jwt("cam", 4)), "RTMP");
     let full = seen(&jwt("cam", 6));
-    assert!(full.as_str().is_some_and(|id| id.starts_with("RTMP ") && id.len() > 5), "{full}");
+    assert!(
+        full.as_str()
+            .is_some_and(|id| id.starts_with("RTMP ") && id.len() > 5),
+        "{full}"
+    );
     let listed = call(m, "GET", "/api/streams/", Some(&jwt("cam", 4)), "").text();
     assert!(!listed.contains(full.as_str().unwrap_or("?")), "{listed}");
 
     // The attack: the viewer's session URL, the reader's token.
     let frag = "a=ice-ufrag:Hc4f\r\na=ice-pwd:Q1zXGk8rM1F0oKc6bq3yWn2u\r\n";
     for method in ["PATCH", "DELETE"] {
-        let r = call(m, method, &format!("/session/pub/{session}"), Some(&reader), frag);
-        assert_eq!(r.status, 404, "{method} as a viewer's session: {}", r.text());
-        let r = call(m, method, &format!("/whip-session/pub/{session}"), Some(&reader), frag);
+        let r = call(
+            m,
+            method,
+            &format!("/session/pub/{session}"),
+            Some(&reader),
+            frag,
+        );
+        assert_eq!(
+            r.status,
+            404,
+            "{method} as a viewer's session: {}",
+            r.text()
+        );
+        let r = call(
+            m,
+            method,
+            &format!("/whip-session/pub/{session}"),
+            Some(&reader),
+            frag,
+        );
         assert_eq!(r.status, 403, "{method} with read rights: {}", r.text());
     }
     assert!(
@@ -162,15 +190,7 @@ fn a_read_token_can_neither_see_nor_end_a_whip_publisher() {
 fn preflights_carry_ice_servers_only_for_callers_who_may_make_the_offer() {
     let b = edge("surface-preflight", "");
     let m = b.manager_http;
-    let _cam = b.publish(
-        "cam",
-        "cam",
-        &Synthetic {
-            seconds: 120,
-            ..Synthetic::default()
-        },
-    );
-    assert!(wait_for(Duration::from_secs(20), || b.listed_stream("cam")).is_some());
+    let _cam = live_cam(&b);
     let options = |path: &str, token: Option<&str>| {
         let r = call(m, "OPTIONS", path, token, "");
         if path.starts_with("/whep") || path.starts_with("/whip") {
@@ -288,15 +308,7 @@ fn one_address_cannot_hold_every_viewer_slot() {
         "[limits]\nsessions_per_address = 4\nsessions_per_token = 6\n",
     );
     let m = b.manager_http;
-    let _cam = b.publish(
-        "cam",
-        "cam",
-        &Synthetic {
-            seconds: 120,
-            ..Synthetic::default()
-        },
-    );
-    assert!(wait_for(Duration::from_secs(20), || b.listed_stream("cam")).is_some());
+    let _cam = live_cam(&b);
     let offer = whep_offer();
     let statuses: Vec<u16> = (0..8)
         .map(|_| call(m, "POST", "/whep/cam", Some(STATIC), &offer).status)
@@ -319,11 +331,20 @@ fn one_address_cannot_hold_every_viewer_slot() {
         .and_then(|s| s.split_whitespace().next())
         .expect("an answered session in the agent's log")
         .to_string();
-    let r = call(m, "DELETE", &format!("/session/cam/{session}"), Some(STATIC), "");
+    let r = call(
+        m,
+        "DELETE",
+        &format!("/session/cam/{session}"),
+        Some(STATIC),
+        "",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let again = wait_for(Duration::from_secs(10), || {
         let r = call(m, "POST", "/whep/cam", Some(STATIC), &offer);
         (r.status == 201).then_some(())
     });
-    assert!(again.is_some(), "the ended session's slot did not come back");
+    assert!(
+        again.is_some(),
+        "the ended session's slot did not come back"
+    );
 }

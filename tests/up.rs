@@ -6,13 +6,12 @@ use std::time::Duration;
 use verge::testkit::rtmp::RtmpClient;
 use verge::testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, wait_for};
 
-#[test]
-fn verge_up_runs_a_manager_and_an_agent_and_stops_on_ctrl_c() {
-    let dir = TempDir::new("up");
-    let args = [
+/// `verge up` with its HTTP on `http` and every other listener on a free loopback port.
+fn up_args(http: &str) -> [&str; 11] {
+    [
         "up",
         "--http",
-        ANY_PORT,
+        http,
         "--mqtt",
         ANY_PORT,
         "--rtmp",
@@ -21,7 +20,13 @@ fn verge_up_runs_a_manager_and_an_agent_and_stops_on_ctrl_c() {
         ANY_PORT,
         "--hls",
         ANY_PORT,
-    ];
+    ]
+}
+
+#[test]
+fn verge_up_runs_a_manager_and_an_agent_and_stops_on_ctrl_c() {
+    let dir = TempDir::new("up");
+    let args = up_args(ANY_PORT);
     // The ready file comes after the summary, so the summary is complete once it exists.
     let (mut up, bound) = Proc::spawn_ready("verge-up", &bin("verge"), &args, dir.path());
     let keys: Vec<&str> = bound.iter().map(|(name, _)| name).collect();
@@ -85,19 +90,7 @@ fn verge_up_runs_a_manager_and_an_agent_and_stops_on_ctrl_c() {
 #[test]
 fn verge_up_beyond_loopback_needs_the_printed_token() {
     let dir = TempDir::new("up-open");
-    let args = [
-        "up",
-        "--http",
-        "0.0.0.0:0",
-        "--mqtt",
-        ANY_PORT,
-        "--rtmp",
-        ANY_PORT,
-        "--agent-http",
-        ANY_PORT,
-        "--hls",
-        ANY_PORT,
-    ];
+    let args = up_args("0.0.0.0:0");
     let (mut up, bound) = Proc::spawn_ready("verge-up", &bin("verge"), &args, dir.path());
     let manager = verge_manager::loopback_for(listener(&bound, "http"));
     let summary = up.log_text();
@@ -109,9 +102,16 @@ fn verge_up_beyond_loopback_needs_the_printed_token() {
         .to_string();
     assert!(token.len() >= 32, "{summary}");
     let keys = |headers: &[(&str, &str)]| {
-        verge::testkit::request("GET", manager, "/api/keys", headers, b"", Duration::from_secs(5))
-            .expect("HTTP exchange")
-            .status
+        verge::testkit::request(
+            "GET",
+            manager,
+            "/api/keys",
+            headers,
+            b"",
+            Duration::from_secs(5),
+        )
+        .expect("HTTP exchange")
+        .status
     };
     assert_eq!(keys(&[]), 401);
     assert_eq!(keys(&[("Authorization", "Bearer wrong")]), 401);
@@ -121,6 +121,10 @@ fn verge_up_beyond_loopback_needs_the_printed_token() {
     assert!(summary.contains("local online"), "{summary}");
     up.signal("INT");
     let stopped = wait_for(Duration::from_secs(20), || up.exited().then_some(()));
-    assert!(stopped.is_some(), "verge up did not stop:\n{}", up.log_text());
+    assert!(
+        stopped.is_some(),
+        "verge up did not stop:\n{}",
+        up.log_text()
+    );
     assert!(!up.log_text().contains(&format!("token={token}")));
 }
