@@ -430,20 +430,23 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
         verge::testkit::netns::run(&command);
     };
     nft(&["add", "table", "ip", "loss"]);
+    // Dropped on the agent's side (input), not the publisher's (output): a packet dropped at
+    // output fails the sender's sendto() with EPERM, and Chromium sends it again at once, so
+    // nothing would be lost.
     nft(&[
         "add",
         "chain",
         "ip",
         "loss",
-        "out",
-        "{ type filter hook output priority 0 ; }",
+        "in",
+        "{ type filter hook input priority 0 ; }",
     ]);
     let (port, ssrc) = (port.to_string(), format!("{ssrc:#010x}"));
     // `@th,64,2`: RTP version 2; `@th,128,32`: the SSRC (bytes 8..12 of the RTP header, after
     // the 8-byte UDP header). Retransmissions use the same SSRC (no RTX is negotiated), so a
     // retransmission can be dropped too; Chromium then sends it again.
     nft(&[
-        "add", "rule", "ip", "loss", "out", "udp", "sport", &port, "@th,64,2", "2",
+        "add", "rule", "ip", "loss", "in", "udp", "sport", &port, "@th,64,2", "2",
         "@th,128,32", &ssrc, "numgen", "inc", "mod", "10", "0", "counter", "drop",
     ]);
     let lossy = viewer_stats(&mut viewer);

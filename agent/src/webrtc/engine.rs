@@ -194,7 +194,6 @@ pub async fn build(
     )?;
     // After the codecs: the NACK/PLI feedback it adds goes only to codecs already registered.
     let mut registry = register_default_interceptors(Registry::new(), &mut media)?;
-    registry = registry.with(rtc::interceptor::Slot::from(500), super::keyframe::TmpProbe::default());
     if sender {
         registry = registry.with(
             rtc::interceptor::Slot::from(super::keyframe::SLOT),

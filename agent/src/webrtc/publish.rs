@@ -144,7 +144,6 @@ pub async fn run(
             let mut wanted_keyframes = 0u64;
             // Counted from the last media, whatever else happens meanwhile.
             let mut silent_at = tokio::time::Instant::now() + SILENCE;
-            let mut dbg_tick = tokio::time::interval(Duration::from_secs(2));
             let end = loop {
                 tokio::select! {
                     _ = closed.cancelled() => break End::Closed,
@@ -156,12 +155,6 @@ pub async fn run(
                     Some(track) = tracks.recv() => {
                         tokio::spawn(read_track(track, media_tx.clone(), keyframe_rx.clone(),
                             reorder_stats.clone(), stop.clone()));
-                    }
-                    _ = dbg_tick.tick() => {
-                        let report = pc.get_stats(std::time::Instant::now(), webrtc::peer_connection::StatsSelector::None).await;
-                        for s in report.inbound_rtp_streams() {
-                            tracing::warn!("TMPDEBUG inbound ssrc={} received={} lost={} nacks={} plis={}", s.received_rtp_stream_stats.rtp_stream_stats.ssrc, s.received_rtp_stream_stats.packets_received, s.received_rtp_stream_stats.packets_lost, s.nack_count, s.pli_count);
-                        }
                     }
                     _ = tokio::time::sleep_until(silent_at) => break End::Silent,
                     next = media.recv() => {
