@@ -2,7 +2,8 @@
 """Verge wire-protocol test vectors, computed independently of the Rust code.
 
 The vectors in docs/protocol.md ("Test vectors") come from this script, and
-protocol/tests/vectors.rs checks the same values against verge-protocol. It
+protocol/tests/vectors.rs checks the same values against verge-protocol (V6,
+the tunnel packet, tunnel/tests/vectors.rs against verge-tunnel). It
 follows docs/protocol.md only (not the Rust source) and uses the standard
 library for HMAC-SHA256 and HKDF-SHA256, and the `cryptography` package for
 ChaCha20-Poly1305 (`pip install --user cryptography` if it is missing).

@@ -437,11 +437,13 @@ fn each_session_gets_its_own_turn_credentials_with_coturn_configured() {
         (field("username"), field("credential"))
     };
     let now = verge_protocol::now_ms() / 1000;
+    // Preflights of a WHIP endpoint: with auth off anyone may publish, and no stream needs to
+    // be live (a WHEP preflight carries ICE servers only for a live stream).
     let first = turn(
         &request(
             "OPTIONS",
             edge.manager_http,
-            "/whep/cam",
+            "/whip/cam",
             &[],
             b"",
             Duration::from_secs(10),
@@ -452,7 +454,7 @@ fn each_session_gets_its_own_turn_credentials_with_coturn_configured() {
         &request(
             "OPTIONS",
             edge.manager_http,
-            "/whep/cam",
+            "/whip/cam",
             &[],
             b"",
             Duration::from_secs(10),
@@ -593,8 +595,9 @@ fn cloudflare_turn_credentials_reach_viewers_and_are_reused() {
             ..Default::default()
         },
     );
+    // A WHIP preflight (see the coturn test): no stream needs to be live.
     let links = || {
-        let r = send("OPTIONS", edge.manager_http, "/whep/cam");
+        let r = send("OPTIONS", edge.manager_http, "/whip/cam");
         assert_eq!(r.status, 204);
         r.all("link").map(str::to_string).collect::<Vec<_>>()
     };
@@ -642,7 +645,7 @@ fn without_cloudflare_sessions_go_on_without_its_servers() {
     let r = request(
         "OPTIONS",
         edge.manager_http,
-        "/whep/cam",
+        "/whip/cam",
         &[],
         b"",
         Duration::from_secs(30),

@@ -10,17 +10,15 @@ use std::time::Duration;
 use rumqttc::AsyncClient;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use verge_mqtt::tunnel::{EndpointConfig, Incoming, LinkLimits, MqttTunnel};
 use verge_protocol::topic::Topics;
-use verge_protocol::tunnel::frame::ResetCode;
-use verge_protocol::tunnel::mux::Side;
+use verge_tunnel::frame::ResetCode;
+use verge_tunnel::mux::Side;
+use verge_tunnel::{EndpointConfig, Incoming, Limits, MqttTunnel};
 
 use crate::config::AgentConfig;
 
 /// Managers with a tunnel link at once; packets of further ones are dropped.
 const MAX_MANAGERS: usize = 8;
-/// Bytes in flight towards one manager, all streams together.
-const UP_IN_FLIGHT: u64 = 2 << 20;
 /// How long dialling a target may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -87,7 +85,7 @@ pub struct Tunnels {
     topics: Topics,
     link_up: watch::Receiver<bool>,
     allow: Arc<Allow>,
-    limits: LinkLimits,
+    limits: Limits,
     links: HashMap<String, MqttTunnel>,
 }
 
@@ -112,14 +110,11 @@ impl Tunnels {
                     ("hls", cfg.hls.listen),
                 ],
             )),
-            limits: LinkLimits {
-                window: cfg.tunnel.window_kib.saturating_mul(1024),
-                max_streams: cfg.tunnel.max_streams,
-                // Agent to manager goes through the manager's fleet-wide filter, whose log
-                // (embedded broker: 4 × 4 MiB) holds this much and more.
-                max_in_flight: UP_IN_FLIGHT,
-                resume: Duration::from_secs(cfg.tunnel.resume_secs),
-            },
+            limits: Limits::agent(
+                cfg.tunnel.window_kib,
+                cfg.tunnel.max_streams,
+                cfg.tunnel.resume_secs,
+            ),
             links: HashMap::new(),
         }
     }

@@ -478,17 +478,24 @@ impl ManagerConfig {
         Ok(())
     }
 
-    /// Tunnel bytes in flight towards one agent. The embedded rumqttd keeps an agent's
-    /// messages in a commit log of `agent_segment_count` segments and drops what a slow reader
-    /// has not taken when the oldest segment goes: so at most three quarters of the segments
-    /// that always remain. An external broker queues per client (mosquitto: see conf/).
-    pub fn down_in_flight(&self, embedded: bool) -> u64 {
-        if embedded {
-            let kept = self.broker.agent_segment_count.max(2) - 1;
-            (self.broker.agent_segment_size * kept * 3 / 4) as u64
+    /// The sizes of every tunnel link to an agent: `[tunnel]`, and with the embedded broker
+    /// (`embedded`) the `[broker]` segments that bound what it holds for one agent
+    /// (`verge_tunnel::Limits` says where each value comes from).
+    pub fn tunnel_limits(&self, embedded: bool) -> verge_tunnel::Limits {
+        let broker = if embedded {
+            verge_tunnel::Broker::Embedded {
+                agent_segment_size: self.broker.agent_segment_size,
+                agent_segment_count: self.broker.agent_segment_count,
+            }
         } else {
-            4 << 20
-        }
+            verge_tunnel::Broker::External
+        };
+        verge_tunnel::Limits::manager(
+            self.tunnel.window_kib,
+            self.tunnel.max_streams,
+            self.tunnel.resume_secs,
+            broker,
+        )
     }
 
     /// Descriptors this configuration lets peers hold at once, plus the manager's own: what

@@ -283,8 +283,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         credentials.clone(),
         registry.clone(),
         link_up_rx,
-        cfg.tunnel.clone(),
-        cfg.down_in_flight(broker.is_some()),
+        cfg.tunnel_limits(broker.is_some()),
     );
     let tunnels = match local_publisher {
         Some(publisher) => tunnels.over_local_link(publisher),

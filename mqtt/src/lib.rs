@@ -5,7 +5,9 @@
 //! - [`backoff`]: jittered exponential backoff between reconnects.
 //! - [`link`]: the task that owns rumqttc's `EventLoop`.
 //! - [`process`]: the command line, logging, runtime and signals of both binaries.
-//! - [`tunnel`]: one end of a tunnel link as a task, and its streams bridged to sockets.
+//!
+//! The tunnel rides this link (its packets reach it through [`link::Link::spawn_tapped`]) but
+//! lives in the `verge-tunnel` crate.
 //!
 //! Measured with rumqttc and live777's net4mqtt: awaiting `client.publish()` in the same
 //! `select!` that polls the event loop deadlocks once the request channel fills, and a
@@ -18,7 +20,6 @@ pub mod backoff;
 pub mod link;
 pub mod process;
 pub mod tls;
-pub mod tunnel;
 pub mod url;
 
 pub use link::{Link, LinkEvent, LinkOptions};

@@ -5,13 +5,21 @@
 //! - [`key`]: HMAC keys from secrets, and per-agent secrets derived from one enrollment secret.
 //! - [`envelope`]: every MQTT payload: a version, a kind, the sender, a body and a MAC. Decoding
 //!   checks the version first, then the MAC, then the body.
+//! - [`private`]: RPC params and results sealed (ChaCha20-Poly1305) under a key derived from the
+//!   agent's secret.
 //! - [`presence`], [`state`]: what an agent announces (retained).
 //! - [`rpc`]: requests from a manager to an agent, their replies, error codes, and the
 //!   correlation table a caller keeps.
-//! - [`tunnel`]: TCP byte streams over MQTT, sealed: frames, stream and multiplexer state
-//!   machines, packet sealing.
+//! - [`whep`]: WHEP and WHIP signaling carried over RPC, and session ids that name their agent.
+//! - [`keys`]: the channel-key table the manager keeps retained for each agent, sealed for it.
+//! - [`index`]: the recording index, agent to manager (rows, acknowledgements).
+//! - [`time`]: UTC calendar dates from Unix time, for recordings and index rows.
+//! - [`metrics`]: Prometheus' text format, and the counters and histograms behind it.
 //! - [`ready`]: the ready file every process writes with `--ready-file`: the addresses its
 //!   listeners really bound (port 0 allowed everywhere).
+//!
+//! The tunnel's packets ride the topics named here but are not envelopes: their format and
+//! state machines are the `verge-tunnel` crate's.
 //!
 //! A message's path: the agent builds a [`presence::Presence`], seals it with
 //! [`envelope::seal`] under its secret and publishes it retained on [`topic::Topics::presence`];
@@ -32,7 +40,6 @@ pub mod rpc;
 pub mod state;
 pub mod time;
 pub mod topic;
-pub mod tunnel;
 pub mod whep;
 
 /// The version of every message this crate writes. A reader refuses any other.

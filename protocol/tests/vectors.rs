@@ -1,4 +1,5 @@
-//! The test vectors of `docs/protocol.md`, checked against this crate's public API.
+//! The test vectors of `docs/protocol.md`, checked against this crate's public API (V6, the
+//! tunnel packet, is checked by `tunnel/tests/vectors.rs`).
 //!
 //! The expected values were computed independently by `scripts/protocol_vectors.py` (Python's
 //! `hmac`/`hashlib` and the `cryptography` package, following the document, not this code). If
@@ -12,8 +13,6 @@ use verge_protocol::presence::{Presence, Status};
 use verge_protocol::private::{PrivateError, PrivateKey, Way};
 use verge_protocol::rpc::{ErrorCode, Outcome, Reply, Request, RpcError};
 use verge_protocol::state::State;
-use verge_protocol::tunnel::frame::Frame;
-use verge_protocol::tunnel::seal::{Direction, Epoch, Opener, Sealer};
 
 // V1: the MAC with a plain secret.
 const V1_SECRET: &str = "s3cret";
@@ -38,19 +37,6 @@ const V4_RESULT: &str =
 const V5_REQUEST: &str = r#"{"v":1,"kind":"request","from":"manager","ts":1763000001000,"body":{"id":123456789,"method":"ping","params":{"sealed":"AAECAwQFBgcICQoLE+3593nwF5ObE3CBRGefkyF/mVg="},"timeout_ms":500,"reply_to":"manager"},"mac":"a57b0b89e981aa1c688dbf92a5703aa72df764cdb39f72e4dbba57f05c632b91"}"#;
 const V5_REPLY: &str = r#"{"v":1,"kind":"reply","from":"edge-1","ts":1763000001003,"body":{"id":123456789,"result":{"ok":{"sealed":"DA0ODxAREhMUFRYXHzVf8dwV91cuCfIQVAROUCnIgn8y7gK6CVY1M80P3ZFeMpdLq0jGDvSknDE="}}},"mac":"5b517e47cf7dd54051a85f04102f9173f9ba84cd8f1c216f6d27e21337a836a0"}"#;
 const V5_ERROR: &str = r#"{"v":1,"kind":"reply","from":"edge-1","ts":1763000001003,"body":{"id":123456789,"result":{"err":{"code":"busy","message":"too many calls in flight on this agent"}}},"mac":"b27a0716a42671f2aeef0ff6d75251458bc0293152bf47e1c818ad79b140cb40"}"#;
-
-// V6: a tunnel packet, manager -> agent, context "manager", counter 0.
-const V6_EPOCH: &str = "0000019a7afd1e000123456789abcdef";
-const V6_FRAMES: &str = "06000000000000000000000007000100000001000100000468747470020000000100000000000000000012474554202f20485454502f312e300d0a0d0a";
-const V6_PACKET: &str = "010000019a7afd1e000123456789abcdef0000000000000000770592d65a0fd21a99e20c204d242567ff78ee2f4e28f5338703f334037db04fc929f6c66a3662ccd51fe0b7878d76d2f9e56fa074684c80003ec33300c4f168a1cbd21a856caf6edc22805c34";
-
-fn unhex(text: &str) -> Vec<u8> {
-    assert!(text.len() % 2 == 0);
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 fn presence() -> Presence {
     Presence {
@@ -215,41 +201,6 @@ fn v5_ping_exchange() {
         envelope::open::<Reply>(V5_REQUEST.as_bytes(), &key),
         Err(EnvelopeError::WrongKind { .. })
     ));
-}
-
-#[test]
-fn v6_tunnel_packet() {
-    let frames = [
-        Frame::Keepalive {
-            token: 7,
-            reply: false,
-        },
-        Frame::Open {
-            stream: 1,
-            target: "http".into(),
-            window: 65_536,
-        },
-        Frame::Data {
-            stream: 1,
-            offset: 0,
-            bytes: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
-        },
-    ];
-    let mut encoded = Vec::new();
-    for frame in &frames {
-        frame.encode(&mut encoded);
-    }
-    assert_eq!(encoded, unhex(V6_FRAMES));
-    assert_eq!(Frame::decode_all(&encoded).unwrap(), frames);
-
-    let epoch = Epoch(unhex(V6_EPOCH).try_into().unwrap());
-    let mut sealer = Sealer::new(V2_SECRET.as_bytes(), Direction::ToAgent, b"manager", epoch);
-    assert_eq!(sealer.seal(&encoded).unwrap(), unhex(V6_PACKET));
-    let mut opener = Opener::new(V2_SECRET.as_bytes(), Direction::ToAgent, b"manager");
-    assert_eq!(opener.open(&unhex(V6_PACKET)).unwrap(), (encoded, true));
-    // The other direction's key does not open it.
-    let mut wrong = Opener::new(V2_SECRET.as_bytes(), Direction::ToManager, b"manager");
-    assert!(wrong.open(&unhex(V6_PACKET)).is_err());
 }
 
 #[test]

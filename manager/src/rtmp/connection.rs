@@ -10,7 +10,7 @@ use verge_media::rtmp::handover::{Handover, HandoverError};
 use verge_media::rtmp::handshake::random_block;
 use verge_media::rtmp::query::Query;
 use verge_media::rtmp::session::{Event, Session, SessionConfig, SessionError};
-use verge_mqtt::tunnel::TunnelError;
+use verge_tunnel::TunnelError;
 
 use super::Router;
 use super::admission::Ticket;

@@ -40,7 +40,7 @@ impl Publisher {
     }
 
     /// A sender of packets to `topic`.
-    pub fn for_topic(&self, topic: String) -> verge_mqtt::tunnel::SharedPublish {
+    pub fn for_topic(&self, topic: String) -> verge_tunnel::SharedPublish {
         let tx = self.tx.clone();
         let topic = bytes::Bytes::from(topic);
         Arc::new(move |packet: Vec<u8>| {

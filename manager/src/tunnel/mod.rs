@@ -20,14 +20,11 @@ use std::time::Duration;
 use rumqttc::AsyncClient;
 use tokio::sync::{mpsc, watch};
 use verge_broker::Credentials;
-use verge_mqtt::tunnel::{
-    Endpoint, EndpointConfig, EndpointStats, Incoming, LinkLimits, MqttTunnel,
-};
 use verge_protocol::topic::Topics;
-use verge_protocol::tunnel::frame::ResetCode;
-use verge_protocol::tunnel::mux::Side;
+use verge_tunnel::frame::ResetCode;
+use verge_tunnel::mux::Side;
+use verge_tunnel::{Endpoint, EndpointConfig, EndpointStats, Incoming, Limits, MqttTunnel};
 
-use crate::config::TunnelConfig;
 use crate::registry::Registry;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,9 +51,8 @@ struct Inner {
     /// Who is online: links are made for those agents only.
     registry: Arc<Registry>,
     link_up: watch::Receiver<bool>,
-    cfg: TunnelConfig,
-    /// Bytes in flight towards one agent: what the broker holds for it without dropping.
-    down_in_flight: u64,
+    /// Every link's sizes (`ManagerConfig::tunnel_limits`).
+    limits: Limits,
     links: Mutex<HashMap<String, MqttTunnel>>,
     /// With the embedded broker: packets to agents go into it directly (see [`local`]).
     local: Option<local::Publisher>,
@@ -70,8 +66,7 @@ impl Tunnels {
         credentials: Credentials,
         registry: Arc<Registry>,
         link_up: watch::Receiver<bool>,
-        cfg: TunnelConfig,
-        down_in_flight: u64,
+        limits: Limits,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -82,8 +77,7 @@ impl Tunnels {
                 credentials,
                 registry,
                 link_up,
-                cfg,
-                down_in_flight,
+                limits,
                 links: Mutex::new(HashMap::new()),
             }),
         }
@@ -113,13 +107,7 @@ impl Tunnels {
         if !inner.registry.is_online(agent) {
             return Err(TunnelOpenError::Offline(agent.to_string()));
         }
-        let limits = LinkLimits {
-            window: inner.cfg.window_kib.saturating_mul(1024),
-            max_streams: inner.cfg.max_streams,
-            max_in_flight: inner.down_in_flight,
-            resume: Duration::from_secs(inner.cfg.resume_secs),
-        };
-        let cfg = EndpointConfig::link(Side::Manager, &secret, &inner.manager_id, limits);
+        let cfg = EndpointConfig::link(Side::Manager, &secret, &inner.manager_id, inner.limits);
         let topic = inner.topics.tunnel_down(agent, &inner.manager_id);
         let spawned = match &inner.local {
             Some(local) => MqttTunnel::spawn_on(cfg, local.for_topic(topic), local.link_up()),

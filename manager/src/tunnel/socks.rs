@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use verge_mqtt::tunnel::TunnelError;
-use verge_protocol::tunnel::frame::ResetCode;
+use verge_tunnel::TunnelError;
+use verge_tunnel::frame::ResetCode;
 
 use super::Tunnels;
 

@@ -1,14 +1,15 @@
 //! [`TunnelStream`]: the application's end of one tunnel stream, bridged to a socket (or
-//! anything that reads and writes) until both directions have ended.
+//! anything that reads and writes) until both directions have ended. The endpoint's task holds
+//! the other end of its channels (`Up`, `Down`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
-use verge_protocol::tunnel::frame::{MAX_DATA, ResetCode};
 
-use super::endpoint::TunnelError;
+use crate::error::TunnelError;
+use crate::frame::{MAX_DATA, ResetCode};
 
 /// Bridge → endpoint.
 pub(crate) enum Up {

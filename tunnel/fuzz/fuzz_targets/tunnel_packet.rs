@@ -1,7 +1,7 @@
 //! Fuzzes what a peer (or anyone who can publish on the tunnel topic) can send: a packet of
 //! tunnel frames into a multiplexer, and the same bytes as a sealed packet into an opener.
 //!
-//! Run from `protocol/`: `cargo +nightly fuzz run tunnel_packet` (needs `cargo install
+//! Run from `tunnel/`: `cargo +nightly fuzz run tunnel_packet` (needs `cargo install
 //! cargo-fuzz`; with only a stable toolchain, prefix `RUSTC_BOOTSTRAP=1`). 2026-12-01, 2 cores:
 //! 668,593 runs in 120 s, coverage 919, no failure.
 //!
@@ -15,10 +15,10 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use verge_protocol::tunnel::frame::Frame;
-use verge_protocol::tunnel::mux::{Mux, MuxConfig, MuxEvent, Side};
-use verge_protocol::tunnel::seal::{Direction, Opener};
-use verge_protocol::tunnel::stream::StreamConfig;
+use verge_tunnel::frame::Frame;
+use verge_tunnel::mux::{Mux, MuxConfig, MuxEvent, Side};
+use verge_tunnel::seal::{Direction, Opener};
+use verge_tunnel::stream::StreamConfig;
 
 fuzz_target!(|data: &[u8]| {
     let cfg = MuxConfig {

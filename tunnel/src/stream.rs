@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::frame::{Frame, MAX_DATA, ResetCode};
+use crate::frame::{Frame, MAX_DATA, ResetCode};
 
 /// Bytes an opener may send before the acceptor's first ack. Every receive window is at least
 /// this.
@@ -33,6 +33,10 @@ pub const FAST_RETRANSMIT_ACKS: u32 = 3;
 pub const ACK_EVERY: u64 = 16 * 1024;
 /// An ack waits at most this long for more data to acknowledge together.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
+/// Unacknowledged bytes are sent again after this long without progress. MQTT runs over TCP:
+/// bytes are lost only with the connection, and a lost connection resumes the streams at once.
+/// This is the safety net, long enough for a full window on a slow uplink.
+pub const RETRANSMIT_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
@@ -49,10 +53,7 @@ impl Default for StreamConfig {
         Self {
             recv_window: 1 << 20,
             send_buffer: 1 << 20,
-            // MQTT runs over TCP: bytes are lost only with the connection, and a lost
-            // connection resumes the streams at once. This is the safety net, long enough for
-            // a full window on a slow uplink.
-            retransmit_after: Duration::from_secs(10),
+            retransmit_after: RETRANSMIT_AFTER,
         }
     }
 }

@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
-use super::frame::{Frame, FrameError, ResetCode};
-use super::stream::{Stream, StreamConfig, StreamEvent};
+use crate::frame::{Frame, FrameError, ResetCode};
+use crate::stream::{Stream, StreamConfig, StreamEvent};
 
 /// Which end of the link this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +93,7 @@ impl Mux {
 
     /// Opens a stream to `target` (`host:port` as the peer's allowlist names it).
     pub fn open(&mut self, target: &str) -> Result<u32, MuxError> {
-        if target.is_empty() || target.len() > super::frame::MAX_TARGET {
+        if target.is_empty() || target.len() > crate::frame::MAX_TARGET {
             return Err(MuxError::BadTarget(target.to_string()));
         }
         if self.streams.len() >= self.cfg.max_streams {
@@ -353,8 +353,8 @@ fn reset(stream: u32, code: ResetCode, reason: &str) -> Frame {
 
 #[cfg(test)]
 mod tests {
-    use super::super::stream::Read;
     use super::*;
+    use crate::stream::Read;
 
     fn exchange(a: &mut Mux, b: &mut Mux, now: Instant) -> usize {
         let mut moved = 0;

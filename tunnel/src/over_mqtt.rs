@@ -11,14 +11,9 @@
 
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{mpsc, watch};
-use verge_protocol::tunnel::seal::SealError;
 
-use super::endpoint::{DirectOut, Endpoint, EndpointConfig, Incoming};
-
-/// Sealed packets queued towards an endpoint before more are dropped (the sender resends).
-const PACKETS_IN: usize = 1024;
-/// Sealed packets queued for publishing: with 32 KiB packets, 2 MiB.
-const PACKETS_OUT: usize = 64;
+use crate::endpoint::{DirectOut, Endpoint, EndpointConfig, Incoming};
+use crate::seal::SealError;
 
 /// Hands a sealed packet on without waiting, or gives it back when there is no room.
 pub type SharedPublish = std::sync::Arc<dyn Fn(Vec<u8>) -> Result<(), Vec<u8>> + Send + Sync>;
@@ -37,8 +32,8 @@ impl MqttTunnel {
         topic: String,
         link_up: watch::Receiver<bool>,
     ) -> Result<(Self, mpsc::Receiver<Incoming>), SealError> {
-        let (packets_in, in_rx) = mpsc::channel(PACKETS_IN);
-        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(PACKETS_OUT);
+        let (packets_in, in_rx) = mpsc::channel(cfg.limits.packets_in);
+        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(cfg.limits.packets_out);
         // Straight into the MQTT client's queue while it has room; through the publisher task
         // (which waits for room) otherwise.
         let direct: DirectOut = {
@@ -81,8 +76,8 @@ impl MqttTunnel {
         publish: SharedPublish,
         link_up: watch::Receiver<bool>,
     ) -> Result<(Self, mpsc::Receiver<Incoming>), SealError> {
-        let (packets_in, in_rx) = mpsc::channel(PACKETS_IN);
-        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(PACKETS_OUT);
+        let (packets_in, in_rx) = mpsc::channel(cfg.limits.packets_in);
+        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(cfg.limits.packets_out);
         let direct: DirectOut = {
             let publish = publish.clone();
             Box::new(move |packet| publish(packet))

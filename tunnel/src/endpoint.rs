@@ -9,90 +9,47 @@
 //! - downstream (tunnel → socket): a stream's bytes move to its bridge through a channel of a
 //!   few chunks; while that is full they stay in the stream, whose window then closes, and the
 //!   peer stops sending. A slow reader holds back its own stream only.
+//!
+//! Every size involved is one of the link's [`Limits`].
 //! - packets out wait for room in the outgoing channel; meanwhile incoming packets and commands
 //!   are still handled, so the MQTT event loop never waits on this task.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
-use verge_protocol::tunnel::frame::ResetCode;
-use verge_protocol::tunnel::mux::{Mux, MuxConfig, MuxEvent, Side};
-use verge_protocol::tunnel::seal::{Direction, Epoch, Opener, SealError, Sealer};
-use verge_protocol::tunnel::stream::{Read, StreamConfig, StreamEvent};
 
-use super::stream::{Down, TunnelStream, Up};
-
-/// Chunks queued towards one bridge before its stream's bytes wait in the stream.
-const DOWN_CHUNKS: usize = 8;
-/// Bytes read out of a stream per chunk.
-const CHUNK: usize = 16 * 1024;
+use crate::bridge::{Down, TunnelStream, Up};
+use crate::error::TunnelError;
+use crate::frame::ResetCode;
+use crate::limits::Limits;
+use crate::mux::{Mux, MuxEvent, Side};
+use crate::seal::{Direction, Epoch, Opener, SealError, Sealer};
+use crate::stream::{Read, StreamEvent};
 
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
     pub side: Side,
-    pub mux: MuxConfig,
+    pub limits: Limits,
     /// The agent's secret: the key material of both directions.
     pub secret: Vec<u8>,
     /// What both ends bind their keys to besides the secret (the manager's id).
     pub context: Vec<u8>,
-    /// Streams survive a link outage this long; past it they are reset.
-    pub resume: Duration,
-}
-
-/// The sizes of one tunnel link.
-#[derive(Debug, Clone, Copy)]
-pub struct LinkLimits {
-    /// Bytes each stream buffers in each direction.
-    pub window: u32,
-    pub max_streams: usize,
-    /// Bytes sent and unacknowledged on the link, all streams together.
-    pub max_in_flight: u64,
-    pub resume: Duration,
 }
 
 impl EndpointConfig {
-    /// Both ends of a link between agent and manager `manager_id`: `secret` is the agent's;
-    /// `window` the bytes each stream buffers in each direction.
-    pub fn link(side: Side, secret: &str, manager_id: &str, limits: LinkLimits) -> Self {
-        let LinkLimits {
-            window,
-            max_streams,
-            max_in_flight,
-            resume,
-        } = limits;
-        let window = window.max(verge_protocol::tunnel::stream::INITIAL_WINDOW);
+    /// Either end of a link between an agent and manager `manager_id`: `secret` is the
+    /// agent's.
+    pub fn link(side: Side, secret: &str, manager_id: &str, limits: Limits) -> Self {
         Self {
             side,
-            mux: MuxConfig {
-                stream: StreamConfig {
-                    recv_window: window,
-                    send_buffer: window as usize,
-                    ..StreamConfig::default()
-                },
-                max_streams: max_streams.max(1),
-                packet_size: 32 * 1024,
-                max_in_flight: max_in_flight.max(64 * 1024),
-            },
+            limits,
             secret: secret.as_bytes().to_vec(),
             context: manager_id.as_bytes().to_vec(),
-            resume,
         }
     }
-}
-
-/// Why a stream could not be opened or ended early.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TunnelError {
-    #[error("tunnel stream reset ({code}): {reason}")]
-    Reset { code: ResetCode, reason: String },
-    #[error("cannot open a tunnel stream: {0}")]
-    Open(String),
-    #[error("the tunnel endpoint has stopped")]
-    Stopped,
 }
 
 /// A stream the peer opened, waiting to be accepted (and bridged) or refused.
@@ -205,11 +162,11 @@ impl Endpoint {
         };
         let epoch = Epoch::new(verge_protocol::now_ms())?;
         let (commands, command_rx) = mpsc::channel(64);
-        let (incoming_tx, incoming) = mpsc::channel(cfg.mux.max_streams.max(1));
+        let (incoming_tx, incoming) = mpsc::channel(cfg.limits.max_streams.max(1));
         let (up_tx, up_rx) = mpsc::channel(1024);
-        let (drained_tx, drained_rx) = mpsc::channel(cfg.mux.max_streams.max(1));
+        let (drained_tx, drained_rx) = mpsc::channel(cfg.limits.max_streams.max(1));
         let task = Task {
-            mux: Mux::new(cfg.side, cfg.mux.clone()),
+            mux: Mux::new(cfg.side, cfg.limits.mux()),
             sealer: Sealer::new(&cfg.secret, send_dir, &cfg.context, epoch),
             opener: Opener::new(&cfg.secret, recv_dir, &cfg.context),
             peer_seen: false,
@@ -220,7 +177,7 @@ impl Endpoint {
             incoming: incoming_tx,
             up_tx,
             drained_tx,
-            resume: cfg.resume,
+            limits: cfg.limits,
             down_since: None,
             stats: EndpointStats::default(),
         };
@@ -286,7 +243,7 @@ struct Task {
     incoming: mpsc::Sender<Incoming>,
     up_tx: mpsc::Sender<Up>,
     drained_tx: mpsc::Sender<u32>,
-    resume: Duration,
+    limits: Limits,
     down_since: Option<Instant>,
     stats: EndpointStats,
 }
@@ -310,7 +267,7 @@ impl Task {
                 .poll_timeout()
                 .map(Instant::from_std)
                 .into_iter()
-                .chain(self.down_since.map(|t| t + self.resume))
+                .chain(self.down_since.map(|t| t + self.limits.resume))
                 .min();
             tokio::select! {
                 permit = packets_out.reserve(), if self.pending_out.is_some() => {
@@ -341,9 +298,10 @@ impl Task {
                 }
                 _ = sleep_until(deadline) => {
                     let now = Instant::now();
-                    if self.down_since.is_some_and(|t| now >= t + self.resume) {
+                    let resume = self.limits.resume;
+                    if self.down_since.is_some_and(|t| now >= t + resume) {
                         self.down_since = None;
-                        let why = format!("the MQTT link was down longer than {:?}", self.resume);
+                        let why = format!("the MQTT link was down longer than {resume:?}");
                         tracing::warn!(streams = self.mux.len(), "tunnel link lost: {why}");
                         self.mux.reset_all(ResetCode::LinkLost, &why);
                     }
@@ -482,7 +440,7 @@ impl Task {
     fn bridge(&mut self, id: u32) -> TunnelStream {
         let room = self.mux.stream(id).map_or(0, |s| s.write_room());
         let up_permits = Arc::new(Semaphore::new(room));
-        let (down_tx, down_rx) = mpsc::channel(DOWN_CHUNKS);
+        let (down_tx, down_rx) = mpsc::channel(self.limits.down_chunks);
         let wake_me = Arc::new(AtomicBool::new(false));
         self.slots.insert(
             id,
@@ -604,6 +562,7 @@ impl Task {
 
     /// Moves stream `id`'s readable bytes to its bridge while the bridge's channel has room.
     fn pump_down(&mut self, id: u32) {
+        let chunk = self.limits.chunk;
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
@@ -624,7 +583,7 @@ impl Task {
                 }
                 Err(mpsc::error::TrySendError::Closed(())) => return,
             };
-            let mut buf = vec![0u8; CHUNK.min(stream.readable().max(1))];
+            let mut buf = vec![0u8; chunk.min(stream.readable().max(1))];
             match stream.read(&mut buf) {
                 Ok(Read::Bytes(n)) => {
                     buf.truncate(n);

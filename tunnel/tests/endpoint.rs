@@ -9,30 +9,19 @@ use ring::digest::{SHA256, digest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use verge_mqtt::tunnel::{Endpoint, EndpointConfig, Incoming, TunnelError};
-use verge_protocol::tunnel::frame::ResetCode;
-use verge_protocol::tunnel::mux::{MuxConfig, Side};
-use verge_protocol::tunnel::stream::StreamConfig;
+use verge_tunnel::frame::ResetCode;
+use verge_tunnel::mux::Side;
+use verge_tunnel::{Endpoint, EndpointConfig, Incoming, Limits, TunnelError};
 
 const WINDOW: u32 = 256 * 1024;
 
+/// Both ends alike: 256 KiB windows, 128 streams, 4 MiB in flight, resume within 30 s.
 fn config(side: Side, secret: &str) -> EndpointConfig {
-    EndpointConfig {
-        side,
-        mux: MuxConfig {
-            stream: StreamConfig {
-                recv_window: WINDOW,
-                send_buffer: WINDOW as usize,
-                retransmit_after: Duration::from_secs(10),
-            },
-            max_streams: 128,
-            packet_size: 32 * 1024,
-            max_in_flight: 4 << 20,
-        },
-        secret: secret.as_bytes().to_vec(),
-        context: b"manager-1".to_vec(),
-        resume: Duration::from_secs(30),
-    }
+    let limits = Limits {
+        max_in_flight: 4 << 20,
+        ..Limits::agent(WINDOW / 1024, 128, 30)
+    };
+    EndpointConfig::link(side, secret, "manager-1", limits)
 }
 
 /// The relay between the two endpoints: counts what the manager sends, drops everything while
