@@ -34,7 +34,11 @@ fuzz_target!(|data: &[u8]| {
     assert!((8..=14).contains(&info.bit_depth_luma));
     assert!((8..=14).contains(&info.bit_depth_chroma));
     assert!((1..=MAX_SIDE).contains(&info.width), "width {}", info.width);
-    assert!((1..=MAX_SIDE).contains(&info.height), "height {}", info.height);
+    assert!(
+        (1..=MAX_SIDE).contains(&info.height),
+        "height {}",
+        info.height
+    );
     if let Some(fps) = info.fps {
         assert!(fps.is_finite() && fps > 0.0, "fps {fps}");
     }
@@ -47,7 +51,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(back.sps_id, info.sps_id);
     assert_eq!(
         (back.width, back.height),
-        (info.width.next_multiple_of(2), info.height.next_multiple_of(2))
+        (
+            info.width.next_multiple_of(2),
+            info.height.next_multiple_of(2)
+        )
     );
     assert_eq!((back.fps, back.max_num_reorder_frames), (None, None));
 });

@@ -63,7 +63,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(au.data.len() <= max_access_unit);
         assert!(au.data.starts_with(START_CODE));
         emitted += au.data.len();
-        assert!(emitted <= 2 * fed, "{emitted} bytes of access units from {fed}");
+        assert!(
+            emitted <= 2 * fed,
+            "{emitted} bytes of access units from {fed}"
+        );
 
         let mut frames = Vec::new();
         to_flv.video(&au, i as u64 * 33, &mut frames);
@@ -139,7 +142,10 @@ fn round_trip(nalus: &[&[u8]], mtu: usize) {
     let mut depacketizer = H264Depacketizer::new(expected.len().max(1));
     let mut units = Vec::new();
     for packet in &packets {
-        if let Some(au) = depacketizer.push(packet).expect("packetizer output is valid RTP") {
+        if let Some(au) = depacketizer
+            .push(packet)
+            .expect("packetizer output is valid RTP")
+        {
             units.push(au);
         }
     }
@@ -147,7 +153,12 @@ fn round_trip(nalus: &[&[u8]], mtu: usize) {
         assert!(packets.is_empty() && units.is_empty());
         return;
     }
-    assert_eq!(units.len(), 1, "one access unit from {} packets", packets.len());
+    assert_eq!(
+        units.len(),
+        1,
+        "one access unit from {} packets",
+        packets.len()
+    );
     assert_eq!(&units[0].data[..], &expected[..]);
     assert_eq!(
         units[0].keyframe,
