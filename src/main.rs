@@ -147,7 +147,9 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
     let mut manager_cfg = ManagerConfig::default();
     manager_cfg.http.listen = opts.http;
     manager_cfg.broker.listen = opts.mqtt;
-    let token = opts.manager_is_exposed().then(verge_protocol::key::random_secret);
+    let token = opts
+        .manager_is_exposed()
+        .then(verge_protocol::key::random_secret);
     manager_cfg.auth.tokens.extend(token.clone());
     manager_cfg.agents.push(EnrolledAgent {
         id: opts.agent_id.clone(),
@@ -235,7 +237,9 @@ async fn run_up(opts: UpOptions) -> Result<(), String> {
             "  token     {token}\n            (the manager listens beyond loopback: its API and dashboard need this \
              token, as Authorization: Bearer or ?token=)"
         ),
-        None => println!("  (loopback only; `verge up --open` listens on every interface, with a token)"),
+        None => println!(
+            "  (loopback only; `verge up --open` listens on every interface, with a token)"
+        ),
     }
     let written = match &opts.ready_file {
         Some(path) => {
@@ -285,7 +289,10 @@ mod tests {
         assert!(open.manager_is_exposed());
 
         let wide = parse_up(&args(&["--mqtt", "0.0.0.0:0"])).unwrap();
-        assert!(wide.manager_is_exposed(), "any wider manager listener needs a token");
+        assert!(
+            wide.manager_is_exposed(),
+            "any wider manager listener needs a token"
+        );
         assert!(parse_up(&args(&["--http"])).is_err());
     }
 }

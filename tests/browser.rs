@@ -446,8 +446,25 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
     // the 8-byte UDP header). Retransmissions use the same SSRC (no RTX is negotiated), so a
     // retransmission can be dropped too; Chromium then sends it again.
     nft(&[
-        "add", "rule", "ip", "loss", "in", "udp", "sport", &port, "@th,64,2", "2",
-        "@th,128,32", &ssrc, "numgen", "inc", "mod", "10", "0", "counter", "drop",
+        "add",
+        "rule",
+        "ip",
+        "loss",
+        "in",
+        "udp",
+        "sport",
+        &port,
+        "@th,64,2",
+        "2",
+        "@th,128,32",
+        &ssrc,
+        "numgen",
+        "inc",
+        "mod",
+        "10",
+        "0",
+        "counter",
+        "drop",
     ]);
     let lossy = viewer_stats(&mut viewer);
     let (sent_before, lossy_at) = (stats(&mut publisher, "''"), Instant::now());
@@ -487,7 +504,8 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
     let (lossy_fps, freezes, frozen_ms) = rate(&lossy, &after);
     // What the publisher sent meanwhile: Chromium lowers its frame rate when its CPU is
     // short, so the viewer is measured against what it could have shown.
-    let sent = |key: &str| stat(&sent_after, key).unwrap_or(0) - stat(&sent_before, key).unwrap_or(0);
+    let sent =
+        |key: &str| stat(&sent_after, key).unwrap_or(0) - stat(&sent_before, key).unwrap_or(0);
     let sent_fps = sent("framesSent") as f64 / lossy_secs;
     let nacks = sent("nackCount");
     println!(
@@ -495,7 +513,10 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
          publisher): the viewer decoded {lossy_fps:.1} frames/s of {sent_fps:.1} sent (without \
          loss {clean_fps:.1}), freezes {freezes} ({frozen_ms} ms)"
     );
-    assert!(nacks > 0, "the agent asked for no retransmission:\n{sent_after}");
+    assert!(
+        nacks > 0,
+        "the agent asked for no retransmission:\n{sent_after}"
+    );
     assert!(
         lossy_fps >= sent_fps * 0.8,
         "the picture did not recover from loss: {lossy_fps:.1} frames/s of {sent_fps:.1} sent"

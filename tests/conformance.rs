@@ -23,6 +23,9 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use verge::testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, wait_for};
 
+/// Messages a watcher saw: topic and payload.
+type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// How long a change may take on a loaded machine (conditions are polled, not slept on).
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -254,7 +257,7 @@ fn node_online(http: SocketAddr, id: &str) -> Option<bool> {
 /// everything, that also publishes what the test wants the agent to receive.
 struct Spy {
     client: Client,
-    seen: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    seen: Seen,
 }
 
 impl Spy {
@@ -265,7 +268,7 @@ impl Spy {
             .set_max_packet_size(2 << 20, 2 << 20);
         let (client, mut connection) = Client::new(opts, 64);
         client.subscribe("verge/#", QoS::AtMostOnce).unwrap();
-        let seen: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+        let seen: Seen = Arc::default();
         let subscribed = Arc::new(AtomicBool::new(false));
         let (sink, flag) = (seen.clone(), subscribed.clone());
         std::thread::spawn(move || {

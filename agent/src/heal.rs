@@ -188,7 +188,11 @@ mod tests {
         h.published(json!({"seq": 1}));
         h.connected();
         h.seen(Seen::Other, t0);
-        assert_eq!(h.deadline(), None, "a new connection forgets the old publish");
+        assert_eq!(
+            h.deadline(),
+            None,
+            "a new connection forgets the old publish"
+        );
     }
 
     #[test]

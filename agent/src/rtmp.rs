@@ -59,15 +59,9 @@ pub enum ConnError {
 /// Accepts RTMP connections until the task is dropped.
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>, settings: RtmpSettings) {
     let permits = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let mut backoff = verge_serve::accept::AcceptBackoff::default();
     loop {
-        let (socket, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "RTMP accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (socket, peer) = verge_serve::accept::next(&listener, &mut backoff, "RTMP").await;
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(%peer, limit = settings.max_connections, "RTMP connection refused: too many connections");
             continue;

@@ -387,7 +387,11 @@ async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver<u64>) {
             if let Ok(body) = serde_json::to_value(&presence) {
                 shared.healers().presence.published(body);
             }
-            if let Err(e) = shared.client.publish(topic, QoS::AtLeastOnce, true, payload).await {
+            if let Err(e) = shared
+                .client
+                .publish(topic, QoS::AtLeastOnce, true, payload)
+                .await
+            {
                 tracing::warn!(agent = %shared.id, error = %e, "presence publish failed");
             }
             announced_generation = generation;
@@ -399,7 +403,11 @@ async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver<u64>) {
             if let Ok(body) = serde_json::to_value(&state) {
                 shared.healers().state.published(body);
             }
-            if let Err(e) = shared.client.publish(topic, QoS::AtLeastOnce, true, payload).await {
+            if let Err(e) = shared
+                .client
+                .publish(topic, QoS::AtLeastOnce, true, payload)
+                .await
+            {
                 tracing::warn!(agent = %shared.id, error = %e, "state publish failed");
             }
             published = Some((generation, state.seq));
@@ -441,12 +449,19 @@ fn repair(shared: &Shared) {
     let (presence, state, held_back) = {
         let mut healers = shared.healers();
         let held_back = healers.presence.held_back() + healers.state.held_back();
-        (healers.presence.poll(now), healers.state.poll(now), held_back)
+        (
+            healers.presence.poll(now),
+            healers.state.poll(now),
+            held_back,
+        )
     };
     let republish = |topic: String, what: &str, payload: Option<Vec<u8>>| {
         let Some(payload) = payload else { return };
         tracing::info!(agent = %shared.id, held_back, "our retained {what} was replaced; publishing it again");
-        if let Err(e) = shared.client.try_publish(topic, QoS::AtLeastOnce, true, payload) {
+        if let Err(e) = shared
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, true, payload)
+        {
             tracing::warn!(agent = %shared.id, error = %e, "could not queue the repair of our {what}");
         }
     };

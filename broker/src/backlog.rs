@@ -63,8 +63,11 @@ fn local_addr(fd: RawFd) -> Option<SocketAddr> {
     unsafe {
         let mut storage: libc::sockaddr_storage = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        if libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len)
-            != 0
+        if libc::getsockname(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        ) != 0
         {
             return None;
         }
@@ -75,8 +78,7 @@ fn local_addr(fd: RawFd) -> Option<SocketAddr> {
                 Some(SocketAddr::from((ip, u16::from_be(v4.sin_port))))
             }
             libc::AF_INET6 => {
-                let v6 =
-                    &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                let v6 = &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
                 let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
                 Some(SocketAddr::from((ip, u16::from_be(v6.sin6_port))))
             }
@@ -113,7 +115,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         assert_eq!(queue_limit(addr), Some(128));
-        assert_eq!(raise(addr, 1000).unwrap(), true);
+        assert!(raise(addr, 1000).unwrap());
         let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -123,6 +125,6 @@ mod tests {
         let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let elsewhere = other.local_addr().unwrap();
         drop(other);
-        assert_eq!(raise(elsewhere, 1000).unwrap(), false);
+        assert!(!raise(elsewhere, 1000).unwrap());
     }
 }

@@ -50,7 +50,8 @@ impl Default for HttpConfig {
         let limits = verge_serve::http::Limits::default();
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            max_connections: limits.max_connections,
+            // The public face: browsers, players and API clients by the thousand.
+            max_connections: 8192,
             header_timeout_secs: limits.header_timeout.as_secs(),
             idle_timeout_secs: limits.idle_timeout.as_secs(),
         }
@@ -178,7 +179,7 @@ impl Default for RtmpConfig {
             handshake_timeout_secs: 10,
             max_per_source: 8,
             max_handshakes: 64,
-            max_connections: 8192,
+            max_connections: 1024,
         }
     }
 }
@@ -607,7 +608,7 @@ mod tests {
     fn the_defaults_fit_in_the_shipped_open_files_limit() {
         // conf/systemd/verge-manager.service: LimitNOFILE=65536.
         let mut cfg = ManagerConfig::parse("").unwrap();
-        assert_eq!(cfg.descriptors_needed(), 256 + 1024 + 30_001 + 10);
+        assert_eq!(cfg.descriptors_needed(), 256 + 8192 + 30_001 + 10);
         cfg.broker.tls_listen = Some(SocketAddr::from(([0, 0, 0, 0], 8883)));
         cfg.rtmp.listen = Some(SocketAddr::from(([0, 0, 0, 0], 1935)));
         assert!(

@@ -125,9 +125,9 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     let topics = cfg.topics()?;
     // HTTP first: a taken port fails the start before anything else runs.
     let listener = verge_serve::listen(cfg.http.listen).map_err(|source| ManagerError::Http {
-            addr: cfg.http.listen,
-            source,
-        })?;
+        addr: cfg.http.listen,
+        source,
+    })?;
     let http_addr = listener.local_addr().map_err(|source| ManagerError::Http {
         addr: cfg.http.listen,
         source,

@@ -446,15 +446,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(big.id.value(), 3_195_546_257_522_360_320);
-        assert_eq!(reply(big.id), r#"{"id":3195546257522360320,"result":{"ok":null}}"#);
+        assert_eq!(
+            reply(big.id),
+            r#"{"id":3195546257522360320,"result":{"ok":null}}"#
+        );
         // A JavaScript implementation's: the same number as a string, echoed as a string.
         let text: Request = serde_json::from_str(
             r#"{"id":"3195546257522360320","method":"ping","timeout_ms":1,"reply_to":"m"}"#,
         )
         .unwrap();
         assert_eq!(text.id.value(), big.id.value());
-        assert_eq!(reply(text.id), r#"{"id":"3195546257522360320","result":{"ok":null}}"#);
-        for bad in [r#""""#, r#""-1""#, r#""007""#, r#""1e3""#, r#""18446744073709551616""#, "-1", "1.5", "null"] {
+        assert_eq!(
+            reply(text.id),
+            r#"{"id":"3195546257522360320","result":{"ok":null}}"#
+        );
+        for bad in [
+            r#""""#,
+            r#""-1""#,
+            r#""007""#,
+            r#""1e3""#,
+            r#""18446744073709551616""#,
+            "-1",
+            "1.5",
+            "null",
+        ] {
             let body = format!(r#"{{"id":{bad},"result":{{"ok":null}}}}"#);
             assert!(serde_json::from_str::<Reply>(&body).is_err(), "{bad}");
         }

@@ -219,7 +219,10 @@ mod tests {
         };
         let text = serde_json::to_string(&publisher).unwrap();
         assert_eq!(text, r#"{"session":"a~1","role":"publisher"}"#);
-        assert_eq!(serde_json::from_str::<SessionParams>(&text).unwrap(), publisher);
+        assert_eq!(
+            serde_json::from_str::<SessionParams>(&text).unwrap(),
+            publisher
+        );
         assert!(serde_json::from_str::<SessionParams>(r#"{"session":"a","role":"x"}"#).is_err());
     }
 

@@ -261,18 +261,22 @@ mod tests {
             id: id.into(),
             mode,
         };
-        let whip = Some("WHIP edge-1~0123456789abcdef");
+        let id = "WHIP edge-1~0123456789abcdef";
+        let whip = Some(id);
         let reader = grant("live/cam", READ);
         assert_eq!(publisher_seen_by(&reader, "live/cam", whip), "WHIP");
         assert_eq!(
             publisher_seen_by(&reader, "live/cam", Some("RTMP 10.0.0.7:50123")),
             "RTMP"
         );
-        assert_eq!(publisher_seen_by(&reader, "live/cam", Some("10.0.0.7:1")), "");
+        assert_eq!(
+            publisher_seen_by(&reader, "live/cam", Some("10.0.0.7:1")),
+            ""
+        );
         assert_eq!(publisher_seen_by(&reader, "live/cam", None), "");
         let writer = grant("live/cam", WRITE);
-        assert_eq!(publisher_seen_by(&writer, "live/cam", whip), whip.unwrap());
-        assert_eq!(publisher_seen_by(&Grant::all(), "live/cam", whip), whip.unwrap());
+        assert_eq!(publisher_seen_by(&writer, "live/cam", whip), id);
+        assert_eq!(publisher_seen_by(&Grant::all(), "live/cam", whip), id);
         // A writer of another stream is a reader here.
         let other = grant("live/other", READ | WRITE);
         assert_eq!(publisher_seen_by(&other, "live/cam", whip), "WHIP");

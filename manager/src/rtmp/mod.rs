@@ -44,15 +44,10 @@ pub async fn serve(listener: TcpListener, router: Router, cfg: RtmpConfig) {
         connections: cfg.max_connections,
         handshakes: cfg.max_handshakes,
     });
+    let mut backoff = verge_serve::accept::AcceptBackoff::default();
     loop {
-        let (socket, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "RTMP router accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (socket, peer) =
+            verge_serve::accept::next(&listener, &mut backoff, "RTMP router").await;
         let ticket = match admission.admit(peer.ip()) {
             Ok(ticket) => ticket,
             Err(full) => {

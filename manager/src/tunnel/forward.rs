@@ -10,15 +10,10 @@ use crate::config::Forward;
 
 /// Accepts connections on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, forward: Forward, tunnels: Tunnels) {
+    let mut backoff = verge_serve::accept::AcceptBackoff::default();
     loop {
-        let (socket, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(listen = %forward.listen, error = %e, "port forward accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (socket, peer) =
+            verge_serve::accept::next(&listener, &mut backoff, "port forward").await;
         let _ = socket.set_nodelay(true);
         let (tunnels, forward) = (tunnels.clone(), forward.clone());
         tokio::spawn(async move { carry(socket, peer, &forward, &tunnels).await });

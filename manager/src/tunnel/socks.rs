@@ -130,11 +130,9 @@ pub fn refusal_reply(refusal: &TunnelError) -> u8 {
 
 /// Accepts SOCKS5 clients until the task is aborted.
 pub async fn serve(listener: TcpListener, tunnels: Tunnels) {
+    let mut backoff = verge_serve::accept::AcceptBackoff::default();
     loop {
-        let Ok((socket, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
+        let (socket, peer) = verge_serve::accept::next(&listener, &mut backoff, "SOCKS5").await;
         let _ = socket.set_nodelay(true);
         let tunnels = tunnels.clone();
         tokio::spawn(async move {
