@@ -18,9 +18,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use verge::testkit::measure::{cpu_ticks, peak_kib, percentile, rss_kib};
-use verge::testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, wait_for};
 use verge_agent::{AgentConfig, StateHandle};
+use verge_testkit::measure::{cpu_ticks, peak_kib, percentile, rss_kib};
+use verge_testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, wait_for};
 
 const ENROLLMENT: &str = "swarm-bench-enrollment";
 
@@ -142,7 +142,7 @@ fn run_one(runtime: &tokio::runtime::Runtime, n: usize, backlog: u32, args: &Arg
     let agents: Vec<_> = (0..n)
         .map(|i| {
             let id = format!("sim-{i:05}");
-            let secret = verge_protocol::key::derive_agent_secret(ENROLLMENT, &id);
+            let secret = verge_protocol::secret::derive_agent_secret(ENROLLMENT, &id);
             let cfg = AgentConfig::with_defaults(&id, &secret, &url);
             let mut stop = stop_rx.clone();
             runtime.spawn(async move {

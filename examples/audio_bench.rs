@@ -17,13 +17,13 @@
 
 use std::time::{Duration, Instant};
 
-use verge::testkit::edge::{Edge, EdgeOptions, tool};
-use verge::testkit::measure::{TICKS_PER_SEC, cpu_ticks, pin};
-use verge::testkit::{Proc, wait_for};
 use verge::whep::{Viewer, ViewerOptions};
 use verge_agent::webrtc::audio::transcode::AacToOpus;
 use verge_media::flv::mux::FlvReader;
 use verge_media::flv::tag::{self, AudioPacket};
+use verge_testkit::edge::{Edge, EdgeOptions, tool};
+use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks, pin};
+use verge_testkit::{Proc, wait_for};
 
 fn main() {
     let mut seconds = 10u64;

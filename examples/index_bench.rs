@@ -1,6 +1,6 @@
 //! Recording-index benchmark: upserts per second into the manager's database, SQLite (the
 //! embedded default) and a real PostgreSQL started for the run, the way index events store
-//! them (`verge_manager::index::db::Db::upsert`, one statement per row).
+//! them (`verge_manager::db::Db::upsert`, one statement per row).
 //!
 //! ```text
 //! cargo run --release --example index_bench -- [--rows 5000] [--tasks 8]
@@ -13,10 +13,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use verge::testkit::TempDir;
-use verge::testkit::postgres::Postgres;
-use verge_manager::index::db::{Db, Upserted};
+use verge_manager::db::Db;
+use verge_manager::db::recordings::Upserted;
 use verge_protocol::index::IndexRow;
+use verge_testkit::TempDir;
+use verge_testkit::postgres::Postgres;
 
 fn row(i: usize, offset: usize) -> IndexRow {
     let i = i + offset;

@@ -15,11 +15,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge::testkit::measure::{TICKS_PER_SEC, cpu_ticks};
-use verge::testkit::wait_for;
-use verge_manager::index::db::Db;
+use verge_manager::db::Db;
 use verge_protocol::index::IndexRow;
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks};
+use verge_testkit::wait_for;
 
 /// GET `path` over HTTP/1.0; the body's length and when its first byte came.
 fn fetch(addr: SocketAddr, path: &str) -> Option<(u16, u64, Instant)> {

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use verge::testkit::measure::{TICKS_PER_SEC, cpu_ticks, peak_kib, percentile};
-use verge::testkit::{ANY_PORT, Proc, TempDir, bin, listener, reserve_port, wait_for};
+use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks, peak_kib, percentile};
+use verge_testkit::{ANY_PORT, Proc, TempDir, bin, listener, reserve_port, wait_for};
 
 /// The pattern every stream sends: 1 MiB of xorshift bytes, repeated.
 fn pattern() -> Vec<u8> {
@@ -372,7 +372,7 @@ fn start_pair(
     );
     let http = listener(&bound, "http");
     let online = wait_for(Duration::from_secs(20), || {
-        let nodes = verge::testkit::get(http, "/api/nodes/").ok()?.json();
+        let nodes = verge_testkit::get(http, "/api/nodes/").ok()?.json();
         (nodes[0]["online"] == true).then_some(())
     });
     assert!(online.is_some(), "agent not online:\n{}", agent.log_text());

@@ -30,10 +30,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use verge::testkit::edge::{Edge, EdgeOptions, tool};
-use verge::testkit::measure::{TICKS_PER_SEC, cpu_ticks, percentile, pin, rss_kib};
-use verge::testkit::{Proc, wait_for};
 use verge::whep::{Viewer, ViewerOptions};
+use verge_testkit::edge::{Edge, EdgeOptions, tool};
+use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks, percentile, pin, rss_kib};
+use verge_testkit::{Proc, wait_for};
 
 const FPS: f64 = 30.0;
 const LATE_MS: f64 = 150.0;

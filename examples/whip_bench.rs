@@ -22,15 +22,15 @@
 
 use std::time::{Duration, Instant};
 
-use verge::testkit::chromium::{Chromium, is_private_netns, rerun_in_private_netns};
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge::testkit::measure::percentile;
 use verge::whep::{Viewer, ViewerOptions, WhepError};
+use verge_testkit::chromium::{Chromium, is_private_netns, rerun_in_private_netns};
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::measure::percentile;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !is_private_netns() {
-        verge::testkit::bin("verge-manager");
+        verge_testkit::bin("verge-manager");
         let status = rerun_in_private_netns(&args);
         std::process::exit(status.code().unwrap_or(1));
     }

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         Some("secret") if args.len() == 3 => {
             println!(
                 "{}",
-                verge_protocol::key::derive_agent_secret(&args[1], &args[2])
+                verge_protocol::secret::derive_agent_secret(&args[1], &args[2])
             );
             ExitCode::SUCCESS
         }
@@ -143,13 +143,13 @@ fn up(args: &[String]) -> ExitCode {
 }
 
 async fn run_up(opts: UpOptions) -> Result<(), String> {
-    let secret = verge_protocol::key::random_secret();
+    let secret = verge_protocol::secret::random_secret();
     let mut manager_cfg = ManagerConfig::default();
     manager_cfg.http.listen = opts.http;
     manager_cfg.broker.listen = opts.mqtt;
     let token = opts
         .manager_is_exposed()
-        .then(verge_protocol::key::random_secret);
+        .then(verge_protocol::secret::random_secret);
     manager_cfg.auth.tokens.extend(token.clone());
     manager_cfg.agents.push(EnrolledAgent {
         id: opts.agent_id.clone(),

@@ -6,8 +6,8 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use verge::testkit::edge::{Edge, EdgeOptions};
-use verge::testkit::{Proc, bin, get, listener, reserve_port, wait_for};
+use verge_testkit::edge::{Edge, EdgeOptions};
+use verge_testkit::{Proc, bin, get, listener, reserve_port, wait_for};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 

@@ -10,10 +10,10 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::hmac;
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge::testkit::rtmp::RtmpClient;
-use verge::testkit::{ANY_PORT, bin, listener, request, wait_for};
 use verge::whep::{Viewer, ViewerOptions};
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::rtmp::RtmpClient;
+use verge_testkit::{ANY_PORT, bin, listener, request, wait_for};
 
 const STATIC: &str = "static-token-1";
 const SECRET: &str = "jwt-secret";
@@ -59,7 +59,7 @@ fn post_json(
     path: &str,
     token: Option<&str>,
     body: &str,
-) -> verge::testkit::Response {
+) -> verge_testkit::Response {
     let bearer = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("Content-Type", "application/json")];
     if let Some(b) = &bearer {

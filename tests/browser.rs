@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use verge::testkit::bin;
-use verge::testkit::chromium::{Chromium, in_private_netns, is_private_netns};
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge::testkit::wait_for;
+use verge_testkit::bin;
+use verge_testkit::chromium::{Chromium, in_private_netns, is_private_netns};
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::wait_for;
 
 /// Browser tests run one at a time: each starts one or two Chromiums, ffmpeg, a manager and an
 /// agent, and the timing they measure (frame rates, lip-sync) means nothing on a starved CPU.
@@ -268,8 +268,8 @@ const H264_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
     m=video 9 UDP/TLS/RTP/SAVPF 102\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n\
     a=rtpmap:102 H264/90000\r\na=fmtp:102 packetization-mode=1;profile-level-id=42e01f\r\n";
 
-fn post_whip(edge: &Edge, path: &str, sdp: &str) -> verge::testkit::Response {
-    verge::testkit::request(
+fn post_whip(edge: &Edge, path: &str, sdp: &str) -> verge_testkit::Response {
+    verge_testkit::request(
         "POST",
         edge.manager_http,
         path,
@@ -376,9 +376,9 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
     let args = [
         "-v", "error", "-y", "-i", &url, "-t", "3", "-c", "copy", "-f", "flv",
     ];
-    let mut copy = verge::testkit::Proc::spawn(
+    let mut copy = verge_testkit::Proc::spawn(
         "ffmpeg-flv",
-        verge::testkit::edge::tool("ffmpeg"),
+        verge_testkit::edge::tool("ffmpeg"),
         &args
             .iter()
             .copied()
@@ -392,7 +392,7 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
         "ffmpeg: {}",
         copy.log_text()
     );
-    let frames = verge::testkit::ffprobe::Probe::start(
+    let frames = verge_testkit::ffprobe::Probe::start(
         edge.dir.path(),
         "ffprobe-flv",
         flv.to_str().unwrap_or_default(),
@@ -427,7 +427,7 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
     let nft = |args: &[&str]| {
         // scripts/setup installs nftables.
         let command: Vec<&str> = std::iter::once("nft").chain(args.iter().copied()).collect();
-        verge::testkit::netns::run(&command);
+        verge_testkit::netns::run(&command);
     };
     nft(&["add", "table", "ip", "loss"]);
     // Dropped on the agent's side (input), not the publisher's (output): a packet dropped at

@@ -4,8 +4,8 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use verge::testkit::edge::{Edge, EdgeOptions};
-use verge::testkit::{bin, reserve_port, wait_for};
+use verge_testkit::edge::{Edge, EdgeOptions};
+use verge_testkit::{bin, reserve_port, wait_for};
 
 fn verge(manager: &str, args: &[&str]) -> Output {
     Command::new(bin("verge"))

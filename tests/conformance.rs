@@ -21,7 +21,7 @@ use ring::{aead, hkdf, hmac, rand::SecureRandom};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use verge::testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, wait_for};
+use verge_testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, wait_for};
 
 /// Messages a watcher saw: topic and payload.
 type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use verge::testkit::chromium::{Chromium, in_private_netns, is_private_netns};
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge::testkit::{ANY_PORT, bin, wait_for};
+use verge_testkit::chromium::{Chromium, in_private_netns, is_private_netns};
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::{ANY_PORT, bin, wait_for};
 
 const STATIC: &str = "dashboard-test-token";
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -237,7 +237,7 @@ fn the_dashboard_shows_the_fleet_and_acts_on_it() {
     shots.take(&mut chromium, "fleet-offline");
 
     // A read-only token: no key page, no revoke button; the API refuses its revoke.
-    let reader = verge::testkit::request(
+    let reader = verge_testkit::request(
         "POST",
         b.manager_http,
         "/api/token",

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use verge::testkit::edge::mosquitto_passwd;
-use verge::testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, reserve_port, wait_for};
+use verge_testkit::edge::mosquitto_passwd;
+use verge_testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, reserve_port, wait_for};
 
 /// The manager's RPC timeout where a test freezes an agent: long enough for any call to a
 /// live agent on a loaded machine.

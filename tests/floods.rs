@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use verge::testkit::{Proc, TempDir, bin, listener, measure, tcp_from};
+use verge_testkit::{Proc, TempDir, bin, listener, measure, tcp_from};
 
 /// The open-files limit the manager runs under: below the probe's connections, above what
 /// the test's caps let peers hold (the manager counts 413 and would warn past it).
@@ -150,7 +150,7 @@ fn idle_and_slowloris_connections_past_the_open_files_limit_do_not_stop_the_mana
 
     // Meanwhile an API client is answered,
     let flood_start = Instant::now();
-    let health = verge::testkit::http("GET", http, "/api/health", b"", Duration::from_secs(40))
+    let health = verge_testkit::http("GET", http, "/api/health", b"", Duration::from_secs(40))
         .expect("GET /api/health during the flood");
     let health_after = flood_start.elapsed();
     assert_eq!(health.status, 200, "{}", health.text());
@@ -198,7 +198,7 @@ fn idle_and_slowloris_connections_past_the_open_files_limit_do_not_stop_the_mana
     );
     assert!(grown < 1 << 20, "the log grew {grown} bytes");
     // And it still serves once the flood is over.
-    let health = verge::testkit::get(http, "/api/health").expect("GET /api/health after");
+    let health = verge_testkit::get(http, "/api/health").expect("GET /api/health after");
     assert_eq!(health.status, 200);
 }
 
@@ -238,7 +238,7 @@ fn a_login_flood_from_many_addresses_is_refused_after_the_global_budget_and_heal
             let mut latencies = Vec::new();
             while flooding.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                let health = verge::testkit::get(http, "/api/health").expect("health");
+                let health = verge_testkit::get(http, "/api/health").expect("health");
                 assert_eq!(health.status, 200);
                 latencies.push(started.elapsed().as_secs_f64() * 1000.0);
                 std::thread::sleep(Duration::from_millis(20));
@@ -401,7 +401,7 @@ fn the_probes_flood_of_slowloris_and_idle_connections_leaves_health_fast() {
     // takes a few seconds for 4,100): a request behind it is answered once it has been. What
     // is measured is the manager holding them (the first of them closes at the default header
     // timeout, 10 s after its accept).
-    verge::testkit::http("GET", http, "/api/health", b"", Duration::from_secs(60))
+    verge_testkit::http("GET", http, "/api/health", b"", Duration::from_secs(60))
         .expect("GET /api/health behind the burst");
     let accepted = opened_at.elapsed();
 
@@ -409,7 +409,7 @@ fn the_probes_flood_of_slowloris_and_idle_connections_leaves_health_fast() {
     let mut slowest = Duration::ZERO;
     for _ in 0..10 {
         let started = Instant::now();
-        let health = verge::testkit::http("GET", http, "/api/health", b"", Duration::from_secs(10))
+        let health = verge_testkit::http("GET", http, "/api/health", b"", Duration::from_secs(10))
             .expect("GET /api/health during the flood");
         assert_eq!(health.status, 200, "{}", health.text());
         slowest = slowest.max(started.elapsed());

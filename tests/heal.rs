@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge::testkit::{Proc, bin, listener, wait_for};
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::{Proc, bin, listener, wait_for};
 
 const PRESENCE: &str = "verge/v1/a/edge-1/presence";
 const STATE: &str = "verge/v1/a/edge-1/state";
@@ -100,7 +100,7 @@ fn healing_converges_against_an_earlier_runs_retained_messages_and_their_replays
         b.dir.path(),
     );
     let online = wait_for(Duration::from_secs(20), || {
-        let nodes = verge::testkit::get(b.manager_http, "/api/nodes/")
+        let nodes = verge_testkit::get(b.manager_http, "/api/nodes/")
             .ok()?
             .json();
         (nodes[0]["online"] == true).then_some(())

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge::testkit::ffprobe::{Frames, Probe};
-use verge::testkit::{get, wait_for};
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::ffprobe::{Frames, Probe};
+use verge_testkit::{get, wait_for};
 
 #[test]
 fn ffprobe_reads_live_hls_from_the_box_and_through_the_manager_to_its_end() {

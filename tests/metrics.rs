@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge::testkit::{get, prometheus, wait_for};
 use verge::whep::{Viewer, ViewerOptions};
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::{get, prometheus, wait_for};
 
 struct Page {
     samples: BTreeMap<String, f64>,
@@ -144,7 +144,7 @@ fn metrics_of_manager_and_agent_parse_and_follow_the_fleet() {
     scrape_until(b.http, "the viewer gone", |p| {
         p.value("verge_agent_readers{kind=\"webrtc\"}") == 0.0
     });
-    let missing = verge::testkit::request(
+    let missing = verge_testkit::request(
         "POST",
         m,
         "/whep/nobody",

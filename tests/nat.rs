@@ -14,10 +14,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use verge::testkit::chromium::{Chromium, in_private_netns, is_private_netns, is_root};
-use verge::testkit::edge::{Synthetic, publish_args, tool};
-use verge::testkit::netns::{Home, Nat, internet};
-use verge::testkit::{Proc, TempDir, bin, get, listener, wait_for};
+use verge_testkit::chromium::{Chromium, in_private_netns, is_private_netns, is_root};
+use verge_testkit::edge::{Synthetic, publish_args, tool};
+use verge_testkit::netns::{Home, Nat, internet};
+use verge_testkit::{Proc, TempDir, bin, get, listener, wait_for};
 
 const CLOUD: &str = "198.18.0.1";
 const TURN_SECRET: &str = "nat-test-secret";

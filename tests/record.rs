@@ -7,13 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge::testkit::postgres::Postgres;
-use verge::testkit::{Proc, TempDir, bin, get, listener, request, wait_for};
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::postgres::Postgres;
+use verge_testkit::{Proc, TempDir, bin, get, listener, request, wait_for};
 
 /// (video frames, audio frames) ffprobe decodes from `input`, to its end, without complaint.
 fn count_frames(b: &Edge, label: &str, input: &str) -> (u32, u32) {
-    let frames = verge::testkit::ffprobe::count_frames(b.dir.path(), label, input);
+    let frames = verge_testkit::ffprobe::count_frames(b.dir.path(), label, input);
     (frames.video, frames.audio)
 }
 
@@ -216,7 +216,7 @@ fn a_full_disk_stops_the_recording_and_keeps_what_was_written_playable() {
     // The stream itself goes on, and the agent says what happened to its recording.
     assert!(!ffmpeg.exited(), "{}", ffmpeg.log_text());
     assert!(b.listed_stream("cam").is_some());
-    let state = verge::testkit::send("GET", b.manager_http, "/api/record/live/cam").json();
+    let state = verge_testkit::send("GET", b.manager_http, "/api/record/live/cam").json();
     assert_eq!(state["state"], "failed", "{state}");
     assert!(
         state["error"]
@@ -307,7 +307,7 @@ fn the_postgresql_index_ends_with_exactly_its_rows_after_the_database_and_the_ag
 
 #[test]
 fn recording_is_started_and_stopped_at_run_time_through_the_manager() {
-    use verge::testkit::send;
+    use verge_testkit::send;
     let b = Edge::start(
         "record-control",
         &EdgeOptions {
@@ -382,7 +382,7 @@ fn index_events_that_are_forged_malformed_or_not_the_senders_own_are_refused() {
     use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
     use verge_protocol::envelope;
     use verge_protocol::index::{IndexAck, IndexEvent};
-    use verge_protocol::key::MacKey;
+    use verge_protocol::secret::MacKey;
 
     let b = Edge::start(
         "record-refusals",
@@ -502,7 +502,7 @@ fn index_events_that_are_forged_malformed_or_not_the_senders_own_are_refused() {
 
 #[test]
 fn a_day_recorded_while_the_box_is_cut_off_is_indexed_once_the_manager_is_back() {
-    let broker = verge::testkit::reserve_port();
+    let broker = verge_testkit::reserve_port();
     let mut b = Edge::start(
         "record-cut-off",
         &EdgeOptions {

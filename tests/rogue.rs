@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge::testkit::{get, listener, reserve_port, wait_for};
 use verge::whep::{Viewer, ViewerOptions};
+use verge_protocol::channel_keys::SealedKeys;
 use verge_protocol::envelope;
-use verge_protocol::key::MacKey;
-use verge_protocol::keys::SealedKeys;
-use verge_protocol::private::PrivateKey;
+use verge_protocol::sealed::PrivateKey;
+use verge_protocol::secret::MacKey;
 use verge_protocol::state::{State, StreamInfo};
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::{get, listener, reserve_port, wait_for};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 

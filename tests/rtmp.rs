@@ -6,12 +6,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
-use verge::testkit::measure::rss_kib;
-use verge::testkit::rtmp::RtmpClient;
-use verge::testkit::{Proc, bin, get, listener, wait_for};
 use verge_media::rtmp::chunk::Message;
 use verge_media::rtmp::message;
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
+use verge_testkit::measure::rss_kib;
+use verge_testkit::rtmp::RtmpClient;
+use verge_testkit::{Proc, bin, get, listener, wait_for};
 
 /// Frames ffmpeg sends: 25 fps for 12 s, long enough for the probes to connect before the
 /// end on a loaded machine (they read from the start either way: one GOP, cached).
@@ -360,7 +360,7 @@ fn publish_code(b: &Edge, app: &str, name: &str) -> String {
 
 #[test]
 fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
-    use verge::testkit::send;
+    use verge_testkit::send;
     let mut b = start_with(false);
     assert_eq!(
         publish_code(&b, "live", "cam"),
@@ -460,7 +460,7 @@ fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
 
 #[test]
 fn a_key_bound_to_an_agent_is_given_to_that_agent_only() {
-    use verge::testkit::{http, send};
+    use verge_testkit::{http, send};
     let b = Edge::start(
         "rtmp-bound-keys",
         &EdgeOptions {

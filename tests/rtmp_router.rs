@@ -8,10 +8,10 @@ use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
-use verge::testkit::rtmp::RtmpClient;
-use verge::testkit::{ANY_PORT, Proc, http, listener, request, tcp_from, wait_for};
 use verge::whep::{Viewer, ViewerOptions};
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
+use verge_testkit::rtmp::RtmpClient;
+use verge_testkit::{ANY_PORT, Proc, http, listener, request, tcp_from, wait_for};
 
 /// A manager with the router on and two enrolled agents, of which only edge-1 runs (with keys
 /// required).

@@ -10,8 +10,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::hmac;
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge::testkit::{Response, listener, request, wait_for};
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::{Response, listener, request, wait_for};
 
 const STATIC: &str = "surface-static-token";
 const SECRET: &str = "surface-jwt-secret";
@@ -92,7 +92,7 @@ fn edge(label: &str, agent_toml: &str) -> Edge {
 }
 
 /// ffmpeg publishing `live/cam` to the box for two minutes, once it is listed.
-fn live_cam(b: &Edge) -> verge::testkit::Proc {
+fn live_cam(b: &Edge) -> verge_testkit::Proc {
     let cam = b.publish(
         "cam",
         "cam",
@@ -238,10 +238,10 @@ fn junk_tunnel_packets_under_made_up_agent_ids_cost_the_manager_nothing() {
 
     let b = edge("surface-tunnel", "");
     let pid = b.manager.pid();
-    let before = verge::testkit::measure::rss_kib(pid).expect("manager RSS");
+    let before = verge_testkit::measure::rss_kib(pid).expect("manager RSS");
     // Any broker credentials will do; with `[enrollment] secret` every id has a secret.
     let mqtt = listener(&b.manager_listeners, "mqtt");
-    let secret = verge_protocol::key::derive_agent_secret("surface-enrollment", "junk");
+    let secret = verge_protocol::secret::derive_agent_secret("surface-enrollment", "junk");
     let mut opts = MqttOptions::new("junk", "127.0.0.1", mqtt.port());
     opts.set_credentials("junk", secret)
         .set_keep_alive(Duration::from_secs(5))
@@ -282,7 +282,7 @@ fn junk_tunnel_packets_under_made_up_agent_ids_cost_the_manager_nothing() {
     let _ = events.join();
     // The manager's link thread has had every one of them.
     std::thread::sleep(Duration::from_millis(500));
-    let after = verge::testkit::measure::rss_kib(pid).expect("manager RSS");
+    let after = verge_testkit::measure::rss_kib(pid).expect("manager RSS");
     let log = b.manager.log_text();
     let links = log.matches("tunnel link up").count();
     println!(

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use verge::testkit::edge::mosquitto_passwd;
-use verge::testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, reserve_port, wait_for};
+use verge_testkit::edge::mosquitto_passwd;
+use verge_testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, reserve_port, wait_for};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -134,7 +134,7 @@ fn start_agent(dir: &TempDir, id: &str, secret: &str, url: &str, ca: &Path) -> P
     )
 }
 
-fn start_manager(dir: &TempDir, config: &Path) -> (Proc, verge::testkit::Listeners) {
+fn start_manager(dir: &TempDir, config: &Path) -> (Proc, verge_testkit::Listeners) {
     Proc::spawn_ready(
         "manager",
         &bin("verge-manager"),

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ring::digest::{Context, SHA256};
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic, mosquitto_passwd, tool};
-use verge::testkit::{ANY_PORT, Proc, get, listener, reserve_port, wait_for};
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic, mosquitto_passwd, tool};
+use verge_testkit::{ANY_PORT, Proc, get, listener, reserve_port, wait_for};
 
 /// A TCP echo server on a thread per connection; returns its address.
 fn echo_server() -> SocketAddr {
@@ -395,7 +395,7 @@ fn publish_live(b: &Edge) -> Proc {
 
 /// mosquitto with the project's ACL and `conf/mosquitto` settings on a held port, passwords
 /// for the manager and edge-1.
-fn start_mosquitto(dir: &verge::testkit::TempDir, port: SocketAddr, label: &str) -> Proc {
+fn start_mosquitto(dir: &verge_testkit::TempDir, port: SocketAddr, label: &str) -> Proc {
     let passwd = dir.path().join("passwd");
     if !passwd.exists() {
         mosquitto_passwd(&passwd, &[("verge-manager", "mgr"), ("edge-1", "s1")]);
@@ -428,8 +428,8 @@ fn start_mosquitto(dir: &verge::testkit::TempDir, port: SocketAddr, label: &str)
 
 #[test]
 fn a_broker_restart_mid_transfer_loses_nothing() {
-    let dir = verge::testkit::TempDir::new("tunnel-restart");
-    let port = verge::testkit::reserve_port();
+    let dir = verge_testkit::TempDir::new("tunnel-restart");
+    let port = verge_testkit::reserve_port();
     let mut broker = Some(start_mosquitto(&dir, port.addr(), "mosquitto"));
     let echo = echo_server();
     let manager_cfg = dir.write(
@@ -444,7 +444,7 @@ fn a_broker_restart_mid_transfer_loses_nothing() {
     );
     let (manager, bound) = Proc::spawn_ready(
         "manager",
-        &verge::testkit::bin("verge-manager"),
+        &verge_testkit::bin("verge-manager"),
         &["--config", manager_cfg.to_str().unwrap()],
         dir.path(),
     );
@@ -459,7 +459,7 @@ fn a_broker_restart_mid_transfer_loses_nothing() {
     );
     let (agent, _) = Proc::spawn_ready(
         "agent",
-        &verge::testkit::bin("verge-agent"),
+        &verge_testkit::bin("verge-agent"),
         &["--config", agent_cfg.to_str().unwrap()],
         dir.path(),
     );
@@ -651,7 +651,7 @@ fn socks5_succeeds_only_once_the_agent_accepted_and_each_refusal_has_its_code() 
 
 #[test]
 fn a_hundred_streams_complete_intact_and_a_stalled_reader_keeps_both_processes_small() {
-    use verge::testkit::measure::rss_kib;
+    use verge_testkit::measure::rss_kib;
 
     let echo = echo_server();
     let echo_target = echo.to_string();

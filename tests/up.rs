@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use verge::testkit::rtmp::RtmpClient;
-use verge::testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, wait_for};
+use verge_testkit::rtmp::RtmpClient;
+use verge_testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, wait_for};
 
 /// `verge up` with its HTTP on `http` and every other listener on a free loopback port.
 fn up_args(http: &str) -> [&str; 11] {
@@ -102,7 +102,7 @@ fn verge_up_beyond_loopback_needs_the_printed_token() {
         .to_string();
     assert!(token.len() >= 32, "{summary}");
     let keys = |headers: &[(&str, &str)]| {
-        verge::testkit::request(
+        verge_testkit::request(
             "GET",
             manager,
             "/api/keys",

@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use verge::testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge::testkit::{Response, get, request, send, wait_for};
 use verge::whep::{Stats, Viewer, ViewerOptions, WhepError};
 use verge_media::rtp::h264::AccessUnit;
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::{Response, get, request, send, wait_for};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use verge_protocol::keys::{ChannelKey, Keys};
+use verge_protocol::channel_keys::{ChannelKey, Keys};
 
 #[derive(Clone, Default)]
 pub struct KeyTable {
@@ -43,7 +43,7 @@ impl KeyTable {
         let held = self.inner.read().unwrap_or_else(|p| p.into_inner());
         held.keys
             .iter()
-            .find(|k| verge_protocol::key::secrets_equal(&k.key, key))
+            .find(|k| verge_protocol::secret::secrets_equal(&k.key, key))
             .cloned()
     }
 

@@ -2,16 +2,18 @@
 //!
 //! - [`config`]: the `agent.toml` keys.
 //! - [`session`]: the MQTT session: retained presence with an `offline` last will, retained
-//!   state, the RPC server, the goodbye on shutdown.
+//!   state, the RPC server (admission, replay guard, sealed replies), the channel key table and
+//!   the recording index's acknowledgements as they arrive, the goodbye on shutdown.
 //! - [`heal`]: putting back our retained presence and state when someone replaces them
 //!   (sans-IO; compares what the bodies mean, repairs bounded in time).
 //! - [`rpc`]: the methods the manager can call.
 //! - [`state`]: the live snapshot the session publishes when it changes.
 //! - [`rtmp`]: the RTMP listener; publishers feed the hub, players read from it.
-//! - [`http`]: the agent's HTTP server (HTTP-FLV, WHEP).
+//! - [`http`]: the agent's HTTP server (HTTP-FLV, WHEP, WHIP, metrics, recordings).
 //! - [`hls`]: live HLS on `[hls] listen`: fMP4 segments of the streams someone watches.
 //! - [`record`]: recording to fMP4 + DASH under `[record] dir`, served at `/recordings/`.
-//! - [`webrtc`]: WHEP viewers: peer connections fed from the hub.
+//! - [`webrtc`]: WHEP viewers (peer connections fed from the hub) and WHIP publishers (peer
+//!   connections feeding it).
 //! - [`keys`]: the channel keys the manager hands out; with `[rtmp] noauth = false` a publisher
 //!   must use one.
 //! - [`streams`]: stream names, and the hub's streams copied into the state snapshot.
@@ -23,7 +25,7 @@
 //! [`streams::report`] puts the stream into the retained state, which the manager lists.
 //!
 //! A call's path: the manager publishes a signed request on `{p}/v1/a/{id}/req`; the link task
-//! hands it to [`session::run`]'s loop, which opens it, checks it is not a replay, and runs
+//! hands it to [`session::run`]'s loop, whose RPC server opens it, checks it is not a replay, and runs
 //! [`rpc::dispatch`] on a task of its own; the signed reply goes to the manager's `res` topic.
 
 pub mod config;

@@ -36,7 +36,7 @@ use std::sync::{Arc, RwLock};
 use rumqttd::{
     Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings, TlsConfig,
 };
-use verge_protocol::key::{derive_agent_secret, secrets_equal};
+use verge_protocol::secret::{derive_agent_secret, secrets_equal};
 
 /// Who may connect: enrolled agents (listed, or derived from an enrollment secret) and the
 /// managers' own internal credentials.

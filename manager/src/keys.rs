@@ -8,10 +8,10 @@ use std::sync::{Arc, RwLock};
 
 use rumqttc::{AsyncClient, QoS};
 use verge_broker::Credentials;
+use verge_protocol::channel_keys::{ChannelKey, Keys, SealedKeys};
 use verge_protocol::envelope;
-use verge_protocol::key::MacKey;
-use verge_protocol::keys::{ChannelKey, Keys, SealedKeys};
-use verge_protocol::private::PrivateKey;
+use verge_protocol::sealed::PrivateKey;
+use verge_protocol::secret::MacKey;
 use verge_protocol::topic::Topics;
 
 use crate::registry::Registry;
@@ -94,7 +94,7 @@ impl KeyStore {
                 return ((existing.clone(), Issued::Existing), false);
             }
             let key = ChannelKey {
-                key: verge_protocol::key::random_secret(),
+                key: verge_protocol::secret::random_secret(),
                 app: app.to_string(),
                 name: name.to_string(),
                 agent: agent.map(str::to_string),

@@ -1,31 +1,38 @@
 //! The Verge cloud manager: the fleet's public face.
 //!
 //! - [`config`]: the `manager.toml` keys.
-//! - [`session`]: the MQTT session that learns the fleet from retained presence and state.
+//! - [`fleet`]: the manager's MQTT session ([`fleet::FleetSession`]): learns the fleet from
+//!   retained presence and state, completes RPC calls, hands index rows and tunnel packets on.
 //! - [`registry`]: the fleet as known from those messages.
 //! - [`rpc`]: calls to agents over MQTT, with deadlines and typed failures.
-//! - [`http`]: the REST API.
+//! - [`http`]: the REST API, the WHEP and WHIP proxies, the pages.
+//! - [`auth`]: `[auth]`: who may do what (the policy table), tokens, passwords, login limits.
+//! - [`agents`]: enrolling and revoking agents at run time.
+//! - [`keys`]: channel keys: issued, stored, and handed to every agent retained and sealed.
+//! - [`ice`]: ICE servers for a WHEP or WHIP session (static, coturn, Cloudflare TURN).
 //! - [`tunnel`]: the tunnel's links to agents, and `[[tunnel.forward]]` port forwards.
-//! - [`index`]: the recording index in a database (SQLite or PostgreSQL), fed by agents.
+//! - [`db`]: the database (SQLite or PostgreSQL), every query the manager makes: the recording
+//!   index fed by agents, the agents enrolled at run time.
 //! - [`rtmp`]: the RTMP router (`[rtmp] listen`): publishers reach their box through the tunnel.
+//! - [`metrics`]: what the manager counts between scrapes.
 //!
 //! Start-up ([`start`]): the embedded broker (unless `[mqtt] url` names an external one), the
 //! MQTT link with this manager's own credential, the fleet session, then HTTP. A request such as
 //! `GET /api/agents/edge-1` reads the [`registry::Registry`] and pings through
-//! [`rpc::RpcClient`], whose reply comes back through [`session::FleetSession`].
+//! [`rpc::RpcClient`], whose reply comes back through [`fleet::FleetSession`].
 
 pub mod agents;
 pub mod auth;
 pub mod config;
+pub mod db;
+pub mod fleet;
 pub mod http;
 pub mod ice;
-pub mod index;
 pub mod keys;
 pub mod metrics;
 pub mod registry;
 pub mod rpc;
 pub mod rtmp;
-pub mod session;
 pub mod tunnel;
 
 use std::future::Future;
@@ -42,9 +49,9 @@ use verge_protocol::ready::Listeners;
 
 use config::ConfigError;
 pub use config::ManagerConfig;
+use fleet::FleetSession;
 use registry::Registry;
 use rpc::RpcClient;
-use session::FleetSession;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -78,7 +85,7 @@ pub enum ManagerError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Database(#[from] index::db::DbError),
+    Database(#[from] db::DbError),
     #[error("HTTP listener {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -177,7 +184,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             )
         }
         None => {
-            let internal_secret = verge_protocol::key::random_secret();
+            let internal_secret = verge_protocol::secret::random_secret();
             credentials.insert(&client_id, &internal_secret);
             let settings = BrokerSettings {
                 listen: cfg.broker.listen,
@@ -299,15 +306,15 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     }
     let _ = tunnel_cell.set(tunnels.clone());
     let database_url = cfg.database.effective_url();
-    let db = index::db::Db::open(
+    let database = db::Db::open(
         &database_url,
         cfg.database.max_connections,
         Duration::from_secs(cfg.database.connect_timeout.max(1)),
     )?;
-    let index = index::Index::start(
-        db,
-        index::db::redact(&database_url),
-        index::Replies {
+    let index = db::index::Index::start(
+        database,
+        db::redact(&database_url),
+        db::index::Replies {
             manager_id: cfg.mqtt.id.clone(),
             client: client.clone(),
             topics: topics.clone(),

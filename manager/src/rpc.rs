@@ -11,9 +11,9 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use verge_broker::Credentials;
 use verge_protocol::envelope;
-use verge_protocol::key::MacKey;
-use verge_protocol::private::{PrivateKey, Way};
 use verge_protocol::rpc::{Calls, Outcome, Reply, Request, RpcError};
+use verge_protocol::sealed::{PrivateKey, Way};
+use verge_protocol::secret::MacKey;
 use verge_protocol::topic::Topics;
 
 use crate::registry::Registry;
@@ -89,7 +89,7 @@ impl RpcClient {
         // for a call of this one (`Calls` keeps ids within 2^53 - 1, which every JSON library
         // reads exactly).
         let first_id =
-            u64::from_str_radix(&verge_protocol::key::random_secret()[..13], 16).unwrap_or(1);
+            u64::from_str_radix(&verge_protocol::secret::random_secret()[..13], 16).unwrap_or(1);
         Self {
             manager_id,
             topics,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::PROTOCOL_VERSION;
-use crate::key::{MacKey, hex, unhex};
+use crate::secret::{MacKey, hex, unhex};
 
 /// Largest payload a reader looks at; SDP offers and tunnel frames fit with room to spare.
 pub const MAX_PAYLOAD: usize = 1024 * 1024;

@@ -2,16 +2,18 @@
 //!
 //! - [`id`]: the names of agents and managers, which become MQTT topic levels.
 //! - [`topic`]: the MQTT layout (`{prefix}/v1/a/{agent}/presence`, …), built and parsed.
-//! - [`key`]: HMAC keys from secrets, and per-agent secrets derived from one enrollment secret.
+//! - [`secret`]: agent secrets (random, or derived per agent from one enrollment secret), the
+//!   HMAC keys made from them ([`secret::MacKey`]), and comparing secrets in constant time.
 //! - [`envelope`]: every MQTT payload: a version, a kind, the sender, a body and a MAC. Decoding
 //!   checks the version first, then the MAC, then the body.
-//! - [`private`]: RPC params and results sealed (ChaCha20-Poly1305) under a key derived from the
+//! - [`sealed`]: RPC params and results sealed (ChaCha20-Poly1305) under a key derived from the
 //!   agent's secret.
 //! - [`presence`], [`state`]: what an agent announces (retained).
 //! - [`rpc`]: requests from a manager to an agent, their replies, error codes, and the
 //!   correlation table a caller keeps.
 //! - [`whep`]: WHEP and WHIP signaling carried over RPC, and session ids that name their agent.
-//! - [`keys`]: the channel-key table the manager keeps retained for each agent, sealed for it.
+//! - [`channel_keys`]: the channel-key table (publishers' stream keys) the manager keeps
+//!   retained for each agent, sealed for it.
 //! - [`index`]: the recording index, agent to manager (rows, acknowledgements).
 //! - [`time`]: UTC calendar dates from Unix time, for recordings and index rows.
 //! - [`metrics`]: Prometheus' text format, and the counters and histograms behind it.
@@ -27,16 +29,16 @@
 //! opens the payload with [`envelope::open`], which refuses garbage, unknown versions, a sender
 //! that does not match the topic and a wrong MAC, each with its own [`envelope::EnvelopeError`].
 
+pub mod channel_keys;
 pub mod envelope;
 pub mod id;
 pub mod index;
-pub mod key;
-pub mod keys;
 pub mod metrics;
 pub mod presence;
-pub mod private;
 pub mod ready;
 pub mod rpc;
+pub mod sealed;
+pub mod secret;
 pub mod state;
 pub mod time;
 pub mod topic;

@@ -8,10 +8,10 @@
 
 use serde_json::{Value, json};
 use verge_protocol::envelope::{self, EnvelopeError, Kind, Message};
-use verge_protocol::key::{MacKey, derive_agent_secret};
 use verge_protocol::presence::{Presence, Status};
-use verge_protocol::private::{PrivateError, PrivateKey, Way};
 use verge_protocol::rpc::{ErrorCode, Outcome, Reply, Request, RpcError};
+use verge_protocol::sealed::{PrivateError, PrivateKey, Way};
+use verge_protocol::secret::{MacKey, derive_agent_secret};
 use verge_protocol::state::State;
 
 // V1: the MAC with a plain secret.

@@ -3,6 +3,9 @@
 //! Tables for people, `--json` for scripts (the API's own JSON, unchanged). Exit codes: 0 done,
 //! 1 the manager refused (its one-line reason on stderr), 2 a usage error, 3 the manager could
 //! not be reached.
+//!
+//! - `api`: the manager's HTTP API as the CLI calls it (one request, a deadline, JSON back).
+//! - `table`: plain-text tables for people.
 
 mod api;
 mod table;

@@ -4,6 +4,7 @@
 //! - [`flv`]: HTTP-FLV, `GET /{app}/{name}.flv`.
 //! - [`whep`]: WHEP, `POST /whep/{stream}`, `PATCH|DELETE /session/{stream}/{session}`.
 //! - [`whip`]: WHIP publishers, `POST /whip/{stream}`, `PATCH|DELETE /whip-session/{stream}/{session}`.
+//! - [`metrics`]: `GET /metrics`, the agent's numbers in Prometheus' text format.
 //! - `GET /recordings/{*path}`: recorded files (see [`crate::record::files`]).
 
 mod flv;

@@ -9,7 +9,7 @@ use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{mpsc, watch};
 use verge_protocol::envelope;
 use verge_protocol::index::{IndexAck, IndexEvent, IndexRow};
-use verge_protocol::key::MacKey;
+use verge_protocol::secret::MacKey;
 
 use super::writer::NewDay;
 

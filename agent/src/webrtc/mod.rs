@@ -1,16 +1,20 @@
-//! WebRTC viewers (WHEP): offers come from the manager over RPC or straight to the agent's
-//! HTTP port; each becomes a peer connection fed from the hub.
+//! WebRTC viewers (WHEP) and publishers (WHIP): offers come from the manager over RPC or
+//! straight to the agent's HTTP port; each becomes a peer connection fed from the hub (a
+//! viewer) or feeding it (a publisher).
 //!
 //! - [`engine`]: how peer connections are built (H.264 formats, interceptors, no mDNS).
 //! - [`peer`]: answering an offer.
 //! - [`viewer`]: one viewer's sender task, hub → RTP.
-//! - [`publish`]: WHIP publishers, RTP → hub.
+//! - [`publish`]: WHIP publishers, RTP → hub: [`Whep::publish`] and the publisher's session
+//!   task.
 //! - [`keyframe`]: viewers' keyframe requests (PLI/FIR), delivered to the sender task.
 //! - [`payloads`]: RTP payloads made once per stream and shared by its viewers.
 //! - [`audio`]: the stream's AAC as Opus, transcoded once per stream while someone listens.
 //! - [`clients`]: per-client caps on sessions (one address, one token).
 //!
-//! [`Whep`] owns the live sessions. A session id is `{agent}~{random}`
+//! [`Whep`] owns the live sessions, viewers' and publishers' alike: it answers viewers' offers
+//! ([`Whep::offer`]) here and publishers' in [`publish`], and takes every session's PATCH and
+//! DELETE. A session id is `{agent}~{random}`
 //! ([`verge_protocol::whep::session_id`]), so any manager can route its PATCH and DELETE.
 
 pub mod audio;
@@ -359,78 +363,6 @@ impl Whep {
                 av_offset_ms = format!("{:.1}", sent.av_offset.mean_ms()), av_offset_max_ms = format!("{:.1}", sent.av_offset.max_abs_ms),
                 bytes = sent.bytes, resyncs = sent.resyncs, skips = sent.skips,
                 secs = started.elapsed().as_secs(), "WHEP viewer ended");
-        });
-        Ok(OfferResult {
-            session,
-            sdp: answer,
-            ice_servers: self.inner.settings.ice_servers.clone(),
-        })
-    }
-
-    /// Takes a WHIP publisher's offer for stream `stream` (`{app}/{name}`): the stream is
-    /// taken at once (refused if it has a publisher), and its media goes into the hub.
-    pub async fn publish(
-        &self,
-        stream: &str,
-        sdp: String,
-        ice_servers: &[IceServer],
-        client: Option<&Client>,
-    ) -> Result<OfferResult, WhepError> {
-        let started = Instant::now();
-        if !publish::offers_h264(&sdp) {
-            return Err(AnswerError::NoH264ToPublish.into());
-        }
-        let slot = self.reserve(client)?;
-        let session = whep::session_id(&self.inner.agent, u64::from_be_bytes(self.random()));
-        let publisher = self
-            .inner
-            .hub
-            .publish(stream, &format!("WHIP {session}"))
-            .map_err(|e| match e {
-                HubError::AlreadyPublishing(_) => WhepError::Conflict(e.to_string()),
-                _ => WhepError::Busy(e.to_string()),
-            })?;
-        let mut servers = ice_servers.to_vec();
-        servers.extend(self.inner.settings.ice_servers.iter().cloned());
-        let (tracks_tx, tracks) = tokio::sync::mpsc::channel(4);
-        let (answer, receiving) = peer::answer_publisher(
-            sdp,
-            &self.inner.settings.ice,
-            &servers,
-            self.inner.settings.gather_timeout,
-            publish::on_track(tracks_tx),
-        )
-        .await?;
-        let close = self.open_session(
-            &session,
-            stream,
-            SessionRole::Publisher,
-            receiving.pc.clone(),
-        );
-        tracing::info!(agent = %self.inner.agent, %stream, %session,
-            answer_ms = started.elapsed().as_millis() as u64, "WHIP publisher answered");
-        let this = self.clone();
-        let id = session.clone();
-        let stream = stream.to_string();
-        let connect_timeout = self.inner.settings.connect_timeout;
-        tokio::spawn(async move {
-            // Held until the publisher ends.
-            let _slot = slot;
-            let (end, got) = publish::run(
-                receiving.pc,
-                receiving.state,
-                tracks,
-                publisher,
-                connect_timeout,
-                close,
-            )
-            .await;
-            this.sessions().remove(&id);
-            tracing::info!(agent = %this.inner.agent, %stream, session = %id, end = end.as_str(),
-                frames = got.frames, audio_packets = got.audio_packets, keyframe_requests = got.keyframe_requests,
-                video_reordered = got.video_packets.reordered, video_lost = got.video_packets.lost,
-                video_late = got.video_packets.late,
-                secs = started.elapsed().as_secs(), "WHIP publisher ended");
         });
         Ok(OfferResult {
             session,

@@ -3,7 +3,9 @@
 //! (H.264 and Opus as sent, no transcoding), RTMP and HTTP-FLV players (the video) and the
 //! recorder see the stream like an RTMP one.
 //!
-//! The hub slot is taken before the answer: a stream that has a publisher (RTMP or WHIP)
+//! [`Whep::publish`] answers a publisher's offer and enters its session in the service's table
+//! (PATCH and DELETE are the viewers' ones, under the publisher role); [`run`] is the session's
+//! task. The hub slot is taken before the answer: a stream that has a publisher (RTMP or WHIP)
 //! refuses a second one at once. The session ends on DELETE, when ICE fails, when no media
 //! arrives for [`SILENCE`], or when the connection never comes up; the stream ends with it.
 //! Lost video packets are asked for again by webrtc's NACK generator; a reorder buffer holds
@@ -12,20 +14,24 @@
 //! PLI (at most every [`PLI_INTERVAL`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::engine::NotConnected;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::shared::marshal::Marshal;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use verge_media::hub::Publisher;
+use verge_media::hub::{HubError, Publisher};
 use verge_media::rtp::h264::{AccessUnit, DEFAULT_MAX_ACCESS_UNIT, H264Depacketizer};
 use verge_media::rtp::reorder::{ReorderBuffer, ReorderStats};
 use verge_media::rtp::to_flv::{RtpToFlv, VideoOutcome};
+use verge_protocol::whep::{self, Client, IceServer, OfferResult, SessionRole};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
+
+use super::engine::NotConnected;
+use super::peer::{self, AnswerError};
+use super::{Whep, WhepError};
 
 /// No media for this long ends the session (and frees the stream name).
 pub const SILENCE: Duration = Duration::from_secs(10);
@@ -39,6 +45,80 @@ const REORDER_CAPACITY: usize = 512;
 /// Media handed from the tracks' tasks to the session task; a full queue drops (the publisher
 /// cannot be slowed, and the next keyframe repairs the picture).
 const MEDIA_QUEUE: usize = 512;
+
+impl Whep {
+    /// Takes a WHIP publisher's offer for stream `stream` (`{app}/{name}`): the stream is
+    /// taken at once (refused if it has a publisher), and its media goes into the hub.
+    pub async fn publish(
+        &self,
+        stream: &str,
+        sdp: String,
+        ice_servers: &[IceServer],
+        client: Option<&Client>,
+    ) -> Result<OfferResult, WhepError> {
+        let started = Instant::now();
+        if !offers_h264(&sdp) {
+            return Err(AnswerError::NoH264ToPublish.into());
+        }
+        let slot = self.reserve(client)?;
+        let session = whep::session_id(&self.inner.agent, u64::from_be_bytes(self.random()));
+        let publisher = self
+            .inner
+            .hub
+            .publish(stream, &format!("WHIP {session}"))
+            .map_err(|e| match e {
+                HubError::AlreadyPublishing(_) => WhepError::Conflict(e.to_string()),
+                _ => WhepError::Busy(e.to_string()),
+            })?;
+        let mut servers = ice_servers.to_vec();
+        servers.extend(self.inner.settings.ice_servers.iter().cloned());
+        let (tracks_tx, tracks) = tokio::sync::mpsc::channel(4);
+        let (answer, receiving) = peer::answer_publisher(
+            sdp,
+            &self.inner.settings.ice,
+            &servers,
+            self.inner.settings.gather_timeout,
+            on_track(tracks_tx),
+        )
+        .await?;
+        let close = self.open_session(
+            &session,
+            stream,
+            SessionRole::Publisher,
+            receiving.pc.clone(),
+        );
+        tracing::info!(agent = %self.inner.agent, %stream, %session,
+            answer_ms = started.elapsed().as_millis() as u64, "WHIP publisher answered");
+        let this = self.clone();
+        let id = session.clone();
+        let stream = stream.to_string();
+        let connect_timeout = self.inner.settings.connect_timeout;
+        tokio::spawn(async move {
+            // Held until the publisher ends.
+            let _slot = slot;
+            let (end, got) = run(
+                receiving.pc,
+                receiving.state,
+                tracks,
+                publisher,
+                connect_timeout,
+                close,
+            )
+            .await;
+            this.sessions().remove(&id);
+            tracing::info!(agent = %this.inner.agent, %stream, session = %id, end = end.as_str(),
+                frames = got.frames, audio_packets = got.audio_packets, keyframe_requests = got.keyframe_requests,
+                video_reordered = got.video_packets.reordered, video_lost = got.video_packets.lost,
+                video_late = got.video_packets.late,
+                secs = started.elapsed().as_secs(), "WHIP publisher ended");
+        });
+        Ok(OfferResult {
+            session,
+            sdp: answer,
+            ice_servers: self.inner.settings.ice_servers.clone(),
+        })
+    }
+}
 
 /// True if an SDP offer sends H.264 with packetization mode 1.
 pub fn offers_h264(sdp: &str) -> bool {

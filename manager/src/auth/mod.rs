@@ -183,7 +183,7 @@ impl Auth {
             Some(s) if s.is_empty() => return Err(AuthConfigError::EmptySecret),
             Some(s) => s.clone(),
             // Logins still work; their tokens last as long as this process.
-            None => verge_protocol::key::random_secret(),
+            None => verge_protocol::secret::random_secret(),
         };
         Ok(Self {
             enabled: !cfg.tokens.is_empty() || cfg.secret.is_some() || !cfg.accounts.is_empty(),
@@ -219,7 +219,7 @@ impl Auth {
         // Every static token is compared, in constant time, so timing tells nothing.
         let mut is_static = false;
         for known in &self.tokens {
-            is_static |= verge_protocol::key::secrets_equal(known, token);
+            is_static |= verge_protocol::secret::secrets_equal(known, token);
         }
         if is_static {
             return Ok(Grant::all());
@@ -283,7 +283,7 @@ impl Auth {
             // Every account is checked so the time does not tell which usernames exist.
             let mut found = false;
             for account in accounts.iter() {
-                let user = verge_protocol::key::secrets_equal(&account.username, &username);
+                let user = verge_protocol::secret::secrets_equal(&account.username, &username);
                 let pass = password::matches(&account.password, &password);
                 found |= user && pass;
             }

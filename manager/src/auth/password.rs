@@ -12,7 +12,7 @@ pub fn matches(stored: &str, given: &str) -> bool {
             Err(_) => false,
         };
     }
-    verge_protocol::key::secrets_equal(stored, given)
+    verge_protocol::secret::secrets_equal(stored, given)
 }
 
 /// An argon2id PHC string for `password`, with a fresh random salt.

@@ -189,9 +189,9 @@ pub async fn health(State(app): State<AppState>) -> Json<Health> {
         accounts: app.auth.has_accounts(),
         rtmp_router_port: app.rtmp_router.map(|a| a.port()),
         database: match app.index.readiness() {
-            crate::index::Readiness::Ready => "ready".into(),
-            crate::index::Readiness::Starting => "starting".into(),
-            crate::index::Readiness::Down(why) => format!("down: {why}"),
+            crate::db::index::Readiness::Ready => "ready".into(),
+            crate::db::index::Readiness::Starting => "starting".into(),
+            crate::db::index::Readiness::Down(why) => format!("down: {why}"),
         },
     })
 }

@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use verge_protocol::keys::ChannelKey;
+use verge_protocol::channel_keys::ChannelKey;
 
 use crate::keys::Issued;
 

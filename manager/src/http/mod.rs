@@ -6,12 +6,15 @@
 //! - [`whip`]: the WHIP proxy, `POST /whip/{stream}` and `/whip-session/{stream}/{session}`.
 //! - [`whep`]: the WHEP proxy, `POST /whep/{stream}` and `/session/{stream}/{session}`,
 //!   forwarded over MQTT RPC to the agent holding the stream.
-//! - `/`: the dashboard (`assets/dashboard.html`).
-//! - [`play`]: `/play/{stream}`, a minimal WHEP player page.
+//! - [`pages`]: the browser pages: `/` (the dashboard), `/play/{stream}` (a minimal WHEP
+//!   player), `/publish/{stream}` (a WHIP publisher).
 //! - [`agent_http`]: a box's HTTP through the tunnel: `/agents/{id}/http/{*path}` and
 //!   `/flv/{app}/{name}.flv`, `/hls/{app}/{name}/{file}`.
 //! - [`agents`]: `POST /api/agents` (enrol), `DELETE /api/agents/{id}` (revoke).
 //! - [`auth`]: `[auth]` in front of every route, `POST /api/login`, `POST /api/token`.
+//! - [`playback`]: recordings: `/api/playback` (streams and their recorded days from the
+//!   database), `/api/record/object/{*path}` (a recorded file fetched from its agent).
+//! - [`record`]: starting and stopping recordings at run time, `/api/record/{stream}`.
 //! - [`metrics`]: `GET /metrics`, Prometheus' text format.
 //! - [`error`]: errors as a status and a one-line reason a client can act on.
 
@@ -22,7 +25,7 @@ mod auth;
 pub mod error;
 pub mod keys;
 mod metrics;
-pub mod play;
+pub mod pages;
 pub(crate) mod playback;
 mod record;
 pub mod streams;
@@ -57,7 +60,7 @@ pub struct AppState {
     /// `[extra_ice.cloudflare]`, when configured.
     pub cloudflare: Option<Arc<crate::ice::cloudflare::Cloudflare>>,
     pub tunnels: crate::tunnel::Tunnels,
-    pub index: crate::index::Index,
+    pub index: crate::db::index::Index,
     pub auth: Arc<crate::auth::Auth>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub enrolment: crate::agents::Enrolment,
@@ -67,7 +70,7 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(index))
+        .route("/", get(pages::dashboard))
         .route("/api/health", get(api::health))
         .route("/api/nodes", get(api::nodes))
         .route("/api/nodes/", get(api::nodes))
@@ -140,11 +143,11 @@ pub fn router(state: AppState) -> Router {
             "/api/record/{app}/{name}",
             get(record::state).post(record::start).delete(record::stop),
         )
-        .route("/play/{name}", get(play::page))
-        .route("/play/{app}/{name}", get(play::page_in_app))
-        .route("/assets/webrtc.js", get(play::script))
-        .route("/publish/{name}", get(play::publish_page))
-        .route("/publish/{app}/{name}", get(play::publish_page_in_app))
+        .route("/play/{name}", get(pages::page))
+        .route("/play/{app}/{name}", get(pages::page_in_app))
+        .route("/assets/webrtc.js", get(pages::script))
+        .route("/publish/{name}", get(pages::publish_page))
+        .route("/publish/{app}/{name}", get(pages::publish_page_in_app))
         .route("/metrics", get(metrics::scrape))
         .route("/api/login", post(auth::login))
         .route("/api/token", post(auth::token))
@@ -154,10 +157,4 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(whep::MAX_BODY))
         .with_state(state)
-}
-
-/// The dashboard: one page, its views chosen by the URL's hash, everything it shows from this
-/// API (`assets/dashboard.html`; no build step, no library).
-async fn index() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("../../assets/dashboard.html"))
 }

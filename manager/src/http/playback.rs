@@ -17,7 +17,8 @@ use super::AppState;
 use super::agent_http::{HEAD_TIMEOUT, proxy};
 use super::error::ApiError;
 use crate::auth::Grant;
-use crate::index::db::{Db, Recording};
+use crate::db::Db;
+use crate::db::recordings::Recording;
 
 fn database(app: &AppState) -> Result<&Db, ApiError> {
     app.index

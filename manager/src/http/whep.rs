@@ -87,7 +87,7 @@ fn token_digest(token: &str) -> String {
 pub(super) async fn session_ice(app: &AppState) -> Vec<verge_protocol::whep::IceServer> {
     // The agent names its sessions when it answers; TURN credentials are made before, under a
     // random name of their own.
-    let label = verge_protocol::key::random_secret();
+    let label = verge_protocol::secret::random_secret();
     let mut servers = crate::ice::for_session(&app.ice, &label, verge_protocol::now_ms() / 1000);
     if let Some(cloudflare) = &app.cloudflare {
         servers.extend(cloudflare.servers().await);

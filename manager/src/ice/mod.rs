@@ -2,7 +2,8 @@
 //! `[extra_ice.coturn]`, TURN credentials of coturn's REST scheme made for this session alone:
 //! `username = {expiry}:{session}`, `credential = base64(HMAC-SHA1(secret, username))`. coturn
 //! (`use-auth-secret`) checks them without asking anyone and refuses them after `expiry`.
-//! With `[extra_ice.cloudflare]`, Cloudflare's TURN too ([`cloudflare`]).
+//! With `[extra_ice.cloudflare]`, Cloudflare's TURN too ([`cloudflare`], whose credential API
+//! is called through `https`, one POST over rustls).
 
 pub mod cloudflare;
 mod https;

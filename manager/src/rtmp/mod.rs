@@ -9,7 +9,8 @@
 //!
 //! The router is public, so [`admission`] bounds what anyone can hold: connections per source
 //! address, connections in all, and connections still in their handshake (each of which must
-//! reach `publish` within `handshake_timeout_secs`).
+//! reach `publish` within `handshake_timeout_secs`). Each connection's own course, from the
+//! handshake to the handover, is `connection`'s.
 
 pub mod admission;
 mod connection;

@@ -1,7 +1,7 @@
 //! Where a `publish` goes: the channel key names the stream and (when bound) its agent.
 
 use verge_media::rtmp::query::Query;
-use verge_protocol::keys::{ChannelKey, Keys};
+use verge_protocol::channel_keys::{ChannelKey, Keys};
 
 /// A publish the router refuses, with the RTMP status code and a reason for the encoder's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub fn route(
     let app = if app.is_empty() { "live" } else { app };
     // Every entry is compared, in constant time, so timing tells nothing of other keys.
     let found = keys.keys.iter().fold(None, |found, k| {
-        let equal = verge_protocol::key::secrets_equal(&k.key, key);
+        let equal = verge_protocol::secret::secrets_equal(&k.key, key);
         if equal && found.is_none() {
             Some(k)
         } else {

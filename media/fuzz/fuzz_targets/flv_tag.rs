@@ -21,9 +21,9 @@ use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use verge_media::amf0;
 use verge_media::codec::{aac, avc};
-use verge_media::flv::make;
 use verge_media::flv::mux::{self, FlvReader, FlvTag};
 use verge_media::flv::tag::{self, AudioPacket, FrameType, VideoPacket};
+use verge_media::flv::{self, make};
 
 /// Small, so that the limit is reached as well as the data's end.
 const MAX_TAG: usize = 16 * 1024;
@@ -79,7 +79,7 @@ fn read_stream(stream: &[u8], split: usize) -> Vec<FlvTag> {
 /// Every parser a tag body can reach.
 fn tag_body(body: &Bytes) {
     let _ = tag::is_keyframe(body);
-    for kind in [mux::TAG_AUDIO, mux::TAG_VIDEO, mux::TAG_SCRIPT] {
+    for kind in [flv::TAG_AUDIO, flv::TAG_VIDEO, flv::TAG_SCRIPT] {
         let _ = tag::is_sequence_header(kind, body);
     }
 

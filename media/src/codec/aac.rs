@@ -5,7 +5,7 @@
 //! write ADTS headers or SDP for other protocols. Only the fields in front of the
 //! codec-specific config are read; they are bit-packed, hence the bit reader.
 
-use super::avc::CodecError;
+use super::CodecError;
 use super::bits::BitReader;
 
 const WHAT: &str = "AudioSpecificConfig";

@@ -8,18 +8,8 @@
 
 use bytes::Bytes;
 
+use super::CodecError;
 use super::bits::{BitReader, strip_emulation_prevention};
-
-/// Why codec configuration could not be read; shared by the H.264 and AAC parsers.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CodecError {
-    /// The structure ended before a field it declares.
-    #[error("truncated {0}")]
-    Truncated(&'static str),
-    /// A field holds a value the specification forbids.
-    #[error("invalid {what}: {why}")]
-    Invalid { what: &'static str, why: String },
-}
 
 fn invalid(what: &'static str, why: impl Into<String>) -> CodecError {
     CodecError::Invalid {

@@ -5,7 +5,7 @@
 //! with [`CodecError::Truncated`] when it runs out of bits, which lets a parser fed a short
 //! buffer say "truncated" instead of panicking or inventing zeros.
 
-use super::avc::CodecError;
+use super::CodecError;
 
 /// Big-endian (most significant bit first) reader over a byte slice.
 pub(crate) struct BitReader<'a> {

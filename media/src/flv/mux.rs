@@ -6,11 +6,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::tag::FlvError;
-
-pub const TAG_AUDIO: u8 = 8;
-pub const TAG_VIDEO: u8 = 9;
-pub const TAG_SCRIPT: u8 = 18;
+use super::FlvError;
 
 /// Largest tag body [`FlvReader`] accepts by default. FLV's 24-bit size field cannot exceed
 /// it; [`FlvReader::with_max_tag`] sets a tighter bound.
@@ -195,6 +191,7 @@ impl FlvReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flv::{TAG_AUDIO, TAG_SCRIPT, TAG_VIDEO};
 
     fn stream(tags: &[(u8, u32, &[u8])]) -> Vec<u8> {
         let mut out = BytesMut::new();

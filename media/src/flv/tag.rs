@@ -8,19 +8,7 @@
 
 use bytes::Bytes;
 
-/// Why an FLV tag or stream could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FlvError {
-    /// The body ended before the header it must start with.
-    #[error("truncated {0}")]
-    Truncated(&'static str),
-    /// A field holds a value FLV does not define.
-    #[error("invalid FLV: {0}")]
-    Invalid(String),
-    /// Well-formed, but a codec Verge does not relay; the name says which.
-    #[error("unsupported codec: {0}")]
-    UnsupportedCodec(String),
-}
+use super::{FlvError, TAG_AUDIO, TAG_VIDEO};
 
 /// Video frame type, the high nibble of a video tag's first byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,12 +263,12 @@ pub fn is_keyframe(body: &[u8]) -> bool {
 /// before any frame, which a relay keeps and replays to late joiners.
 pub fn is_sequence_header(tag_type: u8, body: &[u8]) -> bool {
     match (tag_type, body) {
-        (super::mux::TAG_VIDEO, [first, 0, ..]) => {
+        (TAG_VIDEO, [first, 0, ..]) => {
             first & IS_EX_HEADER == 0 && first & 0x0f == CODEC_AVC && first >> 4 != 5
         }
-        (super::mux::TAG_AUDIO, [first, 0, ..]) => first >> 4 == SOUND_AAC,
+        (TAG_AUDIO, [first, 0, ..]) => first >> 4 == SOUND_AAC,
         // Enhanced RTMP Opus, sequence start (see `super::make`).
-        (super::mux::TAG_AUDIO, [0x90, b'O', b'p', b'u', b's', ..]) => true,
+        (TAG_AUDIO, [0x90, b'O', b'p', b'u', b's', ..]) => true,
         _ => false,
     }
 }
@@ -288,7 +276,7 @@ pub fn is_sequence_header(tag_type: u8, body: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flv::mux::{TAG_AUDIO, TAG_SCRIPT, TAG_VIDEO};
+    use crate::flv::TAG_SCRIPT;
 
     fn video(bytes: &[u8]) -> Result<VideoTag, FlvError> {
         parse_video(&Bytes::copy_from_slice(bytes))

@@ -22,12 +22,12 @@ use std::fmt::Debug;
 use libfuzzer_sys::fuzz_target;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use verge_protocol::channel_keys::SealedKeys;
 use verge_protocol::envelope::{self, EnvelopeError, Kind, Message};
 use verge_protocol::index::{IndexAck, IndexEvent};
-use verge_protocol::key::MacKey;
-use verge_protocol::keys::SealedKeys;
 use verge_protocol::presence::Presence;
 use verge_protocol::rpc::{Reply, Request};
+use verge_protocol::secret::MacKey;
 use verge_protocol::state::State;
 
 const FROM: &str = "edge-1";

@@ -1,31 +1,12 @@
-//! The recording index in a database: SQLite (embedded, the default) or PostgreSQL, chosen by
-//! the URL's scheme, migrated at start-up (one migration set per backend: the column types
-//! differ, `UUID` and `TIMESTAMPTZ` on PostgreSQL, text on SQLite).
-//!
-//! The pool connects lazily, so a manager whose database is down still starts: the index
-//! answers "not ready" (the API says 503 with the reason, index events stay unacknowledged)
-//! and becomes ready once the database answers and the migrations have run.
-
-use std::str::FromStr;
-use std::time::Duration;
+//! The `recordings` table: the recording index, one row per stream and UTC day, the day's
+//! manifest and the agent that holds it. Agents' rows are upserted (a stream-day stays with
+//! the agent that indexed it first); the playback API reads streams and days.
 
 use serde::Serialize;
 use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use verge_protocol::index::IndexRow;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("[database] url {0:?}: not sqlite:// or postgres(ql)://")]
-    Scheme(String),
-    #[error("[database] url: {0}")]
-    Url(sqlx::Error),
-    #[error("database: {0}")]
-    Query(#[from] sqlx::Error),
-    #[error("database migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-}
+use super::{Db, DbError};
 
 /// One row as the API shows it (liveman's fields, plus the agent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,59 +30,7 @@ pub enum Upserted {
     OtherAgent(String),
 }
 
-#[derive(Clone)]
-pub enum Db {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
-}
-
 impl Db {
-    /// A lazily connecting pool for `url`.
-    pub fn open(
-        url: &str,
-        max_connections: u32,
-        connect_timeout: Duration,
-    ) -> Result<Self, DbError> {
-        let max = max_connections.max(1);
-        if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)
-                .map_err(DbError::Url)?
-                .busy_timeout(connect_timeout);
-            Ok(Db::Sqlite(
-                SqlitePoolOptions::new()
-                    .max_connections(max)
-                    .acquire_timeout(connect_timeout)
-                    .connect_lazy_with(options),
-            ))
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url).map_err(DbError::Url)?;
-            Ok(Db::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(max)
-                    .acquire_timeout(connect_timeout)
-                    .connect_lazy_with(options),
-            ))
-        } else {
-            Err(DbError::Scheme(redact(url)))
-        }
-    }
-
-    pub fn backend(&self) -> &'static str {
-        match self {
-            Db::Sqlite(_) => "sqlite",
-            Db::Postgres(_) => "postgres",
-        }
-    }
-
-    /// Runs the migrations of this backend (idempotent).
-    pub async fn migrate(&self) -> Result<(), DbError> {
-        match self {
-            Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
-            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
-        }
-        Ok(())
-    }
-
     /// Stores `row` for `agent`, or refreshes it; a stream-day indexed for another agent is
     /// left as it is.
     pub async fn upsert(&self, row: &IndexRow, agent: &str) -> Result<Upserted, DbError> {
@@ -288,20 +217,10 @@ fn new_uuid() -> String {
     )
 }
 
-/// A URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn row(stream: &str, day: u32) -> IndexRow {
@@ -355,18 +274,5 @@ mod tests {
         assert_eq!(first.id.len(), 36);
         assert!(first.created_at.ends_with('Z'));
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn urls() {
-        assert!(matches!(
-            Db::open("mysql://x", 1, Duration::from_secs(1)),
-            Err(DbError::Scheme(_))
-        ));
-        assert_eq!(
-            redact("postgresql://user:secret@db:5432/verge"),
-            "postgresql://user:***@db:5432/verge"
-        );
-        assert_eq!(redact("sqlite://./liveman.db"), "sqlite://./liveman.db");
     }
 }

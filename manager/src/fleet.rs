@@ -1,6 +1,7 @@
-//! The manager's MQTT session: subscribes to every agent's presence and state and to its own
-//! reply topic after each (re)connect, and turns what arrives into registry updates and RPC
-//! completions. The loop never waits on a publish, so it can always drain the link.
+//! The fleet as the manager hears it: its MQTT session ([`FleetSession`]) subscribes to every
+//! agent's presence and state and to its own reply topic after each (re)connect, and turns
+//! what arrives into registry updates and RPC completions (and hands index rows and tunnel
+//! packets on). The loop never waits on a publish, so it can always drain the link.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,9 +13,9 @@ use tokio::sync::mpsc;
 use verge_broker::Credentials;
 use verge_mqtt::LinkEvent;
 use verge_protocol::envelope::{self, Message};
-use verge_protocol::key::MacKey;
 use verge_protocol::presence::Presence;
 use verge_protocol::rpc;
+use verge_protocol::secret::MacKey;
 use verge_protocol::state::State;
 use verge_protocol::topic::{Topic, Topics};
 
@@ -38,7 +39,7 @@ pub struct FleetSession {
     pub link_up: tokio::sync::watch::Sender<bool>,
     pub tunnels: crate::tunnel::Tunnels,
     pub keys: crate::keys::KeyDistributor,
-    pub index: crate::index::Index,
+    pub index: crate::db::index::Index,
     /// Tunnel packets come over this session (an external broker); false when they use the
     /// embedded broker's local link (subscribing here too would deliver each twice).
     pub tunnel_over_session: bool,

@@ -1,7 +1,20 @@
-//! Helpers for the tests, examples and benchmarks that run real processes on loopback: the
-//! workspace's binaries, child processes that are killed (and scratch directories removed)
-//! when they go out of scope, a minimal HTTP/1.1 client, bounded waits, and
-//! [`rtmp::RtmpClient`], a scriptable RTMP client for malformed-input tests.
+//! Verge's test harness, shared by the end-to-end tests in `tests/` and the benchmarks in
+//! `examples/`: a dev-dependency of the root package, never part of the product.
+//!
+//! - this file: the workspace's binaries ([`bin`], built once per test process), child
+//!   processes that are killed (and scratch directories removed) when they go out of scope
+//!   ([`Proc`], [`TempDir`]), a minimal HTTP/1.1 client ([`http`], [`request`], [`get`],
+//!   [`send`] over `verge::whep::http`), bounded waits ([`wait_for`]).
+//! - [`edge`]: a manager and one agent on loopback with ffmpeg publishing to it, the fixture
+//!   most tests share; [`edge::tool`] finds ffmpeg and the other external tools.
+//! - [`rtmp`]: [`rtmp::RtmpClient`], a scriptable RTMP client for malformed-input tests.
+//! - [`ffprobe`]: ffprobe as a real decoder that counts what it decoded.
+//! - [`chromium`]: headless Chromium over the DevTools pipe, in a network namespace of the
+//!   test's own.
+//! - [`netns`]: network namespaces, veths and NAT for the NAT tests (root only).
+//! - [`postgres`]: a real PostgreSQL the test stops and starts.
+//! - [`prometheus`]: a `/metrics` page read by a real Prometheus parser.
+//! - [`measure`]: what the benchmarks read about processes: CPU time, memory, percentiles.
 //!
 //! Ports: every Verge process listens on port 0 and tells what it bound through its ready file
 //! ([`Proc::spawn_ready`]), so no test guesses a free port and races another for it. Where a
@@ -88,7 +101,7 @@ pub fn bin(name: &str) -> PathBuf {
         ])
         .arg("--target-dir")
         .arg(&target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        .current_dir(workspace_root());
         // `cargo test` gives the test process the package's CARGO_PKG_*, CARGO_MANIFEST_DIR, …;
         // build scripts such as ring's watch those (rerun-if-env-changed), so inherited they
         // would rebuild ring and all above it here, and again in the next `cargo test`.
@@ -110,6 +123,13 @@ pub fn bin(name: &str) -> PathBuf {
         profile_dir
     });
     dir.join(name)
+}
+
+/// The workspace's root folder (this crate's parent), where [`bin`] runs `cargo build`.
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit/ lies in the workspace root")
 }
 
 /// A scratch directory removed when dropped.
@@ -324,10 +344,10 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
 /// A response from [`http`]: the WHEP client's response, plus a JSON reader that fails the
 /// test with the body when it is not JSON.
 #[derive(Debug)]
-pub struct Response(crate::whep::http::Response);
+pub struct Response(verge::whep::http::Response);
 
 impl std::ops::Deref for Response {
-    type Target = crate::whep::http::Response;
+    type Target = verge::whep::http::Response;
 
     fn deref(&self) -> &Self::Target {
         &self.0
@@ -391,5 +411,5 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
 }
 
 fn parse_response(raw: &[u8]) -> Option<Response> {
-    crate::whep::http::parse(raw).map(Response)
+    verge::whep::http::parse(raw).map(Response)
 }

@@ -1,6 +1,6 @@
-//! Keys: every agent has a secret shared with the manager. It is the agent's broker password
-//! and the HMAC key of everything the agent and the manager say to each other, so an agent that
-//! holds broker credentials still cannot speak for another agent.
+//! Agent secrets: every agent has a secret shared with the manager. It is the agent's broker
+//! password and, as a [`MacKey`], the HMAC key of everything the agent and the manager say to
+//! each other, so an agent that holds broker credentials still cannot speak for another agent.
 //!
 //! A fleet may list each agent's secret, or derive them all from one enrollment secret with
 //! [`derive_agent_secret`], so that a manager needs no table to admit ten thousand boxes.

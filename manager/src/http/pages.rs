@@ -1,10 +1,21 @@
-//! `GET /play/{stream}`: a minimal player page. It plays the stream through this manager's
-//! WHEP endpoint and shows the browser's own numbers (`getStats()`), so it doubles as the
-//! quickest check that a stream reaches a browser. The full dashboard comes later.
+//! The pages the manager serves to a browser, each one file under `assets/` built in:
+//!
+//! - `GET /`: the dashboard (`assets/dashboard.html`).
+//! - `GET /play/{stream}`: a minimal player page. It plays the stream through this manager's
+//!   WHEP endpoint and shows the browser's own numbers (`getStats()`), so it doubles as the
+//!   quickest check that a stream reaches a browser; the dashboard's player embeds it.
+//! - `GET /publish/{stream}`: the browser's camera and microphone published over WHIP.
+//! - `GET /assets/webrtc.js`: what the player and publisher pages share.
 
 use axum::extract::Path;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+
+/// The dashboard: one page, its views chosen by the URL's hash, everything it shows from this
+/// API (`assets/dashboard.html`; no build step, no library).
+pub async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../../assets/dashboard.html"))
+}
 
 const PAGE: &str = include_str!("../../assets/play.html");
 const PUBLISH_PAGE: &str = include_str!("../../assets/publish.html");

@@ -1,10 +1,11 @@
-//! The recording index: rows from agents (`{p}/v1/a/{agent}/idx`, signed by the agent) are
-//! upserted into the database ([`db`]) and acknowledged (`{p}/v1/a/{agent}/ack:{manager}`);
-//! rows that cannot be stored now (database down) are not acknowledged, so the agent sends
-//! them again; rows that never can (a path that is not the row's own manifest, a stream-day
-//! indexed for another agent) are acknowledged as refused, with the reason, so the agent stops.
-
-pub mod db;
+//! The recording index as a service, and the database's readiness. Rows from agents
+//! (`{p}/v1/a/{agent}/idx`, signed by the agent) are upserted into the database
+//! ([`super::recordings`]) and acknowledged (`{p}/v1/a/{agent}/ack:{manager}`); rows that
+//! cannot be stored now (database down) are not acknowledged, so the agent sends them again;
+//! rows that never can (a path that is not the row's own manifest, a stream-day indexed for
+//! another agent) are acknowledged as refused, with the reason, so the agent stops.
+//!
+//! [`Index::db`] hands the database to the API once it is migrated, and says why not before.
 
 use std::time::Duration;
 
@@ -13,10 +14,11 @@ use tokio::sync::{mpsc, watch};
 use verge_broker::Credentials;
 use verge_protocol::envelope;
 use verge_protocol::index::{IndexAck, IndexEvent, Refused};
-use verge_protocol::key::MacKey;
+use verge_protocol::secret::MacKey;
 use verge_protocol::topic::Topics;
 
-use db::{Db, Upserted};
+use super::Db;
+use super::recordings::Upserted;
 
 /// Index events waiting for the worker; more are dropped (the agents resend).
 const QUEUE: usize = 256;
@@ -114,7 +116,7 @@ async fn keep_ready(
                 // Agents enrolled or revoked at run time count before the API can change them.
                 db.migrate().await?;
                 let rows = db.agent_rows().await?;
-                crate::agents::load(&credentials, &rows);
+                super::agents::load(&credentials, &rows);
                 if !rows.is_empty() {
                     tracing::info!(
                         agents = rows.len(),

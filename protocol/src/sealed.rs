@@ -1,4 +1,4 @@
-//! Confidential RPC bodies. Envelopes are signed, not secret, and the broker (and every client
+//! Sealed (confidential) RPC bodies. Envelopes are signed, not secret, and the broker (and every client
 //! it lets subscribe to `#`) sees them; the params and results of RPCs carry SDP (ICE passwords,
 //! DTLS fingerprints) and TURN credentials, so they travel as
 //! `{"sealed": "<base64 of nonce ‖ ChaCha20-Poly1305 ciphertext>"}` under a key derived from the

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Kind, Message};
-use crate::private::{PrivateError, PrivateKey, Way};
+use crate::sealed::{PrivateError, PrivateKey, Way};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelKey {
@@ -29,7 +29,7 @@ pub struct Keys {
     pub keys: Vec<ChannelKey>,
 }
 
-/// The key table as it travels: encrypted for its agent (see [`crate::private`]) inside the
+/// The key table as it travels: encrypted for its agent (see [`crate::sealed`]) inside the
 /// signed envelope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -1,0 +1,118 @@
+//! The `agents` table: agents enrolled (`POST /api/agents`) or revoked (`DELETE
+//! /api/agents/{id}`) at run time, each with its secret until it is revoked. At start, once the
+//! database answers, the table is loaded into the broker's credentials ([`load`]), so that an
+//! agent enrolled or revoked at run time stays so across restarts.
+
+use sqlx::Row;
+use verge_broker::Credentials;
+
+use super::{Db, DbError};
+
+/// One row of the `agents` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRow {
+    pub id: String,
+    /// None once revoked.
+    pub secret: Option<String>,
+    pub revoked: bool,
+}
+
+impl Db {
+    /// Every row, for loading the credentials at start.
+    pub async fn agent_rows(&self) -> Result<Vec<AgentRow>, DbError> {
+        let sql = "SELECT id, secret, revoked_at IS NOT NULL AS revoked FROM agents ORDER BY id";
+        match self {
+            Db::Sqlite(pool) => sqlx::query(sql)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(agent_row)
+                .collect(),
+            Db::Postgres(pool) => sqlx::query(sql)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(agent_row)
+                .collect(),
+        }
+    }
+
+    /// Stores a new agent; `false` if the id has a row already (enrolled or revoked).
+    pub async fn insert_agent(&self, id: &str, secret: &str) -> Result<bool, DbError> {
+        let inserted = match self {
+            Db::Sqlite(pool) => sqlx::query(
+                "INSERT INTO agents (id, secret, created_at) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(secret)
+            .bind(verge_protocol::time::rfc3339(verge_protocol::now_ms()))
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Db::Postgres(pool) => sqlx::query(
+                "INSERT INTO agents (id, secret) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(secret)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        };
+        Ok(inserted == 1)
+    }
+
+    /// Marks `id` revoked (adding its row if it had none) and forgets its secret.
+    pub async fn revoke_agent(&self, id: &str) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(pool) => {
+                let now = verge_protocol::time::rfc3339(verge_protocol::now_ms());
+                sqlx::query(
+                    "INSERT INTO agents (id, secret, created_at, revoked_at) VALUES (?1, NULL, ?2, ?2) \
+                     ON CONFLICT (id) DO UPDATE SET secret = NULL, \
+                     revoked_at = COALESCE(agents.revoked_at, excluded.revoked_at)",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(pool)
+                .await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query(
+                    "INSERT INTO agents (id, secret, revoked_at) VALUES ($1, NULL, now()) \
+                     ON CONFLICT (id) DO UPDATE SET secret = NULL, \
+                     revoked_at = COALESCE(agents.revoked_at, excluded.revoked_at)",
+                )
+                .bind(id)
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A row of either backend.
+fn agent_row<R: Row>(row: &R) -> Result<AgentRow, DbError>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(AgentRow {
+        id: row.try_get(0)?,
+        secret: row.try_get(1)?,
+        revoked: row.try_get(2)?,
+    })
+}
+
+/// Applies the table to the broker's credentials (at start, once the database answers).
+pub fn load(credentials: &Credentials, rows: &[AgentRow]) {
+    for row in rows {
+        match (&row.secret, row.revoked) {
+            (_, true) => credentials.revoke(&row.id),
+            (Some(secret), false) => credentials.insert(&row.id, secret),
+            (None, false) => {}
+        }
+    }
+}

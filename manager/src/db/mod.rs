@@ -1,0 +1,122 @@
+//! The manager's database: SQLite (embedded, the default) or PostgreSQL, chosen by the URL's
+//! scheme, migrated at start-up (one migration set per backend in `manager/migrations/`: the
+//! column types differ, `UUID` and `TIMESTAMPTZ` on PostgreSQL, text on SQLite). Every query
+//! the manager makes is in this folder, a file per table:
+//!
+//! - [`recordings`]: the recording index's rows (a stream-day each): upserts from agents, and
+//!   the playback API's reads.
+//! - [`agents`]: agents enrolled or revoked at run time, and loading them into the broker's
+//!   credentials.
+//! - [`index`]: [`index::Index`], the database as the rest of the manager holds it: ready or
+//!   not (migrated once it answers, then checked every 5 s), and the worker that stores the
+//!   index rows agents send and acknowledges them.
+//!
+//! The pool connects lazily, so a manager whose database is down still starts: the index
+//! answers "not ready" (the API says 503 with the reason, index events stay unacknowledged)
+//! and becomes ready once the database answers and the migrations have run.
+
+pub mod agents;
+pub mod index;
+pub mod recordings;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("[database] url {0:?}: not sqlite:// or postgres(ql)://")]
+    Scheme(String),
+    #[error("[database] url: {0}")]
+    Url(sqlx::Error),
+    #[error("database: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+#[derive(Clone)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Db {
+    /// A lazily connecting pool for `url`.
+    pub fn open(
+        url: &str,
+        max_connections: u32,
+        connect_timeout: Duration,
+    ) -> Result<Self, DbError> {
+        let max = max_connections.max(1);
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(DbError::Url)?
+                .busy_timeout(connect_timeout);
+            Ok(Db::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(max)
+                    .acquire_timeout(connect_timeout)
+                    .connect_lazy_with(options),
+            ))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url).map_err(DbError::Url)?;
+            Ok(Db::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(max)
+                    .acquire_timeout(connect_timeout)
+                    .connect_lazy_with(options),
+            ))
+        } else {
+            Err(DbError::Scheme(redact(url)))
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Runs the migrations of this backend (idempotent).
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+}
+
+/// A URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert!(matches!(
+            Db::open("mysql://x", 1, Duration::from_secs(1)),
+            Err(DbError::Scheme(_))
+        ));
+        assert_eq!(
+            redact("postgresql://user:secret@db:5432/verge"),
+            "postgresql://user:***@db:5432/verge"
+        );
+        assert_eq!(redact("sqlite://./liveman.db"), "sqlite://./liveman.db");
+    }
+}
