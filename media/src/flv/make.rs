@@ -18,23 +18,29 @@ pub fn avc_sequence_header(config: &AvcConfig) -> Bytes {
 }
 
 /// An AVCDecoderConfigurationRecord (ISO/IEC 14496-15 §5.3.3.1) with 4-byte NAL lengths.
+/// The record counts at most 31 SPSs and 255 PPSs of at most 65,535 bytes each; a parameter set
+/// it cannot carry is left out whole (a truncated length before the whole bytes would corrupt
+/// every set after it).
 pub fn avc_config_record(config: &AvcConfig) -> Vec<u8> {
+    let fits = |set: &&Bytes| set.len() <= usize::from(u16::MAX);
+    let sps: Vec<&Bytes> = config.sps.iter().filter(fits).take(31).collect();
+    let pps: Vec<&Bytes> = config.pps.iter().filter(fits).take(255).collect();
     let mut out = vec![
         1,
         config.profile,
         config.compatibility,
         config.level,
         0xfc | 3, // lengthSizeMinusOne = 3
-        0xe0 | (config.sps.len().min(31) as u8),
+        0xe0 | sps.len() as u8,
     ];
-    for sps in config.sps.iter().take(31) {
-        out.extend_from_slice(&(sps.len().min(u16::MAX as usize) as u16).to_be_bytes());
-        out.extend_from_slice(sps);
+    for set in sps {
+        out.extend_from_slice(&(set.len() as u16).to_be_bytes());
+        out.extend_from_slice(set);
     }
-    out.push(config.pps.len().min(255) as u8);
-    for pps in config.pps.iter().take(255) {
-        out.extend_from_slice(&(pps.len().min(u16::MAX as usize) as u16).to_be_bytes());
-        out.extend_from_slice(pps);
+    out.push(pps.len() as u8);
+    for set in pps {
+        out.extend_from_slice(&(set.len() as u16).to_be_bytes());
+        out.extend_from_slice(set);
     }
     out
 }
@@ -164,6 +170,18 @@ mod tests {
 
     const SPS: &[u8] = &[0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8];
     const PPS: &[u8] = &[0x68, 0xce, 0x3c, 0x80];
+
+    #[test]
+    fn a_parameter_set_too_long_for_the_record_is_left_out_whole() {
+        // A WHIP publisher may send any SPS; the record's 16-bit length cannot say 64 KiB.
+        let huge = Bytes::from(vec![0x67; 70_000]);
+        let mut config = avc_config(SPS, PPS).unwrap();
+        config.sps.insert(0, huge);
+        let record = avc_config_record(&config);
+        let back = parse_avc_config(&record).unwrap();
+        assert_eq!(back.sps, vec![Bytes::from_static(SPS)]);
+        assert_eq!(back.pps, vec![Bytes::from_static(PPS)]);
+    }
 
     #[test]
     fn a_sequence_header_reads_back_as_the_same_configuration() {
