@@ -124,13 +124,7 @@ fn tempdir() -> std::path::PathBuf {
 fn agent(seconds: u64) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = cores >= 2 && pin(std::process::id(), "1");
-    let edge = Edge::start(
-        "audio-bench",
-        &EdgeOptions {
-            noauth: true,
-            ..EdgeOptions::default()
-        },
-    );
+    let edge = Edge::start("audio-bench", &EdgeOptions::noauth());
     if pinned {
         pin(edge.agent.pid(), "0");
         pin(edge.manager.pid(), "1");

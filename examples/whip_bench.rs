@@ -45,13 +45,7 @@ fn main() {
             }
         }
     }
-    let edge = Edge::start(
-        "whip-bench",
-        &EdgeOptions {
-            noauth: true,
-            ..EdgeOptions::default()
-        },
-    );
+    let edge = Edge::start("whip-bench", &EdgeOptions::noauth());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

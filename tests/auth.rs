@@ -10,9 +10,9 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::hmac;
-use verge::whep::{Viewer, ViewerOptions};
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
 use verge_testkit::rtmp::RtmpClient;
+use verge_testkit::whep::watching;
 use verge_testkit::{ANY_PORT, bin, listener, request, wait_for};
 
 const STATIC: &str = "static-token-1";
@@ -322,16 +322,8 @@ fn every_route_answers_each_credential_as_its_rights_say() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let url = format!("http://{m}/whep/cam?token={reader}");
     runtime.block_on(async {
-        let mut viewer = Viewer::connect(&url, &ViewerOptions::for_url(&url))
-            .await
-            .expect("WHEP with a read token");
         // The first picture, however long a loaded machine takes; then the session stays up.
-        let first = viewer
-            .next_frame(Duration::from_secs(20))
-            .await
-            .expect("video")
-            .expect("open");
-        assert!(first.keyframe, "{:?}", viewer.stats);
+        let mut viewer = watching(&url, "WHEP with a read token").await;
         let ended = viewer.watch(Duration::from_secs(3)).await.unwrap();
         assert!(!ended && viewer.stats.frames > 0, "{:?}", viewer.stats);
         viewer.close().await;

@@ -34,13 +34,7 @@ fn chromium_plays_a_stream_through_the_manager() {
         println!("{output}");
         return;
     }
-    let edge = Edge::start(
-        "browser",
-        &EdgeOptions {
-            noauth: true,
-            ..Default::default()
-        },
-    );
+    let edge = Edge::start("browser", &EdgeOptions::noauth());
     let ffmpeg = edge.publish(
         "ffmpeg",
         "cam",
@@ -293,13 +287,7 @@ fn chromium_publishes_over_whip_and_another_page_plays_it() {
         println!("{output}");
         return;
     }
-    let edge = Edge::start(
-        "whip",
-        &EdgeOptions {
-            noauth: true,
-            ..Default::default()
-        },
-    );
+    let edge = Edge::start("whip", &EdgeOptions::noauth());
     // Refusals before anyone publishes: no H.264, not SDP.
     let vp8 = H264_OFFER.replace("H264/90000", "VP8/90000");
     let refused = post_whip(&edge, "/whip/cam", &vp8);

@@ -10,13 +10,7 @@ use verge_testkit::{get, wait_for};
 
 #[test]
 fn ffprobe_reads_live_hls_from_the_box_and_through_the_manager_to_its_end() {
-    let b = Edge::start(
-        "hls",
-        &EdgeOptions {
-            noauth: true,
-            ..EdgeOptions::default()
-        },
-    );
+    let b = Edge::start("hls", &EdgeOptions::noauth());
     let media = Synthetic {
         fps: 25,
         gop: 25,

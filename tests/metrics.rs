@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use verge::whep::{Viewer, ViewerOptions};
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::whep::watching;
 use verge_testkit::{get, prometheus, wait_for};
 
 struct Page {
@@ -84,17 +84,8 @@ fn metrics_of_manager_and_agent_parse_and_follow_the_fleet() {
     let url = format!("http://{m}/whep/cam");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let viewer = runtime.block_on(async {
-        let mut viewer = Viewer::connect(&url, &ViewerOptions::for_url(&url))
-            .await
-            .expect("WHEP");
-        // ICE, DTLS and the first picture, however long a loaded machine takes; then a while
-        // of watching.
-        let first = viewer
-            .next_frame(Duration::from_secs(20))
-            .await
-            .expect("video")
-            .expect("open");
-        assert!(first.keyframe, "{}", viewer.stats);
+        // The first picture; then a while of watching.
+        let mut viewer = watching(&url, "WHEP").await;
         viewer.watch(Duration::from_secs(2)).await.unwrap();
         viewer
     });

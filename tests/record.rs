@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
 use verge_testkit::postgres::Postgres;
-use verge_testkit::{Proc, TempDir, bin, get, listener, request, wait_for};
+use verge_testkit::{TempDir, get, listener, request, wait_for};
 
 /// (video frames, audio frames) ffprobe decodes from `input`, to its end, without complaint.
 fn count_frames(b: &Edge, label: &str, input: &str) -> (u32, u32) {
@@ -196,12 +196,7 @@ fn a_full_disk_stops_the_recording_and_keeps_what_was_written_playable() {
             ..EdgeOptions::default()
         },
     );
-    let media = Synthetic {
-        fps: 25,
-        gop: 25,
-        seconds: 30,
-        ..Synthetic::default()
-    };
+    let media = Synthetic::keyframe_every_second(30);
     let mut ffmpeg = b.publish("ffmpeg", "cam", &media);
     let stopped = wait_for(Duration::from_secs(40), || {
         b.agent
@@ -268,16 +263,7 @@ fn the_postgresql_index_ends_with_exactly_its_rows_after_the_database_and_the_ag
     publish_name_and_wait(&b, "ffmpeg-door", "door", 4, 2);
 
     // The agent restarts before the row could be stored: it is in its outbox on disk.
-    b.agent.signal("TERM");
-    let exited = wait_for(Duration::from_secs(15), || b.agent.exited().then_some(()));
-    assert!(exited.is_some(), "agent did not exit on SIGTERM");
-    let (agent, bound) = Proc::spawn_ready(
-        "agent-2",
-        &bin("verge-agent"),
-        &["--config", b.agent_cfg.to_str().unwrap()],
-        b.dir.path(),
-    );
-    (b.agent, b.http) = (agent, listener(&bound, "http"));
+    b.restart_agent("agent-2");
 
     // The database comes back: the row arrives (the agent resends every 15 s), once.
     pg.resume();
@@ -316,12 +302,7 @@ fn recording_is_started_and_stopped_at_run_time_through_the_manager() {
             ..EdgeOptions::default()
         },
     );
-    let media = Synthetic {
-        fps: 25,
-        gop: 25,
-        seconds: 30,
-        ..Synthetic::default()
-    };
+    let media = Synthetic::keyframe_every_second(30);
     let _ffmpeg = b.publish("ffmpeg", "cam", &media);
     let live = wait_for(Duration::from_secs(30), || b.listed_stream("cam"));
     assert!(live.is_some());

@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-use verge::whep::{Viewer, ViewerOptions};
 use verge_protocol::channel_keys::SealedKeys;
 use verge_protocol::envelope;
 use verge_protocol::sealed::PrivateKey;
 use verge_protocol::secret::MacKey;
 use verge_protocol::state::{State, StreamInfo};
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::whep::watching;
 use verge_testkit::{get, listener, reserve_port, wait_for};
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -102,17 +102,8 @@ fn a_client_with_another_agents_credentials_reads_and_changes_nothing() {
     let url = format!("http://{}/whep/cam", b.manager_http);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let mut viewer = Viewer::connect(&url, &ViewerOptions::for_url(&url))
-            .await
-            .expect("WHEP through the manager");
-        // ICE, DTLS and the first picture, however long a loaded machine takes; then a while
-        // of watching.
-        let first = viewer
-            .next_frame(Duration::from_secs(20))
-            .await
-            .expect("video")
-            .expect("open");
-        assert!(first.keyframe, "{}", viewer.stats);
+        // The first picture; then a while of watching.
+        let mut viewer = watching(&url, "WHEP through the manager").await;
         viewer.watch(Duration::from_secs(2)).await.unwrap();
         assert!(viewer.stats.frames > 0);
         viewer.close().await;

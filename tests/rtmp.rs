@@ -11,7 +11,7 @@ use verge_media::rtmp::message;
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
 use verge_testkit::measure::rss_kib;
 use verge_testkit::rtmp::RtmpClient;
-use verge_testkit::{Proc, bin, get, listener, wait_for};
+use verge_testkit::{Proc, get, wait_for};
 
 /// Frames ffmpeg sends: 25 fps for 12 s, long enough for the probes to connect before the
 /// end on a loaded machine (they read from the start either way: one GOP, cached).
@@ -413,16 +413,7 @@ fn channel_keys_gate_publishing_and_survive_an_agent_restart() {
     );
 
     // Keys survive an agent restart: the retained table comes back with the session.
-    b.agent.signal("TERM");
-    let exited = wait_for(Duration::from_secs(15), || b.agent.exited().then_some(()));
-    assert!(exited.is_some(), "agent did not exit on SIGTERM");
-    let (agent, bound) = Proc::spawn_ready(
-        "agent-2",
-        &bin("verge-agent"),
-        &["--config", b.agent_cfg.to_str().unwrap()],
-        b.dir.path(),
-    );
-    (b.agent, b.rtmp, b.http) = (agent, listener(&bound, "rtmp"), listener(&bound, "http"));
+    b.restart_agent("agent-2");
     let accepted = wait_for(Duration::from_secs(20), || {
         let mut c = RtmpClient::connect(b.rtmp).ok()?;
         (c.publish("live", &key).ok()? == "NetStream.Publish.Start").then_some(())

@@ -8,9 +8,9 @@ use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use verge::whep::{Viewer, ViewerOptions};
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
 use verge_testkit::rtmp::RtmpClient;
+use verge_testkit::whep::watching;
 use verge_testkit::{ANY_PORT, Proc, http, listener, request, tcp_from, wait_for};
 
 /// A manager with the router on and two enrolled agents, of which only edge-1 runs (with keys
@@ -118,15 +118,7 @@ fn ffmpeg_publishes_to_the_managers_router_and_the_stream_plays_through_the_mana
         .unwrap();
     let url = format!("http://{}/whep/cam", b.manager_http);
     rt.block_on(async {
-        let mut viewer = Viewer::connect(&url, &ViewerOptions::for_url(&url))
-            .await
-            .expect("WHEP through the manager");
-        let first = viewer
-            .next_frame(Duration::from_secs(20))
-            .await
-            .expect("video")
-            .expect("open");
-        assert!(first.keyframe);
+        let mut viewer = watching(&url, "WHEP through the manager").await;
         for _ in 0..50 {
             let frame = viewer.next_frame(Duration::from_secs(10)).await;
             assert!(matches!(frame, Ok(Some(_))), "{frame:?}: {}", viewer.stats);

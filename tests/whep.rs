@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use verge::whep::{Stats, Viewer, ViewerOptions, WhepError};
 use verge_media::rtp::h264::AccessUnit;
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::whep::watching;
 use verge_testkit::{Response, get, request, send, wait_for};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -81,13 +82,7 @@ a=setup:actpass\r\na=mid:0\r\na=recvonly\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\
 
 #[test]
 fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end() {
-    let edge = Edge::start(
-        "whep",
-        &EdgeOptions {
-            noauth: true,
-            ..Default::default()
-        },
-    );
+    let edge = Edge::start("whep", &EdgeOptions::noauth());
     // One keyframe, the source's first: every keyframe a viewer gets after joining came from
     // the agent's cache (the whole stream is about 1.3 MB, well within the cache's bound).
     let media = Synthetic {
@@ -276,14 +271,7 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
         // The agent's own endpoint (the LAN path) serves the same stream; the publisher's end
         // ends the session cleanly.
         let agent_url = format!("http://{}/whep/live/cam", edge.http);
-        let mut local = Viewer::connect(&agent_url, &ViewerOptions::for_url(&agent_url))
-            .await
-            .expect("agent WHEP");
-        let frame = local
-            .next_frame(Duration::from_secs(20))
-            .await
-            .expect("video");
-        assert!(frame.is_some_and(|f| f.keyframe), "{}", local.stats);
+        let mut local = watching(&agent_url, "agent WHEP").await;
         ffmpeg.signal("KILL");
         let ended = local
             .watch(Duration::from_secs(20))
@@ -487,12 +475,7 @@ fn viewers_get_the_agents_ice_servers_too_unless_the_manager_overrides_them() {
                 ..Default::default()
             },
         );
-        let media = Synthetic {
-            fps: 25,
-            gop: 25,
-            seconds: 30,
-            ..Synthetic::default()
-        };
+        let media = Synthetic::keyframe_every_second(30);
         let _ffmpeg = edge.publish("ffmpeg", "cam", &media);
         wait_live(&edge, "cam");
         let url = format!("http://{}/whep/cam", edge.manager_http);

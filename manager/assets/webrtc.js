@@ -1,7 +1,7 @@
 "use strict";
 // What the /play (WHEP) and /publish (WHIP) pages share: the ICE servers the endpoint hands out
 // (Link headers), a bounded wait for ICE gathering (the offer carries the candidates: no
-// trickle), and the offer/answer exchange itself.
+// trickle), the offer/answer exchange itself, and the page around one session ([run]).
 
 // Link: <turn:host>; rel="ice-server"; username="u"; credential="c"
 function iceServersFrom(linkHeader) {
@@ -57,4 +57,41 @@ async function exchange(url, pc, auth, label, status) {
   const session = new URL(r.headers.get("Location"), location.href).toString();
   await pc.setRemoteDescription({ type: "answer", sdp: body });
   return session;
+}
+
+const $ = (id) => document.getElementById(id);
+
+// The stream the page is for: the path after `prefix` ("/play/"), "{name}" (app "live") or
+// "{app}/{name}".
+function pageStream(prefix) {
+  return decodeURIComponent(location.pathname.slice(prefix.length));
+}
+
+// With [auth] on: a token from ?token= (a shared link) or the dashboard's login.
+function pageAuth() {
+  const token = new URLSearchParams(location.search).get("token")
+    || localStorage.getItem("verge.token");
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
+function status(text, isError) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "";
+}
+
+// Runs the page's one session: `setup()` makes the peer connection, whose offer goes to `url`
+// (`label`: WHEP or WHIP); its state shows in #status and `showStats(pc)` twice a second once
+// answered; the session is deleted when the page goes, and a failure says so in the title.
+function run(url, auth, label, setup, showStats) {
+  let sessionUrl = null;
+  window.addEventListener("pagehide", () => {
+    if (sessionUrl) fetch(sessionUrl, { method: "DELETE", headers: auth, keepalive: true });
+  });
+  (async () => {
+    const pc = await setup();
+    pc.onconnectionstatechange = () => status("connection: " + pc.connectionState,
+      pc.connectionState === "failed");
+    sessionUrl = await exchange(url, pc, auth, label, status);
+    if (sessionUrl) setInterval(() => showStats(pc), 500);
+  })().catch((e) => { status(String(e), true); document.title = "error"; });
 }

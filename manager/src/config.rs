@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use verge_mqtt::BrokerUrl;
+use verge_mqtt::process::{ConfigFileError, load_toml, parse_toml};
 use verge_protocol::topic::Topics;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -60,11 +61,11 @@ impl Default for HttpConfig {
 
 impl HttpConfig {
     pub fn limits(&self) -> verge_serve::http::Limits {
-        verge_serve::http::Limits {
-            max_connections: self.max_connections.max(1),
-            header_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
-            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
-        }
+        verge_serve::http::Limits::from_config(
+            self.max_connections,
+            self.header_timeout_secs,
+            self.idle_timeout_secs,
+        )
     }
 }
 
@@ -366,16 +367,8 @@ pub struct EnrolledAgent {
 pub enum ConfigError {
     #[error("{0}")]
     Runtime(String),
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Parse {
-        path: String,
-        source: toml::de::Error,
-    },
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     #[error("[mqtt] url: {0}")]
     Url(#[from] verge_mqtt::url::UrlError),
     #[error("[mqtt] prefix {0:?} is not a valid topic prefix")]
@@ -408,25 +401,13 @@ pub enum ConfigError {
 
 impl ManagerConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
-                path: shown,
-                source,
-            },
-            other => other,
-        })
+        let cfg: Self = load_toml(path)?;
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let cfg: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: "manager config".into(),
-            source,
-        })?;
+        let cfg: Self = parse_toml(text, "manager config")?;
         cfg.validate()?;
         Ok(cfg)
     }

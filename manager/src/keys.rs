@@ -73,6 +73,15 @@ impl KeyStore {
         self.table.read().map(|t| t.clone()).unwrap_or_default()
     }
 
+    /// The agent the key of `app/name` is bound to, if it has a key and the key an agent.
+    pub fn bound_agent(&self, app: &str, name: &str) -> Option<String> {
+        self.snapshot()
+            .keys
+            .into_iter()
+            .find(|k| k.app == app && k.name == name)
+            .and_then(|k| k.agent)
+    }
+
     /// The key of `app/name`, issued now if it has none; with `agent`, bound to that agent
     /// (an existing key keeps its secret and moves to it).
     pub fn issue(

@@ -139,6 +139,15 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// The ids of the agents online now, in [`Registry::list`]'s order.
+    pub fn online_ids(&self) -> Vec<String> {
+        self.list()
+            .into_iter()
+            .filter(|r| r.online())
+            .map(|r| r.id)
+            .collect()
+    }
+
     /// (known, online)
     pub fn counts(&self) -> (usize, usize) {
         self.agents

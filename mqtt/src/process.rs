@@ -163,6 +163,44 @@ pub fn raise_open_files_limit() -> Option<u64> {
     Some(limit.rlim_cur as u64)
 }
 
+/// A config file that cannot be read or is not the TOML its binary expects.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+}
+
+/// The config in the TOML file at `path`; its errors name the file.
+pub fn load_toml<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+) -> Result<T, ConfigFileError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse_toml(&text, &shown)
+}
+
+/// The config in `text`; its errors name it `what` (a file, or "agent config").
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    what: &str,
+) -> Result<T, ConfigFileError> {
+    toml::from_str(text).map_err(|source| ConfigFileError::Parse {
+        path: what.into(),
+        source,
+    })
+}
+
 /// `[runtime]`, the same in agent.toml and manager.toml.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -106,6 +106,23 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The limits of an `[http]` section (agent.toml, manager.toml, which keep the keys in
+    /// their own `HttpConfig` so that a bad key is reported with the section's list): each at
+    /// least 1.
+    pub fn from_config(
+        max_connections: usize,
+        header_timeout_secs: u64,
+        idle_timeout_secs: u64,
+    ) -> Self {
+        Self {
+            max_connections: max_connections.max(1),
+            header_timeout: Duration::from_secs(header_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(idle_timeout_secs.max(1)),
+        }
+    }
+}
+
 /// Serves `router` on `listener` (named `what` in the log) until `shutdown` completes, then
 /// lets the requests in progress finish and returns once every connection has closed.
 pub async fn serve(
@@ -258,6 +275,14 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    #[test]
+    fn config_limits_are_at_least_one() {
+        let limits = Limits::from_config(0, 0, 5);
+        assert_eq!(limits.max_connections, 1);
+        assert_eq!(limits.header_timeout, Duration::from_secs(1));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(5));
+    }
 
     async fn start(
         limits: Limits,

@@ -9,6 +9,9 @@
 //!   a cap on connections (more wait in the kernel's queue, holding no descriptor), a
 //!   header-read timeout (also the keep-alive wait for the next request) and an idle timeout
 //!   (no byte either way); graceful shutdown.
+//! - [`path`]: the stream a path names, `{name}` (app `live`) or `{app}/{name}`, as an axum
+//!   extractor ([`path::StreamPath`], [`path::SessionPath`]).
+//! - [`webrtc`]: the WHEP and WHIP route table, each path in both forms.
 //!
 //! A request's path: [`http::serve`] takes a permit for the connection, then
 //! [`accept::next`] a socket; the connection's task serves it with hyper, the peer's address
@@ -18,6 +21,8 @@
 pub mod accept;
 pub mod http;
 pub mod idle;
+pub mod path;
+pub mod webrtc;
 
 /// The accept queue of Verge's listeners. `TcpListener::bind` listens with std's 128: a burst
 /// (a fleet's players after a restart, a flood the connection cap holds back) overflows it,

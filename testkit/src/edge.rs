@@ -34,6 +34,16 @@ pub struct EdgeOptions {
     pub rust_log: Option<String>,
 }
 
+impl EdgeOptions {
+    /// The defaults with `noauth = true`: the agent takes any publisher.
+    pub fn noauth() -> Self {
+        Self {
+            noauth: true,
+            ..Self::default()
+        }
+    }
+}
+
 pub struct Edge {
     pub manager_http: SocketAddr,
     /// Everything the manager bound (its ready file).
@@ -170,6 +180,31 @@ impl Edge {
         self.manager.signal("TERM");
         let exited = wait_for(READY_TIMEOUT, || self.manager.exited().then_some(()));
         assert!(exited.is_some(), "the manager did not exit on SIGTERM");
+    }
+
+    /// Stops the agent (SIGTERM) and waits for it to exit.
+    pub fn stop_agent(&mut self) {
+        self.agent.signal("TERM");
+        let exited = wait_for(std::time::Duration::from_secs(15), || {
+            self.agent.exited().then_some(())
+        });
+        assert!(exited.is_some(), "agent did not exit on SIGTERM");
+    }
+
+    /// Stops the agent and starts it again with the same configuration (`label` names its
+    /// log); its ports may change.
+    pub fn restart_agent(&mut self, label: &str) {
+        self.stop_agent();
+        let (agent, bound) = Proc::spawn_ready(
+            label,
+            &bin("verge-agent"),
+            &["--config", self.agent_cfg.to_str().unwrap()],
+            self.dir.path(),
+        );
+        self.agent = agent;
+        self.rtmp = listener(&bound, "rtmp");
+        self.http = listener(&bound, "http");
+        self.hls = listener(&bound, "hls");
     }
 
     /// Starts the manager again with the same configuration and database (`label` names its
@@ -345,6 +380,18 @@ impl Default for Synthetic {
             b_frames: None,
             preset: "ultrafast",
             frame_counter: false,
+        }
+    }
+}
+
+impl Synthetic {
+    /// `seconds` of the default picture at 25 fps with a keyframe every second.
+    pub fn keyframe_every_second(seconds: u32) -> Self {
+        Self {
+            fps: 25,
+            gop: 25,
+            seconds,
+            ..Self::default()
         }
     }
 }

@@ -15,6 +15,7 @@
 //! - [`postgres`]: a real PostgreSQL the test stops and starts.
 //! - [`prometheus`]: a `/metrics` page read by a real Prometheus parser.
 //! - [`measure`]: what the benchmarks read about processes: CPU time, memory, percentiles.
+//! - [`whep`]: a WHEP viewer past its first picture ([`whep::watching`]).
 //!
 //! Ports: every Verge process listens on port 0 and tells what it bound through its ready file
 //! ([`Proc::spawn_ready`]), so no test guesses a free port and races another for it. Where a
@@ -29,6 +30,7 @@ pub mod netns;
 pub mod postgres;
 pub mod prometheus;
 pub mod rtmp;
+pub mod whep;
 
 use std::fs::File;
 use std::io::{Read, Write};

@@ -15,12 +15,12 @@ mod whip;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Router};
+use axum::routing::{get, patch, post};
 use verge_media::hub::Hub;
-use verge_protocol::whep::SessionRole;
+use verge_serve::webrtc;
 
 use crate::webrtc::Whep;
 
@@ -56,57 +56,29 @@ pub fn router(parts: Parts) -> Router {
         recorder,
         keys,
     } = parts;
-    Router::new()
+    let router = Router::new()
         .route("/metrics", get(metrics::scrape))
-        .route("/recordings/{*path}", get(recording))
-        .route("/whep/{name}", post(whep::offer).options(whep::preflight))
-        .route(
-            "/whep/{app}/{name}",
-            post(whep::offer_in_app).options(whep::preflight),
-        )
-        .route(
-            "/session/{name}/{session}",
-            axum::routing::patch(whep::patch)
+        .route("/recordings/{*path}", get(recording));
+    webrtc::routes(
+        router,
+        webrtc::Handlers {
+            whep_offer: post(whep::offer).options(whep::preflight),
+            whip_offer: post(whip::offer).options(whep::preflight),
+            session: patch(whep::patch)
                 .delete(whep::delete)
-                .options(whep::preflight)
-                .layer(Extension(SessionRole::Viewer)),
-        )
-        .route(
-            "/session/{app}/{name}/{session}",
-            axum::routing::patch(whep::patch_in_app)
-                .delete(whep::delete_in_app)
-                .options(whep::preflight)
-                .layer(Extension(SessionRole::Viewer)),
-        )
-        .route("/whip/{name}", post(whip::offer).options(whep::preflight))
-        .route(
-            "/whip/{app}/{name}",
-            post(whip::offer_in_app).options(whep::preflight),
-        )
-        .route(
-            "/whip-session/{name}/{session}",
-            axum::routing::patch(whep::patch)
-                .delete(whep::delete)
-                .options(whep::preflight)
-                .layer(Extension(SessionRole::Publisher)),
-        )
-        .route(
-            "/whip-session/{app}/{name}/{session}",
-            axum::routing::patch(whep::patch_in_app)
-                .delete(whep::delete_in_app)
-                .options(whep::preflight)
-                .layer(Extension(SessionRole::Publisher)),
-        )
-        .route("/{app}/{file}", get(flv::flv))
-        .with_state(AppState {
-            hub,
-            whep,
-            stall_timeout: Duration::from_secs(10),
-            record_dir: record_dir.map(Arc::new),
-            recorder,
-            agent_id: agent_id.into(),
-            keys,
-        })
+                .options(whep::preflight),
+        },
+    )
+    .route("/{app}/{file}", get(flv::flv))
+    .with_state(AppState {
+        hub,
+        whep,
+        stall_timeout: Duration::from_secs(10),
+        record_dir: record_dir.map(Arc::new),
+        recorder,
+        agent_id: agent_id.into(),
+        keys,
+    })
 }
 
 /// `GET /recordings/{*path}`: a recorded manifest or segment, with ranges.

@@ -2,10 +2,11 @@
 //! MQTT hop.
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use verge_protocol::whep::{self, SessionRole};
+use verge_serve::path::{SessionPath, StreamPath};
 
 use super::{AppState, plain};
 use crate::streams::StreamName;
@@ -17,72 +18,29 @@ pub(super) async fn preflight() -> Response {
 
 pub(super) async fn offer(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    stream: StreamPath,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    offer_for(app, "live", &name, &headers, body).await
-}
-
-pub(super) async fn offer_in_app(
-    State(app): State<AppState>,
-    Path((app_name, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    offer_for(app, &app_name, &name, &headers, body).await
+    offer_for(app, &stream.app, &stream.name, &headers, body).await
 }
 
 pub(super) async fn patch(
     State(app): State<AppState>,
     Extension(role): Extension<SessionRole>,
-    Path((name, session)): Path<(String, String)>,
+    path: SessionPath,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    patch_session(
-        app,
-        &format!("live/{name}"),
-        &session,
-        role,
-        &headers,
-        &body,
-    )
-    .await
-}
-
-pub(super) async fn patch_in_app(
-    State(app): State<AppState>,
-    Extension(role): Extension<SessionRole>,
-    Path((app_name, name, session)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    patch_session(
-        app,
-        &format!("{app_name}/{name}"),
-        &session,
-        role,
-        &headers,
-        &body,
-    )
-    .await
+    patch_session(app, &path.stream.id(), &path.session, role, &headers, &body).await
 }
 
 pub(super) async fn delete(
     State(app): State<AppState>,
     Extension(role): Extension<SessionRole>,
-    Path((name, session)): Path<(String, String)>,
+    path: SessionPath,
 ) -> Response {
-    delete_session(app, &format!("live/{name}"), &session, role)
-}
-
-pub(super) async fn delete_in_app(
-    State(app): State<AppState>,
-    Extension(role): Extension<SessionRole>,
-    Path((app_name, name, session)): Path<(String, String, String)>,
-) -> Response {
-    delete_session(app, &format!("{app_name}/{name}"), &session, role)
+    delete_session(app, &path.stream.id(), &path.session, role)
 }
 
 fn no_webrtc() -> Response {

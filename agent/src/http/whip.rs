@@ -3,30 +3,22 @@
 //! an RTMP publisher brings it in the stream name. Sessions are patched and deleted under
 //! `/whip-session/{stream}/{session}` by the WHEP handlers (one session table).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use verge_protocol::whep;
+use verge_serve::path::StreamPath;
 
 use super::whep::{created, offer_target, refused};
 use super::{AppState, plain};
 
 pub(super) async fn offer(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    stream: StreamPath,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    offer_for(app, "live", &name, &headers, body).await
-}
-
-pub(super) async fn offer_in_app(
-    State(app): State<AppState>,
-    Path((app_name, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    offer_for(app, &app_name, &name, &headers, body).await
+    offer_for(app, &stream.app, &stream.name, &headers, body).await
 }
 
 async fn offer_for(

@@ -21,73 +21,54 @@ impl Db {
     /// Every row, for loading the credentials at start.
     pub async fn agent_rows(&self) -> Result<Vec<AgentRow>, DbError> {
         let sql = "SELECT id, secret, revoked_at IS NOT NULL AS revoked FROM agents ORDER BY id";
-        match self {
-            Db::Sqlite(pool) => sqlx::query(sql)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(agent_row)
-                .collect(),
-            Db::Postgres(pool) => sqlx::query(sql)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(agent_row)
-                .collect(),
-        }
+        on_pool!(self, |pool| sqlx::query(sql)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(agent_row)
+            .collect())
     }
 
     /// Stores a new agent; `false` if the id has a row already (enrolled or revoked).
     pub async fn insert_agent(&self, id: &str, secret: &str) -> Result<bool, DbError> {
-        let inserted = match self {
-            Db::Sqlite(pool) => sqlx::query(
-                "INSERT INTO agents (id, secret, created_at) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(id)
-            .bind(secret)
-            .bind(verge_protocol::time::rfc3339(verge_protocol::now_ms()))
-            .execute(pool)
-            .await?
-            .rows_affected(),
-            Db::Postgres(pool) => sqlx::query(
-                "INSERT INTO agents (id, secret) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(id)
-            .bind(secret)
-            .execute(pool)
-            .await?
-            .rows_affected(),
-        };
+        let sql = self.sql(
+            "INSERT INTO agents (id, secret, created_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO agents (id, secret) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        );
+        let now = verge_protocol::time::rfc3339(verge_protocol::now_ms());
+        let inserted = on_pool!(self, |pool| {
+            let query = sqlx::query(sql).bind(id).bind(secret);
+            let query = if self.stamps_times() {
+                query.bind(&now)
+            } else {
+                query
+            };
+            query.execute(pool).await?.rows_affected()
+        });
         Ok(inserted == 1)
     }
 
     /// Marks `id` revoked (adding its row if it had none) and forgets its secret.
     pub async fn revoke_agent(&self, id: &str) -> Result<(), DbError> {
-        match self {
-            Db::Sqlite(pool) => {
-                let now = verge_protocol::time::rfc3339(verge_protocol::now_ms());
-                sqlx::query(
-                    "INSERT INTO agents (id, secret, created_at, revoked_at) VALUES (?1, NULL, ?2, ?2) \
-                     ON CONFLICT (id) DO UPDATE SET secret = NULL, \
-                     revoked_at = COALESCE(agents.revoked_at, excluded.revoked_at)",
-                )
-                .bind(id)
-                .bind(now)
-                .execute(pool)
-                .await?;
-            }
-            Db::Postgres(pool) => {
-                sqlx::query(
-                    "INSERT INTO agents (id, secret, revoked_at) VALUES ($1, NULL, now()) \
-                     ON CONFLICT (id) DO UPDATE SET secret = NULL, \
-                     revoked_at = COALESCE(agents.revoked_at, excluded.revoked_at)",
-                )
-                .bind(id)
-                .execute(pool)
-                .await?;
-            }
-        }
+        let sql = self.sql(
+            "INSERT INTO agents (id, secret, created_at, revoked_at) VALUES (?1, NULL, ?2, ?2) \
+             ON CONFLICT (id) DO UPDATE SET secret = NULL, \
+             revoked_at = COALESCE(agents.revoked_at, excluded.revoked_at)",
+            "INSERT INTO agents (id, secret, revoked_at) VALUES ($1, NULL, now()) \
+             ON CONFLICT (id) DO UPDATE SET secret = NULL, \
+             revoked_at = COALESCE(agents.revoked_at, excluded.revoked_at)",
+        );
+        let now = verge_protocol::time::rfc3339(verge_protocol::now_ms());
+        on_pool!(self, |pool| {
+            let query = sqlx::query(sql).bind(id);
+            let query = if self.stamps_times() {
+                query.bind(&now)
+            } else {
+                query
+            };
+            query.execute(pool).await?;
+        });
         Ok(())
     }
 }

@@ -15,6 +15,17 @@
 //! answers "not ready" (the API says 503 with the reason, index events stay unacknowledged)
 //! and becomes ready once the database answers and the migrations have run.
 
+/// `$body` with `$pool` bound to the pool of whichever backend `$db` is: the same code, typed
+/// once per backend (sqlx's queries carry their backend in their type).
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($pool) => $body,
+            $crate::db::Db::Postgres($pool) => $body,
+        }
+    };
+}
+
 pub mod agents;
 pub mod index;
 pub mod recordings;
@@ -79,6 +90,20 @@ impl Db {
             Db::Sqlite(_) => "sqlite",
             Db::Postgres(_) => "postgres",
         }
+    }
+
+    /// The statement for this backend: `sqlite`'s or `postgres`'s.
+    fn sql(&self, sqlite: &'static str, postgres: &'static str) -> &'static str {
+        match self {
+            Db::Sqlite(_) => sqlite,
+            Db::Postgres(_) => postgres,
+        }
+    }
+
+    /// Whether the rows' times are stamped by the manager (SQLite has no time type, so the
+    /// manager binds them as RFC 3339 text) rather than by the database (`now()`).
+    fn stamps_times(&self) -> bool {
+        matches!(self, Db::Sqlite(_))
     }
 
     /// Runs the migrations of this backend (idempotent).

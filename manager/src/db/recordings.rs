@@ -36,49 +36,36 @@ impl Db {
     pub async fn upsert(&self, row: &IndexRow, agent: &str) -> Result<Upserted, DbError> {
         let id = new_uuid();
         let now = verge_protocol::time::rfc3339(verge_protocol::now_ms());
-        let stored = match self {
-            Db::Sqlite(pool) => {
-                sqlx::query(
-                    "INSERT INTO recordings (id, stream, year, month, day, mpd_path, agent, created_at, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
-                     ON CONFLICT (stream, year, month, day) DO UPDATE SET \
-                     mpd_path = excluded.mpd_path, updated_at = excluded.updated_at \
-                     WHERE recordings.agent = excluded.agent \
-                     RETURNING agent",
-                )
+        let sql = self.sql(
+            "INSERT INTO recordings (id, stream, year, month, day, mpd_path, agent, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
+             ON CONFLICT (stream, year, month, day) DO UPDATE SET \
+             mpd_path = excluded.mpd_path, updated_at = excluded.updated_at \
+             WHERE recordings.agent = excluded.agent \
+             RETURNING agent",
+            "INSERT INTO recordings (id, stream, year, month, day, mpd_path, agent) \
+             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (stream, year, month, day) DO UPDATE SET \
+             mpd_path = excluded.mpd_path, updated_at = now() \
+             WHERE recordings.agent = excluded.agent \
+             RETURNING agent",
+        );
+        let stored = on_pool!(self, |pool| {
+            let query = sqlx::query(sql)
                 .bind(&id)
                 .bind(&row.stream)
                 .bind(row.year)
                 .bind(row.month as i32)
                 .bind(row.day as i32)
                 .bind(&row.mpd_path)
-                .bind(agent)
-                .bind(&now)
-                .fetch_optional(pool)
-                .await?
-                .is_some()
-            }
-            Db::Postgres(pool) => {
-                sqlx::query(
-                    "INSERT INTO recordings (id, stream, year, month, day, mpd_path, agent) \
-                     VALUES ($1::uuid, $2, $3, $4, $5, $6, $7) \
-                     ON CONFLICT (stream, year, month, day) DO UPDATE SET \
-                     mpd_path = excluded.mpd_path, updated_at = now() \
-                     WHERE recordings.agent = excluded.agent \
-                     RETURNING agent",
-                )
-                .bind(&id)
-                .bind(&row.stream)
-                .bind(row.year)
-                .bind(row.month as i32)
-                .bind(row.day as i32)
-                .bind(&row.mpd_path)
-                .bind(agent)
-                .fetch_optional(pool)
-                .await?
-                .is_some()
-            }
-        };
+                .bind(agent);
+            let query = if self.stamps_times() {
+                query.bind(&now)
+            } else {
+                query
+            };
+            query.fetch_optional(pool).await?.is_some()
+        });
         if stored {
             return Ok(Upserted::Stored);
         }
@@ -93,33 +80,22 @@ impl Db {
     /// Streams with at least one recorded day, sorted.
     pub async fn streams(&self) -> Result<Vec<String>, DbError> {
         let sql = "SELECT DISTINCT stream FROM recordings ORDER BY stream";
-        Ok(match self {
-            Db::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await?,
-            Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await?,
-        })
+        Ok(on_pool!(self, |pool| sqlx::query_scalar(sql)
+            .fetch_all(pool)
+            .await?))
     }
 
     /// A stream's recorded days, newest first.
     pub async fn days(&self, stream: &str) -> Result<Vec<Recording>, DbError> {
-        match self {
-            Db::Sqlite(pool) => {
-                let rows = sqlx::query(
-                    "SELECT id, stream, year, month, day, mpd_path, agent, created_at, updated_at \
-                     FROM recordings WHERE stream = ?1 ORDER BY year DESC, month DESC, day DESC",
-                )
-                .bind(stream)
-                .fetch_all(pool)
-                .await?;
-                rows.iter().map(recording).collect()
-            }
-            Db::Postgres(pool) => {
-                let rows = sqlx::query(PG_SELECT_BY_STREAM)
-                    .bind(stream)
-                    .fetch_all(pool)
-                    .await?;
-                rows.iter().map(recording).collect()
-            }
-        }
+        let sql = self.sql(
+            "SELECT id, stream, year, month, day, mpd_path, agent, created_at, updated_at \
+             FROM recordings WHERE stream = ?1 ORDER BY year DESC, month DESC, day DESC",
+            PG_SELECT_BY_STREAM,
+        );
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(sql).bind(stream).fetch_all(pool).await?;
+            rows.iter().map(recording).collect()
+        })
     }
 
     /// The row of one stream-day.
@@ -130,31 +106,21 @@ impl Db {
         month: u32,
         day: u32,
     ) -> Result<Option<Recording>, DbError> {
-        match self {
-            Db::Sqlite(pool) => {
-                let row = sqlx::query(
-                    "SELECT id, stream, year, month, day, mpd_path, agent, created_at, updated_at \
-                     FROM recordings WHERE stream = ?1 AND year = ?2 AND month = ?3 AND day = ?4",
-                )
+        let sql = self.sql(
+            "SELECT id, stream, year, month, day, mpd_path, agent, created_at, updated_at \
+             FROM recordings WHERE stream = ?1 AND year = ?2 AND month = ?3 AND day = ?4",
+            PG_SELECT_DAY,
+        );
+        on_pool!(self, |pool| {
+            let row = sqlx::query(sql)
                 .bind(stream)
                 .bind(year)
                 .bind(month as i32)
                 .bind(day as i32)
                 .fetch_optional(pool)
                 .await?;
-                row.as_ref().map(recording).transpose()
-            }
-            Db::Postgres(pool) => {
-                let row = sqlx::query(PG_SELECT_DAY)
-                    .bind(stream)
-                    .bind(year)
-                    .bind(month as i32)
-                    .bind(day as i32)
-                    .fetch_optional(pool)
-                    .await?;
-                row.as_ref().map(recording).transpose()
-            }
-        }
+            row.as_ref().map(recording).transpose()
+        })
     }
 }
 

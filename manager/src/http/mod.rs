@@ -36,11 +36,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post};
-use axum::{Extension, Router};
-
-use verge_protocol::whep::SessionRole;
 
 use crate::registry::Registry;
 use crate::rpc::RpcClient;
@@ -69,7 +67,7 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/", get(pages::dashboard))
         .route("/api/health", get(api::health))
         .route("/api/nodes", get(api::nodes))
@@ -86,68 +84,39 @@ pub fn router(state: AppState) -> Router {
         .route("/api/streams", get(streams::list))
         .route("/api/streams/", get(streams::list))
         .route("/api/streams/{stream}", get(streams::one))
-        .route("/api/streams/{app}/{name}", get(streams::one_in_app))
-        .route("/whep/{name}", post(whep::offer).options(whep::preflight))
-        .route(
-            "/whep/{app}/{name}",
-            post(whep::offer_in_app).options(whep::preflight),
-        )
-        .route(
-            "/session/{name}/{session}",
-            patch(whep::patch)
+        .route("/api/streams/{app}/{name}", get(streams::one_in_app));
+    let router = verge_serve::webrtc::routes(
+        router,
+        verge_serve::webrtc::Handlers {
+            whep_offer: post(whep::offer).options(whep::preflight),
+            whip_offer: post(whip::offer).options(whep::preflight),
+            session: patch(whep::patch)
                 .delete(whep::delete)
-                .options(whep::preflight)
-                .layer(Extension(SessionRole::Viewer)),
-        )
-        .route(
-            "/session/{app}/{name}/{session}",
-            patch(whep::patch_in_app)
-                .delete(whep::delete_in_app)
-                .options(whep::preflight)
-                .layer(Extension(SessionRole::Viewer)),
-        )
-        .route("/whip/{name}", post(whip::offer).options(whep::preflight))
-        .route(
-            "/whip/{app}/{name}",
-            post(whip::offer_in_app).options(whep::preflight),
-        )
-        .route(
-            "/whip-session/{name}/{session}",
-            patch(whep::patch)
-                .delete(whep::delete)
-                .options(whep::preflight)
-                .layer(Extension(SessionRole::Publisher)),
-        )
-        .route(
-            "/whip-session/{app}/{name}/{session}",
-            patch(whep::patch_in_app)
-                .delete(whep::delete_in_app)
-                .options(whep::preflight)
-                .layer(Extension(SessionRole::Publisher)),
-        )
+                .options(whep::preflight),
+        },
+    );
+    router
         .route("/agents/{id}/http/", get(agent_http::agent_root))
         .route("/agents/{id}/http/{*path}", get(agent_http::agent_path))
         .route("/flv/{app}/{file}", get(agent_http::flv))
         .route("/hls/{app}/{name}/{file}", get(agent_http::hls))
         .route("/api/playback", get(playback::streams))
-        .route("/api/playback/{name}", get(playback::days_in_live))
+        .route("/api/playback/{name}", get(playback::days))
         .route("/api/playback/{app}/{name}", get(playback::days))
         .route("/api/record/object/{*path}", get(playback::object))
         .route(
             "/api/record/{name}",
-            get(record::state_in_live)
-                .post(record::start_in_live)
-                .delete(record::stop_in_live),
+            get(record::state).post(record::start).delete(record::stop),
         )
         .route(
             "/api/record/{app}/{name}",
             get(record::state).post(record::start).delete(record::stop),
         )
         .route("/play/{name}", get(pages::page))
-        .route("/play/{app}/{name}", get(pages::page_in_app))
+        .route("/play/{app}/{name}", get(pages::page))
         .route("/assets/webrtc.js", get(pages::script))
         .route("/publish/{name}", get(pages::publish_page))
-        .route("/publish/{app}/{name}", get(pages::publish_page_in_app))
+        .route("/publish/{app}/{name}", get(pages::publish_page))
         .route("/metrics", get(metrics::scrape))
         .route("/api/login", post(auth::login))
         .route("/api/token", post(auth::token))

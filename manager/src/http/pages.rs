@@ -7,9 +7,9 @@
 //! - `GET /publish/{stream}`: the browser's camera and microphone published over WHIP.
 //! - `GET /assets/webrtc.js`: what the player and publisher pages share.
 
-use axum::extract::Path;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use verge_serve::path::StreamPath;
 
 /// The dashboard: one page, its views chosen by the URL's hash, everything it shows from this
 /// API (`assets/dashboard.html`; no build step, no library).
@@ -34,20 +34,12 @@ pub async fn script() -> Response {
 }
 
 /// The page reads its stream from its own URL, so every stream is served the same bytes.
-pub async fn page(Path(_name): Path<String>) -> Response {
-    html()
-}
-
-pub async fn page_in_app(Path((_app, _name)): Path<(String, String)>) -> Response {
+pub async fn page(_: StreamPath) -> Response {
     html()
 }
 
 /// `GET /publish/{stream}`: publishes the browser's camera and microphone over WHIP.
-pub async fn publish_page(Path(_name): Path<String>) -> Response {
-    page_of(PUBLISH_PAGE)
-}
-
-pub async fn publish_page_in_app(Path((_app, _name)): Path<(String, String)>) -> Response {
+pub async fn publish_page(_: StreamPath) -> Response {
     page_of(PUBLISH_PAGE)
 }
 

@@ -19,6 +19,7 @@ use super::error::ApiError;
 use crate::auth::Grant;
 use crate::db::Db;
 use crate::db::recordings::Recording;
+use verge_serve::path::StreamPath;
 
 fn database(app: &AppState) -> Result<&Db, ApiError> {
     app.index
@@ -40,18 +41,11 @@ pub async fn streams(
     Ok(Json(streams))
 }
 
-pub async fn days_in_live(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<Vec<Recording>>, ApiError> {
-    days_of(&app, "live", &name).await
-}
-
 pub async fn days(
     State(app): State<AppState>,
-    Path((stream_app, name)): Path<(String, String)>,
+    stream: StreamPath,
 ) -> Result<Json<Vec<Recording>>, ApiError> {
-    days_of(&app, &stream_app, &name).await
+    days_of(&app, &stream.app, &stream.name).await
 }
 
 async fn days_of(

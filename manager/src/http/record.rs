@@ -9,12 +9,13 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde_json::Value;
 use verge_protocol::index::{
     METHOD_RECORD_START, METHOD_RECORD_STATE, METHOD_RECORD_STOP, RecordParams,
 };
+use verge_serve::path::StreamPath;
 
 use super::AppState;
 use super::error::ApiError;
@@ -35,24 +36,11 @@ fn agent_for(
         return Ok(agent.clone());
     }
     let (app_name, name) = stream.split_once('/').unwrap_or(("live", stream));
-    let bound = app
-        .keys
-        .store
-        .snapshot()
-        .keys
-        .into_iter()
-        .find(|k| k.app == app_name && k.name == name)
-        .and_then(|k| k.agent);
+    let bound = app.keys.store.bound_agent(app_name, name);
     if let Some(agent) = bound {
         return Ok(agent);
     }
-    let online: Vec<String> = app
-        .registry
-        .list()
-        .into_iter()
-        .filter(|r| r.online())
-        .map(|r| r.id)
-        .collect();
+    let online = app.registry.online_ids();
     match online.as_slice() {
         [only] => Ok(only.clone()),
         _ => Err(ApiError::new(
@@ -94,26 +82,35 @@ async fn call(
     Ok(Json(value))
 }
 
-macro_rules! handlers {
-    ($method:expr, $in_live:ident, $in_app:ident) => {
-        pub async fn $in_live(
-            State(app): State<AppState>,
-            Path(name): Path<String>,
-            Query(query): Params,
-        ) -> Result<Json<Value>, ApiError> {
-            call(&app, &stream_of("live", &name)?, &query, $method).await
-        }
-
-        pub async fn $in_app(
-            State(app): State<AppState>,
-            Path((stream_app, name)): Path<(String, String)>,
-            Query(query): Params,
-        ) -> Result<Json<Value>, ApiError> {
-            call(&app, &stream_of(&stream_app, &name)?, &query, $method).await
-        }
-    };
+async fn handle(
+    app: &AppState,
+    stream: &StreamPath,
+    query: &HashMap<String, String>,
+    method: &str,
+) -> Result<Json<Value>, ApiError> {
+    call(app, &stream_of(&stream.app, &stream.name)?, query, method).await
 }
 
-handlers!(METHOD_RECORD_START, start_in_live, start);
-handlers!(METHOD_RECORD_STOP, stop_in_live, stop);
-handlers!(METHOD_RECORD_STATE, state_in_live, state);
+pub async fn start(
+    State(app): State<AppState>,
+    stream: StreamPath,
+    Query(query): Params,
+) -> Result<Json<Value>, ApiError> {
+    handle(&app, &stream, &query, METHOD_RECORD_START).await
+}
+
+pub async fn stop(
+    State(app): State<AppState>,
+    stream: StreamPath,
+    Query(query): Params,
+) -> Result<Json<Value>, ApiError> {
+    handle(&app, &stream, &query, METHOD_RECORD_STOP).await
+}
+
+pub async fn state(
+    State(app): State<AppState>,
+    stream: StreamPath,
+    Query(query): Params,
+) -> Result<Json<Value>, ApiError> {
+    handle(&app, &stream, &query, METHOD_RECORD_STATE).await
+}

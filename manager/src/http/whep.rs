@@ -9,7 +9,7 @@
 //! type (see [`ApiError`] for the mapping of RPC failures).
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -17,6 +17,7 @@ use verge_protocol::id::validate_stream_part;
 use verge_protocol::whep::{
     self, Client, OfferParams, OfferResult, PatchParams, PatchResult, SessionParams, SessionRole,
 };
+use verge_serve::path::{SessionPath, StreamPath};
 
 use super::AppState;
 use super::error::ApiError;
@@ -106,13 +107,13 @@ pub(super) fn add_links(response: &mut Response, servers: &[verge_protocol::whep
 pub async fn offer(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    stream: StreamPath,
     headers: HeaderMap,
     body: String,
 ) -> Response {
     measured(
         &app,
-        offer_for(&app, &caller, "live", &name, &headers, body),
+        offer_for(&app, &caller, &stream.app, &stream.name, &headers, body),
     )
     .await
 }
@@ -134,64 +135,22 @@ pub(super) async fn measured(
     response
 }
 
-pub async fn offer_in_app(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((app_name, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    measured(
-        &app,
-        offer_for(&app, &caller, &app_name, &name, &headers, body),
-    )
-    .await
-}
-
 pub async fn patch(
     State(app): State<AppState>,
     Extension(role): Extension<SessionRole>,
-    Path((name, session)): Path<(String, String)>,
+    path: SessionPath,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    respond(patch_session(&app, format!("live/{name}"), session, role, &headers, body).await)
-}
-
-pub async fn patch_in_app(
-    State(app): State<AppState>,
-    Extension(role): Extension<SessionRole>,
-    Path((app_name, name, session)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    respond(
-        patch_session(
-            &app,
-            format!("{app_name}/{name}"),
-            session,
-            role,
-            &headers,
-            body,
-        )
-        .await,
-    )
+    respond(patch_session(&app, path.stream.id(), path.session, role, &headers, body).await)
 }
 
 pub async fn delete(
     State(app): State<AppState>,
     Extension(role): Extension<SessionRole>,
-    Path((name, session)): Path<(String, String)>,
+    path: SessionPath,
 ) -> Response {
-    respond(delete_session(&app, format!("live/{name}"), session, role).await)
-}
-
-pub async fn delete_in_app(
-    State(app): State<AppState>,
-    Extension(role): Extension<SessionRole>,
-    Path((app_name, name, session)): Path<(String, String, String)>,
-) -> Response {
-    respond(delete_session(&app, format!("{app_name}/{name}"), session, role).await)
+    respond(delete_session(&app, path.stream.id(), path.session, role).await)
 }
 
 pub(super) fn respond(result: Result<Response, ApiError>) -> Response {

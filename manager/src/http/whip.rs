@@ -9,11 +9,12 @@
 //! publisher's role: `/whip-session/…` needs the right to write the stream.
 
 use axum::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 use verge_protocol::whep;
+use verge_serve::path::StreamPath;
 
 use super::AppState;
 use super::error::ApiError;
@@ -28,23 +29,23 @@ pub struct Target {
 pub async fn offer(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    stream: StreamPath,
     Query(target): Query<Target>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    respond(offer_for(&app, &caller, "live", &name, target, &headers, body).await)
-}
-
-pub async fn offer_in_app(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((app_name, name)): Path<(String, String)>,
-    Query(target): Query<Target>,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    respond(offer_for(&app, &caller, &app_name, &name, target, &headers, body).await)
+    respond(
+        offer_for(
+            &app,
+            &caller,
+            &stream.app,
+            &stream.name,
+            target,
+            &headers,
+            body,
+        )
+        .await,
+    )
 }
 
 /// The agent a stream is published into (see the module's doc).
@@ -54,14 +55,7 @@ fn choose_agent(
     name: &str,
     asked: Option<String>,
 ) -> Result<String, ApiError> {
-    let bound = app
-        .keys
-        .store
-        .snapshot()
-        .keys
-        .into_iter()
-        .find(|k| k.app == app_name && k.name == name)
-        .and_then(|k| k.agent);
+    let bound = app.keys.store.bound_agent(app_name, name);
     let online = |id: &str| app.registry.get(id).is_some_and(|r| r.online());
     let chosen = match (bound, asked) {
         (Some(bound), Some(asked)) if bound != asked => {
@@ -74,13 +68,7 @@ fn choose_agent(
         }
         (Some(agent), _) | (None, Some(agent)) => agent,
         (None, None) => {
-            let up: Vec<String> = app
-                .registry
-                .list()
-                .into_iter()
-                .filter(|r| r.online())
-                .map(|r| r.id)
-                .collect();
+            let up = app.registry.online_ids();
             match up.as_slice() {
                 [only] => only.clone(),
                 [] => {

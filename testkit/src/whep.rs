@@ -1,0 +1,24 @@
+//! A WHEP viewer as the tests start one: connected, and past its first picture.
+
+use std::time::Duration;
+
+use verge::whep::{Viewer, ViewerOptions};
+
+/// How long a viewer's first picture may take: ICE, DTLS and the first keyframe, however long
+/// a loaded machine takes.
+pub const FIRST_PICTURE: Duration = Duration::from_secs(20);
+
+/// A viewer of `url` whose first frame has come, and is a keyframe; `what` names the endpoint
+/// in the panic when it refuses.
+pub async fn watching(url: &str, what: &str) -> Viewer {
+    let mut viewer = Viewer::connect(url, &ViewerOptions::for_url(url))
+        .await
+        .expect(what);
+    let first = viewer
+        .next_frame(FIRST_PICTURE)
+        .await
+        .expect("video")
+        .expect("open");
+    assert!(first.keyframe, "{}", viewer.stats);
+    viewer
+}
