@@ -282,7 +282,9 @@ impl Whep {
             .clients
             .reserve(client, self.inner.settings.client_caps);
         if let Err(refused) = &slot {
-            tracing::warn!(agent = %self.inner.agent, client = client.map(|c| c.address.as_str()),
+            // Not a warning per refusal: a client over its cap decides how many there are. The
+            // manager counts them (`verge_whep_offers_total{status="429"}`).
+            tracing::debug!(agent = %self.inner.agent, client = client.map(|c| c.address.as_str()),
                 "{refused}");
         }
         Ok(slot?)
