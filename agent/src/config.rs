@@ -25,6 +25,8 @@ pub struct AgentConfig {
     #[serde(default)]
     pub http: HttpConfig,
     #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
     pub webrtc: WebrtcConfig,
@@ -36,6 +38,14 @@ pub struct AgentConfig {
     pub record: RecordConfig,
     #[serde(default)]
     pub runtime: verge_mqtt::process::RuntimeConfig,
+}
+
+/// `[node]`: what this agent is for in the cluster.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// `edge` (a box: its own publishers) or `cloud` (relays streams from boxes to viewers).
+    pub role: verge_protocol::relay::NodeRole,
 }
 
 /// `[record]`: recording to fMP4 + DASH on the box.
@@ -227,6 +237,9 @@ pub struct Limits {
     pub sessions_per_address: usize,
     /// WebRTC sessions one token may hold at once (0: no cap).
     pub sessions_per_token: usize,
+    /// Media this node may send its viewers, kbit/s (its uplink budget); 0: no limit. The
+    /// manager places viewers elsewhere past it.
+    pub egress_kbps: u32,
 }
 
 impl Default for Limits {
@@ -237,6 +250,7 @@ impl Default for Limits {
             rpc_concurrency: 16,
             sessions_per_address: 16,
             sessions_per_token: 0,
+            egress_kbps: 0,
         }
     }
 }
@@ -322,6 +336,7 @@ impl WebrtcConfig {
             drop_b_frames: self.b_frames == BFrames::Drop,
             opus_bitrate: (self.audio == WebrtcAudio::Opus)
                 .then(|| self.audio_kbps.clamp(6, 510) * 1000),
+            role: Default::default(),
         }
     }
 }
@@ -373,6 +388,7 @@ impl AgentConfig {
             },
             rtmp: RtmpConfig::default(),
             http: HttpConfig::default(),
+            node: NodeConfig::default(),
             limits: Limits::default(),
             webrtc: WebrtcConfig::default(),
             tunnel: TunnelConfig::default(),

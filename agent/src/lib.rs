@@ -83,7 +83,9 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     }));
     let state = StateHandle::new();
     let keys = keys::KeyTable::default();
-    let whep = webrtc::Whep::new(&cfg.id, hub.clone(), cfg.webrtc.settings(&cfg.limits));
+    let mut whep_settings = cfg.webrtc.settings(&cfg.limits);
+    whep_settings.role = cfg.node.role;
+    let whep = webrtc::Whep::new(&cfg.id, hub.clone(), whep_settings);
     // Days a recording begins go to the manager's index through the MQTT session.
     let (days_tx, days) = tokio::sync::mpsc::channel::<record::writer::NewDay>(64);
     let recorder = record::Recorder::new(hub.clone(), cfg.record.settings(), days_tx);
@@ -131,6 +133,10 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
             state.clone(),
             Duration::from_secs(10),
             cfg.webrtc.audio == config::WebrtcAudio::Opus,
+            {
+                let whep = whep.clone();
+                move |stream: &str| whep.relay_of(stream)
+            },
         )),
     ];
     let agent = Agent {

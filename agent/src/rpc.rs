@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use verge_protocol::index::{self, RecordParams};
 use verge_protocol::presence::Presence;
+use verge_protocol::relay::{self, RelayAnswerParams, RelayOfferParams, RelayStopParams};
 use verge_protocol::rpc::{self, ErrorCode, Pong, RpcError};
 use verge_protocol::state::State;
 use verge_protocol::whep::{self, OfferParams, PatchParams, SessionParams};
@@ -32,7 +33,7 @@ pub struct Info {
 
 pub async fn dispatch(method: &str, params: Value, ctx: Context) -> Result<Value, RpcError> {
     let now = verge_protocol::now_ms();
-    if method.starts_with("whep.") || method == whep::METHOD_WHIP_OFFER {
+    if method.starts_with("whep.") || method.starts_with("relay.") || method == whep::METHOD_WHIP_OFFER {
         return match ctx.whep {
             Some(whep) => whep_call(&whep, method, params).await,
             None => Err(RpcError::new(
@@ -122,6 +123,25 @@ async fn whep_call(whep: &Whep, method: &str, params: Value) -> Result<Value, Rp
             let p: SessionParams = parse(params)?;
             whep.delete(&p.session, p.stream.as_deref(), p.role)
                 .map_err(refused)?;
+            Ok(Value::Object(Default::default()))
+        }
+        relay::METHOD_RELAY_OFFER => {
+            let mut p: RelayOfferParams = parse(params)?;
+            p.stream = StreamName::from_id(&p.stream)
+                .map_err(|why| RpcError::new(ErrorCode::InvalidParams, why))?
+                .id();
+            to_value(whep.relay_offer(p).await.map_err(refused)?)
+        }
+        relay::METHOD_RELAY_ANSWER => {
+            let p: RelayAnswerParams = parse(params)?;
+            whep.relay_answer(p).await.map_err(refused)?;
+            Ok(Value::Object(Default::default()))
+        }
+        relay::METHOD_RELAY_STOP => {
+            let p: RelayStopParams = parse(params)?;
+            let stream = StreamName::from_id(&p.stream)
+                .map_err(|why| RpcError::new(ErrorCode::InvalidParams, why))?;
+            whep.relay_stop(&stream.id(), &p.reason).map_err(refused)?;
             Ok(Value::Object(Default::default()))
         }
         other => {

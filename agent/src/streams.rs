@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use verge_media::hub::{Hub, StreamStatus};
 use verge_protocol::id::validate_stream_part;
+use verge_protocol::relay::RelayOf;
 use verge_protocol::state::StreamInfo;
 
 use crate::state::StateHandle;
@@ -45,7 +46,7 @@ impl StreamName {
     }
 }
 
-fn info(status: &StreamStatus, opus: bool) -> StreamInfo {
+fn info(status: &StreamStatus, opus: bool, relay: Option<RelayOf>) -> StreamInfo {
     let (app, name) = status
         .id
         .split_once('/')
@@ -65,6 +66,7 @@ fn info(status: &StreamStatus, opus: bool) -> StreamInfo {
         webrtc_omits: crate::webrtc::omits(status.video.as_deref(), status.audio.as_deref(), opus),
         b_frames: status.b_frames,
         encoder_advice: status.b_frames.then(|| B_FRAME_ADVICE.to_string()),
+        relay,
     }
 }
 
@@ -113,8 +115,15 @@ fn viewer_bytes(hub: &Hub) -> u64 {
         .sum()
 }
 
-/// `opus`: WebRTC viewers get AAC-LC audio as Opus (`[webrtc] audio`).
-pub async fn report(hub: Arc<Hub>, state: StateHandle, refresh: Duration, opus: bool) {
+/// `opus`: WebRTC viewers get AAC-LC audio as Opus (`[webrtc] audio`). `relay_of` tells a
+/// relayed stream's source (a cloud node's relays).
+pub async fn report(
+    hub: Arc<Hub>,
+    state: StateHandle,
+    refresh: Duration,
+    opus: bool,
+    relay_of: impl Fn(&str) -> Option<RelayOf>,
+) {
     let mut published = identity(&[]);
     let mut published_at = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -133,7 +142,8 @@ pub async fn report(hub: Arc<Hub>, state: StateHandle, refresh: Duration, opus: 
                 egress = (bytes, Instant::now());
                 kbps
             });
-            state.set(status.iter().map(|s| info(s, opus)).collect(), kbps);
+            let streams = status.iter().map(|s| info(s, opus, relay_of(&s.id)));
+            state.set(streams.collect(), kbps);
             published = now;
             published_at = Instant::now();
         }

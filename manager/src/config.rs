@@ -26,10 +26,44 @@ pub struct ManagerConfig {
     pub rtmp: RtmpConfig,
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
+    pub cluster: ClusterConfig,
+    pub cascade: CascadeConfig,
     pub runtime: verge_mqtt::process::RuntimeConfig,
     /// Sections this build does not read yet, kept to warn about them.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
+}
+
+/// `[cluster]`: where the manager sends a stream's WebRTC viewers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Viewers of one stream the node that holds it serves itself (within its own `sub_max`
+    /// and `egress_kbps`) before viewers go to cloud nodes relaying it. Without cloud nodes
+    /// online, the holder serves every viewer it can.
+    pub edge_viewers: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { edge_viewers: 2 }
+    }
+}
+
+/// `[cascade]`: relays of a stream to cloud nodes (liveman's section and key).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CascadeConfig {
+    /// A relay without viewers for this many milliseconds is closed by its node.
+    pub maximum_idle_time: u64,
+}
+
+impl Default for CascadeConfig {
+    fn default() -> Self {
+        Self {
+            maximum_idle_time: 60_000,
+        }
+    }
 }
 
 /// `[http]`: the API, WHEP, the dashboard; and what one peer can hold (see `verge_serve::http`).

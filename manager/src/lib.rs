@@ -7,6 +7,8 @@
 //! - [`rpc`]: calls to agents over MQTT, with deadlines and typed failures.
 //! - [`http`]: the REST API, the WHEP and WHIP proxies, the pages.
 //! - [`auth`]: `[auth]`: who may do what (the policy table), tokens, passwords, login limits.
+//! - [`cluster`]: where a WebRTC viewer goes (the box or a cloud node), relays of a stream to
+//!   cloud nodes and their end.
 //! - [`agents`]: enrolling and revoking agents at run time.
 //! - [`keys`]: channel keys: issued, stored, and handed to every agent retained and sealed.
 //! - [`ice`]: ICE servers for a WHEP or WHIP session (static, coturn, Cloudflare TURN).
@@ -23,6 +25,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod fleet;
@@ -360,6 +363,15 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
 
     let key_store = keys.store.clone();
     let rtmp_router = rtmp_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let cluster = cluster::Cluster::new(
+        registry.clone(),
+        rpc.clone(),
+        cfg.rpc_timeout(),
+        metrics.clone(),
+        &cfg.cluster,
+        &cfg.cascade,
+    );
+    let reconciler = tokio::spawn(cluster.clone().reconcile());
     let app = http::router(http::AppState {
         registry: registry.clone(),
         rpc: rpc.clone(),
@@ -387,9 +399,10 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             index,
         },
         rtmp_router,
+        cluster,
     });
     let mut forwards = Vec::new();
-    let mut listener_tasks = Vec::new();
+    let mut listener_tasks = vec![reconciler];
     for (listener, forward) in forward_listeners.into_iter().zip(&cfg.tunnel.forward) {
         let addr = listener
             .local_addr()

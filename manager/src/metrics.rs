@@ -19,6 +19,11 @@ pub struct Metrics {
     pub index_rows: Counters,
     /// Database operations by kind (`upsert`, `health`).
     pub database_seconds: Histograms,
+    /// WebRTC viewers placed, by outcome (`origin`, `origin_over`, `relay`, `new_relay`,
+    /// `relay_failed`, `full`).
+    pub placements: Counters,
+    /// From asking a cloud node for a relay to the source's answer applied.
+    pub relay_start_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -31,6 +36,8 @@ impl Default for Metrics {
             index_events: Counters::default(),
             index_rows: Counters::default(),
             database_seconds: Histograms::new(LATENCY_BUCKETS),
+            placements: Counters::default(),
+            relay_start_seconds: Histogram::new(LATENCY_BUCKETS),
         }
     }
 }

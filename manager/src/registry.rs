@@ -20,6 +20,9 @@ pub struct AgentRecord {
     /// online: a retained or replayed "online" alone proves nothing (anyone who can publish
     /// can publish an old signed message again).
     pub proven: bool,
+    /// When this manager received the agent's latest state (its own clock): placements made
+    /// before that are in the state's numbers.
+    pub state_received: Option<std::time::Instant>,
 }
 
 impl AgentRecord {
@@ -31,6 +34,7 @@ impl AgentRecord {
             last_seen: 0,
             last_rtt_ms: None,
             proven: false,
+            state_received: None,
         }
     }
 
@@ -96,6 +100,7 @@ impl Registry {
         self.update(id, |r| {
             r.last_seen = r.last_seen.max(sent_at);
             r.state = Some(state);
+            r.state_received = Some(std::time::Instant::now());
         });
     }
 
@@ -173,6 +178,8 @@ mod tests {
             keepalive_secs: 10,
             pub_max: 1,
             sub_max: 1,
+            role: Default::default(),
+            egress_max_kbps: 0,
         }
     }
 

@@ -12,6 +12,7 @@
 //! - [`rpc`]: requests from a manager to an agent, their replies, error codes, and the
 //!   correlation table a caller keeps.
 //! - [`whep`]: WHEP and WHIP signaling carried over RPC, and session ids that name their agent.
+//! - [`relay`]: the cluster: node roles, and the RPC that makes a cloud node relay a stream.
 //! - [`channel_keys`]: the channel-key table (publishers' stream keys) the manager keeps
 //!   retained for each agent, sealed for it.
 //! - [`index`]: the recording index, agent to manager (rows, acknowledgements).
@@ -36,6 +37,7 @@ pub mod index;
 pub mod metrics;
 pub mod presence;
 pub mod ready;
+pub mod relay;
 pub mod rpc;
 pub mod sealed;
 pub mod secret;

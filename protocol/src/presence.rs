@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Kind, Message};
+use crate::relay::NodeRole;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -41,6 +42,16 @@ pub struct Presence {
     /// Most viewers the agent serves at once.
     #[serde(default)]
     pub sub_max: u16,
+    /// What the node is for (`[node] role`); absent means an edge box.
+    #[serde(default, skip_serializing_if = "NodeRole::is_edge")]
+    pub role: NodeRole,
+    /// Most media the node may send its viewers, kbit/s (`[limits] egress_kbps`); 0: no limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub egress_max_kbps: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 impl Message for Presence {

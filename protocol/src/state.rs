@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Kind, Message};
+use crate::relay::RelayOf;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -52,6 +53,10 @@ pub struct StreamInfo {
     /// its viewers (B-frames today).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder_advice: Option<String>,
+    /// Set on a cloud node's copy of a stream it relays from another node; `None` on the node
+    /// where the stream is published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayOf>,
 }
 
 impl StreamInfo {

@@ -50,6 +50,8 @@ fn presence() -> Presence {
         keepalive_secs: 10,
         pub_max: 4,
         sub_max: 64,
+        role: Default::default(),
+        egress_max_kbps: 0,
     }
 }
 

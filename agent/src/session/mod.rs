@@ -132,6 +132,8 @@ pub async fn run(
         keepalive_secs: cfg.mqtt.keepalive_secs,
         pub_max: cfg.limits.pub_max,
         sub_max: cfg.limits.sub_max,
+        role: cfg.node.role,
+        egress_max_kbps: cfg.limits.egress_kbps,
     };
 
     let mut opts = LinkOptions::new(cfg.broker_url()?, &cfg.id);

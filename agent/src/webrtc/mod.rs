@@ -7,6 +7,7 @@
 //! - [`viewer`]: one viewer's sender task, hub → RTP.
 //! - [`publish`]: WHIP publishers, RTP → hub: [`Whep::publish`] and the publisher's session
 //!   task.
+//! - [`relay`]: a cloud node's relays: a stream pulled once from its source node into the hub.
 //! - [`keyframe`]: viewers' keyframe requests (PLI/FIR), delivered to the sender task.
 //! - [`payloads`]: RTP payloads made once per stream and shared by its viewers.
 //! - [`audio`]: the stream's AAC as Opus, transcoded once per stream while someone listens.
@@ -24,6 +25,7 @@ pub mod keyframe;
 pub mod payloads;
 pub mod peer;
 pub mod publish;
+pub mod relay;
 pub mod viewer;
 
 use std::collections::HashMap;
@@ -91,6 +93,8 @@ pub struct WhepSettings {
     pub opus_bitrate: Option<u32>,
     /// Sessions one client may hold (`[limits] sessions_per_address`, `sessions_per_token`).
     pub client_caps: ClientCaps,
+    /// `[node] role`: only a cloud node takes relays.
+    pub role: verge_protocol::relay::NodeRole,
 }
 
 impl Default for WhepSettings {
@@ -103,6 +107,7 @@ impl Default for WhepSettings {
             drop_b_frames: true,
             opus_bitrate: Some(64_000),
             client_caps: ClientCaps::default(),
+            role: verge_protocol::relay::NodeRole::Edge,
         }
     }
 }
@@ -127,6 +132,8 @@ pub enum WhepError {
     RestartUnsupported,
     #[error("cannot add ICE candidate: {0}")]
     BadCandidate(String),
+    #[error("this node is an edge box ([node] role = \"edge\"): relays run on cloud nodes")]
+    NotCloud,
 }
 
 impl WhepError {
@@ -138,7 +145,7 @@ impl WhepError {
             WhepError::Conflict(_) => ErrorCode::Conflict,
             WhepError::Answer(AnswerError::Internal(_)) => ErrorCode::Internal,
             WhepError::Answer(_) | WhepError::BadCandidate(_) => ErrorCode::InvalidParams,
-            WhepError::RestartUnsupported => ErrorCode::Unsupported,
+            WhepError::RestartUnsupported | WhepError::NotCloud => ErrorCode::Unsupported,
         }
     }
 }
@@ -175,6 +182,8 @@ struct Inner {
     payloads: Mutex<HashMap<String, Weak<SharedPayloads>>>,
     /// Per stream, while it has viewers that take audio.
     audio: Mutex<HashMap<String, Weak<AudioFeed>>>,
+    /// The streams this node relays from others (a cloud node's).
+    relays: relay::Relays,
     random: SystemRandom,
     /// Cancelled when the agent stops: every viewer closes its connection.
     shutdown: CancellationToken,
@@ -191,6 +200,7 @@ impl Whep {
                 clients: Arc::default(),
                 payloads: Mutex::new(HashMap::new()),
                 audio: Mutex::new(HashMap::new()),
+                relays: relay::Relays::default(),
                 random: SystemRandom::new(),
                 shutdown: CancellationToken::new(),
             }),

@@ -270,6 +270,64 @@ pub async fn answer_publisher(
     }
 }
 
+/// A relay's connection to its source (the cloud node offers, as a WHEP client does): receive
+/// only H.264 and Opus, candidates gathered within `gather_timeout`; each remote track is
+/// handed to `on_track`. Returns the offer; the source's answer goes to [`accept_answer`].
+pub async fn offer_receiver(
+    ice: &IceSettings,
+    ice_servers: &[IceServer],
+    gather_timeout: Duration,
+    on_track: engine::OnTrack,
+) -> Result<(String, Receiving), AnswerError> {
+    let (events, watch) = engine::Events::new(Some(on_track));
+    let (state, mut gathered) = (watch.state, watch.gathered);
+    let pc = engine::build(ice, ice_servers, false, events)
+        .await
+        .map_err(|e| AnswerError::Internal(one_line(&e)))?;
+    let offered = async {
+        for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+            pc.add_transceiver_from_kind(
+                kind,
+                Some(rtc::rtp_transceiver::RTCRtpTransceiverInit {
+                    direction: rtc::rtp_transceiver::RTCRtpTransceiverDirection::Recvonly,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| AnswerError::Internal(one_line(&e)))?;
+        }
+        let offer = pc
+            .create_offer(None)
+            .await
+            .map_err(|e| AnswerError::Internal(one_line(&e)))?;
+        pc.set_local_description(offer)
+            .await
+            .map_err(|e| AnswerError::Internal(one_line(&e)))?;
+        let _ = tokio::time::timeout(gather_timeout, gathered.wait_for(|done| *done)).await;
+        pc.local_description()
+            .await
+            .map(|d| d.sdp)
+            .ok_or_else(|| AnswerError::Internal("no local description".into()))
+    }
+    .await;
+    match offered {
+        Ok(sdp) => Ok((sdp, Receiving { pc, state })),
+        Err(e) => {
+            let _ = pc.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// Applies a source's answer to an offer made by [`offer_receiver`].
+pub async fn accept_answer(pc: &Arc<dyn PeerConnection>, sdp: String) -> Result<(), AnswerError> {
+    let answer =
+        RTCSessionDescription::answer(sdp).map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
+    pc.set_remote_description(answer)
+        .await
+        .map_err(|e| AnswerError::BadOffer(one_line(&e)))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;

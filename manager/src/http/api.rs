@@ -33,6 +33,14 @@ pub struct Node {
     pub streams: Vec<String>,
     /// Media the agent sends its viewers and players, kbit/s (its last state report).
     pub egress_kbps: Option<u32>,
+    /// `edge` (a box) or `cloud` (a node that relays streams to viewers).
+    pub role: &'static str,
+    /// Readers of its streams (viewers, players, relays pulling from it).
+    pub viewers: u32,
+    /// Its egress budget, kbit/s (`[limits] egress_kbps`; 0: no limit).
+    pub egress_max_kbps: u32,
+    /// The streams it relays from other nodes.
+    pub relays: Vec<String>,
 }
 
 impl From<&AgentRecord> for Node {
@@ -56,6 +64,21 @@ impl From<&AgentRecord> for Node {
                 .map(|s| s.streams.iter().map(|s| s.id()).collect())
                 .unwrap_or_default(),
             egress_kbps: r.state.as_ref().and_then(|s| s.egress_kbps),
+            role: p.map(|p| p.role).unwrap_or_default().as_str(),
+            viewers: r
+                .state
+                .iter()
+                .flat_map(|s| s.streams.iter())
+                .map(|s| s.readers)
+                .sum(),
+            egress_max_kbps: p.map_or(0, |p| p.egress_max_kbps),
+            relays: r
+                .state
+                .iter()
+                .flat_map(|s| s.streams.iter())
+                .filter(|s| s.relay.is_some())
+                .map(|s| s.id())
+                .collect(),
         }
     }
 }

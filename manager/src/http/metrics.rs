@@ -66,6 +66,18 @@ pub async fn scrape(State(app): State<AppState>) -> Response {
         &m.whep_signaling_seconds,
     );
     e.counters(
+        "verge_placements_total",
+        "WebRTC viewers placed on a node, by outcome (origin, origin_over: past [cluster] edge_viewers for want of a cloud node with room, relay, new_relay, relay_failed, full).",
+        &["outcome"],
+        &m.placements,
+    );
+    e.family(
+        "verge_relay_start_seconds",
+        Kind::Histogram,
+        "From asking a cloud node for a relay to the source's answer applied on it.",
+    )
+    .histogram("verge_relay_start_seconds", &[], &m.relay_start_seconds);
+    e.counters(
         "verge_index_events_total",
         "Recording-index events from agents, by result.",
         &["result"],
@@ -96,6 +108,7 @@ fn flag(on: bool) -> f64 {
 
 fn fleet(app: &AppState, e: &mut Exposition) {
     let agents = app.registry.list();
+    cluster(&agents, e);
     let online = agents.iter().filter(|a| a.online()).count();
     e.family("verge_agents", Kind::Gauge, "Enrolled agents by state.")
         .sample("verge_agents", &[("state", "online")], online as f64)
@@ -252,4 +265,31 @@ async fn tunnels(app: &AppState, e: &mut Exposition) {
             );
         }
     }
+}
+
+/// Relays running and viewers by the role of the node serving them.
+fn cluster(agents: &[crate::registry::AgentRecord], e: &mut Exposition) {
+    use verge_protocol::relay::NodeRole;
+    let mut relays = 0usize;
+    let mut viewers = [0u64; 2];
+    for a in agents.iter().filter(|a| a.online()) {
+        let role = a.presence.as_ref().map(|p| p.role).unwrap_or_default();
+        for s in a.state.iter().flat_map(|s| s.streams.iter()) {
+            relays += usize::from(s.relay.is_some());
+            viewers[usize::from(role == NodeRole::Cloud)] += u64::from(s.readers);
+        }
+    }
+    e.single(
+        "verge_relay_active",
+        Kind::Gauge,
+        "Relays (cascades) of a stream running on cloud nodes, as the nodes report them.",
+        relays as f64,
+    );
+    e.family(
+        "verge_viewers",
+        Kind::Gauge,
+        "Readers of the fleet's streams (viewers, players, relays pulling), by the role of the node serving them.",
+    )
+    .sample("verge_viewers", &[("role", "edge")], viewers[0] as f64)
+    .sample("verge_viewers", &[("role", "cloud")], viewers[1] as f64);
 }

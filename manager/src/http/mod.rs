@@ -64,6 +64,8 @@ pub struct AppState {
     pub enrolment: crate::agents::Enrolment,
     /// The RTMP router's address, when it runs.
     pub rtmp_router: Option<std::net::SocketAddr>,
+    /// Where WebRTC viewers go, and relays to cloud nodes.
+    pub cluster: crate::cluster::Cluster,
 }
 
 pub fn router(state: AppState) -> Router {

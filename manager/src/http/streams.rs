@@ -42,6 +42,22 @@ pub struct Stream {
     /// What to change at the encoder, when something hurts viewers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encoder_advice: Option<String>,
+    /// On a relay's copy (`GET /api/streams/{stream}`): the node it pulls from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_of: Option<String>,
+    /// On the stream as published: the cloud nodes relaying it, each with its viewers.
+    pub relays: Vec<RelayInfo>,
+}
+
+/// A cloud node's copy of a stream, as `relays` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayInfo {
+    pub node: String,
+    /// The node it pulls from (the origin, or another relay).
+    pub source: String,
+    pub viewers: u32,
+    /// What its viewers take, kbit/s (viewers × the stream's bitrate).
+    pub kbps: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -132,10 +148,13 @@ fn shape(agent: &str, s: &StreamInfo, grant: &Grant) -> Stream {
         webrtc_omits: s.webrtc_omits.clone(),
         b_frames: s.b_frames,
         encoder_advice: s.encoder_advice.clone(),
+        relay_of: s.relay.as_ref().map(|r| r.source.clone()),
+        relays: Vec::new(),
     }
 }
 
-fn all(app: &AppState, grant: &Grant) -> Vec<Stream> {
+/// Every copy of every stream on an online node: the published ones and the relays' copies.
+fn copies(app: &AppState, grant: &Grant) -> Vec<Stream> {
     let mut streams: Vec<Stream> = app
         .registry
         .list()
@@ -151,6 +170,24 @@ fn all(app: &AppState, grant: &Grant) -> Vec<Stream> {
         .collect();
     streams.sort_by(|a, b| a.id.cmp(&b.id).then(a.agent.cmp(&b.agent)));
     streams
+}
+
+/// The streams as published, each with the relays carrying it.
+fn all(app: &AppState, grant: &Grant) -> Vec<Stream> {
+    let (mut origins, relays): (Vec<Stream>, Vec<Stream>) = copies(app, grant)
+        .into_iter()
+        .partition(|s| s.relay_of.is_none());
+    for relay in relays {
+        if let Some(origin) = origins.iter_mut().find(|o| o.id == relay.id) {
+            origin.relays.push(RelayInfo {
+                node: relay.agent,
+                source: relay.relay_of.unwrap_or_default(),
+                viewers: relay.readers,
+                kbps: relay.readers * origin.bitrate_kbps.unwrap_or(0),
+            });
+        }
+    }
+    origins
 }
 
 /// The streams the request's token may read (all of them with auth off).
@@ -200,7 +237,7 @@ fn find(
     id: &str,
 ) -> Result<Json<BTreeMap<String, Stream>>, ApiError> {
     let id = id.strip_prefix("live/").unwrap_or(id);
-    let found: BTreeMap<String, Stream> = all(app, grant)
+    let found: BTreeMap<String, Stream> = copies(app, grant)
         .into_iter()
         .filter(|s| s.id == id)
         .map(|s| (s.agent.clone(), s))
@@ -213,16 +250,18 @@ fn find(
     Ok(Json(found))
 }
 
-/// The online agent holding `stream` (`{app}/{name}`).
+/// The online agent where `stream` (`{app}/{name}`) is published (not a relay's copy).
 pub(crate) fn locate(app: &AppState, stream: &str) -> Result<String, ApiError> {
     let holders: Vec<(String, bool)> = app
         .registry
         .list()
         .into_iter()
         .filter(|r| {
-            r.state
-                .as_ref()
-                .is_some_and(|s| s.streams.iter().any(|i| i.id() == stream))
+            r.state.as_ref().is_some_and(|s| {
+                s.streams
+                    .iter()
+                    .any(|i| i.id() == stream && i.relay.is_none())
+            })
         })
         .map(|r| {
             let online = r.online();

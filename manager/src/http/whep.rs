@@ -22,6 +22,7 @@ use verge_serve::path::{SessionPath, StreamPath};
 use super::AppState;
 use super::error::ApiError;
 use crate::auth::{Grant, Need, policy};
+use crate::cluster::PlaceError;
 
 /// Largest offer or sdpfrag accepted; browsers' offers are a few KiB.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -197,8 +198,18 @@ async fn offer_for(
     sdp: String,
 ) -> Result<Response, ApiError> {
     let stream = check_offer(headers, app_name, name, &sdp)?;
-    let agent = super::streams::locate(app, &stream)?;
-    offer_to_agent(app, caller, &agent, whep::METHOD_OFFER, stream, sdp).await
+    // 404 for a stream nowhere, 503 for one on an offline box, each with its reason.
+    super::streams::locate(app, &stream)?;
+    let servers = session_ice(app).await;
+    let agent = app
+        .cluster
+        .place(&stream, &servers)
+        .await
+        .map_err(|e| match e {
+            PlaceError::NotLive(_) => ApiError::not_found(e.to_string()),
+            PlaceError::Full(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        })?;
+    offer_with_servers(app, caller, &agent, whep::METHOD_OFFER, stream, sdp, servers).await
 }
 
 /// Carries an offer (WHEP or WHIP, by `method`) to `agent` and answers the client with 201,
@@ -211,10 +222,23 @@ pub(super) async fn offer_to_agent(
     stream: String,
     sdp: String,
 ) -> Result<Response, ApiError> {
-    let started = std::time::Instant::now();
     // The client and the agent get the same servers: with TURN credentials of this session,
     // a box behind a symmetric NAT relays too.
     let servers = session_ice(app).await;
+    offer_with_servers(app, caller, agent, method, stream, sdp, servers).await
+}
+
+/// [`offer_to_agent`] with the session's ICE servers made already.
+async fn offer_with_servers(
+    app: &AppState,
+    caller: &Caller,
+    agent: &str,
+    method: &str,
+    stream: String,
+    sdp: String,
+    servers: Vec<verge_protocol::whep::IceServer>,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     let answer: OfferResult = call(
         app,
         agent,
