@@ -171,6 +171,7 @@ fn a_b_frame_stream_plays_smoothly_in_chromium() {
             b_frames: Some(3),
             preset: "veryfast",
             frame_counter: true,
+            video_kbps: None,
         },
     );
     let live = wait_for(Duration::from_secs(15), || {

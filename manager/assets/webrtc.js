@@ -79,19 +79,76 @@ function status(text, isError) {
   $("status").className = isError ? "error" : "";
 }
 
-// Runs the page's one session: `setup()` makes the peer connection, whose offer goes to `url`
+// The video bytes `pc` has received so far.
+async function videoBytes(pc) {
+  let bytes = 0;
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "video") bytes += s.bytesReceived || 0;
+  });
+  return bytes;
+}
+
+// Runs the page's session: `setup()` makes the peer connection, whose offer goes to `url`
 // (`label`: WHEP or WHIP); its state shows in #status and `showStats(pc)` twice a second once
 // answered; the session is deleted when the page goes, and a failure says so in the title.
-function run(url, auth, label, setup, showStats) {
+// With `reoffer` (a player), media that stops for 2 s (the node serving it died, or the
+// session ended) or a failed connection makes the page offer again, as any WHEP player should:
+// the manager places the new session on a node that is alive. Retries back off from 0.5 s to
+// 5 s; `window.vergeSessions` counts the sessions answered.
+function run(url, auth, label, setup, showStats, reoffer) {
   let sessionUrl = null;
+  let attempt = 0;
+  window.vergeSessions = 0;
   window.addEventListener("pagehide", () => {
     if (sessionUrl) fetch(sessionUrl, { method: "DELETE", headers: auth, keepalive: true });
   });
-  (async () => {
+  const fail = (e) => { status(String(e), true); document.title = "error"; };
+  const retry = () => {
+    const delay = Math.min(500 * 2 ** attempt, 5000);
+    attempt += 1;
+    setTimeout(() => start().catch(fail), delay);
+  };
+  const watch = (pc) => {
+    const began = Date.now();
+    let lastBytes = 0;
+    let stalledSince = null;
+    const timer = setInterval(async () => {
+      await showStats(pc);
+      if (!reoffer) return;
+      const bytes = await videoBytes(pc);
+      if (bytes > lastBytes) {
+        lastBytes = bytes;
+        stalledSince = null;
+      } else if (stalledSince === null) {
+        stalledSince = Date.now();
+      }
+      // The first bytes may take a TURN allocation's time; after them, 2 s of nothing is a stop.
+      const stalled = stalledSince !== null
+        && Date.now() - stalledSince > 2000 && (lastBytes > 0 || Date.now() - began > 8000);
+      const dead = pc.connectionState === "failed" || pc.connectionState === "closed";
+      if (!stalled && !dead) return;
+      clearInterval(timer);
+      const old = sessionUrl;
+      sessionUrl = null;
+      if (old) fetch(old, { method: "DELETE", headers: auth }).catch(() => {});
+      pc.close();
+      status("media stopped: offering again…", false);
+      retry();
+    }, 500);
+  };
+  const start = async () => {
     const pc = await setup();
     pc.onconnectionstatechange = () => status("connection: " + pc.connectionState,
       pc.connectionState === "failed");
     sessionUrl = await exchange(url, pc, auth, label, status);
-    if (sessionUrl) setInterval(() => showStats(pc), 500);
-  })().catch((e) => { status(String(e), true); document.title = "error"; });
+    if (!sessionUrl) {
+      pc.close();
+      if (reoffer) retry();
+      return;
+    }
+    window.vergeSessions += 1;
+    attempt = 0;
+    watch(pc);
+  };
+  start().catch(fail);
 }

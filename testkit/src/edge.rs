@@ -342,6 +342,11 @@ pub fn publish_args(url: &str, media: &Synthetic) -> Vec<String> {
         Some(n) => args.extend(["-bf".to_string(), n.to_string()]),
         None => args.extend(["-tune".to_string(), "zerolatency".to_string()]),
     }
+    if let Some(kbps) = media.video_kbps {
+        let rate = format!("{kbps}k");
+        let buffer = format!("{}k", kbps / 2);
+        args.extend(["-b:v", &rate, "-maxrate", &rate, "-bufsize", &buffer].map(String::from));
+    }
     if let Some(profile) = media.profile {
         args.extend(["-profile:v".to_string(), profile.to_string()]);
     }
@@ -367,6 +372,8 @@ pub struct Synthetic {
     /// A 64x64 square at the top left whose grey level counts frames (16 + 6 × n, modulo 216,
     /// in limited-range luma): a viewer can tell from it whether pictures are shown in order.
     pub frame_counter: bool,
+    /// The video's bitrate cap, kbit/s (`-b:v`, `-maxrate`); x264 decides otherwise.
+    pub video_kbps: Option<u32>,
 }
 
 impl Default for Synthetic {
@@ -380,6 +387,7 @@ impl Default for Synthetic {
             b_frames: None,
             preset: "ultrafast",
             frame_counter: false,
+            video_kbps: None,
         }
     }
 }

@@ -180,6 +180,59 @@ impl Home {
     }
 }
 
+/// A host on the internet bridge at `ip` (a /24), whose sending is shaped to `mbit` (tbf on
+/// its end of the link, with 200 ms of queue as a cellular modem holds): a box on a thin
+/// uplink. This kernel may have no netem, so a delay is not added here.
+pub struct Uplink {
+    pub node: Node,
+    pub ip: String,
+}
+
+impl Uplink {
+    pub fn new(name: &str, ip: &str, mbit: Option<u32>) -> Self {
+        let node = Node::new();
+        let outside = format!("{name}-up");
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &outside,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &node.pid().to_string(),
+        ]);
+        run(&["ip", "link", "set", &outside, "master", "wan0", "up"]);
+        node.run(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        node.run(&["ip", "link", "set", "eth0", "up"]);
+        if let Some(mbit) = mbit {
+            let rate = format!("{mbit}mbit");
+            node.run(&[
+                "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", &rate, "burst",
+                "32kb", "latency", "200ms",
+            ]);
+        }
+        Self {
+            node,
+            ip: ip.to_string(),
+        }
+    }
+
+    /// Bytes this host has sent up its link so far (its `eth0` in `/proc/{pid}/net/dev`, which
+    /// shows the process's own namespace; `/sys/class/net` would show the reader's).
+    pub fn sent_bytes(&self) -> u64 {
+        let dev = std::fs::read_to_string(format!("/proc/{}/net/dev", self.node.pid()))
+            .unwrap_or_default();
+        dev.lines()
+            .find_map(|l| l.trim_start().strip_prefix("eth0:"))
+            .and_then(|counters| counters.split_whitespace().nth(8)?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 /// The internet side: the bridge `wan0` with `ip` (a /24) in the test's own namespace.
 pub fn internet(ip: &str) {
     run(&["ip", "link", "add", "wan0", "type", "bridge"]);

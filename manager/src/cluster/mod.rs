@@ -170,10 +170,20 @@ impl Cluster {
     /// Chooses the node for a viewer of `stream`, starting a relay there first when that is
     /// the choice; `servers` are the session's ICE servers (the relay's connection uses them
     /// too). Returns the node the viewer's offer goes to.
-    pub async fn place(&self, stream: &str, servers: &[IceServer]) -> Result<String, PlaceError> {
+    /// Nodes in `exclude` (one that just failed this viewer) are left out, unless the
+    /// stream's origin is among them.
+    pub async fn place(
+        &self,
+        stream: &str,
+        servers: &[IceServer],
+        exclude: &[String],
+    ) -> Result<String, PlaceError> {
         let turn = self.turn(stream);
         let _turn = turn.lock().await;
-        let nodes = self.nodes();
+        let mut nodes = self.nodes();
+        nodes.retain(|n| {
+            !exclude.contains(&n.id) || n.streams.get(stream).is_some_and(|s| s.relay.is_none())
+        });
         let kbps = nodes
             .iter()
             .find_map(|n| n.streams.get(stream).filter(|s| s.relay.is_none()))

@@ -19,6 +19,14 @@ impl ApiError {
         }
     }
 
+    /// The node did not answer (offline, timed out) or was busy: another node may serve.
+    pub fn node_unreachable(&self) -> bool {
+        matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        )
+    }
+
     pub fn not_found(reason: impl Into<String>) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,

@@ -201,15 +201,38 @@ async fn offer_for(
     // 404 for a stream nowhere, 503 for one on an offline box, each with its reason.
     super::streams::locate(app, &stream)?;
     let servers = session_ice(app).await;
-    let agent = app
-        .cluster
-        .place(&stream, &servers)
-        .await
-        .map_err(|e| match e {
-            PlaceError::NotLive(_) => ApiError::not_found(e.to_string()),
-            PlaceError::Full(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        })?;
-    offer_with_servers(app, caller, &agent, whep::METHOD_OFFER, stream, sdp, servers).await
+    let mut failed = Vec::new();
+    loop {
+        let agent = app
+            .cluster
+            .place(&stream, &servers, &failed)
+            .await
+            .map_err(|e| match e {
+                PlaceError::NotLive(_) => ApiError::not_found(e.to_string()),
+                PlaceError::Full(_) => {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                }
+            })?;
+        let answer = offer_with_servers(
+            app,
+            caller,
+            &agent,
+            whep::METHOD_OFFER,
+            stream.clone(),
+            sdp.clone(),
+            servers.clone(),
+        )
+        .await;
+        match answer {
+            // A node that died a moment ago may still be placed on until its will arrives:
+            // one more placement without it, so the viewer does not pay for it.
+            Err(e) if failed.is_empty() && e.node_unreachable() => {
+                tracing::info!(%stream, node = %agent, "offer not answered, placing elsewhere: {}", e.reason);
+                failed.push(agent);
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Carries an offer (WHEP or WHIP, by `method`) to `agent` and answers the client with 201,
