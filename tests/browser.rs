@@ -559,3 +559,75 @@ fn viewer_stats(viewer: &mut Chromium) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// The cluster as a viewer meets it: with `[cluster] edge_viewers = 0` every viewer goes to a
+/// cloud node, which relays the box's stream; Chromium's `/play` page plays it there, with
+/// sound, exactly as from the box.
+#[test]
+fn chromium_plays_through_a_cloud_nodes_relay_with_sound() {
+    if !is_private_netns() {
+        let _one_at_a_time = exclusive();
+        bin("verge-manager");
+        let output = in_private_netns("chromium_plays_through_a_cloud_nodes_relay_with_sound");
+        println!("{output}");
+        return;
+    }
+    let edge = Edge::start(
+        "browser-relay",
+        &EdgeOptions {
+            manager_toml: "[[agents]]\nid = \"cloud-a\"\nsecret = \"sa\"\n\
+                           [cluster]\nedge_viewers = 0\n"
+                .into(),
+            ..EdgeOptions::noauth()
+        },
+    );
+    let cloud = edge.start_cloud_node("cloud-a", "sa");
+    let _ffmpeg = edge.publish("ffmpeg", "cam", &Synthetic::keyframe_every_second(60));
+    wait_for(Duration::from_secs(15), || {
+        edge.listed_stream("cam").filter(|s| s["width"].is_u64())
+    })
+    .expect("stream listed");
+    let nodes_online = wait_for(Duration::from_secs(20), || {
+        let nodes = verge_testkit::get(edge.manager_http, "/api/nodes/").ok()?.json();
+        let all = nodes.as_array()?;
+        (all.iter().filter(|n| n["online"] == true).count() == 2).then_some(())
+    });
+    assert!(nodes_online.is_some(), "the cloud node is not online");
+
+    let url = format!("http://{}/play/cam", edge.manager_http);
+    let mut chromium = Chromium::open(
+        &url,
+        &edge.dir.path().join("chromium-profile"),
+        &edge.dir.path().join("chromium.log"),
+    );
+    let mut last = String::new();
+    let played = wait_for(Duration::from_secs(30), || {
+        last = chromium
+            .eval("document.getElementById('stats').textContent")
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        stat(&last, "framesDecoded").filter(|&n| n >= 50)?;
+        chromium.eval("document.getElementById('video').muted = false");
+        stat(&last, "audioEnergy").filter(|&e| e > 0)?;
+        stat(&last, "audioSamplesReceived").filter(|&n| n > 48_000)
+    });
+    assert!(
+        played.is_some(),
+        "Chromium played no video or no sound through the relay:\n{last}\ncloud node:\n{}",
+        cloud.log_text()
+    );
+    println!("Chromium through the relay: {}", last.replace('\n', " "));
+    // The viewer's session is the cloud node's, whose copy of the stream is the relay's.
+    let log = cloud.log_text();
+    assert!(log.contains("relay answered"), "{log}");
+    assert!(log.contains("WHEP viewer answered agent=cloud-a"), "{log}");
+    // The box answered one viewer: the relay.
+    let box_log = edge.agent.log_text();
+    let answered = box_log.matches("WHEP viewer answered").count();
+    assert_eq!(answered, 1, "{box_log}");
+    assert_eq!(stat(&last, "frameWidth"), Some(640), "{last}");
+    let samples = stat(&last, "audioSamplesReceived").unwrap_or(0);
+    let concealed = stat(&last, "audioConcealedSamples").unwrap_or(u64::MAX);
+    assert!(concealed * 10 < samples, "{last}");
+}

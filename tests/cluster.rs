@@ -12,33 +12,19 @@ use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
 use verge_testkit::prometheus;
 use verge_testkit::{Proc, bin, get, listener, wait_for};
 
+/// One test at a time: each runs a fleet and dozens of viewers, and frame counts mean nothing
+/// on a starved CPU.
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime")
-}
-
-/// Starts cloud node `id` against the fixture's broker.
-fn cloud_node(edge: &Edge, id: &str, secret: &str) -> Proc {
-    let mqtt = listener(&edge.manager_listeners, "mqtt");
-    let cfg = edge.dir.write(
-        &format!("{id}.toml"),
-        &format!(
-            "id = \"{id}\"\nsecret = \"{secret}\"\n[node]\nrole = \"cloud\"\n\
-             [mqtt]\nurl = \"mqtt://{mqtt}\"\n[rtmp]\nlisten = \"127.0.0.1:0\"\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n[hls]\nlisten = \"127.0.0.1:0\"\n\
-             [webrtc]\nudp_ips = [\"127.0.0.1\"]\n"
-        ),
-    );
-    let (node, _) = Proc::spawn_ready(
-        id,
-        &bin("verge-agent"),
-        &["--config", cfg.to_str().unwrap()],
-        edge.dir.path(),
-    );
-    node
 }
 
 fn nodes(manager: SocketAddr) -> Vec<serde_json::Value> {
@@ -78,6 +64,7 @@ async fn playing(url: &str, frames: u64) -> Viewer {
 
 #[test]
 fn cloud_nodes_carry_the_viewers_the_box_has_no_room_for() {
+    let _one = exclusive();
     let edge = Edge::start(
         "cluster",
         &EdgeOptions {
@@ -89,8 +76,8 @@ fn cloud_nodes_carry_the_viewers_the_box_has_no_room_for() {
         },
     );
     let manager = edge.manager_http;
-    let cloud_a = cloud_node(&edge, "cloud-a", "sa");
-    let _cloud_b = cloud_node(&edge, "cloud-b", "sb");
+    let cloud_a = edge.start_cloud_node("cloud-a", "sa");
+    let _cloud_b = edge.start_cloud_node("cloud-b", "sb");
     let roles = wait_for(Duration::from_secs(30), || {
         let all = nodes(manager);
         let online: Vec<(String, String)> = all
@@ -312,6 +299,7 @@ fn a_thin_uplink_serves_a_crowd_through_cloud_nodes() {
         return;
     }
     if !is_private_netns() {
+        let _one = exclusive();
         bin("verge-manager");
         bin("verge-agent");
         println!("{}", in_private_netns("a_thin_uplink_serves_a_crowd_through_cloud_nodes"));

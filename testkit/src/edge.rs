@@ -271,6 +271,28 @@ impl Edge {
         (publisher, key)
     }
 
+    /// Starts a cloud node (`[node] role = "cloud"`, the agent binary) named `id` on the
+    /// fixture's broker; the manager's config must enrol it with `secret` (`[[agents]]`).
+    pub fn start_cloud_node(&self, id: &str, secret: &str) -> Proc {
+        let mqtt = listener(&self.manager_listeners, "mqtt");
+        let cfg = self.dir.write(
+            &format!("{id}.toml"),
+            &format!(
+                "id = \"{id}\"\nsecret = \"{secret}\"\n[node]\nrole = \"cloud\"\n\
+                 [mqtt]\nurl = \"mqtt://{mqtt}\"\n[rtmp]\nlisten = \"{ANY_PORT}\"\n\
+                 [http]\nlisten = \"{ANY_PORT}\"\n[hls]\nlisten = \"{ANY_PORT}\"\n\
+                 [webrtc]\nudp_ips = [\"127.0.0.1\"]\n"
+            ),
+        );
+        let (node, _) = Proc::spawn_ready(
+            id,
+            &bin("verge-agent"),
+            &["--config", cfg.to_str().unwrap_or_default()],
+            self.dir.path(),
+        );
+        node
+    }
+
     /// The manager's view of stream `id` (`{name}` or `{app}/{name}`), once listed.
     pub fn listed_stream(&self, id: &str) -> Option<serde_json::Value> {
         let streams = get(
