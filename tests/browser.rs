@@ -588,7 +588,9 @@ fn chromium_plays_through_a_cloud_nodes_relay_with_sound() {
     })
     .expect("stream listed");
     let nodes_online = wait_for(Duration::from_secs(20), || {
-        let nodes = verge_testkit::get(edge.manager_http, "/api/nodes/").ok()?.json();
+        let nodes = verge_testkit::get(edge.manager_http, "/api/nodes/")
+            .ok()?
+            .json();
         let all = nodes.as_array()?;
         (all.iter().filter(|n| n["online"] == true).count() == 2).then_some(())
     });
@@ -630,4 +632,21 @@ fn chromium_plays_through_a_cloud_nodes_relay_with_sound() {
     let samples = stat(&last, "audioSamplesReceived").unwrap_or(0);
     let concealed = stat(&last, "audioConcealedSamples").unwrap_or(u64::MAX);
     assert!(concealed * 10 < samples, "{last}");
+
+    // The operator's view of it: the dashboard's stream page draws the tree of nodes serving
+    // the stream, the relay under the box.
+    chromium.eval("location.href = '/#stream/live%2Fcam'");
+    let mut tree = String::new();
+    let drawn = wait_for(Duration::from_secs(20), || {
+        tree = chromium
+            .eval("(document.getElementById('served') || {}).innerText || ''")
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        (tree.contains("edge-1 origin") && tree.contains("cloud-a relay")).then_some(())
+    });
+    assert!(
+        drawn.is_some(),
+        "the stream page does not show the relay: {tree:?}"
+    );
 }

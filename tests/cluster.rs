@@ -103,8 +103,7 @@ fn cloud_nodes_carry_the_viewers_the_box_has_no_room_for() {
     );
 
     let publisher = edge.publish("ffmpeg", "cam", &Synthetic::keyframe_every_second(300));
-    wait_for(Duration::from_secs(30), || edge.listed_stream("cam"))
-        .expect("cam never went live");
+    wait_for(Duration::from_secs(30), || edge.listed_stream("cam")).expect("cam never went live");
     let url = format!("http://{manager}/whep/cam");
     let rt = runtime();
     rt.block_on(async {
@@ -122,13 +121,21 @@ fn cloud_nodes_carry_the_viewers_the_box_has_no_room_for() {
         for v in &mut viewers {
             let before = v.stats.frames;
             assert!(!v.watch(Duration::from_secs(2)).await.expect("watch"));
-            assert!(v.stats.frames >= before + 25, "{} on {}", v.stats, served_by(v));
+            assert!(
+                v.stats.frames >= before + 25,
+                "{} on {}",
+                v.stats,
+                served_by(v)
+            );
         }
         let audio: Vec<u64> = viewers
             .iter()
             .map(|v| v.audio.packets.load(std::sync::atomic::Ordering::Relaxed))
             .collect();
-        assert!(audio.iter().all(|n| *n > 0), "audio through the relay: {audio:?}");
+        assert!(
+            audio.iter().all(|n| *n > 0),
+            "audio through the relay: {audio:?}"
+        );
 
         // The operator's view: the relay under the stream, the nodes' roles and relays, the
         // gauges. Reports come every few seconds.
@@ -166,7 +173,10 @@ fn cloud_nodes_carry_the_viewers_the_box_has_no_room_for() {
         // longer answers (then it places the viewer again without it).
         let again = playing(&url, 1).await;
         let back = killed.elapsed();
-        println!("a dead cloud node's viewer plays again on {} after {back:?}", served_by(&again));
+        println!(
+            "a dead cloud node's viewer plays again on {} after {back:?}",
+            served_by(&again)
+        );
         assert_eq!(served_by(&again), "cloud-b");
         let mut moved = vec![again];
         for _ in 0..3 {
@@ -184,7 +194,11 @@ fn cloud_nodes_carry_the_viewers_the_box_has_no_room_for() {
             let b = node(manager, "cloud-b")?;
             (b["relays"].as_array()?.is_empty()).then_some(())
         });
-        assert!(gone.is_some(), "idle relay still open: {:?}", node(manager, "cloud-b"));
+        assert!(
+            gone.is_some(),
+            "idle relay still open: {:?}",
+            node(manager, "cloud-b")
+        );
         let readers = wait_for(Duration::from_secs(20), || {
             let s = edge.listed_stream("cam")?;
             (s["readers"] == 2 && s["relays"].as_array()?.is_empty()).then_some(())
@@ -205,8 +219,15 @@ fn cloud_nodes_carry_the_viewers_the_box_has_no_room_for() {
             let b = node(manager, "cloud-b")?;
             (b["relays"].as_array()?.is_empty()).then_some(())
         });
-        assert!(ended.is_some(), "relay outlived its stream: {:?}", node(manager, "cloud-b"));
-        assert!(relayed.watch(Duration::from_secs(20)).await.expect("watch"), "the relayed viewer's session ends");
+        assert!(
+            ended.is_some(),
+            "relay outlived its stream: {:?}",
+            node(manager, "cloud-b")
+        );
+        assert!(
+            relayed.watch(Duration::from_secs(20)).await.expect("watch"),
+            "the relayed viewer's session ends"
+        );
     });
 }
 
@@ -239,7 +260,11 @@ fn agent(
     );
     let agent_bin = bin("verge-agent");
     let mut args: Vec<String> = netns.map(|n| n.wrapper()).unwrap_or_default();
-    args.extend([agent_bin.display().to_string(), "--config".into(), cfg.display().to_string()]);
+    args.extend([
+        agent_bin.display().to_string(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ]);
     let program = args.remove(0);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Proc::spawn_ready(id, std::path::Path::new(&program), &args, dir.path())
@@ -262,14 +287,17 @@ async fn audience(url: &str, uplink: &verge_testkit::netns::Uplink) -> (Vec<(Str
     // Each settles (and reads what queued while the others joined), then the window everyone
     // is measured over begins.
     let settle = Duration::from_secs(3);
-    let watching: Vec<_> = viewers.into_iter().map(|mut v| {
-        tokio::spawn(async move {
-            let _ = v.watch(settle).await;
-            let start = v.stats.frames;
-            let _ = v.watch(WINDOW).await;
-            (served_by(&v), v.stats.frames - start, v)
+    let watching: Vec<_> = viewers
+        .into_iter()
+        .map(|mut v| {
+            tokio::spawn(async move {
+                let _ = v.watch(settle).await;
+                let start = v.stats.frames;
+                let _ = v.watch(WINDOW).await;
+                (served_by(&v), v.stats.frames - start, v)
+            })
         })
-    }).collect();
+        .collect();
     tokio::time::sleep(settle).await;
     let before = uplink.sent_bytes();
     let mut out = Vec::new();
@@ -302,7 +330,10 @@ fn a_thin_uplink_serves_a_crowd_through_cloud_nodes() {
         let _one = exclusive();
         bin("verge-manager");
         bin("verge-agent");
-        println!("{}", in_private_netns("a_thin_uplink_serves_a_crowd_through_cloud_nodes"));
+        println!(
+            "{}",
+            in_private_netns("a_thin_uplink_serves_a_crowd_through_cloud_nodes")
+        );
         return;
     }
     let dir = verge_testkit::TempDir::new("uplink");
@@ -323,7 +354,9 @@ fn a_thin_uplink_serves_a_crowd_through_cloud_nodes() {
         dir.path(),
     );
     let manager = listener(&bound, "http");
-    let mqtt: SocketAddr = format!("{CLOUD}:{}", listener(&bound, "mqtt").port()).parse().unwrap();
+    let mqtt: SocketAddr = format!("{CLOUD}:{}", listener(&bound, "mqtt").port())
+        .parse()
+        .unwrap();
     let (_edge, edge_bound) = agent(&dir, "edge-1", mqtt, BOX, "", Some(&uplink.node));
     let rtmp = listener(&edge_bound, "rtmp");
     let media = Synthetic {
@@ -337,30 +370,71 @@ fn a_thin_uplink_serves_a_crowd_through_cloud_nodes() {
     wrapped.extend(args);
     let program = wrapped.remove(0);
     let wrapped: Vec<&str> = wrapped.iter().map(String::as_str).collect();
-    let _publisher = Proc::spawn("ffmpeg", std::path::Path::new(&program), &wrapped, dir.path());
+    let _publisher = Proc::spawn(
+        "ffmpeg",
+        std::path::Path::new(&program),
+        &wrapped,
+        dir.path(),
+    );
     let live = wait_for(Duration::from_secs(40), || {
         let streams = get(manager, "/api/streams/").ok()?.json();
-        streams.as_array()?.iter().find(|s| s["id"] == "cam" && s["bitrateKbps"].as_u64() > Some(0)).cloned()
+        streams
+            .as_array()?
+            .iter()
+            .find(|s| s["id"] == "cam" && s["bitrateKbps"].as_u64() > Some(0))
+            .cloned()
     });
-    assert!(live.is_some(), "cam never went live: {:?}", get(manager, "/api/streams/").map(|r| r.text()));
+    assert!(
+        live.is_some(),
+        "cam never went live: {:?}",
+        get(manager, "/api/streams/").map(|r| r.text())
+    );
     let url = format!("http://{manager}/whep/cam");
     let rt = runtime();
     let source_frames = FPS * WINDOW.as_secs();
 
     // The control: the box alone. 24 × 1.5 Mbit/s does not fit in 8.
     let (alone, alone_sent) = rt.block_on(audience(&url, &uplink));
-    let starved = alone.iter().filter(|(_, f)| *f * 10 < source_frames * 9).count();
+    let starved = alone
+        .iter()
+        .filter(|(_, f)| *f * 10 < source_frames * 9)
+        .count();
     let alone_mbit = alone_sent as f64 * 8.0 / WINDOW.as_secs_f64() / 1e6;
-    println!("box alone: {} of {VIEWERS} viewers below 90 % of {source_frames} frames; frames {:?}; uplink {alone_mbit:.1} Mbit/s",
-        starved, alone.iter().map(|(_, f)| f).collect::<Vec<_>>());
+    println!(
+        "box alone: {} of {VIEWERS} viewers below 90 % of {source_frames} frames; frames {:?}; uplink {alone_mbit:.1} Mbit/s",
+        starved,
+        alone.iter().map(|(_, f)| f).collect::<Vec<_>>()
+    );
     assert!(alone.iter().all(|(n, _)| n == "edge-1"));
-    assert!(starved > VIEWERS / 2, "the control did not starve: {alone:?}");
+    assert!(
+        starved > VIEWERS / 2,
+        "the control did not starve: {alone:?}"
+    );
 
     // With two cloud nodes.
-    let (_a, _) = agent(&dir, "cloud-a", mqtt, CLOUD, "[node]\nrole = \"cloud\"\n", None);
-    let (_b, _) = agent(&dir, "cloud-b", mqtt, CLOUD, "[node]\nrole = \"cloud\"\n", None);
+    let (_a, _) = agent(
+        &dir,
+        "cloud-a",
+        mqtt,
+        CLOUD,
+        "[node]\nrole = \"cloud\"\n",
+        None,
+    );
+    let (_b, _) = agent(
+        &dir,
+        "cloud-b",
+        mqtt,
+        CLOUD,
+        "[node]\nrole = \"cloud\"\n",
+        None,
+    );
     let online = wait_for(Duration::from_secs(30), || {
-        (nodes(manager).iter().filter(|n| n["online"] == true).count() == 3).then_some(())
+        (nodes(manager)
+            .iter()
+            .filter(|n| n["online"] == true)
+            .count()
+            == 3)
+            .then_some(())
     });
     assert!(online.is_some(), "{:?}", nodes(manager));
     // The control's viewers are gone from the box's report before the crowd comes back.
@@ -382,12 +456,104 @@ fn a_thin_uplink_serves_a_crowd_through_cloud_nodes() {
     let mbit = sent as f64 * 8.0 / WINDOW.as_secs_f64() / 1e6;
     println!(
         "with cloud nodes: {on_box} on the box, {relays} relay(s); frames {:?}; uplink {mbit:.2} Mbit/s (allowed {:.2})",
-        crowd.iter().map(|(n, f)| format!("{n}:{f}")).collect::<Vec<_>>(),
+        crowd
+            .iter()
+            .map(|(n, f)| format!("{n}:{f}"))
+            .collect::<Vec<_>>(),
         allowed as f64 * 8.0 / WINDOW.as_secs_f64() / 1e6
     );
     assert_eq!(on_box, 2, "{crowd:?}");
     for (node, frames) in &crowd {
-        assert!(*frames * 10 >= source_frames * 9, "a viewer on {node} got {frames} of {source_frames} frames: {crowd:?}");
+        assert!(
+            *frames * 10 >= source_frames * 9,
+            "a viewer on {node} got {frames} of {source_frames} frames: {crowd:?}"
+        );
     }
-    assert!(sent <= allowed, "the box sent {sent} bytes, more than {allowed}");
+    assert!(
+        sent <= allowed,
+        "the box sent {sent} bytes, more than {allowed}"
+    );
+}
+
+/// Relays are the nodes' own: a manager restart (its embedded broker with it) leaves a relayed
+/// viewer playing, and the new manager finds the relay in the nodes' state and places the next
+/// viewer on it rather than starting another.
+#[test]
+fn relays_outlive_a_manager_restart() {
+    let _one = exclusive();
+    let broker = verge_testkit::reserve_port();
+    let mut edge = Edge::start(
+        "cluster-restart",
+        &EdgeOptions {
+            broker_listen: Some(broker.addr()),
+            manager_toml: "[[agents]]\nid = \"cloud-a\"\nsecret = \"sa\"\n\
+                           [cluster]\nedge_viewers = 0\n"
+                .into(),
+            ..EdgeOptions::noauth()
+        },
+    );
+    let _cloud = edge.start_cloud_node("cloud-a", "sa");
+    let both_online = |manager: SocketAddr| {
+        wait_for(Duration::from_secs(30), || {
+            (nodes(manager)
+                .iter()
+                .filter(|n| n["online"] == true)
+                .count()
+                == 2)
+                .then_some(())
+        })
+    };
+    assert!(
+        both_online(edge.manager_http).is_some(),
+        "{:?}",
+        nodes(edge.manager_http)
+    );
+    let _publisher = edge.publish("ffmpeg", "cam", &Synthetic::keyframe_every_second(120));
+    wait_for(Duration::from_secs(30), || edge.listed_stream("cam")).expect("cam never went live");
+    let rt = runtime();
+    let mut first = rt.block_on(playing(
+        &format!("http://{}/whep/cam", edge.manager_http),
+        10,
+    ));
+    assert_eq!(served_by(&first), "cloud-a");
+
+    edge.stop_manager();
+    edge.start_manager("manager-2");
+    let manager = edge.manager_http;
+    rt.block_on(async {
+        // It never stopped: 3 s of media after the restart.
+        let before = first.stats.frames;
+        assert!(!first.watch(Duration::from_secs(3)).await.expect("watch"));
+        assert!(first.stats.frames >= before + 50, "{}", first.stats);
+    });
+    assert!(both_online(manager).is_some(), "{:?}", nodes(manager));
+    let relay = wait_for(Duration::from_secs(20), || {
+        let s = edge.listed_stream("cam")?;
+        (s["relays"][0]["node"] == "cloud-a").then_some(s)
+    });
+    assert!(
+        relay.is_some(),
+        "the new manager does not see the relay: {:?}",
+        edge.listed_stream("cam")
+    );
+    let second = rt.block_on(playing(&format!("http://{manager}/whep/cam"), 10));
+    assert_eq!(served_by(&second), "cloud-a");
+    let (metrics, _) = prometheus::parse(&get(manager, "/metrics").unwrap().text());
+    assert_eq!(
+        metrics.get("verge_placements_total{outcome=\"relay\"}"),
+        Some(&1.0),
+        "{metrics:?}"
+    );
+    assert_eq!(
+        metrics.get("verge_placements_total{outcome=\"new_relay\"}"),
+        None,
+        "{metrics:?}"
+    );
+    let box_log = edge.agent.log_text();
+    assert_eq!(
+        box_log.matches("WHEP viewer answered").count(),
+        1,
+        "one copy from the box: {box_log}"
+    );
+    drop(first);
 }

@@ -282,6 +282,8 @@ pub struct WebrtcConfig {
     pub audio: WebrtcAudio,
     /// Opus bitrate, kbit/s (6–510).
     pub audio_kbps: u32,
+    /// A new viewer's cached GOP goes at this many times real time; 0: all at once.
+    pub backlog_speedup: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -313,6 +315,7 @@ impl Default for WebrtcConfig {
             b_frames: BFrames::Send,
             audio: WebrtcAudio::Opus,
             audio_kbps: 64,
+            backlog_speedup: 4,
         }
     }
 }
@@ -334,6 +337,7 @@ impl WebrtcConfig {
             gather_timeout: Duration::from_millis(self.gather_timeout_ms.max(1)),
             connect_timeout: Duration::from_secs(self.connect_timeout_secs.max(1)),
             drop_b_frames: self.b_frames == BFrames::Drop,
+            backlog_speedup: self.backlog_speedup,
             opus_bitrate: (self.audio == WebrtcAudio::Opus)
                 .then(|| self.audio_kbps.clamp(6, 510) * 1000),
             role: Default::default(),

@@ -33,7 +33,10 @@ pub struct Info {
 
 pub async fn dispatch(method: &str, params: Value, ctx: Context) -> Result<Value, RpcError> {
     let now = verge_protocol::now_ms();
-    if method.starts_with("whep.") || method.starts_with("relay.") || method == whep::METHOD_WHIP_OFFER {
+    if method.starts_with("whep.")
+        || method.starts_with("relay.")
+        || method == whep::METHOD_WHIP_OFFER
+    {
         return match ctx.whep {
             Some(whep) => whep_call(&whep, method, params).await,
             None => Err(RpcError::new(

@@ -169,7 +169,10 @@ mod tests {
             #[serde(default)]
             role: NodeRole,
         }
-        assert_eq!(serde_json::from_str::<P>("{}").unwrap().role, NodeRole::Edge);
+        assert_eq!(
+            serde_json::from_str::<P>("{}").unwrap().role,
+            NodeRole::Edge
+        );
         let cloud: P = serde_json::from_str(r#"{"role":"cloud"}"#).unwrap();
         assert_eq!(cloud.role, NodeRole::Cloud);
         assert!(serde_json::from_str::<P>(r#"{"role":"fog"}"#).is_err());

@@ -211,8 +211,8 @@ impl Uplink {
         if let Some(mbit) = mbit {
             let rate = format!("{mbit}mbit");
             node.run(&[
-                "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", &rate, "burst",
-                "32kb", "latency", "200ms",
+                "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", &rate, "burst", "32kb",
+                "latency", "200ms",
             ]);
         }
         Self {

@@ -9,6 +9,7 @@
 //!   task.
 //! - [`relay`]: a cloud node's relays: a stream pulled once from its source node into the hub.
 //! - [`keyframe`]: viewers' keyframe requests (PLI/FIR), delivered to the sender task.
+//! - [`pace`]: a new viewer's cached GOP, sent at a multiple of real time rather than at once.
 //! - [`payloads`]: RTP payloads made once per stream and shared by its viewers.
 //! - [`audio`]: the stream's AAC as Opus, transcoded once per stream while someone listens.
 //! - [`clients`]: per-client caps on sessions (one address, one token).
@@ -22,6 +23,7 @@ pub mod audio;
 pub mod clients;
 pub mod engine;
 pub mod keyframe;
+pub mod pace;
 pub mod payloads;
 pub mod peer;
 pub mod publish;
@@ -89,6 +91,9 @@ pub struct WhepSettings {
     pub connect_timeout: Duration,
     /// Leave B-frames out of what viewers are sent (see `[webrtc] b_frames`).
     pub drop_b_frames: bool,
+    /// A new viewer's cached GOP goes at this many times real time (`[webrtc]
+    /// backlog_speedup`); 0: at once.
+    pub backlog_speedup: u32,
     /// Opus bitrate (bit/s) of the audio sent to viewers; `None`: video only.
     pub opus_bitrate: Option<u32>,
     /// Sessions one client may hold (`[limits] sessions_per_address`, `sessions_per_token`).
@@ -105,6 +110,7 @@ impl Default for WhepSettings {
             gather_timeout: Duration::from_millis(1500),
             connect_timeout: Duration::from_secs(15),
             drop_b_frames: true,
+            backlog_speedup: 4,
             opus_bitrate: Some(64_000),
             client_caps: ClientCaps::default(),
             role: verge_protocol::relay::NodeRole::Edge,
@@ -342,6 +348,7 @@ impl Whep {
             _ => None,
         };
         peer.drop_b_frames = self.inner.settings.drop_b_frames;
+        peer.backlog_speedup = self.inner.settings.backlog_speedup;
         let session = whep::session_id(&self.inner.agent, u64::from_be_bytes(self.random()));
         let close = self.open_session(&session, stream, SessionRole::Viewer, peer.pc.clone());
         tracing::info!(agent = %self.inner.agent, %stream, %session, payload_type = peer.payload_type,

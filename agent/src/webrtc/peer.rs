@@ -43,6 +43,8 @@ pub struct Peer {
     pub state: watch::Receiver<RTCPeerConnectionState>,
     /// B-frames are left out of what this viewer is sent.
     pub drop_b_frames: bool,
+    /// How fast the cached GOP is sent when the viewer starts (see `pace`); 0: at once.
+    pub backlog_speedup: u32,
     /// The viewer's Opus track, when its offer receives audio and audio is on.
     pub audio: Option<AudioOut>,
 }
@@ -171,6 +173,7 @@ pub async fn answer(
                 payload_type,
                 state,
                 drop_b_frames: true,
+                backlog_speedup: 0,
                 audio: audio_track
                     .zip(audio_payload_type)
                     .map(|((ssrc, track), payload_type)| AudioOut {

@@ -204,7 +204,10 @@ impl Whep {
             tracing::info!(agent = %this.inner.agent, %stream, %relay, end = end.as_str(),
                 secs = started.elapsed().as_secs(), "relay ended");
         });
-        Ok(RelayOfferResult { relay: id, sdp: offer })
+        Ok(RelayOfferResult {
+            relay: id,
+            sdp: offer,
+        })
     }
 
     /// Applies the source's answer to relay `p.relay`'s offer.

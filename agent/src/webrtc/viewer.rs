@@ -28,6 +28,7 @@ use webrtc::peer_connection::RTCPeerConnectionState;
 use super::audio::{AudioFeed, OpusPacket};
 use super::engine::{NotConnected, RTP_MTU};
 use super::keyframe::is_keyframe_request;
+use super::pace::Backlog;
 use super::payloads::SharedPayloads;
 use super::peer::{AudioOut, Peer};
 use tokio::sync::broadcast;
@@ -189,8 +190,10 @@ pub async fn run(
             let mut video_clock: Option<VideoClock> = None;
             let mut rtcp_open = true;
             let mut last_resync: Option<tokio::time::Instant> = None;
-            // The cached GOP arrives as one burst; lag counts only once it is drained.
+            // The cached GOP comes first, paced (see `pace`); lag counts only once it is
+            // drained.
             let mut caught_up = false;
+            let mut backlog = Backlog::new(peer.backlog_speedup);
             loop {
                 tokio::select! {
                     _ = &mut closed => break End::Closed,
@@ -212,6 +215,7 @@ pub async fn run(
                             out.resync(&peer);
                             sent.resyncs += 1;
                             caught_up = false;
+                            backlog.restart();
                         }
                         Some(_) => {}
                     },
@@ -243,6 +247,11 @@ pub async fn run(
                     }
                     frame = reader.recv() => {
                         let Some(frame) = frame else { break End::PublisherGone };
+                        if !caught_up
+                            && let Some(due) = backlog.due(frame.timestamp, frame.is_keyframe(), tokio::time::Instant::now())
+                        {
+                            tokio::time::sleep_until(due).await;
+                        }
                         if !out.send(&peer, &frame, &mut sent).await {
                             break End::ConnectionLost;
                         }
@@ -256,6 +265,7 @@ pub async fn run(
                             reader.skip_to_next_keyframe();
                             sent.skips += 1;
                             caught_up = false;
+                            backlog.restart();
                             tracing::debug!(stream = %peer.stream, pending, "WHEP viewer behind, skipping to the next keyframe");
                         }
                     }

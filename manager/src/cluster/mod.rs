@@ -60,7 +60,7 @@ struct Placed {
     at: Instant,
 }
 
-/// A relay started and not reported by its node yet.
+/// A relay started and not reported by its node yet (forgotten once reported).
 #[derive(Debug, Clone)]
 struct Started {
     node: String,
@@ -135,11 +135,16 @@ impl Cluster {
                 .is_some_and(|received| received > at + REPORT_LAG)
         };
         let mut started = lock(&self.inner.started);
-        started.retain(|s| s.at.elapsed() < PENDING_FOR);
+        // Once its node reports a relay, the report is what counts (a relay that closed must
+        // not be placed on).
+        started.retain(|s| {
+            let reported = nodes
+                .iter()
+                .any(|n| n.id == s.node && n.streams.contains_key(&s.stream));
+            s.at.elapsed() < PENDING_FOR && !reported
+        });
         for s in started.iter() {
-            if let Some(node) = nodes.iter_mut().find(|n| n.id == s.node)
-                && !node.streams.contains_key(&s.stream)
-            {
+            if let Some(node) = nodes.iter_mut().find(|n| n.id == s.node) {
                 node.streams.insert(
                     s.stream.clone(),
                     placement::Stream {
@@ -198,7 +203,10 @@ impl Cluster {
             Ok(choice) => choice,
         };
         if let Placement::NewRelay { node, source, via } = &choice {
-            match self.start_relay(node, stream, source, via, servers, kbps).await {
+            match self
+                .start_relay(node, stream, source, via, servers, kbps)
+                .await
+            {
                 Ok(()) => {}
                 Err(why) => {
                     tracing::warn!(%stream, node = %node, %source, "relay not started: {why}");
@@ -291,7 +299,8 @@ impl Cluster {
             Err(e) => Err(e),
         };
         if let Err(why) = applied {
-            self.stop(node, stream, "the relay could not be set up").await;
+            self.stop(node, stream, "the relay could not be set up")
+                .await;
             return Err(why);
         }
         let secs = started.elapsed().as_secs_f64();
@@ -368,8 +377,12 @@ impl Cluster {
             for ((node, stream), source) in orphans {
                 tracing::info!(%node, %stream, %source, "relay's source lost the stream: stopping it");
                 lock(&self.inner.started).retain(|s| !(s.node == node && s.stream == stream));
-                self.stop(&node, &stream, &format!("{source} no longer has the stream"))
-                    .await;
+                self.stop(
+                    &node,
+                    &stream,
+                    &format!("{source} no longer has the stream"),
+                )
+                .await;
             }
         }
     }

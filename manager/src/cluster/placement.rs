@@ -153,16 +153,11 @@ pub enum NoPlace {
 }
 
 /// Places one viewer of `stream` among the online `nodes`.
-pub fn place<'a>(
-    nodes: &'a [Node],
-    stream: &str,
-    edge_viewers: u32,
-) -> Result<Placement, NoPlace> {
-    let Some(origin) = nodes.iter().find(|n| {
-        n.streams
-            .get(stream)
-            .is_some_and(|s| s.relay.is_none())
-    }) else {
+pub fn place<'a>(nodes: &'a [Node], stream: &str, edge_viewers: u32) -> Result<Placement, NoPlace> {
+    let Some(origin) = nodes
+        .iter()
+        .find(|n| n.streams.get(stream).is_some_and(|s| s.relay.is_none()))
+    else {
         return Err(NoPlace::NotLive);
     };
     let kbps = origin.streams[stream].bitrate_kbps;
@@ -324,7 +319,11 @@ mod tests {
                     .add_reader(CAM, kbps);
             }
             let id = p.node().to_string();
-            nodes.iter_mut().find(|x| x.id == id).unwrap().add_reader(CAM, 1500);
+            nodes
+                .iter_mut()
+                .find(|x| x.id == id)
+                .unwrap()
+                .add_reader(CAM, 1500);
             out.push(p);
         }
         out
@@ -368,7 +367,13 @@ mod tests {
             .collect();
         assert_eq!(starts, ["cloud-a", "cloud-b"], "{placed:?}");
         // 2 on the box, 5 and 5 in the cloud; then the box again, past its share.
-        assert_eq!(placed[12], Placement::Origin { node: "edge-1".into(), over: true });
+        assert_eq!(
+            placed[12],
+            Placement::Origin {
+                node: "edge-1".into(),
+                over: true
+            }
+        );
     }
 
     #[test]
@@ -402,11 +407,18 @@ mod tests {
         let nodes = vec![with_stream(node("edge-1", NodeRole::Edge, 2, 0), None, 2)];
         assert_eq!(
             place(&nodes, CAM, 2),
-            Ok(Placement::Origin { node: "edge-1".into(), over: false })
+            Ok(Placement::Origin {
+                node: "edge-1".into(),
+                over: false
+            })
         );
         assert_eq!(place(&nodes, "live/other", 2), Err(NoPlace::NotLive));
         // A cloud node holding only a relay is not an origin.
-        let only_relay = vec![with_stream(node("cloud-a", NodeRole::Cloud, 9, 0), Some("x"), 0)];
+        let only_relay = vec![with_stream(
+            node("cloud-a", NodeRole::Cloud, 9, 0),
+            Some("x"),
+            0,
+        )];
         assert_eq!(place(&only_relay, CAM, 2), Err(NoPlace::NotLive));
     }
 

@@ -19,11 +19,12 @@ impl ApiError {
         }
     }
 
-    /// The node did not answer (offline, timed out) or was busy: another node may serve.
-    pub fn node_unreachable(&self) -> bool {
+    /// The node did not answer (offline, timed out), was busy, or no longer has the stream
+    /// (a relay that just closed): another node may serve.
+    pub fn other_node_may_serve(&self) -> bool {
         matches!(
             self.status,
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT | StatusCode::NOT_FOUND
         )
     }
 

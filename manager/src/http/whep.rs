@@ -224,9 +224,10 @@ async fn offer_for(
         )
         .await;
         match answer {
-            // A node that died a moment ago may still be placed on until its will arrives:
-            // one more placement without it, so the viewer does not pay for it.
-            Err(e) if failed.is_empty() && e.node_unreachable() => {
+            // A node that died a moment ago may still be placed on until its will arrives, and
+            // a relay that just closed until its node reports it: one more placement without
+            // that node, so the viewer does not pay for it.
+            Err(e) if failed.is_empty() && e.other_node_may_serve() => {
                 tracing::info!(%stream, node = %agent, "offer not answered, placing elsewhere: {}", e.reason);
                 failed.push(agent);
             }
