@@ -24,6 +24,24 @@ fn stat(text: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Waits up to 30 s for the `/play` page to show 50 decoded frames and sound: ffmpeg's test
+/// tone, played out (the page starts muted, as autoplay requires; a viewer unmutes). `last`
+/// gets the page's stats box and status as last read.
+fn plays_with_sound(chromium: &mut Chromium, last: &mut String) -> bool {
+    wait_for(Duration::from_secs(30), || {
+        *last = chromium
+            .eval("document.getElementById('stats').textContent + '\\nstatus=' + document.getElementById('status').textContent")
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        stat(last, "framesDecoded").filter(|&n| n >= 50)?;
+        chromium.eval("document.getElementById('video').muted = false");
+        stat(last, "audioEnergy").filter(|&e| e > 0)?;
+        stat(last, "audioSamplesReceived").filter(|&n| n > 48_000)
+    })
+    .is_some()
+}
+
 #[test]
 fn chromium_plays_a_stream_through_the_manager() {
     if !is_private_netns() {
@@ -67,20 +85,7 @@ fn chromium_plays_a_stream_through_the_manager() {
         &edge.dir.path().join("chromium.log"),
     );
     let mut last = String::new();
-    let decoded = wait_for(Duration::from_secs(30), || {
-        last = chromium
-            .eval("document.getElementById('stats').textContent + '\\nstatus=' + document.getElementById('status').textContent")
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        stat(&last, "framesDecoded").filter(|&n| n >= 50)?;
-        // ffmpeg's test tone: sound, played out (the page starts muted, as autoplay requires;
-        // a viewer unmutes).
-        chromium.eval("document.getElementById('video').muted = false");
-        stat(&last, "audioEnergy").filter(|&e| e > 0)?;
-        stat(&last, "audioSamplesReceived").filter(|&n| n > 48_000)
-    });
-    if decoded.is_none() {
+    if !plays_with_sound(&mut chromium, &mut last) {
         let sdp = chromium.eval(
             "(pc && pc.localDescription ? pc.localDescription.sdp : 'no offer') + '\\n---\\n' + \
              (pc && pc.remoteDescription ? pc.remoteDescription.sdp : 'no answer')",
@@ -603,19 +608,8 @@ fn chromium_plays_through_a_cloud_nodes_relay_with_sound() {
         &edge.dir.path().join("chromium.log"),
     );
     let mut last = String::new();
-    let played = wait_for(Duration::from_secs(30), || {
-        last = chromium
-            .eval("document.getElementById('stats').textContent")
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        stat(&last, "framesDecoded").filter(|&n| n >= 50)?;
-        chromium.eval("document.getElementById('video').muted = false");
-        stat(&last, "audioEnergy").filter(|&e| e > 0)?;
-        stat(&last, "audioSamplesReceived").filter(|&n| n > 48_000)
-    });
     assert!(
-        played.is_some(),
+        plays_with_sound(&mut chromium, &mut last),
         "Chromium played no video or no sound through the relay:\n{last}\ncloud node:\n{}",
         cloud.log_text()
     );

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use verge::whep::{Viewer, ViewerOptions};
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
 use verge_testkit::prometheus;
+use verge_testkit::whep::runtime;
 use verge_testkit::{Proc, bin, get, listener, wait_for};
 
 /// One test at a time: each runs a fleet and dozens of viewers, and frame counts mean nothing
@@ -17,14 +18,6 @@ use verge_testkit::{Proc, bin, get, listener, wait_for};
 fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     ONE.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
 }
 
 fn nodes(manager: SocketAddr) -> Vec<serde_json::Value> {

@@ -8,16 +8,8 @@ use std::time::{Duration, Instant};
 use verge::whep::{Stats, Viewer, ViewerOptions, WhepError};
 use verge_media::rtp::h264::AccessUnit;
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge_testkit::whep::watching;
+use verge_testkit::whep::{runtime, watching};
 use verge_testkit::{Response, get, request, send, wait_for};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 fn post_offer(addr: SocketAddr, path: &str, content_type: Option<&str>, sdp: &str) -> Response {
     let headers: Vec<(&str, &str)> = content_type

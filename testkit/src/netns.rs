@@ -98,6 +98,24 @@ pub fn run(args: &[&str]) {
     );
 }
 
+/// A veth pair: `outside` on the internet bridge `wan0`, `inside` in the namespace of `pid`.
+fn veth_to_wan(outside: &str, inside: &str, pid: u32) {
+    run(&[
+        "ip",
+        "link",
+        "add",
+        outside,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        inside,
+        "netns",
+        &pid.to_string(),
+    ]);
+    run(&["ip", "link", "set", outside, "master", "wan0", "up"]);
+}
+
 /// A home network behind a NAT that lets it connect out only: a router node (its WAN side on
 /// the `wan0` bridge at `wan_ip`, masquerading) and a host node at `{lan}.2` behind it (router
 /// `{lan}.1`, a /24). Nothing on the internet has a route to the LAN.
@@ -122,22 +140,8 @@ impl Home {
     pub fn new(name: &str, wan_ip: &str, lan: &str, nat: Nat) -> Self {
         let router = Node::new();
         let host = Node::new();
-        let (router_pid, host_pid) = (router.pid().to_string(), host.pid().to_string());
-        let outside = format!("{name}-wan");
-        run(&[
-            "ip",
-            "link",
-            "add",
-            &outside,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "wan",
-            "netns",
-            &router_pid,
-        ]);
-        run(&["ip", "link", "set", &outside, "master", "wan0", "up"]);
+        let host_pid = host.pid().to_string();
+        veth_to_wan(&format!("{name}-wan"), "wan", router.pid());
         router.run(&["ip", "addr", "add", &format!("{wan_ip}/24"), "dev", "wan"]);
         router.run(&["ip", "link", "set", "wan", "up"]);
         router.run(&[
@@ -191,21 +195,7 @@ pub struct Uplink {
 impl Uplink {
     pub fn new(name: &str, ip: &str, mbit: Option<u32>) -> Self {
         let node = Node::new();
-        let outside = format!("{name}-up");
-        run(&[
-            "ip",
-            "link",
-            "add",
-            &outside,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &node.pid().to_string(),
-        ]);
-        run(&["ip", "link", "set", &outside, "master", "wan0", "up"]);
+        veth_to_wan(&format!("{name}-up"), "eth0", node.pid());
         node.run(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         node.run(&["ip", "link", "set", "eth0", "up"]);
         if let Some(mbit) = mbit {

@@ -8,6 +8,16 @@ use verge::whep::{Viewer, ViewerOptions};
 /// a loaded machine takes.
 pub const FIRST_PICTURE: Duration = Duration::from_secs(20);
 
+/// The runtime WHEP viewers of a test run on: two workers, as a client machine has cores to
+/// spare while the processes under test use the rest.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 /// A viewer of `url` whose first frame has come, and is a keyframe; `what` names the endpoint
 /// in the panic when it refuses.
 pub async fn watching(url: &str, what: &str) -> Viewer {

@@ -202,7 +202,18 @@ async fn answer_gathered(
         .create_answer(None)
         .await
         .map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
-    pc.set_local_description(answer)
+    set_local_gathered(pc, answer, gathered, gather_timeout).await
+}
+
+/// Sets `description` as the local one and returns it with the candidates gathered within
+/// `gather_timeout`.
+async fn set_local_gathered(
+    pc: &Arc<dyn PeerConnection>,
+    description: RTCSessionDescription,
+    gathered: &mut watch::Receiver<bool>,
+    gather_timeout: Duration,
+) -> Result<String, AnswerError> {
+    pc.set_local_description(description)
         .await
         .map_err(|e| AnswerError::Internal(one_line(&e)))?;
     let _ = tokio::time::timeout(gather_timeout, gathered.wait_for(|done| *done)).await;
@@ -210,6 +221,25 @@ async fn answer_gathered(
         .await
         .map(|d| d.sdp)
         .ok_or_else(|| AnswerError::Internal("no local description".into()))
+}
+
+/// Adds a receive-only transceiver of each kind.
+async fn receive_only(
+    pc: &Arc<dyn PeerConnection>,
+    kinds: &[RtpCodecKind],
+) -> Result<(), AnswerError> {
+    for kind in kinds {
+        pc.add_transceiver_from_kind(
+            *kind,
+            Some(rtc::rtp_transceiver::RTCRtpTransceiverInit {
+                direction: rtc::rtp_transceiver::RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            }),
+        )
+        .await
+        .map_err(|e| AnswerError::Internal(one_line(&e)))?;
+    }
+    Ok(())
 }
 
 /// webrtc's errors can carry multi-line dumps; a reason sent to a client is one short line.
@@ -247,17 +277,7 @@ pub async fn answer_publisher(
         if audio {
             kinds.push(RtpCodecKind::Audio);
         }
-        for kind in kinds {
-            pc.add_transceiver_from_kind(
-                kind,
-                Some(rtc::rtp_transceiver::RTCRtpTransceiverInit {
-                    direction: rtc::rtp_transceiver::RTCRtpTransceiverDirection::Recvonly,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(|e| AnswerError::Internal(one_line(&e)))?;
-        }
+        receive_only(&pc, &kinds).await?;
         pc.set_remote_description(offer)
             .await
             .map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
@@ -288,29 +308,12 @@ pub async fn offer_receiver(
         .await
         .map_err(|e| AnswerError::Internal(one_line(&e)))?;
     let offered = async {
-        for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
-            pc.add_transceiver_from_kind(
-                kind,
-                Some(rtc::rtp_transceiver::RTCRtpTransceiverInit {
-                    direction: rtc::rtp_transceiver::RTCRtpTransceiverDirection::Recvonly,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(|e| AnswerError::Internal(one_line(&e)))?;
-        }
+        receive_only(&pc, &[RtpCodecKind::Video, RtpCodecKind::Audio]).await?;
         let offer = pc
             .create_offer(None)
             .await
             .map_err(|e| AnswerError::Internal(one_line(&e)))?;
-        pc.set_local_description(offer)
-            .await
-            .map_err(|e| AnswerError::Internal(one_line(&e)))?;
-        let _ = tokio::time::timeout(gather_timeout, gathered.wait_for(|done| *done)).await;
-        pc.local_description()
-            .await
-            .map(|d| d.sdp)
-            .ok_or_else(|| AnswerError::Internal("no local description".into()))
+        set_local_gathered(&pc, offer, &mut gathered, gather_timeout).await
     }
     .await;
     match offered {

@@ -39,9 +39,12 @@ struct Relay {
     id: String,
     of: RelayOf,
     close: CancellationToken,
-    /// Until the source's answer arrives: where to hand it, and where to hear whether it took.
-    answer: Option<oneshot::Sender<(String, oneshot::Sender<Result<(), AnswerError>>)>>,
+    /// Until the source's answer arrives: where to hand it.
+    answer: Option<oneshot::Sender<Answer>>,
 }
+
+/// The source's answer (SDP), and where to hear whether it applied.
+type Answer = (String, oneshot::Sender<Result<(), AnswerError>>);
 
 impl Relays {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Relay>> {

@@ -213,7 +213,7 @@ async fn offer_for(
                     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
                 }
             })?;
-        let answer = offer_with_servers(
+        let answer = offer_to_agent(
             app,
             caller,
             &agent,
@@ -237,23 +237,10 @@ async fn offer_for(
 }
 
 /// Carries an offer (WHEP or WHIP, by `method`) to `agent` and answers the client with 201,
-/// the session's `Location` and the ICE servers.
+/// the session's `Location` and the ICE servers: `servers`, from [`session_ice`], which the
+/// client and the agent both get (with TURN credentials of this session, a box behind a
+/// symmetric NAT relays too).
 pub(super) async fn offer_to_agent(
-    app: &AppState,
-    caller: &Caller,
-    agent: &str,
-    method: &str,
-    stream: String,
-    sdp: String,
-) -> Result<Response, ApiError> {
-    // The client and the agent get the same servers: with TURN credentials of this session,
-    // a box behind a symmetric NAT relays too.
-    let servers = session_ice(app).await;
-    offer_with_servers(app, caller, agent, method, stream, sdp, servers).await
-}
-
-/// [`offer_to_agent`] with the session's ICE servers made already.
-async fn offer_with_servers(
     app: &AppState,
     caller: &Caller,
     agent: &str,

@@ -18,7 +18,7 @@ use verge_serve::path::StreamPath;
 
 use super::AppState;
 use super::error::ApiError;
-use super::whep::{Caller, check_offer, offer_to_agent, respond};
+use super::whep::{Caller, check_offer, offer_to_agent, respond, session_ice};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Target {
@@ -109,5 +109,15 @@ async fn offer_for(
 ) -> Result<Response, ApiError> {
     let stream = check_offer(headers, app_name, name, &sdp)?;
     let agent = choose_agent(app, app_name, name, target.agent)?;
-    offer_to_agent(app, caller, &agent, whep::METHOD_WHIP_OFFER, stream, sdp).await
+    let servers = session_ice(app).await;
+    offer_to_agent(
+        app,
+        caller,
+        &agent,
+        whep::METHOD_WHIP_OFFER,
+        stream,
+        sdp,
+        servers,
+    )
+    .await
 }
