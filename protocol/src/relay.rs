@@ -58,8 +58,12 @@ impl NodeRole {
 pub struct RelayOf {
     /// The node this copy pulls from.
     pub source: String,
-    /// The nodes the stream passed before this one, the origin first, `source` last.
+    /// The nodes the stream passed before `source`, the origin first.
     pub via: Vec<String>,
+    /// The relay's viewer session at the source, once answered: a manager that sees the relay
+    /// gone ends it there at once, so the source's uplink does not wait for ICE to time out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

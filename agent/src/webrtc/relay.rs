@@ -139,6 +139,7 @@ impl Whep {
         let of = RelayOf {
             source: p.source.clone(),
             via: p.via.clone(),
+            session: None,
         };
         self.inner.relays.lock().insert(
             p.stream.clone(),
@@ -221,7 +222,10 @@ impl Whep {
             .lock()
             .values_mut()
             .find(|r| r.id == p.relay)
-            .and_then(|r| r.answer.take())
+            .and_then(|r| {
+                r.of.session = Some(p.session.clone());
+                r.answer.take()
+            })
             .ok_or_else(|| WhepError::UnknownSession(p.relay.clone()))?;
         let (applied_tx, applied) = oneshot::channel();
         sender

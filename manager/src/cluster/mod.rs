@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use verge_protocol::relay::{
     self, RelayAnswerParams, RelayOf, RelayOfferParams, RelayOfferResult, RelayStopParams,
 };
-use verge_protocol::whep::{self, IceServer, OfferParams, OfferResult};
+use verge_protocol::whep::{self, IceServer, OfferParams, OfferResult, SessionParams, SessionRole};
 
 use crate::config::{CascadeConfig, ClusterConfig};
 use crate::metrics::Metrics;
@@ -38,6 +38,8 @@ pub const REPORT_LAG: Duration = Duration::from_secs(2);
 pub const PENDING_FOR: Duration = Duration::from_secs(15);
 /// How often relays are checked against their sources.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// A relay whose node is offline this long is taken for gone (its node died).
+const OFFLINE_GRACE: Duration = Duration::from_secs(10);
 /// Checks in a row a relay's source must lack the stream before the relay is stopped (a
 /// source's state may lag its viewers' by a moment when a manager starts).
 const STRIKES: u32 = 2;
@@ -311,6 +313,7 @@ impl Cluster {
             of: RelayOf {
                 source: source.to_string(),
                 via: via.to_vec(),
+                session: None,
             },
             kbps,
             at: Instant::now(),
@@ -340,10 +343,15 @@ impl Cluster {
         }
     }
 
-    /// Stops relays whose source no longer has their stream (it ended, or the source went
-    /// offline), until the manager stops.
+    /// Until the manager stops: stops relays whose source no longer has their stream (it
+    /// ended, or the source went offline), and ends the source's session of a relay that is
+    /// gone (closed for idleness, or its node died), so the source's uplink is free at once
+    /// rather than when ICE times out.
     pub async fn reconcile(self) {
         let mut strikes: HashMap<(String, String), u32> = HashMap::new();
+        // Relays seen, by (node, stream): their source and session, and since when they are
+        // missing while their node is offline.
+        let mut known: HashMap<(String, String), (RelayOf, Option<Instant>)> = HashMap::new();
         let mut tick = tokio::time::interval(RECONCILE_EVERY);
         loop {
             tick.tick().await;
@@ -352,10 +360,11 @@ impl Cluster {
             for node in &nodes {
                 for (stream, s) in &node.streams {
                     let Some(of) = &s.relay else { continue };
+                    let key = (node.id.clone(), stream.clone());
+                    known.insert(key.clone(), (of.clone(), None));
                     let fed = nodes
                         .iter()
                         .any(|n| n.id == of.source && n.streams.contains_key(stream));
-                    let key = (node.id.clone(), stream.clone());
                     if fed {
                         strikes.remove(&key);
                         continue;
@@ -384,6 +393,46 @@ impl Cluster {
                 )
                 .await;
             }
+            for ((node, stream), of) in self.gone(&nodes, &mut known) {
+                let Some(session) = of.session else { continue };
+                tracing::info!(%node, %stream, source = %of.source, %session,
+                    "relay gone: ending its session at the source");
+                let params = SessionParams {
+                    session,
+                    stream: Some(stream),
+                    role: SessionRole::Viewer,
+                };
+                if let Err(e) = self
+                    .call::<serde_json::Value>(&of.source, whep::METHOD_DELETE, params)
+                    .await
+                {
+                    tracing::debug!(source = %of.source, "relay session delete: {e}");
+                }
+            }
         }
+    }
+
+    /// The relays in `known` that are gone: from the report of a node that is online, or
+    /// missing for [`OFFLINE_GRACE`] while their node is offline (an MQTT blip does not end a
+    /// relay whose media still flows).
+    fn gone(
+        &self,
+        nodes: &[Node],
+        known: &mut HashMap<(String, String), (RelayOf, Option<Instant>)>,
+    ) -> Vec<((String, String), RelayOf)> {
+        let mut gone = Vec::new();
+        known.retain(|(node, stream), (of, missing_since)| {
+            let online = nodes.iter().find(|n| n.id == *node);
+            if online.is_some_and(|n| n.streams.contains_key(stream)) {
+                return true;
+            }
+            let ended = online.is_some()
+                || missing_since.get_or_insert_with(Instant::now).elapsed() >= OFFLINE_GRACE;
+            if ended {
+                gone.push(((node.clone(), stream.clone()), of.clone()));
+            }
+            !ended
+        });
+        gone
     }
 }

@@ -283,6 +283,7 @@ mod tests {
                 relay: relay.map(|source| RelayOf {
                     source: source.into(),
                     via: vec![],
+                    session: None,
                 }),
                 readers,
                 bitrate_kbps: 1500,
@@ -307,6 +308,7 @@ mod tests {
                         relay: Some(RelayOf {
                             source: source.clone(),
                             via: via.clone(),
+                            session: None,
                         }),
                         readers: 0,
                         bitrate_kbps: kbps,
