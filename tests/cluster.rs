@@ -205,15 +205,20 @@ fn cloud_nodes_carry_the_viewers_the_box_has_no_room_for() {
             node(manager, "edge-1")
         );
 
-        // The stream ends at the box: the relay of it ends, and so does its viewer.
+        // The stream ends at the box: the relay of it ends, and so does its viewer. (Two
+        // viewers on the box again, then one on a new relay.)
         let mut relayed = None;
-        for _ in 0..2 {
+        let mut on_box = Vec::new();
+        for _ in 0..3 {
             let v = playing(&url, 1).await;
             if served_by(&v) == "cloud-b" {
                 relayed = Some(v);
+            } else {
+                on_box.push(v);
             }
         }
         let mut relayed = relayed.expect("a viewer past the box's share goes to cloud-b");
+        assert_eq!(on_box.len(), 2);
         publisher.signal("KILL");
         let ended = wait_for(Duration::from_secs(30), || {
             let b = node(manager, "cloud-b")?;
