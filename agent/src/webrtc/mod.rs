@@ -380,7 +380,7 @@ impl Whep {
             tracing::info!(agent = %this.inner.agent, %stream, session = %id, end = end.as_str(),
                 frames = sent.frames, packets = sent.packets, audio_packets = sent.audio_packets, audio_lost = sent.audio_lost,
                 av_offset_ms = format!("{:.1}", sent.av_offset.mean_ms()), av_offset_max_ms = format!("{:.1}", sent.av_offset.max_abs_ms),
-                bytes = sent.bytes, resyncs = sent.resyncs, skips = sent.skips,
+                bytes = sent.bytes, resyncs = sent.resyncs, keyframe_waits = sent.keyframe_waits, skips = sent.skips,
                 secs = started.elapsed().as_secs(), "WHEP viewer ended");
         });
         Ok(OfferResult {

@@ -6,7 +6,8 @@
 //! the first picture is sent as soon as DTLS is up, not at the next IDR. A viewer that lost
 //! its picture asks for a keyframe (PLI/FIR); it is answered at once from the same cache,
 //! with RTP timestamps that keep running forward, rather than after up to a GOP of frozen
-//! video.
+//! video; but at most once every [`RESYNC_EVERY`]: a request sooner waits for the stream's next
+//! keyframe, so that on a thin uplink loss cannot turn into ever more resent GOPs.
 //!
 //! A stream with B-frames is sent so that the browser's decoder reorders them (the
 //! packetizer keeps the stream's SPS for it) and stamped with the presentation times of the
@@ -69,6 +70,9 @@ impl From<NotConnected> for End {
 /// Keyframe requests closer together than this are answered once: a viewer repeats its PLI
 /// until a keyframe arrives, and each answer resends a whole GOP.
 const MIN_RESYNC_INTERVAL: Duration = Duration::from_millis(500);
+/// A viewer is sent the cached GOP again at most this often; a keyframe request sooner waits
+/// for the stream's next keyframe.
+const RESYNC_EVERY: Duration = Duration::from_secs(5);
 /// How far past the last frame sent a resent keyframe is stamped (one frame at 30 fps).
 const RESYNC_STEP_TICKS: u32 = 3000;
 
@@ -85,6 +89,8 @@ pub struct Sent {
     pub bytes: u64,
     /// Keyframe requests answered from the cache.
     pub resyncs: u64,
+    /// Keyframe requests answered by the stream's next keyframe (too soon after a resync).
+    pub keyframe_waits: u64,
     /// Times the viewer fell too far behind and skipped to the next keyframe.
     pub skips: u64,
     pub audio_packets: u64,
@@ -203,6 +209,15 @@ pub async fn run(
                             if packets.iter().any(|p| is_keyframe_request(p.as_ref())) =>
                         {
                             if last_resync.is_some_and(|t| t.elapsed() < MIN_RESYNC_INTERVAL) {
+                                continue;
+                            }
+                            if last_resync.is_some_and(|t| t.elapsed() < RESYNC_EVERY) {
+                                // Another GOP from the cache this soon would add a GOP's bytes
+                                // to a link that is likely losing packets already (a thin
+                                // uplink thrashes: loss, PLI, resend, more loss): the next
+                                // keyframe repairs the picture at no cost instead.
+                                reader.skip_to_next_keyframe();
+                                sent.keyframe_waits += 1;
                                 continue;
                             }
                             last_resync = Some(tokio::time::Instant::now());
