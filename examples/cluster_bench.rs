@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use verge::whep::{Stats, Viewer, ViewerOptions, WhepError};
-use verge_testkit::edge::{Edge, EdgeOptions, tool};
+use verge_testkit::edge::{Edge, EdgeOptions, encode_clip, tool};
 use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks, percentile, pin, rss_kib};
 use verge_testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, request, wait_for};
 
@@ -1006,60 +1006,6 @@ fn wait_live(edge: &Edge) {
         edge.listed_stream(STREAM).filter(|s| s["width"].is_u64())
     });
     assert!(live.is_some(), "the stream never went live");
-}
-
-fn encode_clip(dir: &Path) -> PathBuf {
-    let clip = dir.join("clip.flv");
-    let status = std::process::Command::new(tool("ffmpeg"))
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            "10",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-profile:v",
-            "high",
-            "-b:v",
-            "2M",
-            "-maxrate",
-            "2M",
-            "-bufsize",
-            "2M",
-            "-g",
-            "60",
-            "-keyint_min",
-            "60",
-            "-sc_threshold",
-            "0",
-            "-bf",
-            "0",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "64k",
-            "-f",
-            "flv",
-        ])
-        .arg(&clip)
-        .status()
-        .expect("run ffmpeg");
-    assert!(status.success(), "encoding the clip failed");
-    clip
 }
 
 fn publish_loop(dir: &Path, rtmp: SocketAddr, clip: &Path, pinned: bool) -> Proc {

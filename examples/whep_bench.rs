@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use verge::whep::{Viewer, ViewerOptions};
-use verge_testkit::edge::{Edge, EdgeOptions, tool};
+use verge_testkit::edge::{Edge, EdgeOptions, encode_clip, tool};
 use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks, percentile, pin, rss_kib};
 use verge_testkit::{Proc, wait_for};
 
@@ -82,7 +82,7 @@ fn main() {
         pin(edge.agent.pid(), "0");
         pin(edge.manager.pid(), "1");
     }
-    let clip = encode_clip(&edge);
+    let clip = encode_clip(edge.dir.path());
     let _publisher = publish_loop(&edge, &clip, pinned);
     let live = wait_for(Duration::from_secs(20), || {
         edge.listed_stream("bench").filter(|s| s["width"].is_u64())
@@ -102,60 +102,6 @@ fn main() {
         .expect("runtime");
     rt.block_on(signaling(&edge, args.sessions));
     rt.block_on(scaling(&edge, &args));
-}
-
-fn encode_clip(edge: &Edge) -> std::path::PathBuf {
-    let clip = edge.dir.path().join("clip.flv");
-    let status = std::process::Command::new(tool("ffmpeg"))
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            "10",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-profile:v",
-            "high",
-            "-b:v",
-            "2M",
-            "-maxrate",
-            "2M",
-            "-bufsize",
-            "2M",
-            "-g",
-            "60",
-            "-keyint_min",
-            "60",
-            "-sc_threshold",
-            "0",
-            "-bf",
-            "0",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "64k",
-            "-f",
-            "flv",
-        ])
-        .arg(&clip)
-        .status()
-        .expect("run ffmpeg");
-    assert!(status.success(), "encoding the clip failed");
-    clip
 }
 
 fn publish_loop(edge: &Edge, clip: &std::path::Path, pinned: bool) -> Proc {

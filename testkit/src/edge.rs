@@ -426,6 +426,63 @@ impl Synthetic {
     }
 }
 
+/// The benchmarks' clip, encoded once into `dir`: 10 s of 1280x720 30 fps H.264 High at
+/// 2 Mbit/s with a keyframe every 2 s and no B-frames (as live encoders are set up), and AAC;
+/// published with `-c copy` in a loop, it costs the publisher almost nothing.
+pub fn encode_clip(dir: &Path) -> PathBuf {
+    let clip = dir.join("clip.flv");
+    let status = std::process::Command::new(tool("ffmpeg"))
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "10",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-profile:v",
+            "high",
+            "-b:v",
+            "2M",
+            "-maxrate",
+            "2M",
+            "-bufsize",
+            "2M",
+            "-g",
+            "60",
+            "-keyint_min",
+            "60",
+            "-sc_threshold",
+            "0",
+            "-bf",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-f",
+            "flv",
+        ])
+        .arg(&clip)
+        .status()
+        .expect("run ffmpeg");
+    assert!(status.success(), "encoding the clip failed");
+    clip
+}
+
 /// Writes a mosquitto password file with `users` (name, password).
 pub fn mosquitto_passwd(path: &Path, users: &[(&str, &str)]) {
     for (i, (user, pass)) in users.iter().enumerate() {
