@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use verge::whep::{Stats, Viewer, ViewerOptions, WhepError};
-use verge_testkit::edge::{Edge, EdgeOptions, encode_clip, tool};
+use verge_testkit::edge::{Edge, EdgeOptions, encode_clip, publish_loop};
 use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks, percentile, pin, rss_kib};
 use verge_testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, request, wait_for};
 
@@ -177,7 +177,12 @@ fn crowd_round(
         pin(edge.agent.pid(), "0");
         pin(edge.manager.pid(), "1");
     }
-    let _publisher = publish_loop(edge.dir.path(), edge.rtmp, clip, pinned);
+    let _publisher = publish_loop(
+        edge.dir.path(),
+        &format!("rtmp://{}/live/{STREAM}", edge.rtmp),
+        clip,
+        pinned,
+    );
     let published = Instant::now();
     wait_live(&edge);
     let url = format!("http://{}/whep/{STREAM}", edge.http);
@@ -499,7 +504,12 @@ fn serving(rt: &tokio::runtime::Runtime, clip: &Path, args: &Args, pinned: bool)
         pin(edge.manager.pid(), "1");
         pin(cloud.pid(), "1");
     }
-    let _publisher = publish_loop(edge.dir.path(), edge.rtmp, clip, pinned);
+    let _publisher = publish_loop(
+        edge.dir.path(),
+        &format!("rtmp://{}/live/{STREAM}", edge.rtmp),
+        clip,
+        pinned,
+    );
     let published = Instant::now();
     wait_live(&edge);
     let n = args.viewers;
@@ -1006,37 +1016,6 @@ fn wait_live(edge: &Edge) {
         edge.listed_stream(STREAM).filter(|s| s["width"].is_u64())
     });
     assert!(live.is_some(), "the stream never went live");
-}
-
-fn publish_loop(dir: &Path, rtmp: SocketAddr, clip: &Path, pinned: bool) -> Proc {
-    let url = format!("rtmp://{rtmp}/live/{STREAM}");
-    let clip = clip.to_string_lossy().into_owned();
-    let ffmpeg = tool("ffmpeg").to_string_lossy().into_owned();
-    let mut args: Vec<&str> = Vec::new();
-    if pinned {
-        args.extend(["-c", "1", &ffmpeg]);
-    }
-    args.extend([
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-re",
-        "-stream_loop",
-        "-1",
-        "-i",
-        &clip,
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        &url,
-    ]);
-    let program = if pinned {
-        Path::new("/usr/bin/taskset")
-    } else {
-        tool("ffmpeg")
-    };
-    Proc::spawn("publisher", program, &args, dir)
 }
 
 /// 90 kHz RTP timestamps, unwrapped, in ticks from the first.

@@ -31,9 +31,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use verge::whep::{Viewer, ViewerOptions};
-use verge_testkit::edge::{Edge, EdgeOptions, encode_clip, tool};
+use verge_testkit::edge::{Edge, EdgeOptions, encode_clip, publish_loop};
 use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks, percentile, pin, rss_kib};
-use verge_testkit::{Proc, wait_for};
+use verge_testkit::wait_for;
 
 const FPS: f64 = 30.0;
 const LATE_MS: f64 = 150.0;
@@ -83,7 +83,12 @@ fn main() {
         pin(edge.manager.pid(), "1");
     }
     let clip = encode_clip(edge.dir.path());
-    let _publisher = publish_loop(&edge, &clip, pinned);
+    let _publisher = publish_loop(
+        edge.dir.path(),
+        &format!("rtmp://{}/live/bench", edge.rtmp),
+        &clip,
+        pinned,
+    );
     let live = wait_for(Duration::from_secs(20), || {
         edge.listed_stream("bench").filter(|s| s["width"].is_u64())
     });
@@ -102,37 +107,6 @@ fn main() {
         .expect("runtime");
     rt.block_on(signaling(&edge, args.sessions));
     rt.block_on(scaling(&edge, &args));
-}
-
-fn publish_loop(edge: &Edge, clip: &std::path::Path, pinned: bool) -> Proc {
-    let url = format!("rtmp://{}/live/bench", edge.rtmp);
-    let clip = clip.to_string_lossy().into_owned();
-    let ffmpeg = tool("ffmpeg").to_string_lossy().into_owned();
-    let mut args: Vec<&str> = Vec::new();
-    if pinned {
-        args.extend(["-c", "1", &ffmpeg]);
-    }
-    args.extend([
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-re",
-        "-stream_loop",
-        "-1",
-        "-i",
-        &clip,
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        &url,
-    ]);
-    let program = if pinned {
-        std::path::Path::new("/usr/bin/taskset")
-    } else {
-        tool("ffmpeg")
-    };
-    Proc::spawn("publisher", program, &args, edge.dir.path())
 }
 
 async fn signaling(edge: &Edge, sessions: usize) {

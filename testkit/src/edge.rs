@@ -483,6 +483,38 @@ pub fn encode_clip(dir: &Path) -> PathBuf {
     clip
 }
 
+/// ffmpeg publishing `clip` (from [`encode_clip`]) to `url` in real time, in a loop, without
+/// re-encoding; with `pinned`, on core 1 (`taskset -c 1`), away from the server under test.
+pub fn publish_loop(dir: &Path, url: &str, clip: &Path, pinned: bool) -> Proc {
+    let clip = clip.to_string_lossy().into_owned();
+    let ffmpeg = tool("ffmpeg").to_string_lossy().into_owned();
+    let mut args: Vec<&str> = Vec::new();
+    if pinned {
+        args.extend(["-c", "1", &ffmpeg]);
+    }
+    args.extend([
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-re",
+        "-stream_loop",
+        "-1",
+        "-i",
+        &clip,
+        "-c",
+        "copy",
+        "-f",
+        "flv",
+        url,
+    ]);
+    let program = if pinned {
+        Path::new("/usr/bin/taskset")
+    } else {
+        tool("ffmpeg")
+    };
+    Proc::spawn("publisher", program, &args, dir)
+}
+
 /// Writes a mosquitto password file with `users` (name, password).
 pub fn mosquitto_passwd(path: &Path, users: &[(&str, &str)]) {
     for (i, (user, pass)) in users.iter().enumerate() {

@@ -306,6 +306,22 @@ impl Whep {
         Ok(slot?)
     }
 
+    /// Takes `stream` in the hub for a publisher named `publisher` (a WHIP session, a relay):
+    /// refused with `conflict` when it has one already.
+    fn take_stream(
+        &self,
+        stream: &str,
+        publisher: &str,
+    ) -> Result<verge_media::hub::Publisher, WhepError> {
+        self.inner
+            .hub
+            .publish(stream, publisher)
+            .map_err(|e| match e {
+                HubError::AlreadyPublishing(_) => WhepError::Conflict(e.to_string()),
+                _ => WhepError::Busy(e.to_string()),
+            })
+    }
+
     /// Answers a viewer's offer for stream `stream` (`{app}/{name}`) from `client`.
     pub async fn offer(
         &self,

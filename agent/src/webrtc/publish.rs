@@ -21,7 +21,7 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::shared::marshal::Marshal;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use verge_media::hub::{HubError, Publisher};
+use verge_media::hub::Publisher;
 use verge_media::rtp::h264::{AccessUnit, DEFAULT_MAX_ACCESS_UNIT, H264Depacketizer};
 use verge_media::rtp::reorder::{ReorderBuffer, ReorderStats};
 use verge_media::rtp::to_flv::{RtpToFlv, VideoOutcome};
@@ -62,14 +62,7 @@ impl Whep {
         }
         let slot = self.reserve(client)?;
         let session = whep::session_id(&self.inner.agent, u64::from_be_bytes(self.random()));
-        let publisher = self
-            .inner
-            .hub
-            .publish(stream, &format!("WHIP {session}"))
-            .map_err(|e| match e {
-                HubError::AlreadyPublishing(_) => WhepError::Conflict(e.to_string()),
-                _ => WhepError::Busy(e.to_string()),
-            })?;
+        let publisher = self.take_stream(stream, &format!("WHIP {session}"))?;
         let mut servers = ice_servers.to_vec();
         servers.extend(self.inner.settings.ice_servers.iter().cloned());
         let (tracks_tx, tracks) = tokio::sync::mpsc::channel(4);

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use verge_media::hub::HubError;
 use verge_protocol::relay::{
     NodeRole, RelayAnswerParams, RelayOf, RelayOfferParams, RelayOfferResult,
 };
@@ -118,14 +117,7 @@ impl Whep {
         }
         let started = Instant::now();
         let id = whep::session_id(node, u64::from_be_bytes(self.random()));
-        let publisher = self
-            .inner
-            .hub
-            .publish(&p.stream, &format!("RELAY {}", p.source))
-            .map_err(|e| match e {
-                HubError::AlreadyPublishing(_) => WhepError::Conflict(e.to_string()),
-                _ => WhepError::Busy(e.to_string()),
-            })?;
+        let publisher = self.take_stream(&p.stream, &format!("RELAY {}", p.source))?;
         let (tracks_tx, tracks) = tokio::sync::mpsc::channel(4);
         let (offer, receiving) = peer::offer_receiver(
             &self.inner.settings.ice,
