@@ -11,7 +11,8 @@
 //! - [`ffprobe`]: ffprobe as a real decoder that counts what it decoded.
 //! - [`chromium`]: headless Chromium over the DevTools pipe, in a network namespace of the
 //!   test's own.
-//! - [`netns`]: network namespaces, veths and NAT for the NAT tests (root only).
+//! - [`netns`]: network namespaces, veths, NAT and shaped uplinks (tbf), for the NAT and
+//!   cluster tests (root only).
 //! - [`postgres`]: a real PostgreSQL the test stops and starts.
 //! - [`prometheus`]: a `/metrics` page read by a real Prometheus parser.
 //! - [`measure`]: what the benchmarks read about processes: CPU time, memory, percentiles.
