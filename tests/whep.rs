@@ -65,6 +65,38 @@ fn check_next(n: u32, unit: &AccessUnit, last: u32, before: &Stats, now: &Stats)
     }
 }
 
+/// Asks for a keyframe until one comes (checking every frame on the way, see `check_next`);
+/// how long it took from the first request. A request within the client's (300 ms) or the
+/// agent's (500 ms) interval of the one before is dropped, so it is repeated every 600 ms.
+async fn keyframe_after_asking(viewer: &mut Viewer, n: &mut u32, last: &mut u32) -> Duration {
+    let asked_since = Instant::now();
+    let mut asked = asked_since;
+    viewer.request_keyframe();
+    loop {
+        let before = viewer.stats.clone();
+        let unit = viewer
+            .next_frame(Duration::from_secs(10))
+            .await
+            .expect("video")
+            .expect("open");
+        *n += 1;
+        check_next(*n, &unit, *last, &before, &viewer.stats);
+        *last = unit.rtp_timestamp;
+        if unit.keyframe {
+            return asked_since.elapsed();
+        }
+        assert!(
+            asked_since.elapsed() < Duration::from_secs(20),
+            "no keyframe 20 s after asking: {}",
+            viewer.stats
+        );
+        if asked.elapsed() >= Duration::from_millis(600) {
+            viewer.request_keyframe();
+            asked = Instant::now();
+        }
+    }
+}
+
 /// A well-formed offer with only VP8 video: nothing the agent can send.
 const VP8_OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
 a=group:BUNDLE 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\n\
@@ -184,35 +216,21 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
 
         // A keyframe request (PLI) is answered from the cache (the source sends no other
         // keyframe), with RTP time running on just past the last frame sent (`check_next`).
-        // A request within the client's (300 ms) or the agent's (500 ms) interval of the one
-        // before is dropped, so it is repeated until a keyframe comes.
-        let asked_since = Instant::now();
-        let mut asked = asked_since;
-        viewer.request_keyframe();
-        loop {
-            let before = viewer.stats.clone();
-            let unit = viewer
-                .next_frame(Duration::from_secs(10))
-                .await
-                .expect("video")
-                .expect("open");
-            n += 1;
-            check_next(n, &unit, last, &before, &viewer.stats);
-            last = unit.rtp_timestamp;
-            if unit.keyframe {
-                break;
-            }
-            assert!(
-                asked_since.elapsed() < Duration::from_secs(20),
-                "no keyframe 20 s after asking: {}",
-                viewer.stats
-            );
-            if asked.elapsed() >= Duration::from_millis(600) {
-                viewer.request_keyframe();
-                asked = Instant::now();
-            }
-        }
-        println!("keyframe {n} after asking: {}", viewer.stats);
+        let waited = keyframe_after_asking(&mut viewer, &mut n, &mut last).await;
+        println!("keyframe {n} {waited:?} after asking: {}", viewer.stats);
+        // Asked again at once, within the agent's 5 s between resends of the cache: the
+        // request waits for the stream's next keyframe (a minute away here) or for the cache
+        // to be allowed again, whichever comes first; not for the next keyframe alone.
+        let waited = keyframe_after_asking(&mut viewer, &mut n, &mut last).await;
+        println!(
+            "keyframe {n} {waited:?} after asking again: {}",
+            viewer.stats
+        );
+        assert!(
+            waited < Duration::from_secs(15),
+            "a second request waited {waited:?}: {}",
+            viewer.stats
+        );
 
         // Trickled candidates are taken (and an ICE restart is refused with 405).
         let frag = "a=ice-ufrag:x\r\na=ice-pwd:y\r\na=mid:0\r\n\
@@ -283,6 +301,11 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
         log.lines()
             .any(|l| l.contains("WHEP viewer ended") && !l.contains("resyncs=0")),
         "the PLI was not answered from the cache:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WHEP viewer ended") && !l.contains("keyframe_waits=0")),
+        "the second PLI did not wait:\n{log}"
     );
     // Every viewer slot is given back.
     let freed = wait_for(Duration::from_secs(20), || {

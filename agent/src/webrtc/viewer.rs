@@ -6,8 +6,10 @@
 //! the first picture is sent as soon as DTLS is up, not at the next IDR. A viewer that lost
 //! its picture asks for a keyframe (PLI/FIR); it is answered at once from the same cache,
 //! with RTP timestamps that keep running forward, rather than after up to a GOP of frozen
-//! video; but at most once every [`RESYNC_EVERY`]: a request sooner waits for the stream's next
-//! keyframe, so that on a thin uplink loss cannot turn into ever more resent GOPs.
+//! video; but at most once every [`RESYNC_EVERY`]: a request sooner stops the viewer's video
+//! until the stream's next keyframe or, should none come first, until the cache may be sent
+//! again, so that on a thin uplink loss cannot turn into ever more resent GOPs and a stream with
+//! long GOPs still repairs within seconds.
 //!
 //! A stream with B-frames is sent so that the browser's decoder reorders them (the
 //! packetizer keeps the stream's SPS for it) and stamped with the presentation times of the
@@ -71,7 +73,7 @@ impl From<NotConnected> for End {
 /// until a keyframe arrives, and each answer resends a whole GOP.
 const MIN_RESYNC_INTERVAL: Duration = Duration::from_millis(500);
 /// A viewer is sent the cached GOP again at most this often; a keyframe request sooner waits
-/// for the stream's next keyframe.
+/// for the stream's next keyframe, or this long after the last resend, whichever comes first.
 const RESYNC_EVERY: Duration = Duration::from_secs(5);
 /// How far past the last frame sent a resent keyframe is stamped (one frame at 30 fps).
 const RESYNC_STEP_TICKS: u32 = 3000;
@@ -89,7 +91,8 @@ pub struct Sent {
     pub bytes: u64,
     /// Keyframe requests answered from the cache.
     pub resyncs: u64,
-    /// Keyframe requests answered by the stream's next keyframe (too soon after a resync).
+    /// Keyframe requests that came too soon after a resync, so waited for the stream's next
+    /// keyframe or the next allowed resync.
     pub keyframe_waits: u64,
     /// Times the viewer fell too far behind and skipped to the next keyframe.
     pub skips: u64,
@@ -196,6 +199,9 @@ pub async fn run(
             let mut video_clock: Option<VideoClock> = None;
             let mut rtcp_open = true;
             let mut last_resync: Option<tokio::time::Instant> = None;
+            // A keyframe request that came too soon: when the cache may be sent again, unless
+            // a live keyframe repaired the picture first.
+            let mut resync_due: Option<tokio::time::Instant> = None;
             // The cached GOP comes first, paced (see `pace`); lag counts only once it is
             // drained.
             let mut caught_up = false;
@@ -208,27 +214,27 @@ pub async fn run(
                         Some(TrackLocalEvent::OnRtcpPacket(packets))
                             if packets.iter().any(|p| is_keyframe_request(p.as_ref())) =>
                         {
-                            if last_resync.is_some_and(|t| t.elapsed() < MIN_RESYNC_INTERVAL) {
+                            if resync_due.is_some()
+                                || last_resync.is_some_and(|t| t.elapsed() < MIN_RESYNC_INTERVAL)
+                            {
                                 continue;
                             }
-                            if last_resync.is_some_and(|t| t.elapsed() < RESYNC_EVERY) {
+                            if let Some(t) = last_resync.filter(|t| t.elapsed() < RESYNC_EVERY) {
                                 // Another GOP from the cache this soon would add a GOP's bytes
                                 // to a link that is likely losing packets already (a thin
-                                // uplink thrashes: loss, PLI, resend, more loss): the next
-                                // keyframe repairs the picture at no cost instead.
+                                // uplink thrashes: loss, PLI, resend, more loss). Frames the
+                                // viewer cannot decode are not sent; the next keyframe repairs
+                                // the picture at no cost, or the cache once it may be sent.
                                 reader.skip_to_next_keyframe();
+                                resync_due = Some(t + RESYNC_EVERY);
                                 sent.keyframe_waits += 1;
                                 continue;
                             }
                             last_resync = Some(tokio::time::Instant::now());
-                            // Give the slot back first: the hub counts readers against a limit.
-                            drop(reader);
-                            reader = match hub.subscribe_as(reader_stream(&peer), ReaderKind::Webrtc) {
-                                Ok(r) => r,
-                                Err(_) => break End::PublisherGone,
-                            };
-                            out.resync(&peer);
-                            sent.resyncs += 1;
+                            match resync(hub, &peer, reader, &mut out, &mut sent) {
+                                Some(r) => reader = r,
+                                None => break End::PublisherGone,
+                            }
                             caught_up = false;
                             backlog.restart();
                         }
@@ -260,8 +266,22 @@ pub async fn run(
                             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed);
                         if lost { break End::ConnectionLost }
                     }
+                    _ = sleep_until_some(resync_due) => {
+                        resync_due = None;
+                        last_resync = Some(tokio::time::Instant::now());
+                        match resync(hub, &peer, reader, &mut out, &mut sent) {
+                            Some(r) => reader = r,
+                            None => break End::PublisherGone,
+                        }
+                        caught_up = false;
+                        backlog.restart();
+                    }
                     frame = reader.recv() => {
                         let Some(frame) = frame else { break End::PublisherGone };
+                        if frame.is_keyframe() {
+                            // A live keyframe repairs the picture: no resend due.
+                            resync_due = None;
+                        }
                         if !caught_up
                             && let Some(due) = backlog.due(frame.timestamp, frame.is_keyframe(), tokio::time::Instant::now())
                         {
@@ -294,6 +314,32 @@ pub async fn run(
 
 fn reader_stream(peer: &Peer) -> &str {
     &peer.stream
+}
+
+/// Starts the viewer again at the hub's cached keyframe; `None` once the stream is gone.
+fn resync(
+    hub: &Hub,
+    peer: &Peer,
+    reader: Reader,
+    out: &mut Outbound,
+    sent: &mut Sent,
+) -> Option<Reader> {
+    // Give the slot back first: the hub counts readers against a limit.
+    drop(reader);
+    let reader = hub
+        .subscribe_as(reader_stream(peer), ReaderKind::Webrtc)
+        .ok()?;
+    out.resync(peer);
+    sent.resyncs += 1;
+    Some(reader)
+}
+
+/// Completes at `at`; pending forever when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One viewer's audio: the stream's Opus packets re-stamped with its own RTP numbers.
