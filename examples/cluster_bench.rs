@@ -55,13 +55,6 @@ const FPS: f64 = 30.0;
 /// RTP ticks (90 kHz) between frames at 30 fps.
 const FRAME_TICKS: f64 = 3000.0;
 const STREAM: &str = "cam";
-/// live777's liveion, built as `../shared/bin/README.md` says; `VERGE_LIVE777` names another.
-fn live777_path() -> PathBuf {
-    std::env::var_os("VERGE_LIVE777").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bin/live777"),
-        PathBuf::from,
-    )
-}
 /// What the agent needs to take the benchmark's viewers, all from 127.0.0.1.
 const LIMITS: &str =
     "[limits]\npub_max = 4\nsub_max = 4000\nsessions_per_address = 0\nrpc_concurrency = 64\n";
@@ -558,7 +551,7 @@ fn serving(rt: &tokio::runtime::Runtime, clip: &Path, args: &Args, pinned: bool)
 
     // (c) liveion pulls the stream from the box (cascade) and serves the viewers.
     let mut liveion_first = Vec::new();
-    let live777_bin = live777_path();
+    let live777_bin = verge_testkit::liveion::live777_path();
     let live777 = live777_bin.as_path();
     if live777.exists() {
         let box_mark = std::fs::metadata(&edge.agent.log).map_or(0, |m| m.len());

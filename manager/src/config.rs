@@ -28,6 +28,8 @@ pub struct ManagerConfig {
     pub auth: AuthConfig,
     pub cluster: ClusterConfig,
     pub cascade: CascadeConfig,
+    /// `[[nodes]]`: live777 liveion nodes managed beside the agents (liveman's key).
+    pub nodes: Vec<NodeConfig>,
     pub runtime: verge_mqtt::process::RuntimeConfig,
     /// Sections this build does not read yet, kept to warn about them.
     #[serde(flatten)]
@@ -48,6 +50,30 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self { edge_viewers: 2 }
     }
+}
+
+/// How the manager follows a liveion node's streams (liveman's `mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeMode {
+    /// `GET {url}/api/streams/` every 3 s.
+    #[default]
+    Poll,
+    /// `GET {url}/api/sse/streams`: each change as it happens.
+    Sse,
+}
+
+/// One `[[nodes]]` entry: a live777 liveion node (liveman's keys).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Its name in the fleet (`GET /api/nodes/`, `?nodes=`, `/api/whep/{alias}/{stream}`).
+    pub alias: String,
+    /// Its HTTP API, `http(s)://host:port`.
+    pub url: String,
+    /// Sent as `Authorization: Bearer` on every call to it (never to viewers).
+    pub token: String,
+    pub mode: NodeMode,
 }
 
 /// `[cascade]`: relays of a stream to cloud nodes (liveman's section and key).
@@ -78,6 +104,10 @@ pub struct HttpConfig {
     pub header_timeout_secs: u64,
     /// A connection with no byte moving either way this long is closed.
     pub idle_timeout_secs: u64,
+    /// The manager's URL as other servers reach it (liveman's key), e.g.
+    /// `https://manager.example.com`: liveion nodes pull cascades from its `/whep/`. Default:
+    /// `http://` and `listen` (with `127.0.0.1` for an unspecified address).
+    pub public: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -89,11 +119,26 @@ impl Default for HttpConfig {
             max_connections: 8192,
             header_timeout_secs: limits.header_timeout.as_secs(),
             idle_timeout_secs: limits.idle_timeout.as_secs(),
+            public: None,
         }
     }
 }
 
 impl HttpConfig {
+    /// `public` without a trailing `/`, or the default (see `public`).
+    pub fn public_url(&self) -> String {
+        match self.public.as_deref().filter(|p| !p.is_empty()) {
+            Some(p) => p.trim_end_matches('/').to_string(),
+            None => {
+                let mut at = self.listen;
+                if at.ip().is_unspecified() {
+                    at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{at}")
+            }
+        }
+    }
+
     pub fn limits(&self) -> verge_serve::http::Limits {
         verge_serve::http::Limits::from_config(
             self.max_connections,
@@ -431,6 +476,21 @@ pub enum ConfigError {
     AcceptInterval,
     #[error("[extra_ice.cloudflare] needs key_id and api_token, and ttl 1..=172800")]
     Cloudflare,
+    #[error("[[nodes]] alias {alias:?}: {source}")]
+    NodeAlias {
+        alias: String,
+        source: verge_protocol::id::IdError,
+    },
+    #[error("[[nodes]] {0:?} is listed twice")]
+    DuplicateNode(String),
+    #[error("[[nodes]] {alias:?} url {url:?}: {reason}")]
+    NodeUrl {
+        alias: String,
+        url: String,
+        reason: String,
+    },
+    #[error("[http] public {0:?} is not an http(s):// URL")]
+    PublicUrl(String),
 }
 
 impl ManagerConfig {
@@ -491,6 +551,25 @@ impl ManagerConfig {
             return Err(ConfigError::AcceptInterval);
         }
         self.runtime.check().map_err(ConfigError::Runtime)?;
+        let mut aliases = std::collections::HashSet::new();
+        for node in &self.nodes {
+            verge_protocol::id::validate(&node.alias).map_err(|source| ConfigError::NodeAlias {
+                alias: node.alias.clone(),
+                source,
+            })?;
+            if !aliases.insert(node.alias.as_str()) {
+                return Err(ConfigError::DuplicateNode(node.alias.clone()));
+            }
+            crate::web_client::Url::parse(&node.url).map_err(|e| ConfigError::NodeUrl {
+                alias: node.alias.clone(),
+                url: node.url.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        let public = self.http.public_url();
+        if crate::web_client::Url::parse(&public).is_err() {
+            return Err(ConfigError::PublicUrl(public));
+        }
         Ok(())
     }
 

@@ -17,6 +17,9 @@
 //!   index fed by agents, the agents enrolled at run time.
 //! - [`rtmp`]: the RTMP router (`[rtmp] listen`): publishers reach their box through the tunnel.
 //! - [`metrics`]: what the manager counts between scrapes.
+//! - [`liveion`]: live777's liveion nodes in the same fleet (`[[nodes]]`): their streams, WHEP
+//!   and WHIP passed on to them, cascades from Verge's streams into them.
+//! - [`web_client`]: HTTP/1.1 calls to other servers' APIs (liveion, Cloudflare).
 //!
 //! Start-up ([`start`]): the embedded broker (unless `[mqtt] url` names an external one), the
 //! MQTT link with this manager's own credential, the fleet session, then HTTP. A request such as
@@ -32,11 +35,13 @@ pub mod fleet;
 pub mod http;
 pub mod ice;
 pub mod keys;
+pub mod liveion;
 pub mod metrics;
 pub mod registry;
 pub mod rpc;
 pub mod rtmp;
 pub mod tunnel;
+pub mod web_client;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -400,6 +405,18 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         },
         rtmp_router,
         cluster,
+        liveion: liveion::Liveion::start(&cfg.nodes),
+        public_url: match cfg.http.public.as_deref().filter(|p| !p.is_empty()) {
+            Some(_) => cfg.http.public_url(),
+            None => {
+                let mut at = http_addr;
+                if at.ip().is_unspecified() {
+                    at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{at}")
+            }
+        },
+        cascade_idle: Duration::from_millis(cfg.cascade.maximum_idle_time),
     });
     let mut forwards = Vec::new();
     let mut listener_tasks = vec![reconciler];

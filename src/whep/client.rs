@@ -35,6 +35,8 @@ pub struct ViewerOptions {
     pub gather_timeout: Duration,
     /// Also receive audio (Opus); its packets are counted, not decoded ([`Viewer::audio`]).
     pub audio: bool,
+    /// Sent as `Authorization: Bearer` with the offer and the DELETE.
+    pub token: Option<String>,
 }
 
 impl ViewerOptions {
@@ -62,6 +64,7 @@ impl ViewerOptions {
             http_timeout: Duration::from_secs(10),
             gather_timeout: Duration::from_secs(2),
             audio: false,
+            token: None,
         }
     }
 }
@@ -196,6 +199,7 @@ pub struct Viewer {
     packets: mpsc::Receiver<bytes::Bytes>,
     depacketizer: H264Depacketizer,
     http_timeout: Duration,
+    token: Option<String>,
     track: TrackSlot,
     last_pli: Option<Instant>,
     /// Sequence number of the latest video packet, for [`Stats::sequence_breaks`].
@@ -249,9 +253,15 @@ impl Viewer {
                 .await
                 .ok_or_else(|| WhepError::WebRtc("no local description".into()))?;
             let started = Instant::now();
-            let response = http::request(
+            let bearer = opts.token.as_ref().map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> = bearer
+                .iter()
+                .map(|b| ("Authorization", b.as_str()))
+                .collect();
+            let response = http::request_with(
                 "POST",
                 &endpoint,
+                &headers,
                 Some("application/sdp"),
                 &offer.sdp,
                 opts.http_timeout,
@@ -297,6 +307,7 @@ impl Viewer {
             packets,
             depacketizer: H264Depacketizer::new(DEFAULT_MAX_ACCESS_UNIT),
             http_timeout: opts.http_timeout,
+            token: opts.token.clone(),
             track,
             last_pli: None,
             last_sequence: None,
@@ -421,7 +432,20 @@ impl Viewer {
 
     /// DELETEs the session; returns the HTTP status.
     pub async fn delete(&self) -> Result<u16, WhepError> {
-        let r = http::request("DELETE", &self.session_url, None, "", self.http_timeout).await?;
+        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .iter()
+            .map(|b| ("Authorization", b.as_str()))
+            .collect();
+        let r = http::request_with(
+            "DELETE",
+            &self.session_url,
+            &headers,
+            None,
+            "",
+            self.http_timeout,
+        )
+        .await?;
         Ok(r.status)
     }
 

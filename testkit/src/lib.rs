@@ -17,6 +17,7 @@
 //! - [`prometheus`]: a `/metrics` page read by a real Prometheus parser.
 //! - [`measure`]: what the benchmarks read about processes: CPU time, memory, percentiles.
 //! - [`whep`]: a WHEP viewer past its first picture ([`whep::watching`]).
+//! - [`liveion`]: live777's liveion node and its `whipinto` publisher (`../shared/bin`).
 //!
 //! Ports: every Verge process listens on port 0 and tells what it bound through its ready file
 //! ([`Proc::spawn_ready`]), so no test guesses a free port and races another for it. Where a
@@ -26,6 +27,7 @@
 pub mod chromium;
 pub mod edge;
 pub mod ffprobe;
+pub mod liveion;
 pub mod measure;
 pub mod netns;
 pub mod postgres;

@@ -46,6 +46,9 @@ pub fn need(method: &Method, path: &str) -> Need {
         ["whip", app, name] | ["whip-session", app, name, _] => {
             Need::Write(format!("{app}/{name}"))
         }
+        // liveman's node-pinned offers.
+        ["api", "whep", _, name] => stream("live", name),
+        ["api", "whip", _, name] => Need::Write(format!("live/{name}")),
         ["flv", app, file] if get => stream(app, file.strip_suffix(".flv").unwrap_or(file)),
         ["hls", app, name, _] if get => stream(app, name),
         ["api", "streams"] | ["api", "streams", ""] | ["api", "playback"] if get => Need::ReadSome,

@@ -41,6 +41,8 @@ pub struct Node {
     pub egress_max_kbps: u32,
     /// The streams it relays from other nodes.
     pub relays: Vec<String>,
+    /// `verge` (`liveion` for the nodes of `[[nodes]]`).
+    pub kind: &'static str,
 }
 
 impl From<&AgentRecord> for Node {
@@ -79,12 +81,24 @@ impl From<&AgentRecord> for Node {
                 .filter(|s| s.relay.is_some())
                 .map(|s| s.id())
                 .collect(),
+            kind: "verge",
         }
     }
 }
 
-pub async fn nodes(State(app): State<AppState>) -> Json<Vec<Node>> {
-    Json(app.registry.list().iter().map(Node::from).collect())
+/// One entry of `GET /api/nodes/`: a Verge agent, or a liveion node.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Listed {
+    Verge(Node),
+    Liveion(crate::liveion::NodeView),
+}
+
+pub async fn nodes(State(app): State<AppState>) -> Json<Vec<Listed>> {
+    let agents = app.registry.list();
+    let verge = agents.iter().map(Node::from).map(Listed::Verge);
+    let liveion = app.liveion.views().into_iter().map(Listed::Liveion);
+    Json(verge.chain(liveion).collect())
 }
 
 /// `GET /api/agents/{id}`: what the registry holds, and a live ping.

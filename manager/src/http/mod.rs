@@ -15,6 +15,8 @@
 //! - [`playback`]: recordings: `/api/playback` (streams and their recorded days from the
 //!   database), `/api/record/object/{*path}` (a recorded file fetched from its agent).
 //! - [`record`]: starting and stopping recordings at run time, `/api/record/{stream}`.
+//! - [`liveion`]: offers and sessions of streams on liveion nodes, liveman's node-pinned
+//!   `/api/whep/{alias}/{stream}` and `/api/whip/{alias}/{stream}`, `POST /api/cascade/{stream}`.
 //! - [`metrics`]: `GET /metrics`, Prometheus' text format.
 //! - [`error`]: errors as a status and a one-line reason a client can act on.
 
@@ -24,6 +26,7 @@ pub mod api;
 mod auth;
 pub mod error;
 pub mod keys;
+mod liveion;
 mod metrics;
 pub mod pages;
 pub(crate) mod playback;
@@ -66,6 +69,12 @@ pub struct AppState {
     pub rtmp_router: Option<std::net::SocketAddr>,
     /// Where WebRTC viewers go, and relays to cloud nodes.
     pub cluster: crate::cluster::Cluster,
+    /// live777's liveion nodes in the fleet (`[[nodes]]`).
+    pub liveion: crate::liveion::Liveion,
+    /// The manager's URL as other servers reach it (`[http] public`, or the listener's).
+    pub public_url: String,
+    /// `[cascade] maximum_idle_time`.
+    pub cascade_idle: Duration,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -120,6 +129,9 @@ pub fn router(state: AppState) -> Router {
         .route("/publish/{name}", get(pages::publish_page))
         .route("/publish/{app}/{name}", get(pages::publish_page))
         .route("/metrics", get(metrics::scrape))
+        .route("/api/whep/{alias}/{name}", post(liveion::pinned_whep))
+        .route("/api/whip/{alias}/{name}", post(liveion::pinned_whip))
+        .route("/api/cascade/{name}", post(liveion::cascade))
         .route("/api/login", post(auth::login))
         .route("/api/token", post(auth::token))
         .layer(axum::middleware::from_fn_with_state(

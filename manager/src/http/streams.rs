@@ -2,7 +2,8 @@
 //! liveman's stream shape (camelCase, times in Unix ms) plus what Verge knows of each.
 //!
 //! A stream's id is `{name}` for the default app `live` and `{app}/{name}` otherwise, the same
-//! id the WHEP path uses.
+//! id the WHEP path uses. Streams of liveion nodes (`[[nodes]]`) are listed too, as liveion
+//! writes them, with `node` and `kind: "liveion"`.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,7 @@ use axum::Json;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use serde::Serialize;
+use verge_protocol::id::validate_stream_part;
 use verge_protocol::state::StreamInfo;
 use verge_protocol::whep;
 
@@ -26,6 +28,10 @@ pub struct Stream {
     pub subscribe: PubSub,
     pub codecs: Vec<Codec>,
     // Verge's additions.
+    /// The node holding this copy (for a Verge agent, its id).
+    pub node: String,
+    /// `verge` (an agent) or `liveion`.
+    pub kind: &'static str,
     pub agent: String,
     pub app: String,
     pub name: String,
@@ -137,6 +143,8 @@ fn shape(agent: &str, s: &StreamInfo, grant: &Grant) -> Stream {
             sessions: vec![],
         },
         codecs,
+        node: agent.to_string(),
+        kind: "verge",
         agent: agent.to_string(),
         app: s.app.clone(),
         name: s.name.clone(),
@@ -190,15 +198,76 @@ fn all(app: &AppState, grant: &Grant) -> Vec<Stream> {
     origins
 }
 
+/// A stream on a liveion node: liveion's own JSON (liveman passes it on so), and where it is.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStream {
+    #[serde(flatten)]
+    pub stream: crate::liveion::api::Stream,
+    pub node: String,
+    pub kind: &'static str,
+    pub app: &'static str,
+    pub name: String,
+    pub readers: u32,
+}
+
+/// One entry of the lists: a Verge agent's stream or a liveion node's.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Listed {
+    Verge(Stream),
+    Liveion(NodeStream),
+}
+
+impl Listed {
+    fn id(&self) -> &str {
+        match self {
+            Listed::Verge(s) => &s.id,
+            Listed::Liveion(s) => &s.stream.id,
+        }
+    }
+}
+
+/// The liveion nodes' streams as `grant` may see them: a publisher's session id (which ends
+/// it through `/session/…`) only with the right to publish, as for agents.
+fn node_streams(app: &AppState, grant: &Grant) -> Vec<NodeStream> {
+    app.liveion
+        .streams()
+        .into_iter()
+        .filter(|(_, s)| validate_stream_part("stream name", &s.id).is_ok())
+        .map(|(node, mut stream)| {
+            if grant.meets(&Need::Write(full_id(&stream.id))).is_err() {
+                for p in &mut stream.publish.sessions {
+                    p.id = if p.rest.get("cascade").is_some_and(|c| !c.is_null()) {
+                        "cascade".into()
+                    } else {
+                        "WHIP".into()
+                    };
+                }
+            }
+            NodeStream {
+                node,
+                kind: "liveion",
+                app: "live",
+                name: stream.id.clone(),
+                readers: stream.subscribers() as u32,
+                stream,
+            }
+        })
+        .collect()
+}
+
 /// The streams the request's token may read (all of them with auth off).
 pub async fn list(
     State(app): State<AppState>,
     Extension(grant): Extension<Grant>,
-) -> Json<Vec<Stream>> {
+) -> Json<Vec<Listed>> {
+    let verge = all(&app, &grant).into_iter().map(Listed::Verge);
+    let nodes = node_streams(&app, &grant).into_iter().map(Listed::Liveion);
     Json(
-        all(&app, &grant)
-            .into_iter()
-            .filter(|s| grant.may_read(&full_id(&s.id)))
+        verge
+            .chain(nodes)
+            .filter(|s| grant.may_read(&full_id(s.id())))
             .collect(),
     )
 }
@@ -219,7 +288,7 @@ pub async fn one(
     State(app): State<AppState>,
     Extension(grant): Extension<Grant>,
     Path(stream): Path<String>,
-) -> Result<Json<BTreeMap<String, Stream>>, ApiError> {
+) -> Result<Json<BTreeMap<String, Listed>>, ApiError> {
     find(&app, &grant, &stream)
 }
 
@@ -227,7 +296,7 @@ pub async fn one_in_app(
     State(app): State<AppState>,
     Extension(grant): Extension<Grant>,
     Path((app_name, name)): Path<(String, String)>,
-) -> Result<Json<BTreeMap<String, Stream>>, ApiError> {
+) -> Result<Json<BTreeMap<String, Listed>>, ApiError> {
     find(&app, &grant, &stream_id(&app_name, &name))
 }
 
@@ -235,16 +304,22 @@ fn find(
     app: &AppState,
     grant: &Grant,
     id: &str,
-) -> Result<Json<BTreeMap<String, Stream>>, ApiError> {
+) -> Result<Json<BTreeMap<String, Listed>>, ApiError> {
     let id = id.strip_prefix("live/").unwrap_or(id);
-    let found: BTreeMap<String, Stream> = copies(app, grant)
+    let mut found: BTreeMap<String, Listed> = copies(app, grant)
         .into_iter()
         .filter(|s| s.id == id)
-        .map(|s| (s.agent.clone(), s))
+        .map(|s| (s.agent.clone(), Listed::Verge(s)))
         .collect();
+    found.extend(
+        node_streams(app, grant)
+            .into_iter()
+            .filter(|s| s.stream.id == id)
+            .map(|s| (s.node.clone(), Listed::Liveion(s))),
+    );
     if found.is_empty() {
         return Err(ApiError::not_found(format!(
-            "stream {id:?} is not live on any online agent"
+            "stream {id:?} is not live on any online agent or running node"
         )));
     }
     Ok(Json(found))

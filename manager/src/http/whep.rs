@@ -198,8 +198,28 @@ async fn offer_for(
     sdp: String,
 ) -> Result<Response, ApiError> {
     let stream = check_offer(headers, app_name, name, &sdp)?;
-    // 404 for a stream nowhere, 503 for one on an offline box, each with its reason.
-    super::streams::locate(app, &stream)?;
+    // 404 for a stream nowhere, 503 for one on an offline box, each with its reason; a stream
+    // no agent has may be on a liveion node.
+    if let Err(not_on_agents) = super::streams::locate(app, &stream) {
+        if app_name != "live" {
+            return Err(not_on_agents);
+        }
+        return match app.liveion.viewer_node(name) {
+            Ok(Some(node)) => {
+                super::liveion::offer(
+                    app,
+                    &node,
+                    crate::liveion::proxy::Kind::Whep,
+                    &stream,
+                    name,
+                    sdp,
+                )
+                .await
+            }
+            Ok(None) => Err(not_on_agents),
+            Err(full) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, full)),
+        };
+    }
     let servers = session_ice(app).await;
     let mut failed = Vec::new();
     loop {
@@ -346,6 +366,9 @@ pub(super) async fn patch_session(
     headers: &HeaderMap,
     frag: String,
 ) -> Result<Response, ApiError> {
+    if let Some((alias, id)) = crate::liveion::proxy::split_session(&session) {
+        return super::liveion::session(app, &stream, alias, id, role, Some((headers, frag))).await;
+    }
     require_content_type(headers, whep::SDPFRAG)?;
     let agent = session_agent(&session)?;
     let _: PatchResult = call(
@@ -369,6 +392,9 @@ pub(super) async fn delete_session(
     session: String,
     role: SessionRole,
 ) -> Result<Response, ApiError> {
+    if let Some((alias, id)) = crate::liveion::proxy::split_session(&session) {
+        return super::liveion::session(app, &stream, alias, id, role, None).await;
+    }
     let agent = session_agent(&session)?;
     let params = SessionParams {
         session,

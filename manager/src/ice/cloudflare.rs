@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use verge_protocol::whep::IceServer;
 
-use super::https;
 use crate::config::Cloudflare as CloudflareConfig;
+use crate::web_client::{self, Call, ClientError, Url};
 
 /// Longest a WHEP offer waits for Cloudflare.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -22,7 +22,7 @@ const BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum CloudflareError {
     #[error("{0}")]
-    Http(#[from] https::HttpsError),
+    Http(#[from] ClientError),
     #[error("Cloudflare answered {status}: {body}")]
     Status { status: u16, body: String },
     #[error("Cloudflare's answer is not {{\"iceServers\": …}}: {0}")]
@@ -78,14 +78,20 @@ impl Cloudflare {
             self.cfg.key_id
         );
         let body = serde_json::json!({ "ttl": self.cfg.ttl }).to_string();
-        let (status, answer) = https::post_json(&url, &self.cfg.api_token, &body, TIMEOUT).await?;
-        if !(200..300).contains(&status) {
+        let url = Url::parse(&url)?;
+        let call = Call::get(&url, &self.cfg.api_token).with_body(
+            axum::http::Method::POST,
+            "application/json",
+            body.into(),
+        );
+        let answer = web_client::send(call, TIMEOUT, 256 * 1024).await?;
+        if !(200..300).contains(&answer.status) {
             return Err(CloudflareError::Status {
-                status,
-                body: String::from_utf8_lossy(&answer).chars().take(200).collect(),
+                status: answer.status,
+                body: answer.text().chars().take(200).collect(),
             });
         }
-        parse(&answer)
+        parse(&answer.body)
     }
 }
 

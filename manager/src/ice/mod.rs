@@ -3,10 +3,9 @@
 //! `username = {expiry}:{session}`, `credential = base64(HMAC-SHA1(secret, username))`. coturn
 //! (`use-auth-secret`) checks them without asking anyone and refuses them after `expiry`.
 //! With `[extra_ice.cloudflare]`, Cloudflare's TURN too ([`cloudflare`], whose credential API
-//! is called through `https`, one POST over rustls).
+//! is called through [`crate::web_client`]).
 
 pub mod cloudflare;
-mod https;
 
 use base64::Engine;
 use ring::hmac;

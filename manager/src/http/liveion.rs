@@ -1,0 +1,260 @@
+//! Streams on liveion nodes through the manager's own URLs: offers and their sessions passed
+//! on ([`crate::liveion::proxy`]), liveman's node-pinned `POST /api/whep/{alias}/{stream}`
+//! and `POST /api/whip/{alias}/{stream}` (a liveion node or a Verge agent), and
+//! `POST /api/cascade/{stream}` with `{"node": alias}`.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use verge_protocol::whep::{self, SessionRole};
+
+use super::AppState;
+use super::error::ApiError;
+use super::whep::{
+    Caller, add_links, check_offer, cors, measured, offer_to_agent, require_content_type, respond,
+    session_ice,
+};
+use crate::auth::{Claims, READ};
+use crate::liveion::proxy::{self, Kind, ProxyError};
+use crate::liveion::{Target, cascade as node_cascade};
+
+/// How long a cascade's read token lasts: its source session's PATCH and DELETE need it too.
+const CASCADE_TOKEN_SECS: u64 = 7 * 24 * 3600;
+
+/// An offer for `stream` (`live/{name}`) passed on to a liveion node: `201 Created` with the
+/// manager's session URL, the node's ICE servers (unless `[extra_ice]
+/// override_upstream_ice_servers`) and the session's own.
+pub(super) async fn offer(
+    app: &AppState,
+    target: &Target,
+    kind: Kind,
+    stream: &str,
+    name: &str,
+    sdp: String,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let offered = proxy::offer(target, kind, name, sdp)
+        .await
+        .map_err(api_error)?;
+    let (location, label) = match kind {
+        Kind::Whep => (whep::location(stream, &offered.session), "WHEP"),
+        Kind::Whip => (whep::whip_location(stream, &offered.session), "WHIP"),
+    };
+    tracing::info!(node = %target.alias, %stream, session = %offered.session,
+        signaling_ms = started.elapsed().as_millis() as u64, "{label} session created on a liveion node");
+    let mut response = (StatusCode::CREATED, offered.sdp).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(whep::SDP));
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    if !app.ice.override_upstream_ice_servers {
+        for link in &offered.links {
+            if let Ok(v) = HeaderValue::from_str(link) {
+                h.append(header::LINK, v);
+            }
+        }
+    }
+    add_links(&mut response, &session_ice(app).await);
+    Ok(cors(response))
+}
+
+/// A node's refusal as the manager's: its status where a client can act on it, 502 where the
+/// fault is between the manager and the node.
+fn api_error(e: ProxyError) -> ApiError {
+    let status = match &e {
+        ProxyError::Refused { status, .. } => match *status {
+            400 | 404 | 409 | 415 | 503 | 504 => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
+            _ => StatusCode::BAD_GATEWAY,
+        },
+        ProxyError::Unreachable { .. } | ProxyError::NoSession { .. } => StatusCode::BAD_GATEWAY,
+    };
+    ApiError::new(status, e.to_string())
+}
+
+/// PATCH or DELETE (`frag` set or not) of a session on node `alias`. A viewer's URL
+/// (`/session/…`) never reaches a publisher's session, as with agents.
+pub(super) async fn session(
+    app: &AppState,
+    stream: &str,
+    alias: &str,
+    id: &str,
+    role: SessionRole,
+    patch: Option<(&HeaderMap, String)>,
+) -> Result<Response, ApiError> {
+    let no_session = || ApiError::not_found(format!("no session {}", proxy::session_id(alias, id)));
+    let name = stream.strip_prefix("live/").ok_or_else(no_session)?;
+    let target = app.liveion.target(alias).ok_or_else(no_session)?;
+    if role == SessionRole::Viewer
+        && app
+            .liveion
+            .stream(alias, name)
+            .is_some_and(|s| s.publish.sessions.iter().any(|p| p.id == id))
+    {
+        return Err(no_session());
+    }
+    match patch {
+        Some((headers, frag)) => {
+            require_content_type(headers, whep::SDPFRAG)?;
+            proxy::patch(&target, name, id, whep::SDPFRAG, frag)
+                .await
+                .map_err(api_error)?;
+            Ok(cors(StatusCode::NO_CONTENT.into_response()))
+        }
+        None => {
+            proxy::delete(&target, name, id).await.map_err(api_error)?;
+            Ok(cors(StatusCode::OK.into_response()))
+        }
+    }
+}
+
+/// `POST /api/whep/{alias}/{stream}` (liveman's): a viewer on that node or agent.
+pub async fn pinned_whep(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((alias, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    measured(
+        &app,
+        pinned(&app, &caller, Kind::Whep, &alias, &name, &headers, body),
+    )
+    .await
+}
+
+/// `POST /api/whip/{alias}/{stream}` (liveman's): a publisher into that node or agent.
+pub async fn pinned_whip(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((alias, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    respond(pinned(&app, &caller, Kind::Whip, &alias, &name, &headers, body).await)
+}
+
+async fn pinned(
+    app: &AppState,
+    caller: &Caller,
+    kind: Kind,
+    alias: &str,
+    name: &str,
+    headers: &HeaderMap,
+    sdp: String,
+) -> Result<Response, ApiError> {
+    let stream = check_offer(headers, "live", name, &sdp)?;
+    if let Some(target) = app.liveion.target(alias) {
+        return offer(app, &target, kind, &stream, name, sdp).await;
+    }
+    if app.registry.get(alias).is_none() {
+        return Err(ApiError::not_found(format!(
+            "no node or agent is called {alias:?}"
+        )));
+    }
+    let method = match kind {
+        Kind::Whep => whep::METHOD_OFFER,
+        Kind::Whip => whep::METHOD_WHIP_OFFER,
+    };
+    let servers = session_ice(app).await;
+    offer_to_agent(app, caller, alias, method, stream, sdp, servers).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CascadeBody {
+    /// The liveion node to pull the stream into.
+    pub node: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cascaded {
+    pub node: String,
+    pub stream: String,
+    pub source_url: String,
+    /// The node's copy closes after this long without a subscriber.
+    pub maximum_idle_time: u64,
+}
+
+/// `POST /api/cascade/{stream}` with `{"node": alias}`: the liveion node pulls the stream
+/// from the manager's `/whep/{stream}` (so from a box behind NAT, a cloud node, or another
+/// liveion node, wherever the manager places a viewer). 200 once the node's copy is connected.
+pub async fn cascade(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Cascaded>, ApiError> {
+    let body: CascadeBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not {{\"node\": \"alias\"}}: {e}"),
+        )
+    })?;
+    verge_protocol::id::validate_stream_part("stream name", &name)
+        .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, why))?;
+    let stream = format!("live/{name}");
+    let Some(target) = app.liveion.target(&body.node) else {
+        let why = if app.registry.get(&body.node).is_some() {
+            format!(
+                "{:?} is a Verge node: the manager places relays to its cloud nodes itself ([cluster])",
+                body.node
+            )
+        } else {
+            format!("no liveion node is called {:?}", body.node)
+        };
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, why));
+    };
+    if !app.liveion.is_running(&target.alias) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("liveion node {:?} is stopped", target.alias),
+        ));
+    }
+    if app
+        .liveion
+        .stream(&target.alias, &name)
+        .is_some_and(|s| s.has_publisher())
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("liveion node {:?} already has stream {name}", target.alias),
+        ));
+    }
+    // Live somewhere else: a box, or another node.
+    if super::streams::locate(&app, &stream).is_err()
+        && app.liveion.viewer_node(&name).ok().flatten().is_none()
+    {
+        return Err(ApiError::not_found(format!("stream {name} is not live")));
+    }
+    let token = app.auth.enabled().then(|| {
+        app.auth.mint(&Claims {
+            id: stream.clone(),
+            exp: verge_protocol::now_ms() / 1000 + CASCADE_TOKEN_SECS,
+            mode: READ,
+        })
+    });
+    let source_url = format!("{}/whep/{name}", app.public_url);
+    node_cascade::pull(&target, &name, &source_url, token)
+        .await
+        .map_err(api_error)?;
+    tracing::info!(node = %target.alias, stream = %stream, %source_url, "cascade into a liveion node connected");
+    tokio::spawn(node_cascade::close_when_idle(
+        app.liveion.clone(),
+        target.clone(),
+        name.clone(),
+        source_url.clone(),
+        app.cascade_idle,
+    ));
+    Ok(Json(Cascaded {
+        node: target.alias,
+        stream: name,
+        source_url,
+        maximum_idle_time: app.cascade_idle.as_millis() as u64,
+    }))
+}

@@ -1,0 +1,344 @@
+//! A mixed fleet: live777's liveion nodes (`[[nodes]]`, the real `../shared/bin/live777`)
+//! beside a Verge manager and box, with `[auth]` on at the manager and tokens at the nodes.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use verge::whep::{Viewer, ViewerOptions};
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::liveion::{self, Liveion};
+use verge_testkit::whep::runtime;
+use verge_testkit::{Response, TempDir, request, wait_for};
+
+const ADMIN: &str = "admin-token";
+
+fn call(m: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Response {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("Authorization", b.as_str()))
+        .collect();
+    if !body.is_empty() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    request(method, m, path, &headers, body, Duration::from_secs(30)).expect("HTTP")
+}
+
+fn json(m: SocketAddr, path: &str) -> serde_json::Value {
+    call(m, "GET", path, Some(ADMIN), b"").json()
+}
+
+fn node(m: SocketAddr, alias: &str) -> Option<serde_json::Value> {
+    json(m, "/api/nodes/")
+        .as_array()?
+        .iter()
+        .find(|n| n["alias"] == alias)
+        .cloned()
+}
+
+fn listed(m: SocketAddr, id: &str) -> Vec<serde_json::Value> {
+    json(m, "/api/streams/")
+        .as_array()
+        .map(|a| a.iter().filter(|s| s["id"] == id).cloned().collect())
+        .unwrap_or_default()
+}
+
+/// A viewer of `url` (with `token`) past `frames` frames, the first a keyframe.
+async fn playing(url: &str, token: Option<&str>, frames: u32) -> Viewer {
+    let opts = ViewerOptions {
+        token: token.map(str::to_string),
+        ..ViewerOptions::for_url(url)
+    };
+    let mut viewer = Viewer::connect(url, &opts)
+        .await
+        .unwrap_or_else(|e| panic!("WHEP {url}: {e}"));
+    let first = viewer
+        .next_frame(Duration::from_secs(20))
+        .await
+        .expect("video")
+        .expect("open");
+    assert!(first.keyframe, "{}", viewer.stats);
+    for _ in 1..frames {
+        viewer
+            .next_frame(Duration::from_secs(10))
+            .await
+            .expect("video")
+            .expect("open");
+    }
+    viewer
+}
+
+#[test]
+fn liveion_nodes_share_the_fleet_streams_and_cascades() {
+    let dir = TempDir::new("liveion-nodes");
+    let a = Liveion::start(dir.path(), "node-a", Some("a-token"), "");
+    let b = Liveion::start(dir.path(), "node-b", Some("b-token"), "");
+    // Idle cascades close after 4 s here (60 s by default).
+    let manager_toml = format!(
+        "[auth]\ntokens = [\"{ADMIN}\"]\n[cascade]\nmaximum_idle_time = 4000\n\
+         [[nodes]]\nalias = \"a\"\nurl = \"http://{}\"\ntoken = \"a-token\"\nmode = \"sse\"\n\
+         [[nodes]]\nalias = \"b\"\nurl = \"http://{}\"\ntoken = \"b-token\"\n\
+         [[nodes]]\nalias = \"wrong\"\nurl = \"http://{}\"\ntoken = \"not-its-token\"\n",
+        a.addr, b.addr, a.addr
+    );
+    let edge = Edge::start(
+        "liveion",
+        &EdgeOptions {
+            noauth: true,
+            manager_toml,
+            api_token: Some(ADMIN.into()),
+            ..EdgeOptions::default()
+        },
+    );
+    let m = edge.manager_http;
+
+    // The nodes join the fleet in liveman's shape; a wrong token is shown with the node's
+    // refusal, never as an empty node.
+    let running = wait_for(Duration::from_secs(15), || {
+        let (a, b) = (node(m, "a")?, node(m, "b")?);
+        (a["status"] == "running" && b["status"] == "running").then_some((a, b))
+    });
+    let (na, nb) = running.unwrap_or_else(|| panic!("{}", json(m, "/api/nodes/")));
+    for n in [&na, &nb] {
+        assert_eq!(n["kind"], "liveion", "{n}");
+        assert!(n["strategy"]["each_stream_max_sub"].is_u64(), "{n}");
+        assert!(
+            n["duration"].as_str().is_some_and(|d| d.ends_with("ms")),
+            "{n}"
+        );
+    }
+    assert_eq!(na["mode"], "sse");
+    let wrong = wait_for(Duration::from_secs(10), || {
+        node(m, "wrong").filter(|n| n["reason"].as_str().is_some_and(|r| r.contains("401")))
+    });
+    let wrong = wrong.unwrap_or_else(|| panic!("{:?}", node(m, "wrong")));
+    assert_eq!(wrong["status"], "stopped", "{wrong}");
+    assert_eq!(
+        json(m, "/api/nodes/")[0]["kind"],
+        "verge",
+        "the box comes first"
+    );
+
+    // A WHIP publisher (whipinto, a third-party client) into node a through the manager.
+    let whip_url = format!("http://{m}/whip/lv?nodes=a");
+    let publisher = liveion::publish(dir.path(), "whipinto", &whip_url, Some(ADMIN));
+    let live = wait_for(Duration::from_secs(20), || a.live_stream("lv"));
+    assert!(
+        live.is_some(),
+        "node a never had lv: {:?}\n{}",
+        a.streams(),
+        publisher.log_text()
+    );
+    let session = edge
+        .manager
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("WHIP session created on a liveion node"))
+        .find_map(|l| {
+            l.split("session=")
+                .nth(1)?
+                .split_whitespace()
+                .next()
+                .map(str::to_string)
+        })
+        .expect("the manager's log names the publisher's session");
+    assert!(session.starts_with("a@"), "{session}");
+    // (The codecs follow the first media packets.)
+    let entry = wait_for(Duration::from_secs(10), || {
+        listed(m, "lv")
+            .into_iter()
+            .find(|s| s["node"] == "a" && s["codecs"][0].is_object())
+    })
+    .unwrap_or_else(|| panic!("lv is not listed: {}", json(m, "/api/streams/")));
+    assert_eq!(entry["kind"], "liveion");
+    assert_eq!(entry["codecs"][0]["codec"], "h264", "{entry}");
+    assert_eq!(listed(m, "lv").len(), 1, "lv is listed once");
+
+    // A box's RTMP stream for the cascade.
+    let _ffmpeg = edge.publish(
+        "ffmpeg",
+        "cam",
+        &Synthetic {
+            seconds: 120,
+            gop: 25,
+            ..Synthetic::default()
+        },
+    );
+    wait_for(Duration::from_secs(20), || edge.listed_stream("cam"))
+        .expect("the box's stream is listed");
+
+    let rt = runtime();
+    rt.block_on(async {
+        // The node's stream plays through the manager's own WHEP URL, and the viewer's
+        // session is the manager's, deleted through it.
+        let manager_whep = format!("http://{m}/whep/lv");
+        let viewer = playing(&manager_whep, Some(ADMIN), 25).await;
+        let path = viewer.session_url.path.clone();
+        assert!(path.starts_with("/session/lv/a@"), "{path}");
+        let watched = wait_for_async(Duration::from_secs(10), || {
+            a.live_stream("lv").filter(|s| {
+                s["subscribe"]["sessions"]
+                    .as_array()
+                    .is_some_and(|v| !v.is_empty())
+            })
+        })
+        .await;
+        assert!(
+            watched.is_some(),
+            "node a has no subscriber: {:?}",
+            a.streams()
+        );
+        assert_eq!(viewer.delete().await.expect("DELETE"), 200);
+        let left = wait_for_async(Duration::from_secs(10), || {
+            let s = a.live_stream("lv")?;
+            let open = s["subscribe"]["sessions"]
+                .as_array()?
+                .iter()
+                .filter(|x| x["leaveAt"] == 0)
+                .count();
+            (open == 0).then_some(())
+        })
+        .await;
+        assert!(
+            left.is_some(),
+            "the node kept the viewer: {:?}",
+            a.streams()
+        );
+
+        // Without a token, the manager refuses (its [auth]), whatever the node would do.
+        let refused = call(m, "POST", "/whep/lv", None, b"v=0\r\n");
+        assert_eq!(refused.status, 401, "{}", refused.text());
+
+        // A box's stream cascaded into node b (liveion's own cascade API, pulling from the
+        // manager with a read token the manager minted), played from b's own WHEP URL.
+        let started = Instant::now();
+        let r = call(
+            m,
+            "POST",
+            "/api/cascade/cam",
+            Some(ADMIN),
+            br#"{"node":"b"}"#,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        println!(
+            "cascade box -> liveion b connected in {:?}: {}",
+            started.elapsed(),
+            r.text()
+        );
+        let node_whep = format!("http://{}/whep/cam", b.addr);
+        let from_b = playing(&node_whep, Some("b-token"), 25).await;
+        println!("played from node b: {}", from_b.stats);
+        // liveman's node-pinned WHEP: the same copy, through the manager.
+        let pinned = format!("http://{m}/api/whep/b/cam");
+        let through = playing(&pinned, Some(ADMIN), 10).await;
+        assert!(
+            through.session_url.path.starts_with("/session/cam/b@"),
+            "{}",
+            through.session_url.path
+        );
+        let cascaded = listed(m, "cam");
+        assert!(
+            cascaded
+                .iter()
+                .any(|s| s["node"] == "b" && s["kind"] == "liveion"),
+            "{cascaded:?}"
+        );
+        // A cascade into a node that already has the stream is refused with the reason.
+        let again = call(
+            m,
+            "POST",
+            "/api/cascade/cam",
+            Some(ADMIN),
+            br#"{"node":"b"}"#,
+        );
+        assert_eq!(again.status, 409, "{}", again.text());
+        let nowhere = call(
+            m,
+            "POST",
+            "/api/cascade/nope",
+            Some(ADMIN),
+            br#"{"node":"b"}"#,
+        );
+        assert_eq!(nowhere.status, 404, "{}", nowhere.text());
+        let unknown = call(
+            m,
+            "POST",
+            "/api/cascade/cam",
+            Some(ADMIN),
+            br#"{"node":"zz"}"#,
+        );
+        assert_eq!(unknown.status, 400, "{}", unknown.text());
+
+        // Without viewers, the node's copy is closed after [cascade] maximum_idle_time.
+        assert_eq!(through.delete().await.expect("DELETE"), 200);
+        // (liveion answers 204.)
+        assert_eq!(from_b.delete().await.expect("DELETE"), 204);
+        let idle_from = Instant::now();
+        let closed = wait_for_async(Duration::from_secs(20), || {
+            let streams = b.streams()?;
+            (!streams.as_array()?.iter().any(|s| s["id"] == "cam")).then_some(())
+        })
+        .await;
+        assert!(
+            closed.is_some(),
+            "the idle cascade stayed: {:?}",
+            b.streams()
+        );
+        println!(
+            "idle cascade closed {:?} after its last viewer left",
+            idle_from.elapsed()
+        );
+    });
+
+    // The publisher's session, ended through the manager's Location.
+    let end = call(
+        m,
+        "DELETE",
+        &format!("/whip-session/lv/{session}"),
+        Some(ADMIN),
+        b"",
+    );
+    assert_eq!(end.status, 200, "{}", end.text());
+    let gone = wait_for(Duration::from_secs(10), || {
+        a.live_stream("lv").is_none().then_some(())
+    });
+    assert!(gone.is_some(), "node a still has lv: {:?}", a.streams());
+    drop(publisher);
+
+    // Node b stopped: shown stopped within 10 s, its streams gone from the lists.
+    b.proc.signal("KILL");
+    let stopped_at = Instant::now();
+    let stopped = wait_for(Duration::from_secs(10), || {
+        node(m, "b").filter(|n| n["status"] == "stopped")
+    });
+    let stopped = stopped.unwrap_or_else(|| panic!("{:?}", node(m, "b")));
+    println!(
+        "node b stopped after {:?}: {}",
+        stopped_at.elapsed(),
+        stopped["reason"]
+    );
+    assert!(
+        listed(m, "cam").iter().all(|s| s["node"] != "b"),
+        "{:?}",
+        listed(m, "cam")
+    );
+    assert!(
+        json(m, "/api/nodes/")
+            .as_array()
+            .is_some_and(|n| n.len() == 4)
+    );
+}
+
+/// `check` every 200 ms for up to `patience`, without blocking the runtime's other tasks.
+async fn wait_for_async<T>(patience: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(v) = tokio::task::block_in_place(&mut check) {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
