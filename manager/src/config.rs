@@ -663,6 +663,32 @@ mod tests {
     }
 
     #[test]
+    fn liveion_nodes_take_livemans_keys_and_bad_ones_are_refused() {
+        let cfg = ManagerConfig::parse(
+            "[http]\npublic = \"https://m.example.com/\"\n\
+             [[nodes]]\nalias = \"sfu-1\"\nurl = \"http://10.0.0.5:7777\"\ntoken = \"t\"\n\
+             [[nodes]]\nalias = \"sfu-2\"\nurl = \"https://sfu2.example.com\"\nmode = \"sse\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.nodes.len(), 2);
+        assert_eq!((cfg.nodes[0].mode, cfg.nodes[1].mode), (NodeMode::Poll, NodeMode::Sse));
+        assert_eq!(cfg.http.public_url(), "https://m.example.com");
+        assert_eq!(ManagerConfig::parse("").unwrap().http.public_url(), "http://127.0.0.1:8080");
+        for (bad, says) in [
+            ("[[nodes]]\nalias = \"a b\"\nurl = \"http://x\"\n", "alias"),
+            ("[[nodes]]\nalias = \"\"\nurl = \"http://x\"\n", "alias"),
+            ("[[nodes]]\nalias = \"a\"\nurl = \"x:7777\"\n", "url"),
+            ("[[nodes]]\nalias = \"a\"\nurl = \"http://x\"\n[[nodes]]\nalias = \"a\"\nurl = \"http://y\"\n", "twice"),
+            ("[[nodes]]\nalias = \"a\"\nurl = \"http://x\"\nmode = \"push\"\n", "mode"),
+            ("[[nodes]]\nalias = \"a\"\nurl = \"http://x\"\nsub_max = 3\n", "sub_max"),
+            ("[http]\npublic = \"manager:8080\"\n", "public"),
+        ] {
+            let err = ManagerConfig::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
     fn seed_sections_are_read() {
         let cfg = ManagerConfig::parse(
             "[database]\nurl = \"sqlite://./x.db\"\nmax_connections = 3\n[auth]\ntokens = [\"t\"]\n\

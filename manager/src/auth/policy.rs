@@ -169,6 +169,9 @@ mod tests {
             (&get, "/agents/edge-1/http/api/streams", Need::Admin),
             (&get, "/something/new", Need::Admin),
             (&post, "/api/health", Need::Admin),
+            (&post, "/api/whep/sfu-1/cam", read("live/cam")),
+            (&post, "/api/whip/sfu-1/cam", Need::Write("live/cam".into())),
+            (&post, "/api/cascade/cam", Need::Admin),
         ];
         for (method, path, want) in cases {
             assert_eq!(&need(method, path), want, "{method} {path}");
@@ -277,6 +280,9 @@ mod tests {
         ("/metrics", &["GET"], Right::ReadAll),
         ("/api/login", &["POST"], Right::Public),
         ("/api/token", &["POST"], Right::Admin),
+        ("/api/whep/{alias}/{name}", &["POST"], Right::Read),
+        ("/api/whip/{alias}/{name}", &["POST"], Right::Write),
+        ("/api/cascade/{name}", &["POST"], Right::Admin),
     ];
 
     /// The parameters of `path` (raw, still percent-encoded) if `pattern` matches it as axum
@@ -324,6 +330,10 @@ mod tests {
                 } else {
                     format!("live/{id}")
                 };
+            }
+            // liveman's node-pinned offers: the node, then the stream.
+            if pattern.contains("{alias}") {
+                return format!("live/{}", params[1]);
             }
             if !pattern.contains("{app}") {
                 return format!("live/{}", params[0]);
