@@ -342,3 +342,81 @@ async fn wait_for_async<T>(patience: Duration, mut check: impl FnMut() -> Option
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[test]
+fn a_liveion_found_on_the_broker_by_net4mqtt_plays_through_the_manager() {
+    let dir = TempDir::new("liveion-net4mqtt");
+    // The node joins the manager's embedded broker under an enrolled id (the broker refuses
+    // anonymous clients), as live777 runs it: no [[nodes]] entry at the manager.
+    let edge = Edge::start(
+        "liveion-net4mqtt",
+        &EdgeOptions {
+            noauth: true,
+            manager_toml: "[net4mqtt]\n[[agents]]\nid = \"n4\"\nsecret = \"n4-secret\"\n".into(),
+            ..EdgeOptions::default()
+        },
+    );
+    let m = edge.manager_http;
+    let broker = verge_testkit::listener(&edge.manager_listeners, "mqtt");
+    let node_cfg = format!(
+        "[net4mqtt]\nalias = \"n4\"\nmqtt_url = \"mqtt://n4:n4-secret@{broker}/net4mqtt?client_id=n4\"\n"
+    );
+    let n4 = Liveion::start(dir.path(), "node-n4", None, &node_cfg);
+    let found = wait_for(Duration::from_secs(15), || {
+        node(m, "n4").filter(|n| n["status"] == "running")
+    });
+    let found =
+        found.unwrap_or_else(|| panic!("{}\n{}", json(m, "/api/nodes/"), n4.proc.log_text()));
+    assert_eq!(found["source"], "net4mqtt", "{found}");
+    assert_eq!(found["url"], "http://n4.net4mqtt.local", "{found}");
+    assert!(
+        found["strategy"].is_object(),
+        "its limits came through the tunnel: {found}"
+    );
+
+    // Published to the node itself; listed through net4mqtt, played through the manager,
+    // the offer and the DELETE carried by net4mqtt's tunnel.
+    let publisher = liveion::publish(
+        dir.path(),
+        "whipinto",
+        &format!("http://{}/whip/lv", n4.addr),
+        None,
+    );
+    let entry = wait_for(Duration::from_secs(20), || {
+        listed(m, "lv")
+            .into_iter()
+            .find(|s| s["node"] == "n4" && s["codecs"][0].is_object())
+    });
+    assert!(
+        entry.is_some(),
+        "{}\n{}",
+        json(m, "/api/streams/"),
+        publisher.log_text()
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let viewer = playing(&format!("http://{m}/whep/lv"), None, 25).await;
+        assert!(
+            viewer.session_url.path.starts_with("/session/lv/n4@"),
+            "{}",
+            viewer.session_url.path
+        );
+        println!("played through net4mqtt: {}", viewer.stats);
+        assert_eq!(viewer.delete().await.expect("DELETE"), 200);
+    });
+    drop(publisher);
+
+    // The node gone: its will stops it at the manager.
+    n4.proc.signal("KILL");
+    let stopped = wait_for(Duration::from_secs(10), || {
+        node(m, "n4").filter(|n| n["status"] == "stopped")
+    });
+    let stopped = stopped.unwrap_or_else(|| panic!("{:?}", node(m, "n4")));
+    assert!(
+        stopped["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("will")),
+        "{stopped}"
+    );
+    assert!(listed(m, "lv").is_empty());
+}

@@ -30,6 +30,8 @@ pub struct ManagerConfig {
     pub cascade: CascadeConfig,
     /// `[[nodes]]`: live777 liveion nodes managed beside the agents (liveman's key).
     pub nodes: Vec<NodeConfig>,
+    /// `[net4mqtt]`: liveion nodes found on the broker (liveman's section); off without it.
+    pub net4mqtt: Option<Net4mqttConfig>,
     pub runtime: verge_mqtt::process::RuntimeConfig,
     /// Sections this build does not read yet, kept to warn about them.
     #[serde(flatten)]
@@ -74,6 +76,32 @@ pub struct NodeConfig {
     /// Sent as `Authorization: Bearer` on every call to it (never to viewers).
     pub token: String,
     pub mode: NodeMode,
+}
+
+/// `[net4mqtt]`: liveion nodes behind NAT that announce themselves on net4mqtt's topics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Net4mqttConfig {
+    /// The manager's id in net4mqtt's topics (liveman's `alias`).
+    pub alias: String,
+    /// The topics' first level (liveman takes it from its `mqtt_url`'s path).
+    pub prefix: String,
+    /// Shown as each node's URL: `http://{node}.{domain}` (liveman's).
+    pub domain: String,
+    /// Nodes taken from the broker at most; presence of more is ignored (a broker anyone can
+    /// publish to must not grow the manager's memory).
+    pub max_nodes: usize,
+}
+
+impl Default for Net4mqttConfig {
+    fn default() -> Self {
+        Self {
+            alias: "verge".into(),
+            prefix: "net4mqtt".into(),
+            domain: "net4mqtt.local".into(),
+            max_nodes: 1024,
+        }
+    }
 }
 
 /// `[cascade]`: relays of a stream to cloud nodes (liveman's section and key).
@@ -491,6 +519,8 @@ pub enum ConfigError {
     },
     #[error("[http] public {0:?} is not an http(s):// URL")]
     PublicUrl(String),
+    #[error("[net4mqtt] {0}")]
+    Net4mqtt(String),
 }
 
 impl ManagerConfig {
@@ -565,6 +595,15 @@ impl ManagerConfig {
                 url: node.url.clone(),
                 reason: e.to_string(),
             })?;
+        }
+        if let Some(n) = &self.net4mqtt {
+            for (key, value) in [("alias", &n.alias), ("prefix", &n.prefix)] {
+                if value.is_empty() || value.contains(['/', '+', '#']) {
+                    return Err(ConfigError::Net4mqtt(format!(
+                        "{key} {value:?} must be one topic level (not empty, no '/', '+', '#')"
+                    )));
+                }
+            }
         }
         let public = self.http.public_url();
         if crate::web_client::Url::parse(&public).is_err() {
@@ -671,16 +710,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.nodes.len(), 2);
-        assert_eq!((cfg.nodes[0].mode, cfg.nodes[1].mode), (NodeMode::Poll, NodeMode::Sse));
+        assert_eq!(
+            (cfg.nodes[0].mode, cfg.nodes[1].mode),
+            (NodeMode::Poll, NodeMode::Sse)
+        );
         assert_eq!(cfg.http.public_url(), "https://m.example.com");
-        assert_eq!(ManagerConfig::parse("").unwrap().http.public_url(), "http://127.0.0.1:8080");
+        assert_eq!(
+            ManagerConfig::parse("").unwrap().http.public_url(),
+            "http://127.0.0.1:8080"
+        );
         for (bad, says) in [
             ("[[nodes]]\nalias = \"a b\"\nurl = \"http://x\"\n", "alias"),
             ("[[nodes]]\nalias = \"\"\nurl = \"http://x\"\n", "alias"),
             ("[[nodes]]\nalias = \"a\"\nurl = \"x:7777\"\n", "url"),
-            ("[[nodes]]\nalias = \"a\"\nurl = \"http://x\"\n[[nodes]]\nalias = \"a\"\nurl = \"http://y\"\n", "twice"),
-            ("[[nodes]]\nalias = \"a\"\nurl = \"http://x\"\nmode = \"push\"\n", "mode"),
-            ("[[nodes]]\nalias = \"a\"\nurl = \"http://x\"\nsub_max = 3\n", "sub_max"),
+            (
+                "[[nodes]]\nalias = \"a\"\nurl = \"http://x\"\n[[nodes]]\nalias = \"a\"\nurl = \"http://y\"\n",
+                "twice",
+            ),
+            (
+                "[[nodes]]\nalias = \"a\"\nurl = \"http://x\"\nmode = \"push\"\n",
+                "mode",
+            ),
+            (
+                "[[nodes]]\nalias = \"a\"\nurl = \"http://x\"\nsub_max = 3\n",
+                "sub_max",
+            ),
             ("[http]\npublic = \"manager:8080\"\n", "public"),
         ] {
             let err = ManagerConfig::parse(bad).unwrap_err().to_string();

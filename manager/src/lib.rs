@@ -377,6 +377,28 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         &cfg.cascade,
     );
     let reconciler = tokio::spawn(cluster.clone().reconcile());
+    let liveion = liveion::Liveion::start(&cfg.nodes);
+    let net4mqtt = match &cfg.net4mqtt {
+        Some(n4) => {
+            // Its own MQTT session, under the manager's credential: net4mqtt's messages are
+            // many, small and unsigned, and stay off the fleet session.
+            let mut n4_opts = LinkOptions::new(opts.url.clone(), format!("{client_id}:net4mqtt"));
+            n4_opts.username = opts.username.clone();
+            n4_opts.password = opts.password.clone();
+            n4_opts.ca_file = opts.ca_file.clone();
+            n4_opts.queue = 1024;
+            n4_opts.max_backoff = Duration::from_secs(5);
+            let link = Link::spawn(&n4_opts, None)?;
+            let net = liveion::net4mqtt::Net4mqtt::new(link.client.clone(), n4.clone());
+            tracing::info!(prefix = %n4.prefix, alias = %n4.alias, "net4mqtt: listening for liveion nodes");
+            Some(tokio::spawn(liveion::net4mqtt::run(
+                net,
+                link,
+                liveion.clone(),
+            )))
+        }
+        None => None,
+    };
     let app = http::router(http::AppState {
         registry: registry.clone(),
         rpc: rpc.clone(),
@@ -405,7 +427,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         },
         rtmp_router,
         cluster,
-        liveion: liveion::Liveion::start(&cfg.nodes),
+        liveion: liveion.clone(),
         public_url: match cfg.http.public.as_deref().filter(|p| !p.is_empty()) {
             Some(_) => cfg.http.public_url(),
             None => {
@@ -420,6 +442,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     });
     let mut forwards = Vec::new();
     let mut listener_tasks = vec![reconciler];
+    listener_tasks.extend(net4mqtt);
     for (listener, forward) in forward_listeners.into_iter().zip(&cfg.tunnel.forward) {
         let addr = listener
             .local_addr()

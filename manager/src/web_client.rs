@@ -111,13 +111,8 @@ impl Url {
 impl std::fmt::Display for Url {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let scheme = if self.tls { "https" } else { "http" };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
         let path = if self.path == "/" { "" } else { &self.path };
-        write!(f, "{scheme}://{host}:{}{path}", self.port)
+        write!(f, "{scheme}://{}{path}", self.authority())
     }
 }
 
@@ -135,6 +130,20 @@ impl Answer {
     }
 }
 
+/// A byte stream an HTTP exchange runs over.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A stream being opened by a [`Dialer`].
+pub type Dialing<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Box<dyn Io>>> + Send + 'a>>;
+
+/// Opens the byte stream to a server another way than TCP to its URL's host (net4mqtt's
+/// tunnel over MQTT, see `crate::liveion::net4mqtt`).
+pub trait Dialer: Send + Sync {
+    fn dial(&self) -> Dialing<'_>;
+}
+
 /// What to send.
 pub struct Call<'a> {
     pub method: Method,
@@ -143,6 +152,8 @@ pub struct Call<'a> {
     pub bearer: &'a str,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
+    /// How to reach the server, when not over TCP to `url`'s host.
+    pub via: Option<std::sync::Arc<dyn Dialer>>,
 }
 
 impl<'a> Call<'a> {
@@ -153,6 +164,7 @@ impl<'a> Call<'a> {
             bearer,
             headers: Vec::new(),
             body: Bytes::new(),
+            via: None,
         }
     }
 
@@ -256,10 +268,13 @@ pub async fn open(call: Call<'_>, timeout: Duration) -> Result<Streaming, Client
     })
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-async fn connect(url: &Url) -> Result<Box<dyn Io>, ClientError> {
+async fn connect(url: &Url, via: Option<&dyn Dialer>) -> Result<Box<dyn Io>, ClientError> {
+    if let Some(dialer) = via {
+        return dialer
+            .dial()
+            .await
+            .map_err(|e| ClientError::Connect(url.authority(), e));
+    }
     let tcp = TcpStream::connect((url.host.as_str(), url.port))
         .await
         .map_err(|e| ClientError::Connect(url.authority(), e))?;
@@ -279,7 +294,7 @@ async fn connect(url: &Url) -> Result<Box<dyn Io>, ClientError> {
 }
 
 async fn exchange(call: Call<'_>) -> Result<hyper::Response<Incoming>, ClientError> {
-    let io = connect(call.url).await?;
+    let io = connect(call.url, call.via.as_deref()).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     // The connection's task ends when the answer's body is read or dropped.
     tokio::spawn(async move {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::proxy::ProxyError;
 use super::{Liveion, Target, api};
-use crate::web_client::{self, Call};
+use crate::web_client;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The node's copy must be connected within this long (ICE and DTLS to the source).
@@ -32,7 +32,7 @@ pub async fn pull(
     // value of its WHEP requests (`get_authorization_header_map`), so the scheme goes with it.
     let token = token.map(|t| format!("Bearer {t}"));
     let body = serde_json::json!({ "sourceUrl": source_url, "token": token });
-    let call = Call::get(&url, &target.token).with_body(
+    let call = target.get(&url).with_body(
         Method::POST,
         "application/json",
         Bytes::from(body.to_string()),
@@ -83,7 +83,7 @@ pub async fn pull(
 /// `GET {node}/api/streams/{name}`: `None` when the node does not have it.
 async fn stream_at(target: &Target, name: &str) -> Result<Option<api::Stream>, ProxyError> {
     let url = target.url.with_path(&format!("/api/streams/{name}"));
-    let answer = web_client::send(Call::get(&url, &target.token), CALL_TIMEOUT, 1024 * 1024)
+    let answer = web_client::send(target.get(&url), CALL_TIMEOUT, 1024 * 1024)
         .await
         .map_err(|source| ProxyError::Unreachable {
             alias: target.alias.clone(),
@@ -127,7 +127,7 @@ pub async fn close_when_idle(
         }
         if idle_since.elapsed() >= idle {
             let url = target.url.with_path(&format!("/api/streams/{name}"));
-            let mut call = Call::get(&url, &target.token);
+            let mut call = target.get(&url);
             call.method = Method::DELETE;
             match web_client::send(call, CALL_TIMEOUT, 64 * 1024).await {
                 Ok(a) if (200..300).contains(&a.status) || a.status == 404 => {

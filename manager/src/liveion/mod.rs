@@ -5,6 +5,8 @@
 //!   its limits, marking it `running` or `stopped` with the reason.
 //! - [`proxy`]: WHEP and WHIP offers and their sessions passed on to a node with its token,
 //!   under the manager's own session URLs.
+//! - [`net4mqtt`]: nodes behind NAT found on the broker (live777's net4mqtt), their HTTP API
+//!   reached through net4mqtt's tunnel.
 //! - [`cascade`]: a node pulling a stream from the manager's `/whep/` (a box's stream, or
 //!   another node's), checked, and closed when idle.
 //!
@@ -15,6 +17,7 @@
 pub mod api;
 pub mod cascade;
 pub mod monitor;
+pub mod net4mqtt;
 pub mod proxy;
 
 use std::collections::BTreeMap;
@@ -23,7 +26,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 
 use crate::config::{NodeConfig, NodeMode};
-use crate::web_client::Url;
+use crate::web_client::{Call, Dialer, Url};
 
 /// What `GET /api/nodes/` shows of a liveion node (liveman's shape plus Verge's).
 #[derive(Debug, Clone, Serialize)]
@@ -55,11 +58,22 @@ pub struct NodeView {
 }
 
 /// What the manager needs to call a node.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Target {
     pub alias: String,
     pub url: Url,
     pub token: String,
+    /// How to reach it when not over TCP to `url` (net4mqtt).
+    pub via: Option<Arc<dyn Dialer>>,
+}
+
+impl Target {
+    /// A GET of `url` (on this node) with its token, over its way there.
+    pub fn get<'a>(&'a self, url: &'a Url) -> Call<'a> {
+        let mut call = Call::get(url, &self.token);
+        call.via = self.via.clone();
+        call
+    }
 }
 
 struct Node {
@@ -93,9 +107,15 @@ impl Liveion {
                 alias: cfg.alias.clone(),
                 url,
                 token: cfg.token.clone(),
+                via: None,
             };
             liveion.add(target.clone(), cfg.mode, "config");
-            tokio::spawn(monitor::follow(liveion.clone(), target, cfg.mode));
+            tokio::spawn(monitor::follow(
+                liveion.clone(),
+                target,
+                cfg.mode,
+                monitor::POLL_EVERY,
+            ));
         }
         liveion
     }
@@ -116,6 +136,26 @@ impl Liveion {
                     streams: Vec::new(),
                 },
             );
+        }
+    }
+
+    /// A node found at run time (net4mqtt): added, or its way there renewed; false when a
+    /// `[[nodes]]` entry has its alias.
+    pub(crate) fn discovered(&self, target: Target, source: &'static str) -> bool {
+        let Ok(mut nodes) = self.nodes.write() else {
+            return false;
+        };
+        match nodes.get_mut(&target.alias) {
+            Some(n) if n.source != source => false,
+            Some(n) => {
+                n.target = target;
+                true
+            }
+            None => {
+                drop(nodes);
+                self.add(target, NodeMode::Poll, source);
+                true
+            }
         }
     }
 

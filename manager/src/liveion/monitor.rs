@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::{Liveion, Target, api};
 use crate::config::NodeMode;
-use crate::web_client::{self, Call, Url};
+use crate::web_client::{self, Url};
 
-const POLL_EVERY: Duration = Duration::from_secs(3);
+pub const POLL_EVERY: Duration = Duration::from_secs(3);
 const STRATEGY_EVERY: Duration = Duration::from_secs(30);
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,7 +27,8 @@ struct Failure {
     refused: bool,
 }
 
-pub async fn follow(liveion: Liveion, target: Target, mode: NodeMode) {
+/// Follows `target` until the task is aborted; in poll mode, every `poll_every`.
+pub async fn follow(liveion: Liveion, target: Target, mode: NodeMode, poll_every: Duration) {
     let mut strategy_at: Option<Instant> = None;
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -55,7 +56,7 @@ pub async fn follow(liveion: Liveion, target: Target, mode: NodeMode) {
                     backoff = (backoff * 2).min(SSE_BACKOFF_MAX);
                     wait
                 } else {
-                    POLL_EVERY
+                    poll_every
                 }
             }
             Err(f) => {
@@ -71,7 +72,7 @@ pub async fn follow(liveion: Liveion, target: Target, mode: NodeMode) {
                     backoff = (backoff * 2).min(SSE_BACKOFF_MAX);
                     wait
                 } else {
-                    POLL_EVERY
+                    poll_every
                 }
             }
         };
@@ -100,7 +101,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     path: &str,
 ) -> Result<T, Failure> {
     let url = target.url.with_path(path);
-    let answer = web_client::send(Call::get(&url, &target.token), TIMEOUT, MAX_STREAMS_BODY)
+    let answer = web_client::send(target.get(&url), TIMEOUT, MAX_STREAMS_BODY)
         .await
         .map_err(|e| Failure {
             reason: format!("GET {path}: {e}"),
@@ -128,7 +129,7 @@ fn check_status(path: &str, status: u16, body: &str) -> Result<(), Failure> {
 async fn events(liveion: &Liveion, target: &Target) -> Result<(), Failure> {
     const PATH: &str = "/api/sse/streams";
     let url: Url = target.url.with_path(PATH);
-    let mut call = Call::get(&url, &target.token);
+    let mut call = target.get(&url);
     call.headers.push((
         axum::http::header::ACCEPT,
         axum::http::HeaderValue::from_static("text/event-stream"),

@@ -85,8 +85,9 @@ pub async fn offer(
     sdp: String,
 ) -> Result<Offered, ProxyError> {
     let url = target.url.with_path(&kind.path(name));
-    let call =
-        Call::get(&url, &target.token).with_body(Method::POST, "application/sdp", Bytes::from(sdp));
+    let call = target
+        .get(&url)
+        .with_body(Method::POST, "application/sdp", Bytes::from(sdp));
     let answer = web_client::send(call, OFFER_TIMEOUT, MAX_ANSWER)
         .await
         .map_err(|source| ProxyError::Unreachable {
@@ -134,15 +135,16 @@ pub async fn patch(
     frag: String,
 ) -> Result<(), ProxyError> {
     let url = target.url.with_path(&format!("/session/{name}/{id}"));
-    let call =
-        Call::get(&url, &target.token).with_body(Method::PATCH, content_type, Bytes::from(frag));
+    let call = target
+        .get(&url)
+        .with_body(Method::PATCH, content_type, Bytes::from(frag));
     session_call(target, call).await
 }
 
 /// DELETE of the node's session `id` of stream `name`.
 pub async fn delete(target: &Target, name: &str, id: &str) -> Result<(), ProxyError> {
     let url = target.url.with_path(&format!("/session/{name}/{id}"));
-    let mut call = Call::get(&url, &target.token);
+    let mut call = target.get(&url);
     call.method = Method::DELETE;
     session_call(target, call).await
 }
