@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use verge::whep::{Viewer, ViewerOptions};
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge_testkit::liveion::{self, Liveion};
+use verge_testkit::liveion::{self, Liveion, Liveman};
 use verge_testkit::whep::runtime;
-use verge_testkit::{Response, TempDir, request, wait_for};
+use verge_testkit::{Response, TempDir, get, request, wait_for};
 
 const ADMIN: &str = "admin-token";
 
@@ -153,6 +153,35 @@ fn liveion_nodes_share_the_fleet_streams_and_cascades() {
     assert_eq!(entry["kind"], "liveion");
     assert_eq!(entry["codecs"][0]["codec"], "h264", "{entry}");
     assert_eq!(listed(m, "lv").len(), 1, "lv is listed once");
+
+    // liveman's own answers for the same nodes are the reference: every field it gives, Verge
+    // gives too, with the same JSON type.
+    let liveman = Liveman::start(
+        dir.path(),
+        &[("a", a.addr, "a-token"), ("b", b.addr, "b-token")],
+    );
+    let reference = wait_for(Duration::from_secs(15), || {
+        let streams = get(liveman.addr, "/api/streams/").ok()?.json();
+        let lv = streams
+            .as_array()?
+            .iter()
+            .find(|s| s["id"] == "lv" && s["codecs"][0].is_object())?
+            .clone();
+        let nodes = get(liveman.addr, "/api/nodes/").ok()?.json();
+        let node = nodes
+            .as_array()?
+            .iter()
+            .find(|n| n["alias"] == "a" && n["status"] == "running")?
+            .clone();
+        let one = get(liveman.addr, "/api/streams/lv").ok()?.json();
+        Some((lv, node, one))
+    });
+    let (lv, node_a, one) =
+        reference.unwrap_or_else(|| panic!("liveman:\n{}", liveman.proc.log_text()));
+    same_shape("node", &node_a, &node(m, "a").expect("node a"));
+    same_shape("stream", &lv, &entry);
+    same_shape("stream by node", &one, &json(m, "/api/streams/lv"));
+    drop(liveman);
 
     // A box's RTMP stream for the cascade.
     let _ffmpeg = edge.publish(
@@ -327,6 +356,43 @@ fn liveion_nodes_share_the_fleet_streams_and_cascades() {
             .as_array()
             .is_some_and(|n| n.len() == 4)
     );
+}
+
+/// Every field of liveman's `reference` is in `ours` with the same JSON type, recursively
+/// (arrays by their first elements).
+fn same_shape(what: &str, reference: &serde_json::Value, ours: &serde_json::Value) {
+    use serde_json::Value;
+    let kind = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    assert_eq!(
+        kind(reference),
+        kind(ours),
+        "{what}: liveman {reference} / Verge {ours}"
+    );
+    match (reference, ours) {
+        (Value::Object(r), Value::Object(o)) => {
+            for (key, value) in r {
+                let Some(mine) = o.get(key) else {
+                    panic!(
+                        "{what}: liveman's {key:?} is missing: liveman {reference} / Verge {ours}"
+                    );
+                };
+                same_shape(&format!("{what}.{key}"), value, mine);
+            }
+        }
+        (Value::Array(r), Value::Array(o)) => {
+            if let (Some(r), Some(o)) = (r.first(), o.first()) {
+                same_shape(&format!("{what}[0]"), r, o);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// `check` every 200 ms for up to `patience`, without blocking the runtime's other tasks.

@@ -30,6 +30,11 @@ pub fn live777_path() -> PathBuf {
     shared_bin("VERGE_LIVE777", "live777")
 }
 
+/// live777's liveman, the cluster manager Verge's manager succeeds.
+pub fn liveman_path() -> PathBuf {
+    shared_bin("VERGE_LIVEMAN", "liveman")
+}
+
 /// The whipinto binary.
 pub fn whipinto_path() -> PathBuf {
     shared_bin("VERGE_WHIPINTO", "whipinto")
@@ -113,6 +118,47 @@ impl Liveion {
             .iter()
             .any(|p| p["state"] == "connected");
         connected.then_some(s)
+    }
+}
+
+/// A liveman on a loopback port, managing `nodes` (`(alias, address, token)`), its database
+/// in `dir`: the reference for liveman's API shapes.
+pub struct Liveman {
+    pub addr: SocketAddr,
+    pub proc: Proc,
+}
+
+impl Liveman {
+    pub fn start(dir: &Path, nodes: &[(&str, SocketAddr, &str)]) -> Self {
+        let program = liveman_path();
+        assert!(program.exists(), "liveman is not at {}", program.display());
+        let port = reserve_port();
+        let addr = port.addr();
+        let mut cfg = format!(
+            "[http]\nlisten = \"{addr}\"\n[database]\nurl = \"sqlite://{}/liveman.db?mode=rwc\"\n",
+            dir.display()
+        );
+        for (alias, node, token) in nodes {
+            cfg.push_str(&format!(
+                "[[nodes]]\nalias = \"{alias}\"\nurl = \"http://{node}\"\ntoken = \"{token}\"\n"
+            ));
+        }
+        let path = dir.join("liveman.toml");
+        std::fs::write(&path, cfg).expect("write liveman's config");
+        let proc = Proc::spawn(
+            "liveman",
+            &program,
+            &["-c", path.to_str().unwrap_or_default()],
+            dir,
+        );
+        let up = port.wait_listening(Duration::from_secs(10));
+        drop(port);
+        assert!(
+            up && wait_for(Duration::from_secs(10), || get(addr, "/api/nodes/").ok()).is_some(),
+            "liveman did not start:\n{}",
+            proc.log_text()
+        );
+        Self { addr, proc }
     }
 }
 

@@ -243,7 +243,8 @@ impl Liveion {
             .collect()
     }
 
-    /// Every published stream of every running node, with its node's alias.
+    /// Every stream of every running node (as liveman lists them: those without a
+    /// publisher too), with its node's alias.
     pub fn streams(&self) -> Vec<(String, api::Stream)> {
         let Ok(nodes) = self.nodes.read() else {
             return Vec::new();
@@ -254,7 +255,6 @@ impl Liveion {
             .flat_map(|n| {
                 n.streams
                     .iter()
-                    .filter(|s| s.has_publisher())
                     .map(|s| (n.target.alias.clone(), s.clone()))
             })
             .collect()
