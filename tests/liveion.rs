@@ -486,3 +486,80 @@ fn a_liveion_found_on_the_broker_by_net4mqtt_plays_through_the_manager() {
     );
     assert!(listed(m, "lv").is_empty());
 }
+
+#[test]
+fn viewers_past_the_boxs_share_are_served_by_a_liveion_node() {
+    let dir = TempDir::new("liveion-overflow");
+    let node_c = Liveion::start(dir.path(), "node-c", Some("c-token"), "");
+    // The box serves one viewer itself; no Verge cloud node: the next go to liveion node c.
+    let edge = Edge::start(
+        "liveion-overflow",
+        &EdgeOptions {
+            noauth: true,
+            manager_toml: format!(
+                "[cluster]\nedge_viewers = 1\n[[nodes]]\nalias = \"c\"\nurl = \"http://{}\"\ntoken = \"c-token\"\n",
+                node_c.addr
+            ),
+            ..EdgeOptions::default()
+        },
+    );
+    let m = edge.manager_http;
+    wait_for(Duration::from_secs(15), || {
+        node(m, "c").filter(|n| n["status"] == "running")
+    })
+    .expect("node c running");
+    let _ffmpeg = edge.publish(
+        "ffmpeg",
+        "cam",
+        &Synthetic {
+            seconds: 120,
+            gop: 25,
+            ..Synthetic::default()
+        },
+    );
+    wait_for(Duration::from_secs(20), || edge.listed_stream("cam")).expect("cam is listed");
+    let url = format!("http://{m}/whep/cam");
+    let rt = runtime();
+    rt.block_on(async {
+        let first = playing(&url, None, 10).await;
+        assert!(
+            first.session_url.path.starts_with("/session/cam/edge-1~"),
+            "{}",
+            first.session_url.path
+        );
+        // The box's report of its viewer reaches the manager within a second or two.
+        let reported = wait_for_async(Duration::from_secs(10), || {
+            let s = json(m, "/api/streams/cam");
+            (s["edge-1"]["readers"].as_u64()? >= 1).then_some(())
+        })
+        .await;
+        assert!(reported.is_some(), "{}", json(m, "/api/streams/cam"));
+        let mut more = Vec::new();
+        for _ in 0..3 {
+            more.push(playing(&url, None, 10).await);
+        }
+        for v in &more {
+            assert!(
+                v.session_url.path.starts_with("/session/cam/c@"),
+                "a viewer past the box's share went to {}",
+                v.session_url.path
+            );
+        }
+        // One copy went to the node, pulled once.
+        let copies = node_c.streams().map_or(0, |s| {
+            s.as_array()
+                .map_or(0, |a| a.iter().filter(|x| x["id"] == "cam").count())
+        });
+        assert_eq!(copies, 1);
+        let log = edge.manager.log_text();
+        assert_eq!(
+            log.matches("cascade into a liveion node connected").count(),
+            1,
+            "{log}"
+        );
+        println!(
+            "box: 1 viewer; liveion node c: {} viewers over one cascade",
+            more.len()
+        );
+    });
+}

@@ -174,6 +174,12 @@ impl Cluster {
         turns.entry(stream.to_string()).or_default().clone()
     }
 
+    /// Whether the next viewer of `stream` is past what Verge's nodes should carry (see
+    /// [`placement::overflows`]).
+    pub fn overflows(&self, stream: &str) -> bool {
+        placement::overflows(&self.nodes(), stream, self.inner.edge_viewers)
+    }
+
     /// Chooses the node for a viewer of `stream`, starting a relay there first when that is
     /// the choice; `servers` are the session's ICE servers (the relay's connection uses them
     /// too). Returns the node the viewer's offer goes to.

@@ -242,6 +242,30 @@ pub fn place<'a>(nodes: &'a [Node], stream: &str, edge_viewers: u32) -> Result<P
     )))
 }
 
+/// Whether the next viewer of `stream` is past what Verge's own nodes should carry: the
+/// origin has served its `edge_viewers` (or is full) and no cloud node takes the viewer. Then
+/// a node outside Verge (a liveion node, `crate::liveion`) may take it instead.
+pub fn overflows(nodes: &[Node], stream: &str, edge_viewers: u32) -> bool {
+    match place(nodes, stream, edge_viewers) {
+        Ok(Placement::Relay { .. } | Placement::NewRelay { .. }) | Err(NoPlace::NotLive) => false,
+        Ok(Placement::Origin { over: true, .. }) | Err(NoPlace::Full(_)) => true,
+        Ok(Placement::Origin { node, over: false }) => {
+            let Some(origin) = nodes.iter().find(|n| n.id == node) else {
+                return false;
+            };
+            let relays_from_origin = nodes
+                .iter()
+                .filter(|n| relays(n, stream).is_some_and(|r| r.source == origin.id))
+                .count() as u32;
+            let direct = origin
+                .streams
+                .get(stream)
+                .map_or(0, |s| s.readers.saturating_sub(relays_from_origin));
+            direct >= edge_viewers
+        }
+    }
+}
+
 /// The node with the most room for a `kbps` reader (at least `least`); the first by id among
 /// equals.
 fn roomiest<'a>(candidates: &[&'a Node], kbps: u32, least: u32) -> Option<&'a Node> {
@@ -329,6 +353,26 @@ mod tests {
             out.push(p);
         }
         out
+    }
+
+    #[test]
+    fn a_stream_overflows_only_past_the_boxs_share_with_no_cloud_room() {
+        // Alone, the box's first two viewers are its own; the third overflows.
+        let mut alone = vec![with_stream(node("edge-1", NodeRole::Edge, 64, 0), None, 0)];
+        assert!(!overflows(&alone, CAM, 2));
+        alone[0].add_reader(CAM, 1500);
+        alone[0].add_reader(CAM, 1500);
+        assert!(overflows(&alone, CAM, 2));
+        // A cloud node with room takes it instead; a full one does not.
+        let mut with_cloud = alone.clone();
+        with_cloud.push(node("cloud-a", NodeRole::Cloud, 1, 0));
+        assert!(!overflows(&with_cloud, CAM, 2));
+        with_cloud[1].viewers = 1;
+        assert!(overflows(&with_cloud, CAM, 2));
+        assert!(
+            !overflows(&alone, "live/other", 2),
+            "not live: nothing overflows"
+        );
     }
 
     #[test]

@@ -182,6 +182,73 @@ pub struct Cascaded {
     pub maximum_idle_time: u64,
 }
 
+/// Makes `target` pull `live/{name}` from the manager's `/whep/{name}` (the pull marked
+/// `?cascade={alias}`, so it is placed on Verge's own nodes), waits until its copy is
+/// connected, and closes it once idle; the source URL.
+pub(super) async fn cascade_into(
+    app: &AppState,
+    target: &Target,
+    name: &str,
+) -> Result<String, ApiError> {
+    let stream = format!("live/{name}");
+    let token = app.auth.enabled().then(|| {
+        app.auth.mint(&Claims {
+            id: stream.clone(),
+            exp: verge_protocol::now_ms() / 1000 + CASCADE_TOKEN_SECS,
+            mode: READ,
+        })
+    });
+    let source_url = format!("{}/whep/{name}?cascade={}", app.public_url, target.alias);
+    node_cascade::pull(target, name, &source_url, token)
+        .await
+        .map_err(api_error)?;
+    tracing::info!(node = %target.alias, %stream, %source_url, "cascade into a liveion node connected");
+    app.liveion.refresh(target).await;
+    tokio::spawn(node_cascade::close_when_idle(
+        app.liveion.clone(),
+        target.clone(),
+        name.to_string(),
+        source_url.clone(),
+        app.cascade_idle,
+    ));
+    Ok(source_url)
+}
+
+/// A viewer of a box's stream past what Verge's nodes should carry ([`crate::cluster::Cluster::overflows`]),
+/// when liveion nodes run: served by a node holding a copy cascaded from this manager, with
+/// room, or by one that pulls a copy now. `None`: no liveion node takes it (Verge's
+/// placement serves it as it would alone).
+pub(super) async fn overflow(
+    app: &AppState,
+    stream: &str,
+    name: &str,
+    sdp: &str,
+) -> Option<Response> {
+    let source = format!("{}/whep/{name}", app.public_url);
+    let _turn = app.liveion.turn(name).await;
+    if !app.cluster.overflows(stream) {
+        return None;
+    }
+    let node = match app.liveion.copy_node(name, &source) {
+        Some(node) => node,
+        None => {
+            let node = app.liveion.publish_node_without(name)?;
+            if let Err(e) = cascade_into(app, &node, name).await {
+                tracing::warn!(%stream, node = %node.alias, "no cascade into the liveion node: {}", e.reason);
+                return None;
+            }
+            node
+        }
+    };
+    match offer(app, &node, Kind::Whep, stream, name, sdp.to_string()).await {
+        Ok(response) => Some(response),
+        Err(e) => {
+            tracing::warn!(%stream, node = %node.alias, "liveion node refused an overflow viewer: {}", e.reason);
+            None
+        }
+    }
+}
+
 /// `POST /api/cascade/{stream}` with `{"node": alias}`: the liveion node pulls the stream
 /// from the manager's `/whep/{stream}` (so from a box behind NAT, a cloud node, or another
 /// liveion node, wherever the manager places a viewer). 200 once the node's copy is connected.
@@ -232,25 +299,7 @@ pub async fn cascade(
     {
         return Err(ApiError::not_found(format!("stream {name} is not live")));
     }
-    let token = app.auth.enabled().then(|| {
-        app.auth.mint(&Claims {
-            id: stream.clone(),
-            exp: verge_protocol::now_ms() / 1000 + CASCADE_TOKEN_SECS,
-            mode: READ,
-        })
-    });
-    let source_url = format!("{}/whep/{name}", app.public_url);
-    node_cascade::pull(&target, &name, &source_url, token)
-        .await
-        .map_err(api_error)?;
-    tracing::info!(node = %target.alias, stream = %stream, %source_url, "cascade into a liveion node connected");
-    tokio::spawn(node_cascade::close_when_idle(
-        app.liveion.clone(),
-        target.clone(),
-        name.clone(),
-        source_url.clone(),
-        app.cascade_idle,
-    ));
+    let source_url = cascade_into(&app, &target, &name).await?;
     Ok(Json(Cascaded {
         node: target.alias,
         stream: name,

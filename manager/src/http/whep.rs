@@ -105,16 +105,35 @@ pub(super) fn add_links(response: &mut Response, servers: &[verge_protocol::whep
     }
 }
 
+/// Query parameters of a WHEP offer.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct OfferQuery {
+    /// liveman's `?nodes=`: liveion node(s) to serve the viewer from, comma-separated.
+    pub nodes: Option<String>,
+    /// Set by the manager on a liveion node's cascade pull (the node's alias): that viewer is
+    /// placed on Verge's own nodes only.
+    pub cascade: Option<String>,
+}
+
 pub async fn offer(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
     stream: StreamPath,
+    axum::extract::Query(query): axum::extract::Query<OfferQuery>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
     measured(
         &app,
-        offer_for(&app, &caller, &stream.app, &stream.name, &headers, body),
+        offer_for(
+            &app,
+            &caller,
+            &stream.app,
+            &stream.name,
+            &query,
+            &headers,
+            body,
+        ),
     )
     .await
 }
@@ -194,10 +213,40 @@ async fn offer_for(
     caller: &Caller,
     app_name: &str,
     name: &str,
+    query: &OfferQuery,
     headers: &HeaderMap,
     sdp: String,
 ) -> Result<Response, ApiError> {
     let stream = check_offer(headers, app_name, name, &sdp)?;
+    if let Some(nodes) = query
+        .nodes
+        .as_deref()
+        .filter(|n| !n.is_empty() && app_name == "live")
+    {
+        let pinned = nodes.split(',').map(str::trim).find_map(|alias| {
+            let node = app.liveion.target(alias)?;
+            app.liveion
+                .stream(alias, name)
+                .filter(|s| s.has_publisher())?;
+            Some(node)
+        });
+        return match pinned {
+            Some(node) => {
+                super::liveion::offer(
+                    app,
+                    &node,
+                    crate::liveion::proxy::Kind::Whep,
+                    &stream,
+                    name,
+                    sdp,
+                )
+                .await
+            }
+            None => Err(ApiError::not_found(format!(
+                "stream {name} is not on any of the nodes {nodes:?}"
+            ))),
+        };
+    }
     // 404 for a stream nowhere, 503 for one on an offline box, each with its reason; a stream
     // no agent has may be on a liveion node.
     if let Err(not_on_agents) = super::streams::locate(app, &stream) {
@@ -219,6 +268,14 @@ async fn offer_for(
             Ok(None) => Err(not_on_agents),
             Err(full) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, full)),
         };
+    }
+    // Past the box's share with no Verge cloud node to take it: a liveion node may.
+    if app_name == "live"
+        && query.cascade.is_none()
+        && !app.liveion.running_aliases().is_empty()
+        && let Some(response) = super::liveion::overflow(app, &stream, name, &sdp).await
+    {
+        return Ok(response);
     }
     let servers = session_ice(app).await;
     let mut failed = Vec::new();

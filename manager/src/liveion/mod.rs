@@ -92,6 +92,7 @@ struct Node {
 #[derive(Clone, Default)]
 pub struct Liveion {
     nodes: Arc<RwLock<BTreeMap<String, Node>>>,
+    turns: Arc<std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Liveion {
@@ -312,6 +313,57 @@ impl Liveion {
                 "stream {id} is on {holders} liveion node(s), each at its each_stream_max_sub"
             )),
         }
+    }
+
+    /// A running node holding a connected copy of `id` pulled from `source` (a URL prefix)
+    /// with room for another viewer, the one with most.
+    pub fn copy_node(&self, id: &str, source: &str) -> Option<Target> {
+        let nodes = self.nodes.read().ok()?;
+        nodes
+            .values()
+            .filter(|n| n.running)
+            .filter_map(|n| {
+                let s = n.streams.iter().find(|s| s.id == id)?;
+                s.pulled_from().filter(|from| from.starts_with(source))?;
+                let max = n
+                    .strategy
+                    .as_ref()
+                    .map_or(u16::MAX, |s| s.each_stream_max_sub);
+                let room = i64::from(max) - s.subscribers() as i64;
+                (room > 0).then_some((room, n))
+            })
+            .max_by_key(|(room, _)| *room)
+            .map(|(_, n)| n.target.clone())
+    }
+
+    /// The running node with the fewest streams that does not have `id`.
+    pub fn publish_node_without(&self, id: &str) -> Option<Target> {
+        let nodes = self.nodes.read().ok()?;
+        nodes
+            .values()
+            .filter(|n| n.running && !n.streams.iter().any(|s| s.id == id))
+            .min_by_key(|n| n.streams.len())
+            .map(|n| n.target.clone())
+    }
+
+    /// Reads `target`'s streams now (after a change the manager made there).
+    pub async fn refresh(&self, target: &Target) {
+        if let Ok(streams) = monitor::streams_of(target).await {
+            self.answered(&target.alias, streams, None, None);
+        }
+    }
+
+    /// Held while deciding where `id`'s next viewer goes among the nodes, so a burst of
+    /// viewers starts one cascade, not one each.
+    pub async fn turn(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+            // Locks nobody holds or waits for are dropped: the map stays as small as the
+            // streams being placed at this moment.
+            turns.retain(|_, l| Arc::strong_count(l) > 1);
+            turns.entry(id.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     /// The running node a new stream is published into: the one with the fewest streams.

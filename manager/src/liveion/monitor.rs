@@ -96,6 +96,13 @@ async fn poll(
     Ok((streams, ms, strategy))
 }
 
+/// The node's streams, now.
+pub async fn streams_of(target: &Target) -> Result<Vec<api::Stream>, String> {
+    get_json(target, "/api/streams/")
+        .await
+        .map_err(|f| f.reason)
+}
+
 async fn get_json<T: serde::de::DeserializeOwned>(
     target: &Target,
     path: &str,
