@@ -418,7 +418,7 @@ fn a_liveion_found_on_the_broker_by_net4mqtt_plays_through_the_manager() {
         "liveion-net4mqtt",
         &EdgeOptions {
             noauth: true,
-            manager_toml: "[net4mqtt]\n[[agents]]\nid = \"n4\"\nsecret = \"n4-secret\"\n".into(),
+            manager_toml: "[net4mqtt]\n[record_sync]\ntick_ms = 500\n[[agents]]\nid = \"n4\"\nsecret = \"n4-secret\"\n".into(),
             ..EdgeOptions::default()
         },
     );
@@ -470,6 +470,67 @@ fn a_liveion_found_on_the_broker_by_net4mqtt_plays_through_the_manager() {
         println!("played through net4mqtt: {}", viewer.stats);
         assert_eq!(viewer.delete().await.expect("DELETE"), 200);
     });
+    // A recording node n4 makes of lv (its own recorder, started at the node) is indexed by
+    // the manager through net4mqtt's tunnel, acknowledged at the node, listed and played through the manager.
+    let node_call = |method: &str, path: &str, body: &[u8]| {
+        let headers = [("Content-Type", "application/json")];
+        request(
+            method,
+            n4.addr,
+            path,
+            &headers,
+            body,
+            Duration::from_secs(10),
+        )
+        .expect("node")
+    };
+    let started = node_call("POST", "/api/record/lv", b"{}");
+    assert_eq!(started.status, 200, "{}", started.text());
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(node_call("DELETE", "/api/record/lv", b"").status, 200);
+    let entry = wait_for(Duration::from_secs(15), || {
+        let days = json(m, "/api/playback/lv");
+        days.as_array()?
+            .iter()
+            .find(|d| d["node"] == "n4" && d["status"] == "Completed")
+            .cloned()
+    });
+    let entry = entry.unwrap_or_else(|| panic!("{}", json(m, "/api/playback/lv")));
+    let mpd_path = entry["mpd_path"].as_str().expect("mpd_path").to_string();
+    assert!(mpd_path.starts_with("@n4/lv/"), "{entry}");
+    assert!(
+        json(m, "/api/playback")
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x == "live/lv")),
+        "{}",
+        json(m, "/api/playback")
+    );
+    let manifest = call(
+        m,
+        "GET",
+        &format!("/api/record/object/{mpd_path}"),
+        None,
+        b"",
+    );
+    assert_eq!(manifest.status, 200, "{}", manifest.text());
+    assert!(manifest.text().contains("<MPD"), "{}", manifest.text());
+    let acked = wait_for(Duration::from_secs(5), || {
+        let r = node_call("GET", "/api/recordings?limit=10", b"").json();
+        r["sessions"].as_array()?.is_empty().then_some(())
+    });
+    assert!(
+        acked.is_some(),
+        "the node still lists the session as not indexed"
+    );
+    // (Its segments are not read through net4mqtt here: liveion's net4mqtt agent stalls on
+    // bulk data, see docs/architecture.md; the next test plays a node's recording over HTTP.)
+    let outsider = call(m, "GET", "/api/record/object/@n4/lv/1/../../x", None, b"");
+    assert!(
+        outsider.status == 400 || outsider.status == 404,
+        "{}",
+        outsider.status
+    );
+
     drop(publisher);
 
     // The node gone: its will stops it at the manager.
@@ -497,7 +558,7 @@ fn viewers_past_the_boxs_share_are_served_by_a_liveion_node() {
         &EdgeOptions {
             noauth: true,
             manager_toml: format!(
-                "[cluster]\nedge_viewers = 1\n[[nodes]]\nalias = \"c\"\nurl = \"http://{}\"\ntoken = \"c-token\"\n",
+                "[cluster]\nedge_viewers = 1\n[record_sync]\ntick_ms = 500\n[[nodes]]\nalias = \"c\"\nurl = \"http://{}\"\ntoken = \"c-token\"\n",
                 node_c.addr
             ),
             ..EdgeOptions::default()
@@ -562,4 +623,43 @@ fn viewers_past_the_boxs_share_are_served_by_a_liveion_node() {
             more.len()
         );
     });
+
+    // Node c records its copy of the box's stream (its own recorder); the manager indexes it,
+    // and ffprobe decodes it through the manager (the MPD, then its segments beside it).
+    let node_call = |method: &str, path: &str, body: &[u8]| {
+        let headers = [
+            ("Authorization", "Bearer c-token"),
+            ("Content-Type", "application/json"),
+        ];
+        request(
+            method,
+            node_c.addr,
+            path,
+            &headers,
+            body,
+            Duration::from_secs(10),
+        )
+        .expect("node")
+    };
+    let started = node_call("POST", "/api/record/cam", b"{}");
+    assert_eq!(started.status, 200, "{}", started.text());
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(node_call("DELETE", "/api/record/cam", b"").status, 200);
+    let entry = wait_for(Duration::from_secs(15), || {
+        let days = json(m, "/api/playback/cam");
+        days.as_array()?
+            .iter()
+            .find(|d| d["node"] == "c" && d["status"] == "Completed")
+            .cloned()
+    });
+    let entry = entry.unwrap_or_else(|| panic!("{}", json(m, "/api/playback/cam")));
+    let mpd_path = entry["mpd_path"].as_str().expect("mpd_path").to_string();
+    assert!(mpd_path.starts_with("@c/cam/"), "{entry}");
+    let frames = verge_testkit::ffprobe::count_frames(
+        dir.path(),
+        "ffprobe-recording",
+        &format!("http://{m}/api/record/object/{mpd_path}"),
+    );
+    println!("node c's recording through the manager: {frames:?}");
+    assert!(frames.video >= 50 && frames.width == 640, "{frames:?}");
 }

@@ -558,7 +558,13 @@ impl CloudflareStandIn {
                 log.lock().unwrap().push(text.clone());
                 let ok = text
                     .starts_with("POST /v1/turn/keys/key-1/credentials/generate-ice-servers ")
-                    && text.contains("Authorization: Bearer cf-token");
+                    // Header names are case-insensitive (hyper writes them in lowercase).
+                    && text.lines().any(|l| {
+                        l.split_once(':').is_some_and(|(name, value)| {
+                            name.eq_ignore_ascii_case("authorization")
+                                && value.trim() == "Bearer cf-token"
+                        })
+                    });
                 let (status, body) = if ok {
                     (
                         "201 Created",

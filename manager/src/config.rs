@@ -32,6 +32,8 @@ pub struct ManagerConfig {
     pub nodes: Vec<NodeConfig>,
     /// `[net4mqtt]`: liveion nodes found on the broker (liveman's section); off without it.
     pub net4mqtt: Option<Net4mqttConfig>,
+    /// `[record_sync]`: liveion nodes' recordings into the index (liveman's section).
+    pub record_sync: RecordSyncConfig,
     pub runtime: verge_mqtt::process::RuntimeConfig,
     /// Sections this build does not read yet, kept to warn about them.
     #[serde(flatten)]
@@ -76,6 +78,27 @@ pub struct NodeConfig {
     /// Sent as `Authorization: Bearer` on every call to it (never to viewers).
     pub token: String,
     pub mode: NodeMode,
+}
+
+/// `[record_sync]`: liveion nodes' recording sessions synced into the index (liveman's keys).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordSyncConfig {
+    pub enabled: bool,
+    /// Each running node is asked this often, in milliseconds.
+    pub tick_ms: u64,
+    /// Sessions taken from one node per ask.
+    pub limit: u32,
+}
+
+impl Default for RecordSyncConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tick_ms: 10_000,
+            limit: 100,
+        }
+    }
 }
 
 /// `[net4mqtt]`: liveion nodes behind NAT that announce themselves on net4mqtt's topics.

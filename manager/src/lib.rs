@@ -378,6 +378,11 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     );
     let reconciler = tokio::spawn(cluster.clone().reconcile());
     let liveion = liveion::Liveion::start(&cfg.nodes);
+    let record_sync = tokio::spawn(liveion::records::sync(
+        liveion.clone(),
+        index.clone(),
+        cfg.record_sync.clone(),
+    ));
     let net4mqtt = match &cfg.net4mqtt {
         Some(n4) => {
             // Its own MQTT session, under the manager's credential: net4mqtt's messages are
@@ -443,6 +448,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     let mut forwards = Vec::new();
     let mut listener_tasks = vec![reconciler];
     listener_tasks.extend(net4mqtt);
+    listener_tasks.push(record_sync);
     for (listener, forward) in forward_listeners.into_iter().zip(&cfg.tunnel.forward) {
         let addr = listener
             .local_addr()

@@ -237,6 +237,11 @@ impl Streaming {
         }
     }
 
+    /// The body as it comes, for passing on.
+    pub fn into_body(self) -> Incoming {
+        self.body
+    }
+
     /// The rest of the body, at most `max` bytes (for an error's reason).
     pub async fn text(mut self, max: usize) -> String {
         while self.pending.len() < max {

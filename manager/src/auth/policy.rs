@@ -58,6 +58,10 @@ pub fn need(method: &Method, path: &str) -> Need {
         ["api", "streams", app, name] | ["api", "playback", app, name] if get => stream(app, name),
         // The handler decodes the whole rest and names the stream by its first two parts: a
         // `%2F` inside a segment moves the split there too.
+        // A liveion node's recording: `@{node}/{stream}/{record}/{file}`, of `live/{stream}`.
+        ["api", "record", "object", node, stream, ..] if get && node.starts_with('@') => {
+            Need::Read(format!("live/{stream}"))
+        }
         ["api", "record", "object", _, ..] if get => {
             let rest = path.trim_start_matches('/').splitn(4, '/').nth(3);
             let rest = percent_decoded(rest.unwrap_or_default());
@@ -172,6 +176,11 @@ mod tests {
             (&post, "/api/whep/sfu-1/cam", read("live/cam")),
             (&post, "/api/whip/sfu-1/cam", Need::Write("live/cam".into())),
             (&post, "/api/cascade/cam", Need::Admin),
+            (
+                &get,
+                "/api/record/object/@sfu-1/cam/17/manifest.mpd",
+                read("live/cam"),
+            ),
         ];
         for (method, path, want) in cases {
             assert_eq!(&need(method, path), want, "{method} {path}");
@@ -354,9 +363,13 @@ mod tests {
             Right::Read => Need::Read(stream()),
             Right::Write => Need::Write(stream()),
             // The handler serves nothing for a path that names no recording (400).
-            Right::ReadObject => match crate::http::playback::parse_object(&params[0]) {
-                Ok((stream, ..)) => Need::Read(stream),
-                Err(_) => Need::Public,
+            Right::ReadObject => match (
+                crate::http::playback::parse_node_object(&params[0]),
+                crate::http::playback::parse_object(&params[0]),
+            ) {
+                (Ok((_, stream, ..)), _) => Need::Read(format!("live/{stream}")),
+                (_, Ok((stream, ..))) => Need::Read(stream),
+                _ => Need::Public,
             },
         }
     }

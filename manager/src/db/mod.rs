@@ -28,6 +28,7 @@ macro_rules! on_pool {
 
 pub mod agents;
 pub mod index;
+pub mod node_recordings;
 pub mod recordings;
 
 use std::str::FromStr;

@@ -166,7 +166,7 @@ where
 }
 
 /// A random (version 4) UUID.
-fn new_uuid() -> String {
+pub(super) fn new_uuid() -> String {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 16];
     let _ = ring::rand::SystemRandom::new().fill(&mut b);

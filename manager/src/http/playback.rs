@@ -6,12 +6,14 @@
 //! - `GET /api/playback/{stream}` (`{name}` in app `live`, or `{app}/{name}`): the days, newest
 //!   first: `[{"year", "month", "day", "mpd_path", "agent", "id", "created_at", …}]`;
 //! - `GET /api/record/object/{path}`: e.g. `live/cam/2026/12/01/manifest.mpd`, and the
-//!   segments it names beside it.
+//!   segments it names beside it; `@{node}/{stream}/{record}/{file}` for a session a liveion
+//!   node recorded (synced by `crate::liveion::records`), passed on from the node.
 
 use axum::Json;
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
+use serde::Serialize;
 
 use super::AppState;
 use super::agent_http::{HEAD_TIMEOUT, proxy};
@@ -19,6 +21,7 @@ use super::error::ApiError;
 use crate::auth::Grant;
 use crate::db::Db;
 use crate::db::recordings::Recording;
+use crate::web_client;
 use verge_serve::path::StreamPath;
 
 fn database(app: &AppState) -> Result<&Db, ApiError> {
@@ -31,20 +34,54 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"))
 }
 
-/// The recorded streams the request's token may read.
+/// The recorded streams the request's token may read (on boxes and on liveion nodes).
 pub async fn streams(
     State(app): State<AppState>,
     Extension(grant): Extension<Grant>,
 ) -> Result<Json<Vec<String>>, ApiError> {
-    let mut streams = database(&app)?.streams().await.map_err(unavailable)?;
+    let db = database(&app)?;
+    let mut streams = db.streams().await.map_err(unavailable)?;
+    streams.extend(db.node_streams().await.map_err(unavailable)?);
+    streams.sort();
+    streams.dedup();
     streams.retain(|s| grant.may_read(s));
     Ok(Json(streams))
+}
+
+/// A recording a liveion node holds, as `/api/playback/{stream}` lists it beside the boxes'
+/// days: `mpd_path` is the manager's (`@{node}/…`), so it plays through
+/// `/api/record/object/{mpd_path}` as theirs do.
+#[derive(Debug, Serialize)]
+pub struct NodeEntry {
+    pub id: String,
+    pub stream: String,
+    pub year: i32,
+    pub month: u32,
+    pub day: u32,
+    pub mpd_path: String,
+    /// The node (named `agent` as on the boxes' rows, for the same readers).
+    pub agent: String,
+    pub node: String,
+    /// liveman's record id.
+    pub record: String,
+    pub status: String,
+    pub duration_ms: Option<i32>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// One entry of `/api/playback/{stream}`.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Entry {
+    Day(Recording),
+    Node(NodeEntry),
 }
 
 pub async fn days(
     State(app): State<AppState>,
     stream: StreamPath,
-) -> Result<Json<Vec<Recording>>, ApiError> {
+) -> Result<Json<Vec<Entry>>, ApiError> {
     days_of(&app, &stream.app, &stream.name).await
 }
 
@@ -52,17 +89,133 @@ async fn days_of(
     app: &AppState,
     stream_app: &str,
     name: &str,
-) -> Result<Json<Vec<Recording>>, ApiError> {
+) -> Result<Json<Vec<Entry>>, ApiError> {
     for (what, part) in [("app", stream_app), ("name", name)] {
         verge_protocol::id::validate_stream_part(what, part)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     }
     let stream = format!("{stream_app}/{name}");
-    let days = database(app)?.days(&stream).await.map_err(unavailable)?;
-    if days.is_empty() {
+    let db = database(app)?;
+    let mut entries: Vec<Entry> = db
+        .days(&stream)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .map(Entry::Day)
+        .collect();
+    for r in db.node_sessions(&stream).await.map_err(unavailable)? {
+        entries.push(Entry::Node(NodeEntry {
+            mpd_path: format!("@{}/{}", r.node, r.node_mpd_path),
+            agent: r.node.clone(),
+            id: r.id,
+            stream: r.stream,
+            year: r.year,
+            month: r.month,
+            day: r.day,
+            node: r.node,
+            record: r.record,
+            status: r.status,
+            duration_ms: r.duration_ms,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }));
+    }
+    if entries.is_empty() {
         return Err(ApiError::not_found(format!("no recordings of {stream}")));
     }
-    Ok(Json(days))
+    // Newest day first, whoever holds it.
+    let day = |e: &Entry| match e {
+        Entry::Day(r) => (r.year, r.month, r.day),
+        Entry::Node(n) => (n.year, n.month, n.day),
+    };
+    entries.sort_by_key(|e| std::cmp::Reverse(day(e)));
+    Ok(Json(entries))
+}
+
+/// `@{node}/{stream}/{record}/{file}`: a liveion node's recorded file.
+pub(crate) fn parse_node_object(path: &str) -> Result<(String, String, String, String), String> {
+    let rest = path.strip_prefix('@').ok_or("not a node's object")?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [node, stream, record, file] = parts.as_slice() else {
+        return Err(format!(
+            "{path:?} is not @{{node}}/{{stream}}/{{record}}/{{file}}"
+        ));
+    };
+    verge_protocol::id::validate(node).map_err(|e| e.to_string())?;
+    for (what, part) in [("stream", stream), ("record", record), ("file", file)] {
+        verge_protocol::id::validate_stream_part(what, part)?;
+    }
+    Ok((
+        node.to_string(),
+        stream.to_string(),
+        record.to_string(),
+        file.to_string(),
+    ))
+}
+
+/// A file of a session a liveion node recorded, passed on from the node with its status,
+/// type and ranges.
+async fn node_object(
+    app: &AppState,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let (node, stream, record, file) =
+        parse_node_object(path).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    database(app)?
+        .node_session(&node, &format!("live/{stream}"), &record)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("no recording {record} of {stream} on node {node}"))
+        })?;
+    let target = app
+        .liveion
+        .target(&node)
+        .filter(|t| app.liveion.is_running(&t.alias))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("liveion node {node:?} is not running"),
+            )
+        })?;
+    let url = target
+        .url
+        .with_path(&format!("/api/record/object/{stream}/{record}/{file}"));
+    let mut call = target.get(&url);
+    for name in [
+        header::RANGE,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+    ] {
+        if let Some(v) = headers.get(&name) {
+            call.headers.push((name, v.clone()));
+        }
+    }
+    let answer = web_client::open(call, HEAD_TIMEOUT).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("liveion node {node:?}: {e}"),
+        )
+    })?;
+    let mut response = Response::builder()
+        .status(StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY));
+    for name in [
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::ACCEPT_RANGES,
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::CACHE_CONTROL,
+    ] {
+        if let Some(v) = answer.headers.get(&name) {
+            response = response.header(name, v.clone());
+        }
+    }
+    response
+        .body(axum::body::Body::new(answer.into_body()))
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))
 }
 
 /// `{app}/{name}/{yyyy}/{mm}/{dd}/{file}`: the stream-day and the file, or why not.
@@ -95,6 +248,9 @@ pub async fn object(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if path.starts_with('@') {
+        return node_object(&app, &path, &headers).await;
+    }
     let (stream, year, month, day) =
         parse_object(&path).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     let row = database(&app)?

@@ -7,6 +7,7 @@
 //!   under the manager's own session URLs.
 //! - [`net4mqtt`]: nodes behind NAT found on the broker (live777's net4mqtt), their HTTP API
 //!   reached through net4mqtt's tunnel.
+//! - [`records`]: the nodes' recording sessions synced into the index and acknowledged.
 //! - [`cascade`]: a node pulling a stream from the manager's `/whep/` (a box's stream, or
 //!   another node's), checked, and closed when idle.
 //!
@@ -19,6 +20,7 @@ pub mod cascade;
 pub mod monitor;
 pub mod net4mqtt;
 pub mod proxy;
+pub mod records;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -374,6 +376,18 @@ impl Liveion {
             .filter(|n| n.running)
             .min_by_key(|n| n.streams.iter().filter(|s| s.has_publisher()).count())
             .map(|n| n.target.clone())
+    }
+
+    pub fn running_targets(&self) -> Vec<Target> {
+        self.nodes.read().map_or_else(
+            |_| Vec::new(),
+            |n| {
+                n.values()
+                    .filter(|n| n.running)
+                    .map(|n| n.target.clone())
+                    .collect()
+            },
+        )
     }
 
     pub fn running_aliases(&self) -> Vec<String> {

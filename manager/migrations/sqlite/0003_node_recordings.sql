@@ -1,0 +1,19 @@
+-- Recording sessions of liveion nodes ([[nodes]], net4mqtt), synced from their
+-- GET /api/recordings and acknowledged there: one row per node, stream and record, the files
+-- staying on the node (played through the manager, /api/record/object/@{node}/...).
+CREATE TABLE IF NOT EXISTS node_recordings (
+    id TEXT PRIMARY KEY NOT NULL,
+    node TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    record TEXT NOT NULL,
+    mpd_path TEXT NOT NULL,
+    year INTEGER NOT NULL,
+    month INTEGER NOT NULL,
+    day INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    duration_ms INTEGER,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS node_recordings_record ON node_recordings (node, stream, record);
+CREATE INDEX IF NOT EXISTS node_recordings_stream ON node_recordings (stream);
