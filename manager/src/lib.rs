@@ -368,6 +368,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
 
     let key_store = keys.store.clone();
     let rtmp_router = rtmp_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let liveion = liveion::Liveion::start(&cfg.nodes);
     let cluster = cluster::Cluster::new(
         registry.clone(),
         rpc.clone(),
@@ -375,9 +376,9 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         metrics.clone(),
         &cfg.cluster,
         &cfg.cascade,
+        liveion.clone(),
     );
     let reconciler = tokio::spawn(cluster.clone().reconcile());
-    let liveion = liveion::Liveion::start(&cfg.nodes);
     let record_sync = tokio::spawn(liveion::records::sync(
         liveion.clone(),
         index.clone(),

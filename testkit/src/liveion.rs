@@ -162,9 +162,23 @@ impl Liveman {
     }
 }
 
+/// whipinto publishing a test pattern: its encoder (ffmpeg, a process of its own so that it is
+/// killed with the publisher: whipinto's `--command` child outlives whipinto) and whipinto.
+pub struct Publisher {
+    pub whipinto: Proc,
+    pub ffmpeg: Proc,
+}
+
+impl Publisher {
+    /// Both logs, for a failure's message.
+    pub fn log_text(&self) -> String {
+        format!("{}\n{}", self.whipinto.log_text(), self.ffmpeg.log_text())
+    }
+}
+
 /// whipinto publishing a 640x360 25 fps H.264 test pattern (ffmpeg → RTP on loopback) to
 /// `whip_url`, host candidates only.
-pub fn publish(dir: &Path, label: &str, whip_url: &str, token: Option<&str>) -> Proc {
+pub fn publish(dir: &Path, label: &str, whip_url: &str, token: Option<&str>) -> Publisher {
     let program = whipinto_path();
     assert!(program.exists(), "whipinto is not at {}", program.display());
     let rtp_port = UdpSocket::bind("127.0.0.1:0")
@@ -173,27 +187,53 @@ pub fn publish(dir: &Path, label: &str, whip_url: &str, token: Option<&str>) -> 
         .expect("a free UDP port");
     let sdp = dir.join(format!("{label}.sdp"));
     let _ = std::fs::remove_file(&sdp);
-    let ffmpeg = format!(
-        "{} -loglevel error -re -f lavfi -i testsrc=size=640x360:rate=25 -vcodec libx264 \
-         -pix_fmt yuv420p -g 25 -preset ultrafast -tune zerolatency -profile:v baseline \
-         -f rtp rtp://127.0.0.1:{rtp_port}?pkt_size=1200 -sdp_file {}",
-        crate::edge::tool("ffmpeg").display(),
-        sdp.display()
+    let rtp = format!("rtp://127.0.0.1:{rtp_port}?pkt_size=1200");
+    let sdp_arg = sdp.display().to_string();
+    let ffmpeg = Proc::spawn(
+        &format!("{label}-ffmpeg"),
+        crate::edge::tool("ffmpeg"),
+        &[
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=640x360:rate=25",
+            "-vcodec",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "25",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-profile:v",
+            "baseline",
+            "-f",
+            "rtp",
+            &rtp,
+            "-sdp_file",
+            &sdp_arg,
+        ],
+        dir,
     );
-    let mut args = vec![
-        "-v".to_string(),
-        "-i".into(),
-        sdp.display().to_string(),
-        "-w".into(),
-        whip_url.into(),
-        "--ice-server".into(),
-        String::new(),
-        "--command".into(),
-        ffmpeg,
-    ];
+    let written = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&sdp)
+            .ok()
+            .filter(|t| t.contains("m=video"))
+    });
+    assert!(
+        written.is_some(),
+        "ffmpeg wrote no SDP:\n{}",
+        ffmpeg.log_text()
+    );
+    let mut args = vec!["-v", "-i", &sdp_arg, "-w", whip_url, "--ice-server", ""];
     if let Some(t) = token {
-        args.extend(["-t".to_string(), t.to_string()]);
+        args.extend(["-t", t]);
     }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Proc::spawn(label, &program, &args, dir)
+    let whipinto = Proc::spawn(label, &program, &args, dir);
+    Publisher { whipinto, ffmpeg }
 }

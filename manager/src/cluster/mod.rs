@@ -10,9 +10,12 @@
 //!   (three RPCs, see [`verge_protocol::relay`]), one at a time per stream; and its reconciler
 //!   stops relays whose source no longer has the stream.
 //!
+//! - [`from_liveion`]: relays whose source is a liveion node's stream (`POST /api/cascade`).
+//!
 //! Nothing here must survive a restart: relays run and close on their nodes by themselves
 //! (`idle_ms`), and a restarted manager sees them in the nodes' retained state.
 
+mod from_liveion;
 pub mod placement;
 
 use std::collections::HashMap;
@@ -88,6 +91,8 @@ struct Inner {
     started: Mutex<Vec<Started>>,
     /// One placement at a time per stream, so two offers never start two relays for one gap.
     turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// liveion nodes, which may be a relay's source.
+    liveion: crate::liveion::Liveion,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -102,6 +107,7 @@ impl Cluster {
         metrics: Arc<Metrics>,
         cluster: &ClusterConfig,
         cascade: &CascadeConfig,
+        liveion: crate::liveion::Liveion,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -114,6 +120,7 @@ impl Cluster {
                 placed: Mutex::default(),
                 started: Mutex::default(),
                 turns: Mutex::default(),
+                liveion,
             }),
         }
     }
@@ -370,7 +377,8 @@ impl Cluster {
                     known.insert(key.clone(), (of.clone(), None));
                     let fed = nodes
                         .iter()
-                        .any(|n| n.id == of.source && n.streams.contains_key(stream));
+                        .any(|n| n.id == of.source && n.streams.contains_key(stream))
+                        || self.liveion_feeds(&of.source, stream);
                     if fed {
                         strikes.remove(&key);
                         continue;
@@ -403,6 +411,12 @@ impl Cluster {
                 let Some(session) = of.session else { continue };
                 tracing::info!(%node, %stream, source = %of.source, %session,
                     "relay gone: ending its session at the source");
+                if self
+                    .end_liveion_session(&of.source, &stream, &session)
+                    .await
+                {
+                    continue;
+                }
                 let params = SessionParams {
                     session,
                     stream: Some(stream),

@@ -249,9 +249,65 @@ pub(super) async fn overflow(
     }
 }
 
+/// A stream of a liveion node relayed into Verge cloud node `node` (its viewers, recorder,
+/// HTTP-FLV and HLS then take it as any stream of the node's). A box's own streams are placed
+/// on cloud nodes by the manager itself ([cluster]).
+async fn into_verge_node(
+    app: &AppState,
+    node: &str,
+    name: &str,
+) -> Result<Json<Cascaded>, ApiError> {
+    let stream = format!("live/{name}");
+    let record = app
+        .registry
+        .get(node)
+        .filter(|r| r.online())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("node {node:?} is offline"),
+            )
+        })?;
+    if record.presence.as_ref().map(|p| p.role) != Some(verge_protocol::relay::NodeRole::Cloud) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{node:?} is a box: only cloud nodes ([node] role = \"cloud\") take relays"),
+        ));
+    }
+    let source = match app.liveion.viewer_node(name) {
+        Ok(Some(source)) => source,
+        Ok(None) if super::streams::locate(app, &stream).is_ok() => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "stream {name} is on a box: the manager places relays of boxes' streams on cloud nodes itself ([cluster])"
+                ),
+            ));
+        }
+        Ok(None) => {
+            return Err(ApiError::not_found(format!(
+                "stream {name} is not live on any liveion node"
+            )));
+        }
+        Err(full) => return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, full)),
+    };
+    let servers = session_ice(app).await;
+    app.cluster
+        .relay_from_liveion(node, &stream, &source.alias, &servers)
+        .await
+        .map_err(|why| ApiError::new(StatusCode::BAD_GATEWAY, why))?;
+    Ok(Json(Cascaded {
+        node: node.to_string(),
+        stream: name.to_string(),
+        source_url: format!("{}/whep/{name}", source.url),
+        maximum_idle_time: app.cascade_idle.as_millis() as u64,
+    }))
+}
+
 /// `POST /api/cascade/{stream}` with `{"node": alias}`: the liveion node pulls the stream
 /// from the manager's `/whep/{stream}` (so from a box behind NAT, a cloud node, or another
 /// liveion node, wherever the manager places a viewer). 200 once the node's copy is connected.
+/// With a Verge cloud node's id, a liveion node's stream is relayed into it instead.
 pub async fn cascade(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -267,15 +323,13 @@ pub async fn cascade(
         .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, why))?;
     let stream = format!("live/{name}");
     let Some(target) = app.liveion.target(&body.node) else {
-        let why = if app.registry.get(&body.node).is_some() {
-            format!(
-                "{:?} is a Verge node: the manager places relays to its cloud nodes itself ([cluster])",
-                body.node
-            )
-        } else {
-            format!("no liveion node is called {:?}", body.node)
-        };
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, why));
+        if app.registry.get(&body.node).is_some() {
+            return into_verge_node(&app, &body.node, &name).await;
+        }
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("no liveion node or Verge node is called {:?}", body.node),
+        ));
     };
     if !app.liveion.is_running(&target.alias) {
         return Err(ApiError::new(

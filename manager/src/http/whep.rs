@@ -253,6 +253,28 @@ async fn offer_for(
         if app_name != "live" {
             return Err(not_on_agents);
         }
+        // A Verge cloud node relaying the liveion node's stream serves it first (its copy is
+        // already paid for).
+        if let Some(relay) = relay_of_node_stream(app, &stream) {
+            let servers = session_ice(app).await;
+            let method = whep::METHOD_OFFER;
+            match offer_to_agent(
+                app,
+                caller,
+                &relay,
+                method,
+                stream.clone(),
+                sdp.clone(),
+                servers,
+            )
+            .await
+            {
+                Ok(response) => return Ok(response),
+                Err(e) => {
+                    tracing::info!(%stream, node = %relay, "relay of a liveion stream refused a viewer: {}", e.reason)
+                }
+            }
+        }
         return match app.liveion.viewer_node(name) {
             Ok(Some(node)) => {
                 super::liveion::offer(
@@ -311,6 +333,25 @@ async fn offer_for(
             other => return other,
         }
     }
+}
+
+/// The online cloud node with the fewest readers relaying `stream` from a liveion node.
+fn relay_of_node_stream(app: &AppState, stream: &str) -> Option<String> {
+    app.registry
+        .list()
+        .into_iter()
+        .filter(|r| r.online())
+        .filter_map(|r| {
+            let copy = r.state.as_ref()?.streams.iter().find(|s| {
+                s.id() == stream
+                    && s.relay
+                        .as_ref()
+                        .is_some_and(|of| app.liveion.target(&of.source).is_some())
+            })?;
+            Some((copy.readers, r.id))
+        })
+        .min()
+        .map(|(_, id)| id)
 }
 
 /// Carries an offer (WHEP or WHIP, by `method`) to `agent` and answers the client with 201,
