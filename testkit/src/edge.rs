@@ -538,6 +538,7 @@ pub fn tool(name: &str) -> &'static Path {
         "ffmpeg" => Path::new("/usr/bin/ffmpeg"),
         "ffprobe" => Path::new("/usr/bin/ffprobe"),
         "chromium" => Path::new("/usr/bin/chromium"),
+        "curl" => Path::new("/usr/bin/curl"),
         _ => Path::new("/nonexistent"),
     };
     assert!(

@@ -81,6 +81,30 @@ pub fn need(method: &Method, path: &str) -> Need {
     }
 }
 
+/// The need of a request whose rights depend on its query too: LiveGo's control API names
+/// the stream in `?room=` (`/control/get?room=cam` writes `live/cam`'s key); everything else
+/// is [`need`] of the path.
+pub fn need_of(method: &Method, path: &str, query: Option<&str>) -> Need {
+    match path {
+        "/control/get" | "/control/reset" | "/control/delete" => {
+            let room = query.and_then(|q| {
+                q.split('&')
+                    .filter_map(|pair| pair.split_once('='))
+                    .find(|(k, _)| *k == "room")
+                    .map(|(_, v)| percent_decoded(&v.replace('+', " ")))
+            });
+            match room {
+                Some(room) if !room.is_empty() && !room.contains('/') => {
+                    Need::Write(format!("live/{room}"))
+                }
+                // The handler answers 400; nobody learns anything from it.
+                _ => Need::Admin,
+            }
+        }
+        _ => need(method, path),
+    }
+}
+
 /// `%XX` decoded, so `/whep/c%61m` is judged as the `cam` the handler will see; a segment that
 /// does not decode to UTF-8 is kept as sent (and matches no stream a token names).
 pub fn percent_decoded(segment: &str) -> String {
@@ -176,6 +200,7 @@ mod tests {
             (&post, "/api/whep/sfu-1/cam", read("live/cam")),
             (&post, "/api/whip/sfu-1/cam", Need::Write("live/cam".into())),
             (&post, "/api/cascade/cam", Need::Admin),
+            (&get, "/control/get", Need::Admin),
             (
                 &get,
                 "/api/record/object/@sfu-1/cam/17/manifest.mpd",
@@ -185,6 +210,37 @@ mod tests {
         for (method, path, want) in cases {
             assert_eq!(&need(method, path), want, "{method} {path}");
         }
+    }
+
+    #[test]
+    fn livegos_control_api_needs_the_right_to_write_the_room() {
+        let get = Method::GET;
+        let write = |s: &str| Need::Write(s.into());
+        assert_eq!(
+            need_of(&get, "/control/get", Some("room=cam")),
+            write("live/cam")
+        );
+        assert_eq!(
+            need_of(&get, "/control/reset", Some("x=1&room=c%61m")),
+            write("live/cam")
+        );
+        assert_eq!(
+            need_of(&Method::POST, "/control/delete", Some("room=cam")),
+            write("live/cam")
+        );
+        for bad in [
+            None,
+            Some(""),
+            Some("room="),
+            Some("room=a/b"),
+            Some("room=a%2Fb"),
+        ] {
+            assert_eq!(need_of(&get, "/control/get", bad), Need::Admin, "{bad:?}");
+        }
+        assert_eq!(
+            need_of(&get, "/whep/cam", Some("room=x")),
+            need(&get, "/whep/cam")
+        );
     }
 
     #[test]

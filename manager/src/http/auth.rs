@@ -20,7 +20,11 @@ use super::error::ApiError;
 /// request's extensions for handlers that filter by it. A `?token=` is taken out of the URI
 /// so it never travels on (to an agent, into a log).
 pub async fn guard(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
-    let need = policy::need(request.method(), request.uri().path());
+    let need = policy::need_of(
+        request.method(),
+        request.uri().path(),
+        request.uri().query(),
+    );
     let (token, rest) = token_of(&request);
     let now = verge_protocol::now_ms() / 1000;
     match app.auth.admit(&need, token.as_deref(), now) {

@@ -15,6 +15,7 @@
 //! - [`playback`]: recordings: `/api/playback` (streams and their recorded days from the
 //!   database), `/api/record/object/{*path}` (a recorded file fetched from its agent).
 //! - [`record`]: starting and stopping recordings at run time, `/api/record/{stream}`.
+//! - [`livego`]: LiveGo's control API, `/control/get|reset|delete?room={name}`.
 //! - [`liveion`]: offers and sessions of streams on liveion nodes, liveman's node-pinned
 //!   `/api/whep/{alias}/{stream}` and `/api/whip/{alias}/{stream}`, `POST /api/cascade/{stream}`.
 //! - [`metrics`]: `GET /metrics`, Prometheus' text format.
@@ -26,6 +27,7 @@ pub mod api;
 mod auth;
 pub mod error;
 pub mod keys;
+mod livego;
 mod liveion;
 mod metrics;
 pub mod pages;
@@ -132,6 +134,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/whep/{alias}/{name}", post(liveion::pinned_whep))
         .route("/api/whip/{alias}/{name}", post(liveion::pinned_whip))
         .route("/api/cascade/{name}", post(liveion::cascade))
+        .route("/control/get", axum::routing::any(livego::get))
+        .route("/control/reset", axum::routing::any(livego::reset))
+        .route("/control/delete", axum::routing::any(livego::delete))
         .route("/api/login", post(auth::login))
         .route("/api/token", post(auth::token))
         .layer(axum::middleware::from_fn_with_state(

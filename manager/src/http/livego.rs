@@ -1,0 +1,223 @@
+//! LiveGo's control API (`gwuhaolin/livego`, `protocol/api/api.go`), for the scripts, OBS
+//! guides and panels written against it: channel keys by room, issued centrally by the manager.
+//!
+//! - `/control/get?room={name}`: the key of `live/{name}`, issued if it has none (`&agent=`
+//!   binds it to a box, as `POST /api/keys` does);
+//! - `/control/reset?room={name}`: a new key; unlike LiveGo, the old one stops working at once
+//!   (LiveGo keeps accepting it);
+//! - `/control/delete?room={name}`: no key any more (`"Ok"`, or 404 `"room not found"`).
+//!
+//! Every answer is LiveGo's envelope, `{"status": N, "data": …}` with HTTP status N, any method
+//! accepted, `room` from the query or a form body. LiveGo's rooms are in app `live`; publishers
+//! push to `rtmp://{box or router}/live/{key}` and players read `live/{room}`, as with LiveGo.
+//! Rights: `[auth]` wants a token that may write `live/{room}` (see `auth::policy::need_of`);
+//! LiveGo's own JWT answers 403 where Verge answers 401/403 as for the rest of its API.
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::auth::policy::percent_decoded;
+use crate::keys::Issued;
+
+/// LiveGo's envelope.
+fn answer(status: StatusCode, data: Value) -> Response {
+    let body = json!({ "status": status.as_u16(), "data": data }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `name=value` pairs of a query string or a form body, decoded.
+fn pairs(text: &str) -> Vec<(String, String)> {
+    text.split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| {
+            (
+                percent_decoded(&k.replace('+', " ")),
+                percent_decoded(&v.replace('+', " ")),
+            )
+        })
+        .collect()
+}
+
+/// The request's parameters: the query's, then a form body's (LiveGo reads both).
+fn params(query: Option<String>, headers: &HeaderMap, body: &Bytes) -> Vec<(String, String)> {
+    let mut all = pairs(query.as_deref().unwrap_or_default());
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if form && let Ok(text) = std::str::from_utf8(body) {
+        all.extend(pairs(text));
+    }
+    all
+}
+
+fn param<'a>(all: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    all.iter()
+        .find(|(k, v)| k == name && !v.is_empty())
+        .map(|(_, v)| v.as_str())
+}
+
+/// A refusal, answered in LiveGo's envelope.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        answer(self.0, json!(self.1))
+    }
+}
+
+/// The room, or LiveGo's 400 with the usage line.
+fn room<'a>(all: &'a [(String, String)], path: &str) -> Result<&'a str, Refusal> {
+    let usage = || {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("url: {path}?room=<ROOM_NAME>"),
+        )
+    };
+    let room = param(all, "room").ok_or_else(usage)?;
+    verge_protocol::id::validate_stream_part("room", room)
+        .map_err(|why| Refusal(StatusCode::BAD_REQUEST, why))?;
+    Ok(room)
+}
+
+fn storage_error(e: crate::keys::KeyStoreError) -> Response {
+    tracing::error!(error = %e, "key store");
+    answer(StatusCode::INTERNAL_SERVER_ERROR, json!(e.to_string()))
+}
+
+/// The agent `&agent=` names, checked as `POST /api/keys` checks it.
+fn agent<'a>(app: &AppState, all: &'a [(String, String)]) -> Result<Option<&'a str>, Refusal> {
+    let Some(agent) = param(all, "agent") else {
+        return Ok(None);
+    };
+    let enrolled = verge_protocol::id::validate(agent).is_ok()
+        && app.keys.credentials.secret_of(agent).is_some();
+    if !enrolled {
+        return Err(Refusal(
+            StatusCode::NOT_FOUND,
+            format!("agent {agent:?} is not enrolled"),
+        ));
+    }
+    Ok(Some(agent))
+}
+
+pub async fn get(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let all = params(query, &headers, &body);
+    let (room, agent) = match (room(&all, "/control/get"), agent(&app, &all)) {
+        (Ok(room), Ok(agent)) => (room, agent),
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    };
+    match app.keys.store.issue("live", room, agent) {
+        Ok((key, issued)) => {
+            if issued != Issued::Existing {
+                tracing::info!(stream = %format!("live/{room}"), agent = ?key.agent, ?issued, "channel key issued (LiveGo API)");
+                app.keys.send_to_all(&app.registry);
+            }
+            answer(StatusCode::OK, json!(key.key))
+        }
+        Err(e) => storage_error(e),
+    }
+}
+
+pub async fn reset(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let all = params(query, &headers, &body);
+    let (room, agent) = match (room(&all, "/control/reset"), agent(&app, &all)) {
+        (Ok(room), Ok(agent)) => (room, agent),
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    };
+    // The binding stays unless `&agent=` moves it.
+    let bound = agent
+        .map(str::to_string)
+        .or_else(|| app.keys.store.bound_agent("live", room));
+    let replaced = app
+        .keys
+        .store
+        .revoke("live", room)
+        .and_then(|_| app.keys.store.issue("live", room, bound.as_deref()));
+    match replaced {
+        Ok((key, _)) => {
+            tracing::info!(stream = %format!("live/{room}"), agent = ?key.agent, "channel key reset (LiveGo API)");
+            app.keys.send_to_all(&app.registry);
+            answer(StatusCode::OK, json!(key.key))
+        }
+        Err(e) => storage_error(e),
+    }
+}
+
+pub async fn delete(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let all = params(query, &headers, &body);
+    let room = match room(&all, "/control/delete") {
+        Ok(room) => room,
+        Err(r) => return r.into_response(),
+    };
+    match app.keys.store.revoke("live", room) {
+        Ok(true) => {
+            tracing::info!(stream = %format!("live/{room}"), "channel key revoked (LiveGo API)");
+            app.keys.send_to_all(&app.registry);
+            answer(StatusCode::OK, json!("Ok"))
+        }
+        Ok(false) => answer(StatusCode::NOT_FOUND, json!("room not found")),
+        Err(e) => storage_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_come_from_the_query_and_a_form_body() {
+        let form = HeaderMap::from_iter([(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        )]);
+        let all = params(
+            Some("room=c%61m&x=".into()),
+            &HeaderMap::new(),
+            &Bytes::new(),
+        );
+        assert_eq!(param(&all, "room"), Some("cam"));
+        assert_eq!(param(&all, "x"), None, "empty is absent, as in LiveGo");
+        let all = params(
+            None,
+            &form,
+            &Bytes::from_static(b"room=door+1&agent=edge-1"),
+        );
+        assert_eq!(
+            (param(&all, "room"), param(&all, "agent")),
+            (Some("door 1"), Some("edge-1"))
+        );
+        // A form body is read only as a form.
+        let all = params(None, &HeaderMap::new(), &Bytes::from_static(b"room=cam"));
+        assert_eq!(param(&all, "room"), None);
+        let Err(Refusal(status, usage)) = room(&[], "/control/get") else {
+            panic!("no room, no usage line")
+        };
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(usage, "url: /control/get?room=<ROOM_NAME>");
+        let bad = vec![("room".to_string(), "a b".to_string())];
+        assert!(matches!(
+            room(&bad, "/control/get"),
+            Err(Refusal(StatusCode::BAD_REQUEST, _))
+        ));
+    }
+}
