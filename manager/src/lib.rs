@@ -17,6 +17,7 @@
 //!   index fed by agents, the agents enrolled at run time.
 //! - [`rtmp`]: the RTMP router (`[rtmp] listen`): publishers reach their box through the tunnel.
 //! - [`metrics`]: what the manager counts between scrapes.
+//! - [`history`]: the last hour of each stream's and node's numbers, and the fleet's events.
 //! - [`liveion`]: live777's liveion nodes in the same fleet (`[[nodes]]`): their streams, WHEP
 //!   and WHIP passed on to them, cascades from Verge's streams into them.
 //! - [`web_client`]: HTTP/1.1 calls to other servers' APIs (liveion, Cloudflare).
@@ -32,6 +33,7 @@ pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod fleet;
+pub mod history;
 pub mod http;
 pub mod ice;
 pub mod keys;
@@ -379,6 +381,12 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         liveion.clone(),
     );
     let reconciler = tokio::spawn(cluster.clone().reconcile());
+    let history = history::History::default();
+    let sampler = tokio::spawn(history.clone().run(
+        registry.clone(),
+        tunnels.clone(),
+        liveion.clone(),
+    ));
     let record_sync = tokio::spawn(liveion::records::sync(
         liveion.clone(),
         index.clone(),
@@ -445,11 +453,13 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             }
         },
         cascade_idle: Duration::from_millis(cfg.cascade.maximum_idle_time),
+        history: history.clone(),
     });
     let mut forwards = Vec::new();
     let mut listener_tasks = vec![reconciler];
     listener_tasks.extend(net4mqtt);
     listener_tasks.push(record_sync);
+    listener_tasks.push(sampler);
     for (listener, forward) in forward_listeners.into_iter().zip(&cfg.tunnel.forward) {
         let addr = listener
             .local_addr()

@@ -52,6 +52,10 @@ pub fn need(method: &Method, path: &str) -> Need {
         ["flv", app, file] if get => stream(app, file.strip_suffix(".flv").unwrap_or(file)),
         ["hls", app, name, _] if get => stream(app, name),
         ["api", "streams"] | ["api", "streams", ""] | ["api", "playback"] if get => Need::ReadSome,
+        ["api", "streams", id, "history"] if get && id.contains('/') => Need::Read(id.to_string()),
+        ["api", "streams", name, "history"] if get => stream("live", name),
+        ["api", "streams", app, name, "history"] if get => stream(app, name),
+        ["api", "events"] if get => Need::ReadAll,
         // `/api/streams/tv%2Fcam` names `tv/cam`.
         ["api", "streams", id] if get && id.contains('/') => Need::Read(id.to_string()),
         ["api", "streams", name] | ["api", "playback", name] if get => stream("live", name),
@@ -201,6 +205,10 @@ mod tests {
             (&post, "/api/whip/sfu-1/cam", Need::Write("live/cam".into())),
             (&post, "/api/cascade/cam", Need::Admin),
             (&get, "/control/get", Need::Admin),
+            (&get, "/api/streams/cam/history", read("live/cam")),
+            (&get, "/api/streams/tv/cam/history", read("tv/cam")),
+            (&get, "/api/nodes/edge-1/history", Need::ReadAll),
+            (&get, "/api/events", Need::ReadAll),
             (
                 &get,
                 "/api/record/object/@sfu-1/cam/17/manifest.mpd",
@@ -345,6 +353,10 @@ mod tests {
         ("/metrics", &["GET"], Right::ReadAll),
         ("/api/login", &["POST"], Right::Public),
         ("/api/token", &["POST"], Right::Admin),
+        ("/api/streams/{stream}/history", &["GET"], Right::Read),
+        ("/api/streams/{app}/{name}/history", &["GET"], Right::Read),
+        ("/api/nodes/{id}/history", &["GET"], Right::ReadAll),
+        ("/api/events", &["GET"], Right::ReadAll),
         ("/api/whep/{alias}/{name}", &["POST"], Right::Read),
         ("/api/whip/{alias}/{name}", &["POST"], Right::Write),
         ("/api/cascade/{name}", &["POST"], Right::Admin),
@@ -388,7 +400,7 @@ mod tests {
     /// What the handler of a route with `right` needs for `params`.
     fn handler_need(right: Right, pattern: &str, params: &[String]) -> Need {
         let stream = || {
-            if pattern == "/api/streams/{stream}" {
+            if pattern == "/api/streams/{stream}" || pattern == "/api/streams/{stream}/history" {
                 let id = &params[0];
                 return if id.contains('/') {
                     id.clone()

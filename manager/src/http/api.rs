@@ -101,6 +101,24 @@ pub async fn nodes(State(app): State<AppState>) -> Json<Vec<Listed>> {
     Json(verge.chain(liveion).collect())
 }
 
+/// `GET /api/nodes/{id}/history`: a node's last hour (see [`crate::history`]).
+pub async fn node_history(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::history::Series<crate::history::NodePoint>>, ApiError> {
+    app.history.node(&id).map(Json).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no history of node {id:?} in the last hour (since this manager started)"
+        ))
+    })
+}
+
+/// `GET /api/events`: the fleet's events of the last hour or so (publishers started and
+/// stopped, nodes online and offline), oldest first.
+pub async fn events(State(app): State<AppState>) -> Json<Vec<crate::history::Event>> {
+    Json(app.history.events())
+}
+
 /// `GET /api/agents/{id}`: what the registry holds, and a live ping.
 #[derive(Debug, Serialize)]
 pub struct AgentDetail {

@@ -77,6 +77,8 @@ pub struct AppState {
     pub public_url: String,
     /// `[cascade] maximum_idle_time`.
     pub cascade_idle: Duration,
+    /// The last hour of streams' and nodes' numbers.
+    pub history: crate::history::History,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -97,7 +99,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/streams", get(streams::list))
         .route("/api/streams/", get(streams::list))
         .route("/api/streams/{stream}", get(streams::one))
-        .route("/api/streams/{app}/{name}", get(streams::one_in_app));
+        .route("/api/streams/{app}/{name}", get(streams::one_in_app))
+        .route("/api/streams/{stream}/history", get(streams::history))
+        .route(
+            "/api/streams/{app}/{name}/history",
+            get(streams::history_in_app),
+        )
+        .route("/api/nodes/{id}/history", get(api::node_history))
+        .route("/api/events", get(api::events));
     let router = verge_serve::webrtc::routes(
         router,
         verge_serve::webrtc::Handlers {

@@ -272,6 +272,32 @@ pub async fn list(
     )
 }
 
+/// `GET /api/streams/{stream}/history`: the stream's last hour (see [`crate::history`]).
+pub async fn history(
+    State(app): State<AppState>,
+    Path(stream): Path<String>,
+) -> Result<Json<crate::history::Series<crate::history::StreamPoint>>, ApiError> {
+    history_of(&app, &full_id(&stream))
+}
+
+pub async fn history_in_app(
+    State(app): State<AppState>,
+    Path((app_name, name)): Path<(String, String)>,
+) -> Result<Json<crate::history::Series<crate::history::StreamPoint>>, ApiError> {
+    history_of(&app, &format!("{app_name}/{name}"))
+}
+
+fn history_of(
+    app: &AppState,
+    id: &str,
+) -> Result<Json<crate::history::Series<crate::history::StreamPoint>>, ApiError> {
+    app.history.stream(id).map(Json).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no history of {id} in the last hour (since this manager started)"
+        ))
+    })
+}
+
 /// `app/name` of a stream id as this API writes it (`name` alone for app `live`).
 pub fn full_id(id: &str) -> String {
     if id.contains('/') {
