@@ -20,8 +20,12 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Evaluates `expr` until it is truthy; its last value otherwise, in the panic.
 fn until(chromium: &mut Chromium, what: &str, expr: &str) -> Value {
+    until_within(PATIENCE, chromium, what, expr)
+}
+
+fn until_within(patience: Duration, chromium: &mut Chromium, what: &str, expr: &str) -> Value {
     let mut last = Value::Null;
-    let found = wait_for(PATIENCE, || {
+    let found = wait_for(patience, || {
         last = chromium.eval(expr);
         let truthy = !matches!(&last, Value::Null | Value::Bool(false)) && last != 0 && last != "";
         truthy.then(|| last.clone())
@@ -163,6 +167,19 @@ fn the_dashboard_shows_the_fleet_and_acts_on_it() {
         "the recording state",
         "/recording/.test(document.querySelector('#rec-state')?.textContent)",
     );
+    // The last hour's chart (a point every 10 s): the stream's bitrate, and the page's own
+    // player among its viewers, read back from the drawn chart's numbers. Two measured
+    // bitrates take up to 30 s after the stream's first report.
+    let drawn = until_within(
+        Duration::from_secs(60),
+        &mut chromium,
+        "the stream's chart with bitrate and viewers",
+        "(() => { const c = document.querySelector('#history svg.chart'); if (!c) return 0; \
+          const kbps = c.dataset.bitratekbps.split(',').filter((v) => +v > 0); \
+          const readers = c.dataset.readers.split(',').filter((v) => +v >= 1); \
+          return kbps.length >= 2 && readers.length >= 1 ? c.dataset.bitratekbps + ' / ' + c.dataset.readers : 0; })()",
+    );
+    println!("the stream page's chart: kbit/s / readers {drawn}");
     shots.take(&mut chromium, "stream");
 
     // A key issued in the page, bound to edge-1; ffmpeg publishes with the URL it shows.
