@@ -181,6 +181,18 @@ fn the_dashboard_shows_the_fleet_and_acts_on_it() {
     );
     println!("the stream page's chart: kbit/s / readers {drawn}");
     shots.take(&mut chromium, "stream");
+    // The node's page: its egress and the stream it holds over the last hour.
+    chromium.eval("location.hash = '#node/edge-1'");
+    let node = until(
+        &mut chromium,
+        "the node's charts",
+        "(() => { const c = document.querySelectorAll('#node-history svg.chart'); \
+          if (c.length < 2) return 0; const e = c[0].dataset.egresskbps.split(',').filter((v) => +v > 0); \
+          const s = c[1].dataset.streams.split(',').filter((v) => +v >= 1); \
+          return e.length >= 1 && s.length >= 2 ? c[0].dataset.egresskbps : 0; })()",
+    );
+    println!("the node page's egress (kbit/s): {node}");
+    shots.take(&mut chromium, "node");
 
     // A key issued in the page, bound to edge-1; ffmpeg publishes with the URL it shows.
     chromium.eval("location.hash = '#keys'");
