@@ -358,6 +358,52 @@ fn liveion_nodes_share_the_fleet_streams_and_cascades() {
     );
 }
 
+/// A call to a liveion node's own API, with its token.
+fn node_call(node: &Liveion, method: &str, path: &str, body: &[u8]) -> Response {
+    let bearer = node.token.as_ref().map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b.as_str()));
+    }
+    request(
+        method,
+        node.addr,
+        path,
+        &headers,
+        body,
+        Duration::from_secs(10),
+    )
+    .expect("node")
+}
+
+/// Records stream `name` for `secs` at `node` (called `alias` at the manager) with the node's
+/// own recorder, then waits until the manager lists the finished session; its manifest's path
+/// at the manager (`@{alias}/…`).
+fn recorded_at_node(m: SocketAddr, node: &Liveion, alias: &str, name: &str, secs: u64) -> String {
+    let started = node_call(node, "POST", &format!("/api/record/{name}"), b"{}");
+    assert_eq!(started.status, 200, "{}", started.text());
+    std::thread::sleep(Duration::from_secs(secs));
+    assert_eq!(
+        node_call(node, "DELETE", &format!("/api/record/{name}"), b"").status,
+        200
+    );
+    let path = format!("/api/playback/{name}");
+    let entry = wait_for(Duration::from_secs(15), || {
+        json(m, &path)
+            .as_array()?
+            .iter()
+            .find(|d| d["node"] == alias && d["status"] == "Completed")
+            .cloned()
+    });
+    let entry = entry.unwrap_or_else(|| panic!("{}", json(m, &path)));
+    let mpd_path = entry["mpd_path"].as_str().expect("mpd_path").to_string();
+    assert!(
+        mpd_path.starts_with(&format!("@{alias}/{name}/")),
+        "{entry}"
+    );
+    mpd_path
+}
+
 /// Every field of liveman's `reference` is in `ours` with the same JSON type, recursively
 /// (arrays by their first elements).
 fn same_shape(what: &str, reference: &serde_json::Value, ours: &serde_json::Value) {
@@ -472,32 +518,7 @@ fn a_liveion_found_on_the_broker_by_net4mqtt_plays_through_the_manager() {
     });
     // A recording node n4 makes of lv (its own recorder, started at the node) is indexed by
     // the manager through net4mqtt's tunnel, acknowledged at the node, listed and played through the manager.
-    let node_call = |method: &str, path: &str, body: &[u8]| {
-        let headers = [("Content-Type", "application/json")];
-        request(
-            method,
-            n4.addr,
-            path,
-            &headers,
-            body,
-            Duration::from_secs(10),
-        )
-        .expect("node")
-    };
-    let started = node_call("POST", "/api/record/lv", b"{}");
-    assert_eq!(started.status, 200, "{}", started.text());
-    std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(node_call("DELETE", "/api/record/lv", b"").status, 200);
-    let entry = wait_for(Duration::from_secs(15), || {
-        let days = json(m, "/api/playback/lv");
-        days.as_array()?
-            .iter()
-            .find(|d| d["node"] == "n4" && d["status"] == "Completed")
-            .cloned()
-    });
-    let entry = entry.unwrap_or_else(|| panic!("{}", json(m, "/api/playback/lv")));
-    let mpd_path = entry["mpd_path"].as_str().expect("mpd_path").to_string();
-    assert!(mpd_path.starts_with("@n4/lv/"), "{entry}");
+    let mpd_path = recorded_at_node(m, &n4, "n4", "lv", 4);
     assert!(
         json(m, "/api/playback")
             .as_array()
@@ -515,7 +536,7 @@ fn a_liveion_found_on_the_broker_by_net4mqtt_plays_through_the_manager() {
     assert_eq!(manifest.status, 200, "{}", manifest.text());
     assert!(manifest.text().contains("<MPD"), "{}", manifest.text());
     let acked = wait_for(Duration::from_secs(5), || {
-        let r = node_call("GET", "/api/recordings?limit=10", b"").json();
+        let r = node_call(&n4, "GET", "/api/recordings?limit=10", b"").json();
         r["sessions"].as_array()?.is_empty().then_some(())
     });
     assert!(
@@ -626,35 +647,7 @@ fn viewers_past_the_boxs_share_are_served_by_a_liveion_node() {
 
     // Node c records its copy of the box's stream (its own recorder); the manager indexes it,
     // and ffprobe decodes it through the manager (the MPD, then its segments beside it).
-    let node_call = |method: &str, path: &str, body: &[u8]| {
-        let headers = [
-            ("Authorization", "Bearer c-token"),
-            ("Content-Type", "application/json"),
-        ];
-        request(
-            method,
-            node_c.addr,
-            path,
-            &headers,
-            body,
-            Duration::from_secs(10),
-        )
-        .expect("node")
-    };
-    let started = node_call("POST", "/api/record/cam", b"{}");
-    assert_eq!(started.status, 200, "{}", started.text());
-    std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(node_call("DELETE", "/api/record/cam", b"").status, 200);
-    let entry = wait_for(Duration::from_secs(15), || {
-        let days = json(m, "/api/playback/cam");
-        days.as_array()?
-            .iter()
-            .find(|d| d["node"] == "c" && d["status"] == "Completed")
-            .cloned()
-    });
-    let entry = entry.unwrap_or_else(|| panic!("{}", json(m, "/api/playback/cam")));
-    let mpd_path = entry["mpd_path"].as_str().expect("mpd_path").to_string();
-    assert!(mpd_path.starts_with("@c/cam/"), "{entry}");
+    let mpd_path = recorded_at_node(m, &node_c, "c", "cam", 5);
     let frames = verge_testkit::ffprobe::count_frames(
         dir.path(),
         "ffprobe-recording",
@@ -753,19 +746,7 @@ fn a_liveion_stream_is_relayed_into_a_verge_cloud_node_and_recorded_there() {
 
     // The publisher gone at the node: the relay stops, its copy leaves the cloud node.
     drop(publisher);
-    let node_call = |method: &str, path: &str| {
-        let headers = [("Authorization", "Bearer d-token")];
-        request(
-            method,
-            node_d.addr,
-            path,
-            &headers,
-            b"",
-            Duration::from_secs(10),
-        )
-        .expect("node")
-    };
-    node_call("DELETE", "/api/streams/lv");
+    node_call(&node_d, "DELETE", "/api/streams/lv", b"");
     let gone = wait_for(Duration::from_secs(20), || {
         let r = call(m, "GET", "/api/streams/lv", None, b"");
         (r.status == 404).then_some(())

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use verge_protocol::relay::{self, RelayAnswerParams, RelayOf, RelayOfferParams, RelayOfferResult};
+use verge_protocol::relay::{self, RelayOf, RelayOfferParams, RelayOfferResult};
 use verge_protocol::whep::IceServer;
 
 use super::{Cluster, Started, lock};
@@ -44,27 +44,10 @@ impl Cluster {
         let offer: RelayOfferResult = self.call(node, relay::METHOD_RELAY_OFFER, &params).await?;
         let answered = proxy::offer(&target, Kind::Whep, name, offer.sdp)
             .await
+            .map(|a| (a.sdp, a.session))
             .map_err(|e| e.to_string());
-        let applied = match answered {
-            Ok(answer) => {
-                self.call::<serde_json::Value>(
-                    node,
-                    relay::METHOD_RELAY_ANSWER,
-                    RelayAnswerParams {
-                        relay: offer.relay.clone(),
-                        sdp: answer.sdp,
-                        session: answer.session,
-                    },
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(why) = applied {
-            self.stop(node, stream, "the relay could not be set up")
-                .await;
-            return Err(why);
-        }
+        self.apply_answer(node, stream, &offer.relay, answered)
+            .await?;
         lock(&self.inner.started).push(Started {
             node: node.to_string(),
             stream: stream.to_string(),

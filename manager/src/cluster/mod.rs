@@ -298,26 +298,9 @@ impl Cluster {
                 },
             )
             .await;
-        let applied = match answered {
-            Ok(answer) => {
-                self.call::<serde_json::Value>(
-                    node,
-                    relay::METHOD_RELAY_ANSWER,
-                    RelayAnswerParams {
-                        relay: offer.relay.clone(),
-                        sdp: answer.sdp,
-                        session: answer.session,
-                    },
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(why) = applied {
-            self.stop(node, stream, "the relay could not be set up")
-                .await;
-            return Err(why);
-        }
+        let answered = answered.map(|a| (a.sdp, a.session));
+        self.apply_answer(node, stream, &offer.relay, answered)
+            .await?;
         let secs = started.elapsed().as_secs_f64();
         self.inner.metrics.relay_start_seconds.observe(secs);
         lock(&self.inner.started).push(Started {
@@ -340,6 +323,38 @@ impl Cluster {
         });
         tracing::info!(%stream, %node, %source, relay = %offer.relay,
             signaling_ms = (secs * 1000.0) as u64, "relay started");
+        Ok(())
+    }
+
+    /// The source's answer (`sdp`, `session`) to the relay `relay` on `node`, or, when there
+    /// is none or the node refuses it, the relay stopped and why.
+    async fn apply_answer(
+        &self,
+        node: &str,
+        stream: &str,
+        relay: &str,
+        answered: Result<(String, String), String>,
+    ) -> Result<(), String> {
+        let applied = match answered {
+            Ok((sdp, session)) => self
+                .call::<serde_json::Value>(
+                    node,
+                    relay::METHOD_RELAY_ANSWER,
+                    RelayAnswerParams {
+                        relay: relay.to_string(),
+                        sdp,
+                        session,
+                    },
+                )
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(why) = applied {
+            self.stop(node, stream, "the relay could not be set up")
+                .await;
+            return Err(why);
+        }
         Ok(())
     }
 

@@ -105,6 +105,15 @@ fn agent<'a>(app: &AppState, all: &'a [(String, String)]) -> Result<Option<&'a s
     Ok(Some(agent))
 }
 
+/// The room and the optional agent of a `get` or `reset` at `path`.
+fn room_and_agent<'a>(
+    app: &AppState,
+    all: &'a [(String, String)],
+    path: &str,
+) -> Result<(&'a str, Option<&'a str>), Refusal> {
+    Ok((room(all, path)?, agent(app, all)?))
+}
+
 pub async fn get(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
@@ -112,9 +121,9 @@ pub async fn get(
     body: Bytes,
 ) -> Response {
     let all = params(query, &headers, &body);
-    let (room, agent) = match (room(&all, "/control/get"), agent(&app, &all)) {
-        (Ok(room), Ok(agent)) => (room, agent),
-        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    let (room, agent) = match room_and_agent(&app, &all, "/control/get") {
+        Ok(both) => both,
+        Err(r) => return r.into_response(),
     };
     match app.keys.store.issue("live", room, agent) {
         Ok((key, issued)) => {
@@ -135,9 +144,9 @@ pub async fn reset(
     body: Bytes,
 ) -> Response {
     let all = params(query, &headers, &body);
-    let (room, agent) = match (room(&all, "/control/reset"), agent(&app, &all)) {
-        (Ok(room), Ok(agent)) => (room, agent),
-        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    let (room, agent) = match room_and_agent(&app, &all, "/control/reset") {
+        Ok(both) => both,
+        Err(r) => return r.into_response(),
     };
     // The binding stays unless `&agent=` moves it.
     let bound = agent

@@ -23,6 +23,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::auth::{Grant, Need, policy};
 use crate::cluster::PlaceError;
+use crate::liveion::proxy::Kind::Whep as WHEP;
 
 /// Largest offer or sdpfrag accepted; browsers' offers are a few KiB.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -231,17 +232,7 @@ async fn offer_for(
             Some(node)
         });
         return match pinned {
-            Some(node) => {
-                super::liveion::offer(
-                    app,
-                    &node,
-                    crate::liveion::proxy::Kind::Whep,
-                    &stream,
-                    name,
-                    sdp,
-                )
-                .await
-            }
+            Some(node) => super::liveion::offer(app, &node, WHEP, &stream, name, sdp).await,
             None => Err(ApiError::not_found(format!(
                 "stream {name} is not on any of the nodes {nodes:?}"
             ))),
@@ -276,17 +267,7 @@ async fn offer_for(
             }
         }
         return match app.liveion.viewer_node(name) {
-            Ok(Some(node)) => {
-                super::liveion::offer(
-                    app,
-                    &node,
-                    crate::liveion::proxy::Kind::Whep,
-                    &stream,
-                    name,
-                    sdp,
-                )
-                .await
-            }
+            Ok(Some(node)) => super::liveion::offer(app, &node, WHEP, &stream, name, sdp).await,
             Ok(None) => Err(not_on_agents),
             Err(full) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, full)),
         };

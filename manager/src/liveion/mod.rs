@@ -90,6 +90,19 @@ struct Node {
     streams: Vec<api::Stream>,
 }
 
+/// Viewers `n` may still take of its stream `s` (`each_stream_max_sub` minus its open
+/// subscribers).
+fn room_for(n: &Node, s: &api::Stream) -> i64 {
+    i64::from(sub_max(n)) - s.subscribers() as i64
+}
+
+/// `each_stream_max_sub` of `n` (no limit until its strategy is read).
+fn sub_max(n: &Node) -> u16 {
+    n.strategy
+        .as_ref()
+        .map_or(u16::MAX, |s| s.each_stream_max_sub)
+}
+
 /// Every liveion node the manager knows, and what each last said.
 #[derive(Clone, Default)]
 pub struct Liveion {
@@ -238,10 +251,7 @@ impl Liveion {
                     .map(|s| s.id.clone())
                     .collect(),
                 viewers: n.streams.iter().map(|s| s.subscribers() as u32).sum(),
-                sub_max: n
-                    .strategy
-                    .as_ref()
-                    .map_or(u16::MAX, |s| s.each_stream_max_sub),
+                sub_max: sub_max(n),
             })
             .collect()
     }
@@ -299,11 +309,7 @@ impl Liveion {
             .filter_map(|n| {
                 let s = n.streams.iter().find(|s| s.id == id && s.has_publisher())?;
                 holders += 1;
-                let max = n
-                    .strategy
-                    .as_ref()
-                    .map_or(u16::MAX, |s| s.each_stream_max_sub);
-                let room = i64::from(max) - s.subscribers() as i64;
+                let room = room_for(n, s);
                 (room > 0).then_some((room, n))
             })
             .max_by_key(|(room, _)| *room)
@@ -327,11 +333,7 @@ impl Liveion {
             .filter_map(|n| {
                 let s = n.streams.iter().find(|s| s.id == id)?;
                 s.pulled_from().filter(|from| from.starts_with(source))?;
-                let max = n
-                    .strategy
-                    .as_ref()
-                    .map_or(u16::MAX, |s| s.each_stream_max_sub);
-                let room = i64::from(max) - s.subscribers() as i64;
+                let room = room_for(n, s);
                 (room > 0).then_some((room, n))
             })
             .max_by_key(|(room, _)| *room)
