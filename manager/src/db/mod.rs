@@ -5,6 +5,8 @@
 //!
 //! - [`recordings`]: the recording index's rows (a stream-day each): upserts from agents, and
 //!   the playback API's reads.
+//! - [`node_recordings`]: liveion nodes' recording sessions, synced from the nodes
+//!   (`crate::liveion::records`), and the playback API's reads of them.
 //! - [`agents`]: agents enrolled or revoked at run time, and loading them into the broker's
 //!   credentials.
 //! - [`index`]: [`index::Index`], the database as the rest of the manager holds it: ready or

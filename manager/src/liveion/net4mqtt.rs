@@ -246,11 +246,12 @@ async fn pump(
     mut incoming: mpsc::Receiver<Bytes>,
 ) {
     let mut buf = vec![0u8; CHUNK];
-    let mut writing = true;
     loop {
         tokio::select! {
-            read = pipe.read(&mut buf), if writing => match read {
-                Ok(0) | Err(_) => writing = false,
+            read = pipe.read(&mut buf) => match read {
+                // hyper's end is gone: the exchange is over (one connection per call), and a
+                // node that keeps the connection alive must not keep this pump and its route.
+                Ok(0) | Err(_) => break,
                 Ok(n) => {
                     let chunk = Bytes::copy_from_slice(&buf[..n]);
                     if net.client.publish(out.as_str(), QoS::AtMostOnce, false, chunk).await.is_err() {
