@@ -281,7 +281,8 @@ impl Edge {
                 "id = \"{id}\"\nsecret = \"{secret}\"\n[node]\nrole = \"cloud\"\n\
                  [mqtt]\nurl = \"mqtt://{mqtt}\"\n[rtmp]\nlisten = \"{ANY_PORT}\"\n\
                  [http]\nlisten = \"{ANY_PORT}\"\n[hls]\nlisten = \"{ANY_PORT}\"\n\
-                 [webrtc]\nudp_ips = [\"127.0.0.1\"]\n"
+                 [webrtc]\nudp_ips = [\"127.0.0.1\"]\n[record]\ndir = \"{}\"\n",
+                self.dir.path().join(format!("{id}-recordings")).display()
             ),
         );
         let (node, _) = Proc::spawn_ready(

@@ -63,10 +63,16 @@ impl Liveion {
         let addr = port.addr();
         let auth = token.map_or(String::new(), |t| format!("[auth]\ntokens = [\"{t}\"]\n"));
         let cfg = dir.join(format!("{name}.toml"));
+        // Its recordings and their index in the test's folder (liveion's defaults are relative
+        // to the working directory: the repository).
+        let files = dir.join(format!("{name}-files")).display().to_string();
         std::fs::write(
             &cfg,
             format!(
-                "ice_servers = []\n[http]\nlisten = \"{addr}\"\n[webrtc]\nice_udp_addrs = [\"127.0.0.1:0\"]\n{auth}{extra_toml}"
+                "ice_servers = []\n[http]\nlisten = \"{addr}\"\n[webrtc]\nice_udp_addrs = [\"127.0.0.1:0\"]\n{auth}\
+                 [recorder]\nindex_path = \"{files}/index.json\"\n\
+                 [recorder.upload]\nqueue_path = \"{files}/upload_queue.jsonl\"\nlocal_dir = \"{files}\"\n\
+                 [recorder.storage]\ntype = \"fs\"\nroot = \"{files}/storage\"\n{extra_toml}"
             ),
         )
         .expect("write liveion's config");
