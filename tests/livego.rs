@@ -1,6 +1,7 @@
 //! LiveGo's control API on the manager, driven with curl as LiveGo's users script it: the key
 //! from `/control/get` publishes with ffmpeg, `/control/reset` refuses the old key and takes
-//! the new one, `/control/delete` refuses both; `[auth]` guards it.
+//! the new one, `/control/delete` refuses both; `/stat/livestat` lists the publisher and a
+//! player, on the manager and on the box; `[auth]` guards it.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -44,7 +45,9 @@ fn livegos_control_api_issues_resets_and_deletes_channel_keys() {
         "livego",
         &EdgeOptions {
             noauth: false,
-            manager_toml: format!("[auth]\ntokens = [\"{ADMIN}\"]\n"),
+            manager_toml: format!(
+                "[auth]\ntokens = [\"{ADMIN}\"]\n[[agents]]\nid = \"edge-2\"\nsecret = \"s-edge-2\"\n"
+            ),
             api_token: Some(ADMIN.into()),
             ..EdgeOptions::default()
         },
@@ -100,6 +103,64 @@ fn livegos_control_api_issues_resets_and_deletes_channel_keys() {
         },
     );
     wait_for(Duration::from_secs(20), || edge.listed_stream("cam")).expect("live/cam listed");
+
+    // /stat/livestat: the publisher and a player (ffmpeg reading the box's HTTP-FLV), on the
+    // box's own port and merged by the manager, in LiveGo's shape.
+    let player = verge_testkit::Proc::spawn(
+        "player",
+        &tool("ffmpeg"),
+        &[
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            &format!("http://{}/live/cam.flv", edge.http),
+            "-f",
+            "null",
+            "-",
+        ],
+        edge.dir.path(),
+    );
+    let (status, _) = curl(m, "/stat/livestat", None);
+    assert_eq!(status, 401);
+    let listed = wait_for(Duration::from_secs(20), || {
+        let (status, body) = curl(m, "/stat/livestat", token);
+        let data = &body["data"];
+        let reading = data["players"].as_array()?.iter().any(|p| {
+            p["key"] == "live/cam"
+                && p["kind"] == "flv"
+                && p["video_total_bytes"].as_u64() > Some(0)
+        });
+        (status == 200 && reading).then(|| data.clone())
+    });
+    let data = listed.unwrap_or_else(|| panic!("{:?}", curl(m, "/stat/livestat", token)));
+    let publisher = &data["publishers"][0];
+    assert_eq!(publisher["key"], "live/cam", "{data}");
+    assert_eq!(publisher["agent"], "edge-1", "{data}");
+    assert!(
+        publisher["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("rtmp://")),
+        "{data}"
+    );
+    assert!(publisher["video_total_bytes"].as_u64() > Some(0), "{data}");
+    assert!(publisher["audio_total_bytes"].as_u64() > Some(0), "{data}");
+    for field in ["stream_id", "video_speed", "audio_speed"] {
+        assert!(publisher[field].is_u64(), "{field}: {data}");
+    }
+    // The publisher's key never shows: players and publishers are named by the room.
+    assert!(!data.to_string().contains(&first), "{data}");
+    let (status, body) = curl(edge.http, "/stat/livestat?room=live/cam", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["publishers"][0]["key"], "live/cam", "{body}");
+    assert_eq!(body["data"]["players"][0]["kind"], "flv", "{body}");
+    let (status, body) = curl(m, "/stat/livestat?room=live/none", token);
+    assert_eq!(
+        (status, &body["data"]),
+        (404, &serde_json::json!("room not found or inactive")),
+        "{body}"
+    );
+    drop(player);
     drop(ffmpeg);
 
     // reset: a new key; the old one is refused (LiveGo would keep taking it), the new taken.
@@ -160,4 +221,58 @@ fn livegos_control_api_issues_resets_and_deletes_channel_keys() {
     assert_eq!(door["agent"], "edge-1", "{keys}");
     let (status, _) = curl(m, "/control/get?room=x&agent=nobody", token);
     assert_eq!(status, 404);
+
+    // The same calls on the box's own port, as on a LiveGo box: the manager answers them
+    // (over MQTT), judges the token as its own, and binds what the box issues to the box.
+    let b = edge.http;
+    let (status, body) = curl(b, "/control/get?room=lobby", None);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = curl(b, "/control/get", token);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["data"], "url: /control/get?room=<ROOM_NAME>");
+    let (status, body) = curl(b, "/control/get?room=lobby", token);
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &serde_json::json!(200)),
+        "{body}"
+    );
+    let lobby = body["data"].as_str().expect("a key").to_string();
+    assert_eq!(
+        curl(m, "/control/get?room=lobby", token).1["data"],
+        lobby.as_str()
+    );
+    let keys = verge_testkit::get(m, &format!("/api/keys?token={ADMIN}"))
+        .expect("keys")
+        .json();
+    let bound = keys
+        .as_array()
+        .and_then(|k| k.iter().find(|k| k["name"] == "lobby"))
+        .map(|k| k["agent"].clone());
+    assert_eq!(bound, Some(serde_json::json!("edge-1")), "{keys}");
+    let taken = wait_for(Duration::from_secs(15), || {
+        (code(&edge, &lobby) == "NetStream.Publish.Start").then_some(())
+    });
+    assert!(taken.is_some(), "{}", edge.agent.log_text());
+    let (status, body) = curl(b, "/control/reset?room=lobby", token);
+    assert_eq!(status, 200, "{body}");
+    let lobby2 = body["data"].as_str().expect("a key").to_string();
+    let switched = wait_for(Duration::from_secs(15), || {
+        (code(&edge, &lobby) == "NetStream.Publish.BadName"
+            && code(&edge, &lobby2) == "NetStream.Publish.Start")
+            .then_some(())
+    });
+    assert!(switched.is_some(), "{}", edge.agent.log_text());
+    // A room another box holds is not this box's to manage.
+    let (status, _) = curl(m, "/control/get?room=yard&agent=edge-2", token);
+    assert_eq!(status, 200);
+    let (status, body) = curl(b, "/control/reset?room=yard", token);
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = curl(b, "/control/delete?room=lobby", token);
+    assert_eq!(
+        (status, &body["data"]),
+        (200, &serde_json::json!("Ok")),
+        "{body}"
+    );
+    let (status, body) = curl(b, "/control/delete?room=lobby", token);
+    assert_eq!(status, 404, "{body}");
 }

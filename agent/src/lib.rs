@@ -16,6 +16,9 @@
 //!   connections feeding it).
 //! - [`keys`]: the channel keys the manager hands out; with `[rtmp] noauth = false` a publisher
 //!   must use one.
+//! - [`calls`]: calls from this agent to the managers (LiveGo's control API on its port).
+//! - [`livestat`]: LiveGo's list of publishers and players, for `/stat/livestat` and the
+//!   manager's merge of it.
 //! - [`streams`]: stream names, and the hub's streams copied into the state snapshot.
 //! - [`tunnel`]: the agent's end of the tunnel: per-manager links, the `[tunnel] allow` check,
 //!   dialling and bridging what the manager opens.
@@ -28,11 +31,13 @@
 //! hands it to [`session::run`]'s loop, whose RPC server opens it, checks it is not a replay, and runs
 //! [`rpc::dispatch`] on a task of its own; the signed reply goes to the manager's `res` topic.
 
+pub mod calls;
 pub mod config;
 pub mod heal;
 pub mod hls;
 pub mod http;
 pub mod keys;
+pub mod livestat;
 pub mod record;
 pub mod rpc;
 pub mod rtmp;
@@ -63,6 +68,8 @@ pub struct Agent {
     keys: keys::KeyTable,
     whep: webrtc::Whep,
     index: Option<session::IndexInputs>,
+    hub: Arc<verge_media::hub::Hub>,
+    calls: calls::ManagerCalls,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -89,7 +96,9 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     // Days a recording begins go to the manager's index through the MQTT session.
     let (days_tx, days) = tokio::sync::mpsc::channel::<record::writer::NewDay>(64);
     let recorder = record::Recorder::new(hub.clone(), cfg.record.settings(), days_tx);
+    let calls = calls::ManagerCalls::default();
     let router = http::router(http::Parts {
+        calls: calls.clone(),
         agent_id: cfg.id.clone(),
         hub: hub.clone(),
         whep: Some(whep.clone()),
@@ -108,7 +117,8 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
             rtmp_listener,
             hub.clone(),
             rtmp::RtmpSettings {
-                keys: (!cfg.rtmp.noauth).then(|| keys.clone()),
+                keys: Some(keys.clone()),
+                noauth: cfg.rtmp.noauth,
                 ..rtmp::RtmpSettings::default()
             },
         )),
@@ -129,7 +139,7 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
         )),
         tokio::spawn(recorder.clone().run()),
         tokio::spawn(streams::report(
-            hub,
+            hub.clone(),
             state.clone(),
             Duration::from_secs(10),
             cfg.webrtc.audio == config::WebrtcAudio::Opus,
@@ -145,6 +155,8 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
         keys,
         whep,
         index,
+        hub,
+        calls,
         tasks,
     };
     tracing::info!(agent = %agent.cfg.id, listening = %agent.listeners().summary(), "media listeners up");
@@ -165,10 +177,14 @@ impl Agent {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         let result = session::run(
             &self.cfg,
-            self.state,
-            self.keys,
-            Some(self.whep.clone()),
-            self.index,
+            session::Inputs {
+                state: self.state,
+                keys: self.keys,
+                whep: Some(self.whep.clone()),
+                index: self.index,
+                hub: self.hub,
+                calls: self.calls,
+            },
             shutdown,
         )
         .await;

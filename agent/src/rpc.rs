@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use verge_protocol::index::{self, RecordParams};
+use verge_protocol::livestat;
 use verge_protocol::presence::Presence;
 use verge_protocol::relay::{self, RelayAnswerParams, RelayOfferParams, RelayStopParams};
 use verge_protocol::rpc::{self, ErrorCode, Pong, RpcError};
@@ -21,6 +22,7 @@ pub struct Context {
     /// The WHEP service, if this agent serves WebRTC.
     pub whep: Option<Whep>,
     pub recorder: Option<crate::record::Recorder>,
+    pub hub: std::sync::Arc<verge_media::hub::Hub>,
 }
 
 /// Result of `info`.
@@ -72,6 +74,11 @@ pub async fn dispatch(method: &str, params: Value, ctx: Context) -> Result<Value
     }
     let result = match method {
         rpc::METHOD_PING => to_value(Pong { agent_time: now }),
+        livestat::METHOD => {
+            let p: livestat::Params = serde_json::from_value(params)
+                .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e.to_string()))?;
+            to_value(crate::livestat::collect(&ctx.hub, p.stream.as_deref()))
+        }
         rpc::METHOD_INFO => to_value(Info {
             uptime_ms: now.saturating_sub(ctx.presence.started_at),
             presence: ctx.presence,

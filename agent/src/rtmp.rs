@@ -22,8 +22,11 @@ use crate::streams::StreamName;
 
 #[derive(Debug, Clone)]
 pub struct RtmpSettings {
-    /// Channel keys publishers must use; `None` accepts any stream name (`noauth`).
+    /// Channel keys: a publisher's key names the stream it goes to.
     pub keys: Option<KeyTable>,
+    /// `[rtmp] noauth`: a name that is no key publishes under itself (LiveGo's `verge up`
+    /// box still maps the keys `/control/get` issued to their rooms).
+    pub noauth: bool,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub max_connections: usize,
@@ -33,6 +36,7 @@ impl Default for RtmpSettings {
     fn default() -> Self {
         Self {
             keys: None,
+            noauth: true,
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             max_connections: 256,
@@ -204,17 +208,23 @@ async fn connection(
     }
 }
 
-/// The stream a `publish` goes to: the name itself, or with keys on, the stream the key maps to
-/// (the key must belong to the app the publisher connected to). App and name come without
-/// their queries (the session cut them off).
-fn publish_target(keys: Option<&KeyTable>, app: &str, key: &str) -> Result<StreamName, String> {
-    let Some(keys) = keys else {
-        return StreamName::parse(app, key);
-    };
-    let app = if app.is_empty() { "live" } else { app };
-    match keys.lookup(key) {
-        Some(channel) if channel.app == app => StreamName::parse(&channel.app, &channel.name),
-        Some(_) => Err(format!("that channel key is not for app {app:?}")),
+/// The stream a `publish` goes to, and whether a channel key named it: the stream the key
+/// maps to (the key must belong to the app the publisher connected to), or with `noauth` a
+/// name that is no key, itself. App and name come without their queries (the session cut
+/// them off).
+fn publish_target(
+    keys: Option<&KeyTable>,
+    noauth: bool,
+    app: &str,
+    key: &str,
+) -> Result<(StreamName, bool), String> {
+    let keyed_app = if app.is_empty() { "live" } else { app };
+    match keys.and_then(|k| k.lookup(key)) {
+        Some(channel) if channel.app == keyed_app => {
+            StreamName::parse(&channel.app, &channel.name).map(|s| (s, true))
+        }
+        _ if noauth => StreamName::parse(app, key).map(|s| (s, false)),
+        Some(_) => Err(format!("that channel key is not for app {keyed_app:?}")),
         None => Err("unknown channel key".into()),
     }
 }
@@ -245,24 +255,27 @@ fn on_event(
                     "a second publish on one connection".into(),
                 ));
             }
-            let stream = match publish_target(conn.settings.keys.as_ref(), &app, &name) {
-                Ok(stream) => stream,
-                Err(why) => {
-                    conn.session
-                        .reject_publish(stream_id, "NetStream.Publish.BadName", &why);
-                    return Err(ConnError::Refused(why));
-                }
-            };
+            let settings = &conn.settings;
+            let (stream, keyed) =
+                match publish_target(settings.keys.as_ref(), settings.noauth, &app, &name) {
+                    Ok(target) => target,
+                    Err(why) => {
+                        conn.session
+                            .reject_publish(stream_id, "NetStream.Publish.BadName", &why);
+                        return Err(ConnError::Refused(why));
+                    }
+                };
             // Named like a WHIP publisher (`WHIP {session}`): its kind, then who it is.
             match hub.publish(&stream.id(), &format!("RTMP {peer}")) {
                 Ok(publisher) => {
                     tracing::info!(%peer, stream = %stream.id(), "publishing");
                     conn.session.accept_publish(stream_id, &stream.id());
-                    // With keys on, the key is checked again whenever the table changes.
+                    // A stream a key named ends when the key is revoked.
                     let key = conn
                         .settings
                         .keys
                         .as_ref()
+                        .filter(|_| keyed)
                         .map(|keys| (keys.clone(), keys.subscribe(), name));
                     Ok(Role::Publishing {
                         stream_id,
@@ -287,6 +300,7 @@ fn on_event(
             match hub.subscribe_as(&stream.id(), ReaderKind::Rtmp) {
                 Ok(reader) => {
                     tracing::info!(%peer, stream = %stream.id(), "RTMP player joined");
+                    reader.set_label(format!("rtmp://{peer}"));
                     conn.session.accept_play(stream_id, &stream.id());
                     Ok(Role::Playing { stream_id, reader })
                 }

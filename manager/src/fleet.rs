@@ -40,6 +40,8 @@ pub struct FleetSession {
     pub tunnels: crate::tunnel::Tunnels,
     pub keys: crate::keys::KeyDistributor,
     pub index: crate::db::index::Index,
+    /// Calls from agents.
+    pub calls: Arc<crate::calls::CallServer>,
     /// Tunnel packets come over this session (an external broker); false when they use the
     /// embedded broker's local link (subscribing here too would deliver each twice).
     pub tunnel_over_session: bool,
@@ -74,6 +76,7 @@ impl FleetSession {
             SubscribeFilter::new(self.topics.all_state(), self.retained_qos),
             SubscribeFilter::new(self.topics.reply(&self.manager_id), QoS::AtMostOnce),
             SubscribeFilter::new(self.topics.all_index(), QoS::AtLeastOnce),
+            SubscribeFilter::new(self.topics.all_calls(), QoS::AtMostOnce),
             // To notice a key table someone else replaced or cleared, and send it again.
             SubscribeFilter::new(self.topics.keys("+"), QoS::AtMostOnce),
         ];
@@ -172,6 +175,7 @@ impl FleetSession {
                 }
             }
             Ok(Topic::Index { agent }) => self.index.deliver(&agent, payload),
+            Ok(Topic::Call { agent }) => self.calls.on_call(&agent, payload),
             Ok(Topic::Keys { agent }) => {
                 if self.keys.clobbered(&agent, payload) {
                     tracing::warn!(%agent, "the agent's retained key table was replaced or cleared; sending it again");

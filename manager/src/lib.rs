@@ -5,6 +5,7 @@
 //!   retained presence and state, completes RPC calls, hands index rows and tunnel packets on.
 //! - [`registry`]: the fleet as known from those messages.
 //! - [`rpc`]: calls to agents over MQTT, with deadlines and typed failures.
+//! - [`calls`]: calls from agents (LiveGo's control API asked on a box's port), answered.
 //! - [`http`]: the REST API, the WHEP and WHIP proxies, the pages.
 //! - [`auth`]: `[auth]`: who may do what (the policy table), tokens, passwords, login limits.
 //! - [`cluster`]: where a WebRTC viewer goes (the box or a cloud node), relays of a stream to
@@ -29,6 +30,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod calls;
 pub mod cluster;
 pub mod config;
 pub mod db;
@@ -351,6 +353,15 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         tunnels: tunnels.clone(),
         keys: keys.clone(),
         index: index.clone(),
+        calls: Arc::new(calls::CallServer::new(
+            cfg.mqtt.id.clone(),
+            topics.clone(),
+            client.clone(),
+            credentials.clone(),
+            keys.clone(),
+            registry.clone(),
+            auth.clone(),
+        )),
         tunnel_over_session,
         verifying: Default::default(),
     };

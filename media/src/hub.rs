@@ -195,16 +195,96 @@ struct ChannelState {
     audio: Option<String>,
     size: Option<(u32, u32)>,
     rate: RateMeter,
+    /// The publisher's audio and video bytes.
+    media_in: MediaMeter,
     b_frames: bool,
 }
 
 struct Slot {
     kind: ReaderKind,
+    /// Who reads, as its owner names it (a URL, a session), for [`Hub::peers`].
+    label: String,
+    /// Audio and video bytes this reader took.
+    media_out: MediaMeter,
     queue: VecDeque<Frame>,
     bytes: usize,
     skipping: bool,
     dropped: u64,
     notify: Arc<Notify>,
+}
+
+/// Audio and video bytes through one end of a stream, with their rates over the last
+/// [`MediaMeter::PERIOD`] (LiveGo's `/stat/livestat` numbers, which it also takes over 5 s).
+#[derive(Debug, Clone, Default)]
+struct MediaMeter {
+    video: u64,
+    audio: u64,
+    /// When the current period began, and the totals then.
+    mark: Option<(Instant, u64, u64)>,
+    video_kbps: u64,
+    audio_kbps: u64,
+}
+
+impl MediaMeter {
+    const PERIOD: Duration = Duration::from_secs(5);
+
+    fn add(&mut self, frame: &Frame, now: Instant) {
+        match frame.kind {
+            MediaKind::Video => self.video += frame.payload.len() as u64,
+            MediaKind::Audio => self.audio += frame.payload.len() as u64,
+            MediaKind::Data => return,
+        }
+        // The first frame opens the period; what came with it is before it.
+        let Some((at, v0, a0)) = self.mark else {
+            self.mark = Some((now, self.video, self.audio));
+            return;
+        };
+        let ms = now.saturating_duration_since(at).as_millis() as u64;
+        if ms >= Self::PERIOD.as_millis() as u64 {
+            self.video_kbps = (self.video - v0) * 8 / ms;
+            self.audio_kbps = (self.audio - a0) * 8 / ms;
+            self.mark = Some((now, self.video, self.audio));
+        }
+    }
+
+    fn snapshot(&self) -> MediaBytes {
+        MediaBytes {
+            video_bytes: self.video,
+            video_kbps: self.video_kbps,
+            audio_bytes: self.audio,
+            audio_kbps: self.audio_kbps,
+        }
+    }
+}
+
+/// Audio and video bytes through one publisher or reader since it began, and their rates
+/// (kbit/s) over the last 5 s. FLV tag bodies: the media as the hub holds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MediaBytes {
+    pub video_bytes: u64,
+    pub video_kbps: u64,
+    pub audio_bytes: u64,
+    pub audio_kbps: u64,
+}
+
+/// One end of a stream: its publisher, or one of its readers ([`Hub::peers`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peer {
+    /// The reader's number within its stream (0 for the publisher).
+    pub id: u64,
+    /// `None` for the publisher.
+    pub kind: Option<ReaderKind>,
+    /// The publisher's name (`RTMP {address}`), or the label its owner gave a reader.
+    pub label: String,
+    pub media: MediaBytes,
+}
+
+/// A live stream's publisher and readers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamPeers {
+    pub stream: String,
+    pub publisher: Peer,
+    pub readers: Vec<Peer>,
 }
 
 /// Frames and bytes per second over the last full second.
@@ -291,11 +371,12 @@ impl Hub {
                 gop_bytes: 0,
                 gop_valid: false,
                 readers: HashMap::new(),
-                next_reader: 0,
+                next_reader: 1,
                 video: None,
                 audio: None,
                 size: None,
                 rate: RateMeter::new(),
+                media_in: MediaMeter::default(),
                 b_frames: false,
             }),
         });
@@ -379,6 +460,8 @@ impl Hub {
                 reader_id,
                 Slot {
                     kind,
+                    label: String::new(),
+                    media_out: MediaMeter::default(),
                     queue,
                     bytes,
                     skipping,
@@ -394,6 +477,43 @@ impl Hub {
             notify,
             count,
         })
+    }
+
+    /// The publisher and readers of live stream `only`, or of every live stream (sorted by
+    /// id), with their bytes.
+    pub fn peers(&self, only: Option<&str>) -> Vec<StreamPeers> {
+        let mut channels: Vec<Arc<Channel>> = match only {
+            Some(id) => self.streams().get(id).cloned().into_iter().collect(),
+            None => self.streams().values().cloned().collect(),
+        };
+        channels.sort_by(|a, b| a.id.cmp(&b.id));
+        channels
+            .iter()
+            .map(|channel| {
+                let st = lock(&channel.state);
+                let mut readers: Vec<Peer> = st
+                    .readers
+                    .iter()
+                    .map(|(id, slot)| Peer {
+                        id: *id,
+                        kind: Some(slot.kind),
+                        label: slot.label.clone(),
+                        media: slot.media_out.snapshot(),
+                    })
+                    .collect();
+                readers.sort_by_key(|r| r.id);
+                StreamPeers {
+                    stream: channel.id.clone(),
+                    publisher: Peer {
+                        id: 0,
+                        kind: None,
+                        label: st.publisher.clone(),
+                        media: st.media_in.snapshot(),
+                    },
+                    readers,
+                }
+            })
+            .collect()
     }
 
     /// Every live stream, sorted by id.
@@ -452,7 +572,9 @@ impl Publisher {
             .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
         let mut guard = lock(&self.channel.state);
         let st = &mut *guard;
-        st.rate.add(&frame, Instant::now());
+        let now = Instant::now();
+        st.rate.add(&frame, now);
+        st.media_in.add(&frame, now);
         match frame.kind {
             MediaKind::Data => st.metadata = Some(frame.clone()),
             MediaKind::Video if frame.is_sequence_header() => {
@@ -634,6 +756,7 @@ impl Reader {
                 let slot = st.readers.get_mut(&self.id)?;
                 if let Some(frame) = slot.queue.pop_front() {
                     slot.bytes -= frame.payload.len();
+                    slot.media_out.add(&frame, Instant::now());
                     self.count.totals.bytes_out[self.count.kind.index()]
                         .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
                     return Some(frame);
@@ -644,6 +767,22 @@ impl Reader {
             }
             self.notify.notified().await;
         }
+    }
+
+    /// Names this reader in [`Hub::peers`] (a player's URL, a WebRTC session).
+    pub fn set_label(&self, label: impl Into<String>) {
+        if let Some(slot) = lock(&self.channel.state).readers.get_mut(&self.id) {
+            slot.label = label.into();
+        }
+    }
+
+    /// The name [`Reader::set_label`] gave.
+    pub fn label(&self) -> String {
+        lock(&self.channel.state)
+            .readers
+            .get(&self.id)
+            .map(|s| s.label.clone())
+            .unwrap_or_default()
     }
 
     /// Frames queued for this reader, not yet taken.
@@ -721,6 +860,64 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), reader.recv())
             .await
             .expect("a frame or the end in time")
+    }
+
+    #[tokio::test]
+    async fn peers_count_each_ends_audio_and_video_bytes() {
+        let hub = hub(HubConfig::default());
+        let publisher = hub.publish("live/cam", "RTMP 127.0.0.1:5000").unwrap();
+        let mut player = hub.subscribe_as("live/cam", ReaderKind::Rtmp).unwrap();
+        player.set_label("rtmp://box/live/cam");
+        let _idle = hub.subscribe_as("live/cam", ReaderKind::Flv).unwrap();
+        publisher.push(video(0, true, 100));
+        publisher.push(Frame {
+            kind: MediaKind::Audio,
+            timestamp: 0,
+            payload: Bytes::from_static(&[0xaf, 1, 9, 9]),
+        });
+        publisher.push(Frame {
+            kind: MediaKind::Data,
+            timestamp: 0,
+            payload: Bytes::from_static(b"metadata"),
+        });
+        for _ in 0..3 {
+            next(&mut player).await.unwrap();
+        }
+        let peers = hub.peers(None);
+        assert_eq!(peers.len(), 1);
+        let cam = &peers[0];
+        assert_eq!(cam.stream, "live/cam");
+        assert_eq!(cam.publisher.label, "RTMP 127.0.0.1:5000");
+        assert_eq!(cam.publisher.media.video_bytes, 105);
+        assert_eq!(cam.publisher.media.audio_bytes, 4);
+        assert_eq!(cam.readers.len(), 2);
+        let first = &cam.readers[0];
+        assert_eq!(first.kind, Some(ReaderKind::Rtmp));
+        assert_eq!(player.label(), "rtmp://box/live/cam");
+        assert_eq!(first.label, "rtmp://box/live/cam");
+        assert_eq!((first.media.video_bytes, first.media.audio_bytes), (105, 4));
+        // The second reader took nothing yet.
+        assert_eq!(cam.readers[1].media, MediaBytes::default());
+        assert_ne!(cam.readers[1].id, 0);
+        assert!(hub.peers(Some("live/other")).is_empty());
+        assert_eq!(hub.peers(Some("live/cam")).len(), 1);
+    }
+
+    #[test]
+    fn a_media_meter_rates_over_five_seconds() {
+        let mut meter = MediaMeter::default();
+        let t0 = Instant::now();
+        for i in 0..=50u32 {
+            // 25 kB of video per second: 200 kbit/s.
+            meter.add(
+                &video(0, false, 2495),
+                t0 + Duration::from_millis(100 * u64::from(i)),
+            );
+        }
+        let s = meter.snapshot();
+        assert_eq!(s.video_bytes, 51 * 2500);
+        assert_eq!(s.video_kbps, 200);
+        assert_eq!((s.audio_bytes, s.audio_kbps), (0, 0));
     }
 
     #[tokio::test]

@@ -29,6 +29,8 @@ pub enum Kind {
     Keys,
     Index,
     IndexAck,
+    Call,
+    CallReply,
 }
 
 impl Kind {
@@ -41,6 +43,8 @@ impl Kind {
             Kind::Keys => "keys",
             Kind::Index => "index",
             Kind::IndexAck => "index_ack",
+            Kind::Call => "call",
+            Kind::CallReply => "call_reply",
         }
     }
 }

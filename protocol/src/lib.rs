@@ -11,11 +11,15 @@
 //! - [`presence`], [`state`]: what an agent announces (retained).
 //! - [`rpc`]: requests from a manager to an agent, their replies, error codes, and the
 //!   correlation table a caller keeps.
+//! - [`call`]: calls the other way, from an agent to the managers (LiveGo's control API on a
+//!   box's port).
 //! - [`whep`]: WHEP and WHIP signaling carried over RPC, and session ids that name their agent.
 //! - [`relay`]: the cluster: node roles, and the RPC that makes a cloud node relay a stream.
 //! - [`channel_keys`]: the channel-key table (publishers' stream keys) the manager keeps
 //!   retained for each agent, sealed for it.
 //! - [`index`]: the recording index, agent to manager (rows, acknowledgements).
+//! - [`livestat`]: LiveGo's `/stat/livestat` list of publishers and players, and the RPC
+//!   that asks a box for it.
 //! - [`time`]: UTC calendar dates from Unix time, for recordings and index rows.
 //! - [`metrics`]: Prometheus' text format, and the counters and histograms behind it.
 //! - [`ready`]: the ready file every process writes with `--ready-file`: the addresses its
@@ -30,10 +34,12 @@
 //! opens the payload with [`envelope::open`], which refuses garbage, unknown versions, a sender
 //! that does not match the topic and a wrong MAC, each with its own [`envelope::EnvelopeError`].
 
+pub mod call;
 pub mod channel_keys;
 pub mod envelope;
 pub mod id;
 pub mod index;
+pub mod livestat;
 pub mod metrics;
 pub mod presence;
 pub mod ready;

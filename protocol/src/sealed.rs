@@ -20,6 +20,10 @@ pub enum Way {
     Request,
     /// Agent to manager (reply results).
     Reply,
+    /// Agent to manager (a call's params, [`crate::call`]).
+    Call,
+    /// Manager to agent (a call's result).
+    CallReply,
 }
 
 impl Way {
@@ -27,6 +31,8 @@ impl Way {
         Aad::from(match self {
             Way::Request => b"verge/rpc/request".as_slice(),
             Way::Reply => b"verge/rpc/reply".as_slice(),
+            Way::Call => b"verge/call/request".as_slice(),
+            Way::CallReply => b"verge/call/reply".as_slice(),
         })
     }
 }

@@ -11,6 +11,8 @@
 //! {p}/v1/m/{mgr}/tun/{agent}  sealed tunnel packets, agent -> manager
 //! {p}/v1/a/{agent}/idx        recording index rows, agent -> managers
 //! {p}/v1/a/{agent}/ack:{mgr}  index acknowledgements, manager -> agent
+//! {p}/v1/a/{agent}/call       calls from an agent to the managers
+//! {p}/v1/a/{agent}/ret        their replies, manager -> agent
 //! ```
 //!
 //! The down topic is one level under the agent (`tun:{manager}`, `:` never appears in an id)
@@ -40,6 +42,8 @@ pub enum Topic {
     TunnelUp { manager: String, agent: String },
     Index { agent: String },
     IndexAck { agent: String, manager: String },
+    Call { agent: String },
+    CallReply { agent: String },
 }
 
 /// Builds and parses topics under one prefix.
@@ -114,6 +118,21 @@ impl Topics {
         format!("{}/v1/a/{agent}/ack:{manager}", self.prefix)
     }
 
+    /// Calls from `agent` to the managers ([`crate::call`]).
+    pub fn call(&self, agent: &str) -> String {
+        format!("{}/v1/a/{agent}/call", self.prefix)
+    }
+
+    /// Every agent's calls.
+    pub fn all_calls(&self) -> String {
+        self.call("+")
+    }
+
+    /// Replies to `agent`'s calls, from whichever manager answered.
+    pub fn call_reply(&self, agent: &str) -> String {
+        format!("{}/v1/a/{agent}/ret", self.prefix)
+    }
+
     /// Filter matching every topic of one agent (what an agent subscribes to).
     pub fn agent_all(&self, agent: &str) -> String {
         format!("{}/v1/a/{agent}/+", self.prefix)
@@ -163,6 +182,18 @@ impl Topics {
             ["v1", "a", agent, "idx"] => (
                 *agent,
                 Topic::Index {
+                    agent: agent.to_string(),
+                },
+            ),
+            ["v1", "a", agent, "call"] => (
+                *agent,
+                Topic::Call {
+                    agent: agent.to_string(),
+                },
+            ),
+            ["v1", "a", agent, "ret"] => (
+                *agent,
+                Topic::CallReply {
                     agent: agent.to_string(),
                 },
             ),
@@ -226,6 +257,21 @@ impl Topics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_topics_sit_under_the_agent() {
+        let t = Topics::new("verge").unwrap();
+        assert_eq!(t.all_calls(), "verge/v1/a/+/call");
+        assert_eq!(
+            t.parse(&t.call("e1")),
+            Ok(Topic::Call { agent: "e1".into() })
+        );
+        assert_eq!(
+            t.parse(&t.call_reply("e1")),
+            Ok(Topic::CallReply { agent: "e1".into() })
+        );
+        assert!(t.parse("verge/v1/a/e#1/call").is_err());
+    }
 
     #[test]
     fn index_topics() {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
@@ -21,6 +21,7 @@ use crate::streams::StreamName;
 
 pub(super) async fn flv(
     State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path((app_name, file)): Path<(String, String)>,
 ) -> Response {
     let Some(name) = file.strip_suffix(".flv") else {
@@ -40,7 +41,8 @@ pub(super) async fn flv(
         }
         Err(e) => return plain(StatusCode::NOT_FOUND, e.to_string()),
     };
-    tracing::info!(stream = %stream.id(), "HTTP-FLV viewer joined");
+    tracing::info!(stream = %stream.id(), %peer, "HTTP-FLV viewer joined");
+    reader.set_label(format!("http://{peer}"));
     // A stream whose audio players cannot take (a WHIP publisher's Opus) is announced as
     // video only: ffmpeg waits for an announced audio track that never comes.
     let id = stream.id();

@@ -13,6 +13,7 @@
 //!   ([`crate::rpc`]), answered sealed.
 //! - `key_table`: the retained channel key table, opened into the [`KeyTable`].
 //! - `index`: the recording index's outbox delivery and the managers' acknowledgements.
+//! - replies to this agent's own calls go to [`crate::calls`].
 //!
 //! Tunnel packets do not pass through the loop: the link's own task hands them to
 //! [`crate::tunnel`].
@@ -83,6 +84,7 @@ struct Shared {
     state: StateHandle,
     whep: Option<Whep>,
     recorder: Option<crate::record::Recorder>,
+    hub: Arc<verge_media::hub::Hub>,
     /// Healing of the retained presence and state (see [`crate::heal`]).
     heal: Mutex<Healers>,
 }
@@ -105,15 +107,31 @@ impl Shared {
     }
 }
 
+/// What the session serves from and feeds.
+pub struct Inputs {
+    pub state: StateHandle,
+    pub keys: KeyTable,
+    pub whep: Option<Whep>,
+    pub index: Option<IndexInputs>,
+    pub hub: Arc<verge_media::hub::Hub>,
+    /// Calls to the managers, attached to this session's link.
+    pub calls: crate::calls::ManagerCalls,
+}
+
 /// Runs the agent's MQTT session until `shutdown` completes, then publishes `offline`.
 pub async fn run(
     cfg: &AgentConfig,
-    state: StateHandle,
-    keys: KeyTable,
-    whep: Option<Whep>,
-    index: Option<IndexInputs>,
+    inputs: Inputs,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let Inputs {
+        state,
+        keys,
+        whep,
+        index,
+        hub,
+        calls,
+    } = inputs;
     cfg.validate()?;
     let mut capabilities = vec!["rpc", "rtmp", "http-flv"];
     if whep.is_some() {
@@ -196,8 +214,16 @@ pub async fn run(
         state,
         whep,
         recorder: index.as_ref().map(|i| i.recorder.clone()),
+        hub,
         heal: Mutex::default(),
     });
+    calls.attach(
+        &shared.id,
+        &cfg.secret,
+        shared.client.clone(),
+        shared.topics.call(&shared.id),
+    );
+    let call_reply_topic = shared.topics.call_reply(&shared.id);
     // The current session number; 0 until the first CONNACK.
     let (connected_tx, connected_rx) = watch::channel(0u64);
     let announcer = tokio::spawn(announce::announce(shared.clone(), connected_rx));
@@ -262,6 +288,9 @@ pub async fn run(
                 }
                 Some(LinkEvent::Message { topic, payload }) if topic.starts_with(&ack_prefix) => {
                     index::on_ack(&shared, &acks_tx, &payload);
+                }
+                Some(LinkEvent::Message { topic, payload }) if topic == call_reply_topic => {
+                    calls.on_reply(&payload);
                 }
                 Some(LinkEvent::Message { topic, .. }) => {
                     tracing::trace!(agent = %shared.id, %topic, "ignoring our own echo or an unknown topic");

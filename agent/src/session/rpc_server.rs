@@ -197,6 +197,7 @@ async fn serve(
         state: shared.state.snapshot(),
         whep: shared.whep.clone(),
         recorder: shared.recorder.clone(),
+        hub: shared.hub.clone(),
     };
     let budget = Duration::from_millis(timeout_ms.max(1));
     match tokio::time::timeout(budget, rpc::dispatch(&method, params, ctx)).await {

@@ -77,28 +77,34 @@ pub struct Events {
     state: watch::Sender<RTCPeerConnectionState>,
     gathered: watch::Sender<bool>,
     on_track: Option<OnTrack>,
+    /// What the connection's NACK responder did.
+    resends: Arc<super::nack::Counters>,
 }
 
 /// The receiving ends of [`Events`].
 pub struct EventWatch {
     pub state: watch::Receiver<RTCPeerConnectionState>,
     pub gathered: watch::Receiver<bool>,
+    pub resends: Arc<super::nack::Counters>,
 }
 
 impl Events {
     pub fn new(on_track: Option<OnTrack>) -> (Arc<Self>, EventWatch) {
         let (state, state_rx) = watch::channel(RTCPeerConnectionState::New);
         let (gathered, gathered_rx) = watch::channel(false);
+        let resends = Arc::<super::nack::Counters>::default();
         let events = Arc::new(Self {
             state,
             gathered,
             on_track,
+            resends: resends.clone(),
         });
         (
             events,
             EventWatch {
                 state: state_rx,
                 gathered: gathered_rx,
+                resends,
             },
         )
     }
@@ -193,7 +199,19 @@ pub async fn build(
         RtpCodecKind::Audio,
     )?;
     // After the codecs: the NACK/PLI feedback it adds goes only to codecs already registered.
-    let mut registry = register_default_interceptors(Registry::new(), &mut media)?;
+    let mut registry = register_default_interceptors(Registry::new(), &mut media)?
+        // In place of webrtc's responder, which resends whatever is asked as often as it is
+        // asked (see `nack`), and of its generator, which asks without end.
+        .with(
+            rtc::interceptor::Slot::NackResponder,
+            super::nack::Responder::new(handler.resends.clone()),
+        )
+        .with(
+            rtc::interceptor::Slot::NackGenerator,
+            rtc::interceptor::NackGeneratorBuilder::new()
+                .with_max_nacks_per_packet(super::nack::MAX_NACKS_PER_PACKET)
+                .build(),
+        );
     if sender {
         registry = registry.with(
             rtc::interceptor::Slot::from(super::keyframe::SLOT),

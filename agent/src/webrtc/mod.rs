@@ -23,6 +23,7 @@ pub mod audio;
 pub mod clients;
 pub mod engine;
 pub mod keyframe;
+pub mod nack;
 pub mod pace;
 pub mod payloads;
 pub mod peer;
@@ -367,6 +368,11 @@ impl Whep {
         peer.backlog_speedup = self.inner.settings.backlog_speedup;
         let session = whep::session_id(&self.inner.agent, u64::from_be_bytes(self.random()));
         let close = self.open_session(&session, stream, SessionRole::Viewer, peer.pc.clone());
+        // The client's address where the manager passed it on; the session names the rest.
+        reader.set_label(match client {
+            Some(c) => format!("webrtc://{}/{session}", c.address),
+            None => format!("webrtc:{session}"),
+        });
         tracing::info!(agent = %self.inner.agent, %stream, %session, payload_type = peer.payload_type,
             answer_ms = started.elapsed().as_millis() as u64, "WHEP viewer answered");
         let this = self.clone();
@@ -390,13 +396,16 @@ impl Whep {
                 audio_sequence: u16::from_be_bytes([a0, a1]),
                 audio_timestamp: u32::from_be_bytes([a2, a3, a4, a5]),
             };
+            let resends = peer.resends.clone();
             let (end, sent) =
                 viewer::run(peer, source, rtp, connect_timeout, close.cancelled_owned()).await;
             this.sessions().remove(&id);
+            let (resent, refused_repeat, refused_budget, _) = resends.snapshot();
             tracing::info!(agent = %this.inner.agent, %stream, session = %id, end = end.as_str(),
                 frames = sent.frames, packets = sent.packets, audio_packets = sent.audio_packets, audio_lost = sent.audio_lost,
                 av_offset_ms = format!("{:.1}", sent.av_offset.mean_ms()), av_offset_max_ms = format!("{:.1}", sent.av_offset.max_abs_ms),
                 bytes = sent.bytes, resyncs = sent.resyncs, keyframe_waits = sent.keyframe_waits, skips = sent.skips,
+                resent, refused_repeat, refused_budget,
                 secs = started.elapsed().as_secs(), "WHEP viewer ended");
         });
         Ok(OfferResult {

@@ -47,6 +47,8 @@ pub struct Peer {
     pub backlog_speedup: u32,
     /// The viewer's Opus track, when its offer receives audio and audio is on.
     pub audio: Option<AudioOut>,
+    /// What the connection's NACK responder resent and refused.
+    pub resends: Arc<super::nack::Counters>,
 }
 
 /// Where a viewer's audio goes.
@@ -111,7 +113,7 @@ pub async fn answer(
     let offer =
         RTCSessionDescription::offer(offer).map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
     let (events, watch) = engine::Events::new(None);
-    let (state, mut gathered) = (watch.state, watch.gathered);
+    let (state, mut gathered, resends) = (watch.state, watch.gathered, watch.resends);
     let pc = engine::build(ice, ice_servers, true, events)
         .await
         .map_err(|e| AnswerError::Internal(one_line(&e)))?;
@@ -174,6 +176,7 @@ pub async fn answer(
                 state,
                 drop_b_frames: true,
                 backlog_speedup: 0,
+                resends,
                 audio: audio_track
                     .zip(audio_payload_type)
                     .map(|((ssrc, track), payload_type)| AudioOut {

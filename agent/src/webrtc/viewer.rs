@@ -325,10 +325,12 @@ fn resync(
     sent: &mut Sent,
 ) -> Option<Reader> {
     // Give the slot back first: the hub counts readers against a limit.
+    let label = reader.label();
     drop(reader);
     let reader = hub
         .subscribe_as(reader_stream(peer), ReaderKind::Webrtc)
         .ok()?;
+    reader.set_label(label);
     out.resync(peer);
     sent.resyncs += 1;
     Some(reader)

@@ -91,13 +91,7 @@ pub fn need(method: &Method, path: &str) -> Need {
 pub fn need_of(method: &Method, path: &str, query: Option<&str>) -> Need {
     match path {
         "/control/get" | "/control/reset" | "/control/delete" => {
-            let room = query.and_then(|q| {
-                q.split('&')
-                    .filter_map(|pair| pair.split_once('='))
-                    .find(|(k, _)| *k == "room")
-                    .map(|(_, v)| percent_decoded(&v.replace('+', " ")))
-            });
-            match room {
+            match room_of(query) {
                 Some(room) if !room.is_empty() && !room.contains('/') => {
                     Need::Write(format!("live/{room}"))
                 }
@@ -105,8 +99,22 @@ pub fn need_of(method: &Method, path: &str, query: Option<&str>) -> Need {
                 _ => Need::Admin,
             }
         }
+        // Every stream's viewers, or `?room={app}/{name}`'s.
+        "/stat/livestat" if method == Method::GET => match room_of(query) {
+            Some(room) if room.split('/').count() == 2 => Need::Read(room),
+            _ => Need::ReadAll,
+        },
         _ => need(method, path),
     }
+}
+
+/// The query's `room`, decoded as a form value.
+fn room_of(query: Option<&str>) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "room")
+        .map(|(_, v)| percent_decoded(&v.replace('+', " ")))
 }
 
 /// `%XX` decoded, so `/whep/c%61m` is judged as the `cam` the handler will see; a segment that
@@ -218,6 +226,21 @@ mod tests {
         for (method, path, want) in cases {
             assert_eq!(&need(method, path), want, "{method} {path}");
         }
+    }
+
+    #[test]
+    fn livestat_needs_the_right_to_read_the_room_or_everything() {
+        let get = Method::GET;
+        assert_eq!(
+            need_of(&get, "/stat/livestat", Some("room=live%2Fcam")),
+            Need::Read("live/cam".into())
+        );
+        assert_eq!(need_of(&get, "/stat/livestat", None), Need::ReadAll);
+        assert_eq!(
+            need_of(&get, "/stat/livestat", Some("room=cam")),
+            Need::ReadAll
+        );
+        assert_eq!(need_of(&Method::POST, "/stat/livestat", None), Need::Admin);
     }
 
     #[test]

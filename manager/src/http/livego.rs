@@ -5,7 +5,9 @@
 //!   binds it to a box, as `POST /api/keys` does);
 //! - `/control/reset?room={name}`: a new key; unlike LiveGo, the old one stops working at once
 //!   (LiveGo keeps accepting it);
-//! - `/control/delete?room={name}`: no key any more (`"Ok"`, or 404 `"room not found"`).
+//! - `/control/delete?room={name}`: no key any more (`"Ok"`, or 404 `"room not found"`);
+//! - `/stat/livestat[?room=live/{name}]`: the publishers and players of the fleet's live
+//!   streams, each box's own answer (RPC `livestat`) merged and marked with its `agent`.
 //!
 //! Every answer is LiveGo's envelope, `{"status": N, "data": …}` with HTTP status N, any method
 //! accepted, `room` from the query or a form body. LiveGo's rooms are in app `live`; publishers
@@ -21,7 +23,8 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use crate::auth::policy::percent_decoded;
-use crate::keys::Issued;
+use crate::keys::{Issued, KeyDistributor};
+use crate::registry::Registry;
 
 /// LiveGo's envelope.
 fn answer(status: StatusCode, data: Value) -> Response {
@@ -84,11 +87,6 @@ fn room<'a>(all: &'a [(String, String)], path: &str) -> Result<&'a str, Refusal>
     Ok(room)
 }
 
-fn storage_error(e: crate::keys::KeyStoreError) -> Response {
-    tracing::error!(error = %e, "key store");
-    answer(StatusCode::INTERNAL_SERVER_ERROR, json!(e.to_string()))
-}
-
 /// The agent `&agent=` names, checked as `POST /api/keys` checks it.
 fn agent<'a>(app: &AppState, all: &'a [(String, String)]) -> Result<Option<&'a str>, Refusal> {
     let Some(agent) = param(all, "agent") else {
@@ -121,19 +119,9 @@ pub async fn get(
     body: Bytes,
 ) -> Response {
     let all = params(query, &headers, &body);
-    let (room, agent) = match room_and_agent(&app, &all, "/control/get") {
-        Ok(both) => both,
-        Err(r) => return r.into_response(),
-    };
-    match app.keys.store.issue("live", room, agent) {
-        Ok((key, issued)) => {
-            if issued != Issued::Existing {
-                tracing::info!(stream = %format!("live/{room}"), agent = ?key.agent, ?issued, "channel key issued (LiveGo API)");
-                app.keys.send_to_all(&app.registry);
-            }
-            answer(StatusCode::OK, json!(key.key))
-        }
-        Err(e) => storage_error(e),
+    match room_and_agent(&app, &all, "/control/get") {
+        Ok((room, agent)) => reply(get_key(&app.keys, &app.registry, room, agent)),
+        Err(r) => r.into_response(),
     }
 }
 
@@ -144,26 +132,9 @@ pub async fn reset(
     body: Bytes,
 ) -> Response {
     let all = params(query, &headers, &body);
-    let (room, agent) = match room_and_agent(&app, &all, "/control/reset") {
-        Ok(both) => both,
-        Err(r) => return r.into_response(),
-    };
-    // The binding stays unless `&agent=` moves it.
-    let bound = agent
-        .map(str::to_string)
-        .or_else(|| app.keys.store.bound_agent("live", room));
-    let replaced = app
-        .keys
-        .store
-        .revoke("live", room)
-        .and_then(|_| app.keys.store.issue("live", room, bound.as_deref()));
-    match replaced {
-        Ok((key, _)) => {
-            tracing::info!(stream = %format!("live/{room}"), agent = ?key.agent, "channel key reset (LiveGo API)");
-            app.keys.send_to_all(&app.registry);
-            answer(StatusCode::OK, json!(key.key))
-        }
-        Err(e) => storage_error(e),
+    match room_and_agent(&app, &all, "/control/reset") {
+        Ok((room, agent)) => reply(reset_key(&app.keys, &app.registry, room, agent)),
+        Err(r) => r.into_response(),
     }
 }
 
@@ -174,19 +145,144 @@ pub async fn delete(
     body: Bytes,
 ) -> Response {
     let all = params(query, &headers, &body);
-    let room = match room(&all, "/control/delete") {
-        Ok(room) => room,
-        Err(r) => return r.into_response(),
-    };
-    match app.keys.store.revoke("live", room) {
-        Ok(true) => {
-            tracing::info!(stream = %format!("live/{room}"), "channel key revoked (LiveGo API)");
-            app.keys.send_to_all(&app.registry);
-            answer(StatusCode::OK, json!("Ok"))
+    match room(&all, "/control/delete") {
+        Ok(room) => reply(delete_key(&app.keys, &app.registry, room)),
+        Err(r) => r.into_response(),
+    }
+}
+
+fn reply((status, data): (StatusCode, Value)) -> Response {
+    answer(status, data)
+}
+
+fn storage_error(e: crate::keys::KeyStoreError) -> (StatusCode, Value) {
+    tracing::error!(error = %e, "key store");
+    (StatusCode::INTERNAL_SERVER_ERROR, json!(e.to_string()))
+}
+
+/// `get`: the key of `live/{room}`, issued (bound to `agent` when given) if it has none.
+/// Also what a box's `/control/get` does, through [`crate::calls`].
+pub(crate) fn get_key(
+    keys: &KeyDistributor,
+    registry: &Registry,
+    room: &str,
+    agent: Option<&str>,
+) -> (StatusCode, Value) {
+    match keys.store.issue("live", room, agent) {
+        Ok((key, issued)) => {
+            if issued != Issued::Existing {
+                tracing::info!(stream = %format!("live/{room}"), agent = ?key.agent, ?issued, "channel key issued (LiveGo API)");
+                keys.send_to_all(registry);
+            }
+            (StatusCode::OK, json!(key.key))
         }
-        Ok(false) => answer(StatusCode::NOT_FOUND, json!("room not found")),
         Err(e) => storage_error(e),
     }
+}
+
+/// `reset`: a new key for `live/{room}`; the binding stays unless `agent` moves it.
+pub(crate) fn reset_key(
+    keys: &KeyDistributor,
+    registry: &Registry,
+    room: &str,
+    agent: Option<&str>,
+) -> (StatusCode, Value) {
+    let bound = agent
+        .map(str::to_string)
+        .or_else(|| keys.store.bound_agent("live", room));
+    let replaced = keys
+        .store
+        .revoke("live", room)
+        .and_then(|_| keys.store.issue("live", room, bound.as_deref()));
+    match replaced {
+        Ok((key, _)) => {
+            tracing::info!(stream = %format!("live/{room}"), agent = ?key.agent, "channel key reset (LiveGo API)");
+            keys.send_to_all(registry);
+            (StatusCode::OK, json!(key.key))
+        }
+        Err(e) => storage_error(e),
+    }
+}
+
+/// `delete`: no key for `live/{room}` any more.
+pub(crate) fn delete_key(
+    keys: &KeyDistributor,
+    registry: &Registry,
+    room: &str,
+) -> (StatusCode, Value) {
+    match keys.store.revoke("live", room) {
+        Ok(true) => {
+            tracing::info!(stream = %format!("live/{room}"), "channel key revoked (LiveGo API)");
+            keys.send_to_all(registry);
+            (StatusCode::OK, json!("Ok"))
+        }
+        Ok(false) => (StatusCode::NOT_FOUND, json!("room not found")),
+        Err(e) => storage_error(e),
+    }
+}
+
+/// Boxes asked at once by `/stat/livestat`.
+const LIVESTAT_FANOUT: usize = 16;
+/// How long one box may take to answer it.
+const LIVESTAT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `/stat/livestat`: asks the online boxes that hold live streams (only the holders of
+/// `?room=`'s stream when given), at most [`LIVESTAT_FANOUT`] at once and
+/// [`LIVESTAT_TIMEOUT`] each; a box that does not answer is left out and logged.
+pub async fn livestat(State(app): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    use verge_protocol::livestat::{self, LiveStat};
+    let all = pairs(query.as_deref().unwrap_or_default());
+    let room = param(&all, "room").map(str::to_string);
+    let holders: Vec<String> = app
+        .registry
+        .list()
+        .into_iter()
+        .filter(|r| r.online())
+        .filter(|r| {
+            r.state.as_ref().is_some_and(|s| {
+                s.streams
+                    .iter()
+                    .any(|i| room.as_deref().is_none_or(|room| i.id() == room))
+            })
+        })
+        .map(|r| r.id)
+        .collect();
+    if room.is_some() && holders.is_empty() {
+        return answer(StatusCode::NOT_FOUND, json!("room not found or inactive"));
+    }
+    let params = json!(livestat::Params {
+        stream: room.clone()
+    });
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(LIVESTAT_FANOUT));
+    let mut calls = tokio::task::JoinSet::new();
+    for agent in holders {
+        let (rpc, params, permits) = (app.rpc.clone(), params.clone(), permits.clone());
+        calls.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let result = rpc
+                .call(&agent, livestat::METHOD, params, LIVESTAT_TIMEOUT)
+                .await;
+            (agent, result)
+        });
+    }
+    let answers = calls.join_all().await;
+    let mut merged = LiveStat::default();
+    for (agent, result) in answers {
+        match result.map(serde_json::from_value::<LiveStat>) {
+            Ok(Ok(stat)) => merged.merge(&agent, stat),
+            Ok(Err(e)) => {
+                tracing::warn!(%agent, error = %e, "livestat: an answer that does not read")
+            }
+            Err(e) => tracing::warn!(%agent, error = %e, "livestat: left out"),
+        }
+    }
+    merged
+        .publishers
+        .sort_by(|a, b| (&a.key, &a.agent).cmp(&(&b.key, &b.agent)));
+    merged
+        .players
+        .sort_by(|a, b| (&a.key, &a.agent, a.stream_id).cmp(&(&b.key, &b.agent, b.stream_id)));
+    answer(StatusCode::OK, json!(merged))
 }
 
 #[cfg(test)]

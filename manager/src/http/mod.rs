@@ -15,7 +15,8 @@
 //! - [`playback`]: recordings: `/api/playback` (streams and their recorded days from the
 //!   database), `/api/record/object/{*path}` (a recorded file fetched from its agent).
 //! - [`record`]: starting and stopping recordings at run time, `/api/record/{stream}`.
-//! - [`livego`]: LiveGo's control API, `/control/get|reset|delete?room={name}`.
+//! - [`livego`]: LiveGo's control API, `/control/get|reset|delete?room={name}`, and
+//!   `/stat/livestat`.
 //! - [`liveion`]: offers and sessions of streams on liveion nodes, liveman's node-pinned
 //!   `/api/whep/{alias}/{stream}` and `/api/whip/{alias}/{stream}`, `POST /api/cascade/{stream}`.
 //! - [`metrics`]: `GET /metrics`, Prometheus' text format.
@@ -27,7 +28,7 @@ pub mod api;
 mod auth;
 pub mod error;
 pub mod keys;
-mod livego;
+pub(crate) mod livego;
 mod liveion;
 mod metrics;
 pub mod pages;
@@ -146,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .route("/control/get", axum::routing::any(livego::get))
         .route("/control/reset", axum::routing::any(livego::reset))
         .route("/control/delete", axum::routing::any(livego::delete))
+        .route("/stat/livestat", get(livego::livestat))
         .route("/api/login", post(auth::login))
         .route("/api/token", post(auth::token))
         .layer(axum::middleware::from_fn_with_state(

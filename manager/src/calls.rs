@@ -1,0 +1,205 @@
+//! Calls from agents (`{p}/v1/a/{agent}/call`, [`verge_protocol::call`]): opened with the
+//! calling agent's secret, checked against replays and stale times, run on a task of their own
+//! (at most [`CONCURRENCY`] at once, over that answered `busy`), answered sealed on the agent's
+//! `ret` topic.
+//!
+//! The one method: `livego.control`, LiveGo's `/control/get|reset|delete` asked on a box's own
+//! HTTP port. The token the box's request carried is judged by `[auth]` as if the request had
+//! come here, and a box manages only rooms bound to it or to no box: a key it issues is bound
+//! to it.
+
+use std::sync::{Arc, Mutex};
+
+use axum::http::Method;
+use rumqttc::{AsyncClient, QoS};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use verge_broker::Credentials;
+use verge_protocol::call::{self, Call, CallReply, ControlAnswer, ControlOp, ControlParams};
+use verge_protocol::envelope;
+use verge_protocol::rpc::{ErrorCode, NotRun, Outcome, ReplayGuard, RpcError};
+use verge_protocol::sealed::{PrivateKey, Way};
+use verge_protocol::secret::MacKey;
+use verge_protocol::topic::Topics;
+
+use crate::http::livego;
+use crate::keys::KeyDistributor;
+use crate::registry::Registry;
+
+/// Calls run at once across all agents.
+pub const CONCURRENCY: usize = 64;
+/// Calls the replay guard remembers (those of the last two minutes).
+const REPLAY_MEMORY: usize = 64 * 1024;
+
+pub struct CallServer {
+    pub manager_id: String,
+    pub topics: Topics,
+    pub client: AsyncClient,
+    pub credentials: Credentials,
+    pub keys: KeyDistributor,
+    pub registry: Arc<Registry>,
+    pub auth: Arc<crate::auth::Auth>,
+    permits: Arc<Semaphore>,
+    replays: Mutex<ReplayGuard>,
+}
+
+impl CallServer {
+    pub fn new(
+        manager_id: String,
+        topics: Topics,
+        client: AsyncClient,
+        credentials: Credentials,
+        keys: KeyDistributor,
+        registry: Arc<Registry>,
+        auth: Arc<crate::auth::Auth>,
+    ) -> Self {
+        Self {
+            manager_id,
+            topics,
+            client,
+            credentials,
+            keys,
+            registry,
+            auth,
+            permits: Arc::new(Semaphore::new(CONCURRENCY)),
+            replays: Mutex::new(ReplayGuard::new(REPLAY_MEMORY)),
+        }
+    }
+
+    /// Checks a call from `agent` and starts it; never waits.
+    pub fn on_call(self: &Arc<Self>, agent: &str, payload: &[u8]) {
+        let Some(secret) = self.credentials.secret_of(agent) else {
+            tracing::debug!(%agent, "a call from an agent that is not enrolled");
+            return;
+        };
+        let key = MacKey::new(&secret);
+        let opened = match envelope::open::<Call>(payload, &key) {
+            Ok(opened) if opened.from == agent => opened,
+            Ok(opened) => {
+                tracing::warn!(%agent, from = %opened.from, "a call signed by another sender");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%agent, error = %e, "a call that does not open");
+                return;
+            }
+        };
+        let call = opened.body;
+        let verdict = self
+            .replays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(agent, call.id.value(), opened.ts, verge_protocol::now_ms());
+        let refusal = match verdict {
+            Ok(()) => None,
+            Err(NotRun::Replayed { .. }) => {
+                tracing::warn!(%agent, id = %call.id, "dropping a replayed call");
+                return;
+            }
+            Err(e @ NotRun::Stale { .. }) => Some(RpcError::new(ErrorCode::Stale, e.to_string())),
+            Err(e @ NotRun::Full(_)) => Some(RpcError::new(ErrorCode::Busy, e.to_string())),
+        };
+        let permit = match refusal {
+            Some(e) => return self.answer(agent, &key, call, Outcome::Err(e)),
+            None => match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let busy = RpcError::new(ErrorCode::Busy, "too many calls in flight");
+                    return self.answer(agent, &key, call, Outcome::Err(busy));
+                }
+            },
+        };
+        let (this, agent) = (self.clone(), agent.to_string());
+        tokio::spawn(async move {
+            let private = PrivateKey::new(&secret);
+            let outcome = match private.open(Way::Call, &call.params) {
+                Ok(params) => match this.run(&agent, &call.method, params) {
+                    Ok(value) => private
+                        .seal(Way::CallReply, &value)
+                        .map(Outcome::Ok)
+                        .unwrap_or_else(|e| {
+                            Outcome::Err(RpcError::new(ErrorCode::Internal, e.to_string()))
+                        }),
+                    Err(e) => Outcome::Err(e),
+                },
+                Err(e) => Outcome::Err(RpcError::new(ErrorCode::InvalidParams, e.to_string())),
+            };
+            this.answer(&agent, &key, call, outcome);
+            drop(permit);
+        });
+    }
+
+    fn answer(&self, agent: &str, key: &MacKey, call: Call, result: Outcome) {
+        let reply = CallReply {
+            id: call.id,
+            result,
+        };
+        let payload = envelope::seal(key, &self.manager_id, verge_protocol::now_ms(), &reply);
+        if let Err(e) = self.client.try_publish(
+            self.topics.call_reply(agent),
+            QoS::AtMostOnce,
+            false,
+            payload,
+        ) {
+            tracing::warn!(%agent, method = %call.method, error = %e, "a call's reply was not sent");
+        }
+    }
+
+    fn run(&self, agent: &str, method: &str, params: Value) -> Result<Value, RpcError> {
+        match method {
+            call::METHOD_LIVEGO_CONTROL => {
+                let p: ControlParams = serde_json::from_value(params)
+                    .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e.to_string()))?;
+                let (status, data) = self.control(agent, &p);
+                tracing::info!(%agent, op = ?p.op, room = %p.room, status = status.as_u16(), "LiveGo control asked on a box");
+                serde_json::to_value(ControlAnswer {
+                    status: status.as_u16(),
+                    data,
+                })
+                .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))
+            }
+            other => Err(RpcError::new(
+                ErrorCode::UnknownMethod,
+                format!("this manager has no method {other:?}"),
+            )),
+        }
+    }
+
+    /// What the box's `/control/...` answers.
+    fn control(&self, agent: &str, p: &ControlParams) -> (axum::http::StatusCode, Value) {
+        use axum::http::StatusCode;
+        if let Err(why) = verge_protocol::id::validate_stream_part("room", &p.room) {
+            return (StatusCode::BAD_REQUEST, json!(why));
+        }
+        let need = crate::auth::policy::need_of(
+            &Method::GET,
+            p.op.path(),
+            Some(&format!("room={}", p.room)),
+        );
+        let now = verge_protocol::now_ms() / 1000;
+        if let Err(denied) = self.auth.admit(&need, p.token.as_deref(), now) {
+            let status = match denied {
+                crate::auth::Denied::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+                crate::auth::Denied::Forbidden(_) => StatusCode::FORBIDDEN,
+            };
+            return (status, json!(denied.to_string()));
+        }
+        if let Some(other) = self
+            .keys
+            .store
+            .bound_agent("live", &p.room)
+            .filter(|bound| bound != agent)
+        {
+            return (
+                StatusCode::CONFLICT,
+                json!(format!("room {:?} belongs to box {other:?}", p.room)),
+            );
+        }
+        let (keys, registry) = (&self.keys, &self.registry);
+        match p.op {
+            ControlOp::Get => livego::get_key(keys, registry, &p.room, Some(agent)),
+            ControlOp::Reset => livego::reset_key(keys, registry, &p.room, Some(agent)),
+            ControlOp::Delete => livego::delete_key(keys, registry, &p.room),
+        }
+    }
+}
