@@ -149,15 +149,16 @@ fn run_one(runtime: &tokio::runtime::Runtime, n: usize, backlog: u32, args: &Arg
                 let shutdown = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                verge_agent::session::run(
-                    &cfg,
-                    StateHandle::new(),
-                    Default::default(),
-                    None,
-                    None,
-                    shutdown,
-                )
-                .await
+                // A bare session: no media, only presence, state and RPC.
+                let inputs = verge_agent::session::Inputs {
+                    state: StateHandle::new(),
+                    keys: Default::default(),
+                    whep: None,
+                    index: None,
+                    hub: Default::default(),
+                    calls: Default::default(),
+                };
+                verge_agent::session::run(&cfg, inputs, shutdown).await
             })
         })
         .collect();

@@ -177,6 +177,7 @@ fn a_b_frame_stream_plays_smoothly_in_chromium() {
             preset: "veryfast",
             frame_counter: true,
             video_kbps: None,
+            noise_from: None,
         },
     );
     let live = wait_for(Duration::from_secs(15), || {

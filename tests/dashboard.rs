@@ -298,3 +298,64 @@ fn the_dashboard_shows_the_fleet_and_acts_on_it() {
     ));
     assert_eq!(status, Value::from(403));
 }
+
+/// A minute of one stream on its page's chart: the bitrate quadruples half way (the picture
+/// turns to noise) and a viewer (the page's own player) joins after 40 s; both show in the
+/// numbers the chart was drawn from, in that order.
+#[test]
+fn a_minute_of_a_stream_shows_its_bitrate_change_and_its_viewer() {
+    if !is_private_netns() {
+        bin("verge-manager");
+        bin("verge-agent");
+        println!(
+            "{}",
+            in_private_netns("a_minute_of_a_stream_shows_its_bitrate_change_and_its_viewer")
+        );
+        return;
+    }
+    let b = Edge::start("dashboard-minute", &EdgeOptions::noauth());
+    let started = std::time::Instant::now();
+    let _cam = b.publish(
+        "ffmpeg",
+        "cam",
+        &Synthetic {
+            size: "320x240",
+            gop: 25,
+            seconds: 120,
+            video_kbps: Some(2000),
+            noise_from: Some(30),
+            ..Default::default()
+        },
+    );
+    wait_for(PATIENCE, || b.listed_stream("cam")).expect("live/cam listed");
+    let mut chromium = Chromium::open(
+        &format!("http://{}/#fleet", b.manager_http),
+        &b.dir.path().join("chromium-profile"),
+        &b.dir.path().join("chromium.log"),
+    );
+    std::thread::sleep(Duration::from_secs(40).saturating_sub(started.elapsed()));
+    chromium.eval("location.hash = '#stream/live/cam'");
+    let series =
+        |text: &str| -> Vec<Option<f64>> { text.split(',').map(|v| v.parse().ok()).collect() };
+    // Both changes are in once a point after the join has been taken (points every 10 s).
+    let drawn = until_within(
+        Duration::from_secs(60),
+        &mut chromium,
+        "the chart's last minute",
+        "(() => { const c = document.querySelector('#history svg.chart'); if (!c) return 0; \
+          const k = c.dataset.bitratekbps.split(',').map(Number); \
+          const r = c.dataset.readers.split(',').map(Number); \
+          const lowThenHigh = k.some((v, i) => v > 100 && v < 900 && k.slice(i + 1).some((w) => w > 1400)); \
+          const zeroThenOne = r.some((v, i) => v === 0 && r.slice(i + 1).some((w) => w >= 1)); \
+          return lowThenHigh && zeroThenOne ? c.dataset.bitratekbps + ' / ' + c.dataset.readers : 0; })()",
+    );
+    let drawn = drawn.as_str().unwrap_or_default().to_string();
+    let (kbps, readers) = drawn.split_once(" / ").unwrap_or_default();
+    let (kbps, readers) = (series(kbps), series(readers));
+    println!("a minute on the chart: kbit/s {kbps:?}, readers {readers:?}");
+    // The change comes before the viewer: the high bitrate is measured with nobody watching.
+    let first_high = kbps.iter().position(|v| v.is_some_and(|v| v > 1400.0));
+    let first_viewer = readers.iter().position(|v| v.is_some_and(|v| v >= 1.0));
+    assert!(first_high.is_some() && first_viewer.is_some(), "{drawn}");
+    assert!(first_high <= first_viewer, "{drawn}");
+}

@@ -108,7 +108,7 @@ fn livegos_control_api_issues_resets_and_deletes_channel_keys() {
     // box's own port and merged by the manager, in LiveGo's shape.
     let player = verge_testkit::Proc::spawn(
         "player",
-        &tool("ffmpeg"),
+        tool("ffmpeg"),
         &[
             "-nostdin",
             "-loglevel",

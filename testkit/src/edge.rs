@@ -326,6 +326,9 @@ fn with_token(path: &str, token: &Option<String>) -> String {
 /// ffmpeg's arguments for publishing `media` to `url` in real time (H.264 + AAC over RTMP).
 pub fn publish_args(url: &str, media: &Synthetic) -> Vec<String> {
     let mut video = format!("testsrc=size={}:rate={}", media.size, media.fps);
+    if let Some(from) = media.noise_from {
+        video = format!("{video},noise=alls=100:allf=t+u:enable='gte(t\\,{from})'");
+    }
     if media.frame_counter {
         video = format!(
             "{video}[pattern];color=size=64x64:rate={},format=yuv420p,\
@@ -397,6 +400,9 @@ pub struct Synthetic {
     pub frame_counter: bool,
     /// The video's bitrate cap, kbit/s (`-b:v`, `-maxrate`); x264 decides otherwise.
     pub video_kbps: Option<u32>,
+    /// From this second on the picture is covered in moving noise, which costs the encoder
+    /// many times the bits: a bitrate change within one publish.
+    pub noise_from: Option<u32>,
 }
 
 impl Default for Synthetic {
@@ -410,6 +416,7 @@ impl Default for Synthetic {
             b_frames: None,
             preset: "ultrafast",
             frame_counter: false,
+            noise_from: None,
             video_kbps: None,
         }
     }
