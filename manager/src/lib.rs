@@ -216,6 +216,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
                     topics.reply("+"),
                     topics.tunnel_up_all(&cfg.mqtt.id),
                     topics.all_index(),
+                    topics.all_calls(),
                 ],
                 segment_size: cfg.broker.segment_size,
                 segment_count: cfg.broker.segment_count,
