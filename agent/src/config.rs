@@ -59,6 +59,8 @@ pub struct RecordConfig {
     pub segment_secs: u32,
     /// Days kept; 0 keeps everything.
     pub keep_days: u32,
+    /// `[record.upload]`: recordings copied to the manager's `[storage]`.
+    pub upload: UploadConfig,
 }
 
 impl Default for RecordConfig {
@@ -68,6 +70,27 @@ impl Default for RecordConfig {
             streams: Vec::new(),
             segment_secs: 4,
             keep_days: 0,
+            upload: UploadConfig::default(),
+        }
+    }
+}
+
+/// `[record.upload]`: finished segments and each day's manifest go to the manager's
+/// `[storage]` (when it has one), over HTTPS to URLs the manager presigns.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    /// Off: recordings stay on this box only, whatever the manager offers.
+    pub enabled: bool,
+    /// The uploads' share of the uplink, kbit/s; 0: no cap.
+    pub max_kbps: u32,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_kbps: 0,
         }
     }
 }

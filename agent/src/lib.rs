@@ -138,6 +138,18 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
             std::future::pending(),
         )),
         tokio::spawn(recorder.clone().run()),
+        tokio::spawn({
+            let (dir, calls, upload) = (
+                cfg.record.dir.clone(),
+                calls.clone(),
+                cfg.record.upload.clone(),
+            );
+            async move {
+                if upload.enabled {
+                    record::upload::run(dir, calls, upload, Default::default()).await;
+                }
+            }
+        }),
         tokio::spawn(streams::report(
             hub.clone(),
             state.clone(),

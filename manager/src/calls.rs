@@ -15,7 +15,10 @@ use rumqttc::{AsyncClient, QoS};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use verge_broker::Credentials;
-use verge_protocol::call::{self, Call, CallReply, ControlAnswer, ControlOp, ControlParams};
+use verge_protocol::call::{
+    self, Call, CallReply, ControlAnswer, ControlOp, ControlParams, PresignParams, PresignResult,
+    StoredParams,
+};
 use verge_protocol::envelope;
 use verge_protocol::rpc::{ErrorCode, NotRun, Outcome, ReplayGuard, RpcError};
 use verge_protocol::sealed::{PrivateKey, Way};
@@ -25,6 +28,12 @@ use verge_protocol::topic::Topics;
 use crate::http::livego;
 use crate::keys::KeyDistributor;
 use crate::registry::Registry;
+
+/// What the storage methods need.
+pub struct Store {
+    pub storage: Option<Arc<crate::storage::Storage>>,
+    pub index: crate::db::index::Index,
+}
 
 /// Calls run at once across all agents.
 pub const CONCURRENCY: usize = 64;
@@ -39,20 +48,35 @@ pub struct CallServer {
     pub keys: KeyDistributor,
     pub registry: Arc<Registry>,
     pub auth: Arc<crate::auth::Auth>,
+    store: Store,
     permits: Arc<Semaphore>,
     replays: Mutex<ReplayGuard>,
 }
 
+/// What a [`CallServer`] is made of.
+pub struct Parts {
+    pub manager_id: String,
+    pub topics: Topics,
+    pub client: AsyncClient,
+    pub credentials: Credentials,
+    pub keys: KeyDistributor,
+    pub registry: Arc<Registry>,
+    pub auth: Arc<crate::auth::Auth>,
+    pub store: Store,
+}
+
 impl CallServer {
-    pub fn new(
-        manager_id: String,
-        topics: Topics,
-        client: AsyncClient,
-        credentials: Credentials,
-        keys: KeyDistributor,
-        registry: Arc<Registry>,
-        auth: Arc<crate::auth::Auth>,
-    ) -> Self {
+    pub fn new(parts: Parts) -> Self {
+        let Parts {
+            manager_id,
+            topics,
+            client,
+            credentials,
+            keys,
+            registry,
+            auth,
+            store,
+        } = parts;
         Self {
             manager_id,
             topics,
@@ -61,6 +85,7 @@ impl CallServer {
             keys,
             registry,
             auth,
+            store,
             permits: Arc::new(Semaphore::new(CONCURRENCY)),
             replays: Mutex::new(ReplayGuard::new(REPLAY_MEMORY)),
         }
@@ -113,7 +138,7 @@ impl CallServer {
         tokio::spawn(async move {
             let private = PrivateKey::new(&secret);
             let outcome = match private.open(Way::Call, &call.params) {
-                Ok(params) => match this.run(&agent, &call.method, params) {
+                Ok(params) => match this.run(&agent, &call.method, params).await {
                     Ok(value) => private
                         .seal(Way::CallReply, &value)
                         .map(Outcome::Ok)
@@ -145,8 +170,19 @@ impl CallServer {
         }
     }
 
-    fn run(&self, agent: &str, method: &str, params: Value) -> Result<Value, RpcError> {
+    async fn run(&self, agent: &str, method: &str, params: Value) -> Result<Value, RpcError> {
+        let invalid = |e: serde_json::Error| RpcError::new(ErrorCode::InvalidParams, e.to_string());
         match method {
+            call::METHOD_STORAGE_PRESIGN => {
+                let p: PresignParams = serde_json::from_value(params).map_err(invalid)?;
+                let result = self.presign(agent, &p).await?;
+                serde_json::to_value(result)
+                    .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))
+            }
+            call::METHOD_STORAGE_STORED => {
+                let p: StoredParams = serde_json::from_value(params).map_err(invalid)?;
+                self.stored(agent, &p.day).await.map(|()| json!({}))
+            }
             call::METHOD_LIVEGO_CONTROL => {
                 let p: ControlParams = serde_json::from_value(params)
                     .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e.to_string()))?;
@@ -201,5 +237,84 @@ impl CallServer {
             ControlOp::Reset => livego::reset_key(keys, registry, &p.room, Some(agent)),
             ControlOp::Delete => livego::delete_key(keys, registry, &p.room),
         }
+    }
+
+    fn storage(&self) -> Result<&crate::storage::Storage, RpcError> {
+        self.store
+            .storage
+            .as_deref()
+            .ok_or_else(|| RpcError::new(ErrorCode::Unsupported, "this manager has no [storage]"))
+    }
+
+    /// Checks that the stream-day `day` (`{app}/{name}/{yyyy}/{mm}/{dd}`) is indexed for
+    /// `agent`: a box uploads only its own recordings.
+    async fn owns(&self, agent: &str, day: &str) -> Result<(String, (i32, u32, u32)), RpcError> {
+        let object = format!("{day}/manifest.mpd");
+        let (stream, year, month, d) = crate::http::playback::parse_object(&object)
+            .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e))?;
+        let db = self
+            .store
+            .index
+            .db()
+            .map_err(|e| RpcError::new(ErrorCode::Busy, e))?;
+        let row = db
+            .day(&stream, year, month, d)
+            .await
+            .map_err(|e| RpcError::new(ErrorCode::Busy, e.to_string()))?;
+        match row {
+            Some(row) if row.agent == agent => Ok((stream, (year, month, d))),
+            Some(row) => Err(RpcError::new(
+                ErrorCode::Conflict,
+                format!("{day} is recorded by {:?}", row.agent),
+            )),
+            None => Err(RpcError::new(
+                ErrorCode::NotFound,
+                format!("{day} is not in the index (yet)"),
+            )),
+        }
+    }
+
+    async fn presign(&self, agent: &str, p: &PresignParams) -> Result<PresignResult, RpcError> {
+        let storage = self.storage()?;
+        if p.paths.is_empty() || p.paths.len() > call::MAX_PRESIGN {
+            return Err(RpcError::new(
+                ErrorCode::InvalidParams,
+                format!("1 to {} paths", call::MAX_PRESIGN),
+            ));
+        }
+        let mut checked = std::collections::HashSet::new();
+        let mut urls = Vec::with_capacity(p.paths.len());
+        for path in &p.paths {
+            crate::http::playback::parse_object(path)
+                .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e))?;
+            let day = path.rsplit_once('/').map_or(path.as_str(), |(d, _)| d);
+            if checked.insert(day.to_string()) {
+                self.owns(agent, day).await?;
+            }
+            let url = storage
+                .upload_url(path)
+                .await
+                .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))?;
+            urls.push(url);
+        }
+        Ok(PresignResult {
+            urls,
+            expires_ms: storage.presign_for().as_millis() as u64,
+        })
+    }
+
+    async fn stored(&self, agent: &str, day: &str) -> Result<(), RpcError> {
+        self.storage()?;
+        let (stream, date) = self.owns(agent, day).await?;
+        let db = self
+            .store
+            .index
+            .db()
+            .map_err(|e| RpcError::new(ErrorCode::Busy, e))?;
+        db.mark_stored(&stream, date, agent)
+            .await
+            .map_err(|e| RpcError::new(ErrorCode::Busy, e.to_string()))?;
+        tracing::info!(%agent, %day, "a recorded day is in storage");
+        Ok(())
     }
 }

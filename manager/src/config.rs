@@ -34,6 +34,8 @@ pub struct ManagerConfig {
     pub net4mqtt: Option<Net4mqttConfig>,
     /// `[record_sync]`: liveion nodes' recordings into the index (liveman's section).
     pub record_sync: RecordSyncConfig,
+    /// `[storage]`: where boxes upload their recordings; none keeps them on the boxes.
+    pub storage: Option<StorageConfig>,
     pub runtime: verge_mqtt::process::RuntimeConfig,
     /// Sections this build does not read yet, kept to warn about them.
     #[serde(flatten)]
@@ -226,6 +228,72 @@ impl Default for TunnelConfig {
             socks_listen: None,
         }
     }
+}
+
+/// `[storage]`: recordings uploaded by the boxes, so they outlive them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(rename = "type")]
+    pub kind: StorageKind,
+    /// `fs`: the folder objects go under.
+    #[serde(default)]
+    pub root: Option<std::path::PathBuf>,
+    /// `s3`: the bucket, and the endpoint of an S3-compatible server (AWS's own when empty).
+    #[serde(default)]
+    pub bucket: String,
+    #[serde(default)]
+    pub endpoint: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` win.
+    #[serde(default)]
+    pub access_key_id: String,
+    #[serde(default)]
+    pub secret_access_key: String,
+    /// Put before every object's path (`recordings/`).
+    #[serde(default)]
+    pub prefix: String,
+    /// `https://host/bucket/key` rather than `https://bucket.host/key` (MinIO-like servers).
+    #[serde(default)]
+    pub path_style: bool,
+    /// Playback answers 302 to a presigned GET instead of streaming through the manager.
+    #[serde(default)]
+    pub redirect: bool,
+    /// How long an upload or download URL stays valid, seconds.
+    #[serde(default = "default_presign_secs")]
+    pub presign_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Fs,
+    S3,
+}
+
+impl StorageConfig {
+    fn validate(&self) -> Result<(), String> {
+        match self.kind {
+            StorageKind::Fs if self.root.is_none() => Err("type = \"fs\" needs root".into()),
+            StorageKind::S3 if self.bucket.is_empty() => Err("type = \"s3\" needs bucket".into()),
+            _ if !(1..=604_800).contains(&self.presign_secs) => {
+                Err("presign_secs must be 1..=604800 (S3's longest)".into())
+            }
+            _ if !self.prefix.is_empty() && !self.prefix.ends_with('/') => {
+                Err(format!("prefix {:?} must end with /", self.prefix))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_presign_secs() -> u64 {
+    900
 }
 
 /// `[database]` (liveman's keys): the recording index.
@@ -527,6 +595,8 @@ pub enum ConfigError {
     AcceptInterval,
     #[error("[extra_ice.cloudflare] needs key_id and api_token, and ttl 1..=172800")]
     Cloudflare,
+    #[error("[storage] {0}")]
+    Storage(String),
     #[error("[[nodes]] alias {alias:?}: {source}")]
     NodeAlias {
         alias: String,
@@ -567,6 +637,9 @@ impl ManagerConfig {
             return Err(ConfigError::Cloudflare);
         }
         self.external_broker()?;
+        if let Some(storage) = &self.storage {
+            storage.validate().map_err(ConfigError::Storage)?;
+        }
         verge_protocol::id::validate(&self.mqtt.id).map_err(|source| ConfigError::ManagerId {
             id: self.mqtt.id.clone(),
             source,

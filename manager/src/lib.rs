@@ -18,6 +18,7 @@
 //!   index fed by agents, the agents enrolled at run time.
 //! - [`rtmp`]: the RTMP router (`[rtmp] listen`): publishers reach their box through the tunnel.
 //! - [`metrics`]: what the manager counts between scrapes.
+//! - [`storage`]: `[storage]`, where boxes upload recordings (S3-compatible, or a folder).
 //! - [`history`]: the last hour of each stream's and node's numbers, and the fleet's events.
 //! - [`liveion`]: live777's liveion nodes in the same fleet (`[[nodes]]`): their streams, WHEP
 //!   and WHIP passed on to them, cascades from Verge's streams into them.
@@ -44,8 +45,10 @@ pub mod metrics;
 pub mod registry;
 pub mod rpc;
 pub mod rtmp;
+pub mod storage;
 pub mod tunnel;
-pub mod web_client;
+/// HTTP/1.1 calls to other servers' APIs, shared with the agent.
+pub use verge_serve::client as web_client;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -71,6 +74,8 @@ pub enum ManagerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Auth(#[from] auth::AuthConfigError),
+    #[error("[storage]: {0}")]
+    Storage(#[from] storage::StorageError),
     #[error("embedded broker: {0}")]
     Broker(#[from] verge_broker::BrokerError),
     #[error("MQTT link: {0}")]
@@ -151,6 +156,25 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         addr: cfg.http.listen,
         source,
     })?;
+    // The manager's URL as other servers reach it: liveion nodes, boxes uploading to `fs`.
+    let public_url = match cfg.http.public.as_deref().filter(|p| !p.is_empty()) {
+        Some(_) => cfg.http.public_url(),
+        None => {
+            let mut at = http_addr;
+            if at.ip().is_unspecified() {
+                at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{at}")
+        }
+    };
+    let storage = match &cfg.storage {
+        Some(c) => {
+            let storage = storage::Storage::new(c, &public_url)?;
+            tracing::info!(storage = %storage.describe(), "recordings are uploaded to storage");
+            Some(Arc::new(storage))
+        }
+        None => None,
+    };
     let mut forward_listeners = Vec::new();
     for forward in &cfg.tunnel.forward {
         let bound = tokio::net::TcpListener::bind(forward.listen)
@@ -354,15 +378,19 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         tunnels: tunnels.clone(),
         keys: keys.clone(),
         index: index.clone(),
-        calls: Arc::new(calls::CallServer::new(
-            cfg.mqtt.id.clone(),
-            topics.clone(),
-            client.clone(),
-            credentials.clone(),
-            keys.clone(),
-            registry.clone(),
-            auth.clone(),
-        )),
+        calls: Arc::new(calls::CallServer::new(calls::Parts {
+            manager_id: cfg.mqtt.id.clone(),
+            topics: topics.clone(),
+            client: client.clone(),
+            credentials: credentials.clone(),
+            keys: keys.clone(),
+            registry: registry.clone(),
+            auth: auth.clone(),
+            store: calls::Store {
+                storage: storage.clone(),
+                index: index.clone(),
+            },
+        })),
         tunnel_over_session,
         verifying: Default::default(),
     };
@@ -454,17 +482,9 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         rtmp_router,
         cluster,
         liveion: liveion.clone(),
-        public_url: match cfg.http.public.as_deref().filter(|p| !p.is_empty()) {
-            Some(_) => cfg.http.public_url(),
-            None => {
-                let mut at = http_addr;
-                if at.ip().is_unspecified() {
-                    at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
-                format!("http://{at}")
-            }
-        },
+        public_url,
         cascade_idle: Duration::from_millis(cfg.cascade.maximum_idle_time),
+        storage: storage.clone(),
         history: history.clone(),
     });
     let mut forwards = Vec::new();

@@ -19,6 +19,35 @@ use crate::rpc::{Outcome, RequestId};
 
 /// LiveGo's `/control/get|reset|delete` on the agent's port, done by the manager.
 pub const METHOD_LIVEGO_CONTROL: &str = "livego.control";
+/// URLs to upload recorded files to the manager's `[storage]` with.
+pub const METHOD_STORAGE_PRESIGN: &str = "storage.presign";
+/// A day's manifest is in storage: playback may read the day from there.
+pub const METHOD_STORAGE_STORED: &str = "storage.stored";
+
+/// Most files one `storage.presign` names.
+pub const MAX_PRESIGN: usize = 64;
+
+/// Params of `storage.presign`: recorded files, `{app}/{name}/{yyyy}/{mm}/{dd}/{file}`, of
+/// stream-days indexed for the calling agent. `unsupported` when the manager has no storage,
+/// `not_found` for a day not indexed (yet) for the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresignParams {
+    pub paths: Vec<String>,
+}
+
+/// Result of `storage.presign`: one `PUT` URL per path, in order, valid `expires_ms` more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresignResult {
+    pub urls: Vec<String>,
+    pub expires_ms: u64,
+}
+
+/// Params of `storage.stored`: the day whose manifest (and every segment it names) was
+/// uploaded, `{app}/{name}/{yyyy}/{mm}/{dd}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredParams {
+    pub day: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Call {

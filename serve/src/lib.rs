@@ -1,5 +1,7 @@
 //! How Verge's servers take connections, shared by the agent and the manager.
 //!
+//! - [`client`]: HTTP/1.1 requests to other servers (over TLS with ring), bounded in time and
+//!   size.
 //! - [`accept`]: accepting when accept fails (out of descriptors, out of memory): a pause that
 //!   doubles, and a log line when an episode begins and one when it ends, never one per
 //!   failure. [`accept::AcceptBackoff`] is the state, [`accept::next`] the loop around it.
@@ -11,6 +13,7 @@
 //!   (no byte either way); graceful shutdown.
 //! - [`path`]: the stream a path names, `{name}` (app `live`) or `{app}/{name}`, as an axum
 //!   extractor ([`path::StreamPath`], [`path::SessionPath`]).
+//! - [`range`]: single HTTP byte ranges (`bytes=a-b`), for recorded files.
 //! - [`webrtc`]: the WHEP and WHIP route table, each path in both forms.
 //!
 //! A request's path: [`http::serve`] takes a permit for the connection, then
@@ -19,9 +22,11 @@
 //! timeout closes it, or shutdown lets its last request finish; the permit then goes back.
 
 pub mod accept;
+pub mod client;
 pub mod http;
 pub mod idle;
 pub mod path;
+pub mod range;
 pub mod webrtc;
 
 /// The accept queue of Verge's listeners. `TcpListener::bind` listens with std's 128: a burst

@@ -6,7 +6,8 @@
 //! - [`manifest`]: a day's periods and segments, and its MPD;
 //! - [`writer`]: the files of one stream's recording;
 //! - [`files`]: serving recorded files over HTTP, with ranges;
-//! - [`outbox`]: index rows (a stream-day each) kept on disk until a manager acknowledges them.
+//! - [`outbox`]: index rows (a stream-day each) kept on disk until a manager acknowledges them;
+//! - [`upload`]: finished files and manifests copied to the manager's `[storage]`.
 //!
 //! A recording starts the moment its stream is published (the hub says so), so the first GOP
 //! is in it, and ends with the publisher; a publisher that comes back the same day adds a
@@ -18,6 +19,7 @@ pub mod day;
 pub mod files;
 pub mod manifest;
 pub mod outbox;
+pub mod upload;
 pub mod writer;
 
 use std::collections::HashMap;

@@ -40,6 +40,8 @@ pub fn need(method: &Method, path: &str) -> Need {
         }
         ["assets", ..] if get => Need::Public,
         ["api", "login"] if method == Method::POST => Need::Public,
+        // `[storage] type = "fs"`: the URL's own signature is the check (`storage::fs`).
+        ["api", "storage", "put", ..] if method == Method::PUT => Need::Public,
         ["whep", name] | ["session", name, _] => stream("live", name),
         ["whep", app, name] | ["session", app, name, _] => stream(app, name),
         ["whip", name] | ["whip-session", name, _] => Need::Write(format!("live/{name}")),

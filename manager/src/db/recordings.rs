@@ -20,6 +20,10 @@ pub struct Recording {
     pub agent: String,
     pub created_at: String,
     pub updated_at: String,
+    /// When the day's manifest last reached `[storage]` (RFC 3339); `None`: only on its box.
+    pub stored_at: Option<String>,
+    /// Where the day can be played from: `box`, or `both` (the box and `[storage]`).
+    pub location: &'static str,
 }
 
 /// What an upsert did.
@@ -88,7 +92,7 @@ impl Db {
     /// A stream's recorded days, newest first.
     pub async fn days(&self, stream: &str) -> Result<Vec<Recording>, DbError> {
         let sql = self.sql(
-            "SELECT id, stream, year, month, day, mpd_path, agent, created_at, updated_at \
+            "SELECT id, stream, year, month, day, mpd_path, agent, created_at, updated_at, stored_ms \
              FROM recordings WHERE stream = ?1 ORDER BY year DESC, month DESC, day DESC",
             PG_SELECT_BY_STREAM,
         );
@@ -96,6 +100,36 @@ impl Db {
             let rows = sqlx::query(sql).bind(stream).fetch_all(pool).await?;
             rows.iter().map(recording).collect()
         })
+    }
+
+    /// Notes that `agent`'s stream-day reached `[storage]` now; false when the day is not
+    /// indexed for that agent.
+    pub async fn mark_stored(
+        &self,
+        stream: &str,
+        (year, month, day): (i32, u32, u32),
+        agent: &str,
+    ) -> Result<bool, DbError> {
+        let sql = self.sql(
+            "UPDATE recordings SET stored_ms = ?1 \
+             WHERE stream = ?2 AND year = ?3 AND month = ?4 AND day = ?5 AND agent = ?6",
+            "UPDATE recordings SET stored_ms = $1 \
+             WHERE stream = $2 AND year = $3 AND month = $4 AND day = $5 AND agent = $6",
+        );
+        let now = verge_protocol::now_ms() as i64;
+        Ok(on_pool!(self, |pool| {
+            sqlx::query(sql)
+                .bind(now)
+                .bind(stream)
+                .bind(year)
+                .bind(month as i32)
+                .bind(day as i32)
+                .bind(agent)
+                .execute(pool)
+                .await?
+                .rows_affected()
+                > 0
+        }))
     }
 
     /// The row of one stream-day.
@@ -107,7 +141,7 @@ impl Db {
         day: u32,
     ) -> Result<Option<Recording>, DbError> {
         let sql = self.sql(
-            "SELECT id, stream, year, month, day, mpd_path, agent, created_at, updated_at \
+            "SELECT id, stream, year, month, day, mpd_path, agent, created_at, updated_at, stored_ms \
              FROM recordings WHERE stream = ?1 AND year = ?2 AND month = ?3 AND day = ?4",
             PG_SELECT_DAY,
         );
@@ -129,7 +163,7 @@ macro_rules! pg_columns {
     () => {
         "id::text, stream, year, month, day, mpd_path, agent, \
          to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
-         to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+         to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), stored_ms"
     };
 }
 
@@ -151,7 +185,9 @@ where
     usize: sqlx::ColumnIndex<R>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
+    let stored: Option<i64> = row.try_get(9)?;
     Ok(Recording {
         id: row.try_get(0)?,
         stream: row.try_get(1)?,
@@ -162,6 +198,8 @@ where
         agent: row.try_get(6)?,
         created_at: row.try_get(7)?,
         updated_at: row.try_get(8)?,
+        stored_at: stored.map(|ms| verge_protocol::time::rfc3339(ms.max(0) as u64)),
+        location: if stored.is_some() { "both" } else { "box" },
     })
 }
 

@@ -34,6 +34,7 @@ mod metrics;
 pub mod pages;
 pub(crate) mod playback;
 mod record;
+mod storage;
 pub mod streams;
 pub mod whep;
 pub mod whip;
@@ -78,6 +79,8 @@ pub struct AppState {
     pub public_url: String,
     /// `[cascade] maximum_idle_time`.
     pub cascade_idle: Duration,
+    /// `[storage]`, when recordings are uploaded.
+    pub storage: Option<Arc<crate::storage::Storage>>,
     /// The last hour of streams' and nodes' numbers.
     pub history: crate::history::History,
 }
@@ -127,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/playback/{name}", get(playback::days))
         .route("/api/playback/{app}/{name}", get(playback::days))
         .route("/api/record/object/{*path}", get(playback::object))
+        .route("/api/storage/put/{*key}", axum::routing::put(storage::put))
         .route(
             "/api/record/{name}",
             get(record::state).post(record::start).delete(record::stop),

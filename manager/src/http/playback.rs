@@ -262,6 +262,14 @@ pub async fn object(
                 "no recording of {stream} on {year:04}-{month:02}-{day:02}"
             ))
         })?;
+    // A day in storage plays from there (the box's uplink is spared, the box may be gone);
+    // what storage lacks (uploads still behind) comes from the box.
+    if row.stored_at.is_some()
+        && let Some(storage) = &app.storage
+        && let Some(response) = super::storage::object(storage, &path, &headers).await?
+    {
+        return Ok(response);
+    }
     proxy(
         &app,
         &row.agent,

@@ -1,5 +1,6 @@
-//! HTTP/1.1 requests to the APIs the manager calls: liveion nodes (their streams, WHEP and
-//! WHIP offers passed on, cascades) and Cloudflare's TURN keys.
+//! HTTP/1.1 requests to other servers: the manager's calls to liveion nodes (their streams,
+//! WHEP and WHIP offers passed on, cascades) and Cloudflare's TURN keys, and a box's uploads
+//! of recordings to presigned URLs.
 //!
 //! hyper's client connection over TCP, or over TLS (rustls with ring, the system's roots) for
 //! `https://`. One connection per request: these calls are seconds apart, and a fresh
@@ -138,8 +139,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub type Dialing<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Box<dyn Io>>> + Send + 'a>>;
 
-/// Opens the byte stream to a server another way than TCP to its URL's host (net4mqtt's
-/// tunnel over MQTT, see `crate::liveion::net4mqtt`).
+/// Opens the byte stream to a server another way than TCP to its URL's host (the manager's
+/// net4mqtt tunnel over MQTT to liveion nodes).
 pub trait Dialer: Send + Sync {
     fn dial(&self) -> Dialing<'_>;
 }
