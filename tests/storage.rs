@@ -164,14 +164,9 @@ fn plays_from_storage(edge: &Edge, mpd: &str) {
     );
 }
 
-#[test]
-fn a_day_uploaded_to_s3_plays_when_the_box_is_gone() {
-    let root = verge_testkit::TempDir::new("s3s");
-    std::fs::create_dir_all(root.path().join("verge")).expect("bucket folder");
-    let port = reserve_port();
-    let addr = port.addr();
-    drop(port);
-    let _s3 = Proc::spawn(
+/// s3s-fs serving `root` (buckets are its folders) on `addr`.
+fn s3_server(root: &Path, addr: std::net::SocketAddr) -> Proc {
+    let server = Proc::spawn(
         "s3s-fs",
         &s3s_fs(),
         &[
@@ -183,23 +178,184 @@ fn a_day_uploaded_to_s3_plays_when_the_box_is_gone() {
             "verge-test",
             "--secret-key",
             "verge-test-secret",
-            root.path().to_str().expect("utf-8 path"),
+            root.to_str().expect("utf-8 path"),
         ],
-        root.path(),
+        root,
     );
     wait_for(Duration::from_secs(10), || {
         std::net::TcpStream::connect(addr).ok().map(|_| ())
     })
     .expect("s3s-fs listening");
-    let storage = format!(
+    server
+}
+
+fn s3_config(addr: std::net::SocketAddr) -> String {
+    format!(
         "[storage]\ntype = \"s3\"\nbucket = \"verge\"\nendpoint = \"http://{addr}\"\n\
          path_style = true\naccess_key_id = \"verge-test\"\nsecret_access_key = \"verge-test-secret\"\n\
          prefix = \"recordings/\"\n"
+    )
+}
+
+/// Bytes of every file under `dir`.
+fn bytes_under(dir: &Path) -> u64 {
+    files(dir)
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The issue's scene: a minute recorded while the S3 server is down for a minute, the agent
+/// killed in the middle of the uploads that follow and started again, uploads capped at
+/// 1 Mbit/s; then the box and its recordings are gone, and the day decodes through the
+/// manager with every frame published.
+#[test]
+fn a_minute_recorded_through_an_outage_and_a_restart_plays_from_s3_without_the_box() {
+    let root = verge_testkit::TempDir::new("s3s");
+    std::fs::create_dir_all(root.path().join("verge")).expect("bucket folder");
+    let port = reserve_port();
+    let addr = port.addr();
+    drop(port);
+    let mut s3 = Some(s3_server(root.path(), addr));
+    let mut edge = Edge::start(
+        "storage-s3",
+        &EdgeOptions {
+            manager_toml: s3_config(addr),
+            agent_toml:
+                "[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/cam\"]\nsegment_secs = 1\n\
+                         [record.upload]\nmax_kbps = 1000\n"
+                    .into(),
+            ..EdgeOptions::noauth()
+        },
     );
+    let m = edge.manager_http;
+    let media = Synthetic {
+        size: "320x240",
+        gop: 25,
+        seconds: 60,
+        video_kbps: Some(300),
+        ..Default::default()
+    };
+    let mut ffmpeg = edge.publish("ffmpeg", "cam", &media);
+    wait_for(Duration::from_secs(20), || edge.listed_stream("cam")).expect("cam live");
     let stored = root.path().join("verge/recordings");
-    let (edge, mpd) = record_upload_and_lose_the_box("storage-s3", &storage, &stored);
+    // Uploads run while the day records; then the server goes away for a minute.
+    wait_for(Duration::from_secs(20), || {
+        (bytes_under(&stored) > 0).then_some(())
+    })
+    .expect("uploads began");
+    let outage = std::time::Instant::now();
+    drop(s3.take());
+    let status = wait_for(Duration::from_secs(90), || ffmpeg.exit_status());
+    assert!(status.is_some_and(|s| s.success()), "{}", ffmpeg.log_text());
+    let before = bytes_under(&stored);
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(outage.elapsed()));
+    s3 = Some(s3_server(root.path(), addr));
+    // The backlog goes up at the cap; the agent is killed in the middle of it and started
+    // again, and the rest follows.
+    let began = wait_for(Duration::from_secs(30), || {
+        (bytes_under(&stored) > before).then(std::time::Instant::now)
+    })
+    .expect("uploads resumed after the outage");
+    let at_began = bytes_under(&stored);
+    std::thread::sleep(Duration::from_secs(6));
+    let sent = bytes_under(&stored) - at_began;
+    let kbps = sent as f64 * 8.0 / began.elapsed().as_secs_f64() / 1000.0;
+    println!(
+        "uploads after the outage: {sent} bytes in {:.1} s = {kbps:.0} kbit/s (cap 1000)",
+        began.elapsed().as_secs_f64()
+    );
+    assert!(
+        kbps <= 1100.0,
+        "the 1 Mbit/s cap was not held: {kbps:.0} kbit/s"
+    );
+    assert!(kbps > 100.0, "uploads stalled: {kbps:.0} kbit/s");
+    assert!(
+        edge.agent.log_text().contains("upload to storage failed"),
+        "the outage was not noticed"
+    );
+    edge.agent.signal("KILL");
+    wait_for(Duration::from_secs(10), || {
+        edge.agent.exited().then_some(())
+    })
+    .expect("agent gone");
+    let (agent, _) = Proc::spawn_ready(
+        "agent-again",
+        &verge_testkit::bin("verge-agent"),
+        &["--config", edge.agent_cfg.to_str().expect("utf-8 path")],
+        edge.dir.path(),
+    );
+    edge.agent = agent;
+
+    // Everything arrives: the bucket holds exactly the box's files, the manifest last.
+    let day = wait_for(Duration::from_secs(120), || {
+        let days = get(m, "/api/playback/cam").ok()?.json();
+        let row = days.as_array()?.first()?.clone();
+        let mpd = row["mpd_path"].as_str()?.to_string();
+        let day_dir = mpd.trim_end_matches("/manifest.mpd").to_string();
+        let local: Vec<String> = files(&edge.dir.path().join("rec").join(&day_dir))
+            .into_iter()
+            .filter(|f| !f.starts_with('.') && f != "periods.json")
+            .collect();
+        let remote = files(&stored.join(&day_dir));
+        let same = std::fs::read(edge.dir.path().join("rec").join(&mpd)).ok()
+            == std::fs::read(stored.join(&mpd)).ok();
+        (row["location"] == "both" && local == remote && same).then_some((mpd, day_dir, remote))
+    });
+    let (mpd, day_dir, remote) = day.unwrap_or_else(|| {
+        panic!(
+            "not everything arrived: {:?}\n{}",
+            get(m, "/api/playback/cam").map(|r| r.text()),
+            edge.agent.log_text()
+        )
+    });
+    let modified = |f: &str| {
+        std::fs::metadata(stored.join(&day_dir).join(f))
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    let manifest_at = modified("manifest.mpd");
+    assert!(
+        remote.iter().all(|f| modified(f) <= manifest_at),
+        "a segment arrived after the manifest"
+    );
+    println!("{} objects in the bucket, as on the box", remote.len());
+
+    // The box goes away, with its recordings.
+    edge.agent.signal("KILL");
+    wait_for(Duration::from_secs(10), || {
+        edge.agent.exited().then_some(())
+    })
+    .expect("agent gone");
+    std::fs::remove_dir_all(edge.dir.path().join("rec")).expect("delete the box's recordings");
     plays_from_storage(&edge, &mpd);
-    // A URL the manager did not sign is refused by the server (real SigV4 checks).
+    let through = format!("http://{m}/api/record/object/{mpd}");
+    let frames = verge_testkit::ffprobe::count_frames(edge.dir.path(), "ffprobe-storage", &through);
+    assert_eq!(frames.video, 25 * 60, "{through}");
+
+    // Presigned URLs expire: one made for a second works now and is refused after.
+    let storage = short_lived_storage(addr);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = rt
+        .block_on(storage.upload_url("live/cam/2026/01/01/expiry.m4s"))
+        .expect("presign");
+    let path = url
+        .split_once(&addr.to_string())
+        .map(|(_, p)| p.to_string())
+        .expect("path");
+    let put = |label: &str| {
+        request("PUT", addr, &path, &[], b"x", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{label}: {e}"))
+    };
+    assert_eq!(put("fresh").status, 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    let replayed = put("replayed");
+    assert_eq!(replayed.status, 403, "{}", replayed.text());
+    // And one the manager did not sign at all is refused.
     let unsigned = request(
         "PUT",
         addr,
@@ -210,6 +366,18 @@ fn a_day_uploaded_to_s3_plays_when_the_box_is_gone() {
     )
     .expect("PUT");
     assert_eq!(unsigned.status, 403, "{}", unsigned.text());
+    drop(s3);
+}
+
+/// The manager's storage with URLs valid for one second.
+fn short_lived_storage(addr: std::net::SocketAddr) -> verge_manager::storage::Storage {
+    let mut cfg = verge_manager::config::ManagerConfig::parse(&format!(
+        "{}presign_secs = 1\n",
+        s3_config(addr)
+    ))
+    .expect("config");
+    let storage = cfg.storage.take().expect("[storage]");
+    verge_manager::storage::Storage::new(&storage, "").expect("storage")
 }
 
 #[test]
