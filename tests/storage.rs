@@ -250,6 +250,26 @@ fn a_minute_recorded_through_an_outage_and_a_restart_plays_from_s3_without_the_b
     let status = wait_for(Duration::from_secs(90), || ffmpeg.exit_status());
     assert!(status.is_some_and(|s| s.success()), "{}", ffmpeg.log_text());
     let before = bytes_under(&stored);
+    // The operator sees the backlog and why it does not move: in the fleet, and in /metrics.
+    let backlog = wait_for(Duration::from_secs(20), || {
+        let nodes = get(m, "/api/nodes/").ok()?.json();
+        let upload = nodes.as_array()?.iter().find(|n| n["alias"] == "edge-1")?["upload"].clone();
+        (upload["files"].as_u64() > Some(0) && upload["failing"].is_string()).then_some(upload)
+    });
+    let backlog = backlog.unwrap_or_else(|| {
+        panic!(
+            "no backlog shown: {:?}",
+            get(m, "/api/nodes/").map(|r| r.text())
+        )
+    });
+    println!("the backlog in the outage: {backlog}");
+    let metrics = get(edge.http, "/metrics").expect("metrics").text();
+    let put_failures = metrics
+        .lines()
+        .find(|l| l.starts_with("verge_agent_upload_failures_total{reason=\"put\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(put_failures >= 1.0, "{metrics}");
     std::thread::sleep(Duration::from_secs(60).saturating_sub(outage.elapsed()));
     s3 = Some(s3_server(root.path(), addr));
     // The backlog goes up at the cap; the agent is killed in the middle of it and started

@@ -59,6 +59,9 @@ pub struct RecordConfig {
     pub segment_secs: u32,
     /// Days kept; 0 keeps everything.
     pub keep_days: u32,
+    /// Days whose local copy is kept once they are wholly in the manager's `[storage]`; 0
+    /// keeps them (until `keep_days`).
+    pub keep_local_days: u32,
     /// `[record.upload]`: recordings copied to the manager's `[storage]`.
     pub upload: UploadConfig,
 }
@@ -70,6 +73,7 @@ impl Default for RecordConfig {
             streams: Vec::new(),
             segment_secs: 4,
             keep_days: 0,
+            keep_local_days: 0,
             upload: UploadConfig::default(),
         }
     }
@@ -84,6 +88,9 @@ pub struct UploadConfig {
     pub enabled: bool,
     /// The uploads' share of the uplink, kbit/s; 0: no cap.
     pub max_kbps: u32,
+    /// `[record] keep_local_days`, filled in from there.
+    #[serde(skip)]
+    pub keep_local_days: u32,
 }
 
 impl Default for UploadConfig {
@@ -91,6 +98,7 @@ impl Default for UploadConfig {
         Self {
             enabled: true,
             max_kbps: 0,
+            keep_local_days: 0,
         }
     }
 }

@@ -97,8 +97,10 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     let (days_tx, days) = tokio::sync::mpsc::channel::<record::writer::NewDay>(64);
     let recorder = record::Recorder::new(hub.clone(), cfg.record.settings(), days_tx);
     let calls = calls::ManagerCalls::default();
+    let uploads = Arc::<record::upload::UploadStats>::default();
     let router = http::router(http::Parts {
         calls: calls.clone(),
+        uploads: uploads.clone(),
         agent_id: cfg.id.clone(),
         hub: hub.clone(),
         whep: Some(whep.clone()),
@@ -142,11 +144,15 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
             let (dir, calls, upload) = (
                 cfg.record.dir.clone(),
                 calls.clone(),
-                cfg.record.upload.clone(),
+                crate::config::UploadConfig {
+                    keep_local_days: cfg.record.keep_local_days,
+                    ..cfg.record.upload.clone()
+                },
             );
+            let (stats, state) = (uploads.clone(), state.clone());
             async move {
                 if upload.enabled {
-                    record::upload::run(dir, calls, upload, Default::default()).await;
+                    record::upload::run(dir, calls, upload, stats, state).await;
                 }
             }
         }),

@@ -36,6 +36,18 @@ impl StateHandle {
         });
     }
 
+    /// Replaces the upload backlog (`None`: nothing waits).
+    pub fn set_upload(&self, upload: Option<verge_protocol::state::UploadBacklog>) {
+        self.tx.send_if_modified(|state| {
+            if state.upload == upload {
+                return false;
+            }
+            state.upload = upload;
+            state.seq += 1;
+            true
+        });
+    }
+
     pub fn snapshot(&self) -> State {
         self.tx.borrow().clone()
     }

@@ -263,6 +263,10 @@ pub struct StorageConfig {
     /// How long an upload or download URL stays valid, seconds.
     #[serde(default = "default_presign_secs")]
     pub presign_secs: u64,
+    /// Days kept in storage (whole UTC days, today included): older days' objects and index
+    /// rows are deleted hourly. 0 keeps everything.
+    #[serde(default)]
+    pub keep_days: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

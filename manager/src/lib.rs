@@ -432,6 +432,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         index.clone(),
         cfg.record_sync.clone(),
     ));
+    let index_for_retention = index.clone();
     let net4mqtt = match &cfg.net4mqtt {
         Some(n4) => {
             // Its own MQTT session, under the manager's credential: net4mqtt's messages are
@@ -492,6 +493,12 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     listener_tasks.extend(net4mqtt);
     listener_tasks.push(record_sync);
     listener_tasks.push(sampler);
+    if let Some(storage) = &storage {
+        listener_tasks.push(tokio::spawn(storage::retention::run(
+            index_for_retention,
+            storage.clone(),
+        )));
+    }
     for (listener, forward) in forward_listeners.into_iter().zip(&cfg.tunnel.forward) {
         let addr = listener
             .local_addr()

@@ -15,6 +15,24 @@ pub struct State {
     /// recorder), in kbit/s over the last report interval: most of what it sends up its link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_kbps: Option<u32>,
+    /// Recordings waiting for the manager's `[storage]`; absent while nothing waits or this
+    /// agent does not upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadBacklog>,
+}
+
+/// An agent's uploads to storage, as of its last look (every few seconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadBacklog {
+    /// Files, and their bytes, not uploaded yet.
+    pub files: u64,
+    pub bytes: u64,
+    /// Unix ms of the last file uploaded; 0: none since the agent started.
+    #[serde(default)]
+    pub last_ms: u64,
+    /// Why the last attempt failed, while uploads are failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing: Option<String>,
 }
 
 /// One live stream on an agent. Fields beyond `app` and `name` are filled as the agent learns
@@ -83,6 +101,7 @@ mod tests {
                 seq: 3,
                 streams: vec![],
                 egress_kbps: None,
+                upload: None,
             }
         );
         let with_rate: State = serde_json::from_str(r#"{"seq":5,"egress_kbps":1200}"#).unwrap();

@@ -62,6 +62,7 @@ fn v1_mac_with_a_plain_secret() {
         seq: 1,
         streams: vec![],
         egress_kbps: None,
+        upload: None,
     };
     let wire = envelope::seal(&key, "edge-1", 42, &state);
     assert_eq!(String::from_utf8(wire).unwrap(), V1_ENVELOPE);

@@ -109,6 +109,54 @@ pub async fn scrape(State(app): State<AppState>) -> Response {
             f64::from(s.bitrate_kbps) * 1000.0,
         );
     }
+    let u = &app.uploads;
+    let load =
+        |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    e.single(
+        "verge_agent_upload_queued_files",
+        Kind::Gauge,
+        "Recorded files waiting for the manager's [storage], as of the uploader's last look.",
+        load(&u.queued_files),
+    );
+    e.single(
+        "verge_agent_upload_queued_bytes",
+        Kind::Gauge,
+        "Their bytes.",
+        load(&u.queued_bytes),
+    );
+    e.single(
+        "verge_agent_upload_files_total",
+        Kind::Counter,
+        "Recorded files uploaded to storage (manifests included).",
+        load(&u.uploaded_files),
+    );
+    e.single(
+        "verge_agent_upload_bytes_total",
+        Kind::Counter,
+        "Bytes uploaded to storage.",
+        load(&u.uploaded_bytes),
+    );
+    e.family(
+        "verge_agent_upload_failures_total",
+        Kind::Counter,
+        "Upload attempts that failed, by reason (no_storage, not_indexed, manager, put, disk).",
+    );
+    for (i, reason) in crate::record::upload::UploadStats::REASONS
+        .iter()
+        .enumerate()
+    {
+        e.sample(
+            "verge_agent_upload_failures_total",
+            &[("reason", reason)],
+            load(&u.failures[i]),
+        );
+    }
+    e.single(
+        "verge_agent_upload_last_seconds",
+        Kind::Gauge,
+        "Unix time of the last file uploaded; 0: none since the agent started.",
+        load(&u.last_upload_ms) / 1000.0,
+    );
     if let Some(recorder) = &app.recorder {
         let r = recorder.totals();
         e.single(

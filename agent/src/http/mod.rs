@@ -40,6 +40,7 @@ struct AppState {
     /// With `[rtmp] noauth = false`: a WHIP publisher must bring the stream's channel key.
     keys: Option<crate::keys::KeyTable>,
     calls: crate::calls::ManagerCalls,
+    uploads: std::sync::Arc<crate::record::upload::UploadStats>,
 }
 
 /// What the agent's HTTP port serves from.
@@ -52,6 +53,8 @@ pub struct Parts {
     pub keys: Option<crate::keys::KeyTable>,
     /// For LiveGo's `/control/*`, which the manager answers.
     pub calls: crate::calls::ManagerCalls,
+    /// The uploads to storage, for `/metrics`.
+    pub uploads: std::sync::Arc<crate::record::upload::UploadStats>,
 }
 
 pub fn router(parts: Parts) -> Router {
@@ -63,6 +66,7 @@ pub fn router(parts: Parts) -> Router {
         recorder,
         keys,
         calls,
+        uploads,
     } = parts;
     let router = Router::new()
         .route("/metrics", get(metrics::scrape))
@@ -91,6 +95,7 @@ pub fn router(parts: Parts) -> Router {
         agent_id: agent_id.into(),
         keys,
         calls,
+        uploads,
     })
 }
 

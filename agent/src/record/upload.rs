@@ -47,6 +47,8 @@ const MAX_FILE: u64 = 256 * 1024 * 1024;
 const FIRST_WAIT: Duration = Duration::from_secs(2);
 const LONGEST_WAIT: Duration = Duration::from_secs(300);
 const NO_STORAGE_WAIT: Duration = Duration::from_secs(600);
+/// How often uploaded days past `keep_local_days` are looked for.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// What the uploader did, for `/metrics`.
 #[derive(Debug, Default)]
@@ -56,9 +58,17 @@ pub struct UploadStats {
     pub queued_bytes: AtomicU64,
     pub uploaded_files: AtomicU64,
     pub uploaded_bytes: AtomicU64,
-    pub failures: AtomicU64,
+    /// Failed attempts by reason ([`UploadStats::REASONS`]).
+    pub failures: [AtomicU64; 5],
     /// Unix ms of the last file uploaded; 0: none yet.
     pub last_upload_ms: AtomicU64,
+}
+
+impl UploadStats {
+    /// Why an attempt failed: the manager has no storage, the day is not indexed yet, the
+    /// manager did not answer or refused, the storage server refused or was not reached, the
+    /// box's own disk.
+    pub const REASONS: [&'static str; 5] = ["no_storage", "not_indexed", "manager", "put", "disk"];
 }
 
 /// One day's record of what reached storage.
@@ -210,6 +220,51 @@ fn look(root: &Path) -> Vec<DayWork> {
     work
 }
 
+/// Removes the local copies of days older than `keep` days (today counts as one) that are
+/// wholly in storage: every media file and the manifest as they are now. Returns the days
+/// removed.
+pub fn prune_uploaded(root: &Path, keep: u32, now_ms: u64) -> Vec<String> {
+    if keep == 0 {
+        return Vec::new();
+    }
+    let today = super::day::Day::of_unix_ms(now_ms).to_days();
+    let oldest_kept = super::day::Day::from_days(today - i64::from(keep) + 1).path();
+    let mut removed = Vec::new();
+    for (day, dir) in day_folders(root) {
+        // `{app}/{name}/{yyyy}/{mm}/{dd}`: the date is the last ten characters.
+        let date = day.get(day.len().saturating_sub(10)..).unwrap_or_default();
+        if date >= oldest_kept.as_str() {
+            continue;
+        }
+        let ledger = read_ledger(&dir);
+        let manifest = std::fs::read(dir.join("manifest.mpd"))
+            .ok()
+            .map(Bytes::from);
+        let listing: Vec<_> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                Some((
+                    e.file_name().to_string_lossy().into_owned(),
+                    meta.len(),
+                    meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                ))
+            })
+            .collect();
+        let (files, changed) = pending(&listing, manifest.clone(), &ledger);
+        if files.is_empty() && changed.is_none() && manifest.is_some() && ledger.manifest.is_some()
+        {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => removed.push(day),
+                Err(e) => tracing::warn!(%day, error = %e, "could not remove an uploaded day"),
+            }
+        }
+    }
+    removed
+}
+
 #[derive(Debug, thiserror::Error)]
 enum UploadError {
     #[error(transparent)]
@@ -221,6 +276,20 @@ enum UploadError {
 }
 
 impl UploadError {
+    /// Its place in [`UploadStats::REASONS`].
+    fn reason(&self) -> usize {
+        match self {
+            UploadError::Call(CallError::Refused { error, .. }) => match error.code {
+                ErrorCode::Unsupported => 0,
+                ErrorCode::NotFound => 1,
+                _ => 2,
+            },
+            UploadError::Call(_) => 2,
+            UploadError::Put { .. } => 3,
+            UploadError::Io(_) => 4,
+        }
+    }
+
     /// How long to wait before trying again.
     fn wait(&self, backoff: Duration) -> Duration {
         match self {
@@ -336,16 +405,39 @@ impl Uploader {
     }
 }
 
-/// Uploads what `root` holds until the task is aborted.
-pub async fn run(root: PathBuf, calls: ManagerCalls, cfg: UploadConfig, stats: Arc<UploadStats>) {
+/// Uploads what `root` holds until the task is aborted; the backlog goes into `state` for the
+/// manager's dashboard.
+pub async fn run(
+    root: PathBuf,
+    calls: ManagerCalls,
+    cfg: UploadConfig,
+    stats: Arc<UploadStats>,
+    state: crate::state::StateHandle,
+) {
     let uploader = Uploader {
         calls,
         max_kbps: cfg.max_kbps,
         stats: stats.clone(),
     };
     let mut backoff = FIRST_WAIT;
+    let mut pruned = Instant::now();
     loop {
         tokio::time::sleep(TICK).await;
+        if cfg.keep_local_days > 0 && pruned.elapsed() >= PRUNE_EVERY {
+            pruned = Instant::now();
+            let (dir, keep) = (root.clone(), cfg.keep_local_days);
+            let removed = tokio::task::spawn_blocking(move || {
+                prune_uploaded(&dir, keep, verge_protocol::now_ms())
+            })
+            .await
+            .unwrap_or_default();
+            if !removed.is_empty() {
+                tracing::info!(
+                    days = removed.len(),
+                    "local copies of uploaded days removed (keep_local_days)"
+                );
+            }
+        }
         let dir = root.clone();
         let Ok(work) = tokio::task::spawn_blocking(move || look(&dir)).await else {
             continue;
@@ -354,13 +446,23 @@ pub async fn run(root: PathBuf, calls: ManagerCalls, cfg: UploadConfig, stats: A
         let bytes: u64 = work.iter().flat_map(|w| &w.files).map(|(_, s)| *s).sum();
         stats.queued_files.store(queued, Ordering::Relaxed);
         stats.queued_bytes.store(bytes, Ordering::Relaxed);
+        let backlog = |failing: Option<String>| {
+            (queued > 0 || failing.is_some()).then(|| verge_protocol::state::UploadBacklog {
+                files: queued,
+                bytes,
+                last_ms: stats.last_upload_ms.load(Ordering::Relaxed),
+                failing,
+            })
+        };
+        state.set_upload(backlog(None));
         for day in work {
             let name = day.day.clone();
             match uploader.day(day).await {
                 Ok(()) => backoff = FIRST_WAIT,
                 Err(UploadError::Call(CallError::NotAttached)) => break,
                 Err(e) => {
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    stats.failures[e.reason()].fetch_add(1, Ordering::Relaxed);
+                    state.set_upload(backlog(Some(e.to_string())));
                     let wait = e.wait(backoff);
                     tracing::warn!(day = %name, error = %e, wait_s = wait.as_secs(), "upload to storage failed; trying again later");
                     tokio::time::sleep(wait).await;
@@ -411,6 +513,40 @@ mod tests {
         let (files, m) = pending(&listing, Some(manifest), &ledger);
         assert_eq!(files, vec![("p1-v-3.m4s".to_string(), 30)]);
         assert_eq!(m, None);
+    }
+
+    #[test]
+    fn only_old_days_wholly_in_storage_lose_their_local_copy() {
+        let root = std::env::temp_dir().join(format!("verge-prune-{}", std::process::id()));
+        let now = super::super::day::Day::parse("2026", "12", "05")
+            .unwrap()
+            .start_unix_ms()
+            + 3_600_000;
+        let day = |d: &str, uploaded: bool| {
+            let dir = root.join("live/cam/2026/12").join(d);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("p1-v-1.m4s"), b"seg").unwrap();
+            std::fs::write(dir.join("manifest.mpd"), b"<MPD/>").unwrap();
+            if uploaded {
+                let mut ledger = Ledger::default();
+                ledger.files.insert("p1-v-1.m4s".into(), 3);
+                ledger.manifest = Some(digest(b"<MPD/>"));
+                write_ledger(&dir, &ledger).unwrap();
+            }
+            dir
+        };
+        let old_done = day("01", true);
+        let old_behind = day("02", false);
+        let recent_done = day("05", true);
+        // A file added after the upload: not wholly in storage any more.
+        let old_grown = day("03", true);
+        std::fs::write(old_grown.join("p1-v-2.m4s"), b"more").unwrap();
+        assert!(prune_uploaded(&root, 0, now).is_empty());
+        let removed = prune_uploaded(&root, 2, now);
+        assert_eq!(removed, vec!["live/cam/2026/12/01"]);
+        assert!(!old_done.exists());
+        assert!(old_behind.exists() && recent_done.exists() && old_grown.exists());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -132,6 +132,65 @@ impl Db {
         }))
     }
 
+    /// Stream-days in storage recorded before `before` (`(year, month, day)`), oldest first,
+    /// at most `limit`: `(stream, (year, month, day))`.
+    pub async fn stored_before(
+        &self,
+        before: (i32, u32, u32),
+        limit: i64,
+    ) -> Result<Vec<(String, (i32, u32, u32))>, DbError> {
+        let sql = self.sql(
+            "SELECT stream, year, month, day FROM recordings \
+             WHERE stored_ms IS NOT NULL AND year * 10000 + month * 100 + day < ?1 \
+             ORDER BY year, month, day LIMIT ?2",
+            "SELECT stream, year, month, day FROM recordings \
+             WHERE stored_ms IS NOT NULL AND year * 10000 + month * 100 + day < $1 \
+             ORDER BY year, month, day LIMIT $2",
+        );
+        let key = before.0 * 10000 + before.1 as i32 * 100 + before.2 as i32;
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(sql)
+                .bind(key)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get::<String, _>(0)?,
+                        (
+                            r.try_get::<i32, _>(1)?,
+                            r.try_get::<i32, _>(2)? as u32,
+                            r.try_get::<i32, _>(3)? as u32,
+                        ),
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    /// Removes one stream-day's row.
+    pub async fn delete_day(
+        &self,
+        stream: &str,
+        (year, month, day): (i32, u32, u32),
+    ) -> Result<(), DbError> {
+        let sql = self.sql(
+            "DELETE FROM recordings WHERE stream = ?1 AND year = ?2 AND month = ?3 AND day = ?4",
+            "DELETE FROM recordings WHERE stream = $1 AND year = $2 AND month = $3 AND day = $4",
+        );
+        on_pool!(self, |pool| {
+            sqlx::query(sql)
+                .bind(stream)
+                .bind(year)
+                .bind(month as i32)
+                .bind(day as i32)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
     /// The row of one stream-day.
     pub async fn day(
         &self,

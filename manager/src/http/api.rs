@@ -43,6 +43,9 @@ pub struct Node {
     pub relays: Vec<String>,
     /// `verge` (`liveion` for the nodes of `[[nodes]]`).
     pub kind: &'static str,
+    /// Recordings waiting for `[storage]` (`{files, bytes, last_ms, failing?}`), when any wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload: Option<verge_protocol::state::UploadBacklog>,
 }
 
 impl From<&AgentRecord> for Node {
@@ -66,6 +69,7 @@ impl From<&AgentRecord> for Node {
                 .map(|s| s.streams.iter().map(|s| s.id()).collect())
                 .unwrap_or_default(),
             egress_kbps: r.state.as_ref().and_then(|s| s.egress_kbps),
+            upload: r.state.as_ref().and_then(|s| s.upload.clone()),
             role: p.map(|p| p.role).unwrap_or_default().as_str(),
             viewers: r
                 .state

@@ -132,6 +132,19 @@ impl FsStore {
         written
     }
 
+    /// Removes the folder `key` and what it holds; the files removed.
+    pub async fn delete_folder(&self, key: &str) -> Result<u64, StorageError> {
+        let dir = self.root.join(checked(key)?);
+        let count = std::fs::read_dir(&dir)
+            .map(|d| d.count() as u64)
+            .unwrap_or(0);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(count),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(StorageError::Backend(e.to_string())),
+        }
+    }
+
     pub async fn get(&self, key: &str, range: Option<&str>) -> Result<Fetched, StorageError> {
         let path = self.root.join(checked(key)?);
         let mut file = match tokio::fs::File::open(&path).await {

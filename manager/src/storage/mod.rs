@@ -10,6 +10,7 @@
 //! Objects are named as on the box, under `prefix`: `{prefix}{app}/{name}/{yyyy}/{mm}/{dd}/{file}`.
 
 mod fs;
+pub mod retention;
 mod s3;
 
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub struct Storage {
     presign: Duration,
     /// Playback answers with a redirect to a presigned GET.
     pub redirect: bool,
+    /// Days kept in storage (objects and index rows); 0 keeps everything.
+    pub keep_days: u32,
 }
 
 impl Storage {
@@ -70,6 +73,7 @@ impl Storage {
             prefix: cfg.prefix.clone(),
             presign: Duration::from_secs(cfg.presign_secs),
             redirect: cfg.redirect,
+            keep_days: cfg.keep_days,
         })
     }
 
@@ -120,6 +124,16 @@ impl Storage {
         match &self.backend {
             Backend::Fs(f) => f.get(&key, range).await,
             Backend::S3(s) => s.get(&key, range).await,
+        }
+    }
+
+    /// Removes every object of the stream-day `day` (`{app}/{name}/{yyyy}/{mm}/{dd}`); the
+    /// number removed.
+    pub async fn delete_day(&self, day: &str) -> Result<u64, StorageError> {
+        let key = self.key(day);
+        match &self.backend {
+            Backend::Fs(f) => f.delete_folder(&key).await,
+            Backend::S3(s) => s.delete_prefix(&key).await,
         }
     }
 

@@ -77,6 +77,20 @@ impl S3Store {
             .map_err(backend)
     }
 
+    /// Removes every object under `prefix/`; the number removed.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
+        use futures_util::StreamExt;
+        let path = Path::parse(prefix).map_err(|e| StorageError::Backend(e.to_string()))?;
+        let mut listed = self.store.list(Some(&path));
+        let mut removed = 0;
+        while let Some(meta) = listed.next().await {
+            let meta = meta.map_err(backend)?;
+            self.store.delete(&meta.location).await.map_err(backend)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     pub async fn get(&self, key: &str, range: Option<&str>) -> Result<Fetched, StorageError> {
         let path = Path::parse(key).map_err(|e| StorageError::Backend(e.to_string()))?;
         let len = self.store.head(&path).await.map_err(backend)?.size;
