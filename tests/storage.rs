@@ -5,25 +5,12 @@
 //! Against a real S3 server (s3s-fs, which checks SigV4 and presigned URLs; `scripts/setup`
 //! builds it) and against the `fs` backend (a folder on the manager's machine).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
 use verge_testkit::{Proc, get, request, reserve_port, wait_for};
-
-/// s3s-fs, as `scripts/setup` installs it (or `VERGE_S3S_FS`).
-fn s3s_fs() -> PathBuf {
-    let path = std::env::var_os("VERGE_S3S_FS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(verge_testkit::liveion::TOOLS_CACHE).join("s3s-fs"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test (its setup builds s3s-fs)",
-        path.display()
-    );
-    path
-}
 
 /// Every file under `dir`, relative to it.
 fn files(dir: &Path) -> Vec<String> {
@@ -164,39 +151,6 @@ fn plays_from_storage(edge: &Edge, mpd: &str) {
     );
 }
 
-/// s3s-fs serving `root` (buckets are its folders) on `addr`.
-fn s3_server(root: &Path, addr: std::net::SocketAddr) -> Proc {
-    let server = Proc::spawn(
-        "s3s-fs",
-        &s3s_fs(),
-        &[
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &addr.port().to_string(),
-            "--access-key",
-            "verge-test",
-            "--secret-key",
-            "verge-test-secret",
-            root.to_str().expect("utf-8 path"),
-        ],
-        root,
-    );
-    wait_for(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(addr).ok().map(|_| ())
-    })
-    .expect("s3s-fs listening");
-    server
-}
-
-fn s3_config(addr: std::net::SocketAddr) -> String {
-    format!(
-        "[storage]\ntype = \"s3\"\nbucket = \"verge\"\nendpoint = \"http://{addr}\"\n\
-         path_style = true\naccess_key_id = \"verge-test\"\nsecret_access_key = \"verge-test-secret\"\n\
-         prefix = \"recordings/\"\n"
-    )
-}
-
 /// Bytes of every file under `dir`.
 fn bytes_under(dir: &Path) -> u64 {
     files(dir)
@@ -213,15 +167,14 @@ fn bytes_under(dir: &Path) -> u64 {
 #[test]
 fn a_minute_recorded_through_an_outage_and_a_restart_plays_from_s3_without_the_box() {
     let root = verge_testkit::TempDir::new("s3s");
-    std::fs::create_dir_all(root.path().join("verge")).expect("bucket folder");
     let port = reserve_port();
     let addr = port.addr();
     drop(port);
-    let mut s3 = Some(s3_server(root.path(), addr));
+    let mut s3 = Some(verge_testkit::s3::start(root.path(), addr));
     let mut edge = Edge::start(
         "storage-s3",
         &EdgeOptions {
-            manager_toml: s3_config(addr),
+            manager_toml: verge_testkit::s3::storage_toml(addr),
             agent_toml:
                 "[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/cam\"]\nsegment_secs = 1\n\
                          [record.upload]\nmax_kbps = 1000\n"
@@ -239,7 +192,7 @@ fn a_minute_recorded_through_an_outage_and_a_restart_plays_from_s3_without_the_b
     };
     let mut ffmpeg = edge.publish("ffmpeg", "cam", &media);
     wait_for(Duration::from_secs(20), || edge.listed_stream("cam")).expect("cam live");
-    let stored = root.path().join("verge/recordings");
+    let stored = verge_testkit::s3::objects(root.path());
     // Uploads run while the day records; then the server goes away for a minute.
     wait_for(Duration::from_secs(20), || {
         (bytes_under(&stored) > 0).then_some(())
@@ -271,7 +224,7 @@ fn a_minute_recorded_through_an_outage_and_a_restart_plays_from_s3_without_the_b
         .unwrap_or(0.0);
     assert!(put_failures >= 1.0, "{metrics}");
     std::thread::sleep(Duration::from_secs(60).saturating_sub(outage.elapsed()));
-    s3 = Some(s3_server(root.path(), addr));
+    s3 = Some(verge_testkit::s3::start(root.path(), addr));
     // The backlog goes up at the cap; the agent is killed in the middle of it and started
     // again, and the rest follows.
     let began = wait_for(Duration::from_secs(30), || {
@@ -372,6 +325,14 @@ fn a_minute_recorded_through_an_outage_and_a_restart_plays_from_s3_without_the_b
             .unwrap_or_else(|e| panic!("{label}: {e}"))
     };
     assert_eq!(put("fresh").status, 200);
+    // A presigned GET (what `[storage] redirect` sends players to) reads it back.
+    let read = rt
+        .block_on(storage.download_url("live/cam/2026/01/01/expiry.m4s"))
+        .expect("presign")
+        .expect("s3 presigns GETs");
+    let read = read.split_once(&addr.to_string()).map(|(_, p)| p.to_string()).expect("path");
+    let got = request("GET", addr, &read, &[], b"", Duration::from_secs(10)).expect("GET");
+    assert_eq!((got.status, got.body.as_slice()), (200, b"x".as_slice()), "{}", got.text());
     std::thread::sleep(Duration::from_millis(2500));
     let replayed = put("replayed");
     assert_eq!(replayed.status, 403, "{}", replayed.text());
@@ -393,7 +354,7 @@ fn a_minute_recorded_through_an_outage_and_a_restart_plays_from_s3_without_the_b
 fn short_lived_storage(addr: std::net::SocketAddr) -> verge_manager::storage::Storage {
     let mut cfg = verge_manager::config::ManagerConfig::parse(&format!(
         "{}presign_secs = 1\n",
-        s3_config(addr)
+        verge_testkit::s3::storage_toml(addr)
     ))
     .expect("config");
     let storage = cfg.storage.take().expect("[storage]");

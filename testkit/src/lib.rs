@@ -8,6 +8,7 @@
 //! - [`edge`]: a manager and one agent on loopback with ffmpeg publishing to it, the fixture
 //!   most tests share; [`edge::tool`] finds ffmpeg and the other external tools.
 //! - [`rtmp`]: [`rtmp::RtmpClient`], a scriptable RTMP client for malformed-input tests.
+//! - [`s3`]: s3s-fs, a real S3 server, for `[storage]`.
 //! - [`ffprobe`]: ffprobe as a real decoder that counts what it decoded.
 //! - [`chromium`]: headless Chromium over the DevTools pipe, in a network namespace of the
 //!   test's own.
@@ -33,6 +34,7 @@ pub mod netns;
 pub mod postgres;
 pub mod prometheus;
 pub mod rtmp;
+pub mod s3;
 pub mod whep;
 
 use std::fs::File;
