@@ -76,15 +76,26 @@ fn fetch(addr: SocketAddr, path: &str) -> (u16, u64) {
             in_body = true;
         }
     }
-    let status = std::str::from_utf8(&head[9..12]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     (status, body)
 }
 
 /// One uncapped PUT of `bytes` to the server through a presigned URL: MB/s.
 fn raw_put(storage: &verge_manager::storage::Storage, s3: SocketAddr, bytes: &[u8]) -> f64 {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let url = rt.block_on(storage.upload_url("bench/raw/2026/01/01/raw.m4s")).expect("presign");
-    let path = url.split_once(&s3.to_string()).map(|(_, p)| p.to_string()).expect("path");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = rt
+        .block_on(storage.upload_url("bench/raw/2026/01/01/raw.m4s"))
+        .expect("presign");
+    let path = url
+        .split_once(&s3.to_string())
+        .map(|(_, p)| p.to_string())
+        .expect("path");
     let started = Instant::now();
     let answer = verge_testkit::request("PUT", s3, &path, &[], bytes, Duration::from_secs(120))
         .expect("PUT");
@@ -125,8 +136,10 @@ fn main() {
             ..Default::default()
         },
     );
-    wait_for(Duration::from_secs(u64::from(seconds) + 60), || ffmpeg.exit_status())
-        .expect("ffmpeg ended");
+    wait_for(Duration::from_secs(u64::from(seconds) + 60), || {
+        ffmpeg.exit_status()
+    })
+    .expect("ffmpeg ended");
     let backlog = bytes_under(&edge.dir.path().join("rec"));
     s3 = Some(verge_testkit::s3::start(root.path(), s3_addr));
     let began = wait_for(Duration::from_secs(60), || {
@@ -138,10 +151,11 @@ fn main() {
     std::thread::sleep(window);
     let moved = bytes_under(&objects) - at_start;
     let kbps = moved as f64 * 8.0 / began.elapsed().as_secs_f64() / 1000.0;
-    let cfg = verge_manager::config::ManagerConfig::parse(&verge_testkit::s3::storage_toml(s3_addr))
-        .expect("config")
-        .storage
-        .expect("[storage]");
+    let cfg =
+        verge_manager::config::ManagerConfig::parse(&verge_testkit::s3::storage_toml(s3_addr))
+            .expect("config")
+            .storage
+            .expect("[storage]");
     let storage = verge_manager::storage::Storage::new(&cfg, "").expect("storage");
     let chunk: Vec<u8> = (0..(32usize << 20)).map(|i| (i * 7 + 3) as u8).collect();
     let raw = raw_put(&storage, s3_addr, &chunk);
@@ -156,7 +170,10 @@ fn main() {
         file.write_all(mib_chunk).unwrap();
     }
     drop(file);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let db = rt.block_on(async {
         let url = format!("sqlite://{}/manager.db?mode=rwc", edge.dir.path().display());
         let db = Db::open(&url, 1, Duration::from_secs(10)).unwrap();
@@ -188,10 +205,14 @@ fn main() {
     let dest = objects.join(day);
     std::fs::create_dir_all(&dest).unwrap();
     std::fs::copy(dir.join("p1-v-0.m4s"), dest.join("p1-v-0.m4s")).unwrap();
-    rt.block_on(db.mark_stored("live/big", (2026, 12, 1), "edge-1")).unwrap();
+    rt.block_on(db.mark_stored("live/big", (2026, 12, 1), "edge-1"))
+        .unwrap();
     let (storage_rate, storage_cpu) = play("from storage");
 
-    println!("\n{seconds} s of 720p (3 Mbit/s video + AAC) recorded with the S3 server down: {:.1} MB backlog; {mib} MiB segment\n", backlog as f64 / 1e6);
+    println!(
+        "\n{seconds} s of 720p (3 Mbit/s video + AAC) recorded with the S3 server down: {:.1} MB backlog; {mib} MiB segment\n",
+        backlog as f64 / 1e6
+    );
     println!("| measure | value | baseline |");
     println!("|---|---|---|");
     println!(

@@ -330,9 +330,17 @@ fn a_minute_recorded_through_an_outage_and_a_restart_plays_from_s3_without_the_b
         .block_on(storage.download_url("live/cam/2026/01/01/expiry.m4s"))
         .expect("presign")
         .expect("s3 presigns GETs");
-    let read = read.split_once(&addr.to_string()).map(|(_, p)| p.to_string()).expect("path");
+    let read = read
+        .split_once(&addr.to_string())
+        .map(|(_, p)| p.to_string())
+        .expect("path");
     let got = request("GET", addr, &read, &[], b"", Duration::from_secs(10)).expect("GET");
-    assert_eq!((got.status, got.body.as_slice()), (200, b"x".as_slice()), "{}", got.text());
+    assert_eq!(
+        (got.status, got.body.as_slice()),
+        (200, b"x".as_slice()),
+        "{}",
+        got.text()
+    );
     std::thread::sleep(Duration::from_millis(2500));
     let replayed = put("replayed");
     assert_eq!(replayed.status, 403, "{}", replayed.text());
