@@ -90,7 +90,9 @@ fn record_upload_and_lose_the_box(
         "box {in_box:?}, storage {:?}",
         files(&stored.join(&day_dir))
     );
-    assert!(in_box.len() >= 8, "{in_box:?}");
+    // Inits, segments and the manifest (fewer on the second day of a recording that crossed
+    // midnight UTC).
+    assert!(in_box.len() >= 3, "{in_box:?}");
     // The box goes away.
     edge.agent.signal("KILL");
     wait_for(Duration::from_secs(10), || {
@@ -144,8 +146,9 @@ fn plays_from_storage(edge: &Edge, mpd: &str) {
         .parse()
         .unwrap_or(0.0);
     println!("the day from storage: {duration:.1} s");
+    // A recording that crossed midnight UTC has two days, one of them short.
     assert!(
-        duration >= 6.0,
+        duration >= 1.0,
         "ffprobe read {duration} s: {}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -261,39 +264,51 @@ fn a_minute_recorded_through_an_outage_and_a_restart_plays_from_s3_without_the_b
     );
     edge.agent = agent;
 
-    // Everything arrives: the bucket holds exactly the box's files, the manifest last.
-    let day = wait_for(Duration::from_secs(120), || {
+    // Everything arrives: for each day the recording touched (two when it crosses midnight
+    // UTC), the bucket holds exactly the box's files, the manifest last.
+    let arrived = wait_for(Duration::from_secs(120), || {
         let days = get(m, "/api/playback/cam").ok()?.json();
-        let row = days.as_array()?.first()?.clone();
-        let mpd = row["mpd_path"].as_str()?.to_string();
-        let day_dir = mpd.trim_end_matches("/manifest.mpd").to_string();
-        let local: Vec<String> = files(&edge.dir.path().join("rec").join(&day_dir))
-            .into_iter()
-            .filter(|f| !f.starts_with('.') && f != "periods.json")
-            .collect();
-        let remote = files(&stored.join(&day_dir));
-        let same = std::fs::read(edge.dir.path().join("rec").join(&mpd)).ok()
-            == std::fs::read(stored.join(&mpd)).ok();
-        (row["location"] == "both" && local == remote && same).then_some((mpd, day_dir, remote))
+        let mut all = Vec::new();
+        for row in days.as_array()? {
+            let mpd = row["mpd_path"].as_str()?.to_string();
+            let day_dir = mpd.trim_end_matches("/manifest.mpd").to_string();
+            let local: Vec<String> = files(&edge.dir.path().join("rec").join(&day_dir))
+                .into_iter()
+                .filter(|f| !f.starts_with('.') && f != "periods.json")
+                .collect();
+            let remote = files(&stored.join(&day_dir));
+            let same = std::fs::read(edge.dir.path().join("rec").join(&mpd)).ok()
+                == std::fs::read(stored.join(&mpd)).ok();
+            if row["location"] != "both" || local != remote || !same {
+                return None;
+            }
+            all.push((mpd, day_dir, remote));
+        }
+        (!all.is_empty()).then_some(all)
     });
-    let (mpd, day_dir, remote) = day.unwrap_or_else(|| {
+    let days = arrived.unwrap_or_else(|| {
         panic!(
             "not everything arrived: {:?}\n{}",
             get(m, "/api/playback/cam").map(|r| r.text()),
             edge.agent.log_text()
         )
     });
-    let modified = |f: &str| {
-        std::fs::metadata(stored.join(&day_dir).join(f))
-            .and_then(|m| m.modified())
-            .ok()
-    };
-    let manifest_at = modified("manifest.mpd");
-    assert!(
-        remote.iter().all(|f| modified(f) <= manifest_at),
-        "a segment arrived after the manifest"
-    );
-    println!("{} objects in the bucket, as on the box", remote.len());
+    for (_, day_dir, remote) in &days {
+        let modified = |f: &str| {
+            std::fs::metadata(stored.join(day_dir).join(f))
+                .and_then(|m| m.modified())
+                .ok()
+        };
+        let manifest_at = modified("manifest.mpd");
+        assert!(
+            remote.iter().all(|f| modified(f) <= manifest_at),
+            "a segment arrived after the manifest"
+        );
+        println!(
+            "{day_dir}: {} objects in the bucket, as on the box",
+            remote.len()
+        );
+    }
 
     // The box goes away, with its recordings.
     edge.agent.signal("KILL");
@@ -302,10 +317,18 @@ fn a_minute_recorded_through_an_outage_and_a_restart_plays_from_s3_without_the_b
     })
     .expect("agent gone");
     std::fs::remove_dir_all(edge.dir.path().join("rec")).expect("delete the box's recordings");
-    plays_from_storage(&edge, &mpd);
-    let through = format!("http://{m}/api/record/object/{mpd}");
-    let frames = verge_testkit::ffprobe::count_frames(edge.dir.path(), "ffprobe-storage", &through);
-    assert_eq!(frames.video, 25 * 60, "{through}");
+    let mut frames = 0;
+    for (i, (mpd, _, _)) in days.iter().enumerate() {
+        plays_from_storage(&edge, mpd);
+        let through = format!("http://{m}/api/record/object/{mpd}");
+        frames += verge_testkit::ffprobe::count_frames(
+            edge.dir.path(),
+            &format!("ffprobe-storage-{i}"),
+            &through,
+        )
+        .video;
+    }
+    assert_eq!(frames, 25 * 60, "{days:?}");
 
     // Presigned URLs expire: one made for a second works now and is refused after.
     let storage = short_lived_storage(addr);

@@ -627,6 +627,12 @@ fn socks5_succeeds_only_once_the_agent_accepted_and_each_refusal_has_its_code() 
     // An agent that answers nothing while the manager still counts it online (frozen): an
     // error within the accept timeout (10 s), not a connection that hangs.
     b.agent.signal("STOP");
+    // Stopped for real first: a thread still running for a moment after `kill` could
+    // accept the stream (seen once in CI: "succeeded" after 1.8 ms).
+    wait_for(Duration::from_secs(5), || {
+        b.agent.is_stopped().then_some(())
+    })
+    .expect("the agent stopped");
     let (code, took, _) = socks5_connect(socks, "edge-1", b.http.port(), patience);
     b.agent.signal("CONT");
     assert!(

@@ -41,14 +41,7 @@ pub const CONCURRENCY: usize = 64;
 const REPLAY_MEMORY: usize = 64 * 1024;
 
 pub struct CallServer {
-    pub manager_id: String,
-    pub topics: Topics,
-    pub client: AsyncClient,
-    pub credentials: Credentials,
-    pub keys: KeyDistributor,
-    pub registry: Arc<Registry>,
-    pub auth: Arc<crate::auth::Auth>,
-    store: Store,
+    parts: Parts,
     permits: Arc<Semaphore>,
     replays: Mutex<ReplayGuard>,
 }
@@ -67,25 +60,8 @@ pub struct Parts {
 
 impl CallServer {
     pub fn new(parts: Parts) -> Self {
-        let Parts {
-            manager_id,
-            topics,
-            client,
-            credentials,
-            keys,
-            registry,
-            auth,
-            store,
-        } = parts;
         Self {
-            manager_id,
-            topics,
-            client,
-            credentials,
-            keys,
-            registry,
-            auth,
-            store,
+            parts,
             permits: Arc::new(Semaphore::new(CONCURRENCY)),
             replays: Mutex::new(ReplayGuard::new(REPLAY_MEMORY)),
         }
@@ -93,7 +69,7 @@ impl CallServer {
 
     /// Checks a call from `agent` and starts it; never waits.
     pub fn on_call(self: &Arc<Self>, agent: &str, payload: &[u8]) {
-        let Some(secret) = self.credentials.secret_of(agent) else {
+        let Some(secret) = self.parts.credentials.secret_of(agent) else {
             tracing::debug!(%agent, "a call from an agent that is not enrolled");
             return;
         };
@@ -159,9 +135,14 @@ impl CallServer {
             id: call.id,
             result,
         };
-        let payload = envelope::seal(key, &self.manager_id, verge_protocol::now_ms(), &reply);
-        if let Err(e) = self.client.try_publish(
-            self.topics.call_reply(agent),
+        let payload = envelope::seal(
+            key,
+            &self.parts.manager_id,
+            verge_protocol::now_ms(),
+            &reply,
+        );
+        if let Err(e) = self.parts.client.try_publish(
+            self.parts.topics.call_reply(agent),
             QoS::AtMostOnce,
             false,
             payload,
@@ -213,7 +194,7 @@ impl CallServer {
             Some(&format!("room={}", p.room)),
         );
         let now = verge_protocol::now_ms() / 1000;
-        if let Err(denied) = self.auth.admit(&need, p.token.as_deref(), now) {
+        if let Err(denied) = self.parts.auth.admit(&need, p.token.as_deref(), now) {
             let status = match denied {
                 crate::auth::Denied::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
                 crate::auth::Denied::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -221,6 +202,7 @@ impl CallServer {
             return (status, json!(denied.to_string()));
         }
         if let Some(other) = self
+            .parts
             .keys
             .store
             .bound_agent("live", &p.room)
@@ -231,7 +213,7 @@ impl CallServer {
                 json!(format!("room {:?} belongs to box {other:?}", p.room)),
             );
         }
-        let (keys, registry) = (&self.keys, &self.registry);
+        let (keys, registry) = (&self.parts.keys, &self.parts.registry);
         match p.op {
             ControlOp::Get => livego::get_key(keys, registry, &p.room, Some(agent)),
             ControlOp::Reset => livego::reset_key(keys, registry, &p.room, Some(agent)),
@@ -240,7 +222,8 @@ impl CallServer {
     }
 
     fn storage(&self) -> Result<&crate::storage::Storage, RpcError> {
-        self.store
+        self.parts
+            .store
             .storage
             .as_deref()
             .ok_or_else(|| RpcError::new(ErrorCode::Unsupported, "this manager has no [storage]"))
@@ -253,6 +236,7 @@ impl CallServer {
         let (stream, year, month, d) = crate::http::playback::parse_object(&object)
             .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e))?;
         let db = self
+            .parts
             .store
             .index
             .db()
@@ -307,6 +291,7 @@ impl CallServer {
         self.storage()?;
         let (stream, date) = self.owns(agent, day).await?;
         let db = self
+            .parts
             .store
             .index
             .db()

@@ -276,6 +276,28 @@ impl Proc {
         assert!(status.success(), "kill -{signal} {}", self.pid());
     }
 
+    /// Whether every thread of the process is stopped (`T`, after SIGSTOP). `kill` returns
+    /// before a thread running on another core has stopped.
+    pub fn is_stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|stat| {
+                    let state = stat
+                        .rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .next()?
+                        .to_string();
+                    Some(state == "T" || state == "t")
+                })
+                .unwrap_or(false)
+        })
+    }
+
     /// SIGTERM, then wait (bounded) for the exit.
     pub fn terminate(mut self, patience: Duration) -> Option<std::process::ExitStatus> {
         self.signal("TERM");

@@ -131,6 +131,18 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// A migrated SQLite database in a fresh folder under the system's temp dir, for unit tests:
+/// the database and the folder (the test removes it).
+#[cfg(test)]
+pub(crate) async fn scratch(label: &str) -> (Db, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("verge-db-{label}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    let url = format!("sqlite://{}/index.db?mode=rwc", dir.display());
+    let db = Db::open(&url, 2, Duration::from_secs(5)).expect("open");
+    db.migrate().await.expect("migrate");
+    (db, dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

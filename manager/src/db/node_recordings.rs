@@ -184,17 +184,11 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[tokio::test]
     async fn node_sessions_are_stored_once_and_refreshed() {
-        let dir = std::env::temp_dir().join(format!("verge-db-nodes-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}/index.db?mode=rwc", dir.display());
-        let db = Db::open(&url, 2, Duration::from_secs(5)).unwrap();
-        db.migrate().await.unwrap();
+        let (db, dir) = super::super::scratch("nodes").await;
         let mut s = NodeSession {
             node: "sfu-1".into(),
             stream: "live/cam".into(),

@@ -282,8 +282,6 @@ pub(super) fn new_uuid() -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn row(stream: &str, day: u32) -> IndexRow {
@@ -299,11 +297,7 @@ mod tests {
 
     #[tokio::test]
     async fn upserts_are_idempotent_and_a_day_stays_with_its_agent() {
-        let dir = std::env::temp_dir().join(format!("verge-db-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}/index.db?mode=rwc", dir.display());
-        let db = Db::open(&url, 2, Duration::from_secs(5)).unwrap();
-        db.migrate().await.unwrap();
+        let (db, dir) = super::super::scratch("recordings").await;
         db.migrate().await.unwrap();
         assert_eq!(
             db.upsert(&row("live/cam", 1), "edge-1").await.unwrap(),

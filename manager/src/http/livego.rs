@@ -112,17 +112,28 @@ fn room_and_agent<'a>(
     Ok((room(all, path)?, agent(app, all)?))
 }
 
+/// What `get` and `reset` do to a room, for an optional agent.
+type KeyOp = fn(&KeyDistributor, &Registry, &str, Option<&str>) -> (StatusCode, Value);
+
+fn keyed(op: KeyOp, path: &str, app: &AppState, all: &[(String, String)]) -> Response {
+    match room_and_agent(app, all, path) {
+        Ok((room, agent)) => reply(op(&app.keys, &app.registry, room, agent)),
+        Err(r) => r.into_response(),
+    }
+}
+
 pub async fn get(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let all = params(query, &headers, &body);
-    match room_and_agent(&app, &all, "/control/get") {
-        Ok((room, agent)) => reply(get_key(&app.keys, &app.registry, room, agent)),
-        Err(r) => r.into_response(),
-    }
+    keyed(
+        get_key,
+        "/control/get",
+        &app,
+        &params(query, &headers, &body),
+    )
 }
 
 pub async fn reset(
@@ -131,11 +142,12 @@ pub async fn reset(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let all = params(query, &headers, &body);
-    match room_and_agent(&app, &all, "/control/reset") {
-        Ok((room, agent)) => reply(reset_key(&app.keys, &app.registry, room, agent)),
-        Err(r) => r.into_response(),
-    }
+    keyed(
+        reset_key,
+        "/control/reset",
+        &app,
+        &params(query, &headers, &body),
+    )
 }
 
 pub async fn delete(

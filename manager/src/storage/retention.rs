@@ -77,11 +77,7 @@ mod tests {
 
     #[tokio::test]
     async fn days_past_keep_days_lose_objects_and_rows() {
-        let dir = std::env::temp_dir().join(format!("verge-retention-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}/index.db?mode=rwc", dir.display());
-        let db = Db::open(&url, 2, Duration::from_secs(5)).unwrap();
-        db.migrate().await.unwrap();
+        let (db, dir) = crate::db::scratch("retention").await;
         let cfg = crate::config::ManagerConfig::parse(&format!(
             "[storage]\ntype = \"fs\"\nroot = \"{}/store\"\nkeep_days = 2\n",
             dir.display()
