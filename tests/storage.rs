@@ -330,6 +330,28 @@ fn a_minute_recorded_through_an_outage_and_a_restart_plays_from_s3_without_the_b
     }
     assert_eq!(frames, 25 * 60, "{days:?}");
 
+    // With `[storage] redirect = true`, the manager sends players to a presigned GET.
+    let cfg = std::fs::read_to_string(&edge.manager_cfg).expect("manager.toml");
+    let cfg = cfg.replace(
+        "prefix = \"recordings/\"\n",
+        "prefix = \"recordings/\"\nredirect = true\n",
+    );
+    assert!(cfg.contains("redirect = true"), "{cfg}");
+    std::fs::write(&edge.manager_cfg, cfg).expect("manager.toml");
+    edge.stop_manager();
+    edge.start_manager("manager-redirect");
+    let (mpd, _, _) = &days[0];
+    let moved = get(edge.manager_http, &format!("/api/record/object/{mpd}")).expect("GET");
+    assert_eq!(moved.status, 302, "{}", moved.text());
+    let location = moved.header("location").expect("Location").to_string();
+    let path = location
+        .split_once(&addr.to_string())
+        .map(|(_, p)| p.to_string())
+        .unwrap_or_else(|| panic!("{location} is not the S3 server's"));
+    let followed = request("GET", addr, &path, &[], b"", Duration::from_secs(10)).expect("GET");
+    assert_eq!(followed.status, 200, "{}", followed.text());
+    assert!(followed.text().contains("<MPD"), "{}", followed.text());
+
     // Presigned URLs expire: one made for a second works now and is refused after.
     let storage = short_lived_storage(addr);
     let rt = tokio::runtime::Builder::new_current_thread()
