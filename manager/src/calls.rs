@@ -229,18 +229,22 @@ impl CallServer {
             .ok_or_else(|| RpcError::new(ErrorCode::Unsupported, "this manager has no [storage]"))
     }
 
+    /// The index's database, or `busy` while it is down.
+    fn db(&self) -> Result<&crate::db::Db, RpcError> {
+        self.parts
+            .store
+            .index
+            .db()
+            .map_err(|e| RpcError::new(ErrorCode::Busy, e))
+    }
+
     /// Checks that the stream-day `day` (`{app}/{name}/{yyyy}/{mm}/{dd}`) is indexed for
     /// `agent`: a box uploads only its own recordings.
     async fn owns(&self, agent: &str, day: &str) -> Result<(String, (i32, u32, u32)), RpcError> {
         let object = format!("{day}/manifest.mpd");
         let (stream, year, month, d) = crate::http::playback::parse_object(&object)
             .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e))?;
-        let db = self
-            .parts
-            .store
-            .index
-            .db()
-            .map_err(|e| RpcError::new(ErrorCode::Busy, e))?;
+        let db = self.db()?;
         let row = db
             .day(&stream, year, month, d)
             .await
@@ -290,12 +294,7 @@ impl CallServer {
     async fn stored(&self, agent: &str, day: &str) -> Result<(), RpcError> {
         self.storage()?;
         let (stream, date) = self.owns(agent, day).await?;
-        let db = self
-            .parts
-            .store
-            .index
-            .db()
-            .map_err(|e| RpcError::new(ErrorCode::Busy, e))?;
+        let db = self.db()?;
         db.mark_stored(&stream, date, agent)
             .await
             .map_err(|e| RpcError::new(ErrorCode::Busy, e.to_string()))?;

@@ -181,10 +181,23 @@ fn write_ledger(dir: &Path, ledger: &Ledger) -> std::io::Result<()> {
     std::fs::rename(tmp, dir.join(LEDGER))
 }
 
-/// The days with something to upload (blocking file I/O).
-fn look(root: &Path) -> Vec<DayWork> {
+/// Day folders found wholly uploaded, with their modification time then: a folder whose time
+/// has not moved since (the writer renames every file into place, which moves it) is not read
+/// again, so a box with months of recordings does not reread and hash every manifest each tick.
+pub type Settled = std::collections::HashMap<PathBuf, std::time::SystemTime>;
+
+/// The days with something to upload (blocking file I/O); `settled` is kept across calls.
+fn look(root: &Path, settled: &mut Settled) -> Vec<DayWork> {
     let mut work = Vec::new();
+    let mut seen = Settled::new();
     for (day, dir) in day_folders(root) {
+        let Some(modified) = std::fs::metadata(&dir).and_then(|m| m.modified()).ok() else {
+            continue;
+        };
+        if settled.get(&dir) == Some(&modified) {
+            seen.insert(dir, modified);
+            continue;
+        }
         let ledger = read_ledger(&dir);
         // First the manifest, then the listing: see the module's notes.
         let manifest = std::fs::read(dir.join("manifest.mpd"))
@@ -215,8 +228,12 @@ fn look(root: &Path) -> Vec<DayWork> {
                 manifest,
                 ledger,
             });
+        } else {
+            seen.insert(dir, modified);
         }
     }
+    // Days gone (removed, pruned) are forgotten.
+    *settled = seen;
     work
 }
 
@@ -421,6 +438,7 @@ pub async fn run(
     };
     let mut backoff = FIRST_WAIT;
     let mut pruned = Instant::now();
+    let mut settled = Settled::new();
     loop {
         tokio::time::sleep(TICK).await;
         if cfg.keep_local_days > 0 && pruned.elapsed() >= PRUNE_EVERY {
@@ -439,9 +457,16 @@ pub async fn run(
             }
         }
         let dir = root.clone();
-        let Ok(work) = tokio::task::spawn_blocking(move || look(&dir)).await else {
+        let mut held = std::mem::take(&mut settled);
+        let Ok((work, held)) = tokio::task::spawn_blocking(move || {
+            let work = look(&dir, &mut held);
+            (work, held)
+        })
+        .await
+        else {
             continue;
         };
+        settled = held;
         let queued: u64 = work.iter().map(|w| w.files.len() as u64).sum();
         let bytes: u64 = work.iter().flat_map(|w| &w.files).map(|(_, s)| *s).sum();
         stats.queued_files.store(queued, Ordering::Relaxed);
@@ -572,7 +597,8 @@ mod tests {
         let dir = root.join("live/b/2026/12/05");
         std::fs::write(dir.join("p1-v-1.m4s"), b"x").unwrap();
         std::fs::write(dir.join("manifest.mpd"), b"<MPD/>").unwrap();
-        let work = look(&root);
+        let mut settled = Settled::new();
+        let work = look(&root, &mut settled);
         assert_eq!(work.len(), 1);
         assert_eq!(work[0].day, "live/b/2026/12/05");
         let mut ledger = work[0].ledger.clone();
@@ -580,7 +606,17 @@ mod tests {
         ledger.manifest = Some(digest(b"<MPD/>"));
         write_ledger(&dir, &ledger).unwrap();
         assert_eq!(read_ledger(&dir), ledger);
-        assert!(look(&root).is_empty());
+        assert!(look(&root, &mut settled).is_empty());
+        // Settled now: not read again until its folder changes.
+        assert!(settled.contains_key(&dir));
+        std::fs::write(dir.join("manifest.mpd"), b"<MPD>2</MPD>").unwrap();
+        let tmp = dir.join("p1-v-2.m4s.tmp");
+        std::fs::write(&tmp, b"yy").unwrap();
+        std::fs::rename(&tmp, dir.join("p1-v-2.m4s")).unwrap();
+        let again = look(&root, &mut settled);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].files, vec![("p1-v-2.m4s".to_string(), 2)]);
+        assert!(!settled.contains_key(&dir));
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
