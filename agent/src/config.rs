@@ -160,8 +160,11 @@ pub struct TunnelConfig {
     pub resume_secs: u64,
     /// Tunnel streams open at once.
     pub max_streams: usize,
-    /// Bytes each stream buffers in each direction (its flow-control window), in KiB.
+    /// Each stream's first flow-control window (what it buffers in each direction), in KiB.
     pub window_kib: u32,
+    /// What a stream's window may grow to on a long fast path, in KiB: a window carries at
+    /// most one window per round trip, so 100 Mbit/s over 100 ms needs about 2.5 MiB.
+    pub max_window_kib: u32,
 }
 
 impl Default for TunnelConfig {
@@ -171,6 +174,7 @@ impl Default for TunnelConfig {
             resume_secs: 30,
             max_streams: 64,
             window_kib: 512,
+            max_window_kib: 4096,
         }
     }
 }

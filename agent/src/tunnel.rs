@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rumqttc::AsyncClient;
+use rumqttc::{AsyncClient, QoS};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use verge_protocol::topic::Topics;
@@ -87,6 +88,9 @@ pub struct Tunnels {
     allow: Arc<Allow>,
     limits: Limits,
     links: HashMap<String, MqttTunnel>,
+    /// Set on the first tunnel packet: this agent listens on its tunnel filter from then on
+    /// (subscribed now, and again on every connection by the announcer).
+    listening: Arc<AtomicBool>,
 }
 
 impl Tunnels {
@@ -95,8 +99,10 @@ impl Tunnels {
         client: AsyncClient,
         topics: Topics,
         link_up: watch::Receiver<bool>,
+        listening: Arc<AtomicBool>,
     ) -> Self {
         Self {
+            listening,
             agent: cfg.id.clone(),
             secret: cfg.secret.clone(),
             client,
@@ -110,17 +116,31 @@ impl Tunnels {
                     ("hls", cfg.hls.listen),
                 ],
             )),
-            limits: Limits::agent(
-                cfg.tunnel.window_kib,
-                cfg.tunnel.max_streams,
-                cfg.tunnel.resume_secs,
-            ),
+            limits: Limits::agent(verge_tunnel::Sizes {
+                window_kib: cfg.tunnel.window_kib,
+                max_window_kib: cfg.tunnel.max_window_kib,
+                max_streams: cfg.tunnel.max_streams,
+                resume_secs: cfg.tunnel.resume_secs,
+            }),
             links: HashMap::new(),
         }
     }
 
     /// A sealed packet from `manager`; never waits.
     pub fn on_packet(&mut self, manager: &str, payload: &[u8]) {
+        if !self.listening.swap(true, Ordering::AcqRel) {
+            // The tunnel is in use: listen on the tunnel filter, whose broker log holds a
+            // long path's bytes in flight. Managers move there once they see us answer.
+            let filter = self.topics.agent_tunnel(&self.agent);
+            match self.client.try_subscribe(&filter, QoS::AtMostOnce) {
+                Ok(()) => {
+                    tracing::info!(agent = %self.agent, %filter, "listening on the tunnel filter")
+                }
+                Err(e) => {
+                    tracing::warn!(agent = %self.agent, error = %e, "cannot subscribe to the tunnel filter; subscribing on the next connection")
+                }
+            }
+        }
         self.links.retain(|_, link| link.is_running());
         if !self.links.contains_key(manager) {
             if self.links.len() >= MAX_MANAGERS {
@@ -129,7 +149,7 @@ impl Tunnels {
             }
             let cfg = EndpointConfig::link(Side::Agent, &self.secret, manager, self.limits);
             let topic = self.topics.tunnel_up(manager, &self.agent);
-            match MqttTunnel::spawn(cfg, self.client.clone(), topic, self.link_up.clone()) {
+            match MqttTunnel::spawn(cfg, self.client.clone(), topic, None, self.link_up.clone()) {
                 Ok((link, incoming)) => {
                     tracing::info!(agent = %self.agent, %manager, "tunnel link up");
                     tokio::spawn(serve(incoming, self.allow.clone(), manager.to_string()));

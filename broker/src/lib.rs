@@ -12,8 +12,12 @@
 //! stays at its high-water mark until segments rotate out. So the few fleet-wide filters the
 //! manager subscribes to (`fleet_filters`) get `segment_size × segment_count`, and every other
 //! filter (one per agent: its request topic) gets the much smaller
-//! `agent_segment_size × agent_segment_count`. The broker's log memory is then at most
-//! `fleet filters × segment_size × segment_count + agents × agent_segment_size × agent_segment_count`.
+//! `agent_segment_size × agent_segment_count`. An agent whose tunnel is used also subscribes to
+//! its tunnel filter (`tunnel_filters`), whose log is `tunnel_segment_size ×
+//! tunnel_segment_count`: large enough for a long fast path's bytes in flight, and paid only by
+//! agents that carried tunnel traffic. The broker's log memory is then at most
+//! `fleet filters × segment_size × segment_count + agents × agent_segment_size × agent_segment_count
+//! + tunnelled agents × tunnel_segment_size × tunnel_segment_count`.
 //!
 //! Descriptors: rumqttd's accept loop logs an ERROR for every failed accept and retries at once,
 //! so running out of descriptors spins a core and floods the log (issue #27). It has no cap
@@ -156,6 +160,11 @@ pub struct BrokerSettings {
     pub segment_count: usize,
     pub agent_segment_size: usize,
     pub agent_segment_count: usize,
+    /// Filters (patterns) of the agents' tunnel filters (`verge/v1/a/+/tun/+`), whose logs
+    /// get `tunnel_segment_size × tunnel_segment_count`.
+    pub tunnel_filters: Vec<String>,
+    pub tunnel_segment_size: usize,
+    pub tunnel_segment_count: usize,
     /// An in-process client of the broker (no socket, no MQTT encoding) subscribed to these
     /// filters: the manager's tunnel traffic, where each hop shows in the round trip.
     pub local_link: Option<LocalLinkSpec>,
@@ -403,10 +412,23 @@ fn rumqttd_config(settings: &BrokerSettings, credentials: &Credentials) -> Confi
         max_segment_size: settings.segment_size.max(1024),
         max_segment_count: settings.segment_count.max(1),
     };
+    let tunnel_segment = SegmentConfig {
+        max_segment_size: settings.tunnel_segment_size.max(1024),
+        max_segment_count: settings.tunnel_segment_count.max(1),
+    };
+    // rumqttd applies every pattern that matches a new filter, in no set order: the fleet
+    // and tunnel patterns must never match the same filter (they differ in level count or in
+    // a fixed level).
     let custom_segment = settings
         .fleet_filters
         .iter()
         .map(|filter| (filter.clone(), fleet_segment.clone()))
+        .chain(
+            settings
+                .tunnel_filters
+                .iter()
+                .map(|filter| (filter.clone(), tunnel_segment.clone())),
+        )
         .collect();
     Config {
         id: 0,

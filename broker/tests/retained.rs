@@ -22,6 +22,9 @@ fn settings(port: u16) -> BrokerSettings {
         segment_count: 2,
         agent_segment_size: 64 * 1024,
         agent_segment_count: 2,
+        tunnel_filters: vec!["verge/v1/a/+/tun/+".into()],
+        tunnel_segment_size: 1 << 20,
+        tunnel_segment_count: 3,
     }
 }
 

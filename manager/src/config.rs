@@ -209,8 +209,11 @@ pub struct TunnelConfig {
     pub resume_secs: u64,
     /// Tunnel streams open at once to one agent.
     pub max_streams: usize,
-    /// Bytes each stream buffers in each direction (its flow-control window), in KiB.
+    /// Each stream's first flow-control window (what it buffers in each direction), in KiB.
     pub window_kib: u32,
+    /// What a stream's window may grow to on a long fast path, in KiB: a window carries at
+    /// most one window per round trip, so 100 Mbit/s over 100 ms needs about 2.5 MiB.
+    pub max_window_kib: u32,
     /// Port forwards: a listener here whose connections reach `target` on `agent`.
     pub forward: Vec<Forward>,
     /// A SOCKS5 proxy into the fleet: host `{agent}` or `{agent}.verge`, port one of the
@@ -224,6 +227,7 @@ impl Default for TunnelConfig {
             resume_secs: 30,
             max_streams: 256,
             window_kib: 512,
+            max_window_kib: 4096,
             forward: Vec::new(),
             socks_listen: None,
         }
@@ -482,6 +486,13 @@ pub struct BrokerConfig {
     pub agent_segment_size: usize,
     /// Segments kept per agent filter.
     pub agent_segment_count: usize,
+    /// Commit-log segment size of each agent's tunnel filter, in bytes: what the manager may
+    /// have in flight towards one agent's tunnel streams is three quarters of
+    /// `tunnel_segment_size × (tunnel_segment_count − 1)`. The log exists only for agents
+    /// whose tunnel was used, and stays at its high-water mark.
+    pub tunnel_segment_size: usize,
+    /// Segments kept per agent tunnel filter.
+    pub tunnel_segment_count: usize,
 }
 
 impl Default for BrokerConfig {
@@ -500,6 +511,8 @@ impl Default for BrokerConfig {
             segment_count: 4,
             agent_segment_size: 256 * 1024,
             agent_segment_count: 2,
+            tunnel_segment_size: 1024 * 1024,
+            tunnel_segment_count: 3,
         }
     }
 }
@@ -720,16 +733,19 @@ impl ManagerConfig {
             verge_tunnel::Broker::Embedded {
                 agent_segment_size: self.broker.agent_segment_size,
                 agent_segment_count: self.broker.agent_segment_count,
+                tunnel_segment_size: self.broker.tunnel_segment_size,
+                tunnel_segment_count: self.broker.tunnel_segment_count,
             }
         } else {
             verge_tunnel::Broker::External
         };
-        verge_tunnel::Limits::manager(
-            self.tunnel.window_kib,
-            self.tunnel.max_streams,
-            self.tunnel.resume_secs,
-            broker,
-        )
+        let sizes = verge_tunnel::Sizes {
+            window_kib: self.tunnel.window_kib,
+            max_window_kib: self.tunnel.max_window_kib,
+            max_streams: self.tunnel.max_streams,
+            resume_secs: self.tunnel.resume_secs,
+        };
+        verge_tunnel::Limits::manager(sizes, broker)
     }
 
     /// Descriptors this configuration lets peers hold at once, plus the manager's own: what

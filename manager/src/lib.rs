@@ -246,6 +246,9 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
                 segment_count: cfg.broker.segment_count,
                 agent_segment_size: cfg.broker.agent_segment_size,
                 agent_segment_count: cfg.broker.agent_segment_count,
+                tunnel_filters: vec![topics.all_agent_tunnels()],
+                tunnel_segment_size: cfg.broker.tunnel_segment_size,
+                tunnel_segment_count: cfg.broker.tunnel_segment_count,
                 local_link: Some(verge_broker::LocalLinkSpec {
                     client_id: format!("verge-manager-tunnel:{}", cfg.mqtt.id),
                     filters: vec![topics.tunnel_up_all(&cfg.mqtt.id)],

@@ -7,7 +7,8 @@
 //! {p}/v1/a/{agent}/req        manager -> agent RPC requests
 //! {p}/v1/m/{manager}/res      agent -> manager RPC replies
 //! {p}/v1/a/{agent}/keys       retained channel keys, manager -> agent
-//! {p}/v1/a/{agent}/tun:{mgr}  sealed tunnel packets, manager -> agent
+//! {p}/v1/a/{agent}/tun:{mgr}  sealed tunnel packets, manager -> agent (agent filter)
+//! {p}/v1/a/{agent}/tun/{mgr}  the same, on the agent's tunnel filter once it listens there
 //! {p}/v1/m/{mgr}/tun/{agent}  sealed tunnel packets, agent -> manager
 //! {p}/v1/a/{agent}/idx        recording index rows, agent -> managers
 //! {p}/v1/a/{agent}/ack:{mgr}  index acknowledgements, manager -> agent
@@ -16,7 +17,9 @@
 //! ```
 //!
 //! The down topic is one level under the agent (`tun:{manager}`, `:` never appears in an id)
-//! so that the agent's single filter `{p}/v1/a/{agent}/+` covers it.
+//! so that the agent's single filter `{p}/v1/a/{agent}/+` covers it. An agent whose tunnel is
+//! used also subscribes to `{p}/v1/a/{agent}/tun/+` (its tunnel filter), which the embedded
+//! broker gives a log of its own, large enough for a long fast path (docs/protocol.md §16).
 
 use crate::id::{self, IdError};
 
@@ -88,9 +91,24 @@ impl Topics {
         format!("{}/v1/m/{manager}/res", self.prefix)
     }
 
-    /// Tunnel packets from `manager` to `agent`.
+    /// Tunnel packets from `manager` to `agent`, on the agent's own filter.
     pub fn tunnel_down(&self, agent: &str, manager: &str) -> String {
         format!("{}/v1/a/{agent}/tun:{manager}", self.prefix)
+    }
+
+    /// Tunnel packets from `manager` to `agent`, on the agent's tunnel filter.
+    pub fn tunnel_down_wide(&self, agent: &str, manager: &str) -> String {
+        format!("{}/v1/a/{agent}/tun/{manager}", self.prefix)
+    }
+
+    /// The agent's tunnel filter (every manager's packets to it, at their full window).
+    pub fn agent_tunnel(&self, agent: &str) -> String {
+        self.tunnel_down_wide(agent, "+")
+    }
+
+    /// Every agent's tunnel filter: what the embedded broker gives a tunnel-sized log.
+    pub fn all_agent_tunnels(&self) -> String {
+        self.agent_tunnel("+")
     }
 
     /// Tunnel packets from `agent` to `manager`.
@@ -225,6 +243,19 @@ impl Topics {
                     },
                 )
             }
+            ["v1", "a", agent, "tun", manager] => {
+                id::validate(manager).map_err(|source| TopicError::BadId {
+                    topic: topic.to_string(),
+                    source,
+                })?;
+                (
+                    *agent,
+                    Topic::TunnelDown {
+                        agent: agent.to_string(),
+                        manager: manager.to_string(),
+                    },
+                )
+            }
             ["v1", "m", manager, "tun", agent] => {
                 id::validate(manager).map_err(|source| TopicError::BadId {
                     topic: topic.to_string(),
@@ -319,6 +350,21 @@ mod tests {
         assert_eq!(t.tunnel_up_all("m1"), "verge/v1/m/m1/tun/+");
         assert!(t.parse("verge/v1/a/e1/tun:").is_err());
         assert!(t.parse("verge/v1/a/e1/tun:a/b").is_err());
+        // The tunnel filter: a level deeper, so the agent filter does not match it too (a
+        // packet matched by both would be delivered twice).
+        let wide = t.tunnel_down_wide("e1", "m1");
+        assert_eq!(wide, "verge/v1/a/e1/tun/m1");
+        assert_eq!(t.agent_tunnel("e1"), "verge/v1/a/e1/tun/+");
+        assert_eq!(t.all_agent_tunnels(), "verge/v1/a/+/tun/+");
+        assert_eq!(
+            t.parse(&wide),
+            Ok(Topic::TunnelDown {
+                agent: "e1".into(),
+                manager: "m1".into()
+            })
+        );
+        assert!(t.parse("verge/v1/a/e1/tun/").is_err());
+        assert!(t.parse("verge/v1/a/e1/tun/a:b").is_err());
         assert!(t.parse("verge/v1/m/m1/tun/a:b").is_err());
     }
 

@@ -14,6 +14,8 @@
 //!   test's own.
 //! - [`netns`]: network namespaces, veths, NAT and shaped uplinks (tbf), for the NAT and
 //!   cluster tests (root only).
+//! - [`link`]: a box at the end of a long shaped link (tbf rate, a delay in user space), for
+//!   the tunnel on real paths (root only).
 //! - [`postgres`]: a real PostgreSQL the test stops and starts.
 //! - [`prometheus`]: a `/metrics` page read by a real Prometheus parser.
 //! - [`measure`]: what the benchmarks read about processes: CPU time, memory, percentiles.
@@ -28,6 +30,7 @@
 pub mod chromium;
 pub mod edge;
 pub mod ffprobe;
+pub mod link;
 pub mod liveion;
 pub mod measure;
 pub mod netns;

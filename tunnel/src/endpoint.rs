@@ -17,13 +17,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::bridge::{Down, TunnelStream, Up};
 use crate::error::TunnelError;
-use crate::frame::ResetCode;
+use crate::frame::{Frame, ResetCode};
 use crate::limits::Limits;
 use crate::mux::{Mux, MuxEvent, Side};
 use crate::seal::{Direction, Epoch, Opener, SealError, Sealer};
@@ -121,6 +122,16 @@ pub struct EndpointStats {
     /// Packets refused: forged, replayed, of an older epoch, or malformed.
     pub packets_refused: u64,
     pub resets: HashMap<String, u64>,
+    /// The path as this end measures it ([`crate::path::Path`]): smoothed and smallest round
+    /// trip in microseconds (0 before the first sample), largest delivery rate in bytes per
+    /// second, and the in-flight cap now and at most.
+    pub rtt_us: u64,
+    pub min_rtt_us: u64,
+    pub delivery_rate: u64,
+    pub in_flight_cap: u64,
+    pub max_in_flight: u64,
+    /// True once packets to the agent go on its tunnel filter (manager's end).
+    pub wide: bool,
 }
 
 /// The application's handle on a running endpoint.
@@ -134,6 +145,28 @@ pub struct Endpoint {
 /// trip on a busy small box.
 pub type DirectOut = Box<dyn FnMut(Vec<u8>) -> Result<(), Vec<u8>> + Send>;
 
+/// The manager's second route to an agent: the agent's tunnel filter, whose broker log holds a
+/// long path's bytes in flight (docs/protocol.md §16). The link starts on the agent's own
+/// filter; while streams are open it probes the tunnel filter with a keepalive there, and
+/// once one is answered (the agent subscribed on its first tunnel packet) and no open of this
+/// end waits for its answer, every packet goes there and the in-flight cap rises to
+/// [`Limits::wide_in_flight`].
+pub struct WideRoute {
+    /// Publishes a sealed packet on the tunnel filter's topic without waiting (a probe).
+    pub probe: DirectOut,
+    /// Set when the link switches: the publishers then use the tunnel filter's topic.
+    pub switched: Arc<AtomicBool>,
+}
+
+/// Keepalive tokens with this bit probe the tunnel filter.
+const WIDE_PROBE: u64 = 1 << 62;
+/// Probes of the tunnel filter per link (and after each restart of the agent), one a second
+/// while streams are open; an agent that never answers (it predates the tunnel filter) keeps
+/// the link on its own filter.
+const WIDE_PROBES: u32 = 30;
+const WIDE_PROBE_EVERY: Duration = Duration::from_secs(1);
+const WIDE_FIRST_PROBE: Duration = Duration::from_millis(250);
+
 impl Endpoint {
     /// Starts the endpoint task. `packets_in` carries sealed packets from the peer,
     /// `packets_out` takes sealed packets to publish; `link_up` says whether the MQTT session
@@ -144,7 +177,7 @@ impl Endpoint {
         packets_out: mpsc::Sender<Vec<u8>>,
         link_up: watch::Receiver<bool>,
     ) -> Result<(Self, mpsc::Receiver<Incoming>), SealError> {
-        Self::spawn_with(cfg, packets_in, packets_out, None, link_up)
+        Self::spawn_with(cfg, packets_in, packets_out, None, None, link_up)
     }
 
     /// [`Endpoint::spawn`] with a [`DirectOut`]: packets go there first, and to `packets_out`
@@ -154,6 +187,7 @@ impl Endpoint {
         packets_in: mpsc::Receiver<Vec<u8>>,
         packets_out: mpsc::Sender<Vec<u8>>,
         direct_out: Option<DirectOut>,
+        wide: Option<WideRoute>,
         link_up: watch::Receiver<bool>,
     ) -> Result<(Self, mpsc::Receiver<Incoming>), SealError> {
         let (send_dir, recv_dir) = match cfg.side {
@@ -180,6 +214,10 @@ impl Endpoint {
             limits: cfg.limits,
             down_since: None,
             stats: EndpointStats::default(),
+            wide,
+            wide_answered: false,
+            wide_probes: 0,
+            next_wide_probe: None,
         };
         tokio::spawn(task.run(
             packets_in,
@@ -246,6 +284,11 @@ struct Task {
     limits: Limits,
     down_since: Option<Instant>,
     stats: EndpointStats,
+    wide: Option<WideRoute>,
+    /// A probe of the tunnel filter was answered.
+    wide_answered: bool,
+    wide_probes: u32,
+    next_wide_probe: Option<Instant>,
 }
 
 impl Task {
@@ -260,6 +303,7 @@ impl Task {
     ) {
         let mut link_open = true;
         loop {
+            self.drive_wide();
             self.fill_pending_out();
             self.send_direct(&packets_out);
             let deadline = self
@@ -268,6 +312,7 @@ impl Task {
                 .map(Instant::from_std)
                 .into_iter()
                 .chain(self.down_since.map(|t| t + self.limits.resume))
+                .chain(self.wide_probe_due())
                 .min();
             tokio::select! {
                 permit = packets_out.reserve(), if self.pending_out.is_some() => {
@@ -317,6 +362,84 @@ impl Task {
                 reason: "the tunnel endpoint stopped".into(),
             });
         }
+    }
+
+    /// When the next probe of the tunnel filter is due, while probing.
+    fn wide_probe_due(&self) -> Option<Instant> {
+        let probing = self
+            .wide
+            .as_ref()
+            .is_some_and(|w| !w.switched.load(Ordering::Acquire))
+            && !self.wide_answered
+            && self.wide_probes < WIDE_PROBES
+            && !self.mux.is_empty();
+        probing.then(|| {
+            self.next_wide_probe
+                .unwrap_or_else(|| Instant::now() + WIDE_FIRST_PROBE)
+        })
+    }
+
+    /// Probes the tunnel filter, and switches to it once a probe was answered.
+    fn drive_wide(&mut self) {
+        let Some(wide) = &mut self.wide else {
+            return;
+        };
+        if wide.switched.load(Ordering::Acquire) {
+            return;
+        }
+        if self.wide_answered {
+            // An open on the old route must not be overtaken by its stream's data on the new.
+            if !self.mux.opens_pending() {
+                wide.switched.store(true, Ordering::Release);
+                self.mux.set_max_in_flight(self.limits.wide_in_flight);
+                self.stats.wide = true;
+                tracing::info!(
+                    in_flight = self.limits.wide_in_flight,
+                    "tunnel link moved to the agent's tunnel filter"
+                );
+            }
+            return;
+        }
+        let now = Instant::now();
+        if self.mux.is_empty() || self.wide_probes >= WIDE_PROBES {
+            return;
+        }
+        let Some(due) = self.next_wide_probe else {
+            // The agent subscribes on our first packet: a probe sent with it would arrive
+            // before the subscription.
+            self.next_wide_probe = Some(now + WIDE_FIRST_PROBE);
+            return;
+        };
+        if now < due {
+            return;
+        }
+        self.wide_probes += 1;
+        self.next_wide_probe = Some(now + WIDE_PROBE_EVERY);
+        let mut frames = Vec::new();
+        Frame::Keepalive {
+            token: WIDE_PROBE | u64::from(self.wide_probes),
+            reply: false,
+        }
+        .encode(&mut frames);
+        match self.sealer.seal(&frames) {
+            // Lost when the client has no room: the next probe goes a second later.
+            Ok(packet) => {
+                let _ = (wide.probe)(packet);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot seal a tunnel probe"),
+        }
+    }
+
+    /// The peer restarted: it listens on its own filter only until our packets reach it.
+    fn wide_restart(&mut self) {
+        if let Some(wide) = &self.wide {
+            wide.switched.store(false, Ordering::Release);
+            self.mux.set_max_in_flight(self.limits.max_in_flight);
+        }
+        self.stats.wide = false;
+        self.wide_answered = false;
+        self.wide_probes = 0;
+        self.next_wide_probe = None;
     }
 
     /// Publishes what it can through `direct_out`, while `packets_out` is empty (so no packet
@@ -393,6 +516,7 @@ impl Task {
             );
             self.mux
                 .reset_all(ResetCode::LinkLost, "the other end restarted");
+            self.wide_restart();
             self.collect_events();
         }
         self.peer_seen = true;
@@ -431,6 +555,13 @@ impl Task {
             Command::Stats { reply } => {
                 self.stats.open_streams = self.mux.len();
                 self.stats.buffered_bytes = self.mux.buffered();
+                let path = self.mux.path();
+                let micros = |d: Option<Duration>| d.map_or(0, |d| d.as_micros() as u64);
+                self.stats.rtt_us = micros(path.rtt());
+                self.stats.min_rtt_us = micros(path.min_rtt());
+                self.stats.delivery_rate = path.delivery_rate().unwrap_or(0);
+                self.stats.in_flight_cap = path.in_flight_cap();
+                self.stats.max_in_flight = path.cap();
                 let _ = reply.send(self.stats.clone());
             }
         }
@@ -547,7 +678,11 @@ impl Task {
                 MuxEvent::Closed { stream } => {
                     self.slots.remove(&stream);
                 }
-                MuxEvent::Pong { .. } => {}
+                MuxEvent::Pong { token } => {
+                    if token & WIDE_PROBE != 0 {
+                        self.wide_answered = true;
+                    }
+                }
             }
         }
     }

@@ -6,7 +6,8 @@
 //!   "incomplete" from "invalid".
 //! - [`stream`]: one stream's state machine: offsets, credit, in-order delivery, resends.
 //! - [`mux`]: many streams over one link: ids, opens and refusals, round-robin packets, the
-//!   link's cap on bytes in flight.
+//!   link's cap on bytes in flight, round-trip probes.
+//! - [`path`]: the link's round trip and delivery rate, and the in-flight cap sized from them.
 //! - [`seal`]: every packet encrypted and authenticated (ChaCha20-Poly1305) under a key of its
 //!   direction and sender epoch, derived from the agent's secret; replays refused.
 //!
@@ -40,11 +41,12 @@ pub mod frame;
 pub mod limits;
 pub mod mux;
 pub mod over_mqtt;
+pub mod path;
 pub mod seal;
 pub mod stream;
 
 pub use bridge::{Moved, TunnelStream};
 pub use endpoint::{Endpoint, EndpointConfig, EndpointStats, Incoming};
 pub use error::TunnelError;
-pub use limits::{Broker, Limits};
+pub use limits::{Broker, Limits, Sizes};
 pub use over_mqtt::{MqttTunnel, SharedPublish};

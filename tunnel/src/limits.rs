@@ -24,11 +24,15 @@ use crate::stream::{INITIAL_WINDOW, RETRANSMIT_AFTER, StreamConfig};
 /// The sizes and times of one end of a tunnel link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// A stream's credit window, in bytes: what each stream buffers in each direction (the
-    /// credit it grants the peer, and its send buffer). `[tunnel] window_kib` × 1024 of this
-    /// end's config (512 KiB by default on both), never below [`INITIAL_WINDOW`] (64 KiB, what
-    /// an opener may send before the first ack).
+    /// A stream's first credit window, in bytes: what each stream buffers in each direction
+    /// (the credit it grants the peer, and its send buffer) until the path says otherwise.
+    /// `[tunnel] window_kib` × 1024 of this end's config (512 KiB by default on both), never
+    /// below [`INITIAL_WINDOW`] (64 KiB, what an opener may send before the first ack).
     pub window: u32,
+    /// What a stream's window and send buffer may grow to on a long fat path (see
+    /// [`crate::stream`]): `[tunnel] max_window_kib` × 1024 (4 MiB by default on both), never
+    /// below `window`. The most one stream holds in each direction, whatever the peer does.
+    pub max_window: u32,
     /// Streams open at once on the link, both directions together: `[tunnel] max_streams` of
     /// this end's config (agent 64, manager 256 by default), at least 1.
     pub max_streams: usize,
@@ -38,9 +42,18 @@ pub struct Limits {
     ///   fleet-wide filter, whose log (embedded broker: `[broker] segment_size ×
     ///   segment_count` of manager.toml, 4 × 4 MiB by default) holds this much and more; an
     ///   agent cannot read the manager's settings.
-    /// - manager → agent: what [`Broker`] holds for one agent without dropping (192 KiB by
-    ///   default with the embedded broker, 4 MiB with an external one).
+    /// - manager → agent: what [`Broker`] holds for one agent without dropping on the agent's
+    ///   own filter (192 KiB by default with the embedded broker, 4 MiB with an external one),
+    ///   until the agent listens on its tunnel filter (`wide_in_flight`).
     pub max_in_flight: u64,
+    /// Bytes in flight once the peer listens on its own tunnel filter (docs/protocol.md §16,
+    /// "the tunnel filter"); the agent's end never switches and has `max_in_flight` here.
+    /// - manager → agent: what [`Broker`] holds in an agent's tunnel log (embedded broker,
+    ///   1.5 MiB by default) or 4 MiB with an external one.
+    pub wide_in_flight: u64,
+    /// Where the link's in-flight cap starts before the path is measured: 256 KiB, a constant
+    /// (never above `max_in_flight`). The cap then follows the path ([`crate::path`]).
+    pub min_in_flight: u64,
     /// Largest packet of frames before sealing: 32 KiB, a constant (docs/protocol.md §16).
     pub packet_size: usize,
     /// Bytes a stream hands its bridge at once: 16 KiB, a constant, one data frame's worth
@@ -63,6 +76,8 @@ pub struct Limits {
     pub resume: Duration,
 }
 
+/// Where every link's in-flight cap starts (see [`Limits::min_in_flight`]).
+const START_IN_FLIGHT: u64 = 256 * 1024;
 /// Bytes in flight from an agent to a manager (see [`Limits::max_in_flight`]).
 const UP_IN_FLIGHT: u64 = 2 << 20;
 /// Bytes in flight from a manager to an agent through an external broker, which queues per
@@ -76,9 +91,13 @@ pub enum Broker {
     /// The embedded rumqttd, with manager.toml's `[broker] agent_segment_size` and
     /// `agent_segment_count`: each agent's filter keeps a commit log of that many segments,
     /// and rumqttd drops what a slow reader has not taken when the oldest segment goes.
+    /// `tunnel_segment_size` and `tunnel_segment_count` size the log of each agent's tunnel
+    /// filter, which an agent subscribes to on its first tunnel packet.
     Embedded {
         agent_segment_size: usize,
         agent_segment_count: usize,
+        tunnel_segment_size: usize,
+        tunnel_segment_count: usize,
     },
     /// An external broker (mosquitto), which queues per client.
     External,
@@ -93,45 +112,72 @@ impl Broker {
             Broker::Embedded {
                 agent_segment_size,
                 agent_segment_count,
-            } => {
-                let kept = agent_segment_count.max(2) - 1;
-                (agent_segment_size * kept * 3 / 4) as u64
-            }
+                ..
+            } => safe_in_log(agent_segment_size, agent_segment_count),
+            Broker::External => DOWN_IN_FLIGHT_EXTERNAL,
+        }
+    }
+
+    /// The same for an agent's tunnel log: 1.5 MiB with 3 × 1 MiB.
+    fn wide_in_flight(self) -> u64 {
+        match self {
+            Broker::Embedded {
+                tunnel_segment_size,
+                tunnel_segment_count,
+                ..
+            } => safe_in_log(tunnel_segment_size, tunnel_segment_count),
             Broker::External => DOWN_IN_FLIGHT_EXTERNAL,
         }
     }
 }
 
+/// What a reader may fall behind in a rumqttd commit log of `count` segments of `size` bytes
+/// without losing a message: the segments that always remain after the oldest is dropped,
+/// less a quarter for the seal, frame and MQTT overhead of each packet and for a segment that
+/// rotates before it is full.
+fn safe_in_log(size: usize, count: usize) -> u64 {
+    let kept = count.max(2) - 1;
+    (size.saturating_mul(kept) / 4 * 3) as u64
+}
+
+/// The `[tunnel]` keys of agent.toml and manager.toml that size a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    pub window_kib: u32,
+    pub max_window_kib: u32,
+    pub max_streams: usize,
+    pub resume_secs: u64,
+}
+
 impl Limits {
-    /// The agent's end, from agent.toml's `[tunnel] window_kib`, `max_streams` and
-    /// `resume_secs`.
-    pub fn agent(window_kib: u32, max_streams: usize, resume_secs: u64) -> Self {
-        Self::new(window_kib, max_streams, resume_secs, UP_IN_FLIGHT)
+    /// The agent's end, from agent.toml's `[tunnel]`.
+    pub fn agent(sizes: Sizes) -> Self {
+        Self::new(sizes, UP_IN_FLIGHT, UP_IN_FLIGHT)
     }
 
-    /// The manager's end, from manager.toml's `[tunnel] window_kib`, `max_streams` and
-    /// `resume_secs`, and the broker that carries its packets to agents.
-    pub fn manager(window_kib: u32, max_streams: usize, resume_secs: u64, broker: Broker) -> Self {
-        Self::new(
-            window_kib,
-            max_streams,
-            resume_secs,
-            broker.down_in_flight(),
-        )
+    /// The manager's end, from manager.toml's `[tunnel]` and the broker that carries its
+    /// packets to agents.
+    pub fn manager(sizes: Sizes, broker: Broker) -> Self {
+        Self::new(sizes, broker.down_in_flight(), broker.wide_in_flight())
     }
 
-    fn new(window_kib: u32, max_streams: usize, resume_secs: u64, max_in_flight: u64) -> Self {
+    fn new(sizes: Sizes, max_in_flight: u64, wide_in_flight: u64) -> Self {
+        let window = sizes.window_kib.saturating_mul(1024).max(INITIAL_WINDOW);
+        let max_in_flight = max_in_flight.max(64 * 1024);
         Self {
-            window: window_kib.saturating_mul(1024).max(INITIAL_WINDOW),
-            max_streams: max_streams.max(1),
-            max_in_flight: max_in_flight.max(64 * 1024),
+            window,
+            max_window: sizes.max_window_kib.saturating_mul(1024).max(window),
+            max_streams: sizes.max_streams.max(1),
+            max_in_flight,
+            wide_in_flight: wide_in_flight.max(max_in_flight),
+            min_in_flight: START_IN_FLIGHT.min(max_in_flight),
             packet_size: 32 * 1024,
             chunk: MAX_DATA,
             down_chunks: 8,
             packets_in: 1024,
             packets_out: 64,
             retransmit_after: RETRANSMIT_AFTER,
-            resume: Duration::from_secs(resume_secs),
+            resume: Duration::from_secs(sizes.resume_secs),
         }
     }
 
@@ -140,12 +186,15 @@ impl Limits {
         MuxConfig {
             stream: StreamConfig {
                 recv_window: self.window,
+                max_recv_window: self.max_window,
                 send_buffer: self.window as usize,
+                max_send_buffer: self.max_window as usize,
                 retransmit_after: self.retransmit_after,
             },
             max_streams: self.max_streams,
             packet_size: self.packet_size,
             max_in_flight: self.max_in_flight,
+            min_in_flight: self.min_in_flight,
         }
     }
 }
@@ -154,39 +203,66 @@ impl Limits {
 mod tests {
     use super::*;
 
+    const DEFAULTS: Sizes = Sizes {
+        window_kib: 512,
+        max_window_kib: 4096,
+        max_streams: 64,
+        resume_secs: 30,
+    };
+
+    const EMBEDDED: Broker = Broker::Embedded {
+        agent_segment_size: 256 * 1024,
+        agent_segment_count: 2,
+        tunnel_segment_size: 1 << 20,
+        tunnel_segment_count: 3,
+    };
+
     #[test]
     fn defaults_size_both_ends_as_the_docs_say() {
-        let agent = Limits::agent(512, 64, 30);
+        let agent = Limits::agent(DEFAULTS);
         assert_eq!(agent.window, 512 * 1024);
+        assert_eq!(agent.max_window, 4 << 20);
         assert_eq!(agent.max_streams, 64);
         assert_eq!(agent.max_in_flight, 2 << 20);
+        assert_eq!(agent.wide_in_flight, 2 << 20);
+        assert_eq!(agent.min_in_flight, 256 * 1024);
         assert_eq!(agent.resume, Duration::from_secs(30));
-        let embedded = Broker::Embedded {
-            agent_segment_size: 256 * 1024,
-            agent_segment_count: 2,
-        };
-        let manager = Limits::manager(512, 256, 30, embedded);
-        assert_eq!(manager.max_in_flight, 192 * 1024);
-        assert_eq!(manager.max_streams, 256);
-        assert_eq!(
-            Limits::manager(512, 256, 30, Broker::External).max_in_flight,
-            4 << 20
+        let manager = Limits::manager(
+            Sizes {
+                max_streams: 256,
+                ..DEFAULTS
+            },
+            EMBEDDED,
         );
+        assert_eq!(manager.max_in_flight, 192 * 1024);
+        assert_eq!(manager.wide_in_flight, 1536 * 1024);
+        assert_eq!(manager.min_in_flight, 192 * 1024);
+        assert_eq!(manager.max_streams, 256);
+        let external = Limits::manager(DEFAULTS, Broker::External);
+        assert_eq!(external.max_in_flight, 4 << 20);
+        assert_eq!(external.wide_in_flight, 4 << 20);
     }
 
     #[test]
     fn limits_never_fall_below_what_the_protocol_needs() {
         let tiny = Limits::manager(
-            0,
-            0,
-            0,
+            Sizes {
+                window_kib: 0,
+                max_window_kib: 0,
+                max_streams: 0,
+                resume_secs: 0,
+            },
             Broker::Embedded {
                 agent_segment_size: 1024,
                 agent_segment_count: 0,
+                tunnel_segment_size: 1024,
+                tunnel_segment_count: 0,
             },
         );
         assert_eq!(tiny.window, INITIAL_WINDOW);
+        assert_eq!(tiny.max_window, INITIAL_WINDOW);
         assert_eq!(tiny.max_streams, 1);
         assert_eq!(tiny.max_in_flight, 64 * 1024);
+        assert_eq!(tiny.wide_in_flight, 64 * 1024);
     }
 }

@@ -7,10 +7,20 @@
 //! with a reset; data for a stream that does not exist gets a reset back, so the peer learns.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::frame::{Frame, FrameError, ResetCode};
+use crate::path::Path;
 use crate::stream::{Stream, StreamConfig, StreamEvent};
+
+/// Keepalive tokens with this bit are the link's own round-trip probes, answered by any peer
+/// and never reported as [`MuxEvent::Pong`].
+const PROBE: u64 = 1 << 63;
+/// While streams are open, the link probes its round trip this often (a receiving end sends
+/// no data to time, and its window is sized against the round trip).
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// A probe unanswered this long is forgotten (lost with a connection).
+const PROBE_LOST: Duration = Duration::from_secs(5);
 
 /// Which end of the link this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,9 +36,12 @@ pub struct MuxConfig {
     pub max_streams: usize,
     /// Largest packet of frames [`Mux::poll_packet`] makes (before sealing).
     pub packet_size: usize,
-    /// Bytes of data sent and not yet acknowledged, all streams together. Bounds what the
-    /// broker must hold for this link (rumqttd drops what overflows a filter's log).
+    /// Bytes of data sent and not yet acknowledged, all streams together, at most. Bounds what
+    /// the broker must hold for this link (rumqttd drops what overflows a filter's log).
     pub max_in_flight: u64,
+    /// Where the link's in-flight cap starts; it follows the path up to `max_in_flight`
+    /// ([`Path`]).
+    pub min_in_flight: u64,
 }
 
 impl Default for MuxConfig {
@@ -38,6 +51,7 @@ impl Default for MuxConfig {
             max_streams: 256,
             packet_size: 64 * 1024,
             max_in_flight: 4 << 20,
+            min_in_flight: 4 << 20,
         }
     }
 }
@@ -73,13 +87,17 @@ pub struct Mux {
     turn: u32,
     control: VecDeque<Frame>,
     events: VecDeque<MuxEvent>,
+    path: Path,
+    /// The round-trip probe in flight: its token and when it left.
+    probe: Option<(u64, Instant)>,
+    probes_sent: u64,
+    next_probe: Option<Instant>,
 }
 
 impl Mux {
     pub fn new(side: Side, cfg: MuxConfig) -> Self {
         Self {
             side,
-            cfg,
             streams: BTreeMap::new(),
             next_id: match side {
                 Side::Manager => 1,
@@ -88,7 +106,28 @@ impl Mux {
             turn: 0,
             control: VecDeque::new(),
             events: VecDeque::new(),
+            path: Path::new(cfg.min_in_flight, cfg.max_in_flight),
+            probe: None,
+            probes_sent: 0,
+            next_probe: None,
+            cfg,
         }
+    }
+
+    /// The link's path as this end measures it: round trip, delivery rate, in-flight cap.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The broker now holds `max_in_flight` for this link.
+    pub fn set_max_in_flight(&mut self, max_in_flight: u64) {
+        self.path.set_cap(max_in_flight, self.cfg.min_in_flight);
+    }
+
+    /// True while a stream opened here waits for the peer's answer (its open frame may still
+    /// be on its way).
+    pub fn opens_pending(&self) -> bool {
+        self.streams.values().any(Stream::awaits_acceptance)
     }
 
     /// Opens a stream to `target` (`host:port` as the peer's allowlist names it).
@@ -178,15 +217,59 @@ impl Mux {
         for frame in Frame::decode_all(frames)? {
             self.handle_frame(frame, now);
         }
+        self.measure(now);
         self.collect_events();
         Ok(())
+    }
+
+    /// Feeds the path what the acks just taught: round trips and bytes delivered.
+    fn measure(&mut self, now: Instant) {
+        let mut delivered = 0;
+        for stream in self.streams.values_mut() {
+            delivered += stream.take_acked();
+            if let Some(rtt) = stream.take_rtt_sample() {
+                self.path.on_rtt(rtt, now);
+            }
+        }
+        self.path.on_delivered(delivered, now);
+    }
+
+    /// Queues a round-trip probe when one is due.
+    fn probe(&mut self, now: Instant) {
+        if self
+            .probe
+            .is_some_and(|(_, sent)| now.saturating_duration_since(sent) > PROBE_LOST)
+        {
+            self.probe = None;
+        }
+        if self.streams.is_empty()
+            || self.probe.is_some()
+            || self.next_probe.is_some_and(|t| now < t)
+        {
+            return;
+        }
+        self.probes_sent += 1;
+        let token = PROBE | self.probes_sent;
+        self.control.push_back(Frame::Keepalive {
+            token,
+            reply: false,
+        });
+        self.probe = Some((token, now));
+        self.next_probe = Some(now + PROBE_EVERY);
     }
 
     fn handle_frame(&mut self, frame: Frame, now: Instant) {
         let id = frame.stream();
         match frame {
             Frame::Keepalive { token, reply: true } => {
-                self.events.push_back(MuxEvent::Pong { token })
+                if token & PROBE == 0 {
+                    self.events.push_back(MuxEvent::Pong { token });
+                } else if let Some((sent_token, sent)) = self.probe
+                    && sent_token == token
+                {
+                    self.probe = None;
+                    self.path.on_rtt(now.saturating_duration_since(sent), now);
+                }
             }
             Frame::Keepalive {
                 token,
@@ -243,6 +326,7 @@ impl Mux {
 
     /// The next packet of encoded frames to seal and send, at most `packet_size` bytes.
     pub fn poll_packet(&mut self, now: Instant) -> Option<Vec<u8>> {
+        self.probe(now);
         let limit = self.cfg.packet_size;
         let mut packet = Vec::new();
         while let Some(frame) = self.control.front() {
@@ -261,8 +345,13 @@ impl Mux {
             .chain(self.streams.range(..self.turn))
             .map(|(id, _)| *id)
             .collect();
-        let in_flight: u64 = self.streams.values().map(Stream::in_flight).sum();
-        let mut allowance = self.cfg.max_in_flight.saturating_sub(in_flight) as usize;
+        let rtt = self.path.rtt();
+        let mut in_flight = 0;
+        for stream in self.streams.values_mut() {
+            stream.set_rtt(rtt);
+            in_flight += stream.in_flight();
+        }
+        let mut allowance = self.path.in_flight_cap().saturating_sub(in_flight) as usize;
         let mut active = ids;
         while !active.is_empty() && packet.len() < limit {
             active.retain(|id| {
@@ -544,6 +633,39 @@ mod tests {
         manager.ping(77);
         exchange(&mut manager, &mut agent, now);
         assert_eq!(manager.poll_event(), Some(MuxEvent::Pong { token: 77 }));
+    }
+
+    #[test]
+    fn both_ends_measure_the_round_trip_with_probes_they_keep_to_themselves() {
+        let t0 = Instant::now();
+        let hop = Duration::from_millis(20);
+        let mut manager = Mux::new(Side::Manager, MuxConfig::default());
+        let mut agent = Mux::new(Side::Agent, MuxConfig::default());
+        // No stream, no probe.
+        assert_eq!(manager.poll_packet(t0), None);
+        let id = manager.open("127.0.0.1:1935").unwrap();
+        let open = manager.poll_packet(t0).unwrap();
+        agent.handle_packet(&open, t0 + hop).unwrap();
+        assert!(matches!(agent.poll_event(), Some(MuxEvent::Opened { .. })));
+        assert!(agent.accept(id));
+        let answer = agent.poll_packet(t0 + hop).unwrap();
+        manager.handle_packet(&answer, t0 + hop * 2).unwrap();
+        assert_eq!(manager.path().rtt(), Some(hop * 2));
+        // The agent sends no data: its own probe, answered, gives it the round trip too.
+        let back = manager.poll_packet(t0 + hop * 2).unwrap();
+        agent.handle_packet(&back, t0 + hop * 3).unwrap();
+        assert_eq!(agent.path().rtt(), Some(hop * 2));
+        let events: Vec<MuxEvent> = std::iter::from_fn(|| manager.poll_event())
+            .chain(std::iter::from_fn(|| agent.poll_event()))
+            .collect();
+        assert!(
+            !events.iter().any(|e| matches!(e, MuxEvent::Pong { .. })),
+            "{events:?}"
+        );
+        // The next probe waits a second.
+        let later = t0 + hop * 3;
+        assert_eq!(agent.poll_packet(later), None);
+        assert!(agent.poll_packet(t0 + PROBE_EVERY + hop * 3).is_some());
     }
 
     #[test]

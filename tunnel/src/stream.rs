@@ -15,9 +15,18 @@
 //!   reports it as [`StreamEvent::Established`]. Until then the opener may only have sent its
 //!   initial window, which the acceptor holds.
 //! - **Fin** takes one virtual byte after the last, so acking `final + 1` acknowledges it.
-//! - **Resends.** The sender keeps every unacknowledged byte (at most `send_buffer`). Without
+//! - **Resends.** The sender keeps every unacknowledged byte (at most its send buffer). Without
 //!   progress for `retransmit_after`, or when the link comes back ([`Stream::resume`]), it sends
 //!   them again from the first unacknowledged offset.
+//! - **Windows sized to the path.** A window of W bytes carries at most W per round trip: 512
+//!   KiB over 100 ms is 5 MB/s. So the receive window starts at `recv_window` and doubles, up
+//!   to `max_recv_window`, whenever the application read a whole window in less than two round
+//!   trips (the sender was bound by the window, not by the path or the reader); it halves back
+//!   towards `recv_window` when a window took more than [`SLOW_READER_RTTS`] round trips to
+//!   read. The round trip is the link's ([`Stream::set_rtt`], from [`crate::path::Path`]).
+//!   The send buffer follows the window the peer grants, within `send_buffer` and
+//!   `max_send_buffer`. A reader that stops holds at most its current window, never more than
+//!   `max_recv_window`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -37,13 +46,19 @@ pub const ACK_DELAY: Duration = Duration::from_millis(5);
 /// bytes are lost only with the connection, and a lost connection resumes the streams at once.
 /// This is the safety net, long enough for a full window on a slow uplink.
 pub const RETRANSMIT_AFTER: Duration = Duration::from_secs(10);
+/// A window that took longer than this many round trips to be read is halved.
+pub const SLOW_READER_RTTS: u32 = 16;
 
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
-    /// Bytes received and not yet read that this end holds at most: the credit it grants.
+    /// Bytes received and not yet read that this end holds at first: the credit it grants.
     pub recv_window: u32,
-    /// Bytes the application may queue to send, unacknowledged ones included.
+    /// What the receive window may grow to.
+    pub max_recv_window: u32,
+    /// Bytes the application may queue to send, unacknowledged ones included, at first.
     pub send_buffer: usize,
+    /// What the send buffer may grow to, as the peer grants more.
+    pub max_send_buffer: usize,
     /// Resend unacknowledged bytes after this long without an ack that moves forward.
     pub retransmit_after: Duration,
 }
@@ -52,7 +67,9 @@ impl Default for StreamConfig {
     fn default() -> Self {
         Self {
             recv_window: 1 << 20,
+            max_recv_window: 1 << 20,
             send_buffer: 1 << 20,
+            max_send_buffer: 1 << 20,
             retransmit_after: RETRANSMIT_AFTER,
         }
     }
@@ -122,6 +139,13 @@ pub struct Stream {
     last_progress: Option<Instant>,
     dup_acks: u32,
     fast_retransmits: u64,
+    /// What the send buffer holds at most now (follows the peer's window).
+    send_cap: usize,
+    /// The first-sent range being timed for a round-trip sample: its end, and when it left.
+    timed: Option<(u64, Instant)>,
+    rtt_sample: Option<Duration>,
+    /// Bytes acknowledged and not yet reported to the link ([`Stream::take_acked`]).
+    newly_acked: u64,
     // Receiving: `recv` holds in-order bytes not yet read; `early` holds bytes past a gap.
     recv: VecDeque<u8>,
     recv_next: u64,
@@ -133,6 +157,14 @@ pub struct Stream {
     acked_to_peer: u64,
     ack_now: bool,
     ack_at: Option<Instant>,
+    /// The receive window now, between `recv_window` and `max_recv_window`.
+    window: u32,
+    /// Bytes the application has read.
+    consumed: u64,
+    /// Since when, and from which `consumed`, the current window is being read.
+    epoch: Option<(Instant, u64)>,
+    /// The link's round trip.
+    rtt: Option<Duration>,
     // The end.
     reset: Option<(ResetCode, String)>,
     reset_unsent: bool,
@@ -162,6 +194,8 @@ impl Stream {
 
     fn new(id: u32, mut cfg: StreamConfig, peer_window: u32, opening: Opening) -> Self {
         cfg.recv_window = cfg.recv_window.max(INITIAL_WINDOW);
+        cfg.max_recv_window = cfg.max_recv_window.max(cfg.recv_window);
+        cfg.max_send_buffer = cfg.max_send_buffer.max(cfg.send_buffer);
         Self {
             id,
             opening,
@@ -178,6 +212,10 @@ impl Stream {
             last_progress: None,
             dup_acks: 0,
             fast_retransmits: 0,
+            send_cap: cfg.send_buffer,
+            timed: None,
+            rtt_sample: None,
+            newly_acked: 0,
             recv: VecDeque::new(),
             recv_next: 0,
             early: BTreeMap::new(),
@@ -188,6 +226,10 @@ impl Stream {
             acked_to_peer: 0,
             ack_now: false,
             ack_at: None,
+            window: cfg.recv_window,
+            consumed: 0,
+            epoch: None,
+            rtt: None,
             reset: None,
             reset_unsent: false,
             events: VecDeque::new(),
@@ -199,9 +241,34 @@ impl Stream {
         self.id
     }
 
-    /// This end's receive window, as the open frame announces it.
+    /// True while this end opened the stream and the peer has not answered.
+    pub fn awaits_acceptance(&self) -> bool {
+        self.opening == Opening::Sent
+    }
+
+    /// This end's receive window now (the open frame announces the first).
     pub fn recv_window(&self) -> u32 {
-        self.cfg.recv_window
+        self.window
+    }
+
+    /// What the send buffer holds at most now.
+    pub fn send_capacity(&self) -> usize {
+        self.send_cap
+    }
+
+    /// The link's smoothed round trip, which the receive window is sized against.
+    pub fn set_rtt(&mut self, rtt: Option<Duration>) {
+        self.rtt = rtt;
+    }
+
+    /// The latest round-trip sample of this stream's data, once.
+    pub fn take_rtt_sample(&mut self) -> Option<Duration> {
+        self.rtt_sample.take()
+    }
+
+    /// Bytes acknowledged since the last call.
+    pub fn take_acked(&mut self) -> u64 {
+        std::mem::take(&mut self.newly_acked)
     }
 
     fn check_open(&self) -> Result<(), StreamError> {
@@ -221,7 +288,7 @@ impl Stream {
         if self.fin_queued {
             return Err(StreamError::Finished);
         }
-        let room = self.cfg.send_buffer.saturating_sub(self.send.len());
+        let room = self.send_cap.saturating_sub(self.send.len());
         let n = room.min(data.len());
         self.send.extend(&data[..n]);
         if n < data.len() {
@@ -232,7 +299,7 @@ impl Stream {
 
     /// Bytes [`Stream::write`] would take now.
     pub fn write_room(&self) -> usize {
-        self.cfg.send_buffer.saturating_sub(self.send.len())
+        self.send_cap.saturating_sub(self.send.len())
     }
 
     /// Ends this end's direction after the bytes already written (a half-close).
@@ -274,9 +341,10 @@ impl Stream {
         let n = buf.len().min(self.recv.len());
         copy_range(&self.recv, 0, &mut buf[..n]);
         self.recv.drain(..n);
+        self.consumed += n as u64;
         // Grant the freed room once it is worth a frame: a quarter of the window.
         let freed = self.recv_limit().saturating_sub(self.granted);
-        if freed >= u64::from(self.cfg.recv_window / 4) {
+        if freed >= u64::from(self.window / 4) {
             self.ack_now = true;
         }
         Ok(Read::Bytes(n))
@@ -298,7 +366,7 @@ impl Stream {
     }
 
     /// Bytes this stream holds: queued to send or unacknowledged, and received but not read
-    /// (in order or past a gap). At most `send_buffer + 2 × recv_window`.
+    /// (in order or past a gap). At most `max_send_buffer + 2 × max_recv_window`.
     pub fn buffered(&self) -> usize {
         self.send.len() + self.recv.len() + self.early_bytes
     }
@@ -323,7 +391,7 @@ impl Stream {
 
     /// The highest offset this end lets the peer send to.
     fn recv_limit(&self) -> u64 {
-        self.recv_next + u64::from(self.cfg.recv_window) - self.recv.len() as u64
+        self.recv_next + u64::from(self.window) - self.recv.len() as u64
     }
 
     /// What an ack acknowledges: every byte before `recv_next`, and the fin's virtual byte.
@@ -455,12 +523,33 @@ impl Stream {
         // else shortly, so that one ack covers a small burst. The sender's link may allow
         // each stream far less in flight than its window (many streams share a cap), so
         // waiting for a quarter window would hold every stream to one ack per ACK_DELAY.
-        let every = u64::from(self.cfg.recv_window / 4).min(ACK_EVERY);
+        let every = u64::from(self.window / 4).min(ACK_EVERY);
         if self.recv_next - self.acked_to_peer >= every {
             self.ack_now = true;
         } else if self.ack_at.is_none() {
             self.ack_at = Some(now + ACK_DELAY);
         }
+    }
+
+    /// At each ack: when a whole window was read since the last change, grow it if that took
+    /// under two round trips (the window bound the sender), shrink it if it took far longer.
+    fn tune_window(&mut self, now: Instant) {
+        let Some((since, from)) = self.epoch else {
+            self.epoch = Some((now, self.consumed));
+            return;
+        };
+        if self.consumed - from < u64::from(self.window) {
+            return;
+        }
+        if let Some(rtt) = self.rtt.filter(|rtt| !rtt.is_zero()) {
+            let took = now.duration_since(since);
+            if took < rtt * 2 {
+                self.window = self.window.saturating_mul(2).min(self.cfg.max_recv_window);
+            } else if took > rtt * SLOW_READER_RTTS {
+                self.window = (self.window / 2).max(self.cfg.recv_window);
+            }
+        }
+        self.epoch = Some((now, self.consumed));
     }
 
     fn on_ack(&mut self, received: u64, window: u32, now: Instant) {
@@ -476,6 +565,7 @@ impl Stream {
             self.dup_acks += 1;
             if self.dup_acks == FAST_RETRANSMIT_ACKS {
                 self.fast_retransmits += 1;
+                self.timed = None;
                 self.send_next = self.send_base;
                 self.last_progress = Some(now);
             }
@@ -485,6 +575,13 @@ impl Stream {
             let acked_data = received.min(data_end) - self.send_base;
             self.send.drain(..acked_data as usize);
             self.send_base += acked_data;
+            self.newly_acked += acked_data;
+            if let Some((end, sent)) = self.timed
+                && received >= end
+            {
+                self.rtt_sample = Some(now.saturating_duration_since(sent));
+                self.timed = None;
+            }
             self.send_next = self.send_next.max(self.send_base);
             self.last_progress = Some(now);
             if fin_point.is_some_and(|p| received >= p) {
@@ -492,6 +589,12 @@ impl Stream {
             }
         }
         self.peer_limit = self.peer_limit.max(limit);
+        // Room for what the peer lets us have in flight and as much again queued behind it,
+        // so that the socket behind this stream is read while acks are on their way.
+        // It only grows: bytes the application was told it may write are never refused.
+        let wanted = (window as usize).saturating_mul(2);
+        let cap = wanted.clamp(self.cfg.send_buffer, self.cfg.max_send_buffer);
+        self.send_cap = self.send_cap.max(cap);
         if self.write_blocked && self.write_room() > 0 {
             self.write_blocked = false;
             self.events.push_back(StreamEvent::Writable);
@@ -550,6 +653,7 @@ impl Stream {
         if self.ack_now || self.ack_at.is_some_and(|t| now >= t) {
             self.ack_now = false;
             self.ack_at = None;
+            self.tune_window(now);
             self.granted = self.granted.max(self.recv_limit());
             self.acked_to_peer = self.recv_next;
             return Some(Frame::Ack {
@@ -574,6 +678,12 @@ impl Stream {
             };
             if self.send_next == self.send_base {
                 self.last_progress = Some(now);
+            }
+            // Time one first-sent range per round trip (a resent one would time the wrong
+            // copy).
+            let first_send = self.send_next >= self.sent_max;
+            if first_send && self.timed.is_none() {
+                self.timed = Some((self.send_next + n as u64, now));
             }
             self.send_next += n as u64;
             self.sent_max = self.sent_max.max(self.send_next);
@@ -631,6 +741,7 @@ impl Stream {
             return;
         }
         self.send_next = self.send_base;
+        self.timed = None;
         if self.fin_offset.is_some() && !self.fin_acked {
             self.fin_unsent = true;
         }
@@ -681,7 +792,9 @@ mod tests {
     fn cfg(window: u32, buffer: usize) -> StreamConfig {
         StreamConfig {
             recv_window: window,
+            max_recv_window: window,
             send_buffer: buffer,
+            max_send_buffer: buffer,
             retransmit_after: Duration::from_secs(2),
         }
     }
@@ -1073,5 +1186,108 @@ mod tests {
             })
         ));
         assert_eq!(a.poll_event(), None);
+    }
+
+    /// `a` writes all it may, the frames cross, `b` reads all (or nothing when `stalled`),
+    /// acks cross back: one round trip of `rtt`. Returns the bytes `b` took.
+    fn round(a: &mut Stream, b: &mut Stream, now: Instant, stalled: bool) -> usize {
+        let room = a.write_room();
+        a.write(&payload(room)).unwrap();
+        while pump(a, b, now, &mut |f| vec![f]) > 0 {}
+        let (got, _) = if stalled {
+            (Vec::new(), false)
+        } else {
+            read_all(b)
+        };
+        while pump(b, a, now, &mut |f| vec![f]) > 0 {}
+        got.len()
+    }
+
+    fn autotuned(window: u32, max: u32) -> StreamConfig {
+        StreamConfig {
+            recv_window: window,
+            max_recv_window: max,
+            send_buffer: window as usize,
+            max_send_buffer: max as usize,
+            retransmit_after: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn the_window_doubles_while_it_binds_the_sender_up_to_its_maximum() {
+        let rtt = Duration::from_millis(100);
+        let (window, max) = (64 * 1024, 1 << 20);
+        let mut a = Stream::opener(1, autotuned(window, max));
+        let mut b = Stream::acceptor(1, autotuned(window, max), a.recv_window());
+        b.accept();
+        b.set_rtt(Some(rtt));
+        let mut now = Instant::now();
+        let mut per_round = Vec::new();
+        for _ in 0..12 {
+            per_round.push(round(&mut a, &mut b, now, false));
+            now += rtt;
+        }
+        assert_eq!(b.recv_window(), max, "rounds moved {per_round:?}");
+        assert!(a.send_capacity() >= max as usize, "{}", a.send_capacity());
+        // Each round carries a window: the last ones a full megabyte, 16× the first.
+        assert!(per_round[11] >= max as usize, "{per_round:?}");
+        assert!(per_round[0] <= 2 * window as usize, "{per_round:?}");
+    }
+
+    #[test]
+    fn without_a_round_trip_or_when_the_reader_is_the_limit_the_window_stays() {
+        let (window, max) = (64 * 1024, 1 << 20);
+        // No round trip measured yet: nothing to size against.
+        let mut a = Stream::opener(1, autotuned(window, max));
+        let mut b = Stream::acceptor(1, autotuned(window, max), a.recv_window());
+        b.accept();
+        let mut now = Instant::now();
+        for _ in 0..8 {
+            round(&mut a, &mut b, now, false);
+            now += Duration::from_millis(100);
+        }
+        assert_eq!(b.recv_window(), window);
+        // A reader that takes each window in 3 round trips is not helped by a larger one.
+        let mut a = Stream::opener(3, autotuned(window, max));
+        let mut b = Stream::acceptor(3, autotuned(window, max), a.recv_window());
+        b.accept();
+        let rtt = Duration::from_millis(100);
+        b.set_rtt(Some(rtt));
+        for _ in 0..8 {
+            round(&mut a, &mut b, now, false);
+            now += rtt * 3;
+        }
+        assert_eq!(b.recv_window(), window);
+    }
+
+    #[test]
+    fn a_reader_that_stops_holds_at_most_its_maximum_window_and_a_slow_one_shrinks_it() {
+        let rtt = Duration::from_millis(100);
+        let (window, max) = (64 * 1024, 512 * 1024);
+        let mut a = Stream::opener(1, autotuned(window, max));
+        let mut b = Stream::acceptor(1, autotuned(window, max), a.recv_window());
+        b.accept();
+        b.set_rtt(Some(rtt));
+        let mut now = Instant::now();
+        for _ in 0..10 {
+            round(&mut a, &mut b, now, false);
+            now += rtt;
+        }
+        assert_eq!(b.recv_window(), max);
+        // The reader stops: the sender fills the window and no more, however long it tries.
+        for _ in 0..20 {
+            round(&mut a, &mut b, now, true);
+            now += rtt;
+        }
+        assert_eq!(b.readable(), max as usize);
+        assert!(b.buffered() <= max as usize);
+        assert!(a.in_flight() <= u64::from(max));
+        // It reads again, a window per 20 round trips: the window halves back down.
+        for _ in 0..12 {
+            read_all(&mut b);
+            round(&mut a, &mut b, now, true);
+            now += rtt * 20;
+        }
+        assert_eq!(b.recv_window(), window);
     }
 }

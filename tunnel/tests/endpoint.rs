@@ -19,7 +19,12 @@ const WINDOW: u32 = 256 * 1024;
 fn config(side: Side, secret: &str) -> EndpointConfig {
     let limits = Limits {
         max_in_flight: 4 << 20,
-        ..Limits::agent(WINDOW / 1024, 128, 30)
+        ..Limits::agent(verge_tunnel::Sizes {
+            window_kib: WINDOW / 1024,
+            max_window_kib: WINDOW / 1024,
+            max_streams: 128,
+            resume_secs: 30,
+        })
     };
     EndpointConfig::link(side, secret, "manager-1", limits)
 }

@@ -46,6 +46,17 @@ pub(super) async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver
             if let Err(e) = shared.client.subscribe(filter, QoS::AtLeastOnce).await {
                 tracing::warn!(agent = %shared.id, error = %e, "subscribe failed");
             }
+            // The tunnel filter only once the tunnel was used: a filter per agent costs the
+            // embedded broker work for every new topic, and its log memory.
+            if shared
+                .tunnel_filter
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                let filter = shared.topics.agent_tunnel(&shared.id);
+                if let Err(e) = shared.client.subscribe(filter, QoS::AtMostOnce).await {
+                    tracing::warn!(agent = %shared.id, error = %e, "subscribe failed");
+                }
+            }
             let presence = shared.presence(Status::Online, generation);
             let topic = shared.topics.presence(&shared.id);
             let payload = shared.seal(&presence);

@@ -87,6 +87,8 @@ struct Shared {
     hub: Arc<verge_media::hub::Hub>,
     /// Healing of the retained presence and state (see [`crate::heal`]).
     heal: Mutex<Healers>,
+    /// Set once the tunnel was used: the tunnel filter is subscribed on every connection.
+    tunnel_filter: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
@@ -179,12 +181,19 @@ pub async fn run(
     // Tunnel packets are delivered by the MQTT link's own task (see `verge_mqtt::link::Tap`);
     // the links exist once the client does, hence the cell.
     let tunnel_cell = Arc::new(std::sync::OnceLock::<Mutex<Tunnels>>::new());
-    // `{p}/v1/a/{id}/tun:` then the manager's id.
-    let tunnel_prefix = topics.tunnel_down(&cfg.id, "");
+    // `{p}/v1/a/{id}/tun:` (the agent filter) or `{p}/v1/a/{id}/tun/` (the tunnel filter),
+    // then the manager's id.
+    let tunnel_prefixes = [
+        topics.tunnel_down(&cfg.id, ""),
+        topics.tunnel_down_wide(&cfg.id, ""),
+    ];
     let tap: verge_mqtt::link::Tap = {
         let cell = tunnel_cell.clone();
         Box::new(move |topic, payload| {
-            let Some(manager) = topic.strip_prefix(tunnel_prefix.as_str()) else {
+            let Some(manager) = tunnel_prefixes
+                .iter()
+                .find_map(|prefix| topic.strip_prefix(prefix.as_str()))
+            else {
                 return false;
             };
             if verge_protocol::id::validate(manager).is_ok()
@@ -216,6 +225,7 @@ pub async fn run(
         recorder: index.as_ref().map(|i| i.recorder.clone()),
         hub,
         heal: Mutex::default(),
+        tunnel_filter: Arc::default(),
     });
     calls.attach(
         &shared.id,
@@ -234,6 +244,7 @@ pub async fn run(
         shared.client.clone(),
         shared.topics.clone(),
         link_up_rx,
+        shared.tunnel_filter.clone(),
     )));
     // The recording index: rows go out from their on-disk outbox until a manager acks them.
     let (acks_tx, acks_rx) = tokio::sync::mpsc::channel(64);

@@ -108,10 +108,24 @@ impl Tunnels {
             return Err(TunnelOpenError::Offline(agent.to_string()));
         }
         let cfg = EndpointConfig::link(Side::Manager, &secret, &inner.manager_id, inner.limits);
+        // Packets start on the agent's own filter and move to its tunnel filter once the agent
+        // answers there (docs/protocol.md §16).
         let topic = inner.topics.tunnel_down(agent, &inner.manager_id);
+        let wide = inner.topics.tunnel_down_wide(agent, &inner.manager_id);
         let spawned = match &inner.local {
-            Some(local) => MqttTunnel::spawn_on(cfg, local.for_topic(topic), local.link_up()),
-            None => MqttTunnel::spawn(cfg, inner.client.clone(), topic, inner.link_up.clone()),
+            Some(local) => MqttTunnel::spawn_on(
+                cfg,
+                local.for_topic(topic),
+                Some(local.for_topic(wide)),
+                local.link_up(),
+            ),
+            None => MqttTunnel::spawn(
+                cfg,
+                inner.client.clone(),
+                topic,
+                Some(wide),
+                inner.link_up.clone(),
+            ),
         };
         let (link, incoming) = spawned.map_err(|e| TunnelOpenError::Link {
             agent: agent.to_string(),

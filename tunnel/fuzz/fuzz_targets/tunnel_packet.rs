@@ -24,12 +24,15 @@ fuzz_target!(|data: &[u8]| {
     let cfg = MuxConfig {
         stream: StreamConfig {
             recv_window: 64 * 1024,
+            max_recv_window: 256 * 1024,
             send_buffer: 64 * 1024,
+            max_send_buffer: 256 * 1024,
             retransmit_after: Duration::from_millis(100),
         },
         max_streams: 8,
         packet_size: 16 * 1024,
         max_in_flight: 256 * 1024,
+        min_in_flight: 64 * 1024,
     };
     let mut agent = Mux::new(Side::Agent, cfg);
     let mut opener = Opener::new(b"secret", Direction::ToAgent, b"manager");

@@ -4,7 +4,11 @@
 //! ```text
 //! cargo run --release --example tunnel_bench -- [--mib 256] [--streams 8] [--round-trips 2000]
 //!     [--agent-segment-kib 256] [--worker-threads N] [--rounds 1]
+//! cargo run --release --example tunnel_bench -- --link RTT_MS,MBIT [--mib 64]   (root)
 //! ```
+//!
+//! `--link` measures the tunnel on a long shaped link instead ([`link`]). Otherwise, on
+//! loopback:
 //!
 //! For each path (direct TCP; the tunnel through the manager's embedded rumqttd; the tunnel
 //! through mosquitto, when installed):
@@ -21,7 +25,15 @@
 //! most changes move a tunnel number. `--worker-threads` sets `[runtime] worker_threads` of both the manager and the agent (their
 //! default: one per core).
 //!
+//! Next to each broker's tunnel, the bare broker path in the same run ([`bare`]): QoS 0
+//! publishes of a tunnel packet's size from one client to another, and a 64-byte MQTT
+//! ping-pong, through the same broker with no tunnel logic: the ceiling of what a tunnel over
+//! it can do.
+//!
 //! Sealing (ChaCha20-Poly1305) is always on. The targets run in this process.
+
+mod bare;
+mod link;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -48,7 +60,11 @@ fn pattern() -> Vec<u8> {
 /// A sink that checks each byte against the pattern and answers the count (u64, big-endian),
 /// or u64::MAX at the first wrong byte.
 async fn sink_server() -> SocketAddr {
-    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_sink(TcpListener::bind("127.0.0.1:0").await.unwrap())
+}
+
+/// [`sink_server`] on a listener of the caller's.
+fn serve_sink(server: TcpListener) -> SocketAddr {
     let addr = server.local_addr().unwrap();
     let expected = pattern();
     tokio::spawn(async move {
@@ -93,7 +109,11 @@ fn matches_pattern(pattern: &[u8], at: u64, got: &[u8]) -> bool {
 }
 
 async fn echo_server() -> SocketAddr {
-    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_echo(TcpListener::bind("127.0.0.1:0").await.unwrap())
+}
+
+/// [`echo_server`] on a listener of the caller's.
+fn serve_echo(server: TcpListener) -> SocketAddr {
     let addr = server.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = server.accept().await {
@@ -109,9 +129,14 @@ async fn echo_server() -> SocketAddr {
 
 /// Sends `bytes` of the pattern to the sink at `addr`; the seconds until it confirmed them all.
 async fn push(addr: SocketAddr, bytes: u64) -> Result<f64, String> {
+    let socket = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    push_on(socket, bytes).await
+}
+
+/// [`push`] on a connection of the caller's (the clock starts now).
+async fn push_on(mut socket: TcpStream, bytes: u64) -> Result<f64, String> {
     let data = pattern();
     let started = Instant::now();
-    let mut socket = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let mut sent = 0u64;
     while sent < bytes {
         let n = (bytes - sent).min(data.len() as u64) as usize;
@@ -163,10 +188,14 @@ struct Args {
     worker_threads: Option<usize>,
     /// Times each path is measured, alternating between them.
     rounds: usize,
+    /// `--link RTT_MS,MBIT`: on a shaped link instead of loopback.
+    link: Option<(Duration, u32)>,
+    mib_given: bool,
 }
 
 const USAGE: &str = "tunnel_bench [--mib 256] [--streams 8] [--round-trips 2000] \
-                     [--agent-segment-kib 256] [--worker-threads N] [--rounds 1]";
+                     [--agent-segment-kib 256] [--worker-threads N] [--rounds 1] \
+                     [--link RTT_MS,MBIT]";
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -176,6 +205,8 @@ fn parse_args() -> Args {
         agent_segment_kib: None,
         worker_threads: None,
         rounds: 1,
+        link: None,
+        mib_given: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -185,7 +216,11 @@ fn parse_args() -> Args {
         }
         let value = it.next().unwrap_or_default();
         match flag.as_str() {
-            "--mib" => args.mib = value.parse().expect("--mib N"),
+            "--mib" => {
+                args.mib = value.parse().expect("--mib N");
+                args.mib_given = true;
+            }
+            "--link" => args.link = Some(link::parse(&value)),
             "--streams" => args.streams = value.parse().expect("--streams N"),
             "--round-trips" => args.round_trips = value.parse().expect("--round-trips N"),
             "--agent-segment-kib" => {
@@ -264,15 +299,20 @@ struct Route {
     /// Whose CPU time the round trips are charged.
     pids: Vec<u32>,
     samples: Vec<Sample>,
+    /// The broker of a tunnel path, measured bare.
+    broker: Option<SocketAddr>,
+    bare: Vec<bare::Bare>,
 }
 
 impl Route {
-    fn tunnel(
-        name: &'static str,
-        pair: (Proc, Proc, SocketAddr, SocketAddr),
-        broker: Option<u32>,
-    ) -> Self {
-        let (manager, agent, sink, echo) = pair;
+    fn tunnel(name: &'static str, pair: Pair, broker: Option<u32>) -> Self {
+        let Pair {
+            manager,
+            agent,
+            sink,
+            echo,
+            mqtt,
+        } = pair;
         let pids = [manager.pid(), agent.pid()]
             .into_iter()
             .chain(broker)
@@ -284,9 +324,24 @@ impl Route {
             pair: Some((manager, agent)),
             pids,
             samples: Vec::new(),
+            broker: Some(mqtt),
+            bare: Vec::new(),
         }
     }
 }
+
+/// A manager and an agent with forwards to the sink and the echo, and their broker.
+struct Pair {
+    manager: Proc,
+    agent: Proc,
+    sink: SocketAddr,
+    echo: SocketAddr,
+    mqtt: SocketAddr,
+}
+
+/// Enrolled on the embedded broker for the bare measurements.
+const BARE_A: (&str, &str) = ("bare-a", "bare-secret-a");
+const BARE_B: (&str, &str) = ("bare-b", "bare-secret-b");
 
 /// The median of `values`, and with more than one their range.
 fn spread(values: &[f64], digits: usize) -> String {
@@ -323,7 +378,7 @@ fn start_pair(
     args: &Args,
     sink: SocketAddr,
     echo: SocketAddr,
-) -> (Proc, Proc, SocketAddr, SocketAddr) {
+) -> Pair {
     let runtime_toml = args
         .worker_threads
         .map(|n| format!("[runtime]\nworker_threads = {n}\n"))
@@ -342,9 +397,15 @@ fn start_pair(
         &format!(
             "{runtime_toml}[http]\nlisten = \"{ANY_PORT}\"\n{broker_toml}[keys]\nfile = \"{}\"\n\
              [[agents]]\nid = \"edge-1\"\nsecret = \"bench-secret\"\n\
+             [[agents]]\nid = \"{}\"\nsecret = \"{}\"\n\
+             [[agents]]\nid = \"{}\"\nsecret = \"{}\"\n\
              [[tunnel.forward]]\nlisten = \"{ANY_PORT}\"\nagent = \"edge-1\"\ntarget = \"{sink}\"\n\
              [[tunnel.forward]]\nlisten = \"{ANY_PORT}\"\nagent = \"edge-1\"\ntarget = \"{echo}\"\n",
-            dir.path().join(format!("{label}-keys.json")).display()
+            dir.path().join(format!("{label}-keys.json")).display(),
+            BARE_A.0,
+            BARE_A.1,
+            BARE_B.0,
+            BARE_B.1,
         ),
     );
     let (manager, bound) = Proc::spawn_ready_with_env(
@@ -376,16 +437,21 @@ fn start_pair(
         (nodes[0]["online"] == true).then_some(())
     });
     assert!(online.is_some(), "agent not online:\n{}", agent.log_text());
-    (
+    Pair {
         manager,
         agent,
-        listener(&bound, "forward-0"),
-        listener(&bound, "forward-1"),
-    )
+        sink: listener(&bound, "forward-0"),
+        echo: listener(&bound, "forward-1"),
+        mqtt,
+    }
 }
 
 fn main() {
     let args = parse_args();
+    if let Some((rtt, mbit)) = args.link {
+        let mib = if args.mib_given { args.mib } else { 64 };
+        return link::run(rtt, mbit, mib);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -400,6 +466,8 @@ fn main() {
         pair: None,
         pids: Vec::new(),
         samples: Vec::new(),
+        broker: None,
+        bare: Vec::new(),
     }];
     routes.push(Route::tunnel(
         "tunnel, embedded rumqttd",
@@ -440,6 +508,11 @@ fn main() {
         for route in &mut routes {
             let sample = rt.block_on(measure(route.sink, route.echo, &args, &route.pids));
             route.samples.push(sample);
+            if let Some(broker) = route.broker {
+                let bytes = args.mib << 20;
+                let bare = bare::measure(broker, BARE_A, BARE_B, bytes, args.round_trips);
+                route.bare.push(rt.block_on(bare));
+            }
         }
         if args.rounds > 1 {
             eprintln!("round {round} of {} done", args.rounds);
@@ -502,6 +575,50 @@ fn main() {
             column(samples.iter().map(|s| s.parallel.clone()), 0),
             column(samples.iter().map(|s| s.rtt.clone().map(|r| r.0)), 0),
             column(samples.iter().map(|s| s.rtt.clone().map(|r| r.1)), 0),
+        );
+    }
+
+    println!("\nThe same brokers bare (two MQTT clients, QoS 0, no tunnel), in the same rounds:\n");
+    println!(
+        "| broker | bare MB/s (dropped) | tunnel one stream × bare | bare RTT p50 / p99 µs | tunnel RTT p50 × bare |"
+    );
+    println!("|---|---|---|---|---|");
+    for route in routes.iter().filter(|r| r.broker.is_some()) {
+        let rate = column(route.bare.iter().map(|b| b.rate.clone().map(|r| r.0)), 0);
+        let dropped = column(
+            route
+                .bare
+                .iter()
+                .map(|b| b.rate.clone().map(|r| r.1 * 100.0)),
+            1,
+        );
+        let one_x = column(
+            route
+                .samples
+                .iter()
+                .zip(&route.bare)
+                .map(|(s, b)| match (&s.one, &b.rate) {
+                    (Ok(t), Ok((bare, _))) if *bare > 0.0 => Ok(t / bare),
+                    _ => Err("-".to_string()),
+                }),
+            2,
+        );
+        let rtt_x = column(
+            route
+                .samples
+                .iter()
+                .zip(&route.bare)
+                .map(|(s, b)| match (&s.rtt, &b.rtt) {
+                    (Ok(t), Ok(bare)) if bare.0 > 0.0 => Ok(t.0 / bare.0),
+                    _ => Err("-".to_string()),
+                }),
+            2,
+        );
+        println!(
+            "| {} | {rate} ({dropped} %) | {one_x} | {} / {} | {rtt_x} |",
+            route.name.trim_start_matches("tunnel, "),
+            column(route.bare.iter().map(|b| b.rtt.clone().map(|r| r.0)), 0),
+            column(route.bare.iter().map(|b| b.rtt.clone().map(|r| r.1)), 0),
         );
     }
 }
