@@ -742,3 +742,152 @@ fn a_hundred_streams_complete_intact_and_a_stalled_reader_keeps_both_processes_s
     }
     assert!(!writer.is_finished(), "the stalled writer got through");
 }
+
+/// The tunnel on a long link (80 ms round trip, 40 Mbit/s each way, tbf and a delay proxy):
+/// bytes both ways at once arrive intact; the manager's end measured the path, moved the link
+/// to the agent's tunnel filter and grew its in-flight cap past where it starts; a reader that
+/// stops holds the manager's send buffer to at most the maximum window. (How fast, against
+/// direct TCP on the same link, is `tunnel_bench --link`'s to say: docs/benchmarks.md.)
+#[test]
+fn on_a_long_link_the_tunnel_sizes_itself_to_the_path_and_a_stopped_reader_stays_bounded() {
+    use verge_testkit::chromium::{in_private_netns, is_private_netns, is_root};
+    use verge_testkit::link::LinkedBox;
+    use verge_testkit::{TempDir, bin};
+    const NAME: &str =
+        "on_a_long_link_the_tunnel_sizes_itself_to_the_path_and_a_stopped_reader_stays_bounded";
+    if !is_root() {
+        println!("skipped: shaping a link needs root");
+        return;
+    }
+    if !is_private_netns() {
+        bin("verge-manager");
+        bin("verge-agent");
+        println!("{}", in_private_netns(NAME));
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rtt = Duration::from_millis(80);
+    let linked = LinkedBox::new(rtt, 40);
+    let dir = TempDir::new("tunnel-link");
+
+    // The box's targets: an echo, and a listener that accepts and never reads.
+    let echo = linked.bind("127.0.0.1:0".parse().unwrap());
+    let echo_addr = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for socket in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut writer = socket.try_clone().unwrap();
+                let mut reader = socket;
+                let _ = std::io::copy(&mut reader, &mut writer);
+                let _ = writer.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    let stall = linked.bind("127.0.0.1:0".parse().unwrap());
+    let stall_addr = stall.local_addr().unwrap();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((socket, _)) = stall.accept() {
+            let _ = held_tx.send(socket);
+        }
+    });
+
+    let manager_cfg = dir.write(
+        "manager.toml",
+        &format!(
+            "[http]\nlisten = \"{ANY_PORT}\"\n[broker]\nlisten = \"{ANY_PORT}\"\n[keys]\nfile = \"{}\"\n\
+             [[agents]]\nid = \"edge-1\"\nsecret = \"link-secret\"\n\
+             [[tunnel.forward]]\nlisten = \"{ANY_PORT}\"\nagent = \"edge-1\"\ntarget = \"{echo_addr}\"\n\
+             [[tunnel.forward]]\nlisten = \"{ANY_PORT}\"\nagent = \"edge-1\"\ntarget = \"{stall_addr}\"\n",
+            dir.path().join("keys.json").display()
+        ),
+    );
+    let (manager, bound) = Proc::spawn_ready(
+        "manager",
+        &bin("verge-manager"),
+        &["--config", manager_cfg.to_str().unwrap()],
+        dir.path(),
+    );
+    let across = rt.block_on(linked.delay_to(listener(&bound, "mqtt")));
+    let agent_cfg = dir.write(
+        "agent.toml",
+        &format!(
+            "id = \"edge-1\"\nsecret = \"link-secret\"\n[mqtt]\nurl = \"mqtt://{across}\"\n\
+             [rtmp]\nlisten = \"{ANY_PORT}\"\n[http]\nlisten = \"{ANY_PORT}\"\n[hls]\nlisten = \"{ANY_PORT}\"\n\
+             [tunnel]\nallow = [\"{echo_addr}\", \"{stall_addr}\"]\n"
+        ),
+    );
+    let wrapper = linked.node.wrapper();
+    let agent_bin = bin("verge-agent");
+    let mut args: Vec<&str> = wrapper[1..].iter().map(String::as_str).collect();
+    args.extend([
+        agent_bin.to_str().unwrap(),
+        "--config",
+        agent_cfg.to_str().unwrap(),
+    ]);
+    let (agent, _) = Proc::spawn_ready("agent", Path::new(&wrapper[0]), &args, dir.path());
+    let http = listener(&bound, "http");
+    let online = wait_for(Duration::from_secs(30), || {
+        let nodes = get(http, "/api/nodes/").ok()?.json();
+        (nodes[0]["online"] == true).then_some(())
+    });
+    assert!(online.is_some(), "agent not online:\n{}", agent.log_text());
+    let tunnel = || get(http, "/api/agents/edge-1").unwrap().json()["tunnel"].clone();
+
+    // 24 MiB out and back at once, checked.
+    let total = 24 << 20;
+    let (sent, back, got) = echo_digests(listener(&bound, "forward-0"), total);
+    assert_eq!(got, total, "the echo came back short");
+    assert_eq!(sent, back, "bytes changed on the way");
+    let t = tunnel();
+    println!("the manager's end of the link after the transfer: {t}");
+    assert_eq!(t["wide"], true, "the link never moved to the tunnel filter");
+    let min_rtt = Duration::from_micros(t["min_rtt_us"].as_u64().unwrap());
+    assert!(
+        min_rtt >= rtt && min_rtt < rtt * 3,
+        "measured {min_rtt:?} on a {rtt:?} link"
+    );
+    // 40 Mbit/s over 80 ms is 400 KB of path: the cap grew past its 192 KiB start.
+    let cap = t["in_flight_cap"].as_u64().unwrap();
+    assert!(cap > 192 * 1024, "in-flight cap {cap}");
+    assert!(cap <= t["max_in_flight"].as_u64().unwrap());
+
+    // A reader that stops: the writer is held back, the manager holds at most a window.
+    let mut stalled = TcpStream::connect(listener(&bound, "forward-1")).unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![9u8; 1 << 20];
+        for _ in 0..64 {
+            if stalled.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let _held = held_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (mut crossed, mut still) = (0, 0);
+    for _ in 0..150 {
+        std::thread::sleep(Duration::from_millis(200));
+        // Still: nothing but the link's probes and acks (tens of bytes a second) crossing.
+        let now = tunnel()["bytes_to_agent"].as_u64().unwrap_or(0);
+        still = if now < crossed + 4096 { still + 1 } else { 0 };
+        crossed = now;
+        if still == 5 {
+            break;
+        }
+    }
+    assert_eq!(still, 5, "the stopped reader's stream never stopped");
+    assert!(
+        !writer.is_finished(),
+        "64 MiB went into a reader that reads nothing"
+    );
+    let buffered = tunnel()["buffered_bytes"].as_u64().unwrap();
+    println!("a stopped reader: the manager's end holds {buffered} bytes");
+    assert!(
+        buffered <= 4 << 20,
+        "the manager holds {buffered} bytes for a stopped reader, past the 4 MiB maximum window"
+    );
+    drop(manager);
+}

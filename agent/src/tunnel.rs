@@ -131,8 +131,12 @@ impl Tunnels {
         if !self.listening.swap(true, Ordering::AcqRel) {
             // The tunnel is in use: listen on the tunnel filter, whose broker log holds a
             // long path's bytes in flight. Managers move there once they see us answer.
+            // Subscribed at QoS 1 though the packets are QoS 0 (they arrive at QoS 0): rumqttd
+            // serves a QoS 0 subscription in bursts of up to `max_outgoing_packet_count`, and
+            // 1 % of the tunnel's round trips then took 43 ms instead of 0.5 (tunnel_bench,
+            // docs/benchmarks.md).
             let filter = self.topics.agent_tunnel(&self.agent);
-            match self.client.try_subscribe(&filter, QoS::AtMostOnce) {
+            match self.client.try_subscribe(&filter, QoS::AtLeastOnce) {
                 Ok(()) => {
                     tracing::info!(agent = %self.agent, %filter, "listening on the tunnel filter")
                 }

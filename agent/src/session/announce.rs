@@ -53,7 +53,7 @@ pub(super) async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver
                 .load(std::sync::atomic::Ordering::Acquire)
             {
                 let filter = shared.topics.agent_tunnel(&shared.id);
-                if let Err(e) = shared.client.subscribe(filter, QoS::AtMostOnce).await {
+                if let Err(e) = shared.client.subscribe(filter, QoS::AtLeastOnce).await {
                     tracing::warn!(agent = %shared.id, error = %e, "subscribe failed");
                 }
             }
