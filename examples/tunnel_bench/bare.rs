@@ -23,27 +23,40 @@ pub struct Bare {
     pub rate: Result<(f64, f64), String>,
     /// Round-trip p50 and p99, µs.
     pub rtt: Result<(f64, f64), String>,
+    /// CPU µs per MB that arrived, of the broker and both clients.
+    pub cpu_us_per_mb: Option<f64>,
 }
 
 /// Two clients' credentials (id, password) on `broker` (ids must be enrolled on an embedded
-/// broker; anything goes on the bench's mosquitto).
+/// broker; anything goes on the bench's mosquitto). `cpu` reads the CPU ticks to charge the
+/// throughput with.
 pub async fn measure(
     broker: SocketAddr,
     a: (&str, &str),
     b: (&str, &str),
     bytes: u64,
     round_trips: usize,
+    cpu: impl Fn() -> Option<u64>,
 ) -> Bare {
+    let before = cpu();
     let rate = tokio::time::timeout(Duration::from_secs(120), throughput(broker, a, b, bytes))
         .await
         .unwrap_or_else(|_| Err("timed out".into()));
+    let after = cpu();
+    // Charged for the bytes that arrived.
+    let delivered = rate.as_ref().map_or(0.0, |(_, lost)| 1.0 - lost);
+    let cpu_us_per_mb = crate::cpu_per_mb(before, after, bytes as f64 * delivered);
     let rtt = tokio::time::timeout(
         Duration::from_secs(120),
         ping_pong(broker, a, b, round_trips),
     )
     .await
     .unwrap_or_else(|_| Err("timed out".into()));
-    Bare { rate, rtt }
+    Bare {
+        rate,
+        rtt,
+        cpu_us_per_mb,
+    }
 }
 
 /// A connected client, its event loop run by a task that forwards incoming payloads.

@@ -17,7 +17,8 @@
 //! - **parallel**: `--streams` connections sharing `--mib` MiB at once;
 //! - **round trip**: 64 bytes to an echo and back, `--round-trips` times: p50 and p99;
 //! - the CPU time per round trip of the processes on the path (manager, agent, and mosquitto
-//!   when it is the broker), from their utime + stime;
+//!   when it is the broker), from their utime + stime, and per MB of the one stream (those
+//!   processes and this one, which runs the client and the checking sink);
 //! - the peak resident memory (VmHWM) of the manager and the agent after the run.
 //!
 //! `--rounds N` measures every path N times, alternating between them, and prints the median
@@ -246,6 +247,23 @@ struct Sample {
     rtt: Result<(f64, f64), String>,
     /// CPU time of the path's processes per round trip.
     rtt_cpu_us: Option<f64>,
+    /// CPU time of the path's processes and of this one (the client and the sink) per MB of
+    /// the one stream.
+    one_cpu_us_per_mb: Option<f64>,
+}
+
+/// CPU ticks of `pids` and of this process together.
+fn cpu_with_self(pids: &[u32]) -> Option<u64> {
+    pids.iter()
+        .chain(&[std::process::id()])
+        .map(|&pid| cpu_ticks(pid))
+        .sum()
+}
+
+/// CPU µs per MB moved, from ticks before and after.
+fn cpu_per_mb(before: Option<u64>, after: Option<u64>, bytes: f64) -> Option<f64> {
+    let ticks = after?.checked_sub(before?)?;
+    Some(ticks as f64 / TICKS_PER_SEC * 1e6 / (bytes / 1e6))
 }
 
 /// `pids`: the processes on the path (manager, agent, broker) whose CPU time the round trips
@@ -253,10 +271,12 @@ struct Sample {
 async fn measure(sink: SocketAddr, echo: SocketAddr, args: &Args, pids: &[u32]) -> Sample {
     let total = args.mib << 20;
     let mbps = |secs: f64| total as f64 / secs / 1e6;
+    let one_cpu = cpu_with_self(pids);
     let one = tokio::time::timeout(Duration::from_secs(600), push(sink, total))
         .await
         .unwrap_or_else(|_| Err("timed out".into()))
         .map(mbps);
+    let one_cpu_us_per_mb = cpu_per_mb(one_cpu, cpu_with_self(pids), total as f64);
     let share = total / args.streams;
     let started = Instant::now();
     let pushes: Vec<_> = (0..args.streams)
@@ -286,6 +306,7 @@ async fn measure(sink: SocketAddr, echo: SocketAddr, args: &Args, pids: &[u32]) 
         parallel,
         rtt,
         rtt_cpu_us,
+        one_cpu_us_per_mb,
     }
 }
 
@@ -302,6 +323,8 @@ struct Route {
     /// The broker of a tunnel path, measured bare.
     broker: Option<SocketAddr>,
     bare: Vec<bare::Bare>,
+    /// The broker's process, whose CPU time the bare path is charged (with this one's).
+    bare_pids: Vec<u32>,
 }
 
 impl Route {
@@ -313,10 +336,12 @@ impl Route {
             echo,
             mqtt,
         } = pair;
-        let pids = [manager.pid(), agent.pid()]
+        let pids: Vec<u32> = [manager.pid(), agent.pid()]
             .into_iter()
             .chain(broker)
             .collect();
+        // The bare path's broker process: mosquitto, or the manager that embeds rumqttd.
+        let bare_pids = vec![broker.unwrap_or(manager.pid())];
         Self {
             name,
             sink,
@@ -326,6 +351,7 @@ impl Route {
             samples: Vec::new(),
             broker: Some(mqtt),
             bare: Vec::new(),
+            bare_pids,
         }
     }
 }
@@ -468,6 +494,7 @@ fn main() {
         samples: Vec::new(),
         broker: None,
         bare: Vec::new(),
+        bare_pids: Vec::new(),
     }];
     routes.push(Route::tunnel(
         "tunnel, embedded rumqttd",
@@ -510,7 +537,9 @@ fn main() {
             route.samples.push(sample);
             if let Some(broker) = route.broker {
                 let bytes = args.mib << 20;
-                let bare = bare::measure(broker, BARE_A, BARE_B, bytes, args.round_trips);
+                let pids = route.bare_pids.clone();
+                let cpu = move || cpu_with_self(&pids);
+                let bare = bare::measure(broker, BARE_A, BARE_B, bytes, args.round_trips, cpu);
                 route.bare.push(rt.block_on(bare));
             }
         }
@@ -534,10 +563,10 @@ fn main() {
         }
     );
     println!(
-        "| path | one stream MB/s | × direct | {} streams MB/s | RTT p50 µs | RTT p99 µs | CPU per RTT µs | peak RSS manager / agent MiB |",
+        "| path | one stream MB/s | × direct | CPU µs per MB | {} streams MB/s | RTT p50 µs | RTT p99 µs | CPU per RTT µs | peak RSS manager / agent MiB |",
         args.streams
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let direct: Vec<Option<f64>> = routes[0]
         .samples
         .iter()
@@ -569,9 +598,15 @@ fn main() {
             .map(|(m, a)| format!("{:.0} / {:.0}", m as f64 / 1024.0, a as f64 / 1024.0))
             .unwrap_or_else(|| "-".into());
         println!(
-            "| {} | {} | {ratio} | {} | {} | {} | {cpu} | {peak} |",
+            "| {} | {} | {ratio} | {} | {} | {} | {} | {cpu} | {peak} |",
             route.name,
             column(samples.iter().map(|s| s.one.clone()), 0),
+            column(
+                samples
+                    .iter()
+                    .map(|s| s.one_cpu_us_per_mb.ok_or_else(|| "-".to_string())),
+                0
+            ),
             column(samples.iter().map(|s| s.parallel.clone()), 0),
             column(samples.iter().map(|s| s.rtt.clone().map(|r| r.0)), 0),
             column(samples.iter().map(|s| s.rtt.clone().map(|r| r.1)), 0),
@@ -580,9 +615,9 @@ fn main() {
 
     println!("\nThe same brokers bare (two MQTT clients, QoS 0, no tunnel), in the same rounds:\n");
     println!(
-        "| broker | bare MB/s (dropped) | tunnel one stream × bare | bare RTT p50 / p99 µs | tunnel RTT p50 × bare |"
+        "| broker | bare MB/s (dropped) | tunnel one stream × bare | CPU µs per MB bare / tunnel | bare RTT p50 / p99 µs | tunnel RTT p50 × bare |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for route in routes.iter().filter(|r| r.broker.is_some()) {
         let rate = column(route.bare.iter().map(|b| b.rate.clone().map(|r| r.0)), 0);
         let dropped = column(
@@ -614,8 +649,25 @@ fn main() {
                 }),
             2,
         );
+        let cpu = format!(
+            "{} / {}",
+            column(
+                route
+                    .bare
+                    .iter()
+                    .map(|b| b.cpu_us_per_mb.ok_or_else(|| "-".to_string())),
+                0
+            ),
+            column(
+                route
+                    .samples
+                    .iter()
+                    .map(|s| s.one_cpu_us_per_mb.ok_or_else(|| "-".to_string())),
+                0
+            ),
+        );
         println!(
-            "| {} | {rate} ({dropped} %) | {one_x} | {} / {} | {rtt_x} |",
+            "| {} | {rate} ({dropped} %) | {one_x} | {cpu} | {} / {} | {rtt_x} |",
             route.name.trim_start_matches("tunnel, "),
             column(route.bare.iter().map(|b| b.rtt.clone().map(|r| r.0)), 0),
             column(route.bare.iter().map(|b| b.rtt.clone().map(|r| r.1)), 0),
