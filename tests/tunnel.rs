@@ -821,15 +821,12 @@ fn on_a_long_link_the_tunnel_sizes_itself_to_the_path_and_a_stopped_reader_stays
              [tunnel]\nallow = [\"{echo_addr}\", \"{stall_addr}\"]\n"
         ),
     );
-    let wrapper = linked.node.wrapper();
-    let agent_bin = bin("verge-agent");
-    let mut args: Vec<&str> = wrapper[1..].iter().map(String::as_str).collect();
-    args.extend([
-        agent_bin.to_str().unwrap(),
-        "--config",
-        agent_cfg.to_str().unwrap(),
-    ]);
-    let (agent, _) = Proc::spawn_ready("agent", Path::new(&wrapper[0]), &args, dir.path());
+    let (agent, _) = linked.spawn_ready(
+        "agent",
+        &bin("verge-agent"),
+        &["--config", agent_cfg.to_str().unwrap()],
+        dir.path(),
+    );
     let http = listener(&bound, "http");
     let online = wait_for(Duration::from_secs(30), || {
         let nodes = get(http, "/api/nodes/").ok()?.json();

@@ -16,16 +16,15 @@
 //!   whether it moved to the agent's tunnel filter.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use verge_testkit::link::LinkedBox;
 use verge_testkit::measure::peak_kib;
-use verge_testkit::{ANY_PORT, Proc, TempDir, bin, listener, reserve_port, wait_for};
+use verge_testkit::{ANY_PORT, Proc, TempDir, bin, listener, wait_for};
 
-use crate::{matches_pattern, pattern, push, push_on, serve_sink};
+use crate::{matches_pattern, pattern, push, push_on, serve_sink, start_mosquitto};
 
 /// `RTT_MS,MBIT`.
 pub fn parse(value: &str) -> (Duration, u32) {
@@ -224,29 +223,9 @@ pub fn run(rtt: Duration, mbit: u32, mib: u64) {
         });
     });
 
-    let mosquitto = Path::new("/usr/sbin/mosquitto");
     let mut brokers: Vec<(&str, Option<(Proc, SocketAddr)>)> = vec![("embedded rumqttd", None)];
-    if mosquitto.exists() {
-        let port = reserve_port();
-        let conf = dir.write(
-            "mosquitto.conf",
-            &format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_queued_messages 100000\nmax_inflight_messages 100\nset_tcp_nodelay true\n",
-                port.addr().port()
-            ),
-        );
-        let broker = Proc::spawn(
-            "mosquitto",
-            mosquitto,
-            &["-c", conf.to_str().unwrap()],
-            dir.path(),
-        );
-        wait_for(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(port.addr()).ok()
-        })
-        .expect("mosquitto listens");
-        brokers.push(("mosquitto", Some((broker, port.addr()))));
+    if let Some(mosquitto) = start_mosquitto(&dir) {
+        brokers.push(("mosquitto", Some(mosquitto)));
     }
     for (label, broker) in &brokers {
         let external = broker.as_ref().map(|(_, addr)| *addr);
@@ -371,20 +350,11 @@ fn start_linked_pair(
              [tunnel]\nallow = [\"{sink}\", \"{source}\"]\n"
         ),
     );
-    let wrapper = linked.node.wrapper();
-    let agent_bin = bin("verge-agent");
-    let mut args: Vec<&str> = wrapper[1..].iter().map(String::as_str).collect();
-    args.extend([
-        agent_bin.to_str().unwrap(),
-        "--config",
-        agent_cfg.to_str().unwrap(),
-    ]);
-    let (agent, _) = Proc::spawn_ready_with_env(
+    let (agent, _) = linked.spawn_ready(
         &format!("{label}-agent"),
-        Path::new(&wrapper[0]),
-        &args,
+        &bin("verge-agent"),
+        &["--config", agent_cfg.to_str().unwrap()],
         dir.path(),
-        &[("RUST_LOG", "info,rumqttc=warn")],
     );
     let http = listener(&bound, "http");
     let online = wait_for(Duration::from_secs(30), || {

@@ -172,6 +172,15 @@ impl Topics {
             .and_then(|r| r.strip_prefix('/'))
             .ok_or_else(|| TopicError::ForeignPrefix(topic.to_string()))?;
         let levels: Vec<&str> = rest.split('/').collect();
+        // A manager's id named in the topic, checked as the agent's id is below.
+        let manager_id = |manager: &str| {
+            id::validate(manager)
+                .map(|_| manager.to_string())
+                .map_err(|source| TopicError::BadId {
+                    topic: topic.to_string(),
+                    source,
+                })
+        };
         let (id, parsed) = match levels.as_slice() {
             ["v1", "a", agent, "presence"] => (
                 *agent,
@@ -215,60 +224,34 @@ impl Topics {
                     agent: agent.to_string(),
                 },
             ),
-            ["v1", "a", agent, level] if level.starts_with("ack:") => {
-                let manager = &level["ack:".len()..];
-                id::validate(manager).map_err(|source| TopicError::BadId {
-                    topic: topic.to_string(),
-                    source,
-                })?;
-                (
-                    *agent,
-                    Topic::IndexAck {
-                        agent: agent.to_string(),
-                        manager: manager.to_string(),
-                    },
-                )
-            }
-            ["v1", "a", agent, level] if level.starts_with("tun:") => {
-                let manager = &level["tun:".len()..];
-                id::validate(manager).map_err(|source| TopicError::BadId {
-                    topic: topic.to_string(),
-                    source,
-                })?;
-                (
-                    *agent,
-                    Topic::TunnelDown {
-                        agent: agent.to_string(),
-                        manager: manager.to_string(),
-                    },
-                )
-            }
-            ["v1", "a", agent, "tun", manager] => {
-                id::validate(manager).map_err(|source| TopicError::BadId {
-                    topic: topic.to_string(),
-                    source,
-                })?;
-                (
-                    *agent,
-                    Topic::TunnelDown {
-                        agent: agent.to_string(),
-                        manager: manager.to_string(),
-                    },
-                )
-            }
-            ["v1", "m", manager, "tun", agent] => {
-                id::validate(manager).map_err(|source| TopicError::BadId {
-                    topic: topic.to_string(),
-                    source,
-                })?;
-                (
-                    *agent,
-                    Topic::TunnelUp {
-                        manager: manager.to_string(),
-                        agent: agent.to_string(),
-                    },
-                )
-            }
+            ["v1", "a", agent, level] if level.starts_with("ack:") => (
+                *agent,
+                Topic::IndexAck {
+                    agent: agent.to_string(),
+                    manager: manager_id(&level["ack:".len()..])?,
+                },
+            ),
+            ["v1", "a", agent, level] if level.starts_with("tun:") => (
+                *agent,
+                Topic::TunnelDown {
+                    agent: agent.to_string(),
+                    manager: manager_id(&level["tun:".len()..])?,
+                },
+            ),
+            ["v1", "a", agent, "tun", manager] => (
+                *agent,
+                Topic::TunnelDown {
+                    agent: agent.to_string(),
+                    manager: manager_id(manager)?,
+                },
+            ),
+            ["v1", "m", manager, "tun", agent] => (
+                *agent,
+                Topic::TunnelUp {
+                    manager: manager_id(manager)?,
+                    agent: agent.to_string(),
+                },
+            ),
             ["v1", "m", manager, "res"] => (
                 *manager,
                 Topic::Reply {

@@ -19,6 +19,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -29,6 +30,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::netns::{self, Node};
+use crate::{Listeners, Proc};
 
 /// A box at the end of a shaped link.
 pub struct LinkedBox {
@@ -101,6 +103,22 @@ impl LinkedBox {
         let rate = u64::from(self.mbit) * 1_000_000 / 8;
         let line = (rate as f64 * self.rtt.as_secs_f64() / 2.0) as usize + 256 * 1024;
         DelayProxy::start(listen, upstream, self.rtt / 2, line).await
+    }
+
+    /// Starts a Verge process inside the box, as [`Proc::spawn_ready`] does here.
+    pub fn spawn_ready(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        log_dir: &Path,
+    ) -> (Proc, Listeners) {
+        let wrapper = self.node.wrapper();
+        let program = program.to_str().expect("a UTF-8 binary path");
+        let mut all: Vec<&str> = wrapper[1..].iter().map(String::as_str).collect();
+        all.push(program);
+        all.extend(args);
+        Proc::spawn_ready(name, Path::new(&wrapper[0]), &all, log_dir)
     }
 
     /// A listener inside the box, at `addr` (its loopback or its link address).
