@@ -3,8 +3,13 @@
 //!
 //! ```text
 //! cargo run --release --example agent_swarm -- --agents 1000,10000 [--pings 1000] [--concurrency 16]
-//!     [--backlog 4096[,128]]
+//!     [--backlog 4096[,128]] [--restart DOWN_SECS] [--max-backoff 30[,3]]
 //! ```
+//!
+//! `--restart DOWN_SECS`: once all N are online, the manager is killed (SIGKILL, its embedded
+//! broker with it), stays down DOWN_SECS, and starts again on the same ports; the row then
+//! also shows the time from its return (ready file written) until all N are online again.
+//! `--max-backoff`: the agents' `[mqtt] max_backoff_secs` (each value is a run of every N).
 //!
 //! `--backlog`: the broker's `[broker] backlog` (each value is a run of every N; 128 is what
 //! rumqttd listens with by itself, the baseline for a burst of connections).
@@ -20,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use verge_agent::{AgentConfig, StateHandle};
 use verge_testkit::measure::{cpu_ticks, peak_kib, percentile, rss_kib};
-use verge_testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, wait_for};
+use verge_testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, reserve_port, wait_for};
 
 const ENROLLMENT: &str = "swarm-bench-enrollment";
 
@@ -29,6 +34,8 @@ struct Args {
     backlogs: Vec<u32>,
     pings: usize,
     concurrency: usize,
+    restart: Option<Duration>,
+    max_backoffs: Vec<u64>,
 }
 
 fn parse_args() -> Args {
@@ -37,6 +44,12 @@ fn parse_args() -> Args {
         backlogs: vec![4096],
         pings: 1000,
         concurrency: 16,
+        restart: None,
+        max_backoffs: vec![
+            AgentConfig::with_defaults("a", "b", "mqtt://127.0.0.1:1")
+                .mqtt
+                .max_backoff_secs,
+        ],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +68,17 @@ fn parse_args() -> Args {
                     .collect()
             }
             "--pings" => args.pings = value.parse().expect("--pings N"),
+            "--restart" => {
+                args.restart = Some(Duration::from_secs_f64(
+                    value.parse().expect("--restart DOWN_SECS"),
+                ))
+            }
+            "--max-backoff" => {
+                args.max_backoffs = value
+                    .split(',')
+                    .filter_map(|n| n.trim().parse().ok())
+                    .collect()
+            }
             "--concurrency" => args.concurrency = value.parse().expect("--concurrency N"),
             other => panic!("unknown flag {other}; see the header of examples/agent_swarm.rs"),
         }
@@ -65,6 +89,9 @@ fn parse_args() -> Args {
 struct Row {
     agents: usize,
     backlog: u32,
+    max_backoff: u64,
+    /// From the restarted manager's return until all are online again.
+    back_online: Option<Duration>,
     all_online: Duration,
     manager_rss_mib: f64,
     manager_peak_mib: f64,
@@ -85,24 +112,30 @@ fn main() {
     let mut rows = Vec::new();
     for n in std::iter::once(1).chain(args.agents.iter().copied()) {
         for &backlog in &args.backlogs {
-            eprintln!("== {n} agent(s), backlog {backlog}");
-            rows.push(run_one(&runtime, n, backlog, &args));
+            for &max_backoff in &args.max_backoffs {
+                eprintln!("== {n} agent(s), backlog {backlog}, max backoff {max_backoff} s");
+                rows.push(run_one(&runtime, n, backlog, max_backoff, &args));
+            }
         }
     }
     println!();
     println!(
-        "| agents | backlog | all online | manager RSS (peak) | manager CPU idle | swarm RSS/agent | ping p50 | ping p99 | HTTP p50 | failed |"
+        "| agents | backlog | max backoff | all online | back online after a restart | manager RSS (peak) | manager CPU idle | swarm RSS/agent | ping p50 | ping p99 | HTTP p50 | failed |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let label = if r.agents == 1 {
             "1 (baseline)".to_string()
         } else {
             r.agents.to_string()
         };
+        let back = r
+            .back_online
+            .map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64()));
         println!(
-            "| {label} | {} | {:.2} s | {:.1} MiB ({:.1}) | {:.0} % | {:.1} KiB | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+            "| {label} | {} | {} s | {:.2} s | {back} | {:.1} MiB ({:.1}) | {:.0} % | {:.1} KiB | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
             r.backlog,
+            r.max_backoff,
             r.all_online.as_secs_f64(),
             r.manager_rss_mib,
             r.manager_peak_mib,
@@ -116,13 +149,22 @@ fn main() {
     }
 }
 
-fn run_one(runtime: &tokio::runtime::Runtime, n: usize, backlog: u32, args: &Args) -> Row {
+fn run_one(
+    runtime: &tokio::runtime::Runtime,
+    n: usize,
+    backlog: u32,
+    max_backoff: u64,
+    args: &Args,
+) -> Row {
     let dir = TempDir::new("swarm");
+    // Held across a restart, so the agents find the new broker where the old one was.
+    let broker_port = reserve_port();
     let config = dir.write(
         "manager.toml",
         &format!(
-            "[http]\nlisten = \"{ANY_PORT}\"\n[broker]\nlisten = \"{ANY_PORT}\"\nbacklog = {backlog}\nmax_connections = {}\n\
+            "[http]\nlisten = \"{ANY_PORT}\"\n[broker]\nlisten = \"{}\"\nbacklog = {backlog}\nmax_connections = {}\n\
              [mqtt]\nrpc_timeout_ms = 5000\n[enrollment]\nsecret = \"{ENROLLMENT}\"\n",
+            broker_port.addr(),
             n + 100
         ),
     );
@@ -143,7 +185,8 @@ fn run_one(runtime: &tokio::runtime::Runtime, n: usize, backlog: u32, args: &Arg
         .map(|i| {
             let id = format!("sim-{i:05}");
             let secret = verge_protocol::secret::derive_agent_secret(ENROLLMENT, &id);
-            let cfg = AgentConfig::with_defaults(&id, &secret, &url);
+            let mut cfg = AgentConfig::with_defaults(&id, &secret, &url);
+            cfg.mqtt.max_backoff_secs = max_backoff;
             let mut stop = stop_rx.clone();
             runtime.spawn(async move {
                 let shutdown = async move {
@@ -197,6 +240,34 @@ fn run_one(runtime: &tokio::runtime::Runtime, n: usize, backlog: u32, args: &Arg
         peak_kib(manager.pid()).unwrap_or(0),
     );
 
+    // The manager (and its broker) killed, down a while, back on the same ports.
+    let mut manager = manager;
+    let back_online = args.restart.map(|down| {
+        manager.signal("KILL");
+        let _ = wait_for(Duration::from_secs(10), || manager.exited().then_some(()));
+        std::thread::sleep(down);
+        let (again, bound) = Proc::spawn_ready_with_env(
+            "manager-again",
+            &bin("verge-manager"),
+            &["--config", config.to_str().unwrap()],
+            dir.path(),
+            &[("RUST_LOG", "warn")],
+        );
+        let back = Instant::now();
+        manager = again;
+        let http = listener(&bound, "http");
+        let took = wait_for(Duration::from_secs(300), || {
+            let online = get(http, "/api/health").ok()?.json()["online"].as_u64()?;
+            (online as usize == n).then(|| back.elapsed())
+        })
+        .expect("all agents back online within 300 s");
+        eprintln!(
+            "   all {n} back online {:.2} s after the manager returned",
+            took.as_secs_f64()
+        );
+        took
+    });
+
     let _ = stop_tx.send(true);
     runtime.block_on(async {
         for agent in agents {
@@ -207,6 +278,8 @@ fn run_one(runtime: &tokio::runtime::Runtime, n: usize, backlog: u32, args: &Arg
     Row {
         agents: n,
         backlog,
+        max_backoff,
+        back_online,
         all_online,
         manager_rss_mib: manager_rss as f64 / 1024.0,
         manager_peak_mib: manager_peak as f64 / 1024.0,

@@ -196,7 +196,9 @@ impl Default for MqttConfig {
             prefix: "verge".into(),
             keepalive_secs: 10,
             ca_file: None,
-            max_backoff_secs: 30,
+            // A box is back ≤ 2 s after its broker or manager returns, and a fleet's retries
+            // are spread uniformly over those 2 s (examples/agent_swarm --restart).
+            max_backoff_secs: 2,
         }
     }
 }

@@ -278,7 +278,8 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     opts.ca_file = cfg.mqtt.ca_file.clone();
     opts.keepalive = Duration::from_secs(u64::from(cfg.mqtt.keepalive_secs.max(1)));
     opts.queue = 4096;
-    opts.max_backoff = Duration::from_secs(5);
+    // As the agents': back ≤ 2 s after an external broker returns.
+    opts.max_backoff = Duration::from_secs(2);
     // Tunnel packets are delivered by the MQTT link's own task (see `verge_mqtt::link::Tap`);
     // the links exist once the client does, hence the cell.
     let tunnel_cell = Arc::new(std::sync::OnceLock::<tunnel::Tunnels>::new());

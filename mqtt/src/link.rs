@@ -52,7 +52,7 @@ impl LinkOptions {
             keepalive: Duration::from_secs(10),
             ca_file: None,
             queue: 256,
-            max_backoff: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(2),
             session_client_ids: false,
         }
     }
