@@ -18,7 +18,7 @@ use libfuzzer_sys::fuzz_target;
 use verge_tunnel::frame::Frame;
 use verge_tunnel::mux::{Mux, MuxConfig, MuxEvent, Side};
 use verge_tunnel::seal::{Direction, Opener};
-use verge_tunnel::stream::StreamConfig;
+use verge_tunnel::stream::{Read, StreamConfig, StreamEvent};
 
 fuzz_target!(|data: &[u8]| {
     let cfg = MuxConfig {
@@ -54,12 +54,28 @@ fuzz_target!(|data: &[u8]| {
             assert!(out.len() <= 16 * 1024);
             Frame::decode_all(&out).expect("what the mux sends decodes");
         }
-        // Every stream the peer opens is accepted, as a dialled target would be.
+        // Every stream the peer opens is accepted, as a dialled target would be, and read as
+        // it fills, so windows grow and shrink.
         while let Some(event) = agent.poll_event() {
-            if let MuxEvent::Opened { stream, .. } = event {
-                agent.accept(stream);
+            match event {
+                MuxEvent::Opened { stream, .. } => {
+                    agent.accept(stream);
+                }
+                MuxEvent::Stream {
+                    stream,
+                    event: StreamEvent::Readable,
+                } => {
+                    if let Some(s) = agent.stream(stream) {
+                        s.set_rtt(Some(Duration::from_millis(40)));
+                        let mut buf = [0u8; 4096];
+                        while let Ok(Read::Bytes(_)) = s.read(&mut buf) {}
+                    }
+                }
+                _ => {}
             }
         }
+        // Whatever the peer sends, each stream holds at most a send buffer and two windows.
+        assert!(agent.buffered() <= 8 * (256 * 1024 + 2 * 256 * 1024));
         assert!(
             opener.open(packet).is_err(),
             "random bytes opened as a sealed packet"
