@@ -392,7 +392,6 @@ impl Task {
             if !self.mux.opens_pending() {
                 wide.switched.store(true, Ordering::Release);
                 self.mux.set_max_in_flight(self.limits.wide_in_flight);
-                self.stats.wide = true;
                 tracing::info!(
                     in_flight = self.limits.wide_in_flight,
                     "tunnel link moved to the agent's tunnel filter"
@@ -436,7 +435,6 @@ impl Task {
             wide.switched.store(false, Ordering::Release);
             self.mux.set_max_in_flight(self.limits.max_in_flight);
         }
-        self.stats.wide = false;
         self.wide_answered = false;
         self.wide_probes = 0;
         self.next_wide_probe = None;
@@ -562,6 +560,10 @@ impl Task {
                 self.stats.delivery_rate = path.delivery_rate().unwrap_or(0);
                 self.stats.in_flight_cap = path.in_flight_cap();
                 self.stats.max_in_flight = path.cap();
+                self.stats.wide = self
+                    .wide
+                    .as_ref()
+                    .is_some_and(|w| w.switched.load(Ordering::Acquire));
                 let _ = reply.send(self.stats.clone());
             }
         }
