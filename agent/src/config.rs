@@ -183,6 +183,8 @@ impl Default for TunnelConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     pub url: String,
+    /// Other nodes of the same broker cluster, tried in turn when `url` fails or drops.
+    pub fallback_urls: Vec<String>,
     pub prefix: String,
     pub keepalive_secs: u16,
     pub ca_file: Option<PathBuf>,
@@ -193,6 +195,7 @@ impl Default for MqttConfig {
     fn default() -> Self {
         Self {
             url: "mqtt://127.0.0.1:1883".into(),
+            fallback_urls: Vec::new(),
             prefix: "verge".into(),
             keepalive_secs: 10,
             ca_file: None,
@@ -448,6 +451,7 @@ impl AgentConfig {
             return Err(ConfigError::EmptySecret);
         }
         self.broker_url()?;
+        self.fallback_urls()?;
         self.topics()?;
         if self.mqtt.keepalive_secs == 0 {
             return Err(ConfigError::Keepalive);
@@ -461,6 +465,12 @@ impl AgentConfig {
 
     pub fn broker_url(&self) -> Result<BrokerUrl, ConfigError> {
         Ok(BrokerUrl::parse(&self.mqtt.url)?)
+    }
+
+    /// `[mqtt] fallback_urls`, parsed.
+    pub fn fallback_urls(&self) -> Result<Vec<BrokerUrl>, ConfigError> {
+        let urls = self.mqtt.fallback_urls.iter().map(|u| BrokerUrl::parse(u));
+        Ok(urls.collect::<Result<_, _>>()?)
     }
 
     pub fn topics(&self) -> Result<Topics, ConfigError> {

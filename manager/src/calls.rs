@@ -167,7 +167,7 @@ impl CallServer {
             call::METHOD_LIVEGO_CONTROL => {
                 let p: ControlParams = serde_json::from_value(params)
                     .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e.to_string()))?;
-                let (status, data) = self.control(agent, &p);
+                let (status, data) = self.control(agent, &p).await;
                 tracing::info!(%agent, op = ?p.op, room = %p.room, status = status.as_u16(), "LiveGo control asked on a box");
                 serde_json::to_value(ControlAnswer {
                     status: status.as_u16(),
@@ -183,7 +183,7 @@ impl CallServer {
     }
 
     /// What the box's `/control/...` answers.
-    fn control(&self, agent: &str, p: &ControlParams) -> (axum::http::StatusCode, Value) {
+    async fn control(&self, agent: &str, p: &ControlParams) -> (axum::http::StatusCode, Value) {
         use axum::http::StatusCode;
         if let Err(why) = verge_protocol::id::validate_stream_part("room", &p.room) {
             return (StatusCode::BAD_REQUEST, json!(why));
@@ -215,9 +215,9 @@ impl CallServer {
         }
         let (keys, registry) = (&self.parts.keys, &self.parts.registry);
         match p.op {
-            ControlOp::Get => livego::get_key(keys, registry, &p.room, Some(agent)),
-            ControlOp::Reset => livego::reset_key(keys, registry, &p.room, Some(agent)),
-            ControlOp::Delete => livego::delete_key(keys, registry, &p.room),
+            ControlOp::Get => livego::get_key(keys, registry, &p.room, Some(agent)).await,
+            ControlOp::Reset => livego::reset_key(keys, registry, &p.room, Some(agent)).await,
+            ControlOp::Delete => livego::delete_key(keys, registry, &p.room).await,
         }
     }
 

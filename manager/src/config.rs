@@ -522,6 +522,8 @@ impl Default for BrokerConfig {
 pub struct MqttConfig {
     /// An external broker (`mqtt://user:pass@host:1883`); empty runs the embedded one.
     pub url: Option<String>,
+    /// Other nodes of the external broker's cluster, tried in turn when `url` fails or drops.
+    pub fallback_urls: Vec<String>,
     pub prefix: String,
     /// This manager instance's id: its RPC replies come back on `{p}/v1/m/{id}/res`.
     pub id: String,
@@ -537,6 +539,7 @@ impl Default for MqttConfig {
     fn default() -> Self {
         Self {
             url: None,
+            fallback_urls: Vec::new(),
             prefix: "verge".into(),
             id: "manager".into(),
             username: None,
@@ -552,7 +555,8 @@ impl Default for MqttConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysConfig {
-    /// Where issued keys are kept (JSON, written atomically).
+    /// Where keys were kept before the database held them: imported into the database once it
+    /// answers, then renamed to `….imported`. Nothing is written here any more.
     pub file: PathBuf,
 }
 
@@ -654,6 +658,7 @@ impl ManagerConfig {
             return Err(ConfigError::Cloudflare);
         }
         self.external_broker()?;
+        self.fallback_urls()?;
         if let Some(storage) = &self.storage {
             storage.validate().map_err(ConfigError::Storage)?;
         }
@@ -787,6 +792,12 @@ impl ManagerConfig {
             Some(url) => Ok(Some(BrokerUrl::parse(url)?)),
             None => Ok(None),
         }
+    }
+
+    /// `[mqtt] fallback_urls`, parsed.
+    pub fn fallback_urls(&self) -> Result<Vec<BrokerUrl>, ConfigError> {
+        let urls = self.mqtt.fallback_urls.iter().map(|u| BrokerUrl::parse(u));
+        Ok(urls.collect::<Result<_, _>>()?)
     }
 
     pub fn rpc_timeout(&self) -> Duration {

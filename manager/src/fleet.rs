@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use verge_broker::Credentials;
 use verge_mqtt::LinkEvent;
 use verge_protocol::envelope::{self, Message};
-use verge_protocol::presence::Presence;
+use verge_protocol::presence::{AnnounceRequest, Presence};
 use verge_protocol::rpc;
 use verge_protocol::secret::MacKey;
 use verge_protocol::state::State;
@@ -47,6 +47,33 @@ pub struct FleetSession {
     pub tunnel_over_session: bool,
     /// Agents being asked to prove that they are online.
     pub verifying: Arc<std::sync::Mutex<HashSet<String>>>,
+    /// Ask the fleet to announce itself after every (re)connect: an external broker, whose
+    /// cluster may keep retained messages per node (the embedded one keeps them all).
+    pub ask_fleet: bool,
+}
+
+/// How long after asking the fleet to announce itself an agent not heard from since loses
+/// its proof of life: the agents answer within
+/// [`verge_protocol::presence::ANNOUNCE_AT_MOST_EVERY_MS`], their proofs
+/// take a few round trips more.
+const ANSWER_GRACE: Duration = Duration::from_secs(10);
+
+/// Asks every agent to announce itself again (`{p}/v1/ask`); on a task, as the publish may
+/// wait for the link.
+pub fn ask_fleet(client: &AsyncClient, topics: &Topics, manager_id: &str) {
+    let payload = serde_json::to_vec(&AnnounceRequest {
+        from: manager_id.to_string(),
+    })
+    .unwrap_or_default();
+    let (client, topic) = (client.clone(), topics.ask());
+    tokio::spawn(async move {
+        if let Err(e) = client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+        {
+            tracing::warn!(error = %e, "could not ask the fleet to announce itself");
+        }
+    });
 }
 
 impl FleetSession {
@@ -58,6 +85,9 @@ impl FleetSession {
                     self.connected.store(true, Ordering::Relaxed);
                     self.link_up.send_replace(true);
                     self.subscribe();
+                    if self.ask_fleet {
+                        self.ask();
+                    }
                 }
                 LinkEvent::Disconnected { .. } => {
                     self.connected.store(false, Ordering::Relaxed);
@@ -92,6 +122,24 @@ impl FleetSession {
         tokio::spawn(async move {
             if let Err(e) = client.subscribe_many(filters).await {
                 tracing::error!(error = %e, "subscribing to the fleet's topics failed");
+            }
+        });
+    }
+
+    /// After subscribing (the request queue keeps the order): asks the fleet to announce
+    /// itself, and later takes the proof of life from agents that did not answer.
+    fn ask(&self) {
+        let asked = std::time::Instant::now();
+        ask_fleet(&self.client, &self.topics, &self.manager_id);
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ANSWER_GRACE).await;
+            let silent = registry.unprove_unheard_since(asked);
+            if silent > 0 {
+                tracing::info!(
+                    agents = silent,
+                    "agents that did not answer the ask are no longer shown online"
+                );
             }
         });
     }
@@ -182,6 +230,8 @@ impl FleetSession {
                     self.keys.send_to(&agent);
                 }
             }
+            // Ours or another manager's: the answers come on the presence topics.
+            Ok(Topic::Ask) => {}
             Ok(Topic::Reply { manager }) if manager == self.manager_id => {
                 self.rpc.on_reply(payload)
             }

@@ -1,9 +1,15 @@
-//! Channel keys: issued and revoked through the API, kept in a JSON file so they survive a
-//! manager restart, and handed to every agent as a retained, signed message on
-//! `{p}/v1/a/{agent}/keys` (the whole table each time: it is small, and a retained whole table
-//! cannot be half-applied).
+//! Channel keys: issued and revoked through any manager's API, kept in the database
+//! ([`crate::db::keys`]) so every manager's RTMP router and API see the same table, and handed
+//! to every agent as a retained, signed message on `{p}/v1/a/{agent}/keys` (the whole table
+//! each time: it is small, and a retained whole table cannot be half-applied).
+//!
+//! Each manager keeps a copy of the table for the paths that must not wait on the database
+//! (routing a publisher, sealing the table for an agent); it is read again when the table's
+//! version in the database changes ([`KeyStore::refresh`], polled by [`crate::shared`] and
+//! called by the RTMP router before it routes), so a key issued through another manager
+//! works here at once. With the database down the copy keeps serving; changes wait for it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use rumqttc::{AsyncClient, QoS};
@@ -14,10 +20,17 @@ use verge_protocol::sealed::PrivateKey;
 use verge_protocol::secret::MacKey;
 use verge_protocol::topic::Topics;
 
+use crate::db::index::Index;
+pub use crate::db::keys::Issued;
 use crate::registry::Registry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyStoreError {
+    /// The database cannot be used now (starting, or down): keys cannot change.
+    #[error("channel keys cannot change now: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Database(#[from] crate::db::DbError),
     #[error("key file {path}: {source}")]
     Io {
         path: String,
@@ -30,43 +43,21 @@ pub enum KeyStoreError {
     },
 }
 
-/// What [`KeyStore::issue`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Issued {
-    New,
-    Existing,
-    /// The key existed and now names another agent.
-    Rebound,
-}
+/// Longest wait for the database when reading the table again.
+pub const REFRESH_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct KeyStore {
-    path: PathBuf,
+    index: Index,
     table: RwLock<Keys>,
 }
 
 impl KeyStore {
-    /// Loads the table from `path`; a missing file is an empty table.
-    pub fn open(path: &Path) -> Result<Self, KeyStoreError> {
-        let shown = path.display().to_string();
-        let table = match std::fs::read(path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|source| KeyStoreError::Corrupt {
-                    path: shown.clone(),
-                    source,
-                })?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Keys::default(),
-            Err(source) => {
-                return Err(KeyStoreError::Io {
-                    path: shown,
-                    source,
-                });
-            }
-        };
-        Ok(Self {
-            path: path.to_path_buf(),
-            table: RwLock::new(table),
-        })
+    /// An empty copy until the database answers ([`KeyStore::refresh`]).
+    pub fn new(index: Index) -> Self {
+        Self {
+            index,
+            table: RwLock::new(Keys::default()),
+        }
     }
 
     pub fn snapshot(&self) -> Keys {
@@ -82,70 +73,90 @@ impl KeyStore {
             .and_then(|k| k.agent)
     }
 
+    fn db(&self) -> Result<&crate::db::Db, KeyStoreError> {
+        self.index.db().map_err(KeyStoreError::Unavailable)
+    }
+
+    /// Reads the table again if its version in the database moved; whether it did. Gives up
+    /// after [`REFRESH_WITHIN`] (a publisher waits on it), keeping the copy held.
+    pub async fn refresh(&self) -> Result<bool, KeyStoreError> {
+        let db = self.db()?;
+        let refresh = async {
+            let version = db.versions().await?.keys;
+            if version == self.snapshot().version {
+                return Ok(false);
+            }
+            self.reload(db).await?;
+            Ok(true)
+        };
+        tokio::time::timeout(REFRESH_WITHIN, refresh)
+            .await
+            .unwrap_or_else(|_| {
+                Err(KeyStoreError::Unavailable(format!(
+                    "the database did not answer within {REFRESH_WITHIN:?}"
+                )))
+            })
+    }
+
+    async fn reload(&self, db: &crate::db::Db) -> Result<(), KeyStoreError> {
+        let table = db.key_table().await?;
+        let mut held = self.table.write().unwrap_or_else(|p| p.into_inner());
+        // Two reads racing: the newer table wins.
+        if table.version >= held.version {
+            *held = table;
+        }
+        Ok(())
+    }
+
     /// The key of `app/name`, issued now if it has none; with `agent`, bound to that agent
     /// (an existing key keeps its secret and moves to it).
-    pub fn issue(
+    pub async fn issue(
         &self,
         app: &str,
         name: &str,
         agent: Option<&str>,
     ) -> Result<(ChannelKey, Issued), KeyStoreError> {
-        self.change(|table| {
-            if let Some(existing) = table
-                .keys
-                .iter_mut()
-                .find(|k| k.app == app && k.name == name)
-            {
-                if agent.is_some() && existing.agent.as_deref() != agent {
-                    existing.agent = agent.map(str::to_string);
-                    return ((existing.clone(), Issued::Rebound), true);
-                }
-                return ((existing.clone(), Issued::Existing), false);
-            }
-            let key = ChannelKey {
-                key: verge_protocol::secret::random_secret(),
-                app: app.to_string(),
-                name: name.to_string(),
-                agent: agent.map(str::to_string),
-            };
-            table.keys.push(key.clone());
-            ((key, Issued::New), true)
-        })
+        let db = self.db()?;
+        let fresh = verge_protocol::secret::random_secret();
+        let issued = db.issue_key(app, name, agent, &fresh).await?;
+        self.reload(db).await?;
+        Ok(issued)
     }
 
     /// Revokes the key of `app/name`; false if it had none.
-    pub fn revoke(&self, app: &str, name: &str) -> Result<bool, KeyStoreError> {
-        self.change(|table| {
-            let before = table.keys.len();
-            table.keys.retain(|k| !(k.app == app && k.name == name));
-            (before != table.keys.len(), before != table.keys.len())
-        })
+    pub async fn revoke(&self, app: &str, name: &str) -> Result<bool, KeyStoreError> {
+        let db = self.db()?;
+        let revoked = db.revoke_key(app, name).await?;
+        self.reload(db).await?;
+        Ok(revoked)
     }
 
-    /// Applies `f`; when it reports a change, bumps the version and writes the file first.
-    fn change<T>(&self, f: impl FnOnce(&mut Keys) -> (T, bool)) -> Result<T, KeyStoreError> {
-        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = table.clone();
-        let (out, changed) = f(&mut next);
-        if changed {
-            next.version = verge_protocol::now_ms().max(table.version + 1);
-            self.write(&next)?;
-            *table = next;
-        }
-        Ok(out)
-    }
-
-    /// Writes atomically (temp file + rename), so a crash never leaves half a table.
-    fn write(&self, table: &Keys) -> Result<(), KeyStoreError> {
-        let shown = self.path.display().to_string();
+    /// Moves the keys of a key file (where they were kept before the database held them) into
+    /// the database, then renames the file to `….imported` so that a key revoked later is not
+    /// brought back by the next start. Returns how many keys were added; 0 without a file.
+    pub async fn import_file(&self, path: &Path) -> Result<usize, KeyStoreError> {
+        let shown = path.display().to_string();
         let io = |source| KeyStoreError::Io {
             path: shown.clone(),
             source,
         };
-        let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(table).expect("key tables serialize");
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io(e)),
+        };
+        let table: Keys =
+            serde_json::from_slice(&bytes).map_err(|source| KeyStoreError::Corrupt {
+                path: shown.clone(),
+                source,
+            })?;
+        let db = self.db()?;
+        let added = db.import_keys(&table).await?;
+        let mut imported = path.as_os_str().to_owned();
+        imported.push(".imported");
+        std::fs::rename(path, &imported).map_err(io)?;
+        self.reload(db).await?;
+        Ok(added)
     }
 }
 
@@ -231,42 +242,45 @@ impl KeyDistributor {
 mod tests {
     use super::*;
 
-    #[test]
-    fn keys_are_issued_once_revoked_and_survive_a_reopen() {
-        let dir = std::env::temp_dir().join(format!("verge-keys-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    #[tokio::test]
+    async fn a_key_file_is_imported_once_and_the_copy_follows_the_database() {
+        let (db, dir) = crate::db::scratch("keystore").await;
+        let index = Index::ready_for_tests(db.clone());
+        let store = KeyStore::new(index);
         let path = dir.join("keys.json");
-        let store = KeyStore::open(&path).unwrap();
-        let (first, issued) = store.issue("live", "cam", None).unwrap();
-        assert_eq!(issued, Issued::New);
-        let (again, issued) = store.issue("live", "cam", None).unwrap();
-        assert_eq!(issued, Issued::Existing);
-        assert_eq!(first, again);
-        // Binding it to an agent keeps its secret.
-        let (bound, issued) = store.issue("live", "cam", Some("edge-1")).unwrap();
-        assert_eq!(issued, Issued::Rebound);
-        assert_eq!(
-            (bound.key.as_str(), bound.agent.as_deref()),
-            (first.key.as_str(), Some("edge-1"))
-        );
-        let (_, issued) = store.issue("live", "cam", Some("edge-1")).unwrap();
-        assert_eq!(issued, Issued::Existing);
-        let first = bound;
-        let v1 = store.snapshot().version;
-        assert!(v1 > 0);
+        assert_eq!(store.import_file(&path).await.unwrap(), 0, "no file");
+        let old = Keys {
+            version: 7,
+            keys: vec![ChannelKey {
+                key: "from-file".into(),
+                app: "live".into(),
+                name: "cam".into(),
+                agent: Some("edge-1".into()),
+            }],
+        };
+        std::fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(store.import_file(&path).await.unwrap(), 1);
+        assert!(!path.exists() && dir.join("keys.json.imported").exists());
+        assert_eq!(store.bound_agent("live", "cam").as_deref(), Some("edge-1"));
 
-        let reopened = KeyStore::open(&path).unwrap();
-        assert_eq!(reopened.snapshot().keys, vec![first]);
-        assert!(reopened.revoke("live", "cam").unwrap());
-        assert!(!reopened.revoke("live", "cam").unwrap());
-        assert!(reopened.snapshot().version > v1);
-        assert!(KeyStore::open(&path).unwrap().snapshot().keys.is_empty());
+        // Another manager (the same database) revokes it: the copy follows on refresh.
+        assert!(db.revoke_key("live", "cam").await.unwrap());
+        assert!(store.refresh().await.unwrap());
+        assert!(store.snapshot().keys.is_empty());
+        assert!(!store.refresh().await.unwrap(), "nothing moved");
+        let (key, issued) = store.issue("live", "cam", None).await.unwrap();
+        assert_eq!(issued, Issued::New);
+        assert_eq!(store.snapshot().keys, vec![key]);
 
         std::fs::write(&path, b"{not json").unwrap();
         assert!(matches!(
-            KeyStore::open(&path),
+            store.import_file(&path).await,
             Err(KeyStoreError::Corrupt { .. })
         ));
+        assert!(
+            path.exists(),
+            "a file that does not parse is left for the operator"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! - [`config`]: the `manager.toml` keys.
 //! - [`fleet`]: the manager's MQTT session ([`fleet::FleetSession`]): learns the fleet from
-//!   retained presence and state, completes RPC calls, hands index rows and tunnel packets on.
+//!   retained presence and state (and, with an external broker, asks the fleet to announce
+//!   itself), completes RPC calls, hands index rows and tunnel packets on.
 //! - [`registry`]: the fleet as known from those messages.
 //! - [`rpc`]: calls to agents over MQTT, with deadlines and typed failures.
 //! - [`calls`]: calls from agents (LiveGo's control API asked on a box's port), answered.
@@ -11,11 +12,13 @@
 //! - [`cluster`]: where a WebRTC viewer goes (the box or a cloud node), relays of a stream to
 //!   cloud nodes and their end.
 //! - [`agents`]: enrolling and revoking agents at run time.
-//! - [`keys`]: channel keys: issued, stored, and handed to every agent retained and sealed.
+//! - [`keys`]: channel keys: issued, stored in the database, and handed to every agent
+//!   retained and sealed.
+//! - [`shared`]: what several managers share through the database (keys, agents), followed.
 //! - [`ice`]: ICE servers for a WHEP or WHIP session (static, coturn, Cloudflare TURN).
 //! - [`tunnel`]: the tunnel's links to agents, and `[[tunnel.forward]]` port forwards.
 //! - [`db`]: the database (SQLite or PostgreSQL), every query the manager makes: the recording
-//!   index fed by agents, the agents enrolled at run time.
+//!   index fed by agents, the agents enrolled at run time, channel keys.
 //! - [`rtmp`]: the RTMP router (`[rtmp] listen`): publishers reach their box through the tunnel.
 //! - [`metrics`]: what the manager counts between scrapes.
 //! - [`storage`]: `[storage]`, where boxes upload recordings (S3-compatible, or a folder).
@@ -45,6 +48,7 @@ pub mod metrics;
 pub mod registry;
 pub mod rpc;
 pub mod rtmp;
+pub mod shared;
 pub mod storage;
 pub mod tunnel;
 /// HTTP/1.1 calls to other servers' APIs, shared with the agent.
@@ -273,6 +277,9 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     };
 
     let mut opts = LinkOptions::new(url, &client_id);
+    if broker.is_none() {
+        opts.fallbacks = cfg.fallback_urls()?;
+    }
     opts.username = username;
     opts.password = password;
     opts.ca_file = cfg.mqtt.ca_file.clone();
@@ -300,14 +307,43 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     let Link { client, events, .. } = Link::spawn_tapped(&opts, None, Some(tap))?;
 
     let registry = Arc::new(Registry::new());
+    let metrics = Arc::new(metrics::Metrics::default());
+    let database_url = cfg.database.effective_url();
+    let database = db::Db::open(
+        &database_url,
+        cfg.database.max_connections,
+        Duration::from_secs(cfg.database.connect_timeout.max(1)),
+    )?;
+    let index = db::index::Index::start(
+        database,
+        db::redact(&database_url),
+        db::index::Replies {
+            manager_id: cfg.mqtt.id.clone(),
+            client: client.clone(),
+            topics: topics.clone(),
+            credentials: credentials.clone(),
+            metrics: metrics.clone(),
+        },
+    );
     let keys = keys::KeyDistributor {
-        store: Arc::new(keys::KeyStore::open(&cfg.keys.file)?),
+        store: Arc::new(keys::KeyStore::new(index.clone())),
         client: client.clone(),
         topics: topics.clone(),
         credentials: credentials.clone(),
         manager_id: cfg.mqtt.id.clone(),
     };
-    let metrics = Arc::new(metrics::Metrics::default());
+    tokio::spawn(
+        shared::Follower {
+            index: index.clone(),
+            keys: keys.store.clone(),
+            credentials: credentials.clone(),
+            ask: broker
+                .is_none()
+                .then(|| (client.clone(), topics.clone(), cfg.mqtt.id.clone())),
+            key_file: cfg.keys.file.clone(),
+        }
+        .run(),
+    );
     let rpc = Arc::new(RpcClient::new(
         cfg.mqtt.id.clone(),
         topics.clone(),
@@ -346,23 +382,6 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         ));
     }
     let _ = tunnel_cell.set(tunnels.clone());
-    let database_url = cfg.database.effective_url();
-    let database = db::Db::open(
-        &database_url,
-        cfg.database.max_connections,
-        Duration::from_secs(cfg.database.connect_timeout.max(1)),
-    )?;
-    let index = db::index::Index::start(
-        database,
-        db::redact(&database_url),
-        db::index::Replies {
-            manager_id: cfg.mqtt.id.clone(),
-            client: client.clone(),
-            topics: topics.clone(),
-            credentials: credentials.clone(),
-            metrics: metrics.clone(),
-        },
-    );
     let session = FleetSession {
         // rumqttd hands a QoS 1 subscriber only 100 retained messages; at QoS 0 it hands all
         // (see verge-broker). mosquitto drops QoS 0 beyond its queue limit, so QoS 1 there.
@@ -397,6 +416,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         })),
         tunnel_over_session,
         verifying: Default::default(),
+        ask_fleet: broker.is_none(),
     };
     tokio::spawn(session.run(events));
     if broker.is_some() {
@@ -442,6 +462,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             // Its own MQTT session, under the manager's credential: net4mqtt's messages are
             // many, small and unsigned, and stay off the fleet session.
             let mut n4_opts = LinkOptions::new(opts.url.clone(), format!("{client_id}:net4mqtt"));
+            n4_opts.fallbacks = opts.fallbacks.clone();
             n4_opts.username = opts.username.clone();
             n4_opts.password = opts.password.clone();
             n4_opts.ca_file = opts.ca_file.clone();

@@ -23,6 +23,8 @@ pub struct AgentRecord {
     /// When this manager received the agent's latest state (its own clock): placements made
     /// before that are in the state's numbers.
     pub state_received: Option<std::time::Instant>,
+    /// When this manager last heard from the agent (its own clock): presence, state or a reply.
+    pub heard_at: Option<std::time::Instant>,
 }
 
 impl AgentRecord {
@@ -35,6 +37,7 @@ impl AgentRecord {
             last_rtt_ms: None,
             proven: false,
             state_received: None,
+            heard_at: None,
         }
     }
 
@@ -90,6 +93,7 @@ impl Registry {
                 r.proven = false;
             }
             r.last_seen = r.last_seen.max(sent_at);
+            r.heard_at = Some(std::time::Instant::now());
             r.presence = Some(presence);
             taken = true;
         });
@@ -101,6 +105,7 @@ impl Registry {
             r.last_seen = r.last_seen.max(sent_at);
             r.state = Some(state);
             r.state_received = Some(std::time::Instant::now());
+            r.heard_at = r.state_received;
         });
     }
 
@@ -111,10 +116,28 @@ impl Registry {
                 r.proven = true;
             }
             r.last_seen = r.last_seen.max(verge_protocol::now_ms());
+            r.heard_at = Some(std::time::Instant::now());
             if rtt_ms.is_some() {
                 r.last_rtt_ms = rtt_ms;
             }
         });
+    }
+
+    /// Agents shown online that this manager has not heard from since `asked` (when it asked
+    /// the fleet to announce itself) lose their proof: an agent that left while this manager
+    /// was away from the broker left a will this manager never saw. Returns how many.
+    pub fn unprove_unheard_since(&self, asked: std::time::Instant) -> usize {
+        let Ok(mut agents) = self.agents.write() else {
+            return 0;
+        };
+        let mut count = 0;
+        for r in agents.values_mut() {
+            if r.proven && r.heard_at.is_none_or(|heard| heard < asked) {
+                r.proven = false;
+                count += 1;
+            }
+        }
+        count
     }
 
     /// The agent's retained presence was cleared: it was decommissioned.
@@ -181,6 +204,24 @@ mod tests {
             role: Default::default(),
             egress_max_kbps: 0,
         }
+    }
+
+    #[test]
+    fn agents_unheard_since_an_ask_lose_their_proof() {
+        let reg = Registry::new();
+        reg.apply_presence("quiet", 1, presence(Status::Online));
+        reg.heard_from("quiet", None);
+        let asked = std::time::Instant::now();
+        reg.apply_presence("answers", 1, presence(Status::Online));
+        reg.heard_from("answers", None);
+        assert_eq!(reg.unprove_unheard_since(asked), 1);
+        assert!(!reg.is_online("quiet"));
+        assert!(
+            reg.get("quiet").unwrap().claims_online(),
+            "it may still prove itself"
+        );
+        assert!(reg.is_online("answers"));
+        assert_eq!(reg.unprove_unheard_since(asked), 0);
     }
 
     #[test]

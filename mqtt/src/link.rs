@@ -8,6 +8,10 @@
 //! half-dead old connection, which rumqttd mishandles (it publishes the *new* session's will and
 //! forgets it); the old connection then dies on its own, and its late will carries an older
 //! session number that readers can tell apart.
+//!
+//! A link may know several nodes of one broker cluster ([`LinkOptions::fallbacks`]): every
+//! failed attempt or lost session moves it to the next node, so a box whose node dies is on
+//! another within one backoff step.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +31,9 @@ use crate::{MAX_PACKET, tls};
 #[derive(Debug, Clone)]
 pub struct LinkOptions {
     pub url: BrokerUrl,
+    /// Other nodes of the same broker cluster, tried in turn after `url` (each with its own
+    /// credentials and scheme, falling back to `username`/`password` as `url` does).
+    pub fallbacks: Vec<BrokerUrl>,
     pub client_id: String,
     /// Used when the URL carries no credentials.
     pub username: Option<String>,
@@ -46,6 +53,7 @@ impl LinkOptions {
     pub fn new(url: BrokerUrl, client_id: impl Into<String>) -> Self {
         Self {
             url,
+            fallbacks: Vec::new(),
             client_id: client_id.into(),
             username: None,
             password: None,
@@ -112,19 +120,11 @@ impl Link {
         will: Option<WillFn>,
         tap: Option<Tap>,
     ) -> Result<Self, LinkError> {
-        let mut mqtt = MqttOptions::new(&opts.client_id, &opts.url.host, opts.url.port);
-        mqtt.set_keep_alive(opts.keepalive)
-            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-            .set_clean_session(true);
-        let username = opts.url.username.clone().or_else(|| opts.username.clone());
-        let password = opts.url.password.clone().or_else(|| opts.password.clone());
-        if let Some(user) = username {
-            mqtt.set_credentials(user, password.unwrap_or_default());
-        }
-        if opts.url.tls {
-            let config = tls::client_config(opts.ca_file.as_deref())?;
-            mqtt.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
-        }
+        let nodes = std::iter::once(&opts.url)
+            .chain(&opts.fallbacks)
+            .map(|url| Ok((url.clone(), mqtt_options(opts, url)?)))
+            .collect::<Result<Vec<_>, LinkError>>()?;
+        let mqtt = nodes[0].1.clone();
         let (client, mut eventloop) = AsyncClient::new(mqtt, opts.queue.max(1));
         // Control messages are small and latency-bound: without this, Nagle and delayed ACKs
         // added ~40 ms per hop to every RPC (measured with examples/agent_swarm).
@@ -140,13 +140,31 @@ impl Link {
             will,
             session: 0,
         };
-        let task = tokio::spawn(run(eventloop, tx, identity, backoff, opts.url.clone(), tap));
+        let task = tokio::spawn(run(eventloop, tx, identity, backoff, nodes, tap));
         Ok(Self {
             client,
             events,
             task,
         })
     }
+}
+
+/// The options of one broker node: its address, credentials and transport.
+fn mqtt_options(opts: &LinkOptions, url: &BrokerUrl) -> Result<MqttOptions, LinkError> {
+    let mut mqtt = MqttOptions::new(&opts.client_id, &url.host, url.port);
+    mqtt.set_keep_alive(opts.keepalive)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_clean_session(true);
+    let username = url.username.clone().or_else(|| opts.username.clone());
+    let password = url.password.clone().or_else(|| opts.password.clone());
+    if let Some(user) = username {
+        mqtt.set_credentials(user, password.unwrap_or_default());
+    }
+    if url.tls {
+        let config = tls::client_config(opts.ca_file.as_deref())?;
+        mqtt.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+    }
+    Ok(mqtt)
 }
 
 /// What changes from one connection attempt to the next.
@@ -182,9 +200,11 @@ async fn run(
     tx: mpsc::Sender<LinkEvent>,
     mut identity: Identity,
     mut backoff: Backoff,
-    url: BrokerUrl,
+    nodes: Vec<(BrokerUrl, MqttOptions)>,
     mut tap: Option<Tap>,
 ) {
+    let mut node = 0;
+    let mut url = nodes[0].0.clone();
     identity.next(&mut eventloop.mqtt_options);
     let mut session_up = false;
     loop {
@@ -234,6 +254,12 @@ async fn run(
                     return;
                 }
                 tokio::time::sleep(retry_in).await;
+                if nodes.len() > 1 {
+                    node = (node + 1) % nodes.len();
+                    url = nodes[node].0.clone();
+                    eventloop.mqtt_options = nodes[node].1.clone();
+                    tracing::info!(broker = %url, "trying the next broker node");
+                }
                 identity.next(&mut eventloop.mqtt_options);
                 continue;
             }

@@ -58,9 +58,48 @@ impl Message for Presence {
     const KIND: Kind = Kind::Presence;
 }
 
+/// A manager's request that every agent publish its presence and state again, on `{p}/v1/ask`
+/// as plain JSON (no envelope: one message for a fleet has no one agent's secret to sign
+/// with). A manager sends it when it cannot count on the broker's retained messages: after it
+/// connects to an external broker, whose cluster may keep them per node. Since anyone the
+/// broker lets publish there can send it, an agent answers at most once per
+/// [`ANNOUNCE_AT_MOST_EVERY_MS`] whatever asks, and a broker with ACLs lets only managers
+/// write the topic (conf/mosquitto/acl).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceRequest {
+    /// The manager asking, for logs.
+    #[serde(default)]
+    pub from: String,
+}
+
+impl AnnounceRequest {
+    /// Parses a request; anything that is not one is `None`.
+    pub fn parse(payload: &[u8]) -> Option<Self> {
+        if payload.len() > 1024 {
+            return None;
+        }
+        serde_json::from_slice(payload).ok()
+    }
+}
+
+/// Requests to announce within this long of the last announcement are answered by it.
+pub const ANNOUNCE_AT_MOST_EVERY_MS: u64 = 2_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn announce_requests_parse_loosely_and_refuse_junk() {
+        let asked = AnnounceRequest::parse(br#"{"from":"m1","later":1}"#).unwrap();
+        assert_eq!(asked.from, "m1");
+        assert_eq!(AnnounceRequest::parse(b"{}").unwrap().from, "");
+        assert!(AnnounceRequest::parse(b"").is_none());
+        assert!(AnnounceRequest::parse(b"[1]").is_none());
+        assert!(AnnounceRequest::parse(b"\xff\x00").is_none());
+        let big = format!(r#"{{"from":"{}"}}"#, "m".repeat(2000));
+        assert!(AnnounceRequest::parse(big.as_bytes()).is_none());
+    }
 
     #[test]
     fn minimal_presence_decodes_with_defaults() {

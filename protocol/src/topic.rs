@@ -14,6 +14,7 @@
 //! {p}/v1/a/{agent}/ack:{mgr}  index acknowledgements, manager -> agent
 //! {p}/v1/a/{agent}/call       calls from an agent to the managers
 //! {p}/v1/a/{agent}/ret        their replies, manager -> agent
+//! {p}/v1/ask                  a manager asks every agent to announce itself again
 //! ```
 //!
 //! The down topic is one level under the agent (`tun:{manager}`, `:` never appears in an id)
@@ -41,6 +42,7 @@ pub enum Topic {
     Request { agent: String },
     Reply { manager: String },
     Keys { agent: String },
+    Ask,
     TunnelDown { agent: String, manager: String },
     TunnelUp { manager: String, agent: String },
     Index { agent: String },
@@ -85,6 +87,13 @@ impl Topics {
 
     pub fn keys(&self, agent: &str) -> String {
         format!("{}/v1/a/{agent}/keys", self.prefix)
+    }
+
+    /// A manager asking every agent to announce itself again (a manager that cannot count on
+    /// retained messages: docs/protocol.md §8.1). One filter the whole fleet shares, so it
+    /// costs a broker one filter, not one per agent.
+    pub fn ask(&self) -> String {
+        format!("{}/v1/ask", self.prefix)
     }
 
     pub fn reply(&self, manager: &str) -> String {
@@ -182,6 +191,7 @@ impl Topics {
                 })
         };
         let (id, parsed) = match levels.as_slice() {
+            ["v1", "ask"] => return Ok(Topic::Ask),
             ["v1", "a", agent, "presence"] => (
                 *agent,
                 Topic::Presence {
@@ -285,6 +295,15 @@ mod tests {
             Ok(Topic::CallReply { agent: "e1".into() })
         );
         assert!(t.parse("verge/v1/a/e#1/call").is_err());
+    }
+
+    #[test]
+    fn the_ask_topic_is_one_for_the_fleet() {
+        let t = Topics::new("site/verge").unwrap();
+        assert_eq!(t.ask(), "site/verge/v1/ask");
+        assert_eq!(t.parse(&t.ask()), Ok(Topic::Ask));
+        assert!(t.parse("site/verge/v1/ask/x").is_err());
+        assert!(t.parse("verge/v1/ask").is_err());
     }
 
     #[test]

@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use rumqttc::QoS;
+use rumqttc::{QoS, SubscribeFilter};
 use tokio::sync::watch;
 use verge_protocol::envelope::{self, Message};
-use verge_protocol::presence::{Presence, Status};
+use verge_protocol::presence::{ANNOUNCE_AT_MOST_EVERY_MS, AnnounceRequest, Presence, Status};
 use verge_protocol::state::State;
 
 use super::Shared;
@@ -22,19 +22,45 @@ pub(super) struct Healers {
 }
 
 /// After every (re)connect: subscribe and announce; on every state change: republish the
-/// state. What it publishes is what the healers compare their topics with.
-pub(super) async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver<u64>) {
+/// state; when a manager asks (`asked` changes, see [`on_ask`]): both again, at most once per
+/// [`ANNOUNCE_AT_MOST_EVERY_MS`]. What it publishes is what the healers compare their topics
+/// with.
+pub(super) async fn announce(
+    shared: Arc<Shared>,
+    mut connected: watch::Receiver<u64>,
+    mut asked: watch::Receiver<u64>,
+) {
     let mut state_rx = shared.state.subscribe();
     let mut announced_generation = 0u64;
     let mut published: Option<(u64, u64)> = None;
+    let mut last_asked: Option<tokio::time::Instant> = None;
     loop {
+        let mut again = false;
         tokio::select! {
             changed = connected.changed() => if changed.is_err() { return },
             changed = state_rx.changed() => if changed.is_err() { return },
+            changed = asked.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Several managers asking at once (or someone replaying a request) cost one
+                // announcement per interval.
+                let every = std::time::Duration::from_millis(ANNOUNCE_AT_MOST_EVERY_MS);
+                if let Some(last) = last_asked {
+                    tokio::time::sleep_until(last + every).await;
+                }
+                asked.borrow_and_update();
+                last_asked = Some(tokio::time::Instant::now());
+                again = true;
+            }
         }
         let generation = *connected.borrow_and_update();
         if generation == 0 {
             continue;
+        }
+        if again {
+            tracing::debug!(agent = %shared.id, "a manager asked: announcing again");
+            published = None;
         }
         if announced_generation != generation {
             // One filter for everything addressed to this agent (requests, keys, our own
@@ -42,8 +68,12 @@ pub(super) async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver
             // filter, so filters per agent multiply its work across a fleet (measured with
             // examples/agent_swarm). Subscribed before we announce, so the manager's first
             // ping (~1 ms after our presence) finds us listening.
-            let filter = shared.topics.agent_all(&shared.id);
-            if let Err(e) = shared.client.subscribe(filter, QoS::AtLeastOnce).await {
+            // The fleet's ask topic rides the same SUBSCRIBE: one filter shared by every agent.
+            let filters = [
+                SubscribeFilter::new(shared.topics.agent_all(&shared.id), QoS::AtLeastOnce),
+                SubscribeFilter::new(shared.topics.ask(), QoS::AtMostOnce),
+            ];
+            if let Err(e) = shared.client.subscribe_many(filters).await {
                 tracing::warn!(agent = %shared.id, error = %e, "subscribe failed");
             }
             // The tunnel filter only once the tunnel was used: a filter per agent costs the
@@ -57,6 +87,8 @@ pub(super) async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver
                     tracing::warn!(agent = %shared.id, error = %e, "subscribe failed");
                 }
             }
+        }
+        if announced_generation != generation || again {
             let presence = shared.presence(Status::Online, generation);
             let topic = shared.topics.presence(&shared.id);
             let payload = shared.seal(&presence);
@@ -88,6 +120,18 @@ pub(super) async fn announce(shared: Arc<Shared>, mut connected: watch::Receiver
             }
             published = Some((generation, state.seq));
         }
+    }
+}
+
+/// A manager's request that the fleet announce itself again (`{p}/v1/ask`). Unsigned (one
+/// message for the whole fleet), so [`announce`] answers at most one per interval.
+pub(super) fn on_ask(shared: &Shared, asked: &watch::Sender<u64>, payload: &[u8]) {
+    match AnnounceRequest::parse(payload) {
+        Some(request) => {
+            tracing::debug!(agent = %shared.id, manager = %request.from, "asked to announce");
+            asked.send_modify(|n| *n += 1);
+        }
+        None => tracing::debug!(agent = %shared.id, "ignoring an ask that is not one"),
     }
 }
 

@@ -157,6 +157,7 @@ pub async fn run(
     };
 
     let mut opts = LinkOptions::new(cfg.broker_url()?, &cfg.id);
+    opts.fallbacks = cfg.fallback_urls()?;
     opts.username = Some(cfg.id.clone());
     opts.password = Some(cfg.secret.clone());
     opts.keepalive = cfg.keepalive();
@@ -236,7 +237,8 @@ pub async fn run(
     let call_reply_topic = shared.topics.call_reply(&shared.id);
     // The current session number; 0 until the first CONNACK.
     let (connected_tx, connected_rx) = watch::channel(0u64);
-    let announcer = tokio::spawn(announce::announce(shared.clone(), connected_rx));
+    let (asked_tx, asked_rx) = watch::channel(0u64);
+    let announcer = tokio::spawn(announce::announce(shared.clone(), connected_rx, asked_rx));
     let rpc_server = RpcServer::new(cfg.limits.rpc_concurrency);
     let (link_up, link_up_rx) = watch::channel(false);
     let _ = tunnel_cell.set(Mutex::new(Tunnels::new(
@@ -254,6 +256,7 @@ pub async fn run(
     let ack_prefix = shared.topics.index_ack(&shared.id, "");
     let request_topic = shared.topics.request(&shared.id);
     let keys_topic = shared.topics.keys(&shared.id);
+    let ask_topic = shared.topics.ask();
     let presence_topic = shared.topics.presence(&shared.id);
     let state_topic = shared.topics.state(&shared.id);
 
@@ -288,6 +291,9 @@ pub async fn run(
                 }
                 Some(LinkEvent::Message { topic, payload }) if topic == keys_topic => {
                     key_table::on_keys(&shared, &keys, &payload);
+                }
+                Some(LinkEvent::Message { topic, payload }) if topic == ask_topic => {
+                    announce::on_ask(&shared, &asked_tx, &payload);
                 }
                 Some(LinkEvent::Message { topic, payload }) if topic == presence_topic => {
                     let seen = announce::seen_presence(&shared, &payload, *connected_tx.borrow());

@@ -1,11 +1,13 @@
 //! The `agents` table: agents enrolled (`POST /api/agents`) or revoked (`DELETE
 //! /api/agents/{id}`) at run time, each with its secret until it is revoked. At start, once the
 //! database answers, the table is loaded into the broker's credentials ([`load`]), so that an
-//! agent enrolled or revoked at run time stays so across restarts.
+//! agent enrolled or revoked at run time stays so across restarts. Every change raises the
+//! `agents` version, so the other managers load the table again (`crate::shared`).
 
 use sqlx::Row;
 use verge_broker::Credentials;
 
+use super::keys::{AGENTS, bump};
 use super::{Db, DbError};
 
 /// One row of the `agents` table.
@@ -38,15 +40,21 @@ impl Db {
         );
         let now = verge_protocol::time::rfc3339(verge_protocol::now_ms());
         let inserted = on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
             let query = sqlx::query(sql).bind(id).bind(secret);
             let query = if self.stamps_times() {
                 query.bind(&now)
             } else {
                 query
             };
-            query.execute(pool).await?.rows_affected()
+            let inserted = query.execute(&mut *tx).await?.rows_affected() == 1;
+            if inserted {
+                bump!(self, tx, AGENTS);
+            }
+            tx.commit().await?;
+            inserted
         });
-        Ok(inserted == 1)
+        Ok(inserted)
     }
 
     /// Marks `id` revoked (adding its row if it had none) and forgets its secret.
@@ -61,13 +69,16 @@ impl Db {
         );
         let now = verge_protocol::time::rfc3339(verge_protocol::now_ms());
         on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
             let query = sqlx::query(sql).bind(id);
             let query = if self.stamps_times() {
                 query.bind(&now)
             } else {
                 query
             };
-            query.execute(pool).await?;
+            query.execute(&mut *tx).await?;
+            bump!(self, tx, AGENTS);
+            tx.commit().await?;
         });
         Ok(())
     }

@@ -79,6 +79,19 @@ impl Index {
         }
     }
 
+    /// An index whose database is ready, without the worker, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn ready_for_tests(db: Db) -> Self {
+        let (_, ready) = watch::channel(Readiness::Ready);
+        let (events, _) = mpsc::channel(1);
+        Self {
+            db,
+            ready,
+            events,
+            metrics: Default::default(),
+        }
+    }
+
     pub fn readiness(&self) -> Readiness {
         self.ready.borrow().clone()
     }

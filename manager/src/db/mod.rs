@@ -9,6 +9,7 @@
 //!   (`crate::liveion::records`), and the playback API's reads of them.
 //! - [`agents`]: agents enrolled or revoked at run time, and loading them into the broker's
 //!   credentials.
+//! - [`keys`]: channel keys, and the version of each table the managers share.
 //! - [`index`]: [`index::Index`], the database as the rest of the manager holds it: ready or
 //!   not (migrated once it answers, then checked every 5 s), and the worker that stores the
 //!   index rows agents send and acknowledges them.
@@ -30,6 +31,7 @@ macro_rules! on_pool {
 
 pub mod agents;
 pub mod index;
+pub mod keys;
 pub mod node_recordings;
 pub mod recordings;
 

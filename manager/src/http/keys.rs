@@ -25,10 +25,11 @@ fn checked(app: &str, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Keys live in the database: while it cannot be used they cannot change (503, retry).
 fn storage(e: crate::keys::KeyStoreError) -> ApiError {
-    tracing::error!(error = %e, "key store");
+    tracing::warn!(error = %e, "channel keys");
     ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
+        status: StatusCode::SERVICE_UNAVAILABLE,
         reason: e.to_string(),
     }
 }
@@ -62,6 +63,7 @@ pub async fn issue(
         .keys
         .store
         .issue(&app_name, &name, body.agent.as_deref())
+        .await
         .map_err(storage)?;
     if issued != Issued::Existing {
         tracing::info!(stream = %format!("{app_name}/{name}"), agent = ?key.agent, ?issued, "channel key issued");
@@ -80,7 +82,13 @@ pub async fn revoke(
     Path((app_name, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     checked(&app_name, &name)?;
-    if !app.keys.store.revoke(&app_name, &name).map_err(storage)? {
+    if !app
+        .keys
+        .store
+        .revoke(&app_name, &name)
+        .await
+        .map_err(storage)?
+    {
         return Err(ApiError::not_found(format!(
             "stream {app_name}/{name} has no key"
         )));
@@ -90,6 +98,11 @@ pub async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The table as the database has it now (another manager may have changed it); this
+/// manager's copy while the database is down.
 pub async fn list(State(app): State<AppState>) -> Json<Vec<ChannelKey>> {
+    if let Err(e) = app.keys.store.refresh().await {
+        tracing::debug!(error = %e, "listing the keys this manager holds");
+    }
     Json(app.keys.store.snapshot().keys)
 }

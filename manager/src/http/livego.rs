@@ -113,13 +113,21 @@ fn room_and_agent<'a>(
 }
 
 /// What `get` and `reset` do to a room, for an optional agent.
-type KeyOp = fn(&KeyDistributor, &Registry, &str, Option<&str>) -> (StatusCode, Value);
+#[derive(Clone, Copy)]
+enum KeyOp {
+    Get,
+    Reset,
+}
 
-fn keyed(op: KeyOp, path: &str, app: &AppState, all: &[(String, String)]) -> Response {
-    match room_and_agent(app, all, path) {
-        Ok((room, agent)) => reply(op(&app.keys, &app.registry, room, agent)),
-        Err(r) => r.into_response(),
-    }
+async fn keyed(op: KeyOp, path: &str, app: &AppState, all: &[(String, String)]) -> Response {
+    let (room, agent) = match room_and_agent(app, all, path) {
+        Ok(found) => found,
+        Err(r) => return r.into_response(),
+    };
+    reply(match op {
+        KeyOp::Get => get_key(&app.keys, &app.registry, room, agent).await,
+        KeyOp::Reset => reset_key(&app.keys, &app.registry, room, agent).await,
+    })
 }
 
 pub async fn get(
@@ -129,11 +137,12 @@ pub async fn get(
     body: Bytes,
 ) -> Response {
     keyed(
-        get_key,
+        KeyOp::Get,
         "/control/get",
         &app,
         &params(query, &headers, &body),
     )
+    .await
 }
 
 pub async fn reset(
@@ -143,11 +152,12 @@ pub async fn reset(
     body: Bytes,
 ) -> Response {
     keyed(
-        reset_key,
+        KeyOp::Reset,
         "/control/reset",
         &app,
         &params(query, &headers, &body),
     )
+    .await
 }
 
 pub async fn delete(
@@ -158,7 +168,7 @@ pub async fn delete(
 ) -> Response {
     let all = params(query, &headers, &body);
     match room(&all, "/control/delete") {
-        Ok(room) => reply(delete_key(&app.keys, &app.registry, room)),
+        Ok(room) => reply(delete_key(&app.keys, &app.registry, room).await),
         Err(r) => r.into_response(),
     }
 }
@@ -167,20 +177,21 @@ fn reply((status, data): (StatusCode, Value)) -> Response {
     answer(status, data)
 }
 
+/// Keys live in the database: while it cannot be used they cannot change (503, retry).
 fn storage_error(e: crate::keys::KeyStoreError) -> (StatusCode, Value) {
-    tracing::error!(error = %e, "key store");
-    (StatusCode::INTERNAL_SERVER_ERROR, json!(e.to_string()))
+    tracing::warn!(error = %e, "channel keys");
+    (StatusCode::SERVICE_UNAVAILABLE, json!(e.to_string()))
 }
 
 /// `get`: the key of `live/{room}`, issued (bound to `agent` when given) if it has none.
 /// Also what a box's `/control/get` does, through [`crate::calls`].
-pub(crate) fn get_key(
+pub(crate) async fn get_key(
     keys: &KeyDistributor,
     registry: &Registry,
     room: &str,
     agent: Option<&str>,
 ) -> (StatusCode, Value) {
-    match keys.store.issue("live", room, agent) {
+    match keys.store.issue("live", room, agent).await {
         Ok((key, issued)) => {
             if issued != Issued::Existing {
                 tracing::info!(stream = %format!("live/{room}"), agent = ?key.agent, ?issued, "channel key issued (LiveGo API)");
@@ -193,7 +204,7 @@ pub(crate) fn get_key(
 }
 
 /// `reset`: a new key for `live/{room}`; the binding stays unless `agent` moves it.
-pub(crate) fn reset_key(
+pub(crate) async fn reset_key(
     keys: &KeyDistributor,
     registry: &Registry,
     room: &str,
@@ -202,10 +213,10 @@ pub(crate) fn reset_key(
     let bound = agent
         .map(str::to_string)
         .or_else(|| keys.store.bound_agent("live", room));
-    let replaced = keys
-        .store
-        .revoke("live", room)
-        .and_then(|_| keys.store.issue("live", room, bound.as_deref()));
+    let replaced = match keys.store.revoke("live", room).await {
+        Ok(_) => keys.store.issue("live", room, bound.as_deref()).await,
+        Err(e) => Err(e),
+    };
     match replaced {
         Ok((key, _)) => {
             tracing::info!(stream = %format!("live/{room}"), agent = ?key.agent, "channel key reset (LiveGo API)");
@@ -217,12 +228,12 @@ pub(crate) fn reset_key(
 }
 
 /// `delete`: no key for `live/{room}` any more.
-pub(crate) fn delete_key(
+pub(crate) async fn delete_key(
     keys: &KeyDistributor,
     registry: &Registry,
     room: &str,
 ) -> (StatusCode, Value) {
-    match keys.store.revoke("live", room) {
+    match keys.store.revoke("live", room).await {
         Ok(true) => {
             tracing::info!(stream = %format!("live/{room}"), "channel key revoked (LiveGo API)");
             keys.send_to_all(registry);

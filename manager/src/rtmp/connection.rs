@@ -102,6 +102,11 @@ pub async fn run(
     .await
     .map_err(|_| RouterError::Deadline(router.handshake_timeout))??;
 
+    // A key issued through another manager a moment ago must route here too; the copy this
+    // manager holds serves while the database is down.
+    if let Err(e) = router.keys.refresh().await {
+        tracing::debug!(error = %e, "routing with the keys this manager holds");
+    }
     let online: Vec<String> = router
         .registry
         .list()
