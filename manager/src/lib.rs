@@ -279,6 +279,10 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     let mut opts = LinkOptions::new(url, &client_id);
     if broker.is_none() {
         opts.fallbacks = cfg.fallback_urls()?;
+        // A client id per session, as agents have: a broker cluster may keep what an old
+        // session left on a dead node under its client id (RabbitMQ 3.10 keeps a QoS 1
+        // subscription's queue there and refuses the same id's SUBSCRIBE on another node).
+        opts.session_client_ids = true;
     }
     opts.username = username;
     opts.password = password;

@@ -61,7 +61,9 @@ impl Follower {
                                     && row.secret != self.credentials.secret_of(&row.id))
                         });
                         crate::db::agents::load(&self.credentials, &rows);
-                        if changed && agents_version.is_some() {
+                        // Also in the first round: an agent enrolled between the start-up
+                        // load and now may have announced itself to deaf ears.
+                        if changed {
                             tracing::info!(
                                 agents = rows.len(),
                                 "agents enrolled or revoked through another manager loaded"

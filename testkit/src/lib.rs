@@ -17,6 +17,8 @@
 //! - [`link`]: a box at the end of a long shaped link (tbf rate, a delay in user space), for
 //!   the tunnel on real paths (root only).
 //! - [`postgres`]: a real PostgreSQL the test stops and starts.
+//! - [`rabbitmq`]: a real clustered MQTT broker (RabbitMQ's nodes joined on loopback) whose
+//!   nodes the test kills.
 //! - [`prometheus`]: a `/metrics` page read by a real Prometheus parser.
 //! - [`measure`]: what the benchmarks read about processes: CPU time, memory, percentiles.
 //! - [`whep`]: a WHEP viewer past its first picture ([`whep::watching`]).
@@ -36,6 +38,7 @@ pub mod measure;
 pub mod netns;
 pub mod postgres;
 pub mod prometheus;
+pub mod rabbitmq;
 pub mod rtmp;
 pub mod s3;
 pub mod whep;

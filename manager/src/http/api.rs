@@ -29,6 +29,8 @@ pub struct Node {
     /// Unix ms.
     pub last_seen: u64,
     pub version: Option<String>,
+    /// The agent's MQTT session (Unix ms of its connection; it grows with every reconnect).
+    pub session: Option<u64>,
     /// `{app}/{name}` of each live stream.
     pub streams: Vec<String>,
     /// Media the agent sends its viewers and players, kbit/s (its last state report).
@@ -63,6 +65,7 @@ impl From<&AgentRecord> for Node {
             online: r.online(),
             last_seen: r.last_seen,
             version: p.map(|p| p.version.clone()),
+            session: p.map(|p| p.session),
             streams: r
                 .state
                 .as_ref()
