@@ -327,6 +327,18 @@ impl Spy {
             .unwrap();
     }
 
+    /// Asks the fleet to announce itself (docs/protocol.md 8.1).
+    fn ask(&self) {
+        self.client
+            .publish(
+                "verge/v1/ask",
+                QoS::AtLeastOnce,
+                false,
+                br#"{"from":"tester"}"#.to_vec(),
+            )
+            .unwrap();
+    }
+
     /// Sends `payload` and waits for the reply with `id` on the tester's `res` topic.
     fn call(&self, payload: Vec<u8>, id: &Value) -> Opened {
         let mark = self.mark();
@@ -539,6 +551,33 @@ fn a_python_agent_written_from_the_document_joins_and_refuses_forgeries() {
             .is_empty(),
         "\"7\" answered after 7"
     );
+
+    // Asked to announce (8.1): presence and state again, the same session; three asks at once
+    // are answered once now and once 2 s later, not three times.
+    let mark = spy.mark();
+    for _ in 0..3 {
+        spy.ask();
+    }
+    wait_log(&agent, "asked: announced again");
+    let again = wait_for(PATIENCE, || {
+        let online: Vec<u64> = spy
+            .on(&presence_topic, mark)
+            .iter()
+            .filter_map(|p| open_envelope(p, SECRET).ok())
+            .filter(|p| p.body["status"] == "online")
+            .filter_map(|p| p.body["session"].as_u64())
+            .collect();
+        (online.len() == 2).then_some(online)
+    })
+    .expect("two announcements for three asks");
+    assert_eq!(again, [session, session]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        spy.on(&presence_topic, mark).len(),
+        2,
+        "more than two announcements for three asks"
+    );
+    assert_eq!(node_online(http, AGENT), Some(true), "still proven");
 
     // The last will: SIGKILL, the broker publishes the session's offline presence.
     let mark = spy.mark();

@@ -1,8 +1,7 @@
 //! No single manager: two managers (`mgr-a`, `mgr-b`) on one PostgreSQL and a RabbitMQ cluster
-//! of three nodes (RabbitMQ's MQTT plugin keeps client ids in Raft, so a cluster that must
-//! survive a node killed needs three: see `verge_testkit::rabbitmq`), a box on each of two
-//! nodes. RabbitMQ keeps retained messages on the node they were published on and hands none
-//! to a wildcard subscription, so everything here works without them.
+//! of two nodes, a box on each node. RabbitMQ keeps retained messages on the node they were
+//! published on and hands none to a wildcard subscription, so everything here works without
+//! them.
 //!
 //! - an agent enrolled through A is known to B (the agents table, followed);
 //! - a channel key issued through A publishes through B's RTMP router;
@@ -20,13 +19,14 @@ use verge_testkit::edge::{Synthetic, publish_args, tool};
 use verge_testkit::postgres::Postgres;
 use verge_testkit::rabbitmq::RabbitCluster;
 use verge_testkit::whep::{runtime, watching};
-use verge_testkit::{
-    ANY_PORT, Listeners, Proc, TempDir, bin, get, http, listener, send, wait_for,
-};
+use verge_testkit::{ANY_PORT, Listeners, Proc, TempDir, bin, get, http, listener, send, wait_for};
 
 /// How long a fleet change may take on a loaded machine before the test fails; conditions are
 /// polled, so a healthy run waits only as long as the change takes.
 const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Broker nodes.
+const NODES: usize = 2;
 
 struct Manager {
     proc: Proc,
@@ -138,14 +138,14 @@ fn two_managers_on_one_database_and_a_broker_cluster_serve_one_fleet() {
     let pg = Postgres::start(dir.path());
     let mut rabbit = RabbitCluster::start(
         dir.path(),
-        3,
+        NODES,
         &[("verge-manager", "mgr"), ("edge-1", "s1")],
     );
     // Each process starts on its own node and knows the others.
     let nodes: Vec<SocketAddr> = rabbit.nodes.iter().map(|n| n.mqtt).collect();
     let urls = |user: &str, password: &str, first: usize| -> Vec<String> {
-        (0..3)
-            .map(|i| format!("mqtt://{user}:{password}@{}", nodes[(first + i) % 3]))
+        (0..NODES)
+            .map(|i| format!("mqtt://{user}:{password}@{}", nodes[(first + i) % NODES]))
             .collect()
     };
     let a = start_manager(&dir, "mgr-a", &urls("verge-manager", "mgr", 0), &pg.url);
@@ -176,9 +176,13 @@ fn two_managers_on_one_database_and_a_broker_cluster_serve_one_fleet() {
     assert_eq!(enrolled.status, 201, "{}", enrolled.text());
     let secret = enrolled.json()["secret"].as_str().unwrap().to_string();
     rabbit.add_user("edge-2", &secret);
-    let _edge2 = start_agent(&dir, "edge-2", &secret, &urls("edge-2", &secret, 2), "");
+    let _edge2 = start_agent(&dir, "edge-2", &secret, &urls("edge-2", &secret, 1), "");
     wait_online(&a, &["edge-1", "edge-2"], "A after enrolling edge-2");
-    wait_online(&b, &["edge-1", "edge-2"], "B after edge-2 was enrolled through A");
+    wait_online(
+        &b,
+        &["edge-1", "edge-2"],
+        "B after edge-2 was enrolled through A",
+    );
 
     // A key issued through A publishes through B's router (to edge-1, behind B's tunnel).
     let issued = http(
@@ -194,8 +198,7 @@ fn two_managers_on_one_database_and_a_broker_cluster_serve_one_fleet() {
     let via_b = format!("rtmp://{}/live/{key}", b.rtmp);
     let mut encoder = wait_for(PATIENCE, || {
         let encoder = publish(&dir, "ffmpeg-b", &via_b);
-        wait_for(Duration::from_secs(5), || live(b.http, "cam").then_some(()))
-            .map(|_| encoder)
+        wait_for(Duration::from_secs(5), || live(b.http, "cam").then_some(())).map(|_| encoder)
     })
     .unwrap_or_else(|| panic!("never live through B's router:\n{}", b.proc.log_text()));
     assert!(live(a.http, "cam"), "A lists the stream too");
@@ -275,18 +278,13 @@ fn two_managers_on_one_database_and_a_broker_cluster_serve_one_fleet() {
             .filter(|now| *now != before)
             .map(|_| killed_at.elapsed())
     })
-    .unwrap_or_else(|| {
-        panic!(
-            "edge-1 not back on another node:\n{}",
-            b.proc.log_text()
-        )
-    });
+    .unwrap_or_else(|| panic!("edge-1 not back on another node:\n{}", b.proc.log_text()));
     println!("broker node killed: edge-1 online again on another node {back:?} after the kill");
     assert_eq!(online(b.http), ["edge-1", "edge-2"]);
 
-    // A manager started now (C, on node 2) gets no retained presence from RabbitMQ, yet knows
+    // A manager started now (C, on node 1) gets no retained presence from RabbitMQ, yet knows
     // the fleet: it asks the agents to announce themselves.
-    let c = start_manager(&dir, "mgr-c", &urls("verge-manager", "mgr", 2), &pg.url);
+    let c = start_manager(&dir, "mgr-c", &urls("verge-manager", "mgr", 1), &pg.url);
     let known = wait_online(&c, &["edge-1", "edge-2"], "C, started last");
     println!("a manager started later knew the fleet {known:?} after it started");
 
@@ -300,6 +298,11 @@ fn two_managers_on_one_database_and_a_broker_cluster_serve_one_fleet() {
     assert_eq!(rows, "live/cam edge-1");
     let days = get(b.http, "/api/playback/live/cam").unwrap();
     assert_eq!(days.status, 200, "{}", days.text());
-    assert_eq!(days.json().as_array().map(Vec::len), Some(1), "{}", days.text());
+    assert_eq!(
+        days.json().as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        days.text()
+    );
     drop(encoder);
 }

@@ -6,8 +6,9 @@
 //! the fewest promises a Verge fleet could meet: retained messages stay on the node they were
 //! published on, and a wildcard subscription gets none of them, so a manager that relied on
 //! retained presence would see an empty fleet. Its MQTT plugin tracks client ids with Raft,
-//! so a cluster needs a majority of its nodes up to accept connections: a cluster that must
-//! survive a node killed has three.
+//! which RabbitMQ's documentation says needs a majority of nodes; measured here, the survivor
+//! of a two-node cluster whose other node was killed keeps accepting connections (it
+//! registers client ids asynchronously), which is what `tests/managers.rs` relies on.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -66,8 +67,10 @@ impl RabbitCluster {
             .expect("rabbitmq.conf");
             let name = format!("{label}{n}@localhost");
             let pid_file = folder.join("pid");
-            let (amqp_port, dist_port) =
-                (amqp.addr().port().to_string(), dist.addr().port().to_string());
+            let (amqp_port, dist_port) = (
+                amqp.addr().port().to_string(),
+                dist.addr().port().to_string(),
+            );
             let mqtt_addr = mqtt.addr();
             drop((amqp, dist, mqtt));
             let env = [
@@ -75,8 +78,14 @@ impl RabbitCluster {
                 ("RABBITMQ_NODENAME", name.clone()),
                 ("RABBITMQ_NODE_PORT", amqp_port),
                 ("RABBITMQ_DIST_PORT", dist_port),
-                ("RABBITMQ_MNESIA_BASE", folder.join("db").display().to_string()),
-                ("RABBITMQ_LOG_BASE", folder.join("log").display().to_string()),
+                (
+                    "RABBITMQ_MNESIA_BASE",
+                    folder.join("db").display().to_string(),
+                ),
+                (
+                    "RABBITMQ_LOG_BASE",
+                    folder.join("log").display().to_string(),
+                ),
                 (
                     "RABBITMQ_CONFIG_FILE",
                     folder.join("rabbitmq").display().to_string(),
@@ -91,13 +100,7 @@ impl RabbitCluster {
                 ),
             ];
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let server = Proc::spawn_with_env(
-                &format!("rabbit{n}"),
-                &server_bin(),
-                &[],
-                dir,
-                &env,
-            );
+            let server = Proc::spawn_with_env(&format!("rabbit{n}"), &server_bin(), &[], dir, &env);
             nodes.push(RabbitNode {
                 name,
                 mqtt: mqtt_addr,

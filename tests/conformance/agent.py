@@ -7,8 +7,9 @@
 What it does (section numbers of docs/protocol.md):
 - 3: one paho client per connection attempt, client id "{id}:{session:x}", username = id,
   password = secret, clean session, MQTT 3.1.1, last will = the session's offline presence;
-  after CONNACK it subscribes to "{p}/v1/a/{id}/+" and, on the SUBACK, publishes its online
-  presence and its state (retained, QoS 1).
+  after CONNACK it subscribes to "{p}/v1/a/{id}/+" and "{p}/v1/ask" and, on the SUBACK,
+  publishes its online presence and its state (retained, QoS 1).
+- 8.1: asked on "{p}/v1/ask", it publishes both again, at most once per 2 s.
 - 5: envelopes signed with HMAC-SHA256 over length-prefixed parts, the body's raw bytes.
 - 7: ChaCha20-Poly1305 sealed RPC params and results.
 - 10: bounded, content-based healing of its retained presence and state.
@@ -267,6 +268,9 @@ class Agent:
         self.t_req = f"{base}/req"
         self.t_keys = f"{base}/keys"
         self.filter = f"{base}/+"
+        self.t_ask = f"{self.prefix}/v1/ask"
+        self.last_answer = 0  # 8.1: when we last answered an ask (ms)
+        self.ask_pending = False
 
     # bodies (8, 9)
     def presence(self, status: str) -> dict:
@@ -327,6 +331,7 @@ class Agent:
                     log(f"connection lost (rc={rc})")
                     break
                 self.heal_due()
+                self.ask_due()
                 if self.announced:
                     backoff = 0.2
             if self.revoked:
@@ -363,7 +368,7 @@ class Agent:
                     return
 
         if self.announced:
-            _, mid = client.unsubscribe(self.filter)
+            _, mid = client.unsubscribe([self.filter, self.t_ask])
             pump(lambda: mid in self.acked)
         info = client.publish(self.t_presence, self.envelope("presence", self.presence("offline")), qos=1, retain=True)
         pump(lambda: info.mid in self.acked)
@@ -377,7 +382,8 @@ class Agent:
             log(f"broker refused the connection: {rc}")
             return
         log(f"connected as {self.id}:{self.session:x}")
-        result, mid = client.subscribe(self.filter, qos=1)  # 3: subscribe before announcing
+        # 3: subscribe before announcing; the fleet's ask (8.1) in the same SUBSCRIBE
+        result, mid = client.subscribe([(self.filter, 1), (self.t_ask, 0)])
         self.subscribe_mid = mid
 
     def on_subscribe(self, client, userdata, mid, granted, properties=None):
@@ -453,10 +459,32 @@ class Agent:
             self.client.publish(topic, self.envelope(h["kind"], h["body"]), qos=1, retain=True)
             log(f"repaired {topic} ({h['repairs']}/{HEAL_MAX_REPAIRS})")
 
+    # asked to announce (8.1)
+    def on_ask(self, payload: bytes):
+        if len(payload) > 1024:
+            return
+        try:
+            asked = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(asked, dict):
+            self.ask_pending = True
+
+    def ask_due(self):
+        if not (self.ask_pending and self.announced) or now_ms() - self.last_answer < 2000:
+            return
+        self.ask_pending = False
+        self.last_answer = now_ms()
+        self.publish_retained(self.t_presence, self.presence("online"))
+        self.publish_retained(self.t_state, self.state())
+        log("asked: announced again")
+
     # messages
     def on_message(self, client, userdata, msg):
         if msg.topic == self.t_req:
             self.on_request(msg.payload)
+        elif msg.topic == self.t_ask:
+            self.on_ask(msg.payload)
         elif msg.topic in self.heal:
             self.on_retained_echo(msg.topic, msg.payload)
         # keys, idx, ack:{mgr}, tun:{mgr}: not implemented by this minimal agent (18.9)
