@@ -4,7 +4,11 @@
 //! ```text
 //! cargo run --release --example agent_swarm -- --agents 1000,10000 [--pings 1000] [--concurrency 16]
 //!     [--backlog 4096[,128]] [--restart DOWN_SECS] [--max-backoff 30[,3]]
+//!     [--broker embedded[,mosquitto]]
 //! ```
+//!
+//! `--broker mosquitto`: the manager uses an external mosquitto (started here, anonymous) instead
+//! of its embedded broker; the row then shows the broker's RSS apart from the manager's.
 //!
 //! `--restart DOWN_SECS`: once all N are online, the manager is killed (SIGKILL, its embedded
 //! broker with it), stays down DOWN_SECS, and starts again on the same ports; the row then
@@ -24,6 +28,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use verge_agent::{AgentConfig, StateHandle};
+use verge_testkit::edge::open_mosquitto;
 use verge_testkit::measure::{cpu_ticks, peak_kib, percentile, rss_kib};
 use verge_testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, reserve_port, wait_for};
 
@@ -36,6 +41,13 @@ struct Args {
     concurrency: usize,
     restart: Option<Duration>,
     max_backoffs: Vec<u64>,
+    brokers: Vec<Broker>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Broker {
+    Embedded,
+    Mosquitto,
 }
 
 fn parse_args() -> Args {
@@ -50,6 +62,7 @@ fn parse_args() -> Args {
                 .mqtt
                 .max_backoff_secs,
         ],
+        brokers: vec![Broker::Embedded],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -80,6 +93,16 @@ fn parse_args() -> Args {
                     .collect()
             }
             "--concurrency" => args.concurrency = value.parse().expect("--concurrency N"),
+            "--broker" => {
+                args.brokers = value
+                    .split(',')
+                    .map(|b| match b.trim() {
+                        "embedded" => Broker::Embedded,
+                        "mosquitto" => Broker::Mosquitto,
+                        other => panic!("--broker {other}: embedded or mosquitto"),
+                    })
+                    .collect()
+            }
             other => panic!("unknown flag {other}; see the header of examples/agent_swarm.rs"),
         }
     }
@@ -88,6 +111,9 @@ fn parse_args() -> Args {
 
 struct Row {
     agents: usize,
+    broker: Broker,
+    /// The external broker's RSS (MiB).
+    broker_rss_mib: Option<f64>,
     backlog: u32,
     max_backoff: u64,
     /// From the restarted manager's return until all are online again.
@@ -110,19 +136,23 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let mut rows = Vec::new();
-    for n in std::iter::once(1).chain(args.agents.iter().copied()) {
-        for &backlog in &args.backlogs {
-            for &max_backoff in &args.max_backoffs {
-                eprintln!("== {n} agent(s), backlog {backlog}, max backoff {max_backoff} s");
-                rows.push(run_one(&runtime, n, backlog, max_backoff, &args));
+    for &broker in &args.brokers {
+        for n in std::iter::once(1).chain(args.agents.iter().copied()) {
+            for &backlog in &args.backlogs {
+                for &max_backoff in &args.max_backoffs {
+                    eprintln!(
+                        "== {n} agent(s), {broker:?} broker, backlog {backlog}, max backoff {max_backoff} s"
+                    );
+                    rows.push(run_one(&runtime, n, broker, backlog, max_backoff, &args));
+                }
             }
         }
     }
     println!();
     println!(
-        "| agents | backlog | max backoff | all online | back online after a restart | manager RSS (peak) | manager CPU idle | swarm RSS/agent | ping p50 | ping p99 | HTTP p50 | failed |"
+        "| agents | broker | backlog | max backoff | all online | back online after a restart | manager RSS (peak) | manager KiB/agent | broker RSS | manager CPU idle | swarm RSS/agent | ping p50 | ping p99 | HTTP p50 | failed |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let label = if r.agents == 1 {
             "1 (baseline)".to_string()
@@ -132,13 +162,18 @@ fn main() {
         let back = r
             .back_online
             .map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64()));
+        let broker_rss = r
+            .broker_rss_mib
+            .map_or("in the manager".to_string(), |m| format!("{m:.1} MiB"));
         println!(
-            "| {label} | {} | {} s | {:.2} s | {back} | {:.1} MiB ({:.1}) | {:.0} % | {:.1} KiB | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+            "| {label} | {:?} | {} | {} s | {:.2} s | {back} | {:.1} MiB ({:.1}) | {:.1} | {broker_rss} | {:.0} % | {:.1} KiB | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+            r.broker,
             r.backlog,
             r.max_backoff,
             r.all_online.as_secs_f64(),
             r.manager_rss_mib,
             r.manager_peak_mib,
+            r.manager_peak_mib * 1024.0 / r.agents as f64,
             r.idle_cpu_percent,
             r.swarm_kib_per_agent,
             r.p50_ms,
@@ -152,6 +187,7 @@ fn main() {
 fn run_one(
     runtime: &tokio::runtime::Runtime,
     n: usize,
+    broker: Broker,
     backlog: u32,
     max_backoff: u64,
     args: &Args,
@@ -159,11 +195,19 @@ fn run_one(
     let dir = TempDir::new("swarm");
     // Held across a restart, so the agents find the new broker where the old one was.
     let broker_port = reserve_port();
+    let external = match broker {
+        Broker::Embedded => None,
+        Broker::Mosquitto => Some(open_mosquitto(&dir).expect("mosquitto is installed")),
+    };
+    let external_url = external
+        .as_ref()
+        .map(|(_, addr)| format!("url = \"mqtt://{addr}\"\n"))
+        .unwrap_or_default();
     let config = dir.write(
         "manager.toml",
         &format!(
             "[http]\nlisten = \"{ANY_PORT}\"\n[broker]\nlisten = \"{}\"\nbacklog = {backlog}\nmax_connections = {}\n\
-             [mqtt]\nrpc_timeout_ms = 5000\n[enrollment]\nsecret = \"{ENROLLMENT}\"\n",
+             [mqtt]\n{external_url}rpc_timeout_ms = 5000\n[enrollment]\nsecret = \"{ENROLLMENT}\"\n",
             broker_port.addr(),
             n + 100
         ),
@@ -175,7 +219,10 @@ fn run_one(
         dir.path(),
         &[("RUST_LOG", "warn")],
     );
-    let (http, mqtt) = (listener(&bound, "http"), listener(&bound, "mqtt"));
+    let http = listener(&bound, "http");
+    let mqtt = external
+        .as_ref()
+        .map_or_else(|| listener(&bound, "mqtt"), |(_, addr)| *addr);
 
     let rss_before = rss_kib(std::process::id()).unwrap_or(0);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -239,6 +286,9 @@ fn run_one(
         rss_kib(manager.pid()).unwrap_or(0),
         peak_kib(manager.pid()).unwrap_or(0),
     );
+    let broker_rss_mib = external
+        .as_ref()
+        .map(|(broker, _)| rss_kib(broker.pid()).unwrap_or(0) as f64 / 1024.0);
 
     // The manager (and its broker) killed, down a while, back on the same ports.
     let mut manager = manager;
@@ -275,8 +325,11 @@ fn run_one(
         }
     });
     drop(manager);
+    drop(external);
     Row {
         agents: n,
+        broker,
+        broker_rss_mib,
         backlog,
         max_backoff,
         back_online,

@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use verge_testkit::edge::open_mosquitto;
 use verge_testkit::link::LinkedBox;
 use verge_testkit::measure::peak_kib;
 use verge_testkit::{ANY_PORT, Proc, TempDir, bin, listener, wait_for};
 
-use crate::{matches_pattern, pattern, push, push_on, serve_sink, start_mosquitto};
+use crate::{matches_pattern, pattern, push, push_on, serve_sink};
 
 /// `RTT_MS,MBIT`.
 pub fn parse(value: &str) -> (Duration, u32) {
@@ -224,7 +225,7 @@ pub fn run(rtt: Duration, mbit: u32, mib: u64) {
     });
 
     let mut brokers: Vec<(&str, Option<(Proc, SocketAddr)>)> = vec![("embedded rumqttd", None)];
-    if let Some(mosquitto) = start_mosquitto(&dir) {
+    if let Some(mosquitto) = open_mosquitto(&dir) {
         brokers.push(("mosquitto", Some(mosquitto)));
     }
     for (label, broker) in &brokers {

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use verge_testkit::edge::open_mosquitto;
 use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks, peak_kib, percentile};
 use verge_testkit::{ANY_PORT, Proc, TempDir, bin, listener, reserve_port, wait_for};
 
@@ -371,33 +372,6 @@ const BARE_B: (&str, &str) = ("bare-b", "bare-secret-b");
 
 /// mosquitto on loopback, open to anyone, queueing deep enough for the tunnel's packets (when
 /// it is installed).
-fn start_mosquitto(dir: &TempDir) -> Option<(Proc, SocketAddr)> {
-    let mosquitto = Path::new("/usr/sbin/mosquitto");
-    if !mosquitto.exists() {
-        return None;
-    }
-    let port = reserve_port();
-    let conf = dir.write(
-        "mosquitto.conf",
-        &format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_queued_messages 100000\nmax_inflight_messages 100\nset_tcp_nodelay true\n",
-            port.addr().port()
-        ),
-    );
-    let broker = Proc::spawn(
-        "mosquitto",
-        mosquitto,
-        &["-c", conf.to_str().unwrap()],
-        dir.path(),
-    );
-    wait_for(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(port.addr()).ok()
-    })
-    .expect("mosquitto listens");
-    Some((broker, port.addr()))
-}
-
 /// The median of `values`, and with more than one their range.
 fn spread(values: &[f64], digits: usize) -> String {
     let median = percentile(values, 0.5);
@@ -530,7 +504,7 @@ fn main() {
         start_pair(&dir, "embedded", None, &args, sink, echo),
         None,
     ));
-    let _broker = start_mosquitto(&dir).map(|(broker, addr)| {
+    let _broker = open_mosquitto(&dir).map(|(broker, addr)| {
         routes.push(Route::tunnel(
             "tunnel, mosquitto",
             start_pair(&dir, "mosquitto", Some(addr), &args, sink, echo),

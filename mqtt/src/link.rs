@@ -235,7 +235,11 @@ async fn run(
             Ok(_) => continue,
             Err(err) => {
                 let bad_credentials = refused_credentials(&err, session_up);
-                let retry_in = backoff.next_delay();
+                let retry_in = if !session_up && took_the_connection(&err) {
+                    backoff.next_delay_busy()
+                } else {
+                    backoff.next_delay()
+                };
                 session_up = false;
                 let reason = describe(&err);
                 if bad_credentials {
@@ -267,6 +271,25 @@ async fn run(
         if tx.send(event).await.is_err() {
             return;
         }
+    }
+}
+
+/// Whether the broker accepted the TCP connection (it was there) before the attempt failed:
+/// everything but a refused or unreachable connect. Before the session is up that means a
+/// broker too busy to answer CONNECT in time (rumqttd registering a fleet closes the socket),
+/// or one refusing us: either way, retrying sooner only adds to its load.
+fn took_the_connection(err: &ConnectionError) -> bool {
+    use std::io::ErrorKind;
+    match err {
+        ConnectionError::Io(e) => !matches!(
+            e.kind(),
+            ErrorKind::ConnectionRefused
+                | ErrorKind::HostUnreachable
+                | ErrorKind::NetworkUnreachable
+                | ErrorKind::AddrNotAvailable
+                | ErrorKind::TimedOut
+        ),
+        _ => true,
     }
 }
 

@@ -540,6 +540,35 @@ pub fn mosquitto_passwd(path: &Path, users: &[(&str, &str)]) {
     }
 }
 
+/// mosquitto on a free loopback port with no authentication and room for a fleet's bursts
+/// (the benchmarks' external broker), once it listens; None where it is not installed.
+pub fn open_mosquitto(dir: &TempDir) -> Option<(Proc, SocketAddr)> {
+    let mosquitto = Path::new("/usr/sbin/mosquitto");
+    if !mosquitto.exists() {
+        return None;
+    }
+    let port = super::reserve_port();
+    let conf = dir.write(
+        "mosquitto.conf",
+        &format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_queued_messages 100000\nmax_inflight_messages 100\nset_tcp_nodelay true\n",
+            port.addr().port()
+        ),
+    );
+    let broker = Proc::spawn(
+        "mosquitto",
+        mosquitto,
+        &["-c", conf.to_str().unwrap_or_default()],
+        dir.path(),
+    );
+    wait_for(std::time::Duration::from_secs(10), || {
+        std::net::TcpStream::connect(port.addr()).ok()
+    })
+    .expect("mosquitto listens");
+    Some((broker, port.addr()))
+}
+
 /// A third-party tool the tests drive; a clear message if it is missing.
 pub fn tool(name: &str) -> &'static Path {
     let path: &'static Path = match name {
