@@ -182,8 +182,16 @@ impl Auth {
         let secret = match &cfg.secret {
             Some(s) if s.is_empty() => return Err(AuthConfigError::EmptySecret),
             Some(s) => s.clone(),
-            // Logins still work; their tokens last as long as this process.
-            None => verge_protocol::secret::random_secret(),
+            // Logins still work; their tokens last as long as this process, and hold only on
+            // this manager (managers behind one load balancer must share a secret).
+            None => {
+                if !cfg.accounts.is_empty() {
+                    tracing::warn!(
+                        "[auth] accounts without [auth] secret: tokens from /api/login end with this process and hold on no other manager"
+                    );
+                }
+                verge_protocol::secret::random_secret()
+            }
         };
         Ok(Self {
             enabled: !cfg.tokens.is_empty() || cfg.secret.is_some() || !cfg.accounts.is_empty(),
