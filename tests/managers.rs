@@ -8,7 +8,8 @@
 //! - a WHEP session created through A is deleted through B;
 //! - A killed -9: B's API, dashboard and new viewers carry on, the viewer already playing keeps
 //!   playing, an encoder that reconnects to B is back on air;
-//! - a broker node killed: its box moves to another node and is online again;
+//! - a broker node killed: its box moves to another node and is online again, and a box that
+//!   died with the node (its will lost with it) is shown offline;
 //! - a manager started later knows the fleet, though the broker hands it no retained presence;
 //! - the recording index holds each stream-day once, though both managers stored it.
 
@@ -41,7 +42,8 @@ fn start_manager(dir: &TempDir, id: &str, brokers: &[String], database: &str) ->
         &format!(
             "[http]\nlisten = \"{ANY_PORT}\"\n[rtmp]\nlisten = \"{ANY_PORT}\"\n\
              [mqtt]\nurl = \"{}\"\nfallback_urls = [{}]\nid = \"{id}\"\n\
-             [keys]\nfile = \"{}\"\n[[agents]]\nid = \"edge-1\"\nsecret = \"s1\"\n",
+             [keys]\nfile = \"{}\"\n[[agents]]\nid = \"edge-1\"\nsecret = \"s1\"\n\
+             [[agents]]\nid = \"edge-3\"\nsecret = \"s3\"\n",
             brokers[0],
             fallbacks.join(", "),
             dir.path().join(format!("{id}-keys.json")).display()
@@ -122,6 +124,20 @@ fn live(manager: SocketAddr, id: &str) -> bool {
     })
 }
 
+/// POSTs `body` to `path`, which must answer 201; the answer's string field `field`.
+fn created(manager: SocketAddr, path: &str, body: &str, field: &str) -> String {
+    let r = http(
+        "POST",
+        manager,
+        path,
+        body.as_bytes(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "POST {path}: {}", r.text());
+    r.json()[field].as_str().unwrap().to_string()
+}
+
 fn publish(dir: &TempDir, label: &str, url: &str) -> Proc {
     let media = Synthetic {
         seconds: 600,
@@ -139,7 +155,7 @@ fn two_managers_on_one_database_and_a_broker_cluster_serve_one_fleet() {
     let mut rabbit = RabbitCluster::start(
         dir.path(),
         NODES,
-        &[("verge-manager", "mgr"), ("edge-1", "s1")],
+        &[("verge-manager", "mgr"), ("edge-1", "s1"), ("edge-3", "s3")],
     );
     // Each process starts on its own node and knows the others.
     let nodes: Vec<SocketAddr> = rabbit.nodes.iter().map(|n| n.mqtt).collect();
@@ -161,40 +177,26 @@ fn two_managers_on_one_database_and_a_broker_cluster_serve_one_fleet() {
             recordings.display()
         ),
     );
-    wait_online(&a, &["edge-1"], "A");
-    wait_online(&b, &["edge-1"], "B");
+    // edge-3 will die with its broker node: its will dies with it.
+    let edge3 = start_agent(&dir, "edge-3", "s3", &urls("edge-3", "s3", 0)[..1], "");
+    wait_online(&a, &["edge-1", "edge-3"], "A");
+    wait_online(&b, &["edge-1", "edge-3"], "B");
 
     // An agent enrolled through A: B learns its secret from the database, and both show it.
-    let enrolled = http(
-        "POST",
-        a.http,
-        "/api/agents",
-        br#"{"id": "edge-2"}"#,
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert_eq!(enrolled.status, 201, "{}", enrolled.text());
-    let secret = enrolled.json()["secret"].as_str().unwrap().to_string();
+    let secret = created(a.http, "/api/agents", r#"{"id": "edge-2"}"#, "secret");
     rabbit.add_user("edge-2", &secret);
     let _edge2 = start_agent(&dir, "edge-2", &secret, &urls("edge-2", &secret, 1), "");
-    wait_online(&a, &["edge-1", "edge-2"], "A after enrolling edge-2");
-    wait_online(
-        &b,
-        &["edge-1", "edge-2"],
-        "B after edge-2 was enrolled through A",
-    );
+    let all = ["edge-1", "edge-2", "edge-3"];
+    wait_online(&a, &all, "A after enrolling edge-2");
+    wait_online(&b, &all, "B after edge-2 was enrolled through A");
 
     // A key issued through A publishes through B's router (to edge-1, behind B's tunnel).
-    let issued = http(
-        "POST",
+    let key = created(
         a.http,
         "/api/keys/live/cam",
-        br#"{"agent": "edge-1"}"#,
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert_eq!(issued.status, 201, "{}", issued.text());
-    let key = issued.json()["key"].as_str().unwrap().to_string();
+        r#"{"agent": "edge-1"}"#,
+        "key",
+    );
     let via_b = format!("rtmp://{}/live/{key}", b.rtmp);
     let mut encoder = wait_for(PATIENCE, || {
         let encoder = publish(&dir, "ffmpeg-b", &via_b);
@@ -246,7 +248,7 @@ fn two_managers_on_one_database_and_a_broker_cluster_serve_one_fleet() {
         assert!(newcomer.next_frame(Duration::from_secs(10)).await.is_ok());
     });
     assert_eq!(get(b.http, "/").unwrap().status, 200, "B's dashboard");
-    assert_eq!(online(b.http), ["edge-1", "edge-2"], "B's API");
+    assert_eq!(online(b.http), all, "B's API");
 
     // The encoder reconnects to B (as OBS does after a drop): back on air.
     encoder.signal("KILL");
@@ -271,8 +273,10 @@ fn two_managers_on_one_database_and_a_broker_cluster_serve_one_fleet() {
         (node["online"] == true).then(|| node["session"].as_u64())?
     };
     let before = session("edge-1").expect("edge-1 online with a session");
+    edge3.signal("STOP");
     let killed_at = Instant::now();
     rabbit.kill(0);
+    edge3.signal("KILL");
     let back = wait_for(PATIENCE, || {
         session("edge-1")
             .filter(|now| *now != before)
@@ -280,12 +284,18 @@ fn two_managers_on_one_database_and_a_broker_cluster_serve_one_fleet() {
     })
     .unwrap_or_else(|| panic!("edge-1 not back on another node:\n{}", b.proc.log_text()));
     println!("broker node killed: edge-1 online again on another node {back:?} after the kill");
-    assert_eq!(online(b.http), ["edge-1", "edge-2"]);
+    // edge-3 left no will: B learns it is gone by asking when edge-1 came back unannounced.
+    wait_online(&b, &["edge-1", "edge-2"], "B, edge-3 gone with its node");
+    println!(
+        "an agent that died with its broker node: shown offline {:?} after the kill",
+        killed_at.elapsed()
+    );
 
     // A manager started now (C, on node 1) gets no retained presence from RabbitMQ, yet knows
     // the fleet: it asks the agents to announce themselves.
     let c = start_manager(&dir, "mgr-c", &urls("verge-manager", "mgr", 1), &pg.url);
     let known = wait_online(&c, &["edge-1", "edge-2"], "C, started last");
+    assert_eq!(online(c.http), ["edge-1", "edge-2"]);
     println!("a manager started later knew the fleet {known:?} after it started");
 
     // The recording index: the day is in it once, for edge-1, though both managers stored it

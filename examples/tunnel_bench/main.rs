@@ -37,14 +37,13 @@ mod bare;
 mod link;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use verge_testkit::edge::open_mosquitto;
 use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks, peak_kib, percentile};
-use verge_testkit::{ANY_PORT, Proc, TempDir, bin, listener, reserve_port, wait_for};
+use verge_testkit::{ANY_PORT, Proc, TempDir, bin, listener, wait_for};
 
 /// The pattern every stream sends: 1 MiB of xorshift bytes, repeated.
 fn pattern() -> Vec<u8> {

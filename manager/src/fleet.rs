@@ -50,7 +50,15 @@ pub struct FleetSession {
     /// Ask the fleet to announce itself after every (re)connect: an external broker, whose
     /// cluster may keep retained messages per node (the embedded one keeps them all).
     pub ask_fleet: bool,
+    /// When an agent's unannounced return last made this manager ask (for
+    /// [`ASK_AT_MOST_EVERY`]).
+    pub last_ask: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// Asks prompted by agents that came back without having said goodbye are at most this
+/// frequent (those after this manager's own reconnects always go out): a node's whole fleet
+/// moving costs one.
+const ASK_AT_MOST_EVERY: Duration = Duration::from_secs(30);
 
 /// How long after asking the fleet to announce itself an agent not heard from since loses
 /// its proof of life: the agents answer within
@@ -144,6 +152,17 @@ impl FleetSession {
         });
     }
 
+    /// Whether [`ASK_AT_MOST_EVERY`] has passed since the last prompted ask; if so, this one
+    /// counts as the last.
+    fn may_ask_again(&self) -> bool {
+        let mut last = self.last_ask.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|at| at.elapsed() < ASK_AT_MOST_EVERY) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
+    }
+
     /// Asks an agent whose presence says online for a signed answer to a fresh request; only
     /// then is it shown online. A captured "online" published again by someone else (another
     /// agent's credentials suffice with a broker that has no ACLs) gets no answer.
@@ -203,6 +222,18 @@ impl FleetSession {
                 if let Some((ts, presence)) = self.open_from::<Presence>(&agent, payload, warned) {
                     tracing::info!(%agent, status = ?presence.status, version = %presence.version, "presence");
                     let online = presence.status == verge_protocol::presence::Status::Online;
+                    // A new session of an agent whose last one never said offline: its will
+                    // was lost, as when the broker node it was on died. Agents that died with
+                    // that node left no will either: ask, and those that do not answer lose
+                    // their proof of life.
+                    let unannounced_return = online
+                        && self.registry.get(&agent).is_some_and(|held| {
+                            held.claims_online()
+                                && held
+                                    .presence
+                                    .as_ref()
+                                    .is_some_and(|p| p.session < presence.session)
+                        });
                     let taken = self.registry.apply_presence(&agent, ts, presence);
                     if !taken {
                         tracing::debug!(%agent, "ignoring a presence of an older session");
@@ -212,6 +243,10 @@ impl FleetSession {
                         // Retained, so this only matters for agents new since the last change.
                         self.keys.send_to(&agent);
                         self.verify(&agent);
+                        if unannounced_return && self.ask_fleet && self.may_ask_again() {
+                            tracing::info!(%agent, "an agent came back without a goodbye (a broker node lost?): asking the fleet to announce itself");
+                            self.ask();
+                        }
                     }
                 }
             }

@@ -421,6 +421,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         tunnel_over_session,
         verifying: Default::default(),
         ask_fleet: broker.is_none(),
+        last_ask: Default::default(),
     };
     tokio::spawn(session.run(events));
     if broker.is_some() {

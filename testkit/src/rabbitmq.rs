@@ -92,6 +92,11 @@ impl RabbitCluster {
                 ),
                 ("RABBITMQ_ENABLED_PLUGINS", "rabbitmq_mqtt".to_string()),
                 ("RABBITMQ_PID_FILE", pid_file.display().to_string()),
+                // A node that dies in its start writes its dump here, not in the test's cwd.
+                (
+                    "ERL_CRASH_DUMP",
+                    folder.join("erl_crash.dump").display().to_string(),
+                ),
                 // Erlang's port mapper and distribution on loopback only.
                 ("ERL_EPMD_ADDRESS", "127.0.0.1".to_string()),
                 (
@@ -196,6 +201,8 @@ impl RabbitCluster {
         let out = Command::new(ctl_bin())
             .args(["-n", node])
             .args(args)
+            .current_dir(&self.home)
+            .env("ERL_CRASH_DUMP", self.home.join("erl_crash.dump"))
             .env("HOME", &self.home)
             .env("ERL_EPMD_ADDRESS", "127.0.0.1")
             .output()
