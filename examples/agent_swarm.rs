@@ -212,13 +212,16 @@ fn run_one(
             n + 100
         ),
     );
-    let (manager, bound) = Proc::spawn_ready_with_env(
-        "manager",
-        &bin("verge-manager"),
-        &["--config", config.to_str().unwrap()],
-        dir.path(),
-        &[("RUST_LOG", "warn")],
-    );
+    let start_manager = |label: &str| {
+        Proc::spawn_ready_with_env(
+            label,
+            &bin("verge-manager"),
+            &["--config", config.to_str().unwrap()],
+            dir.path(),
+            &[("RUST_LOG", "warn")],
+        )
+    };
+    let (manager, bound) = start_manager("manager");
     let http = listener(&bound, "http");
     let mqtt = external
         .as_ref()
@@ -296,13 +299,7 @@ fn run_one(
         manager.signal("KILL");
         let _ = wait_for(Duration::from_secs(10), || manager.exited().then_some(()));
         std::thread::sleep(down);
-        let (again, bound) = Proc::spawn_ready_with_env(
-            "manager-again",
-            &bin("verge-manager"),
-            &["--config", config.to_str().unwrap()],
-            dir.path(),
-            &[("RUST_LOG", "warn")],
-        );
+        let (again, bound) = start_manager("manager-again");
         let back = Instant::now();
         manager = again;
         let http = listener(&bound, "http");

@@ -5,9 +5,10 @@
 //!
 //! Each manager keeps a copy of the table for the paths that must not wait on the database
 //! (routing a publisher, sealing the table for an agent); it is read again when the table's
-//! version in the database changes ([`KeyStore::refresh`], polled by [`crate::shared`] and
-//! called by the RTMP router before it routes), so a key issued through another manager
-//! works here at once. With the database down the copy keeps serving; changes wait for it.
+//! version in the database changes ([`KeyStore::follow`], from the versions [`crate::shared`]
+//! polls; [`KeyStore::refresh`], by the RTMP router before it routes), so a key issued through
+//! another manager works here at once. With the database down the copy keeps serving; changes
+//! wait for it.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -83,11 +84,7 @@ impl KeyStore {
         let db = self.db()?;
         let refresh = async {
             let version = db.versions().await?.keys;
-            if version == self.snapshot().version {
-                return Ok(false);
-            }
-            self.reload(db).await?;
-            Ok(true)
+            self.follow(version).await
         };
         tokio::time::timeout(REFRESH_WITHIN, refresh)
             .await
@@ -96,6 +93,16 @@ impl KeyStore {
                     "the database did not answer within {REFRESH_WITHIN:?}"
                 )))
             })
+    }
+
+    /// Reads the table again if `version` (the database's, just read) is not the copy's;
+    /// whether it was not.
+    pub async fn follow(&self, version: u64) -> Result<bool, KeyStoreError> {
+        if version == self.snapshot().version {
+            return Ok(false);
+        }
+        self.reload(self.db()?).await?;
+        Ok(true)
     }
 
     async fn reload(&self, db: &crate::db::Db) -> Result<(), KeyStoreError> {

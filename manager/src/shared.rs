@@ -2,7 +2,7 @@
 //! in memory (DESIGN.md, the cluster), so each one follows the database's shared tables.
 //! Every [`EVERY`] this manager reads the `versions` rows ([`crate::db::keys`]):
 //!
-//! - the key table moved: its copy is read again ([`KeyStore::refresh`]);
+//! - the key table moved: its copy is read again ([`KeyStore::follow`]);
 //! - the agents table moved: the agents are loaded into the credentials again (enrolled or
 //!   revoked through another manager), and, with an external broker, the fleet is asked to
 //!   announce itself, since this manager ignored the presence of an agent it did not know.
@@ -47,7 +47,7 @@ impl Follower {
                 }
                 let round = async {
                     let versions = db.versions().await?;
-                    if self.keys.refresh().await.unwrap_or(false) {
+                    if self.keys.follow(versions.keys).await.unwrap_or(false) {
                         tracing::info!(
                             version = versions.keys,
                             "channel keys changed in the database"
