@@ -27,6 +27,7 @@ use crate::error::TunnelError;
 use crate::frame::{Frame, ResetCode};
 use crate::limits::Limits;
 use crate::mux::{Mux, MuxEvent, Side};
+use crate::path::PathStats;
 use crate::seal::{Direction, Epoch, Opener, SealError, Sealer};
 use crate::stream::{Read, StreamEvent};
 
@@ -122,14 +123,8 @@ pub struct EndpointStats {
     /// Packets refused: forged, replayed, of an older epoch, or malformed.
     pub packets_refused: u64,
     pub resets: HashMap<String, u64>,
-    /// The path as this end measures it ([`crate::path::Path`]): smoothed and smallest round
-    /// trip in microseconds (0 before the first sample), largest delivery rate in bytes per
-    /// second, and the in-flight cap now and at most.
-    pub rtt_us: u64,
-    pub min_rtt_us: u64,
-    pub delivery_rate: u64,
-    pub in_flight_cap: u64,
-    pub max_in_flight: u64,
+    /// The path as this end measures it.
+    pub path: PathStats,
     /// True once packets to the agent go on its tunnel filter (manager's end).
     pub wide: bool,
 }
@@ -553,13 +548,7 @@ impl Task {
             Command::Stats { reply } => {
                 self.stats.open_streams = self.mux.len();
                 self.stats.buffered_bytes = self.mux.buffered();
-                let path = self.mux.path();
-                let micros = |d: Option<Duration>| d.map_or(0, |d| d.as_micros() as u64);
-                self.stats.rtt_us = micros(path.rtt());
-                self.stats.min_rtt_us = micros(path.min_rtt());
-                self.stats.delivery_rate = path.delivery_rate().unwrap_or(0);
-                self.stats.in_flight_cap = path.in_flight_cap();
-                self.stats.max_in_flight = path.cap();
+                self.stats.path = self.mux.path().stats();
                 self.stats.wide = self
                     .wide
                     .as_ref()

@@ -50,3 +50,4 @@ pub use endpoint::{Endpoint, EndpointConfig, EndpointStats, Incoming};
 pub use error::TunnelError;
 pub use limits::{Broker, Limits, Sizes};
 pub use over_mqtt::{MqttTunnel, SharedPublish};
+pub use path::PathStats;

@@ -29,6 +29,19 @@ const MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// The in-flight cap is this many times the path's bytes (rate × round trip).
 const GAIN: u64 = 2;
 
+/// A path as an operator reads it: smoothed and smallest round trip in microseconds (0 before
+/// the first sample), largest delivery rate in bytes per second, and the bytes it may have in
+/// flight now and at most (the window sized to the path, docs/protocol.md §16). Serialized
+/// as it stands into the manager's `GET /api/agents/{id}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PathStats {
+    pub rtt_us: u64,
+    pub min_rtt_us: u64,
+    pub delivery_rate: u64,
+    pub in_flight_cap: u64,
+    pub max_in_flight: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Path {
     srtt: Option<Duration>,
@@ -137,6 +150,18 @@ impl Path {
     }
 
     /// The broker now holds `cap` for this link (it moved to a larger log, or back).
+    /// What the operator sees of this path ([`PathStats`]).
+    pub fn stats(&self) -> PathStats {
+        let micros = |d: Option<Duration>| d.map_or(0, |d| d.as_micros() as u64);
+        PathStats {
+            rtt_us: micros(self.rtt()),
+            min_rtt_us: micros(self.min_rtt()),
+            delivery_rate: self.delivery_rate().unwrap_or(0),
+            in_flight_cap: self.in_flight_cap(),
+            max_in_flight: self.cap(),
+        }
+    }
+
     pub fn set_cap(&mut self, cap: u64, floor: u64) {
         self.cap = cap.max(1);
         self.floor = floor.clamp(1, self.cap);

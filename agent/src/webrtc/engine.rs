@@ -215,7 +215,7 @@ pub async fn build(
     if sender {
         registry = registry.with(
             rtc::interceptor::Slot::from(super::keyframe::SLOT),
-            super::keyframe::KeyframeRequests::default(),
+            super::keyframe::keyframe_requests(),
         );
     }
 

@@ -1,8 +1,9 @@
 //! Keyframe requests (PLI, FIR) from viewers, handed to the application.
 //!
-//! Inbound RTCP is consumed by webrtc's interceptors unless one marks it for delivery. This
-//! one sits last in the chain (application-most), keeps only PLI and FIR, and marks them, so
-//! they arrive as `TrackLocalEvent::OnRtcpPacket` on the viewer's track.
+//! Inbound RTCP is consumed by webrtc's interceptors unless one marks it for delivery.
+//! [`DeliverRtcp`] sits last in the chain (application-most), keeps only the packets it picks
+//! and marks them, so they arrive as `TrackLocalEvent::OnRtcpPacket` on the track. The agent
+//! picks PLI and FIR ([`keyframe_requests`]); its tests pick NACKs.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -16,10 +17,27 @@ use rtc::shared::error::Error;
 /// Where the interceptor sits: after every default interceptor has seen the RTCP.
 pub const SLOT: usize = 14_000;
 
-#[derive(Default)]
-pub struct KeyframeRequests {
+/// Hands the RTCP packets `pick` chooses to the application and drops the rest (the
+/// interceptors before it have seen them).
+pub struct DeliverRtcp {
+    pick: fn(&dyn rtc::rtcp::Packet) -> bool,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
+}
+
+impl DeliverRtcp {
+    pub fn new(pick: fn(&dyn rtc::rtcp::Packet) -> bool) -> Self {
+        Self {
+            pick,
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+        }
+    }
+}
+
+/// The viewers' keyframe requests, for a sending peer connection.
+pub fn keyframe_requests() -> DeliverRtcp {
+    DeliverRtcp::new(is_keyframe_request)
 }
 
 pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
@@ -27,7 +45,7 @@ pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
+impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverRtcp {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -38,7 +56,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
         if let Packet::Rtcp(packets) = &msg.message.packet {
             let requests: Vec<_> = packets
                 .iter()
-                .filter(|p| is_keyframe_request(p.as_ref()))
+                .filter(|p| (self.pick)(p.as_ref()))
                 .cloned()
                 .collect();
             if requests.is_empty() {
@@ -66,7 +84,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
     }
 }
 
-impl Interceptor for KeyframeRequests {
+impl Interceptor for DeliverRtcp {
     fn bind_local_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}

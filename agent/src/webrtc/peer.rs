@@ -339,71 +339,20 @@ pub async fn accept_answer(pc: &Arc<dyn PeerConnection>, sdp: String) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
     use std::net::IpAddr;
-    use std::time::Instant;
 
     use rtc::ice::mdns::MulticastDnsMode;
-    use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, StreamInfo, TaggedPacket};
+    use rtc::interceptor::Registry;
     use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MediaEngine};
     use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
     use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters};
     use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-    use rtc::sansio::Protocol;
-    use rtc::shared::error::Error;
     use tokio::sync::mpsc;
     use webrtc::media_stream::track_local::TrackLocalEvent;
     use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
     use webrtc::peer_connection::{PeerConnectionBuilder, SettingEngineBuilder};
 
     use super::*;
-
-    /// Hands the NACKs a publisher receives to its application, where the test counts them.
-    #[derive(Default)]
-    struct DeliverNacks {
-        read: VecDeque<TaggedPacket>,
-        write: VecDeque<TaggedPacket>,
-    }
-
-    impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverNacks {
-        type Rout = TaggedPacket;
-        type Wout = TaggedPacket;
-        type Eout = ();
-        type Error = Error;
-        type Time = Instant;
-
-        fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-            if let Packet::Rtcp(packets) = &msg.message.packet
-                && packets
-                    .iter()
-                    .any(|p| p.as_any().is::<TransportLayerNack>())
-            {
-                msg.message.add(Attribute::DeliverToApplication);
-            }
-            self.read.push_back(msg);
-            Ok(())
-        }
-
-        fn poll_read(&mut self) -> Option<Self::Rout> {
-            self.read.pop_front()
-        }
-
-        fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-            self.write.push_back(msg);
-            Ok(())
-        }
-
-        fn poll_write(&mut self) -> Option<Self::Wout> {
-            self.write.pop_front()
-        }
-    }
-
-    impl Interceptor for DeliverNacks {
-        fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-        fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-        fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-        fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
-    }
 
     /// Chromium's H.264 formats, with its payload types (not ours) and its feedback.
     const CHROMIUM_H264: [(u8, &str); 3] = [(102, "42001f"), (108, "42e01f"), (116, "4d001f")];
@@ -468,7 +417,8 @@ mod tests {
         let registry = webrtc::peer_connection::register_default_interceptors(
             Registry::new().with(
                 rtc::interceptor::Slot::from(14_000),
-                DeliverNacks::default(),
+                // The NACKs a publisher receives reach the test, which counts them.
+                super::super::keyframe::DeliverRtcp::new(|p| p.as_any().is::<TransportLayerNack>()),
             ),
             &mut media,
         )
@@ -489,27 +439,19 @@ mod tests {
             .expect("publisher");
         // Audio first, as Chromium's offer has it.
         let audio = local_track(RtpCodecKind::Audio, SSRC + 1, engine::opus_codec());
-        publisher
-            .add_transceiver_from_track(
-                audio.clone() as Arc<dyn TrackLocal>,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Sendonly,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .expect("audio transceiver");
         let track = local_track(RtpCodecKind::Video, SSRC, chromium_h264("42001f"));
-        publisher
-            .add_transceiver_from_track(
-                track.clone() as Arc<dyn TrackLocal>,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Sendonly,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .expect("transceiver");
+        for sent in [audio, track.clone()] {
+            publisher
+                .add_transceiver_from_track(
+                    sent as Arc<dyn TrackLocal>,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .expect("transceiver");
+        }
         let offer = publisher.create_offer(None).await.expect("offer");
         publisher
             .set_local_description(offer)

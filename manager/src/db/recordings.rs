@@ -11,12 +11,9 @@ use super::{Db, DbError};
 /// One row as the API shows it (liveman's fields, plus the agent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Recording {
-    pub id: String,
-    pub stream: String,
-    pub year: i32,
-    pub month: u32,
-    pub day: u32,
-    pub mpd_path: String,
+    /// Its stream-day and manifest, as the agent indexed it (the fields stand at this level).
+    #[serde(flatten)]
+    pub row: IndexRow,
     pub agent: String,
     pub created_at: String,
     pub updated_at: String,
@@ -248,12 +245,14 @@ where
 {
     let stored: Option<i64> = row.try_get(9)?;
     Ok(Recording {
-        id: row.try_get(0)?,
-        stream: row.try_get(1)?,
-        year: row.try_get(2)?,
-        month: row.try_get::<i32, _>(3)? as u32,
-        day: row.try_get::<i32, _>(4)? as u32,
-        mpd_path: row.try_get(5)?,
+        row: IndexRow {
+            id: row.try_get(0)?,
+            stream: row.try_get(1)?,
+            year: row.try_get(2)?,
+            month: row.try_get::<i32, _>(3)? as u32,
+            day: row.try_get::<i32, _>(4)? as u32,
+            mpd_path: row.try_get(5)?,
+        },
         agent: row.try_get(6)?,
         created_at: row.try_get(7)?,
         updated_at: row.try_get(8)?,
@@ -278,6 +277,13 @@ pub(super) fn new_uuid() -> String {
         &hex[16..20],
         &hex[20..]
     )
+}
+
+/// The days of `stream` the index lists, newest first (for tests).
+#[cfg(test)]
+pub(crate) async fn day_numbers(db: &Db, stream: &str) -> Vec<u32> {
+    let days = db.days(stream).await.expect("days");
+    days.iter().map(|r| r.row.day).collect()
 }
 
 #[cfg(test)]
@@ -310,8 +316,8 @@ mod tests {
         );
         let again = db.day("live/cam", 2026, 12, 1).await.unwrap().unwrap();
         assert_eq!(
-            (first.id.clone(), first.created_at.clone()),
-            (again.id, again.created_at)
+            (first.row.id.clone(), first.created_at.clone()),
+            (again.row.id, again.created_at)
         );
         assert_eq!(
             db.upsert(&row("live/cam", 1), "edge-2").await.unwrap(),
@@ -320,15 +326,9 @@ mod tests {
         db.upsert(&row("live/cam", 2), "edge-1").await.unwrap();
         db.upsert(&row("door/x", 2), "edge-2").await.unwrap();
         assert_eq!(db.streams().await.unwrap(), ["door/x", "live/cam"]);
-        let days: Vec<u32> = db
-            .days("live/cam")
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.day)
-            .collect();
+        let days = day_numbers(&db, "live/cam").await;
         assert_eq!(days, [2, 1], "newest first");
-        assert_eq!(first.id.len(), 36);
+        assert_eq!(first.row.id.len(), 36);
         assert!(first.created_at.ends_with('Z'));
         std::fs::remove_dir_all(&dir).unwrap();
     }

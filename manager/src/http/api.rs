@@ -156,14 +156,9 @@ pub struct TunnelStats {
     pub packets_refused: u64,
     /// Stream resets by reason (`refused`, `unreachable`, `link lost`, …).
     pub resets: std::collections::BTreeMap<String, u64>,
-    /// The path to the agent as the link measures it: smoothed and smallest round trip (µs,
-    /// 0 before a sample), largest delivery rate (bytes/s), and the bytes it may have in
-    /// flight now and at most (the window sized to the path, docs/protocol.md §16).
-    pub rtt_us: u64,
-    pub min_rtt_us: u64,
-    pub delivery_rate: u64,
-    pub in_flight_cap: u64,
-    pub max_in_flight: u64,
+    /// The path to the agent as the link measures it (its fields stand at this level).
+    #[serde(flatten)]
+    pub path: verge_tunnel::PathStats,
     /// Packets to the agent go on its tunnel filter.
     pub wide: bool,
 }
@@ -226,11 +221,7 @@ pub async fn agent(
             packets_from_agent: t.packets_in,
             packets_refused: t.packets_refused,
             resets: t.resets.into_iter().collect(),
-            rtt_us: t.rtt_us,
-            min_rtt_us: t.min_rtt_us,
-            delivery_rate: t.delivery_rate,
-            in_flight_cap: t.in_flight_cap,
-            max_in_flight: t.max_in_flight,
+            path: t.path,
             wide: t.wide,
         }),
     }))

@@ -16,8 +16,8 @@
 //! LiveGo's own JWT answers 403 where Verge answers 401/403 as for the rest of its API.
 
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequest, RawQuery, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -46,16 +46,27 @@ fn pairs(text: &str) -> Vec<(String, String)> {
 }
 
 /// The request's parameters: the query's, then a form body's (LiveGo reads both).
-fn params(query: Option<String>, headers: &HeaderMap, body: &Bytes) -> Vec<(String, String)> {
-    let mut all = pairs(query.as_deref().unwrap_or_default());
-    let form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if form && let Ok(text) = std::str::from_utf8(body) {
-        all.extend(pairs(text));
+pub struct Params(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequest<S> for Params {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let mut all = pairs(request.uri().query().unwrap_or_default());
+        let form = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        // The body limit of the router applies (a form is a few bytes).
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if form && let Ok(text) = std::str::from_utf8(&body) {
+            all.extend(pairs(text));
+        }
+        Ok(Params(all))
     }
-    all
 }
 
 fn param<'a>(all: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -130,43 +141,15 @@ async fn keyed(op: KeyOp, path: &str, app: &AppState, all: &[(String, String)]) 
     })
 }
 
-pub async fn get(
-    State(app): State<AppState>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    keyed(
-        KeyOp::Get,
-        "/control/get",
-        &app,
-        &params(query, &headers, &body),
-    )
-    .await
+pub async fn get(State(app): State<AppState>, Params(all): Params) -> Response {
+    keyed(KeyOp::Get, "/control/get", &app, &all).await
 }
 
-pub async fn reset(
-    State(app): State<AppState>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    keyed(
-        KeyOp::Reset,
-        "/control/reset",
-        &app,
-        &params(query, &headers, &body),
-    )
-    .await
+pub async fn reset(State(app): State<AppState>, Params(all): Params) -> Response {
+    keyed(KeyOp::Reset, "/control/reset", &app, &all).await
 }
 
-pub async fn delete(
-    State(app): State<AppState>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let all = params(query, &headers, &body);
+pub async fn delete(State(app): State<AppState>, Params(all): Params) -> Response {
     match room(&all, "/control/delete") {
         Ok(room) => reply(delete_key(&app.keys, &app.registry, room).await),
         Err(r) => r.into_response(),
@@ -312,30 +295,36 @@ pub async fn livestat(State(app): State<AppState>, RawQuery(query): RawQuery) ->
 mod tests {
     use super::*;
 
-    #[test]
-    fn parameters_come_from_the_query_and_a_form_body() {
-        let form = HeaderMap::from_iter([(
-            header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded".parse().unwrap(),
-        )]);
-        let all = params(
-            Some("room=c%61m&x=".into()),
-            &HeaderMap::new(),
-            &Bytes::new(),
-        );
+    /// The parameters a request of `uri` with `content_type` and `body` carries.
+    async fn params(
+        uri: &str,
+        content_type: Option<&str>,
+        body: &'static str,
+    ) -> Vec<(String, String)> {
+        let mut request = Request::builder().uri(uri);
+        if let Some(t) = content_type {
+            request = request.header(header::CONTENT_TYPE, t);
+        }
+        let request = request.body(axum::body::Body::from(body)).unwrap();
+        let Ok(Params(all)) = Params::from_request(request, &()).await else {
+            panic!("parameters of {uri}")
+        };
+        all
+    }
+
+    #[tokio::test]
+    async fn parameters_come_from_the_query_and_a_form_body() {
+        let form = Some("application/x-www-form-urlencoded");
+        let all = params("/control/get?room=c%61m&x=", None, "").await;
         assert_eq!(param(&all, "room"), Some("cam"));
         assert_eq!(param(&all, "x"), None, "empty is absent, as in LiveGo");
-        let all = params(
-            None,
-            &form,
-            &Bytes::from_static(b"room=door+1&agent=edge-1"),
-        );
+        let all = params("/control/get", form, "room=door+1&agent=edge-1").await;
         assert_eq!(
             (param(&all, "room"), param(&all, "agent")),
             (Some("door 1"), Some("edge-1"))
         );
         // A form body is read only as a form.
-        let all = params(None, &HeaderMap::new(), &Bytes::from_static(b"room=cam"));
+        let all = params("/control/get", None, "room=cam").await;
         assert_eq!(param(&all, "room"), None);
         let Err(Refusal(status, usage)) = room(&[], "/control/get") else {
             panic!("no room, no usage line")

@@ -22,6 +22,7 @@ use crate::auth::Grant;
 use crate::db::Db;
 use crate::db::recordings::Recording;
 use crate::web_client;
+use verge_protocol::index::IndexRow;
 use verge_serve::path::StreamPath;
 
 fn database(app: &AppState) -> Result<&Db, ApiError> {
@@ -53,12 +54,9 @@ pub async fn streams(
 /// `/api/record/object/{mpd_path}` as theirs do.
 #[derive(Debug, Serialize)]
 pub struct NodeEntry {
-    pub id: String,
-    pub stream: String,
-    pub year: i32,
-    pub month: u32,
-    pub day: u32,
-    pub mpd_path: String,
+    /// The session as a stream-day row (the fields stand at this level).
+    #[serde(flatten)]
+    pub row: IndexRow,
     /// The node (named `agent` as on the boxes' rows, for the same readers).
     pub agent: String,
     pub node: String,
@@ -105,13 +103,15 @@ async fn days_of(
         .collect();
     for r in db.node_sessions(&stream).await.map_err(unavailable)? {
         entries.push(Entry::Node(NodeEntry {
-            mpd_path: format!("@{}/{}", r.node, r.node_mpd_path),
+            row: IndexRow {
+                mpd_path: format!("@{}/{}", r.node, r.node_mpd_path),
+                id: r.id,
+                stream: r.stream,
+                year: r.year,
+                month: r.month,
+                day: r.day,
+            },
             agent: r.node.clone(),
-            id: r.id,
-            stream: r.stream,
-            year: r.year,
-            month: r.month,
-            day: r.day,
             node: r.node,
             record: r.record,
             status: r.status,
@@ -125,8 +125,9 @@ async fn days_of(
     }
     // Newest day first, whoever holds it.
     let day = |e: &Entry| match e {
-        Entry::Day(r) => (r.year, r.month, r.day),
-        Entry::Node(n) => (n.year, n.month, n.day),
+        Entry::Day(Recording { row, .. }) | Entry::Node(NodeEntry { row, .. }) => {
+            (row.year, row.month, row.day)
+        }
     };
     entries.sort_by_key(|e| std::cmp::Reverse(day(e)));
     Ok(Json(entries))

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::http::Method;
 use bytes::Bytes;
 
-use super::proxy::ProxyError;
+use super::proxy::{self, ProxyError};
 use super::{Liveion, Target, api};
 use crate::web_client;
 
@@ -37,19 +37,7 @@ pub async fn pull(
         "application/json",
         Bytes::from(body.to_string()),
     );
-    let answer = web_client::send(call, CALL_TIMEOUT, 64 * 1024)
-        .await
-        .map_err(|source| ProxyError::Unreachable {
-            alias: target.alias.clone(),
-            source,
-        })?;
-    if !(200..300).contains(&answer.status) {
-        return Err(ProxyError::Refused {
-            alias: target.alias.clone(),
-            status: answer.status,
-            reason: answer.text().chars().take(200).collect(),
-        });
-    }
+    proxy::send(target, call, CALL_TIMEOUT, 64 * 1024).await?;
     let started = Instant::now();
     let mut last = String::from("not listed yet");
     while started.elapsed() < CONNECT_WITHIN {

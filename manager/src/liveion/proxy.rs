@@ -9,7 +9,7 @@ use axum::http::{Method, header};
 use bytes::Bytes;
 
 use super::Target;
-use crate::web_client::{self, Call, ClientError};
+use crate::web_client::{self, Answer, Call, ClientError};
 
 /// An offer's answer takes the node's ICE gathering; PATCH and DELETE are quick.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,15 +88,7 @@ pub async fn offer(
     let call = target
         .get(&url)
         .with_body(Method::POST, "application/sdp", Bytes::from(sdp));
-    let answer = web_client::send(call, OFFER_TIMEOUT, MAX_ANSWER)
-        .await
-        .map_err(|source| ProxyError::Unreachable {
-            alias: target.alias.clone(),
-            source,
-        })?;
-    if !(200..300).contains(&answer.status) {
-        return Err(refused(target, answer.status, &answer.text()));
-    }
+    let answer = send(target, call, OFFER_TIMEOUT, MAX_ANSWER).await?;
     let location = answer
         .headers
         .get(header::LOCATION)
@@ -150,32 +142,41 @@ pub async fn delete(target: &Target, name: &str, id: &str) -> Result<(), ProxyEr
 }
 
 async fn session_call(target: &Target, call: Call<'_>) -> Result<(), ProxyError> {
-    let answer = web_client::send(call, SESSION_TIMEOUT, MAX_ANSWER)
+    send(target, call, SESSION_TIMEOUT, MAX_ANSWER)
+        .await
+        .map(drop)
+}
+
+/// Sends `call` to the node: its answer if it is a success (2xx), else why not, with the
+/// first line of the node's reason.
+pub(super) async fn send(
+    target: &Target,
+    call: Call<'_>,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<Answer, ProxyError> {
+    let answer = web_client::send(call, timeout, max_body)
         .await
         .map_err(|source| ProxyError::Unreachable {
             alias: target.alias.clone(),
             source,
         })?;
     if (200..300).contains(&answer.status) {
-        Ok(())
-    } else {
-        Err(refused(target, answer.status, &answer.text()))
+        return Ok(answer);
     }
-}
-
-fn refused(target: &Target, status: u16, body: &str) -> ProxyError {
-    let reason = body
+    let reason = answer
+        .text()
         .lines()
         .next()
         .unwrap_or_default()
         .chars()
         .take(200)
         .collect();
-    ProxyError::Refused {
+    Err(ProxyError::Refused {
         alias: target.alias.clone(),
-        status,
+        status: answer.status,
         reason,
-    }
+    })
 }
 
 #[cfg(test)]

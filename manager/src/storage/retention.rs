@@ -107,13 +107,7 @@ mod tests {
             }
         }
         assert_eq!(sweep(&db, &storage, now).await.unwrap(), 2);
-        let days: Vec<u32> = db
-            .days("live/cam")
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.day)
-            .collect();
+        let days = crate::db::recordings::day_numbers(&db, "live/cam").await;
         assert_eq!(days, vec![5, 4]);
         assert!(!dir.join("store/live/cam/2026/12/01").exists());
         assert!(!dir.join("store/live/cam/2026/12/03").exists());

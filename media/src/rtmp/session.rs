@@ -1103,11 +1103,11 @@ mod tests {
         assert_eq!(client.events(), [], "stream 1 publishes, not 2 or 0");
     }
 
-    /// Connected, stream 1 created, `play` of `key` accepted, the replies taken.
-    fn playing() -> Client {
+    /// Connected, stream 1 created and `play` of `key` asked for; with what the session said.
+    fn play_requested() -> (Client, Vec<String>) {
         let mut client = Client::connected();
         client.send(&[create_stream(2.0), play(1, "key")]).unwrap();
-        client.replies();
+        let said = client.said();
         assert_eq!(
             client.events(),
             [Event::PlayRequested {
@@ -1116,6 +1116,12 @@ mod tests {
                 query: Query::default(),
             }]
         );
+        (client, said)
+    }
+
+    /// Connected, stream 1 created, `play` of `key` accepted, the replies taken.
+    fn playing() -> Client {
+        let (mut client, _) = play_requested();
         client.session.accept_play(1, "live/key");
         client.replies();
         client
@@ -1123,17 +1129,8 @@ mod tests {
 
     #[test]
     fn accepted_play_gets_stream_begin_reset_start_and_sample_access() {
-        let mut client = Client::connected();
-        client.send(&[create_stream(2.0), play(1, "key")]).unwrap();
-        assert_eq!(client.said(), ["0: _result 2 null 1"]);
-        assert_eq!(
-            client.events(),
-            [Event::PlayRequested {
-                stream_id: 1,
-                name: "key".into(),
-                query: Query::default(),
-            }]
-        );
+        let (mut client, said) = play_requested();
+        assert_eq!(said, ["0: _result 2 null 1"]);
         client.session.accept_play(1, "live/key");
         assert_eq!(
             client.said(),
