@@ -11,6 +11,8 @@
 //!   a cap on connections (more wait in the kernel's queue, holding no descriptor), a
 //!   header-read timeout (also the keep-alive wait for the next request) and an idle timeout
 //!   (no byte either way); graceful shutdown.
+//! - [`form`]: form values of a query or an urlencoded body, `%XX` decoded, and
+//!   [`form::FormParams`], both of a request as an axum extractor.
 //! - [`path`]: the stream a path names, `{name}` (app `live`) or `{app}/{name}`, as an axum
 //!   extractor ([`path::StreamPath`], [`path::SessionPath`]).
 //! - [`range`]: single HTTP byte ranges (`bytes=a-b`), for recorded files.
@@ -23,6 +25,7 @@
 
 pub mod accept;
 pub mod client;
+pub mod form;
 pub mod http;
 pub mod idle;
 pub mod path;

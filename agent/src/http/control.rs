@@ -7,43 +7,28 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use verge_protocol::call::{self, ControlAnswer, ControlOp, ControlParams};
+use verge_serve::form::FormParams;
 
 use super::AppState;
 
 /// How long the manager may take: one MQTT round trip and a key-store write.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(super) async fn get(
-    state: State<AppState>,
-    query: RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    control(ControlOp::Get, state, query, headers, body).await
+pub(super) async fn get(app: State<AppState>, headers: HeaderMap, form: FormParams) -> Response {
+    control(ControlOp::Get, app, headers, form).await
 }
 
-pub(super) async fn reset(
-    state: State<AppState>,
-    query: RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    control(ControlOp::Reset, state, query, headers, body).await
+pub(super) async fn reset(app: State<AppState>, headers: HeaderMap, form: FormParams) -> Response {
+    control(ControlOp::Reset, app, headers, form).await
 }
 
-pub(super) async fn delete(
-    state: State<AppState>,
-    query: RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    control(ControlOp::Delete, state, query, headers, body).await
+pub(super) async fn delete(app: State<AppState>, headers: HeaderMap, form: FormParams) -> Response {
+    control(ControlOp::Delete, app, headers, form).await
 }
 
 fn answer(status: u16, data: Value) -> Response {
@@ -60,49 +45,13 @@ fn answer(status: u16, data: Value) -> Response {
         .into_response()
 }
 
-/// The room from the query, or from a form body (LiveGo reads both), `+` and `%XX` decoded.
-fn room(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Option<String> {
-    let form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let body = form.then(|| std::str::from_utf8(body).ok()).flatten();
-    [query, body].into_iter().flatten().find_map(|text| {
-        text.split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, v)| *k == "room" && !v.is_empty())
-            .map(|(_, v)| decode(&v.replace('+', " ")))
-    })
-}
-
-fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
-        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 async fn control(
     op: ControlOp,
     State(app): State<AppState>,
-    RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    form: FormParams,
 ) -> Response {
-    let Some(room) = room(query.as_deref(), &headers, &body) else {
+    let Some(room) = form.get("room").map(str::to_string) else {
         return answer(400, json!(format!("url: {}?room=<ROOM_NAME>", op.path())));
     };
     let token = headers
@@ -130,28 +79,5 @@ async fn control(
             tracing::warn!(agent = %app.agent_id, op = ?op, error = %e, "LiveGo control: no answer from the manager");
             answer(503, json!(e.to_string()))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_room_comes_from_the_query_or_a_form() {
-        let none = HeaderMap::new();
-        assert_eq!(room(Some("x=1&room=c%61m"), &none, b""), Some("cam".into()));
-        assert_eq!(room(Some("room="), &none, b""), None);
-        assert_eq!(
-            room(None, &none, b"room=cam"),
-            None,
-            "a body is read only as a form"
-        );
-        let form = HeaderMap::from_iter([(
-            header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded".parse().unwrap(),
-        )]);
-        assert_eq!(room(None, &form, b"room=door+1"), Some("door 1".into()));
-        assert_eq!(decode("%zz%4"), "%zz%4");
     }
 }

@@ -16,25 +16,6 @@ pub(super) async fn preflight() -> Response {
     cors(StatusCode::NO_CONTENT.into_response())
 }
 
-pub(super) async fn offer(
-    State(app): State<AppState>,
-    stream: StreamPath,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    offer_for(app, &stream.app, &stream.name, &headers, body).await
-}
-
-pub(super) async fn patch(
-    State(app): State<AppState>,
-    Extension(role): Extension<SessionRole>,
-    path: SessionPath,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    patch_session(app, &path.stream.id(), &path.session, role, &headers, &body).await
-}
-
 pub(super) async fn delete(
     State(app): State<AppState>,
     Extension(role): Extension<SessionRole>,
@@ -65,14 +46,13 @@ fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
     )
 }
 
-async fn offer_for(
-    app: AppState,
-    app_name: &str,
-    name: &str,
-    headers: &HeaderMap,
+pub(super) async fn offer(
+    State(app): State<AppState>,
+    stream: StreamPath,
+    headers: HeaderMap,
     sdp: String,
 ) -> Response {
-    let (whep, stream) = match offer_target(&app, headers, app_name, name, "WHEP") {
+    let (whep, stream) = match offer_target(&app, &headers, &stream, "WHEP") {
         Ok((whep, stream)) => (whep, stream.id()),
         Err(refused) => return *refused,
     };
@@ -91,8 +71,7 @@ async fn offer_for(
 pub(super) fn offer_target<'a>(
     app: &'a AppState,
     headers: &HeaderMap,
-    app_name: &str,
-    name: &str,
+    stream: &StreamPath,
     what: &str,
 ) -> Result<(&'a crate::webrtc::Whep, StreamName), Box<Response>> {
     let Some(service) = app.whep.as_ref() else {
@@ -104,29 +83,32 @@ pub(super) fn offer_target<'a>(
             format!("a {what} offer is sent as Content-Type: application/sdp"),
         )));
     }
-    let stream = StreamName::parse(app_name, name)
+    let stream = StreamName::parse(&stream.app, &stream.name)
         .map_err(|why| Box::new(plain(StatusCode::BAD_REQUEST, why)))?;
     Ok((service, stream))
 }
 
-async fn patch_session(
-    app: AppState,
-    stream: &str,
-    session: &str,
-    role: SessionRole,
-    headers: &HeaderMap,
-    frag: &str,
+/// A trickle-ICE PATCH (or an ICE restart) of a WHEP or WHIP session.
+pub(super) async fn patch(
+    State(app): State<AppState>,
+    Extension(role): Extension<SessionRole>,
+    path: SessionPath,
+    headers: HeaderMap,
+    frag: String,
 ) -> Response {
     let Some(whep) = app.whep.as_ref() else {
         return no_webrtc();
     };
-    if !content_type_is(headers, whep::SDPFRAG) {
+    if !content_type_is(&headers, whep::SDPFRAG) {
         return plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "a WHEP PATCH is sent as Content-Type: application/trickle-ice-sdpfrag".into(),
         );
     }
-    match whep.patch(session, Some(stream), role, frag).await {
+    match whep
+        .patch(&path.session, Some(&path.stream.id()), role, &frag)
+        .await
+    {
         Ok(_) => cors(StatusCode::NO_CONTENT.into_response()),
         Err(e) => refused(e),
     }

@@ -16,19 +16,9 @@ pub(super) async fn offer(
     State(app): State<AppState>,
     stream: StreamPath,
     headers: HeaderMap,
-    body: String,
-) -> Response {
-    offer_for(app, &stream.app, &stream.name, &headers, body).await
-}
-
-async fn offer_for(
-    app: AppState,
-    app_name: &str,
-    name: &str,
-    headers: &HeaderMap,
     sdp: String,
 ) -> Response {
-    let (service, stream) = match offer_target(&app, headers, app_name, name, "WHIP") {
+    let (service, stream) = match offer_target(&app, &headers, &stream, "WHIP") {
         Ok(target) => target,
         Err(refused) => return *refused,
     };

@@ -3,6 +3,7 @@
 //! closed until someone decides otherwise here.
 
 use axum::http::Method;
+use verge_serve::form::{pairs, percent_decoded};
 
 /// The right a request needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,36 +113,7 @@ pub fn need_of(method: &Method, path: &str, query: Option<&str>) -> Need {
 
 /// The query's `room`, decoded as a form value.
 fn room_of(query: Option<&str>) -> Option<String> {
-    query?
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| *k == "room")
-        .map(|(_, v)| percent_decoded(&v.replace('+', " ")))
-}
-
-/// `%XX` decoded, so `/whep/c%61m` is judged as the `cam` the handler will see; a segment that
-/// does not decode to UTF-8 is kept as sent (and matches no stream a token names).
-pub fn percent_decoded(segment: &str) -> String {
-    if !segment.contains('%') {
-        return segment.to_string();
-    }
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|_| segment.to_string())
+    pairs(query?).find(|(k, _)| k == "room").map(|(_, v)| v)
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ fn token_of(request: &Request) -> (Option<String>, Option<Uri>) {
         .split('&')
         .filter(|pair| match pair.strip_prefix("token=") {
             Some(value) => {
-                from_query.get_or_insert_with(|| policy::percent_decoded(value));
+                from_query.get_or_insert_with(|| verge_serve::form::percent_decoded(value));
                 false
             }
             None => true,

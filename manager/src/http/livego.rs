@@ -15,14 +15,14 @@
 //! Rights: `[auth]` wants a token that may write `live/{room}` (see `auth::policy::need_of`);
 //! LiveGo's own JWT answers 403 where Verge answers 401/403 as for the rest of its API.
 
-use axum::body::Bytes;
-use axum::extract::{FromRequest, RawQuery, Request, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use verge_serve::form::{FormParams, pairs};
+
 use super::AppState;
-use crate::auth::policy::percent_decoded;
 use crate::keys::{Issued, KeyDistributor};
 use crate::registry::Registry;
 
@@ -30,49 +30,6 @@ use crate::registry::Registry;
 fn answer(status: StatusCode, data: Value) -> Response {
     let body = json!({ "status": status.as_u16(), "data": data }).to_string();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-/// `name=value` pairs of a query string or a form body, decoded.
-fn pairs(text: &str) -> Vec<(String, String)> {
-    text.split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| {
-            (
-                percent_decoded(&k.replace('+', " ")),
-                percent_decoded(&v.replace('+', " ")),
-            )
-        })
-        .collect()
-}
-
-/// The request's parameters: the query's, then a form body's (LiveGo reads both).
-pub struct Params(Vec<(String, String)>);
-
-impl<S: Send + Sync> FromRequest<S> for Params {
-    type Rejection = Response;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let mut all = pairs(request.uri().query().unwrap_or_default());
-        let form = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-        // The body limit of the router applies (a form is a few bytes).
-        let body = Bytes::from_request(request, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        if form && let Ok(text) = std::str::from_utf8(&body) {
-            all.extend(pairs(text));
-        }
-        Ok(Params(all))
-    }
-}
-
-fn param<'a>(all: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    all.iter()
-        .find(|(k, v)| k == name && !v.is_empty())
-        .map(|(_, v)| v.as_str())
 }
 
 /// A refusal, answered in LiveGo's envelope.
@@ -85,22 +42,22 @@ impl IntoResponse for Refusal {
 }
 
 /// The room, or LiveGo's 400 with the usage line.
-fn room<'a>(all: &'a [(String, String)], path: &str) -> Result<&'a str, Refusal> {
+fn room<'a>(all: &'a FormParams, path: &str) -> Result<&'a str, Refusal> {
     let usage = || {
         Refusal(
             StatusCode::BAD_REQUEST,
             format!("url: {path}?room=<ROOM_NAME>"),
         )
     };
-    let room = param(all, "room").ok_or_else(usage)?;
+    let room = all.get("room").ok_or_else(usage)?;
     verge_protocol::id::validate_stream_part("room", room)
         .map_err(|why| Refusal(StatusCode::BAD_REQUEST, why))?;
     Ok(room)
 }
 
 /// The agent `&agent=` names, checked as `POST /api/keys` checks it.
-fn agent<'a>(app: &AppState, all: &'a [(String, String)]) -> Result<Option<&'a str>, Refusal> {
-    let Some(agent) = param(all, "agent") else {
+fn agent<'a>(app: &AppState, all: &'a FormParams) -> Result<Option<&'a str>, Refusal> {
+    let Some(agent) = all.get("agent") else {
         return Ok(None);
     };
     let enrolled = verge_protocol::id::validate(agent).is_ok()
@@ -117,7 +74,7 @@ fn agent<'a>(app: &AppState, all: &'a [(String, String)]) -> Result<Option<&'a s
 /// The room and the optional agent of a `get` or `reset` at `path`.
 fn room_and_agent<'a>(
     app: &AppState,
-    all: &'a [(String, String)],
+    all: &'a FormParams,
     path: &str,
 ) -> Result<(&'a str, Option<&'a str>), Refusal> {
     Ok((room(all, path)?, agent(app, all)?))
@@ -130,7 +87,7 @@ enum KeyOp {
     Reset,
 }
 
-async fn keyed(op: KeyOp, path: &str, app: &AppState, all: &[(String, String)]) -> Response {
+async fn keyed(op: KeyOp, path: &str, app: &AppState, all: &FormParams) -> Response {
     let (room, agent) = match room_and_agent(app, all, path) {
         Ok(found) => found,
         Err(r) => return r.into_response(),
@@ -141,15 +98,15 @@ async fn keyed(op: KeyOp, path: &str, app: &AppState, all: &[(String, String)]) 
     })
 }
 
-pub async fn get(State(app): State<AppState>, Params(all): Params) -> Response {
+pub async fn get(State(app): State<AppState>, all: FormParams) -> Response {
     keyed(KeyOp::Get, "/control/get", &app, &all).await
 }
 
-pub async fn reset(State(app): State<AppState>, Params(all): Params) -> Response {
+pub async fn reset(State(app): State<AppState>, all: FormParams) -> Response {
     keyed(KeyOp::Reset, "/control/reset", &app, &all).await
 }
 
-pub async fn delete(State(app): State<AppState>, Params(all): Params) -> Response {
+pub async fn delete(State(app): State<AppState>, all: FormParams) -> Response {
     match room(&all, "/control/delete") {
         Ok(room) => reply(delete_key(&app.keys, &app.registry, room).await),
         Err(r) => r.into_response(),
@@ -237,8 +194,8 @@ const LIVESTAT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// [`LIVESTAT_TIMEOUT`] each; a box that does not answer is left out and logged.
 pub async fn livestat(State(app): State<AppState>, RawQuery(query): RawQuery) -> Response {
     use verge_protocol::livestat::{self, LiveStat};
-    let all = pairs(query.as_deref().unwrap_or_default());
-    let room = param(&all, "room").map(str::to_string);
+    let all = FormParams(pairs(query.as_deref().unwrap_or_default()).collect());
+    let room = all.get("room").map(str::to_string);
     let holders: Vec<String> = app
         .registry
         .list()
@@ -295,43 +252,14 @@ pub async fn livestat(State(app): State<AppState>, RawQuery(query): RawQuery) ->
 mod tests {
     use super::*;
 
-    /// The parameters a request of `uri` with `content_type` and `body` carries.
-    async fn params(
-        uri: &str,
-        content_type: Option<&str>,
-        body: &'static str,
-    ) -> Vec<(String, String)> {
-        let mut request = Request::builder().uri(uri);
-        if let Some(t) = content_type {
-            request = request.header(header::CONTENT_TYPE, t);
-        }
-        let request = request.body(axum::body::Body::from(body)).unwrap();
-        let Ok(Params(all)) = Params::from_request(request, &()).await else {
-            panic!("parameters of {uri}")
-        };
-        all
-    }
-
-    #[tokio::test]
-    async fn parameters_come_from_the_query_and_a_form_body() {
-        let form = Some("application/x-www-form-urlencoded");
-        let all = params("/control/get?room=c%61m&x=", None, "").await;
-        assert_eq!(param(&all, "room"), Some("cam"));
-        assert_eq!(param(&all, "x"), None, "empty is absent, as in LiveGo");
-        let all = params("/control/get", form, "room=door+1&agent=edge-1").await;
-        assert_eq!(
-            (param(&all, "room"), param(&all, "agent")),
-            (Some("door 1"), Some("edge-1"))
-        );
-        // A form body is read only as a form.
-        let all = params("/control/get", None, "room=cam").await;
-        assert_eq!(param(&all, "room"), None);
-        let Err(Refusal(status, usage)) = room(&[], "/control/get") else {
+    #[test]
+    fn a_room_is_a_stream_name() {
+        let Err(Refusal(status, usage)) = room(&FormParams::default(), "/control/get") else {
             panic!("no room, no usage line")
         };
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(usage, "url: /control/get?room=<ROOM_NAME>");
-        let bad = vec![("room".to_string(), "a b".to_string())];
+        let bad = FormParams(vec![("room".to_string(), "a b".to_string())]);
         assert!(matches!(
             room(&bad, "/control/get"),
             Err(Refusal(StatusCode::BAD_REQUEST, _))

@@ -79,7 +79,7 @@ pub fn route(
 /// (`{key}?token=…`, what OBS's key field can hold) or the app's (`rtmp://host/live?token=…/…`);
 /// the session put both in `query`, the key's first.
 pub fn publish_token(query: &Query) -> Option<String> {
-    query.get("token").map(crate::auth::policy::percent_decoded)
+    query.get("token").map(verge_serve::form::percent_decoded)
 }
 
 /// `Err(refusal)` when `[auth]` does not let `token` publish `stream`.
