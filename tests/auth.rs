@@ -94,18 +94,7 @@ fn every_route_answers_each_credential_as_its_rights_say() {
         },
     );
     let m = b.manager_http;
-    let _publisher = b.publish(
-        "cam",
-        "cam",
-        &Synthetic {
-            seconds: 120,
-            ..Synthetic::default()
-        },
-    );
-    assert!(
-        wait_for(Duration::from_secs(20), || b.listed_stream("cam")).is_some(),
-        "the stream never showed"
-    );
+    let _publisher = b.on_air("cam", "cam", &Synthetic::lasting(120));
 
     let later = now() + 600;
     let login = post_json(

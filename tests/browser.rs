@@ -67,10 +67,7 @@ fn chromium_plays_a_stream_through_the_manager() {
             ..Default::default()
         },
     );
-    let live = wait_for(Duration::from_secs(15), || {
-        edge.listed_stream("cam").filter(|s| s["width"].is_u64())
-    });
-    let live = live.expect("stream listed");
+    let live = edge.wait_live("cam", &ffmpeg);
     // AAC-LC reaches WebRTC viewers as Opus: nothing is omitted.
     assert!(
         live["webrtcOmits"].is_null(),

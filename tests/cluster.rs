@@ -95,8 +95,7 @@ fn cloud_nodes_carry_the_viewers_the_box_has_no_room_for() {
         ]
     );
 
-    let publisher = edge.publish("ffmpeg", "cam", &Synthetic::keyframe_every_second(300));
-    wait_for(Duration::from_secs(30), || edge.listed_stream("cam")).expect("cam never went live");
+    let publisher = edge.on_air("ffmpeg", "cam", &Synthetic::keyframe_every_second(300));
     let url = format!("http://{manager}/whep/cam");
     let rt = runtime();
     rt.block_on(async {
@@ -363,12 +362,7 @@ fn a_thin_uplink_serves_a_crowd_through_cloud_nodes() {
          [[agents]]\nid = \"cloud-b\"\nsecret = \"s-cloud-b\"\n\
          [cluster]\nedge_viewers = 2\n",
     );
-    let (_manager, bound) = Proc::spawn_ready(
-        "manager",
-        &bin("verge-manager"),
-        &["--config", manager_cfg.to_str().unwrap()],
-        dir.path(),
-    );
+    let (_manager, bound) = Proc::manager(&manager_cfg, dir.path());
     let manager = listener(&bound, "http");
     let mqtt: SocketAddr = format!("{CLOUD}:{}", listener(&bound, "mqtt").port())
         .parse()
@@ -531,8 +525,7 @@ fn relays_outlive_a_manager_restart() {
         "{:?}",
         nodes(edge.manager_http)
     );
-    let _publisher = edge.publish("ffmpeg", "cam", &Synthetic::keyframe_every_second(120));
-    wait_for(Duration::from_secs(30), || edge.listed_stream("cam")).expect("cam never went live");
+    let _publisher = edge.on_air("ffmpeg", "cam", &Synthetic::keyframe_every_second(120));
     let rt = runtime();
     let mut first = rt.block_on(playing(
         &format!("http://{}/whep/cam", edge.manager_http),

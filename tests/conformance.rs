@@ -11,20 +11,18 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ring::{aead, hkdf, hmac, rand::SecureRandom};
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use rumqttc::{MqttOptions, QoS};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use verge_testkit::{ANY_PORT, Proc, TempDir, bin, get, listener, wait_for};
+use verge_testkit::{ANY_PORT, Proc, TempDir, get, listener, wait_for};
 
 /// Messages a watcher saw: topic and payload.
-type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
 /// How long a change may take on a loaded machine (conditions are polled, not slept on).
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -255,10 +253,7 @@ fn node_online(http: SocketAddr, id: &str) -> Option<bool> {
 
 /// The spy: an MQTT client with the enrolled agent `spy`'s valid credentials, subscribed to
 /// everything, that also publishes what the test wants the agent to receive.
-struct Spy {
-    client: Client,
-    seen: Seen,
-}
+struct Spy(verge_testkit::mqtt::Spy);
 
 impl Spy {
     fn connect(mqtt: SocketAddr) -> Self {
@@ -266,44 +261,19 @@ impl Spy {
         opts.set_credentials(SPY, derive_agent_secret(ENROLLMENT, SPY))
             .set_keep_alive(Duration::from_secs(5))
             .set_max_packet_size(2 << 20, 2 << 20);
-        let (client, mut connection) = Client::new(opts, 64);
-        client.subscribe("verge/#", QoS::AtMostOnce).unwrap();
-        let seen: Seen = Arc::default();
-        let subscribed = Arc::new(AtomicBool::new(false));
-        let (sink, flag) = (seen.clone(), subscribed.clone());
-        std::thread::spawn(move || {
-            for event in connection.iter() {
-                match event {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        sink.lock()
-                            .unwrap()
-                            .push((p.topic.clone(), p.payload.to_vec()));
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => flag.store(true, Ordering::SeqCst),
-                    Ok(_) => {}
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
-        });
-        let ok = wait_for(PATIENCE, || subscribed.load(Ordering::SeqCst).then_some(()));
-        assert!(
-            ok.is_some(),
-            "the spy (enrolled agent {SPY}) could not subscribe"
-        );
-        Self { client, seen }
+        Self(verge_testkit::mqtt::Spy::subscribe(
+            opts,
+            &["verge/#"],
+            QoS::AtMostOnce,
+        ))
     }
 
     fn mark(&self) -> usize {
-        self.seen.lock().unwrap().len()
+        self.0.mark()
     }
 
-    /// Payloads seen on `topic` from index `from` on.
     fn on(&self, topic: &str, from: usize) -> Vec<Vec<u8>> {
-        self.seen.lock().unwrap()[from..]
-            .iter()
-            .filter(|(t, _)| t == topic)
-            .map(|(_, p)| p.clone())
-            .collect()
+        self.0.on(topic, from)
     }
 
     /// Replies on `topic` (opened with the agent's secret) whose body id is exactly `id`
@@ -317,7 +287,8 @@ impl Spy {
     }
 
     fn send(&self, payload: Vec<u8>) {
-        self.client
+        self.0
+            .client
             .publish(
                 format!("verge/v1/a/{AGENT}/req"),
                 QoS::AtMostOnce,
@@ -329,7 +300,8 @@ impl Spy {
 
     /// Asks the fleet to announce itself (docs/protocol.md 8.1).
     fn ask(&self) {
-        self.client
+        self.0
+            .client
             .publish(
                 "verge/v1/ask",
                 QoS::AtLeastOnce,
@@ -396,12 +368,7 @@ fn a_python_agent_written_from_the_document_joins_and_refuses_forgeries() {
             dir.path().join("keys.json").display()
         ),
     );
-    let (_manager, bound) = Proc::spawn_ready(
-        "manager",
-        &bin("verge-manager"),
-        &["--config", config.to_str().unwrap()],
-        dir.path(),
-    );
+    let (_manager, bound) = Proc::manager(&config, dir.path());
     let http = listener(&bound, "http");
     let mqtt = listener(&bound, "mqtt");
     let spy = Spy::connect(mqtt);

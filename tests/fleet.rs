@@ -264,12 +264,7 @@ fn agent_with_a_wrong_secret_is_refused_and_says_so() {
              [[agents]]\nid = \"edge-1\"\nsecret = \"right\"\n"
         ),
     );
-    let (_manager, bound) = Proc::spawn_ready(
-        "manager",
-        &bin("verge-manager"),
-        &["--config", config.to_str().unwrap()],
-        dir.path(),
-    );
+    let (_manager, bound) = Proc::manager(&config, dir.path());
     let http = listener(&bound, "http");
     let broker = format!("mqtt://{}", listener(&bound, "mqtt"));
     let wrong = start_agent(&dir, "edge-1", "wrong", &broker);

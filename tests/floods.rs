@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use verge_testkit::{Proc, TempDir, bin, listener, measure, tcp_from};
+use verge_testkit::{Listeners, Proc, TempDir, bin, listener, measure, tcp_from};
 
 /// The open-files limit the manager runs under: below the probe's connections, above what
 /// the test's caps let peers hold (the manager counts 413 and would warn past it).
@@ -70,36 +70,41 @@ fn descriptors(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn idle_and_slowloris_connections_past_the_open_files_limit_do_not_stop_the_manager() {
-    // The flood outnumbers the manager's descriptors; this process holds it.
+/// A manager with `settings` (its `[http]` and `[broker]`) and edge-1 enrolled, started by
+/// `/bin/sh -c {limit}` (a `ulimit` and an `exec`). The flood outnumbers the manager's
+/// descriptors: this process's own limit is raised to hold it.
+fn manager_under_limit(dir: &TempDir, settings: &str, limit: &str) -> (Proc, Listeners) {
     verge_mqtt::process::raise_open_files_limit();
-    let dir = TempDir::new("floods-conn");
     let cfg = dir.write(
         "manager.toml",
         &format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\nmax_connections = 64\nheader_timeout_secs = 1\n\
-             idle_timeout_secs = 5\n\
-             [broker]\nlisten = \"127.0.0.1:0\"\nmax_connections = 32\nconnect_timeout_ms = 1000\n\
-             accept_interval_ms = 20\n\
-             [keys]\nfile = \"{}/keys.json\"\n\
+            "{settings}[keys]\nfile = \"{}/keys.json\"\n\
              [[agents]]\nid = \"edge-1\"\nsecret = \"s1\"\n",
             dir.path().display()
         ),
     );
     let manager = bin("verge-manager");
-    let limit = format!("ulimit -n {OPEN_FILES} && exec \"$0\" \"$@\"");
-    let (proc, listeners) = Proc::spawn_ready(
-        "manager",
-        Path::new("/bin/sh"),
-        &[
-            "-c",
-            &limit,
-            manager.to_str().unwrap(),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        dir.path(),
+    let args = [
+        "-c",
+        limit,
+        manager.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
+    Proc::spawn_ready("manager", Path::new("/bin/sh"), &args, dir.path())
+}
+
+#[test]
+fn idle_and_slowloris_connections_past_the_open_files_limit_do_not_stop_the_manager() {
+    // The flood outnumbers the manager's descriptors; this process holds it.
+    let dir = TempDir::new("floods-conn");
+    let (proc, listeners) = manager_under_limit(
+        &dir,
+        "[http]\nlisten = \"127.0.0.1:0\"\nmax_connections = 64\nheader_timeout_secs = 1\n\
+         idle_timeout_secs = 5\n\
+         [broker]\nlisten = \"127.0.0.1:0\"\nmax_connections = 32\nconnect_timeout_ms = 1000\n\
+         accept_interval_ms = 20\n",
+        &format!("ulimit -n {OPEN_FILES} && exec \"$0\" \"$@\""),
     );
     let (http, mqtt) = (listener(&listeners, "http"), listener(&listeners, "mqtt"));
     let log_before = std::fs::metadata(&proc.log).unwrap().len();
@@ -222,12 +227,7 @@ fn a_login_flood_from_many_addresses_is_refused_after_the_global_budget_and_heal
             dir.path().display()
         ),
     );
-    let (proc, listeners) = Proc::spawn_ready(
-        "manager",
-        &bin("verge-manager"),
-        &["--config", cfg.to_str().unwrap()],
-        dir.path(),
-    );
+    let (proc, listeners) = Proc::manager(&cfg, dir.path());
     let http = listener(&listeners, "http");
 
     // /api/health, polled while the flood lasts.
@@ -355,32 +355,12 @@ fn a_login_flood_from_many_addresses_is_refused_after_the_global_budget_and_heal
 /// connections used up the 1,024 descriptors, and both HTTP and MQTT accepts stopped.)
 #[test]
 fn the_probes_flood_of_slowloris_and_idle_connections_leaves_health_fast() {
-    verge_mqtt::process::raise_open_files_limit();
     let dir = TempDir::new("floods-probe");
-    let cfg = dir.write(
-        "manager.toml",
-        &format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n\
-             [broker]\nlisten = \"127.0.0.1:0\"\n\
-             [keys]\nfile = \"{}/keys.json\"\n\
-             [[agents]]\nid = \"edge-1\"\nsecret = \"s1\"\n",
-            dir.path().display()
-        ),
-    );
     // The unit's limit (root may raise it; otherwise the hard limit stands).
-    let limit = "ulimit -n 65536 2>/dev/null; exec \"$0\" \"$@\"";
-    let manager = bin("verge-manager");
-    let (proc, listeners) = Proc::spawn_ready(
-        "manager",
-        Path::new("/bin/sh"),
-        &[
-            "-c",
-            limit,
-            manager.to_str().unwrap(),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        dir.path(),
+    let (proc, listeners) = manager_under_limit(
+        &dir,
+        "[http]\nlisten = \"127.0.0.1:0\"\n[broker]\nlisten = \"127.0.0.1:0\"\n",
+        "ulimit -n 65536 2>/dev/null; exec \"$0\" \"$@\"",
     );
     let (http, mqtt) = (listener(&listeners, "http"), listener(&listeners, "mqtt"));
     let log_before = std::fs::metadata(&proc.log).unwrap().len();

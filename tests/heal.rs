@@ -5,27 +5,15 @@
 //! A literal "republish when the bytes differ" rule republished 12,256 times in ~3 s from 150
 //! agents: every signing carries a new timestamp, so each repair's echo differs again.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use rumqttc::{MqttOptions, QoS};
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::mqtt::Spy;
 use verge_testkit::{Proc, bin, listener, wait_for};
 
 const PRESENCE: &str = "verge/v1/a/edge-1/presence";
 const STATE: &str = "verge/v1/a/edge-1/state";
-
-type Seen = Arc<Mutex<Vec<(Instant, String, Vec<u8>)>>>;
-
-/// Payloads seen on `topic` since `from`.
-fn on(seen: &Seen, topic: &str, from: Instant) -> Vec<Vec<u8>> {
-    seen.lock()
-        .unwrap()
-        .iter()
-        .filter(|(at, t, _)| *at >= from && t == topic)
-        .map(|(_, _, p)| p.clone())
-        .collect()
-}
 
 #[test]
 fn healing_converges_against_an_earlier_runs_retained_messages_and_their_replays() {
@@ -43,37 +31,11 @@ fn healing_converges_against_an_earlier_runs_retained_messages_and_their_replays
     let mut opts = MqttOptions::new("edge-2", "127.0.0.1", mqtt.port());
     opts.set_credentials("edge-2", "s2")
         .set_keep_alive(Duration::from_secs(5));
-    let (spy, mut connection) = Client::new(opts, 256);
-    spy.subscribe("verge/v1/a/edge-1/+", QoS::AtLeastOnce)
-        .unwrap();
-    let seen: Seen = Arc::default();
-    let sink = seen.clone();
-    let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for event in connection.iter() {
-            match event {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    sink.lock().unwrap().push((
-                        Instant::now(),
-                        p.topic.clone(),
-                        p.payload.to_vec(),
-                    ));
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    let _ = subscribed_tx.send(());
-                }
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    });
-    subscribed
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the watcher's subscription");
+    let spy = Spy::subscribe(opts, &["verge/v1/a/edge-1/+"], QoS::AtLeastOnce);
     // The earlier run's retained messages: its online presence and its state.
-    let t0 = Instant::now() - Duration::from_secs(60);
+    let t0 = 0;
     let old_online = wait_for(Duration::from_secs(10), || {
-        on(&seen, PRESENCE, t0)
+        spy.on(PRESENCE, t0)
             .into_iter()
             .find(|p| String::from_utf8_lossy(p).contains("\"online\""))
     })
@@ -82,7 +44,7 @@ fn healing_converges_against_an_earlier_runs_retained_messages_and_their_replays
     // stream that is gone.
     let publisher = b.publish("cam", "cam", &Synthetic::default());
     let old_state = wait_for(Duration::from_secs(20), || {
-        on(&seen, STATE, t0)
+        spy.on(STATE, t0)
             .into_iter()
             .rfind(|p| String::from_utf8_lossy(p).contains("\"cam\""))
     })
@@ -92,7 +54,7 @@ fn healing_converges_against_an_earlier_runs_retained_messages_and_their_replays
     // The earlier run ends (its offline presence stays retained) and a new one starts.
     b.agent.signal("TERM");
     assert!(wait_for(Duration::from_secs(10), || b.agent.exited().then_some(())).is_some());
-    let started = Instant::now();
+    let started = spy.mark();
     let (agent, _) = Proc::spawn_ready(
         "agent-2nd-run",
         &bin("verge-agent"),
@@ -108,8 +70,8 @@ fn healing_converges_against_an_earlier_runs_retained_messages_and_their_replays
     assert!(online.is_some(), "{}", agent.log_text());
     // Quiet for a few seconds: grace (1 s) and hold-off (5 s) would have shown a loop by now.
     std::thread::sleep(Duration::from_secs(4));
-    let presences = on(&seen, PRESENCE, started).len();
-    let states = on(&seen, STATE, started).len();
+    let presences = spy.on(PRESENCE, started).len();
+    let states = spy.on(STATE, started).len();
     println!("second run: {presences} presence and {states} state publishes in its first seconds");
     assert!(presences <= 2, "presence published {presences} times");
     assert!(states <= 3, "state published {states} times");
@@ -121,16 +83,18 @@ fn healing_converges_against_an_earlier_runs_retained_messages_and_their_replays
 
     // Someone replays the earlier run's online presence and state, retained, every 50 ms for
     // 3 s: the agent repairs a few times, not once per replay, and ends up retained itself.
-    let attack = Instant::now();
+    let attack = spy.mark();
     for _ in 0..60 {
-        spy.publish(PRESENCE, QoS::AtLeastOnce, true, old_online.clone())
+        spy.client
+            .publish(PRESENCE, QoS::AtLeastOnce, true, old_online.clone())
             .unwrap();
-        spy.publish(STATE, QoS::AtLeastOnce, true, old_state.clone())
+        spy.client
+            .publish(STATE, QoS::AtLeastOnce, true, old_state.clone())
             .unwrap();
         std::thread::sleep(Duration::from_millis(50));
     }
     let ours = |topic: &str, old: &[u8]| {
-        on(&seen, topic, attack)
+        spy.on(topic, attack)
             .into_iter()
             .filter(|p| p != old)
             .collect::<Vec<_>>()
@@ -138,8 +102,8 @@ fn healing_converges_against_an_earlier_runs_retained_messages_and_their_replays
     // After the replays stop, what is retained becomes the agent's again (the next repair is
     // due at most 5 s after the last).
     let healed = wait_for(Duration::from_secs(15), || {
-        let presence = on(&seen, PRESENCE, attack).last().cloned()?;
-        let state = on(&seen, STATE, attack).last().cloned()?;
+        let presence = spy.on(PRESENCE, attack).last().cloned()?;
+        let state = spy.on(STATE, attack).last().cloned()?;
         (presence != old_online && state != old_state).then_some(())
     });
     let (presence_repairs, state_repairs) = (

@@ -10,15 +10,7 @@ use verge_testkit::{get, wait_for};
 fn a_streams_and_a_nodes_last_hour_and_the_fleets_events() {
     let edge = Edge::start("history", &EdgeOptions::noauth());
     let m = edge.manager_http;
-    let publisher = edge.publish(
-        "ffmpeg",
-        "cam",
-        &Synthetic {
-            seconds: 60,
-            ..Synthetic::default()
-        },
-    );
-    wait_for(Duration::from_secs(20), || edge.listed_stream("cam")).expect("cam listed");
+    let publisher = edge.on_air("ffmpeg", "cam", &Synthetic::lasting(60));
     // Two samples with the stream's measured bitrate (a sample every 10 s).
     let stream = wait_for(Duration::from_secs(35), || {
         let r = get(m, "/api/streams/cam/history").ok()?;

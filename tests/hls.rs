@@ -18,11 +18,7 @@ fn ffprobe_reads_live_hls_from_the_box_and_through_the_manager_to_its_end() {
         seconds: 30,
         ..Synthetic::default()
     };
-    let mut ffmpeg = b.publish("ffmpeg", "cam", &media);
-    let live = wait_for(Duration::from_secs(30), || {
-        b.listed_stream("cam").filter(|s| s["width"] == 640)
-    });
-    assert!(live.is_some(), "never live:\n{}", ffmpeg.log_text());
+    let mut ffmpeg = b.on_air("ffmpeg", "cam", &media);
 
     let direct = Probe::start(
         b.dir.path(),

@@ -94,15 +94,8 @@ fn livegos_control_api_issues_resets_and_deletes_channel_keys() {
     });
     assert!(accepted.is_some(), "{}", edge.agent.log_text());
     let url = format!("rtmp://{}/live/{first}", edge.rtmp);
-    let ffmpeg = edge.publish_to(
-        "ffmpeg",
-        &url,
-        &Synthetic {
-            seconds: 20,
-            ..Synthetic::default()
-        },
-    );
-    wait_for(Duration::from_secs(20), || edge.listed_stream("cam")).expect("live/cam listed");
+    let ffmpeg = edge.publish_to("ffmpeg", &url, &Synthetic::lasting(20));
+    edge.wait_live("cam", &ffmpeg);
 
     // /stat/livestat: the publisher and a player (ffmpeg reading the box's HTTP-FLV), on the
     // box's own port and merged by the manager, in LiveGo's shape.

@@ -184,17 +184,7 @@ fn liveion_nodes_share_the_fleet_streams_and_cascades() {
     drop(liveman);
 
     // A box's RTMP stream for the cascade.
-    let _ffmpeg = edge.publish(
-        "ffmpeg",
-        "cam",
-        &Synthetic {
-            seconds: 120,
-            gop: 25,
-            ..Synthetic::default()
-        },
-    );
-    wait_for(Duration::from_secs(20), || edge.listed_stream("cam"))
-        .expect("the box's stream is listed");
+    let _ffmpeg = edge.on_air("ffmpeg", "cam", &Synthetic::keyframe_every_second(120));
 
     let rt = runtime();
     rt.block_on(async {
@@ -272,31 +262,14 @@ fn liveion_nodes_share_the_fleet_streams_and_cascades() {
                 .any(|s| s["node"] == "b" && s["kind"] == "liveion"),
             "{cascaded:?}"
         );
-        // A cascade into a node that already has the stream is refused with the reason.
-        let again = call(
-            m,
-            "POST",
-            "/api/cascade/cam",
-            Some(ADMIN),
-            br#"{"node":"b"}"#,
-        );
-        assert_eq!(again.status, 409, "{}", again.text());
-        let nowhere = call(
-            m,
-            "POST",
-            "/api/cascade/nope",
-            Some(ADMIN),
-            br#"{"node":"b"}"#,
-        );
-        assert_eq!(nowhere.status, 404, "{}", nowhere.text());
-        let unknown = call(
-            m,
-            "POST",
-            "/api/cascade/cam",
-            Some(ADMIN),
-            br#"{"node":"zz"}"#,
-        );
-        assert_eq!(unknown.status, 400, "{}", unknown.text());
+        // A cascade into a node that already has the stream is refused with the reason, as
+        // are one of a stream nobody has and one into a node nobody knows.
+        for (stream, node, status) in [("cam", "b", 409), ("nope", "b", 404), ("cam", "zz", 400)] {
+            let body = serde_json::json!({ "node": node }).to_string();
+            let path = format!("/api/cascade/{stream}");
+            let r = call(m, "POST", &path, Some(ADMIN), body.as_bytes());
+            assert_eq!(r.status, status, "{path} into {node}: {}", r.text());
+        }
 
         // Without viewers, the node's copy is closed after [cascade] maximum_idle_time.
         assert_eq!(through.delete().await.expect("DELETE"), 200);
@@ -590,16 +563,7 @@ fn viewers_past_the_boxs_share_are_served_by_a_liveion_node() {
         node(m, "c").filter(|n| n["status"] == "running")
     })
     .expect("node c running");
-    let _ffmpeg = edge.publish(
-        "ffmpeg",
-        "cam",
-        &Synthetic {
-            seconds: 120,
-            gop: 25,
-            ..Synthetic::default()
-        },
-    );
-    wait_for(Duration::from_secs(20), || edge.listed_stream("cam")).expect("cam is listed");
+    let _ffmpeg = edge.on_air("ffmpeg", "cam", &Synthetic::keyframe_every_second(120));
     let url = format!("http://{m}/whep/cam");
     let rt = runtime();
     rt.block_on(async {

@@ -139,10 +139,7 @@ fn created(manager: SocketAddr, path: &str, body: &str, field: &str) -> String {
 }
 
 fn publish(dir: &TempDir, label: &str, url: &str) -> Proc {
-    let media = Synthetic {
-        seconds: 600,
-        ..Synthetic::default()
-    };
+    let media = Synthetic::lasting(600);
     let args = publish_args(url, &media);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Proc::spawn(label, tool("ffmpeg"), &args, dir.path())

@@ -71,15 +71,7 @@ fn metrics_of_manager_and_agent_parse_and_follow_the_fleet() {
     assert_eq!(agent.value("verge_agent_streams"), 0.0);
     assert_eq!(agent.value("verge_agent_readers{kind=\"webrtc\"}"), 0.0);
 
-    let _publisher = b.publish(
-        "cam",
-        "cam",
-        &Synthetic {
-            seconds: 120,
-            ..Synthetic::default()
-        },
-    );
-    assert!(wait_for(Duration::from_secs(20), || b.listed_stream("cam")).is_some());
+    let _publisher = b.on_air("cam", "cam", &Synthetic::lasting(120));
 
     let url = format!("http://{m}/whep/cam");
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -192,12 +192,7 @@ fn a_box_behind_nat_reaches_a_viewer_behind_nat_through_turn() {
              [extra_ice.coturn]\nsecret = \"{TURN_SECRET}\"\nurls = [\"stun:{CLOUD}:3478\", \"turn:{CLOUD}:3478?transport=udp\"]\nttl = 600\n"
         ),
     );
-    let (_manager, bound) = Proc::spawn_ready(
-        "manager",
-        &bin("verge-manager"),
-        &["--config", manager_cfg.to_str().unwrap()],
-        dir.path(),
-    );
+    let (_manager, bound) = Proc::manager(&manager_cfg, dir.path());
     let http = listener(&bound, "http");
     let mqtt = listener(&bound, "mqtt");
 

@@ -5,22 +5,20 @@
 //! captured "online", published again after edge-1 died, does not bring it back online, not
 //! even for a manager restarted onto that retained message.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use rumqttc::{MqttOptions, QoS};
 use verge_protocol::channel_keys::SealedKeys;
 use verge_protocol::envelope;
 use verge_protocol::sealed::PrivateKey;
 use verge_protocol::secret::MacKey;
 use verge_protocol::state::{State, StreamInfo};
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
+use verge_testkit::mqtt::{Heard, Spy};
 use verge_testkit::whep::watching;
 use verge_testkit::{get, listener, reserve_port, wait_for};
 
 const PATIENCE: Duration = Duration::from_secs(20);
-
-type Seen = Arc<Mutex<Vec<(String, Vec<u8>, bool)>>>;
 
 fn edge1_online(b: &Edge) -> bool {
     get(b.manager_http, "/api/nodes/")
@@ -33,15 +31,6 @@ fn edge1_online(b: &Edge) -> bool {
                 .map(|n| n["online"] == true)
         })
         .unwrap_or(false)
-}
-
-/// Messages seen on `topic` from index `from` on.
-fn seen_on(seen: &Seen, topic: &str, from: usize) -> Vec<Vec<u8>> {
-    seen.lock().unwrap()[from..]
-        .iter()
-        .filter(|(t, _, _)| t == topic)
-        .map(|(_, p, _)| p.clone())
-        .collect()
 }
 
 #[test]
@@ -58,14 +47,7 @@ fn a_client_with_another_agents_credentials_reads_and_changes_nothing() {
             ..EdgeOptions::default()
         },
     );
-    let (_cam, key) = b.publish_with_key(
-        "cam",
-        "cam",
-        &Synthetic {
-            seconds: 120,
-            ..Synthetic::default()
-        },
-    );
+    let (_cam, key) = b.publish_with_key("cam", "cam", &Synthetic::lasting(120));
 
     // The rogue: edge-2's credentials, subscribed to everything.
     let mqtt = listener(&b.manager_listeners, "mqtt");
@@ -73,26 +55,11 @@ fn a_client_with_another_agents_credentials_reads_and_changes_nothing() {
     opts.set_credentials("edge-2", "s2")
         .set_keep_alive(Duration::from_secs(5))
         .set_max_packet_size(2 << 20, 2 << 20);
-    let (rogue, mut connection) = Client::new(opts, 64);
-    rogue.subscribe("verge/#", QoS::AtMostOnce).unwrap();
-    let seen: Seen = Arc::default();
-    let sink = seen.clone();
-    std::thread::spawn(move || {
-        for event in connection.iter() {
-            match event {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    sink.lock()
-                        .unwrap()
-                        .push((p.topic.clone(), p.payload.to_vec(), p.retain));
-                }
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    });
+    let rogue = Spy::subscribe(opts, &["verge/#"], QoS::AtMostOnce);
     let presence_topic = "verge/v1/a/edge-1/presence";
     let captured = wait_for(PATIENCE, || {
-        seen_on(&seen, presence_topic, 0)
+        rogue
+            .on(presence_topic, 0)
             .into_iter()
             .find(|p| String::from_utf8_lossy(p).contains("\"online\""))
     })
@@ -110,18 +77,15 @@ fn a_client_with_another_agents_credentials_reads_and_changes_nothing() {
     });
     std::thread::sleep(Duration::from_millis(500));
     {
-        let seen = seen.lock().unwrap();
-        let rpc: Vec<&(String, Vec<u8>, bool)> = seen
-            .iter()
-            .filter(|(t, _, _)| t.contains("/req") || t.contains("/res"))
-            .collect();
+        let seen = rogue.heard(0);
         assert!(
-            rpc.iter()
-                .any(|(_, p, _)| String::from_utf8_lossy(p).contains("\"sealed\"")),
+            seen.iter()
+                .any(|h| (h.topic.contains("/req") || h.topic.contains("/res"))
+                    && String::from_utf8_lossy(&h.payload).contains("\"sealed\"")),
             "the rogue saw no RPC at all: {:?}",
-            seen.iter().map(|(t, _, _)| t).collect::<Vec<_>>()
+            seen.iter().map(|h| &h.topic).collect::<Vec<_>>()
         );
-        for (topic, payload, _) in seen.iter() {
+        for Heard { topic, payload, .. } in &seen {
             let text = String::from_utf8_lossy(payload);
             for secret in [
                 "ice-pwd",
@@ -156,12 +120,14 @@ fn a_client_with_another_agents_credentials_reads_and_changes_nothing() {
             ..State::default()
         },
     );
-    let mark = seen.lock().unwrap().len();
+    let mark = rogue.mark();
     rogue
+        .client
         .publish(state_topic, QoS::AtLeastOnce, true, forged)
         .unwrap();
     let healed = wait_for(PATIENCE, || {
-        seen_on(&seen, state_topic, mark)
+        rogue
+            .on(state_topic, mark)
             .into_iter()
             .find(|p| envelope::open::<State>(p, &s1).is_ok())
     });
@@ -174,12 +140,13 @@ fn a_client_with_another_agents_credentials_reads_and_changes_nothing() {
 
     // Cleared keys: the agent keeps its keys and the manager sends the table again.
     let keys_topic = "verge/v1/a/edge-1/keys";
-    let mark = seen.lock().unwrap().len();
+    let mark = rogue.mark();
     rogue
+        .client
         .publish(keys_topic, QoS::AtLeastOnce, true, Vec::new())
         .unwrap();
     let resent = wait_for(PATIENCE, || {
-        seen_on(&seen, keys_topic, mark).into_iter().find(|p| {
+        rogue.on(keys_topic, mark).into_iter().find(|p| {
             envelope::open::<SealedKeys>(p, &s1)
                 .ok()
                 .and_then(|k| k.body.open(&PrivateKey::new("s1")).ok())
@@ -198,6 +165,7 @@ fn a_client_with_another_agents_credentials_reads_and_changes_nothing() {
         "edge-1 never went offline"
     );
     rogue
+        .client
         .publish(presence_topic, QoS::AtLeastOnce, true, captured.clone())
         .unwrap();
     let watch = |b: &Edge, what: &str| {

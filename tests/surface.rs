@@ -93,16 +93,7 @@ fn edge(label: &str, agent_toml: &str) -> Edge {
 
 /// ffmpeg publishing `live/cam` to the box for two minutes, once it is listed.
 fn live_cam(b: &Edge) -> verge_testkit::Proc {
-    let cam = b.publish(
-        "cam",
-        "cam",
-        &Synthetic {
-            seconds: 120,
-            ..Synthetic::default()
-        },
-    );
-    assert!(wait_for(Duration::from_secs(20), || b.listed_stream("cam")).is_some());
-    cam
+    b.on_air("cam", "cam", &Synthetic::lasting(120))
 }
 
 /// Finding 1: the publisher's session id was shown to readers, and `DELETE /session/…` (read

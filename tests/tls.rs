@@ -135,12 +135,7 @@ fn start_agent(dir: &TempDir, id: &str, secret: &str, url: &str, ca: &Path) -> P
 }
 
 fn start_manager(dir: &TempDir, config: &Path) -> (Proc, verge_testkit::Listeners) {
-    Proc::spawn_ready(
-        "manager",
-        &bin("verge-manager"),
-        &["--config", config.to_str().unwrap()],
-        dir.path(),
-    )
+    Proc::manager(&config, dir.path())
 }
 
 fn online(http: SocketAddr, id: &str) -> bool {

@@ -163,15 +163,7 @@ fn ffmpeg_publishes_through_the_manager_into_the_box_and_its_death_ends_the_stre
         ..Synthetic::default()
     };
     let mut ffmpeg = b.publish_to("ffmpeg", &url, &media);
-    let live = wait_for(Duration::from_secs(30), || {
-        b.listed_stream("cam").filter(|s| s["width"] == 640)
-    });
-    assert!(
-        live.is_some(),
-        "the stream never went live through the tunnel:\n{}\n{}",
-        ffmpeg.log_text(),
-        b.agent.log_text()
-    );
+    b.wait_live("cam", &ffmpeg);
 
     // The agent dies: the manager resets its streams at once, ffmpeg's connection ends.
     b.agent.signal("KILL");
@@ -381,16 +373,8 @@ fn edge_with_second_agent(echo: &str) -> Edge {
 
 /// ffmpeg publishing `live/cam` to the box for a minute, once the manager lists it.
 fn publish_live(b: &Edge) -> Proc {
-    let media = Synthetic {
-        seconds: 60,
-        ..Synthetic::default()
-    };
-    let publisher = b.publish("publisher", "cam", &media);
-    let live = wait_for(Duration::from_secs(30), || {
-        b.listed_stream("cam").filter(|s| s["width"] == 640)
-    });
-    assert!(live.is_some(), "stream not live:\n{}", b.agent.log_text());
-    publisher
+    let media = Synthetic::lasting(60);
+    b.on_air("publisher", "cam", &media)
 }
 
 /// mosquitto with the project's ACL and `conf/mosquitto` settings on a held port, passwords
@@ -442,12 +426,7 @@ fn a_broker_restart_mid_transfer_loses_nothing() {
             dir.path().join("keys.json").display()
         ),
     );
-    let (manager, bound) = Proc::spawn_ready(
-        "manager",
-        &verge_testkit::bin("verge-manager"),
-        &["--config", manager_cfg.to_str().unwrap()],
-        dir.path(),
-    );
+    let (manager, bound) = Proc::manager(&manager_cfg, dir.path());
     let agent_cfg = dir.write(
         "agent.toml",
         &format!(
@@ -806,12 +785,7 @@ fn on_a_long_link_the_tunnel_sizes_itself_to_the_path_and_a_stopped_reader_stays
             dir.path().join("keys.json").display()
         ),
     );
-    let (manager, bound) = Proc::spawn_ready(
-        "manager",
-        &bin("verge-manager"),
-        &["--config", manager_cfg.to_str().unwrap()],
-        dir.path(),
-    );
+    let (manager, bound) = Proc::manager(&manager_cfg, dir.path());
     let across = rt.block_on(linked.delay_to(listener(&bound, "mqtt")));
     let agent_cfg = dir.write(
         "agent.toml",

@@ -11,32 +11,17 @@ use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
 use verge_testkit::whep::{runtime, watching};
 use verge_testkit::{Response, get, request, send, wait_for};
 
+fn post_sdp(addr: SocketAddr, path: &str, headers: &[(&str, &str)], sdp: &str) -> Response {
+    let timeout = Duration::from_secs(10);
+    request("POST", addr, path, headers, sdp.as_bytes(), timeout).expect("HTTP exchange")
+}
+
 fn post_offer(addr: SocketAddr, path: &str, content_type: Option<&str>, sdp: &str) -> Response {
     let headers: Vec<(&str, &str)> = content_type
         .map(|ct| ("Content-Type", ct))
         .into_iter()
         .collect();
-    request(
-        "POST",
-        addr,
-        path,
-        &headers,
-        sdp.as_bytes(),
-        Duration::from_secs(10),
-    )
-    .expect("HTTP exchange")
-}
-
-/// Waits until the manager lists `name` with its picture size (the agent knows the codec).
-fn wait_live(edge: &Edge, name: &str) {
-    let live = wait_for(Duration::from_secs(20), || {
-        edge.listed_stream(name).filter(|s| s["width"].is_u64())
-    });
-    assert!(
-        live.is_some(),
-        "stream {name} never listed:\n{}",
-        edge.agent.log_text()
-    );
+    post_sdp(addr, path, &headers, sdp)
 }
 
 /// Checks access unit `n`, which a viewer returned after `last` (its RTP time) with its numbers
@@ -115,8 +100,7 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
         seconds: 60,
         ..Synthetic::default()
     };
-    let mut ffmpeg = edge.publish("ffmpeg", "cam", &media);
-    wait_live(&edge, "cam");
+    let mut ffmpeg = edge.on_air("ffmpeg", "cam", &media);
     let state = wait_for(Duration::from_secs(20), || {
         edge.listed_stream("cam")
             .filter(|s| s["codecs"].as_array().map(Vec::len) == Some(2))
@@ -334,15 +318,7 @@ fn whep_refusals_are_statuses_a_client_can_act_on() {
     assert!(r.text().contains("not live"), "{}", r.text());
     assert_eq!(r.text().lines().count(), 1);
 
-    let ffmpeg = edge.publish(
-        "ffmpeg",
-        "cam",
-        &Synthetic {
-            seconds: 60,
-            ..Synthetic::default()
-        },
-    );
-    wait_live(&edge, "cam");
+    let ffmpeg = edge.on_air("ffmpeg", "cam", &Synthetic::lasting(60));
 
     // CORS preflight exposes what a browser must read.
     let r = send("OPTIONS", m, "/whep/cam");
@@ -491,8 +467,7 @@ fn viewers_get_the_agents_ice_servers_too_unless_the_manager_overrides_them() {
             },
         );
         let media = Synthetic::keyframe_every_second(30);
-        let _ffmpeg = edge.publish("ffmpeg", "cam", &media);
-        wait_live(&edge, "cam");
+        let _ffmpeg = edge.on_air("ffmpeg", "cam", &media);
         let url = format!("http://{}/whep/cam", edge.manager_http);
         let links = runtime().block_on(async {
             let viewer = Viewer::connect(&url, &ViewerOptions::for_url(&url))
@@ -684,15 +659,7 @@ fn post_whip(addr: SocketAddr, path: &str, bearer: Option<&str>, sdp: &str) -> R
     if let Some(a) = &auth {
         headers.push(("Authorization", a));
     }
-    request(
-        "POST",
-        addr,
-        path,
-        &headers,
-        sdp.as_bytes(),
-        Duration::from_secs(10),
-    )
-    .expect("HTTP exchange")
+    post_sdp(addr, path, &headers, sdp)
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::{ANY_PORT, Listeners, Proc, READY_TIMEOUT, TempDir, bin, get, listener, wait_for};
 
@@ -185,7 +186,7 @@ impl Edge {
     /// Stops the agent (SIGTERM) and waits for it to exit.
     pub fn stop_agent(&mut self) {
         self.agent.signal("TERM");
-        let exited = wait_for(std::time::Duration::from_secs(15), || {
+        let exited = wait_for(Duration::from_secs(15), || {
             self.agent.exited().then_some(())
         });
         assert!(exited.is_some(), "agent did not exit on SIGTERM");
@@ -234,6 +235,28 @@ impl Edge {
         let args = publish_args(url, media);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Proc::spawn(label, tool("ffmpeg"), &args, self.dir.path())
+    }
+
+    /// [`Edge::publish`], then [`Edge::wait_live`]: the publisher of a stream on air.
+    pub fn on_air(&self, label: &str, name: &str, media: &Synthetic) -> Proc {
+        let publisher = self.publish(label, name, media);
+        self.wait_live(name, &publisher);
+        publisher
+    }
+
+    /// Waits (30 s at most) until the manager lists `live/{name}` with its picture size, so
+    /// the agent has read the codec; panics with `publisher`'s and the agent's logs if not.
+    pub fn wait_live(&self, name: &str, publisher: &Proc) -> serde_json::Value {
+        wait_for(Duration::from_secs(30), || {
+            self.listed_stream(name).filter(|s| s["width"].is_u64())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "live/{name} never went live:\n{}\n{}",
+                publisher.log_text(),
+                self.agent.log_text()
+            )
+        })
     }
 
     /// Issues the channel key of `live/{name}` bound to edge-1 (with the fixture's API token)
@@ -424,6 +447,14 @@ impl Default for Synthetic {
 
 impl Synthetic {
     /// `seconds` of the default picture at 25 fps with a keyframe every second.
+    /// The default stream (a keyframe every 4 s), `seconds` long.
+    pub fn lasting(seconds: u32) -> Self {
+        Self {
+            seconds,
+            ..Self::default()
+        }
+    }
+
     pub fn keyframe_every_second(seconds: u32) -> Self {
         Self {
             fps: 25,

@@ -7,6 +7,8 @@
 //!   [`send`] over `verge::whep::http`), bounded waits ([`wait_for`]).
 //! - [`edge`]: a manager and one agent on loopback with ffmpeg publishing to it, the fixture
 //!   most tests share; [`edge::tool`] finds ffmpeg and the other external tools.
+//! - [`mqtt`]: [`mqtt::Spy`], an MQTT client that keeps what it overhears, for the
+//!   protocol's conformance and attack tests.
 //! - [`rtmp`]: [`rtmp::RtmpClient`], a scriptable RTMP client for malformed-input tests.
 //! - [`s3`]: s3s-fs, a real S3 server, for `[storage]`.
 //! - [`ffprobe`]: ffprobe as a real decoder that counts what it decoded.
@@ -35,6 +37,7 @@ pub mod ffprobe;
 pub mod link;
 pub mod liveion;
 pub mod measure;
+pub mod mqtt;
 pub mod netns;
 pub mod postgres;
 pub mod prometheus;
@@ -238,6 +241,12 @@ impl Proc {
         log_dir: &Path,
     ) -> (Self, Listeners) {
         Self::spawn_ready_with_env(name, program, args, log_dir, &[])
+    }
+
+    /// `verge-manager --config {config}`, once it has bound its listeners (its log in `dir`).
+    pub fn manager(config: &Path, dir: &Path) -> (Self, Listeners) {
+        let config = config.to_str().expect("a UTF-8 temp path");
+        Self::spawn_ready("manager", &bin("verge-manager"), &["--config", config], dir)
     }
 
     /// [`Proc::spawn_ready`] with extra environment variables.
