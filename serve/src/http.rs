@@ -284,13 +284,32 @@ mod tests {
         assert_eq!(limits.idle_timeout, Duration::from_secs(5));
     }
 
-    async fn start(
-        limits: Limits,
-    ) -> (
-        SocketAddr,
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<()>,
-    ) {
+    /// A server under test: its address, and how to stop it.
+    struct Running {
+        addr: SocketAddr,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl Running {
+        /// Begins the graceful shutdown.
+        fn stop(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+
+        /// Stops the server; it must be done within `within`.
+        async fn stopped_within(mut self, within: Duration) {
+            self.stop();
+            tokio::time::timeout(within, self.server)
+                .await
+                .expect("the server stops in time")
+                .expect("the server's task");
+        }
+    }
+
+    async fn start(limits: Limits) -> Running {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = Router::new()
@@ -320,7 +339,19 @@ mod tests {
         let server = tokio::spawn(serve(listener, router, limits, "test", async {
             let _ = stopped.await;
         }));
-        (addr, stop, server)
+        Running {
+            addr,
+            stop: Some(stop),
+            server,
+        }
+    }
+
+    /// `GET /peer` on a connection of its own, which the server closes after answering.
+    async fn get_peer(addr: SocketAddr) -> (TcpStream, String) {
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let request = "GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let answer = exchange(&mut client, request).await;
+        (client, answer)
     }
 
     /// Sends `request` and reads until the server closes (or 5 s pass).
@@ -350,7 +381,8 @@ mod tests {
             header_timeout: Duration::from_millis(300),
             idle_timeout: Duration::from_secs(30),
         };
-        let (addr, stop, server) = start(limits).await;
+        let running = start(limits).await;
+        let addr = running.addr;
         let mut slow = Vec::new();
         for _ in 0..8 {
             let mut s = TcpStream::connect(addr).await.unwrap();
@@ -362,12 +394,7 @@ mod tests {
         // Four are served at once and closed at 300 ms, then the other four: all gone in
         // about 600 ms, and a real request behind them is answered.
         let started = Instant::now();
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        let answer = exchange(
-            &mut client,
-            "GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .await;
+        let (client, answer) = get_peer(addr).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(
             answer.ends_with(&client.local_addr().unwrap().to_string()),
@@ -384,11 +411,7 @@ mod tests {
                 "slowloris still open"
             );
         }
-        let _ = stop.send(());
-        tokio::time::timeout(Duration::from_secs(3), server)
-            .await
-            .unwrap()
-            .unwrap();
+        running.stopped_within(Duration::from_secs(3)).await;
     }
 
     /// The probe's flood, in small: every slot held by slowloris and idle connections for
@@ -401,7 +424,8 @@ mod tests {
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(30),
         };
-        let (addr, stop, server) = start(limits).await;
+        let running = start(limits).await;
+        let addr = running.addr;
         // A client whose request takes 2 s holds one slot, the quietest of all (no byte moves
         // while its handler runs), yet is not closed.
         let mut busy = TcpStream::connect(addr).await.unwrap();
@@ -421,12 +445,7 @@ mod tests {
         tokio::time::sleep(EVICT_AFTER_QUIET + Duration::from_millis(300)).await;
         for round in 0..3 {
             let started = Instant::now();
-            let mut client = TcpStream::connect(addr).await.unwrap();
-            let answer = exchange(
-                &mut client,
-                "GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            )
-            .await;
+            let (_client, answer) = get_peer(addr).await;
             assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
             // Well under the 30 s header timeout the slots would otherwise be held for.
             assert!(
@@ -441,12 +460,8 @@ mod tests {
             answer.ends_with("held"),
             "the request in progress was cut: {answer}"
         );
-        let _ = stop.send(());
         drop(flood);
-        tokio::time::timeout(Duration::from_secs(5), server)
-            .await
-            .unwrap()
-            .unwrap();
+        running.stopped_within(Duration::from_secs(5)).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,7 +471,8 @@ mod tests {
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_millis(300),
         };
-        let (addr, stop, server) = start(limits).await;
+        let running = start(limits).await;
+        let addr = running.addr;
         // Headers done, a body promised and never sent: only the idle timeout ends it.
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
@@ -469,22 +485,19 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        let _ = stop.send(());
-        tokio::time::timeout(Duration::from_secs(3), server)
-            .await
-            .unwrap()
-            .unwrap();
+        running.stopped_within(Duration::from_secs(3)).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shutdown_lets_the_request_in_progress_finish() {
-        let (addr, stop, server) = start(Limits::default()).await;
+        let mut running = start(Limits::default()).await;
+        let addr = running.addr;
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let _ = stop.send(());
+        running.stop();
         let mut answer = Vec::new();
         tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut answer))
             .await
@@ -495,10 +508,7 @@ mod tests {
             answer.starts_with("HTTP/1.1 200") && answer.ends_with("done"),
             "{answer}"
         );
-        tokio::time::timeout(Duration::from_secs(3), server)
-            .await
-            .unwrap()
-            .unwrap();
+        running.stopped_within(Duration::from_secs(3)).await;
         assert!(
             TcpStream::connect(addr).await.is_err(),
             "the listener is closed"
