@@ -21,7 +21,7 @@ use verge::whep::{Viewer, ViewerOptions};
 use verge_agent::webrtc::audio::transcode::AacToOpus;
 use verge_media::flv::mux::FlvReader;
 use verge_media::flv::tag::{self, AudioPacket};
-use verge_testkit::edge::{Edge, EdgeOptions, tool};
+use verge_testkit::edge::{Edge, EdgeOptions, lavfi_inputs, tool};
 use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks, pin};
 use verge_testkit::{Proc, wait_for};
 
@@ -52,16 +52,10 @@ fn aac_clip(dir: &std::path::Path, rate: u32, channels: u32) -> Vec<u8> {
         format!("{expr}|{expr}")
     };
     let status = std::process::Command::new(tool("ffmpeg"))
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg(format!("aevalsrc={layout}:s={rate}:d=30"))
+        .args(lavfi_inputs(
+            false,
+            &[&format!("aevalsrc={layout}:s={rate}:d=30")],
+        ))
         .args(["-c:a", "aac", "-b:a"])
         .arg(format!("{}k", 64 * channels))
         .args(["-f", "flv"])
@@ -229,40 +223,34 @@ fn publish(edge: &Edge) -> Proc {
     let url = format!("rtmp://{}/live/bench", edge.rtmp);
     let stereo =
         "0.25*sin(2*PI*440*t)+0.05*(random(0)-0.5)|0.25*sin(2*PI*660*t)+0.05*(random(0)-0.5)";
-    let args = [
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=1280x720:rate=30",
-        "-f",
-        "lavfi",
-        "-i",
-        &format!("aevalsrc={stereo}:s=44100"),
-        "-t",
-        "600",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-tune",
-        "zerolatency",
-        "-g",
-        "60",
-        "-b:v",
-        "2M",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        "-b:a",
-        "128k",
-        "-f",
-        "flv",
-        &url,
-    ];
+    let audio = format!("aevalsrc={stereo}:s=44100");
+    let mut args = lavfi_inputs(true, &["testsrc2=size=1280x720:rate=30", &audio]);
+    args.extend(
+        [
+            "-t",
+            "600",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "60",
+            "-b:v",
+            "2M",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "128k",
+            "-f",
+            "flv",
+            &url,
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Proc::spawn("ffmpeg", tool("ffmpeg"), &args, edge.dir.path())
 }

@@ -170,14 +170,7 @@ fn crowd_round(
         pin(edge.agent.pid(), "0");
         pin(edge.manager.pid(), "1");
     }
-    let _publisher = publish_loop(
-        edge.dir.path(),
-        &format!("rtmp://{}/live/{STREAM}", edge.rtmp),
-        clip,
-        pinned,
-    );
-    let published = Instant::now();
-    wait_live(&edge);
+    let (_publisher, published) = on_air(&edge, clip, pinned);
     let url = format!("http://{}/whep/{STREAM}", edge.http);
     let agent_pid = edge.agent.pid();
     let (watched, failed, join_spread, udp, agent_cpu, log_mark, age) = rt.block_on(async {
@@ -264,7 +257,7 @@ async fn watch_for(url: String, watch: Duration) -> Result<(Watched, Instant), S
         .map_err(|e| e.to_string())?;
     let answered = Instant::now();
     let until = answered + watch;
-    let mut clock = Unwrap::default();
+    let mut clock = verge_testkit::measure::RtpClock::default();
     let mut seen = HashSet::new();
     let mut ended = false;
     let mut at_first = None;
@@ -497,14 +490,7 @@ fn serving(rt: &tokio::runtime::Runtime, clip: &Path, args: &Args, pinned: bool)
         pin(edge.manager.pid(), "1");
         pin(cloud.pid(), "1");
     }
-    let _publisher = publish_loop(
-        edge.dir.path(),
-        &format!("rtmp://{}/live/{STREAM}", edge.rtmp),
-        clip,
-        pinned,
-    );
-    let published = Instant::now();
-    wait_live(&edge);
+    let (_publisher, published) = on_air(&edge, clip, pinned);
     let n = args.viewers;
     let server = |pid: u32, log: Option<&Path>| Server {
         pid,
@@ -1004,28 +990,11 @@ fn print_serving(
 
 // ---- shared ----
 
-fn wait_live(edge: &Edge) {
-    let live = wait_for(Duration::from_secs(20), || {
-        edge.listed_stream(STREAM).filter(|s| s["width"].is_u64())
-    });
-    assert!(live.is_some(), "the stream never went live");
-}
-
-/// 90 kHz RTP timestamps, unwrapped, in ticks from the first.
-#[derive(Default)]
-struct Unwrap {
-    first: Option<u32>,
-    last: u32,
-    wraps: i64,
-}
-
-impl Unwrap {
-    fn ticks(&mut self, ts: u32) -> i64 {
-        let first = *self.first.get_or_insert(ts);
-        if ts < self.last && self.last - ts > u32::MAX / 2 {
-            self.wraps += 1;
-        }
-        self.last = ts;
-        (self.wraps << 32) + i64::from(ts) - i64::from(first)
-    }
+/// The clip published in a loop to the box's stream, once live; with when it was started.
+fn on_air(edge: &Edge, clip: &Path, pinned: bool) -> (Proc, Instant) {
+    let url = format!("rtmp://{}/live/{STREAM}", edge.rtmp);
+    let publisher = publish_loop(edge.dir.path(), &url, clip, pinned);
+    let published = Instant::now();
+    edge.wait_live(STREAM, &publisher);
+    (publisher, published)
 }

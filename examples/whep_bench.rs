@@ -222,7 +222,7 @@ async fn scaling(edge: &Edge, args: &Args) {
                 let seen = Arc::new(Mutex::new(Seen::default()));
                 viewers.push(seen.clone());
                 tasks.push(tokio::spawn(async move {
-                    let mut unwrap = Unwrap::default();
+                    let mut unwrap = verge_testkit::measure::RtpClock::default();
                     while let Ok(Some(unit)) = v.next_frame(Duration::from_secs(10)).await {
                         let t = unwrap.seconds(unit.rtp_timestamp);
                         let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -312,26 +312,6 @@ fn total_lost(viewers: &[Arc<Mutex<Seen>>]) -> u64 {
         .iter()
         .map(|v| v.lock().unwrap_or_else(|p| p.into_inner()).lost)
         .sum()
-}
-
-/// 90 kHz RTP timestamps, unwrapped, in seconds from the first.
-#[derive(Default)]
-struct Unwrap {
-    first: Option<u32>,
-    last: u32,
-    wraps: i64,
-}
-
-impl Unwrap {
-    fn seconds(&mut self, ts: u32) -> f64 {
-        let first = *self.first.get_or_insert(ts);
-        if ts < self.last && self.last - ts > u32::MAX / 2 {
-            self.wraps += 1;
-        }
-        self.last = ts;
-        let ticks = (self.wraps << 32) + i64::from(ts) - i64::from(first);
-        ticks as f64 / 90_000.0
-    }
 }
 
 /// Awaits every future, concurrently, in order.

@@ -7,9 +7,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::hmac;
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
 use verge_testkit::rtmp::RtmpClient;
 use verge_testkit::whep::watching;
@@ -18,14 +15,8 @@ use verge_testkit::{ANY_PORT, bin, listener, request, wait_for};
 const STATIC: &str = "static-token-1";
 const SECRET: &str = "jwt-secret";
 
-/// A JWT signed here, independently of the manager's code, so the test checks the format.
 fn jwt(secret: &str, id: &str, mode: u8, exp: u64) -> String {
-    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
-    let claims = URL_SAFE_NO_PAD.encode(format!(r#"{{"id":"{id}","exp":{exp},"mode":{mode}}}"#));
-    let input = format!("{header}.{claims}");
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    let tag = hmac::sign(&key, input.as_bytes());
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    verge_testkit::liveman_jwt(secret, id, mode, exp)
 }
 
 fn now() -> u64 {

@@ -99,20 +99,10 @@ fn livegos_control_api_issues_resets_and_deletes_channel_keys() {
 
     // /stat/livestat: the publisher and a player (ffmpeg reading the box's HTTP-FLV), on the
     // box's own port and merged by the manager, in LiveGo's shape.
-    let player = verge_testkit::Proc::spawn(
+    let player = edge.decode(
         "player",
-        tool("ffmpeg"),
-        &[
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-i",
-            &format!("http://{}/live/cam.flv", edge.http),
-            "-f",
-            "null",
-            "-",
-        ],
-        edge.dir.path(),
+        &format!("http://{}/live/cam.flv", edge.http),
+        None,
     );
     let (status, _) = curl(m, "/stat/livestat", None);
     assert_eq!(status, 401);

@@ -8,10 +8,10 @@ use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use verge_testkit::edge::{Edge, EdgeOptions, Synthetic, tool};
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
 use verge_testkit::rtmp::RtmpClient;
 use verge_testkit::whep::watching;
-use verge_testkit::{ANY_PORT, Proc, http, listener, request, tcp_from, wait_for};
+use verge_testkit::{ANY_PORT, http, listener, request, tcp_from, wait_for};
 
 /// A manager with the router on and two enrolled agents, of which only edge-1 runs (with keys
 /// required).
@@ -62,27 +62,6 @@ fn publish_once_the_agent_has(b: &Edge, router: SocketAddr, key: &str) -> RtmpCl
     })
 }
 
-fn ffmpeg_decodes(b: &Edge, label: &str, url: &str, frames: u32) -> Proc {
-    let frames = frames.to_string();
-    Proc::spawn(
-        label,
-        tool("ffmpeg"),
-        &[
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-i",
-            url,
-            "-frames:v",
-            &frames,
-            "-f",
-            "null",
-            "-",
-        ],
-        b.dir.path(),
-    )
-}
-
 #[test]
 fn ffmpeg_publishes_to_the_managers_router_and_the_stream_plays_through_the_manager() {
     let b = router_edge("router-e2e", "");
@@ -128,7 +107,7 @@ fn ffmpeg_publishes_to_the_managers_router_and_the_stream_plays_through_the_mana
 
     // HTTP-FLV of the box, fetched from the manager, decoded by ffmpeg.
     let flv = format!("http://{}/flv/live/cam.flv", b.manager_http);
-    let mut player = ffmpeg_decodes(&b, "flv", &flv, 50);
+    let mut player = b.decode("flv", &flv, Some(50));
     let status = wait_for(Duration::from_secs(60), || player.exit_status());
     assert!(
         status.is_some_and(|s| s.success()),

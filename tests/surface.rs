@@ -7,9 +7,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::hmac;
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
 use verge_testkit::{Response, listener, request, wait_for};
 
@@ -18,12 +15,7 @@ const SECRET: &str = "surface-jwt-secret";
 
 fn jwt(id: &str, mode: u8) -> String {
     let exp = verge_protocol::now_ms() / 1000 + 600;
-    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
-    let claims = URL_SAFE_NO_PAD.encode(format!(r#"{{"id":"{id}","exp":{exp},"mode":{mode}}}"#));
-    let input = format!("{header}.{claims}");
-    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
-    let tag = hmac::sign(&key, input.as_bytes());
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    verge_testkit::liveman_jwt(SECRET, id, mode, exp)
 }
 
 fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> Response {

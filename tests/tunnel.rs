@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ring::digest::{Context, SHA256};
-use verge_testkit::edge::{Edge, EdgeOptions, Synthetic, mosquitto_passwd, tool};
+use verge_testkit::edge::{Edge, EdgeOptions, Synthetic, mosquitto_passwd};
 use verge_testkit::{ANY_PORT, Proc, get, listener, reserve_port, wait_for};
 
 /// A TCP echo server on a thread per connection; returns its address.
@@ -187,23 +187,7 @@ fn a_box_http_flv_plays_through_the_manager() {
         ("flv-by-agent", "/agents/edge-1/http/live/cam.flv"),
     ] {
         let url = format!("http://{}{path}", b.manager_http);
-        let mut ffmpeg = Proc::spawn(
-            label,
-            tool("ffmpeg"),
-            &[
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-i",
-                &url,
-                "-frames:v",
-                "50",
-                "-f",
-                "null",
-                "-",
-            ],
-            b.dir.path(),
-        );
+        let mut ffmpeg = b.decode(label, &url, Some(50));
         let status = wait_for(Duration::from_secs(60), || ffmpeg.exit_status());
         assert!(
             status.is_some_and(|s| s.success()),

@@ -418,28 +418,11 @@ fn each_session_gets_its_own_turn_credentials_with_coturn_configured() {
     let now = verge_protocol::now_ms() / 1000;
     // Preflights of a WHIP endpoint: with auth off anyone may publish, and no stream needs to
     // be live (a WHEP preflight carries ICE servers only for a live stream).
-    let first = turn(
-        &request(
-            "OPTIONS",
-            edge.manager_http,
-            "/whip/cam",
-            &[],
-            b"",
-            Duration::from_secs(10),
-        )
-        .unwrap(),
-    );
-    let second = turn(
-        &request(
-            "OPTIONS",
-            edge.manager_http,
-            "/whip/cam",
-            &[],
-            b"",
-            Duration::from_secs(10),
-        )
-        .unwrap(),
-    );
+    let preflight = || {
+        let timeout = Duration::from_secs(10);
+        turn(&request("OPTIONS", edge.manager_http, "/whip/cam", &[], b"", timeout).unwrap())
+    };
+    let (first, second) = (preflight(), preflight());
     assert_ne!(first.0, second.0, "every session its own username");
     for (username, credential) in [first, second] {
         let expiry: u64 = username.split(':').next().unwrap().parse().unwrap();

@@ -45,15 +45,14 @@ use verge_testkit::edge::open_mosquitto;
 use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks, peak_kib, percentile};
 use verge_testkit::{ANY_PORT, Proc, TempDir, bin, listener, wait_for};
 
-/// The pattern every stream sends: 1 MiB of xorshift bytes, repeated.
+/// The pattern every stream sends, repeated: 1 MiB that does not compress, the SHA-256 of
+/// each block's index in turn.
 fn pattern() -> Vec<u8> {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..1 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
+    (0u32..(1 << 20) / 32)
+        .flat_map(|i| {
+            ring::digest::digest(&ring::digest::SHA256, &i.to_be_bytes())
+                .as_ref()
+                .to_vec()
         })
         .collect()
 }

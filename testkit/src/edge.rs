@@ -259,6 +259,18 @@ impl Edge {
         })
     }
 
+    /// ffmpeg reading `url` (RTMP, HTTP-FLV, HLS) and decoding it into nothing: `frames`
+    /// video frames, or all until the stream ends.
+    pub fn decode(&self, label: &str, url: &str, frames: Option<u32>) -> Proc {
+        let mut args = vec!["-nostdin", "-hide_banner", "-loglevel", "error", "-i", url];
+        let frames = frames.map(|n| n.to_string());
+        if let Some(n) = &frames {
+            args.extend(["-frames:v", n]);
+        }
+        args.extend(["-f", "null", "-"]);
+        Proc::spawn(label, tool("ffmpeg"), &args, self.dir.path())
+    }
+
     /// Issues the channel key of `live/{name}` bound to edge-1 (with the fixture's API token)
     /// and publishes with it until the agent, which learns keys over MQTT a moment later,
     /// takes it; returns the publisher (once the manager lists the stream) and the key.
@@ -346,6 +358,17 @@ fn with_token(path: &str, token: &Option<String>) -> String {
     }
 }
 
+/// ffmpeg's opening arguments for synthetic media: quiet, read in real time (`-re`) or as
+/// fast as it encodes, and each of `sources` a lavfi input (`testsrc=…`, `sine=…`).
+pub fn lavfi_inputs(realtime: bool, sources: &[&str]) -> Vec<String> {
+    let mut args = vec!["-hide_banner", "-loglevel", "error"];
+    args.push(if realtime { "-re" } else { "-y" });
+    for source in sources {
+        args.extend(["-f", "lavfi", "-i", source]);
+    }
+    args.into_iter().map(String::from).collect()
+}
+
 /// ffmpeg's arguments for publishing `media` to `url` in real time (H.264 + AAC over RTMP).
 pub fn publish_args(url: &str, media: &Synthetic) -> Vec<String> {
     let mut video = format!("testsrc=size={}:rate={}", media.size, media.fps);
@@ -359,33 +382,22 @@ pub fn publish_args(url: &str, media: &Synthetic) -> Vec<String> {
             media.fps
         );
     }
-    let mut args: Vec<String> = [
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
-        &video,
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=44100",
-        "-t",
-        &media.seconds.to_string(),
-        "-c:v",
-        "libx264",
-        "-preset",
-        media.preset,
-        "-g",
-        &media.gop.to_string(),
-        "-pix_fmt",
-        "yuv420p",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = lavfi_inputs(true, &[&video, "sine=frequency=440:sample_rate=44100"]);
+    args.extend(
+        [
+            "-t",
+            &media.seconds.to_string(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            media.preset,
+            "-g",
+            &media.gop.to_string(),
+            "-pix_fmt",
+            "yuv420p",
+        ]
+        .map(String::from),
+    );
     match media.b_frames {
         // ultrafast alone turns B-frames off: ask for them.
         Some(n) => args.extend(["-bf".to_string(), n.to_string()]),
@@ -470,20 +482,13 @@ impl Synthetic {
 /// published with `-c copy` in a loop, it costs the publisher almost nothing.
 pub fn encode_clip(dir: &Path) -> PathBuf {
     let clip = dir.join("clip.flv");
+    let inputs = [
+        "testsrc2=size=1280x720:rate=30",
+        "sine=frequency=440:sample_rate=48000",
+    ];
     let status = std::process::Command::new(tool("ffmpeg"))
+        .args(lavfi_inputs(false, &inputs))
         .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
             "-t",
             "10",
             "-c:v",

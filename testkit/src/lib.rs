@@ -457,3 +457,16 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
 fn parse_response(raw: &[u8]) -> Option<Response> {
     verge::whep::http::parse(raw).map(Response)
 }
+
+/// A liveman-style token (HS256 JWT with `id`, `exp`, `mode`) signed here, independently of
+/// the manager's code, so tests check the format the manager reads.
+pub fn liveman_jwt(secret: &str, id: &str, mode: u8, exp: u64) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(format!(r#"{{"id":"{id}","exp":{exp},"mode":{mode}}}"#));
+    let input = format!("{header}.{claims}");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+}

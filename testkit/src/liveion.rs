@@ -195,17 +195,9 @@ pub fn publish(dir: &Path, label: &str, whip_url: &str, token: Option<&str>) -> 
     let _ = std::fs::remove_file(&sdp);
     let rtp = format!("rtp://127.0.0.1:{rtp_port}?pkt_size=1200");
     let sdp_arg = sdp.display().to_string();
-    let ffmpeg = Proc::spawn(
-        &format!("{label}-ffmpeg"),
-        crate::edge::tool("ffmpeg"),
-        &[
-            "-loglevel",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=640x360:rate=25",
+    let mut args = crate::edge::lavfi_inputs(true, &["testsrc=size=640x360:rate=25"]);
+    args.extend(
+        [
             "-vcodec",
             "libx264",
             "-pix_fmt",
@@ -223,7 +215,14 @@ pub fn publish(dir: &Path, label: &str, whip_url: &str, token: Option<&str>) -> 
             &rtp,
             "-sdp_file",
             &sdp_arg,
-        ],
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ffmpeg = Proc::spawn(
+        &format!("{label}-ffmpeg"),
+        crate::edge::tool("ffmpeg"),
+        &args,
         dir,
     );
     let written = wait_for(Duration::from_secs(10), || {

@@ -1,4 +1,5 @@
-//! What the benchmarks read about processes: CPU time, memory, percentiles.
+//! What the benchmarks read about processes: CPU time, memory, percentiles; and RTP time
+//! unwrapped ([`RtpClock`]).
 
 /// Clock ticks per second of `/proc/*/stat` times on Linux.
 pub const TICKS_PER_SEC: f64 = 100.0;
@@ -47,9 +48,43 @@ pub fn pin(pid: u32, cpus: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// 90 kHz RTP timestamps, unwrapped past their 32-bit wrap, from the first one seen.
+#[derive(Debug, Default)]
+pub struct RtpClock {
+    first: Option<u32>,
+    last: u32,
+    wraps: i64,
+}
+
+impl RtpClock {
+    /// Ticks from the first timestamp.
+    pub fn ticks(&mut self, ts: u32) -> i64 {
+        let first = *self.first.get_or_insert(ts);
+        if ts < self.last && self.last - ts > u32::MAX / 2 {
+            self.wraps += 1;
+        }
+        self.last = ts;
+        (self.wraps << 32) + i64::from(ts) - i64::from(first)
+    }
+
+    /// Seconds from the first timestamp.
+    pub fn seconds(&mut self, ts: u32) -> f64 {
+        self.ticks(ts) as f64 / 90_000.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rtp_time_unwraps_past_its_32_bits() {
+        let mut clock = RtpClock::default();
+        assert_eq!(clock.ticks(u32::MAX - 9), 0);
+        assert_eq!(clock.ticks(u32::MAX), 9);
+        assert_eq!(clock.ticks(80), 90, "past the wrap");
+        assert_eq!(clock.seconds(90_000 - 10), 1.0, "a second past the first");
+    }
 
     #[test]
     fn percentiles_by_nearest_rank() {

@@ -138,27 +138,11 @@ pub async fn answer(
             .await
             .map_err(|e| AnswerError::BadOffer(one_line(&e)))?;
         let audio_payload_type = match audio_sender {
-            Some(s) => s
-                .get_parameters()
-                .await
-                .map_err(|e| AnswerError::Internal(one_line(&e)))?
-                .rtp_parameters
-                .codecs
-                .iter()
-                .find(|c| engine::is_opus(&c.rtp_codec))
-                .map(|c| c.payload_type),
+            Some(s) => negotiated_payload_type(&s, engine::is_opus).await?,
             None => None,
         };
-        // Filled from the offer during set_remote_description, in the offer's order.
-        let payload_type = sender
-            .get_parameters()
-            .await
-            .map_err(|e| AnswerError::Internal(one_line(&e)))?
-            .rtp_parameters
-            .codecs
-            .iter()
-            .find(|c| engine::is_sendable_h264(&c.rtp_codec))
-            .map(|c| c.payload_type)
+        let payload_type = negotiated_payload_type(&sender, engine::is_sendable_h264)
+            .await?
             .ok_or(AnswerError::NoH264)?;
         let sdp = answer_gathered(&pc, &mut gathered, gather_timeout).await?;
         Ok((sdp, payload_type, audio_payload_type))
@@ -192,6 +176,23 @@ pub async fn answer(
             Err(e)
         }
     }
+}
+
+/// The payload type of the first codec `sender` negotiated that `wanted` picks: filled from
+/// the offer during `set_remote_description`, in the offer's order.
+async fn negotiated_payload_type(
+    sender: &Arc<dyn webrtc::rtp_transceiver::RtpSender>,
+    wanted: fn(&rtc::rtp_transceiver::rtp_sender::RTCRtpCodec) -> bool,
+) -> Result<Option<u8>, AnswerError> {
+    let parameters = sender
+        .get_parameters()
+        .await
+        .map_err(|e| AnswerError::Internal(one_line(&e)))?;
+    let codecs = parameters.rtp_parameters.codecs;
+    Ok(codecs
+        .iter()
+        .find(|c| wanted(&c.rtp_codec))
+        .map(|c| c.payload_type))
 }
 
 /// Creates and sets the answer to the remote offer already set, and returns it with the
