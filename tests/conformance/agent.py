@@ -10,7 +10,8 @@ What it does (section numbers of docs/protocol.md):
   after CONNACK it subscribes to "{p}/v1/a/{id}/+" and "{p}/v1/ask" and, on the SUBACK,
   publishes its online presence and its state (retained, QoS 1).
 - 8.1: asked on "{p}/v1/ask", it publishes both again, at most once per 2 s.
-- 5: envelopes signed with HMAC-SHA256 over length-prefixed parts, the body's raw bytes.
+- 5: envelopes signed with HMAC-SHA256 over length-prefixed parts, the body's raw bytes
+  (read with `raw_members` of the reference receiver, scripts/protocol_vectors.py).
 - 7: ChaCha20-Poly1305 sealed RPC params and results.
 - 10: bounded, content-based healing of its retained presence and state.
 - 11, 13: `ping` and `agent.revoked`; forged requests dropped, replays dropped, stale
@@ -35,7 +36,11 @@ import struct
 import sys
 import time
 
+# The receiving side's reference (docs/protocol.md 5.4): raw member text for the MAC.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+
 try:
+    from protocol_vectors import raw_members
     import paho.mqtt
     import paho.mqtt.client as mqtt
     from cryptography.hazmat.primitives import hashes
@@ -90,51 +95,6 @@ def seal_envelope(secret: str, kind: str, sender: str, body) -> bytes:
         '{"v":1,"kind":' + compact(kind) + ',"from":' + compact(sender) + ',"ts":' + str(ts)
         + ',"body":' + body_text + ',"mac":"' + tag + '"}'
     ).encode("utf-8")
-
-
-_WS = " \t\n\r"
-
-
-def _skip(text: str, i: int) -> int:
-    while i < len(text) and text[i] in _WS:
-        i += 1
-    return i
-
-
-def raw_members(text: str) -> dict:
-    """The exact source text of each top-level member of a JSON object (5.4, "Raw body")."""
-    decoder = json.JSONDecoder()
-    out = {}
-    i = _skip(text, 0)
-    if text[i : i + 1] != "{":
-        raise ValueError("not a JSON object")
-    i = _skip(text, i + 1)
-    if text[i : i + 1] == "}":
-        i = _skip(text, i + 1)
-    else:
-        while True:
-            if text[i : i + 1] != '"':
-                raise ValueError("expected a member name")
-            name, i = json.decoder.scanstring(text, i + 1)
-            i = _skip(text, i)
-            if text[i : i + 1] != ":":
-                raise ValueError("expected ':'")
-            i = _skip(text, i + 1)
-            _, end = decoder.raw_decode(text, i)
-            if name in out:
-                raise ValueError(f"duplicate member {name!r}")
-            out[name] = text[i:end]
-            i = _skip(text, end)
-            if text[i : i + 1] == ",":
-                i = _skip(text, i + 1)
-                continue
-            if text[i : i + 1] == "}":
-                i = _skip(text, i + 1)
-                break
-            raise ValueError("expected ',' or '}'")
-    if i != len(text):
-        raise ValueError("trailing characters")
-    return out
 
 
 class Refused(Exception):

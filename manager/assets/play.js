@@ -1,23 +1,4 @@
-<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Verge player</title>
-<style>
-  body { font-family: system-ui, sans-serif; margin: 1rem; background: #111; color: #ddd; }
-  video { width: 100%; max-width: 960px; background: #000; display: block; }
-  pre { font-size: 0.85rem; }
-  .error { color: #f66; }
-</style>
-</head>
-<body>
-<h1 id="name">Verge</h1>
-<video id="video" autoplay muted playsinline controls></video>
-<p id="status">connecting…</p>
-<pre id="stats"></pre>
-<script src="/assets/webrtc.js"></script>
-<script>
+// The player page (`GET /play/{stream}`), inside assets/page.html.
 "use strict";
 const stream = pageStream("/play/");
 const whepUrl = "/whep/" + stream;
@@ -77,6 +58,3 @@ async function showStats(pc) {
 }
 
 run(whepUrl, auth, "WHEP", setup, showStats, true);
-</script>
-</body>
-</html>

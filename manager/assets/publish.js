@@ -1,23 +1,4 @@
-<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Verge publisher</title>
-<style>
-  body { font-family: system-ui, sans-serif; margin: 1rem; background: #111; color: #ddd; }
-  video { width: 100%; max-width: 960px; background: #000; display: block; }
-  pre { font-size: 0.85rem; }
-  .error { color: #f66; }
-</style>
-</head>
-<body>
-<h1 id="name">Verge</h1>
-<video id="video" autoplay muted playsinline></video>
-<p id="status">asking for the camera…</p>
-<pre id="stats"></pre>
-<script src="/assets/webrtc.js"></script>
-<script>
+// The publisher page (`GET /publish/{stream}`), inside assets/page.html.
 "use strict";
 // Publishes this browser's camera and microphone over WHIP to the stream named by the path
 // after /publish/: "{name}" (app "live") or "{app}/{name}". ?agent={id} picks the box when the
@@ -70,6 +51,3 @@ async function showStats(pc) {
 }
 
 run(whipUrl, auth, "WHIP", setup, showStats);
-</script>
-</body>
-</html>
