@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use verge_mqtt::BrokerUrl;
-use verge_mqtt::process::{ConfigFileError, load_toml, parse_toml};
+use verge_mqtt::process::{ConfigFileError, load_valid, parse_valid};
 use verge_protocol::topic::Topics;
 use verge_protocol::whep::IceServer;
 
@@ -256,16 +256,6 @@ impl Default for HttpConfig {
     }
 }
 
-impl HttpConfig {
-    pub fn limits(&self) -> verge_serve::http::Limits {
-        verge_serve::http::Limits::from_config(
-            self.max_connections,
-            self.header_timeout_secs,
-            self.idle_timeout_secs,
-        )
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -410,15 +400,11 @@ pub enum ConfigError {
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Self = load_toml(path)?;
-        cfg.validate()?;
-        Ok(cfg)
+        load_valid(path, Self::validate)
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let cfg: Self = parse_toml(text, "agent config")?;
-        cfg.validate()?;
-        Ok(cfg)
+        parse_valid(text, "agent config", Self::validate)
     }
 
     /// A config for `id` with every default, for `verge up` and the swarm example.

@@ -64,12 +64,10 @@ pub struct Agent {
     /// The configuration with the listen addresses as bound (a port 0 is a real port here),
     /// so the URLs the agent announces are the ones that work.
     cfg: AgentConfig,
-    state: StateHandle,
-    keys: keys::KeyTable,
+    /// What the MQTT session serves from and feeds, once it runs.
+    session: session::Inputs,
+    /// The WebRTC service, also closed when the agent stops.
     whep: webrtc::Whep,
-    index: Option<session::IndexInputs>,
-    hub: Arc<verge_media::hub::Hub>,
-    calls: calls::ManagerCalls,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -114,6 +112,11 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
         days,
     });
     let hls = hls::http::router(hls::LiveHls::new(hub.clone(), cfg.hls.settings()));
+    let http_limits = verge_serve::http::Limits::from_config(
+        cfg.http.max_connections,
+        cfg.http.header_timeout_secs,
+        cfg.http.idle_timeout_secs,
+    );
     let tasks = vec![
         tokio::spawn(rtmp::serve(
             rtmp_listener,
@@ -128,14 +131,14 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
         tokio::spawn(verge_serve::http::serve(
             http_listener,
             router,
-            cfg.http.limits(),
+            http_limits,
             "HTTP",
             std::future::pending(),
         )),
         tokio::spawn(verge_serve::http::serve(
             hls_listener,
             hls,
-            cfg.http.limits(),
+            http_limits,
             "HLS",
             std::future::pending(),
         )),
@@ -169,12 +172,15 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     ];
     let agent = Agent {
         cfg,
-        state,
-        keys,
+        session: session::Inputs {
+            state,
+            keys,
+            whep: Some(whep.clone()),
+            index,
+            hub,
+            calls,
+        },
         whep,
-        index,
-        hub,
-        calls,
         tasks,
     };
     tracing::info!(agent = %agent.cfg.id, listening = %agent.listeners().summary(), "media listeners up");
@@ -193,19 +199,7 @@ impl Agent {
 
     /// Runs the MQTT session until `shutdown` completes, then stops serving.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-        let result = session::run(
-            &self.cfg,
-            session::Inputs {
-                state: self.state,
-                keys: self.keys,
-                whep: Some(self.whep.clone()),
-                index: self.index,
-                hub: self.hub,
-                calls: self.calls,
-            },
-            shutdown,
-        )
-        .await;
+        let result = session::run(&self.cfg, self.session, shutdown).await;
         // Viewers hear from us (DTLS close) rather than waiting out an ICE timeout.
         self.whep.close_all(Duration::from_millis(500)).await;
         for task in self.tasks {

@@ -7,10 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::QoS;
 use serde::Serialize;
-use verge_broker::Credentials;
-use verge_protocol::topic::Topics;
 
 use crate::registry::Registry;
 use crate::rpc::RpcClient;
@@ -42,9 +40,7 @@ pub enum EnrolError {
 /// What enrolling and revoking touch.
 #[derive(Clone)]
 pub struct Enrolment {
-    pub credentials: Credentials,
-    pub client: AsyncClient,
-    pub topics: Topics,
+    pub wire: crate::wire::Wire,
     pub registry: Arc<Registry>,
     pub rpc: Arc<RpcClient>,
     pub tunnels: crate::tunnel::Tunnels,
@@ -56,10 +52,10 @@ impl Enrolment {
         let id =
             id.unwrap_or_else(|| format!("edge-{}", &verge_protocol::secret::random_secret()[..8]));
         verge_protocol::id::validate(&id).map_err(|e| EnrolError::BadId(e.to_string()))?;
-        if self.credentials.is_revoked(&id) {
+        if self.wire.credentials.is_revoked(&id) {
             return Err(EnrolError::Revoked(id));
         }
-        if self.credentials.is_listed(&id) {
+        if self.wire.credentials.is_listed(&id) {
             return Err(EnrolError::Exists(id));
         }
         let db = self.index.db().map_err(EnrolError::Database)?;
@@ -71,7 +67,7 @@ impl Enrolment {
         {
             return Err(EnrolError::Exists(id));
         }
-        self.credentials.insert(&id, &secret);
+        self.wire.credentials.insert(&id, &secret);
         tracing::info!(agent = %id, "agent enrolled");
         Ok(Enrolled { id, secret })
     }
@@ -79,8 +75,8 @@ impl Enrolment {
     pub async fn revoke(&self, id: &str) -> Result<(), EnrolError> {
         // Any valid id has a derived secret with an enrollment secret set: only agents listed,
         // enrolled here or seen are known.
-        let known = self.credentials.is_listed(id) || self.registry.get(id).is_some();
-        if !known || self.credentials.is_revoked(id) {
+        let known = self.wire.credentials.is_listed(id) || self.registry.get(id).is_some();
+        if !known || self.wire.credentials.is_revoked(id) {
             return Err(EnrolError::Unknown(id.to_string()));
         }
         let db = self.index.db().map_err(EnrolError::Database)?;
@@ -100,7 +96,7 @@ impl Enrolment {
         {
             tracing::info!(agent = %id, error = %e, "revoked agent not told (it is refused all the same)");
         }
-        self.credentials.revoke(id);
+        self.wire.credentials.revoke(id);
         self.tunnels.agent_offline(id);
         self.clear_retained(id).await;
         // A message the agent had in flight may land after the clear: clear again shortly.
@@ -118,11 +114,12 @@ impl Enrolment {
 
     async fn clear_retained(&self, id: &str) {
         for topic in [
-            self.topics.presence(id),
-            self.topics.state(id),
-            self.topics.keys(id),
+            self.wire.topics.presence(id),
+            self.wire.topics.state(id),
+            self.wire.topics.keys(id),
         ] {
             if let Err(e) = self
+                .wire
                 .client
                 .publish(topic.clone(), QoS::AtLeastOnce, true, Vec::new())
                 .await

@@ -11,10 +11,9 @@
 use std::sync::{Arc, Mutex};
 
 use axum::http::Method;
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::QoS;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
-use verge_broker::Credentials;
 use verge_protocol::call::{
     self, Call, CallReply, ControlAnswer, ControlOp, ControlParams, PresignParams, PresignResult,
     StoredParams,
@@ -23,7 +22,6 @@ use verge_protocol::envelope;
 use verge_protocol::rpc::{ErrorCode, NotRun, Outcome, ReplayGuard, RpcError};
 use verge_protocol::sealed::{PrivateKey, Way};
 use verge_protocol::secret::MacKey;
-use verge_protocol::topic::Topics;
 
 use crate::http::livego;
 use crate::keys::KeyDistributor;
@@ -48,10 +46,7 @@ pub struct CallServer {
 
 /// What a [`CallServer`] is made of.
 pub struct Parts {
-    pub manager_id: String,
-    pub topics: Topics,
-    pub client: AsyncClient,
-    pub credentials: Credentials,
+    pub wire: crate::wire::Wire,
     pub keys: KeyDistributor,
     pub registry: Arc<Registry>,
     pub auth: Arc<crate::auth::Auth>,
@@ -69,7 +64,7 @@ impl CallServer {
 
     /// Checks a call from `agent` and starts it; never waits.
     pub fn on_call(self: &Arc<Self>, agent: &str, payload: &[u8]) {
-        let Some(secret) = self.parts.credentials.secret_of(agent) else {
+        let Some(secret) = self.parts.wire.credentials.secret_of(agent) else {
             tracing::debug!(%agent, "a call from an agent that is not enrolled");
             return;
         };
@@ -137,12 +132,12 @@ impl CallServer {
         };
         let payload = envelope::seal(
             key,
-            &self.parts.manager_id,
+            &self.parts.wire.manager_id,
             verge_protocol::now_ms(),
             &reply,
         );
-        if let Err(e) = self.parts.client.try_publish(
-            self.parts.topics.call_reply(agent),
+        if let Err(e) = self.parts.wire.client.try_publish(
+            self.parts.wire.topics.call_reply(agent),
             QoS::AtMostOnce,
             false,
             payload,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use verge_mqtt::BrokerUrl;
-use verge_mqtt::process::{ConfigFileError, load_toml, parse_toml};
+use verge_mqtt::process::{ConfigFileError, load_valid, parse_valid};
 use verge_protocol::topic::Topics;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -190,14 +190,6 @@ impl HttpConfig {
                 format!("http://{at}")
             }
         }
-    }
-
-    pub fn limits(&self) -> verge_serve::http::Limits {
-        verge_serve::http::Limits::from_config(
-            self.max_connections,
-            self.header_timeout_secs,
-            self.idle_timeout_secs,
-        )
     }
 }
 
@@ -639,15 +631,11 @@ pub enum ConfigError {
 
 impl ManagerConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Self = load_toml(path)?;
-        cfg.validate()?;
-        Ok(cfg)
+        load_valid(path, Self::validate)
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let cfg: Self = parse_toml(text, "manager config")?;
-        cfg.validate()?;
-        Ok(cfg)
+        parse_valid(text, "manager config", Self::validate)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -776,7 +764,7 @@ impl ManagerConfig {
         } else {
             0
         };
-        OWN + self.http.limits().max_connections as u64
+        OWN + self.http.max_connections.max(1) as u64
             + broker
             + rtmp
             + u64::from(self.database.max_connections)

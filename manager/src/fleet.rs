@@ -7,17 +7,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rumqttc::{AsyncClient, QoS, SubscribeFilter};
+use rumqttc::{QoS, SubscribeFilter};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use verge_broker::Credentials;
 use verge_mqtt::LinkEvent;
 use verge_protocol::envelope::{self, Message};
 use verge_protocol::presence::{AnnounceRequest, Presence};
 use verge_protocol::rpc;
 use verge_protocol::secret::MacKey;
 use verge_protocol::state::State;
-use verge_protocol::topic::{Topic, Topics};
+use verge_protocol::topic::Topic;
 
 use crate::registry::Registry;
 use crate::rpc::RpcClient;
@@ -28,10 +27,7 @@ const MAX_WARNED: usize = 1024;
 pub struct FleetSession {
     /// QoS of the presence and state subscriptions, chosen for the broker's retained delivery.
     pub retained_qos: QoS,
-    pub manager_id: String,
-    pub topics: Topics,
-    pub client: AsyncClient,
-    pub credentials: Credentials,
+    pub wire: crate::wire::Wire,
     pub registry: Arc<Registry>,
     pub rpc: Arc<RpcClient>,
     pub connected: Arc<AtomicBool>,
@@ -68,12 +64,12 @@ const ANSWER_GRACE: Duration = Duration::from_secs(10);
 
 /// Asks every agent to announce itself again (`{p}/v1/ask`); on a task, as the publish may
 /// wait for the link.
-pub fn ask_fleet(client: &AsyncClient, topics: &Topics, manager_id: &str) {
+pub fn ask_fleet(wire: &crate::wire::Wire) {
     let payload = serde_json::to_vec(&AnnounceRequest {
-        from: manager_id.to_string(),
+        from: wire.manager_id.clone(),
     })
     .unwrap_or_default();
-    let (client, topic) = (client.clone(), topics.ask());
+    let (client, topic) = (wire.client.clone(), wire.topics.ask());
     tokio::spawn(async move {
         if let Err(e) = client
             .publish(topic, QoS::AtLeastOnce, false, payload)
@@ -110,21 +106,24 @@ impl FleetSession {
 
     fn subscribe(&self) {
         let mut filters = vec![
-            SubscribeFilter::new(self.topics.all_presence(), self.retained_qos),
-            SubscribeFilter::new(self.topics.all_state(), self.retained_qos),
-            SubscribeFilter::new(self.topics.reply(&self.manager_id), QoS::AtMostOnce),
-            SubscribeFilter::new(self.topics.all_index(), QoS::AtLeastOnce),
-            SubscribeFilter::new(self.topics.all_calls(), QoS::AtMostOnce),
+            SubscribeFilter::new(self.wire.topics.all_presence(), self.retained_qos),
+            SubscribeFilter::new(self.wire.topics.all_state(), self.retained_qos),
+            SubscribeFilter::new(
+                self.wire.topics.reply(&self.wire.manager_id),
+                QoS::AtMostOnce,
+            ),
+            SubscribeFilter::new(self.wire.topics.all_index(), QoS::AtLeastOnce),
+            SubscribeFilter::new(self.wire.topics.all_calls(), QoS::AtMostOnce),
             // To notice a key table someone else replaced or cleared, and send it again.
-            SubscribeFilter::new(self.topics.keys("+"), QoS::AtMostOnce),
+            SubscribeFilter::new(self.wire.topics.keys("+"), QoS::AtMostOnce),
         ];
         if self.tunnel_over_session {
             filters.push(SubscribeFilter::new(
-                self.topics.tunnel_up_all(&self.manager_id),
+                self.wire.topics.tunnel_up_all(&self.wire.manager_id),
                 QoS::AtLeastOnce,
             ));
         }
-        let client = self.client.clone();
+        let client = self.wire.client.clone();
         // On a task: the subscribe waits for room in the request queue that this loop's
         // draining makes.
         tokio::spawn(async move {
@@ -138,7 +137,7 @@ impl FleetSession {
     /// itself, and later takes the proof of life from agents that did not answer.
     fn ask(&self) {
         let asked = std::time::Instant::now();
-        ask_fleet(&self.client, &self.topics, &self.manager_id);
+        ask_fleet(&self.wire);
         let registry = self.registry.clone();
         tokio::spawn(async move {
             tokio::time::sleep(ANSWER_GRACE).await;
@@ -213,7 +212,7 @@ impl FleetSession {
     }
 
     fn on_message(&self, topic: &str, payload: &[u8], warned: &mut HashSet<String>) {
-        match self.topics.parse(topic) {
+        match self.wire.topics.parse(topic) {
             Ok(Topic::Presence { agent }) if payload.is_empty() => {
                 tracing::info!(%agent, "retained presence cleared: forgetting the agent");
                 self.registry.forget(&agent);
@@ -267,7 +266,7 @@ impl FleetSession {
             }
             // Ours or another manager's: the answers come on the presence topics.
             Ok(Topic::Ask) => {}
-            Ok(Topic::Reply { manager }) if manager == self.manager_id => {
+            Ok(Topic::Reply { manager }) if manager == self.wire.manager_id => {
                 self.rpc.on_reply(payload)
             }
             Ok(other) => tracing::debug!(
@@ -290,7 +289,7 @@ impl FleetSession {
                 tracing::warn!(%agent, "ignoring a message: {why}");
             }
         };
-        let Some(secret) = self.credentials.secret_of(agent) else {
+        let Some(secret) = self.wire.credentials.secret_of(agent) else {
             warn_once("the agent is not enrolled".into());
             return None;
         };

@@ -13,13 +13,11 @@
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use rumqttc::{AsyncClient, QoS};
-use verge_broker::Credentials;
+use rumqttc::QoS;
 use verge_protocol::channel_keys::{ChannelKey, Keys, SealedKeys};
 use verge_protocol::envelope;
 use verge_protocol::sealed::PrivateKey;
 use verge_protocol::secret::MacKey;
-use verge_protocol::topic::Topics;
 
 use crate::db::index::Index;
 pub use crate::db::keys::Issued;
@@ -171,16 +169,13 @@ impl KeyStore {
 #[derive(Clone)]
 pub struct KeyDistributor {
     pub store: Arc<KeyStore>,
-    pub client: AsyncClient,
-    pub topics: Topics,
-    pub credentials: Credentials,
-    pub manager_id: String,
+    pub wire: crate::wire::Wire,
 }
 
 impl KeyDistributor {
     /// To one agent; on a task, since a publish may wait for the link.
     pub fn send_to(&self, agent: &str) {
-        let Some(secret) = self.credentials.secret_of(agent) else {
+        let Some(secret) = self.wire.credentials.secret_of(agent) else {
             return;
         };
         let mut table = self.store.snapshot();
@@ -202,13 +197,13 @@ impl KeyDistributor {
         };
         let payload = envelope::seal(
             &MacKey::new(&secret),
-            &self.manager_id,
+            &self.wire.manager_id,
             verge_protocol::now_ms(),
             &sealed,
         );
         let (client, topic, agent) = (
-            self.client.clone(),
-            self.topics.keys(agent),
+            self.wire.client.clone(),
+            self.wire.topics.keys(agent),
             agent.to_string(),
         );
         tokio::spawn(async move {
@@ -221,7 +216,7 @@ impl KeyDistributor {
     /// Whether the retained table of `agent` (as the broker now holds it) must be sent again:
     /// cleared, replaced by something that does not open, or older than the store's.
     pub fn clobbered(&self, agent: &str, payload: &[u8]) -> bool {
-        let Some(secret) = self.credentials.secret_of(agent) else {
+        let Some(secret) = self.wire.credentials.secret_of(agent) else {
             return false;
         };
         let version = self.store.snapshot().version;

@@ -5,6 +5,8 @@
 //!   retained presence and state (and, with an external broker, asks the fleet to announce
 //!   itself), completes RPC calls, hands index rows and tunnel packets on.
 //! - [`registry`]: the fleet as known from those messages.
+//! - [`wire`]: what the manager speaks to its agents with ([`wire::Wire`]: its id, topics,
+//!   MQTT client and the agents' secrets), shared by every part below that does.
 //! - [`rpc`]: calls to agents over MQTT, with deadlines and typed failures.
 //! - [`calls`]: calls from agents (LiveGo's control API asked on a box's port), answered.
 //! - [`http`]: the REST API, the WHEP and WHIP proxies, the pages.
@@ -51,6 +53,7 @@ pub mod rtmp;
 pub mod shared;
 pub mod storage;
 pub mod tunnel;
+pub mod wire;
 /// HTTP/1.1 calls to other servers' APIs, shared with the agent.
 pub use verge_serve::client as web_client;
 
@@ -309,6 +312,12 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         })
     };
     let Link { client, events, .. } = Link::spawn_tapped(&opts, None, Some(tap))?;
+    let wire = wire::Wire {
+        manager_id: cfg.mqtt.id.clone(),
+        topics: topics.clone(),
+        client: client.clone(),
+        credentials: credentials.clone(),
+    };
 
     let registry = Arc::new(Registry::new());
     let metrics = Arc::new(metrics::Metrics::default());
@@ -322,37 +331,26 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         database,
         db::redact(&database_url),
         db::index::Replies {
-            manager_id: cfg.mqtt.id.clone(),
-            client: client.clone(),
-            topics: topics.clone(),
-            credentials: credentials.clone(),
+            wire: wire.clone(),
             metrics: metrics.clone(),
         },
     );
     let keys = keys::KeyDistributor {
         store: Arc::new(keys::KeyStore::new(index.clone())),
-        client: client.clone(),
-        topics: topics.clone(),
-        credentials: credentials.clone(),
-        manager_id: cfg.mqtt.id.clone(),
+        wire: wire.clone(),
     };
     tokio::spawn(
         shared::Follower {
             index: index.clone(),
             keys: keys.store.clone(),
-            credentials: credentials.clone(),
-            ask: broker
-                .is_none()
-                .then(|| (client.clone(), topics.clone(), cfg.mqtt.id.clone())),
+            wire: wire.clone(),
+            ask: broker.is_none(),
             key_file: cfg.keys.file.clone(),
         }
         .run(),
     );
     let rpc = Arc::new(RpcClient::new(
-        cfg.mqtt.id.clone(),
-        topics.clone(),
-        client.clone(),
-        credentials.clone(),
+        wire.clone(),
         registry.clone(),
         metrics.clone(),
     ));
@@ -365,10 +363,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     };
     let tunnel_over_session = local_publisher.is_none();
     let tunnels = tunnel::Tunnels::new(
-        &cfg.mqtt.id,
-        client.clone(),
-        topics.clone(),
-        credentials.clone(),
+        wire.clone(),
         registry.clone(),
         link_up_rx,
         cfg.tunnel_limits(broker.is_some()),
@@ -394,10 +389,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         } else {
             rumqttc::QoS::AtLeastOnce
         },
-        manager_id: cfg.mqtt.id.clone(),
-        topics: topics.clone(),
-        client: client.clone(),
-        credentials: credentials.clone(),
+        wire: wire.clone(),
         registry: registry.clone(),
         rpc: rpc.clone(),
         connected: connected.clone(),
@@ -406,10 +398,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         keys: keys.clone(),
         index: index.clone(),
         calls: Arc::new(calls::CallServer::new(calls::Parts {
-            manager_id: cfg.mqtt.id.clone(),
-            topics: topics.clone(),
-            client: client.clone(),
-            credentials: credentials.clone(),
+            wire: wire.clone(),
             keys: keys.clone(),
             registry: registry.clone(),
             auth: auth.clone(),
@@ -502,9 +491,7 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
         auth: auth.clone(),
         metrics: metrics.clone(),
         enrolment: agents::Enrolment {
-            credentials: credentials.clone(),
-            client: client.clone(),
-            topics: topics.clone(),
+            wire: wire.clone(),
             registry: registry.clone(),
             rpc: rpc.clone(),
             tunnels: tunnels.clone(),
@@ -584,7 +571,11 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
     let http = tokio::spawn(verge_serve::http::serve(
         listener,
         app,
-        cfg.http.limits(),
+        verge_serve::http::Limits::from_config(
+            cfg.http.max_connections,
+            cfg.http.header_timeout_secs,
+            cfg.http.idle_timeout_secs,
+        ),
         "HTTP",
         async {
             let _ = stopped.await;

@@ -6,17 +6,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::QoS;
 use serde_json::Value;
 use tokio::sync::oneshot;
-use verge_broker::Credentials;
 use verge_protocol::envelope;
 use verge_protocol::rpc::{Calls, Outcome, Reply, Request, RpcError};
 use verge_protocol::sealed::{PrivateKey, Way};
 use verge_protocol::secret::MacKey;
-use verge_protocol::topic::Topics;
 
 use crate::registry::Registry;
+use crate::wire::Wire;
 
 /// Calls in flight at once across all agents.
 const MAX_IN_FLIGHT: usize = 65_536;
@@ -65,10 +64,7 @@ struct Waiter {
 }
 
 pub struct RpcClient {
-    manager_id: String,
-    topics: Topics,
-    client: AsyncClient,
-    credentials: Credentials,
+    wire: Wire,
     registry: Arc<Registry>,
     calls: Mutex<Calls<Waiter>>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -77,24 +73,14 @@ pub struct RpcClient {
 }
 
 impl RpcClient {
-    pub fn new(
-        manager_id: String,
-        topics: Topics,
-        client: AsyncClient,
-        credentials: Credentials,
-        registry: Arc<Registry>,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Self {
+    pub fn new(wire: Wire, registry: Arc<Registry>, metrics: Arc<crate::metrics::Metrics>) -> Self {
         // A random first id, so a reply meant for an earlier run of this manager is not taken
         // for a call of this one (`Calls` keeps ids within 2^53 - 1, which every JSON library
         // reads exactly).
         let first_id =
             u64::from_str_radix(&verge_protocol::secret::random_secret()[..13], 16).unwrap_or(1);
         Self {
-            manager_id,
-            topics,
-            client,
-            credentials,
+            wire,
             registry,
             calls: Mutex::new(Calls::new(first_id, MAX_IN_FLIGHT)),
             metrics,
@@ -122,6 +108,7 @@ impl RpcClient {
                 return Err(CallError::Offline(agent.to_string()));
             }
             let secret = self
+                .wire
                 .credentials
                 .secret_of(agent)
                 .ok_or_else(|| CallError::UnknownAgent(agent.to_string()))?;
@@ -151,11 +138,11 @@ impl RpcClient {
                 method: method.to_string(),
                 params,
                 timeout_ms: timeout.as_millis() as u64,
-                reply_to: self.manager_id.clone(),
+                reply_to: self.wire.manager_id.clone(),
             };
             let payload = envelope::seal(
                 &MacKey::new(&secret),
-                &self.manager_id,
+                &self.wire.manager_id,
                 verge_protocol::now_ms(),
                 &request,
             );
@@ -164,9 +151,12 @@ impl RpcClient {
                 method: method.to_string(),
                 timeout,
             };
-            let publish =
-                self.client
-                    .publish(self.topics.request(agent), QoS::AtMostOnce, false, payload);
+            let publish = self.wire.client.publish(
+                self.wire.topics.request(agent),
+                QoS::AtMostOnce,
+                false,
+                payload,
+            );
             let outcome = tokio::time::timeout(timeout, async {
                 publish.await.map_err(|e| CallError::Link(e.to_string()))?;
                 rx.await
@@ -226,7 +216,7 @@ impl RpcClient {
             tracing::warn!("dropping an RPC reply that is not an envelope");
             return;
         };
-        let Some(secret) = self.credentials.secret_of(&sender) else {
+        let Some(secret) = self.wire.credentials.secret_of(&sender) else {
             tracing::warn!(agent = %sender, "dropping an RPC reply from an unknown agent");
             return;
         };

@@ -13,10 +13,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::AsyncClient;
-use verge_broker::Credentials;
-use verge_protocol::topic::Topics;
-
 use crate::db::index::Index;
 use crate::keys::{KeyStore, KeyStoreError};
 
@@ -29,9 +25,9 @@ const ROUND_WITHIN: Duration = Duration::from_secs(3);
 pub struct Follower {
     pub index: Index,
     pub keys: Arc<KeyStore>,
-    pub credentials: Credentials,
-    /// With an external broker: how to ask the fleet to announce itself.
-    pub ask: Option<(AsyncClient, Topics, String)>,
+    pub wire: crate::wire::Wire,
+    /// With an external broker: the fleet is asked to announce itself.
+    pub ask: bool,
     /// `[keys] file`, imported once.
     pub key_file: PathBuf,
 }
@@ -56,11 +52,11 @@ impl Follower {
                     if agents_version != Some(versions.agents) {
                         let rows = db.agent_rows().await?;
                         let changed = rows.iter().any(|row| {
-                            row.revoked != self.credentials.is_revoked(&row.id)
+                            row.revoked != self.wire.credentials.is_revoked(&row.id)
                                 || (row.secret.is_some()
-                                    && row.secret != self.credentials.secret_of(&row.id))
+                                    && row.secret != self.wire.credentials.secret_of(&row.id))
                         });
-                        crate::db::agents::load(&self.credentials, &rows);
+                        crate::db::agents::load(&self.wire.credentials, &rows);
                         // Also in the first round: an agent enrolled between the start-up
                         // load and now may have announced itself to deaf ears.
                         if changed {
@@ -68,8 +64,8 @@ impl Follower {
                                 agents = rows.len(),
                                 "agents enrolled or revoked through another manager loaded"
                             );
-                            if let Some((client, topics, manager_id)) = &self.ask {
-                                crate::fleet::ask_fleet(client, topics, manager_id);
+                            if self.ask {
+                                crate::fleet::ask_fleet(&self.wire);
                             }
                         }
                         agents_version = Some(versions.agents);

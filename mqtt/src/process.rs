@@ -201,6 +201,35 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// A config file read as [`load_toml`] reads it, then checked by `validate`.
+pub fn load_valid<T, E>(
+    path: &std::path::Path,
+    validate: impl FnOnce(&T) -> Result<(), E>,
+) -> Result<T, E>
+where
+    T: serde::de::DeserializeOwned,
+    E: From<ConfigFileError>,
+{
+    let cfg = load_toml(path)?;
+    validate(&cfg)?;
+    Ok(cfg)
+}
+
+/// The config in `text` (its errors name it `what`), checked by `validate`.
+pub fn parse_valid<T, E>(
+    text: &str,
+    what: &str,
+    validate: impl FnOnce(&T) -> Result<(), E>,
+) -> Result<T, E>
+where
+    T: serde::de::DeserializeOwned,
+    E: From<ConfigFileError>,
+{
+    let cfg = parse_toml(text, what)?;
+    validate(&cfg)?;
+    Ok(cfg)
+}
+
 /// `[runtime]`, the same in agent.toml and manager.toml.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]

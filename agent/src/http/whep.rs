@@ -2,7 +2,7 @@
 //! MQTT hop.
 
 use axum::Extension;
-use axum::extract::State;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use verge_protocol::whep::{self, SessionRole};
@@ -46,46 +46,63 @@ fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
     )
 }
 
-pub(super) async fn offer(
-    State(app): State<AppState>,
-    stream: StreamPath,
-    headers: HeaderMap,
-    sdp: String,
-) -> Response {
-    let (whep, stream) = match offer_target(&app, &headers, &stream, "WHEP") {
-        Ok((whep, stream)) => (whep, stream.id()),
-        Err(refused) => return *refused,
-    };
-    match whep.offer(&stream, sdp, &[], None).await {
+/// A checked SDP offer to this agent's WebRTC service (`POST /whep/…` or `/whip/…`): the
+/// agent serves WebRTC, the body is `application/sdp` and the path names a valid stream.
+/// Otherwise the refusal, before the body is read.
+pub(super) struct Offer {
+    pub service: crate::webrtc::Whep,
+    pub stream: StreamName,
+    pub headers: HeaderMap,
+    pub sdp: String,
+}
+
+impl FromRequest<AppState> for Offer {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, app: &AppState) -> Result<Self, Response> {
+        let what = if request.uri().path().starts_with("/whip") {
+            "WHIP"
+        } else {
+            "WHEP"
+        };
+        let (mut parts, body) = request.into_parts();
+        let stream = StreamPath::from_request_parts(&mut parts, app)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Some(service) = app.whep.clone() else {
+            return Err(no_webrtc());
+        };
+        if !content_type_is(&parts.headers, whep::SDP) {
+            return Err(plain(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("a {what} offer is sent as Content-Type: application/sdp"),
+            ));
+        }
+        let stream = StreamName::parse(&stream.app, &stream.name)
+            .map_err(|why| plain(StatusCode::BAD_REQUEST, why))?;
+        let headers = parts.headers.clone();
+        let sdp = String::from_request(Request::from_parts(parts, body), app)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Offer {
+            service,
+            stream,
+            headers,
+            sdp,
+        })
+    }
+}
+
+pub(super) async fn offer(offer: Offer) -> Response {
+    let stream = offer.stream.id();
+    match offer.service.offer(&stream, offer.sdp, &[], None).await {
         Ok(answer) => {
             let location = whep::location(&stream, &answer.session);
-            let links = whep::link_headers(whep.ice_servers());
+            let links = whep::link_headers(offer.service.ice_servers());
             created(answer.sdp, &location, &links)
         }
         Err(e) => refused(e),
     }
-}
-
-/// The service and stream an offer (`what`: WHEP or WHIP) is for, or the refusal: no WebRTC
-/// here, the wrong content type, a bad stream name.
-pub(super) fn offer_target<'a>(
-    app: &'a AppState,
-    headers: &HeaderMap,
-    stream: &StreamPath,
-    what: &str,
-) -> Result<(&'a crate::webrtc::Whep, StreamName), Box<Response>> {
-    let Some(service) = app.whep.as_ref() else {
-        return Err(Box::new(no_webrtc()));
-    };
-    if !content_type_is(headers, whep::SDP) {
-        return Err(Box::new(plain(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("a {what} offer is sent as Content-Type: application/sdp"),
-        )));
-    }
-    let stream = StreamName::parse(&stream.app, &stream.name)
-        .map_err(|why| Box::new(plain(StatusCode::BAD_REQUEST, why)))?;
-    Ok((service, stream))
 }
 
 /// A trickle-ICE PATCH (or an ICE restart) of a WHEP or WHIP session.

@@ -4,24 +4,20 @@
 //! `/whip-session/{stream}/{session}` by the WHEP handlers (one session table).
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::Response;
 use verge_protocol::whep;
-use verge_serve::path::StreamPath;
 
-use super::whep::{created, offer_target, refused};
+use super::whep::{Offer, created, refused};
 use super::{AppState, plain};
 
-pub(super) async fn offer(
-    State(app): State<AppState>,
-    stream: StreamPath,
-    headers: HeaderMap,
-    sdp: String,
-) -> Response {
-    let (service, stream) = match offer_target(&app, &headers, &stream, "WHIP") {
-        Ok(target) => target,
-        Err(refused) => return *refused,
-    };
+pub(super) async fn offer(State(app): State<AppState>, offer: Offer) -> Response {
+    let Offer {
+        service,
+        stream,
+        headers,
+        sdp,
+    } = offer;
     if let Some(keys) = &app.keys {
         let bearer = headers
             .get(header::AUTHORIZATION)

@@ -9,13 +9,12 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::QoS;
 use tokio::sync::{mpsc, watch};
 use verge_broker::Credentials;
 use verge_protocol::envelope;
 use verge_protocol::index::{IndexAck, IndexEvent, Refused};
 use verge_protocol::secret::MacKey;
-use verge_protocol::topic::Topics;
 
 use super::Db;
 use super::recordings::Upserted;
@@ -41,10 +40,7 @@ pub struct Index {
 
 /// What the worker needs to answer agents.
 pub struct Replies {
-    pub manager_id: String,
-    pub client: AsyncClient,
-    pub topics: Topics,
-    pub credentials: Credentials,
+    pub wire: crate::wire::Wire,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
@@ -59,7 +55,7 @@ impl Index {
             shown_url,
             ready_tx,
             metrics.clone(),
-            replies.credentials.clone(),
+            replies.wire.credentials.clone(),
         ));
         tokio::spawn(worker(db.clone(), ready.clone(), events_rx, replies));
         Self {
@@ -185,7 +181,7 @@ async fn worker(
     replies: Replies,
 ) {
     while let Some((agent, payload)) = events.recv().await {
-        let Some(secret) = replies.credentials.secret_of(&agent) else {
+        let Some(secret) = replies.wire.credentials.secret_of(&agent) else {
             tracing::warn!(%agent, "index event from an agent that is not enrolled; ignored");
             continue;
         };
@@ -254,9 +250,18 @@ async fn worker(
         if ack.ids.is_empty() && ack.refused.is_empty() {
             continue;
         }
-        let payload = envelope::seal(&key, &replies.manager_id, verge_protocol::now_ms(), &ack);
-        let topic = replies.topics.index_ack(&agent, &replies.manager_id);
+        let payload = envelope::seal(
+            &key,
+            &replies.wire.manager_id,
+            verge_protocol::now_ms(),
+            &ack,
+        );
+        let topic = replies
+            .wire
+            .topics
+            .index_ack(&agent, &replies.wire.manager_id);
         if let Err(e) = replies
+            .wire
             .client
             .publish(topic, QoS::AtLeastOnce, false, payload)
             .await

@@ -53,7 +53,7 @@ pub async fn issue(
     if let Some(agent) = &body.agent {
         verge_protocol::id::validate(agent)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("agent {agent:?}: {e}")))?;
-        if app.keys.credentials.secret_of(agent).is_none() {
+        if app.keys.wire.credentials.secret_of(agent).is_none() {
             return Err(ApiError::not_found(format!(
                 "agent {agent:?} is not enrolled"
             )));

@@ -61,7 +61,7 @@ fn agent<'a>(app: &AppState, all: &'a FormParams) -> Result<Option<&'a str>, Ref
         return Ok(None);
     };
     let enrolled = verge_protocol::id::validate(agent).is_ok()
-        && app.keys.credentials.secret_of(agent).is_some();
+        && app.keys.wire.credentials.secret_of(agent).is_some();
     if !enrolled {
         return Err(Refusal(
             StatusCode::NOT_FOUND,

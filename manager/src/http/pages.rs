@@ -85,8 +85,14 @@ mod tests {
     #[test]
     fn every_mark_of_the_shell_is_filled() {
         for page in [PLAYER.as_str(), PUBLISHER.as_str()] {
-            assert!(!page.contains("%TITLE%") && !page.contains("%SCRIPT%"), "{page}");
-            assert!(!page.contains("%VIDEO%") && !page.contains("%STATUS%"), "{page}");
+            assert!(
+                !page.contains("%TITLE%") && !page.contains("%SCRIPT%"),
+                "{page}"
+            );
+            assert!(
+                !page.contains("%VIDEO%") && !page.contains("%STATUS%"),
+                "{page}"
+            );
             assert!(page.contains("<script>\n// The "), "its script is inline");
         }
         assert!(PLAYER.contains("<video id=\"video\" autoplay muted playsinline controls>"));

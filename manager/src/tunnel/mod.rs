@@ -17,10 +17,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::AsyncClient;
+use crate::wire::Wire;
 use tokio::sync::{mpsc, watch};
-use verge_broker::Credentials;
-use verge_protocol::topic::Topics;
 use verge_tunnel::frame::ResetCode;
 use verge_tunnel::mux::Side;
 use verge_tunnel::{Endpoint, EndpointConfig, EndpointStats, Incoming, Limits, MqttTunnel};
@@ -44,10 +42,7 @@ pub struct Tunnels {
 }
 
 struct Inner {
-    manager_id: String,
-    client: AsyncClient,
-    topics: Topics,
-    credentials: Credentials,
+    wire: Wire,
     /// Who is online: links are made for those agents only.
     registry: Arc<Registry>,
     link_up: watch::Receiver<bool>,
@@ -60,10 +55,7 @@ struct Inner {
 
 impl Tunnels {
     pub fn new(
-        manager_id: &str,
-        client: AsyncClient,
-        topics: Topics,
-        credentials: Credentials,
+        wire: Wire,
         registry: Arc<Registry>,
         link_up: watch::Receiver<bool>,
         limits: Limits,
@@ -71,10 +63,7 @@ impl Tunnels {
         Self {
             inner: Arc::new(Inner {
                 local: None,
-                manager_id: manager_id.to_string(),
-                client,
-                topics,
-                credentials,
+                wire,
                 registry,
                 link_up,
                 limits,
@@ -101,17 +90,22 @@ impl Tunnels {
             return Ok(link.endpoint.clone());
         }
         let secret = inner
+            .wire
             .credentials
             .secret_of(agent)
             .ok_or_else(|| TunnelOpenError::UnknownAgent(agent.to_string()))?;
         if !inner.registry.is_online(agent) {
             return Err(TunnelOpenError::Offline(agent.to_string()));
         }
-        let cfg = EndpointConfig::link(Side::Manager, &secret, &inner.manager_id, inner.limits);
+        let cfg =
+            EndpointConfig::link(Side::Manager, &secret, &inner.wire.manager_id, inner.limits);
         // Packets start on the agent's own filter and move to its tunnel filter once the agent
         // answers there (docs/protocol.md §16).
-        let topic = inner.topics.tunnel_down(agent, &inner.manager_id);
-        let wide = inner.topics.tunnel_down_wide(agent, &inner.manager_id);
+        let topic = inner.wire.topics.tunnel_down(agent, &inner.wire.manager_id);
+        let wide = inner
+            .wire
+            .topics
+            .tunnel_down_wide(agent, &inner.wire.manager_id);
         let spawned = match &inner.local {
             Some(local) => MqttTunnel::spawn_on(
                 cfg,
@@ -121,7 +115,7 @@ impl Tunnels {
             ),
             None => MqttTunnel::spawn(
                 cfg,
-                inner.client.clone(),
+                inner.wire.client.clone(),
                 topic,
                 Some(wide),
                 inner.link_up.clone(),
