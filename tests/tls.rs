@@ -35,45 +35,37 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// A CA, a server certificate it signs for `localhost` and 127.0.0.1, and a second CA that
 /// signed nothing.
 fn pki(dir: &Path) -> Pki {
+    // A new P-256 key, unencrypted, for each request.
+    let new_key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    let request = |args: &[&str]| {
+        let args: Vec<&str> = ["req"]
+            .into_iter()
+            .chain(new_key.split(' '))
+            .chain(args.iter().copied())
+            .collect();
+        openssl(dir, &args);
+    };
     for ca in ["ca", "other-ca"] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.pem"),
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN=verge test {ca}"),
-            ],
-        );
-    }
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
+        request(&[
+            "-x509",
             "-keyout",
-            "server.key",
+            &format!("{ca}.key"),
             "-out",
-            "server.csr",
+            &format!("{ca}.pem"),
+            "-days",
+            "2",
             "-subj",
-            "/CN=localhost",
-        ],
-    );
+            &format!("/CN=verge test {ca}"),
+        ]);
+    }
+    request(&[
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
     std::fs::write(
         dir.join("san.ext"),
         "subjectAltName = DNS:localhost, IP:127.0.0.1\nextendedKeyUsage = serverAuth\n",

@@ -50,6 +50,21 @@ fn check_next(n: u32, unit: &AccessUnit, last: u32, before: &Stats, now: &Stats)
     }
 }
 
+/// The viewer's next access unit (number `n`, after RTP time `last`, both moved on), checked
+/// by [`check_next`].
+async fn next_checked(viewer: &mut Viewer, n: &mut u32, last: &mut u32) -> AccessUnit {
+    let before = viewer.stats.clone();
+    let unit = viewer
+        .next_frame(Duration::from_secs(10))
+        .await
+        .expect("video")
+        .expect("open");
+    *n += 1;
+    check_next(*n, &unit, *last, &before, &viewer.stats);
+    *last = unit.rtp_timestamp;
+    unit
+}
+
 /// Asks for a keyframe until one comes (checking every frame on the way, see `check_next`);
 /// how long it took from the first request. A request within the client's (300 ms) or the
 /// agent's (500 ms) interval of the one before is dropped, so it is repeated every 600 ms.
@@ -58,15 +73,7 @@ async fn keyframe_after_asking(viewer: &mut Viewer, n: &mut u32, last: &mut u32)
     let mut asked = asked_since;
     viewer.request_keyframe();
     loop {
-        let before = viewer.stats.clone();
-        let unit = viewer
-            .next_frame(Duration::from_secs(10))
-            .await
-            .expect("video")
-            .expect("open");
-        *n += 1;
-        check_next(*n, &unit, *last, &before, &viewer.stats);
-        *last = unit.rtp_timestamp;
+        let unit = next_checked(viewer, n, last).await;
         if unit.keyframe {
             return asked_since.elapsed();
         }
@@ -137,15 +144,7 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
         let mut last = first.rtp_timestamp;
         let mut n = 0;
         loop {
-            let before = viewer.stats.clone();
-            let unit = viewer
-                .next_frame(Duration::from_secs(10))
-                .await
-                .expect("video")
-                .expect("open");
-            n += 1;
-            check_next(n, &unit, last, &before, &viewer.stats);
-            last = unit.rtp_timestamp;
+            next_checked(&mut viewer, &mut n, &mut last).await;
             let audio = viewer
                 .audio
                 .packets

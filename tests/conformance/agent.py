@@ -11,7 +11,7 @@ What it does (section numbers of docs/protocol.md):
   publishes its online presence and its state (retained, QoS 1).
 - 8.1: asked on "{p}/v1/ask", it publishes both again, at most once per 2 s.
 - 5: envelopes signed with HMAC-SHA256 over length-prefixed parts, the body's raw bytes
-  (read with `raw_members` of the reference receiver, scripts/protocol_vectors.py).
+  (opened by the reference receiver, `open_envelope` of scripts/protocol_vectors.py).
 - 7: ChaCha20-Poly1305 sealed RPC params and results.
 - 10: bounded, content-based healing of its retained presence and state.
 - 11, 13: `ping` and `agent.revoked`; forged requests dropped, replays dropped, stale
@@ -36,11 +36,11 @@ import struct
 import sys
 import time
 
-# The receiving side's reference (docs/protocol.md 5.4): raw member text for the MAC.
+# The receiving side's reference (docs/protocol.md 5.4): envelopes are opened by it.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
 
 try:
-    from protocol_vectors import raw_members
+    from protocol_vectors import open_envelope as reference_open_envelope
     import paho.mqtt
     import paho.mqtt.client as mqtt
     from cryptography.hazmat.primitives import hashes
@@ -51,7 +51,6 @@ except ImportError as missing:  # pragma: no cover
     sys.exit(3)
 
 VERSION = "0.1.0-conformance"
-MAX_PAYLOAD = 1024 * 1024  # 5.4
 MAX_REQUEST_SKEW_MS = 120_000  # 13.2
 HEAL_MIN_INTERVAL_MS = 5_000  # 10
 HEAL_MAX_REPAIRS = 3  # 10
@@ -106,37 +105,11 @@ class Refused(Exception):
 
 
 def open_envelope(payload: bytes, secret: str, kind: str):
-    """5.4, in its order. Returns (from, ts, body value)."""
-    if len(payload) > MAX_PAYLOAD:
-        raise Refused("too_large")
+    """5.4, in its order, by the reference receiver. Returns (from, ts, body value)."""
     try:
-        text = payload.decode("utf-8")
-        members = raw_members(text)
-        v = json.loads(members["v"]) if "v" in members else None
-    except ValueError as e:
-        raise Refused("malformed", str(e))
-    if not is_u64(v):
-        raise Refused("malformed", "v")
-    if v != 1:
-        raise Refused("unsupported_version", str(v))
-    try:
-        got_kind = json.loads(members["kind"])
-        sender = json.loads(members["from"])
-        ts = json.loads(members["ts"])
-        body_raw = members["body"]
-        given = json.loads(members["mac"])
-    except KeyError as e:
-        raise Refused("malformed", f"no {e}")
-    if not (isinstance(got_kind, str) and isinstance(sender, str) and is_u64(ts) and isinstance(given, str)):
-        raise Refused("malformed", "field types")
-    if got_kind != kind:
-        raise Refused("wrong_kind", got_kind)
-    want = mac_hex(secret, got_kind, sender, ts, body_raw.encode("utf-8"))
-    if len(given) != 64 or any(c not in "0123456789abcdefABCDEF" for c in given):
-        raise Refused("bad_mac", "not 64 hex digits")
-    if not hmac.compare_digest(bytes.fromhex(want), bytes.fromhex(given)):
-        raise Refused("bad_mac")
-    return sender, ts, json.loads(body_raw)
+        return reference_open_envelope(payload, secret, kind)
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors too
+        raise Refused("bad_mac" if str(e).startswith("bad mac") else "malformed", str(e))
 
 
 # --- sealed bodies (6.3, 7) -------------------------------------------------------------------

@@ -199,8 +199,8 @@ pub async fn run(
             let mut video_clock: Option<VideoClock> = None;
             let mut rtcp_open = true;
             let mut last_resync: Option<tokio::time::Instant> = None;
-            // A keyframe request that came too soon: when the cache may be sent again, unless
-            // a live keyframe repaired the picture first.
+            // When the cache is sent again after a keyframe request: at once, or for one that
+            // came too soon when it may be, unless a live keyframe repaired the picture first.
             let mut resync_due: Option<tokio::time::Instant> = None;
             // The cached GOP comes first, paced (see `pace`); lag counts only once it is
             // drained.
@@ -230,13 +230,8 @@ pub async fn run(
                                 sent.keyframe_waits += 1;
                                 continue;
                             }
-                            last_resync = Some(tokio::time::Instant::now());
-                            match resync(hub, &peer, reader, &mut out, &mut sent) {
-                                Some(r) => reader = r,
-                                None => break End::PublisherGone,
-                            }
-                            caught_up = false;
-                            backlog.restart();
+                            // Due now: the arm below sends the cache at its next turn.
+                            resync_due = Some(tokio::time::Instant::now());
                         }
                         Some(_) => {}
                     },
