@@ -13,7 +13,7 @@ use verge_protocol::state::State;
 use verge_protocol::whep::{self, OfferParams, PatchParams, SessionParams};
 
 use crate::streams::StreamName;
-use crate::webrtc::{Whep, WhepError};
+use crate::webrtc::{IncomingOffer, Whep, WhepError};
 
 /// What a method may read.
 pub struct Context {
@@ -101,25 +101,23 @@ async fn whep_call(whep: &Whep, method: &str, params: Value) -> Result<Value, Rp
     }
     let refused = |e: WhepError| RpcError::new(e.code(), e.to_string());
     let result = match method {
-        whep::METHOD_OFFER => {
+        whep::METHOD_OFFER | whep::METHOD_WHIP_OFFER => {
             let p: OfferParams = parse(params)?;
             let stream = StreamName::from_id(&p.stream)
-                .map_err(|why| RpcError::new(ErrorCode::InvalidParams, why))?;
-            to_value(
-                whep.offer(&stream.id(), p.sdp, &p.ice_servers, p.client.as_ref())
-                    .await
-                    .map_err(refused)?,
-            )
-        }
-        whep::METHOD_WHIP_OFFER => {
-            let p: OfferParams = parse(params)?;
-            let stream = StreamName::from_id(&p.stream)
-                .map_err(|why| RpcError::new(ErrorCode::InvalidParams, why))?;
-            to_value(
-                whep.publish(&stream.id(), p.sdp, &p.ice_servers, p.client.as_ref())
-                    .await
-                    .map_err(refused)?,
-            )
+                .map_err(|why| RpcError::new(ErrorCode::InvalidParams, why))?
+                .id();
+            let offer = IncomingOffer {
+                stream: &stream,
+                sdp: p.sdp,
+                ice_servers: &p.ice_servers,
+                client: p.client.as_ref(),
+            };
+            let answered = if method == whep::METHOD_OFFER {
+                whep.offer(offer).await
+            } else {
+                whep.publish(offer).await
+            };
+            to_value(answered.map_err(refused)?)
         }
         whep::METHOD_PATCH => {
             let p: PatchParams = parse(params)?;

@@ -10,7 +10,7 @@ use verge_serve::path::{SessionPath, StreamPath};
 
 use super::{AppState, plain};
 use crate::streams::StreamName;
-use crate::webrtc::WhepError;
+use crate::webrtc::{IncomingOffer, WhepError};
 
 pub(super) async fn preflight() -> Response {
     cors(StatusCode::NO_CONTENT.into_response())
@@ -95,7 +95,8 @@ impl FromRequest<AppState> for Offer {
 
 pub(super) async fn offer(offer: Offer) -> Response {
     let stream = offer.stream.id();
-    match offer.service.offer(&stream, offer.sdp, &[], None).await {
+    let direct = IncomingOffer::direct(&stream, offer.sdp);
+    match offer.service.offer(direct).await {
         Ok(answer) => {
             let location = whep::location(&stream, &answer.session);
             let links = whep::link_headers(offer.service.ice_servers());

@@ -10,6 +10,7 @@ use verge_protocol::whep;
 
 use super::whep::{Offer, created, refused};
 use super::{AppState, plain};
+use crate::webrtc::IncomingOffer;
 
 pub(super) async fn offer(State(app): State<AppState>, offer: Offer) -> Response {
     let Offer {
@@ -41,7 +42,7 @@ pub(super) async fn offer(State(app): State<AppState>, offer: Offer) -> Response
         }
     }
     let id = stream.id();
-    match service.publish(&id, sdp, &[], None).await {
+    match service.publish(IncomingOffer::direct(&id, sdp)).await {
         Ok(answer) => {
             let location = whep::whip_location(&id, &answer.session);
             let links = whep::link_headers(service.ice_servers());

@@ -172,6 +172,30 @@ impl Session {
     }
 }
 
+/// An offer to answer (a viewer's, or a WHIP publisher's), as the HTTP handlers and the RPC
+/// server hand it over.
+pub struct IncomingOffer<'a> {
+    /// `{app}/{name}`, already checked.
+    pub stream: &'a str,
+    pub sdp: String,
+    /// Servers the peer connection uses besides the agent's own (the manager's list).
+    pub ice_servers: &'a [IceServer],
+    /// Who asks, for the per-client caps.
+    pub client: Option<&'a Client>,
+}
+
+impl<'a> IncomingOffer<'a> {
+    /// An offer made on the agent's own port: no servers but its own, no client caps.
+    pub fn direct(stream: &'a str, sdp: String) -> Self {
+        Self {
+            stream,
+            sdp,
+            ice_servers: &[],
+            client: None,
+        }
+    }
+}
+
 /// The agent's WHEP service.
 #[derive(Clone)]
 pub struct Whep {
@@ -323,14 +347,14 @@ impl Whep {
             })
     }
 
-    /// Answers a viewer's offer for stream `stream` (`{app}/{name}`) from `client`.
-    pub async fn offer(
-        &self,
-        stream: &str,
-        sdp: String,
-        ice_servers: &[IceServer],
-        client: Option<&Client>,
-    ) -> Result<OfferResult, WhepError> {
+    /// Answers a viewer's offer.
+    pub async fn offer(&self, offer: IncomingOffer<'_>) -> Result<OfferResult, WhepError> {
+        let IncomingOffer {
+            stream,
+            sdp,
+            ice_servers,
+            client,
+        } = offer;
         let started = Instant::now();
         let slot = self.reserve(client)?;
         // Subscribing first reserves the viewer's slot and fails fast for a stream not live.

@@ -25,13 +25,13 @@ use verge_media::hub::Publisher;
 use verge_media::rtp::h264::{AccessUnit, DEFAULT_MAX_ACCESS_UNIT, H264Depacketizer};
 use verge_media::rtp::reorder::{ReorderBuffer, ReorderStats};
 use verge_media::rtp::to_flv::{RtpToFlv, VideoOutcome};
-use verge_protocol::whep::{self, Client, IceServer, OfferResult, SessionRole};
+use verge_protocol::whep::{self, OfferResult, SessionRole};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 
 use super::engine::NotConnected;
 use super::peer::{self, AnswerError};
-use super::{Whep, WhepError};
+use super::{IncomingOffer, Whep, WhepError};
 
 /// No media for this long ends the session (and frees the stream name).
 pub const SILENCE: Duration = Duration::from_secs(10);
@@ -49,13 +49,13 @@ const MEDIA_QUEUE: usize = 512;
 impl Whep {
     /// Takes a WHIP publisher's offer for stream `stream` (`{app}/{name}`): the stream is
     /// taken at once (refused if it has a publisher), and its media goes into the hub.
-    pub async fn publish(
-        &self,
-        stream: &str,
-        sdp: String,
-        ice_servers: &[IceServer],
-        client: Option<&Client>,
-    ) -> Result<OfferResult, WhepError> {
+    pub async fn publish(&self, offer: IncomingOffer<'_>) -> Result<OfferResult, WhepError> {
+        let IncomingOffer {
+            stream,
+            sdp,
+            ice_servers,
+            client,
+        } = offer;
         let started = Instant::now();
         if !offers_h264(&sdp) {
             return Err(AnswerError::NoH264ToPublish.into());

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, post};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use verge_protocol::whep::{self, SessionRole};
@@ -114,30 +115,22 @@ pub(super) async fn session(
     }
 }
 
-/// `POST /api/whep/{alias}/{stream}` (liveman's): a viewer on that node or agent.
-pub async fn pinned_whep(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((alias, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    measured(
-        &app,
-        pinned(&app, &caller, Kind::Whep, &alias, &name, &headers, body),
+/// liveman's `POST /api/whep/{alias}/{stream}` (a viewer on that node or agent, counted with
+/// the other WHEP offers) and `POST /api/whip/{alias}/{stream}` (a publisher into it).
+pub fn pinned_offer(kind: Kind) -> MethodRouter<AppState> {
+    post(
+        move |State(app): State<AppState>,
+              Extension(caller): Extension<Caller>,
+              Path((alias, name)): Path<(String, String)>,
+              headers: HeaderMap,
+              body: String| async move {
+            let offer = pinned(&app, &caller, kind, &alias, &name, &headers, body);
+            match kind {
+                Kind::Whep => measured(&app, offer).await,
+                Kind::Whip => respond(offer.await),
+            }
+        },
     )
-    .await
-}
-
-/// `POST /api/whip/{alias}/{stream}` (liveman's): a publisher into that node or agent.
-pub async fn pinned_whip(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((alias, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    respond(pinned(&app, &caller, Kind::Whip, &alias, &name, &headers, body).await)
 }
 
 async fn pinned(

@@ -47,6 +47,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post};
 
+use crate::liveion::proxy::Kind;
 use crate::registry::Registry;
 use crate::rpc::RpcClient;
 
@@ -145,8 +146,14 @@ pub fn router(state: AppState) -> Router {
         .route("/publish/{name}", get(pages::publish_page))
         .route("/publish/{app}/{name}", get(pages::publish_page))
         .route("/metrics", get(metrics::scrape))
-        .route("/api/whep/{alias}/{name}", post(liveion::pinned_whep))
-        .route("/api/whip/{alias}/{name}", post(liveion::pinned_whip))
+        .route(
+            "/api/whep/{alias}/{name}",
+            liveion::pinned_offer(Kind::Whep),
+        )
+        .route(
+            "/api/whip/{alias}/{name}",
+            liveion::pinned_offer(Kind::Whip),
+        )
         .route("/api/cascade/{name}", post(liveion::cascade))
         .route("/control/get", axum::routing::any(livego::get))
         .route("/control/reset", axum::routing::any(livego::reset))
