@@ -317,6 +317,15 @@ impl Whep {
     }
 
     /// A session slot for `client`, or the refusal when it holds as many as it may.
+    /// An offer's slot under its client's caps, and the ICE servers its peer connection uses:
+    /// the offer's, then the agent's own.
+    fn admit(&self, offer: &IncomingOffer<'_>) -> Result<(ClientSlot, Vec<IceServer>), WhepError> {
+        let slot = self.reserve(offer.client)?;
+        let mut servers = offer.ice_servers.to_vec();
+        servers.extend(self.inner.settings.ice_servers.iter().cloned());
+        Ok((slot, servers))
+    }
+
     fn reserve(&self, client: Option<&Client>) -> Result<ClientSlot, WhepError> {
         let slot = self
             .inner
@@ -349,14 +358,14 @@ impl Whep {
 
     /// Answers a viewer's offer.
     pub async fn offer(&self, offer: IncomingOffer<'_>) -> Result<OfferResult, WhepError> {
+        let started = Instant::now();
+        let (slot, servers) = self.admit(&offer)?;
         let IncomingOffer {
             stream,
             sdp,
-            ice_servers,
             client,
+            ..
         } = offer;
-        let started = Instant::now();
-        let slot = self.reserve(client)?;
         // Subscribing first reserves the viewer's slot and fails fast for a stream not live.
         let reader = self
             .inner
@@ -366,8 +375,6 @@ impl Whep {
                 HubError::TooManyReaders(_) => WhepError::Busy(e.to_string()),
                 _ => WhepError::NotLive(stream.to_string()),
             })?;
-        let mut servers = ice_servers.to_vec();
-        servers.extend(self.inner.settings.ice_servers.iter().cloned());
         let ssrc = u32::from_be_bytes(self.random()).max(1);
         let audio_ssrc = self
             .inner

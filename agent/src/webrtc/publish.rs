@@ -50,21 +50,14 @@ impl Whep {
     /// Takes a WHIP publisher's offer for stream `stream` (`{app}/{name}`): the stream is
     /// taken at once (refused if it has a publisher), and its media goes into the hub.
     pub async fn publish(&self, offer: IncomingOffer<'_>) -> Result<OfferResult, WhepError> {
-        let IncomingOffer {
-            stream,
-            sdp,
-            ice_servers,
-            client,
-        } = offer;
         let started = Instant::now();
-        if !offers_h264(&sdp) {
+        if !offers_h264(&offer.sdp) {
             return Err(AnswerError::NoH264ToPublish.into());
         }
-        let slot = self.reserve(client)?;
+        let (slot, servers) = self.admit(&offer)?;
+        let IncomingOffer { stream, sdp, .. } = offer;
         let session = whep::session_id(&self.inner.agent, u64::from_be_bytes(self.random()));
         let publisher = self.take_stream(stream, &format!("WHIP {session}"))?;
-        let mut servers = ice_servers.to_vec();
-        servers.extend(self.inner.settings.ice_servers.iter().cloned());
         let (tracks_tx, tracks) = tokio::sync::mpsc::channel(4);
         let (answer, receiving) = peer::answer_publisher(
             sdp,
