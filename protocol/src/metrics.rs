@@ -156,6 +156,27 @@ impl Exposition {
         self.family(name, kind, help).sample(name, &[], value)
     }
 
+    /// A family with a sample per `(label values, value)`, the values under `label_names`.
+    pub fn labelled<V: AsRef<str>>(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        help: &str,
+        label_names: &[&str],
+        samples: impl IntoIterator<Item = (Vec<V>, f64)>,
+    ) -> &mut Self {
+        self.family(name, kind, help);
+        for (values, value) in samples {
+            let labels: Vec<(&str, &str)> = label_names
+                .iter()
+                .copied()
+                .zip(values.iter().map(AsRef::as_ref))
+                .collect();
+            self.sample(name, &labels, value);
+        }
+        self
+    }
+
     /// A family of counters under `label_names`.
     pub fn counters(
         &mut self,
@@ -164,16 +185,9 @@ impl Exposition {
         label_names: &[&str],
         counters: &Counters,
     ) -> &mut Self {
-        self.family(name, Kind::Counter, help);
-        for (values, n) in counters.snapshot() {
-            let labels: Vec<(&str, &str)> = label_names
-                .iter()
-                .copied()
-                .zip(values.iter().map(String::as_str))
-                .collect();
-            self.sample(name, &labels, n as f64);
-        }
-        self
+        let samples = counters.snapshot().into_iter();
+        let samples = samples.map(|(values, n)| (values, n as f64));
+        self.labelled(name, Kind::Counter, help, label_names, samples)
     }
 
     pub fn histogram(

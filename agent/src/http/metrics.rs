@@ -49,66 +49,55 @@ pub async fn scrape(State(app): State<AppState>) -> Response {
         "Media bytes (FLV tag bodies) received from publishers.",
         totals.bytes_in as f64,
     );
-    e.family(
+    // Readers by kind (webrtc: WHEP viewers): how many, their bytes, their dropped frames.
+    let by_kind = |value: fn(u64, u64, u64) -> u64| {
+        let readers = totals.readers.iter();
+        readers.map(move |(kind, n, bytes, dropped)| {
+            (
+                vec![kind.as_str()],
+                value(*n as u64, *bytes, *dropped) as f64,
+            )
+        })
+    };
+    e.labelled(
         "verge_agent_readers",
         Kind::Gauge,
         "Readers of live streams now, by kind (webrtc: WHEP viewers).",
+        &["kind"],
+        by_kind(|n, _, _| n),
     );
-    for (kind, readers, _, _) in &totals.readers {
-        e.sample(
-            "verge_agent_readers",
-            &[("kind", kind.as_str())],
-            *readers as f64,
-        );
-    }
-    e.family(
+    e.labelled(
         "verge_agent_reader_bytes_total",
         Kind::Counter,
         "Media bytes handed to readers, by kind (before each protocol's own framing).",
+        &["kind"],
+        by_kind(|_, bytes, _| bytes),
     );
-    for (kind, _, bytes, _) in &totals.readers {
-        e.sample(
-            "verge_agent_reader_bytes_total",
-            &[("kind", kind.as_str())],
-            *bytes as f64,
-        );
-    }
-    e.family(
+    e.labelled(
         "verge_agent_reader_dropped_frames_total",
         Kind::Counter,
         "Frames readers lost by falling behind (they resume at the next keyframe), by kind.",
+        &["kind"],
+        by_kind(|_, _, dropped| dropped),
     );
-    for (kind, _, _, dropped) in &totals.readers {
-        e.sample(
-            "verge_agent_reader_dropped_frames_total",
-            &[("kind", kind.as_str())],
-            *dropped as f64,
-        );
-    }
-    e.family(
+    e.labelled(
         "verge_agent_stream_readers",
         Kind::Gauge,
         "Readers of each live stream.",
+        &["stream"],
+        streams
+            .iter()
+            .map(|s| (vec![s.id.as_str()], s.readers as f64)),
     );
-    for s in &streams {
-        e.sample(
-            "verge_agent_stream_readers",
-            &[("stream", &s.id)],
-            s.readers as f64,
-        );
-    }
-    e.family(
+    e.labelled(
         "verge_agent_stream_bitrate_bits_per_second",
         Kind::Gauge,
         "Each live stream's bitrate over the last second.",
+        &["stream"],
+        streams
+            .iter()
+            .map(|s| (vec![s.id.as_str()], f64::from(s.bitrate_kbps) * 1000.0)),
     );
-    for s in &streams {
-        e.sample(
-            "verge_agent_stream_bitrate_bits_per_second",
-            &[("stream", &s.id)],
-            f64::from(s.bitrate_kbps) * 1000.0,
-        );
-    }
     let u = &app.uploads;
     let load =
         |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;

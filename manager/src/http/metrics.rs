@@ -117,42 +117,34 @@ fn fleet(app: &AppState, e: &mut Exposition) {
             &[("state", "offline")],
             (agents.len() - online) as f64,
         );
-    e.family(
+    let agent = ["agent"];
+    e.labelled(
         "verge_agent_up",
         Kind::Gauge,
         "Whether each agent is online (1) or not (0).",
+        &agent,
+        agents
+            .iter()
+            .map(|a| (vec![a.id.as_str()], flag(a.online()))),
     );
-    for a in &agents {
-        e.sample("verge_agent_up", &[("agent", &a.id)], flag(a.online()));
-    }
-    e.family(
+    let online_agents = || agents.iter().filter(|a| a.online());
+    e.labelled(
         "verge_agent_rpc_rtt_seconds",
         Kind::Gauge,
         "Round trip of the last RPC each online agent answered.",
+        &agent,
+        online_agents().filter_map(|a| Some((vec![a.id.as_str()], a.last_rtt_ms? / 1000.0))),
     );
-    for a in agents.iter().filter(|a| a.online()) {
-        if let Some(ms) = a.last_rtt_ms {
-            e.sample(
-                "verge_agent_rpc_rtt_seconds",
-                &[("agent", &a.id)],
-                ms / 1000.0,
-            );
-        }
-    }
-    e.family(
+    e.labelled(
         "verge_agent_egress_bits_per_second",
         Kind::Gauge,
         "Media each online agent hands its viewers and players (its last state report).",
+        &agent,
+        online_agents().filter_map(|a| {
+            let kbps = a.state.as_ref()?.egress_kbps?;
+            Some((vec![a.id.as_str()], f64::from(kbps) * 1000.0))
+        }),
     );
-    for a in agents.iter().filter(|a| a.online()) {
-        if let Some(kbps) = a.state.as_ref().and_then(|s| s.egress_kbps) {
-            e.sample(
-                "verge_agent_egress_bits_per_second",
-                &[("agent", &a.id)],
-                f64::from(kbps) * 1000.0,
-            );
-        }
-    }
     let streams: Vec<(&str, &verge_protocol::state::StreamInfo)> = agents
         .iter()
         .filter(|a| a.online())
@@ -175,32 +167,24 @@ fn fleet(app: &AppState, e: &mut Exposition) {
         "Readers of those streams (WHEP viewers, RTMP and HTTP-FLV players, HLS, recorders).",
         streams.iter().map(|(_, s)| f64::from(s.readers)).sum(),
     );
-    e.family(
+    let by_stream = |value: fn(&verge_protocol::state::StreamInfo) -> f64| {
+        let streams = streams.iter();
+        streams.map(move |(agent, s)| (vec![agent.to_string(), s.id()], value(s)))
+    };
+    e.labelled(
         "verge_stream_readers",
         Kind::Gauge,
         "Readers of each live stream.",
+        &["agent", "stream"],
+        by_stream(|s| f64::from(s.readers)),
     );
-    for (agent, s) in &streams {
-        let id = s.id();
-        e.sample(
-            "verge_stream_readers",
-            &[("agent", agent), ("stream", &id)],
-            f64::from(s.readers),
-        );
-    }
-    e.family(
+    e.labelled(
         "verge_stream_bitrate_bits_per_second",
         Kind::Gauge,
         "Bitrate of each live stream as its agent measures it.",
+        &["agent", "stream"],
+        by_stream(|s| f64::from(s.bitrate_kbps.unwrap_or(0)) * 1000.0),
     );
-    for (agent, s) in &streams {
-        let id = s.id();
-        e.sample(
-            "verge_stream_bitrate_bits_per_second",
-            &[("agent", agent), ("stream", &id)],
-            f64::from(s.bitrate_kbps.unwrap_or(0)) * 1000.0,
-        );
-    }
 }
 
 async fn tunnels(app: &AppState, e: &mut Exposition) {
@@ -210,61 +194,46 @@ async fn tunnels(app: &AppState, e: &mut Exposition) {
             stats.push((a.id, s));
         }
     }
-    e.family(
+    e.labelled(
         "verge_tunnel_open_streams",
         Kind::Gauge,
         "Tunnel streams open to each agent.",
+        &["agent"],
+        stats
+            .iter()
+            .map(|(agent, s)| (vec![agent.as_str()], s.open_streams as f64)),
     );
-    for (agent, s) in &stats {
-        e.sample(
-            "verge_tunnel_open_streams",
-            &[("agent", agent)],
-            s.open_streams as f64,
-        );
-    }
-    e.family(
+    e.labelled(
         "verge_tunnel_bytes_total",
         Kind::Counter,
         "Sealed tunnel bytes to and from each agent, since its tunnel link started.",
+        &["agent", "direction"],
+        stats.iter().flat_map(|(agent, s)| {
+            [
+                (vec![agent.as_str(), "to_agent"], s.bytes_out as f64),
+                (vec![agent.as_str(), "from_agent"], s.bytes_in as f64),
+            ]
+        }),
     );
-    for (agent, s) in &stats {
-        e.sample(
-            "verge_tunnel_bytes_total",
-            &[("agent", agent), ("direction", "to_agent")],
-            s.bytes_out as f64,
-        )
-        .sample(
-            "verge_tunnel_bytes_total",
-            &[("agent", agent), ("direction", "from_agent")],
-            s.bytes_in as f64,
-        );
-    }
-    e.family(
+    e.labelled(
         "verge_tunnel_packets_refused_total",
         Kind::Counter,
         "Packets on an agent's tunnel topic that did not authenticate or decode.",
+        &["agent"],
+        stats
+            .iter()
+            .map(|(agent, s)| (vec![agent.as_str()], s.packets_refused as f64)),
     );
-    for (agent, s) in &stats {
-        e.sample(
-            "verge_tunnel_packets_refused_total",
-            &[("agent", agent)],
-            s.packets_refused as f64,
-        );
-    }
-    e.family(
+    e.labelled(
         "verge_tunnel_resets_total",
         Kind::Counter,
         "Tunnel streams reset, by agent and reason.",
+        &["agent", "reason"],
+        stats.iter().flat_map(|(agent, s)| {
+            let resets = s.resets.iter();
+            resets.map(move |(reason, n)| (vec![agent.as_str(), reason.as_str()], *n as f64))
+        }),
     );
-    for (agent, s) in &stats {
-        for (reason, n) in &s.resets {
-            e.sample(
-                "verge_tunnel_resets_total",
-                &[("agent", agent), ("reason", reason)],
-                *n as f64,
-            );
-        }
-    }
 }
 
 /// Relays running and viewers by the role of the node serving them.
