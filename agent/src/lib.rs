@@ -117,7 +117,7 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
         cfg.http.header_timeout_secs,
         cfg.http.idle_timeout_secs,
     );
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(rtmp::serve(
             rtmp_listener,
             hub.clone(),
@@ -126,21 +126,6 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
                 noauth: cfg.rtmp.noauth,
                 ..rtmp::RtmpSettings::default()
             },
-        )),
-        // Both end when the agent aborts its tasks.
-        tokio::spawn(verge_serve::http::serve(
-            http_listener,
-            router,
-            http_limits,
-            "HTTP",
-            std::future::pending(),
-        )),
-        tokio::spawn(verge_serve::http::serve(
-            hls_listener,
-            hls,
-            http_limits,
-            "HLS",
-            std::future::pending(),
         )),
         tokio::spawn(recorder.clone().run()),
         tokio::spawn({
@@ -170,6 +155,12 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
             },
         )),
     ];
+    // Both end when the agent aborts its tasks.
+    for (listener, router, what) in [(http_listener, router, "HTTP"), (hls_listener, hls, "HLS")] {
+        let serving =
+            verge_serve::http::serve(listener, router, http_limits, what, std::future::pending());
+        tasks.push(tokio::spawn(serving));
+    }
     let agent = Agent {
         cfg,
         session: session::Inputs {

@@ -192,22 +192,15 @@ pub async fn start(cfg: &ManagerConfig) -> Result<Manager, ManagerError> {
             })?;
         forward_listeners.push(bound);
     }
-    let socks_listener = match cfg.tunnel.socks_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| ManagerError::Socks { addr, source })?,
-        ),
-        None => None,
-    };
-    let rtmp_listener = match cfg.rtmp.listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| ManagerError::Rtmp { addr, source })?,
-        ),
-        None => None,
-    };
+    let socks_listener = bind_if_set(cfg.tunnel.socks_listen, |addr, source| {
+        ManagerError::Socks { addr, source }
+    })
+    .await?;
+    let rtmp_listener = bind_if_set(cfg.rtmp.listen, |addr, source| ManagerError::Rtmp {
+        addr,
+        source,
+    })
+    .await?;
     let credentials = Credentials::new(
         cfg.agents.iter().map(|a| (a.id.clone(), a.secret.clone())),
         cfg.enrollment.secret.clone().filter(|s| !s.is_empty()),
@@ -650,6 +643,20 @@ pub async fn run(
     shutdown.await;
     manager.stop().await;
     Ok(())
+}
+
+/// A listener on `addr` when one is set; `error` says which failed to bind.
+async fn bind_if_set(
+    addr: Option<SocketAddr>,
+    error: fn(SocketAddr, std::io::Error) -> ManagerError,
+) -> Result<Option<tokio::net::TcpListener>, ManagerError> {
+    match addr {
+        Some(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| error(addr, source)),
+        None => Ok(None),
+    }
 }
 
 /// The address a local client dials to reach a listener bound to `addr`.
