@@ -22,8 +22,6 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use verge_testkit::{ANY_PORT, Proc, TempDir, get, listener, wait_for};
 
-/// Messages a watcher saw: topic and payload.
-
 /// How long a change may take on a loaded machine (conditions are polled, not slept on).
 const PATIENCE: Duration = Duration::from_secs(20);
 

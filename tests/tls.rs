@@ -127,7 +127,7 @@ fn start_agent(dir: &TempDir, id: &str, secret: &str, url: &str, ca: &Path) -> P
 }
 
 fn start_manager(dir: &TempDir, config: &Path) -> (Proc, verge_testkit::Listeners) {
-    Proc::manager(&config, dir.path())
+    Proc::manager(config, dir.path())
 }
 
 fn online(http: SocketAddr, id: &str) -> bool {
