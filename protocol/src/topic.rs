@@ -192,62 +192,30 @@ impl Topics {
         };
         let (id, parsed) = match levels.as_slice() {
             ["v1", "ask"] => return Ok(Topic::Ask),
-            ["v1", "a", agent, "presence"] => (
-                *agent,
-                Topic::Presence {
-                    agent: agent.to_string(),
-                },
-            ),
-            ["v1", "a", agent, "state"] => (
-                *agent,
-                Topic::State {
-                    agent: agent.to_string(),
-                },
-            ),
-            ["v1", "a", agent, "req"] => (
-                *agent,
-                Topic::Request {
-                    agent: agent.to_string(),
-                },
-            ),
-            ["v1", "a", agent, "keys"] => (
-                *agent,
-                Topic::Keys {
-                    agent: agent.to_string(),
-                },
-            ),
-            ["v1", "a", agent, "idx"] => (
-                *agent,
-                Topic::Index {
-                    agent: agent.to_string(),
-                },
-            ),
-            ["v1", "a", agent, "call"] => (
-                *agent,
-                Topic::Call {
-                    agent: agent.to_string(),
-                },
-            ),
-            ["v1", "a", agent, "ret"] => (
-                *agent,
-                Topic::CallReply {
-                    agent: agent.to_string(),
-                },
-            ),
-            ["v1", "a", agent, level] if level.starts_with("ack:") => (
-                *agent,
-                Topic::IndexAck {
-                    agent: agent.to_string(),
-                    manager: manager_id(&level["ack:".len()..])?,
-                },
-            ),
-            ["v1", "a", agent, level] if level.starts_with("tun:") => (
-                *agent,
-                Topic::TunnelDown {
-                    agent: agent.to_string(),
-                    manager: manager_id(&level["tun:".len()..])?,
-                },
-            ),
+            ["v1", "a", agent, level] => {
+                let agent_id = agent.to_string();
+                let parsed = match *level {
+                    "presence" => Topic::Presence { agent: agent_id },
+                    "state" => Topic::State { agent: agent_id },
+                    "req" => Topic::Request { agent: agent_id },
+                    "keys" => Topic::Keys { agent: agent_id },
+                    "idx" => Topic::Index { agent: agent_id },
+                    "call" => Topic::Call { agent: agent_id },
+                    "ret" => Topic::CallReply { agent: agent_id },
+                    _ => match level.split_once(':') {
+                        Some(("ack", manager)) => Topic::IndexAck {
+                            agent: agent_id,
+                            manager: manager_id(manager)?,
+                        },
+                        Some(("tun", manager)) => Topic::TunnelDown {
+                            agent: agent_id,
+                            manager: manager_id(manager)?,
+                        },
+                        _ => return Err(TopicError::Unknown(topic.to_string())),
+                    },
+                };
+                (*agent, parsed)
+            }
             ["v1", "a", agent, "tun", manager] => (
                 *agent,
                 Topic::TunnelDown {
