@@ -157,15 +157,9 @@ fn crowd_round(
     args: &Args,
     pinned: bool,
 ) -> Crowd {
-    let edge = Edge::start(
-        "cluster-crowd",
-        &EdgeOptions {
-            noauth: true,
-            // Appended under the fixture's [webrtc].
-            agent_toml: format!("backlog_speedup = {speedup}\n{LIMITS}"),
-            ..EdgeOptions::default()
-        },
-    );
+    // Appended under the fixture's [webrtc].
+    let agent = format!("backlog_speedup = {speedup}\n{LIMITS}");
+    let edge = Edge::start("cluster-crowd", &EdgeOptions::noauth().agent(&agent));
     if pinned {
         pin(edge.agent.pid(), "0");
         pin(edge.manager.pid(), "1");
@@ -467,14 +461,12 @@ fn serving(rt: &tokio::runtime::Runtime, clip: &Path, args: &Args, pinned: bool)
         .unwrap_or_default();
     let edge = Edge::start(
         "cluster-serve",
-        &EdgeOptions {
-            noauth: true,
-            manager_toml: "[[agents]]\nid = \"cloud-a\"\nsecret = \"sa\"\n\
-                           [cluster]\nedge_viewers = 0\n[cascade]\nmaximum_idle_time = 600000\n"
-                .into(),
-            agent_toml: format!("{speedup}{LIMITS}"),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions::noauth()
+            .manager(
+                "[[agents]]\nid = \"cloud-a\"\nsecret = \"sa\"\n\
+                           [cluster]\nedge_viewers = 0\n[cascade]\nmaximum_idle_time = 600000\n",
+            )
+            .agent(&format!("{speedup}{LIMITS}")),
     );
     let (cloud, cloud_http) = start_cloud_node(&edge, "cloud-a", "sa", &speedup);
     let online = wait_for(Duration::from_secs(30), || {

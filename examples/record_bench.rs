@@ -86,12 +86,8 @@ fn main() {
     let (seconds, mib) = args();
     let edge = Edge::start(
         "record-bench",
-        &EdgeOptions {
-            noauth: true,
-            agent_toml:
-                "[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/rec\"]\nsegment_secs = 2\n".into(),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions::noauth()
+            .agent("[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/rec\"]\nsegment_secs = 2\n"),
     );
 
     let plain = cpu_while_publishing(&edge, "plain", seconds);

@@ -72,11 +72,8 @@ fn main() {
     let pinned = cores >= 2 && pin(std::process::id(), "1");
     let edge = Edge::start(
         "whep-bench",
-        &EdgeOptions {
-            noauth: true,
-            agent_toml: "[limits]\npub_max = 4\nsub_max = 4000\nrpc_concurrency = 64\n".into(),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions::noauth()
+            .agent("[limits]\npub_max = 4\nsub_max = 4000\nrpc_concurrency = 64\n"),
     );
     if pinned {
         pin(edge.agent.pid(), "0");

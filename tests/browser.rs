@@ -147,17 +147,11 @@ fn a_b_frame_stream_plays_smoothly_in_chromium() {
         println!("{output}");
         return;
     }
-    let edge = Edge::start(
-        "browser-bframes",
-        &EdgeOptions {
-            noauth: true,
-            // VERGE_TEST_B_FRAMES=drop measures the other strategy (docs/benchmarks.md).
-            agent_toml: std::env::var("VERGE_TEST_B_FRAMES")
-                .map(|v| format!("b_frames = \"{v}\"\n"))
-                .unwrap_or_default(),
-            ..Default::default()
-        },
-    );
+    // VERGE_TEST_B_FRAMES=drop measures the other strategy (docs/benchmarks.md).
+    let b_frames = std::env::var("VERGE_TEST_B_FRAMES")
+        .map(|v| format!("b_frames = \"{v}\"\n"))
+        .unwrap_or_default();
+    let edge = Edge::start("browser-bframes", &EdgeOptions::noauth().agent(&b_frames));
     let fps = 30;
     // What a new user sends: x264 with B-frames in a pyramid and weighted B prediction (as its
     // default preset medium; veryfast codes the same way with less CPU), High, -bf 3, 720p30.
@@ -577,12 +571,9 @@ fn chromium_plays_through_a_cloud_nodes_relay_with_sound() {
     }
     let edge = Edge::start(
         "browser-relay",
-        &EdgeOptions {
-            manager_toml: "[[agents]]\nid = \"cloud-a\"\nsecret = \"sa\"\n\
-                           [cluster]\nedge_viewers = 0\n"
-                .into(),
-            ..EdgeOptions::noauth()
-        },
+        &EdgeOptions::noauth().manager(
+            "[[agents]]\nid = \"cloud-a\"\nsecret = \"sa\"\n[cluster]\nedge_viewers = 0\n",
+        ),
     );
     let cloud = edge.start_cloud_node("cloud-a", "sa");
     let _ffmpeg = edge.publish("ffmpeg", "cam", &Synthetic::keyframe_every_second(60));

@@ -29,11 +29,7 @@ fn stderr(o: &Output) -> String {
 fn the_cli_reads_and_changes_the_fleet_and_its_exit_codes_mean_something() {
     let b = Edge::start(
         "cli",
-        &EdgeOptions {
-            noauth: false,
-            agent_toml: "[record]\ndir = \"{dir}/rec\"\n".into(),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions::default().agent("[record]\ndir = \"{dir}/rec\"\n"),
     );
     let manager = format!("http://{}", b.manager_http);
 

@@ -19,11 +19,7 @@ const STATE: &str = "verge/v1/a/edge-1/state";
 fn healing_converges_against_an_earlier_runs_retained_messages_and_their_replays() {
     let mut b = Edge::start(
         "heal",
-        &EdgeOptions {
-            noauth: true,
-            manager_toml: "[[agents]]\nid = \"edge-2\"\nsecret = \"s2\"\n".into(),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions::noauth().manager("[[agents]]\nid = \"edge-2\"\nsecret = \"s2\"\n"),
     );
     // A watcher with another agent's credentials (the broker has no topic ACLs) sees every
     // publish on edge-1's retained topics, and later replays what it captured.

@@ -435,11 +435,7 @@ fn a_liveion_found_on_the_broker_by_net4mqtt_plays_through_the_manager() {
     // anonymous clients), as live777 runs it: no [[nodes]] entry at the manager.
     let edge = Edge::start(
         "liveion-net4mqtt",
-        &EdgeOptions {
-            noauth: true,
-            manager_toml: "[net4mqtt]\n[record_sync]\ntick_ms = 500\n[[agents]]\nid = \"n4\"\nsecret = \"n4-secret\"\n".into(),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions::noauth().manager("[net4mqtt]\n[record_sync]\ntick_ms = 500\n[[agents]]\nid = \"n4\"\nsecret = \"n4-secret\"\n"),
     );
     let m = edge.manager_http;
     let broker = verge_testkit::listener(&edge.manager_listeners, "mqtt");
@@ -549,14 +545,10 @@ fn viewers_past_the_boxs_share_are_served_by_a_liveion_node() {
     // The box serves one viewer itself; no Verge cloud node: the next go to liveion node c.
     let edge = Edge::start(
         "liveion-overflow",
-        &EdgeOptions {
-            noauth: true,
-            manager_toml: format!(
+        &EdgeOptions::noauth().manager(&format!(
                 "[cluster]\nedge_viewers = 1\n[record_sync]\ntick_ms = 500\n[[nodes]]\nalias = \"c\"\nurl = \"http://{}\"\ntoken = \"c-token\"\n",
                 node_c.addr
-            ),
-            ..EdgeOptions::default()
-        },
+            )),
     );
     let m = edge.manager_http;
     wait_for(Duration::from_secs(15), || {
@@ -632,15 +624,11 @@ fn a_liveion_stream_is_relayed_into_a_verge_cloud_node_and_recorded_there() {
     let node_d = Liveion::start(dir.path(), "node-d", Some("d-token"), "");
     let edge = Edge::start(
         "liveion-into-verge",
-        &EdgeOptions {
-            noauth: true,
-            manager_toml: format!(
-                "[[agents]]\nid = \"cloud-a\"\nsecret = \"sa\"\n\
+        &EdgeOptions::noauth().manager(&format!(
+            "[[agents]]\nid = \"cloud-a\"\nsecret = \"sa\"\n\
                  [[nodes]]\nalias = \"d\"\nurl = \"http://{}\"\ntoken = \"d-token\"\n",
-                node_d.addr
-            ),
-            ..EdgeOptions::default()
-        },
+            node_d.addr
+        )),
     );
     let m = edge.manager_http;
     let _cloud = edge.start_cloud_node("cloud-a", "sa");

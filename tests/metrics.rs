@@ -51,12 +51,8 @@ fn scrape_until(addr: SocketAddr, what: &str, check: impl Fn(&Page) -> bool) -> 
 fn metrics_of_manager_and_agent_parse_and_follow_the_fleet() {
     let b = Edge::start(
         "metrics",
-        &EdgeOptions {
-            noauth: true,
-            agent_toml: "[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/*\"]\nsegment_secs = 1\n"
-                .into(),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions::noauth()
+            .agent("[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/*\"]\nsegment_secs = 1\n"),
     );
     let m = b.manager_http;
     let page = scrape(m);

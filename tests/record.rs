@@ -60,12 +60,8 @@ fn publish_name_and_wait(b: &Edge, label: &str, name: &str, seconds: u32, record
 fn every_published_frame_is_recorded_and_a_second_session_is_a_second_period() {
     let b = Edge::start(
         "record",
-        &EdgeOptions {
-            noauth: true,
-            agent_toml: "[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/*\"]\nsegment_secs = 2\n"
-                .into(),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions::noauth()
+            .agent("[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/*\"]\nsegment_secs = 2\n"),
     );
     publish_and_wait(&b, "ffmpeg-1", 10, 1);
     let day = day_dir(&b.dir.path().join("rec/live/cam"));
@@ -296,11 +292,7 @@ fn recording_is_started_and_stopped_at_run_time_through_the_manager() {
     use verge_testkit::send;
     let b = Edge::start(
         "record-control",
-        &EdgeOptions {
-            noauth: true,
-            agent_toml: "[record]\ndir = \"{dir}/rec\"\nsegment_secs = 1\n".into(),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions::noauth().agent("[record]\ndir = \"{dir}/rec\"\nsegment_secs = 1\n"),
     );
     let media = Synthetic::keyframe_every_second(30);
     let _ffmpeg = b.publish("ffmpeg", "cam", &media);
@@ -367,13 +359,9 @@ fn index_events_that_are_forged_malformed_or_not_the_senders_own_are_refused() {
 
     let b = Edge::start(
         "record-refusals",
-        &EdgeOptions {
-            noauth: true,
-            manager_toml: "[[agents]]\nid = \"edge-2\"\nsecret = \"s2\"\n".into(),
-            agent_toml: "[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/*\"]\nsegment_secs = 2\n"
-                .into(),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions::noauth()
+            .manager("[[agents]]\nid = \"edge-2\"\nsecret = \"s2\"\n")
+            .agent("[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/*\"]\nsegment_secs = 2\n"),
     );
     publish_and_wait(&b, "ffmpeg", 4, 1);
     let owned = wait_for(Duration::from_secs(20), || {

@@ -454,11 +454,7 @@ fn a_key_bound_to_an_agent_is_given_to_that_agent_only() {
     use verge_testkit::{http, send};
     let b = Edge::start(
         "rtmp-bound-keys",
-        &EdgeOptions {
-            noauth: false,
-            manager_toml: "[[agents]]\nid = \"edge-2\"\nsecret = \"s2\"\n".into(),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions::default().manager("[[agents]]\nid = \"edge-2\"\nsecret = \"s2\"\n"),
     );
     let post = |path: &str, body: &str| {
         http(

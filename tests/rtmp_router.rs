@@ -18,14 +18,10 @@ use verge_testkit::{ANY_PORT, http, listener, request, tcp_from, wait_for};
 fn router_edge(label: &str, rtmp_toml: &str) -> Edge {
     Edge::start(
         label,
-        &EdgeOptions {
-            noauth: false,
-            manager_toml: format!(
-                "[rtmp]\nlisten = \"{ANY_PORT}\"\n{rtmp_toml}\
+        &EdgeOptions::default().manager(&format!(
+            "[rtmp]\nlisten = \"{ANY_PORT}\"\n{rtmp_toml}\
                  [[agents]]\nid = \"edge-2\"\nsecret = \"s2\"\n"
-            ),
-            ..EdgeOptions::default()
-        },
+        )),
     )
 }
 

@@ -44,12 +44,9 @@ fn edge(label: &str, targets: &[&str], allow: &[String]) -> Edge {
     let allow: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
     Edge::start(
         label,
-        &EdgeOptions {
-            noauth: true,
-            manager_toml: forwards,
-            agent_toml: format!("[tunnel]\nallow = [{}]\n", allow.join(", ")),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions::noauth()
+            .manager(&forwards)
+            .agent(&format!("[tunnel]\nallow = [{}]\n", allow.join(", "))),
     )
 }
 
@@ -343,15 +340,10 @@ fn refused(b: &Edge) -> u64 {
 fn edge_with_second_agent(echo: &str) -> Edge {
     Edge::start(
         "tunnel-spy",
-        &EdgeOptions {
-            noauth: true,
-            manager_toml: format!(
+        &EdgeOptions::noauth().manager(&format!(
                 "[[agents]]\nid = \"edge-2\"\nsecret = \"s2\"\n\
                  [[tunnel.forward]]\nlisten = \"{ANY_PORT}\"\nagent = \"edge-1\"\ntarget = \"{echo}\"\n"
-            ),
-            agent_toml: format!("[tunnel]\nallow = [\"{echo}\"]\n"),
-            ..EdgeOptions::default()
-        },
+            )).agent(&format!("[tunnel]\nallow = [\"{echo}\"]\n")),
     )
 }
 
@@ -466,11 +458,7 @@ fn a_broker_restart_mid_transfer_loses_nothing() {
 fn curl_reaches_a_box_through_the_managers_socks5_proxy() {
     let b = Edge::start(
         "tunnel-socks",
-        &EdgeOptions {
-            noauth: true,
-            manager_toml: format!("[tunnel]\nsocks_listen = \"{ANY_PORT}\"\n"),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions::noauth().manager(&format!("[tunnel]\nsocks_listen = \"{ANY_PORT}\"\n")),
     );
     let socks = listener(&b.manager_listeners, "socks");
     let _publisher = publish_live(&b);
@@ -556,15 +544,12 @@ fn socks5_succeeds_only_once_the_agent_accepted_and_each_refusal_has_its_code() 
     let closed = reserve_port();
     let mut b = Edge::start(
         "tunnel-socks-replies",
-        &EdgeOptions {
-            noauth: true,
-            manager_toml: format!("[tunnel]\nsocks_listen = \"{ANY_PORT}\"\n"),
-            agent_toml: format!(
+        &EdgeOptions::noauth()
+            .manager(&format!("[tunnel]\nsocks_listen = \"{ANY_PORT}\"\n"))
+            .agent(&format!(
                 "[tunnel]\nallow = [\"rtmp\", \"http\", \"{}\"]\n",
                 closed.addr()
-            ),
-            ..EdgeOptions::default()
-        },
+            )),
     );
     let socks = listener(&b.manager_listeners, "socks");
     let patience = Duration::from_secs(30);
@@ -626,14 +611,9 @@ fn a_hundred_streams_complete_intact_and_a_stalled_reader_keeps_both_processes_s
     let echo_target = echo.to_string();
     let b = Edge::start(
         "tunnel-many",
-        &EdgeOptions {
-            noauth: true,
-            manager_toml: format!(
+        &EdgeOptions::noauth().manager(&format!(
                 "[[tunnel.forward]]\nlisten = \"{ANY_PORT}\"\nagent = \"edge-1\"\ntarget = \"{echo_target}\"\n"
-            ),
-            agent_toml: format!("[tunnel]\nallow = [\"{echo_target}\"]\nmax_streams = 128\n"),
-            ..EdgeOptions::default()
-        },
+            )).agent(&format!("[tunnel]\nallow = [\"{echo_target}\"]\nmax_streams = 128\n")),
     );
     let forward = listener(&b.manager_listeners, "forward-0");
 

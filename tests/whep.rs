@@ -392,12 +392,7 @@ fn whep_refusals_are_statuses_a_client_can_act_on() {
 fn each_session_gets_its_own_turn_credentials_with_coturn_configured() {
     let edge = Edge::start(
         "whep-coturn",
-        &EdgeOptions {
-            noauth: true,
-            manager_toml: "[extra_ice.coturn]\nsecret = \"north\"\nurls = [\"turn:127.0.0.1:3478?transport=udp\"]\nttl = 600\n"
-                .into(),
-            ..Default::default()
-        },
+        &EdgeOptions::noauth().manager("[extra_ice.coturn]\nsecret = \"north\"\nurls = [\"turn:127.0.0.1:3478?transport=udp\"]\nttl = 600\n"),
     );
     let turn = |r: &Response| -> (String, String) {
         let link = r
@@ -438,15 +433,12 @@ fn viewers_get_the_agents_ice_servers_too_unless_the_manager_overrides_them() {
     for (label, overridden) in [("whep-upstream-ice", false), ("whep-override-ice", true)] {
         let edge = Edge::start(
             label,
-            &EdgeOptions {
-                noauth: true,
-                manager_toml: format!(
+            &EdgeOptions::noauth()
+                .manager(&format!(
                     "[extra_ice]\noverride_upstream_ice_servers = {overridden}\n\
                      [[extra_ice.ice_servers]]\nurls = [\"stun:127.0.0.8:3478\"]\n"
-                ),
-                agent_toml: "[[webrtc.ice_servers]]\nurls = [\"stun:127.0.0.9:3478\"]\n".into(),
-                ..Default::default()
-            },
+                ))
+                .agent("[[webrtc.ice_servers]]\nurls = [\"stun:127.0.0.9:3478\"]\n"),
         );
         let media = Synthetic::keyframe_every_second(30);
         let _ffmpeg = edge.on_air("ffmpeg", "cam", &media);
@@ -546,15 +538,11 @@ fn cloudflare_turn_credentials_reach_viewers_and_are_reused() {
     let cf = CloudflareStandIn::start();
     let edge = Edge::start(
         "whep-cloudflare",
-        &EdgeOptions {
-            noauth: true,
-            manager_toml: format!(
-                "[extra_ice.cloudflare]\nkey_id = \"key-1\"\napi_token = \"cf-token\"\nttl = 600\n\
+        &EdgeOptions::noauth().manager(&format!(
+            "[extra_ice.cloudflare]\nkey_id = \"key-1\"\napi_token = \"cf-token\"\nttl = 600\n\
                  api_url = \"http://{}/v1/turn/keys\"\n",
-                cf.addr
-            ),
-            ..Default::default()
-        },
+            cf.addr
+        )),
     );
     // A WHIP preflight (see the coturn test): no stream needs to be live.
     let links = || {
@@ -592,14 +580,10 @@ fn without_cloudflare_sessions_go_on_without_its_servers() {
     drop(down);
     let edge = Edge::start(
         "whep-cloudflare-down",
-        &EdgeOptions {
-            noauth: true,
-            manager_toml: format!(
-                "[extra_ice.cloudflare]\nkey_id = \"key-1\"\napi_token = \"cf-token\"\n\
+        &EdgeOptions::noauth().manager(&format!(
+            "[extra_ice.cloudflare]\nkey_id = \"key-1\"\napi_token = \"cf-token\"\n\
                  api_url = \"http://{addr}/v1/turn/keys\"\n"
-            ),
-            ..Default::default()
-        },
+        )),
     );
     // The API's refusal (or its 3 s timeout) does not hold the session up.
     let started = std::time::Instant::now();

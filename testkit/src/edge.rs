@@ -43,6 +43,18 @@ impl EdgeOptions {
             ..Self::default()
         }
     }
+
+    /// `toml` appended to `manager.toml`.
+    pub fn manager(mut self, toml: &str) -> Self {
+        self.manager_toml.push_str(toml);
+        self
+    }
+
+    /// `toml` appended to `agent.toml`.
+    pub fn agent(mut self, toml: &str) -> Self {
+        self.agent_toml.push_str(toml);
+        self
+    }
 }
 
 pub struct Edge {
