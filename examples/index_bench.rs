@@ -17,6 +17,7 @@ use verge_manager::db::Db;
 use verge_manager::db::recordings::Upserted;
 use verge_protocol::index::IndexRow;
 use verge_testkit::TempDir;
+use verge_testkit::measure::numeric_flags;
 use verge_testkit::postgres::Postgres;
 
 fn row(i: usize, offset: usize) -> IndexRow {
@@ -70,17 +71,8 @@ async fn measure(db: Arc<Db>, rows: usize, tasks: usize) -> (f64, f64, f64) {
 }
 
 fn main() {
-    let mut rows = 5000;
-    let mut tasks = 8;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().expect("a value after each flag");
-        match flag.as_str() {
-            "--rows" => rows = value.parse().expect("--rows N"),
-            "--tasks" => tasks = value.parse().expect("--tasks N"),
-            other => panic!("unknown option {other}"),
-        }
-    }
+    let [rows, tasks] = numeric_flags("index_bench", [("--rows", 5000), ("--tasks", 8)]);
+    let (rows, tasks) = (rows as usize, tasks as usize);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use verge_manager::db::Db;
 use verge_protocol::index::IndexRow;
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks};
+use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks, numeric_flags};
 use verge_testkit::wait_for;
 
 /// GET `path` over HTTP/1.0; the body's length and when its first byte came.
@@ -49,17 +49,8 @@ fn fetch(addr: SocketAddr, path: &str) -> Option<(u16, u64, Instant)> {
 }
 
 fn args() -> (u32, u64) {
-    let (mut seconds, mut mib) = (20, 256);
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().expect("a value after each flag");
-        match flag.as_str() {
-            "--seconds" => seconds = value.parse().expect("--seconds N"),
-            "--mib" => mib = value.parse().expect("--mib N"),
-            other => panic!("unknown option {other}"),
-        }
-    }
-    (seconds.max(8), mib)
+    let [seconds, mib] = numeric_flags("record_bench", [("--seconds", 20), ("--mib", 256)]);
+    (seconds.max(8) as u32, mib)
 }
 
 /// The agent's CPU (percent of one core) over the middle of a publish of `name`.

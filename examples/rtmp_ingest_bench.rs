@@ -64,6 +64,7 @@ use verge_media::flv::tag::{self, FrameType, VideoPacket};
 use verge_media::hub::{Hub, HubConfig, Reader};
 use verge_media::rtmp::chunk::{ChunkDecoder, ChunkEncoder, Message};
 use verge_media::rtmp::message::{self, Control};
+use verge_testkit::measure::numeric_flags;
 
 const FPS: u32 = 25;
 const FRAME_INTERVAL: Duration = Duration::from_millis(40);
@@ -108,21 +109,14 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args {
-        seconds: 5,
-        max_publishers: 512,
+    let [seconds, max_publishers] = numeric_flags(
+        "rtmp_ingest_bench",
+        [("--seconds", 5), ("--max-publishers", 512)],
+    );
+    let args = Args {
+        seconds: seconds as u32,
+        max_publishers: max_publishers as usize,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().unwrap_or_default();
-        match flag.as_str() {
-            "--seconds" => args.seconds = value.parse().expect("--seconds N"),
-            "--max-publishers" => args.max_publishers = value.parse().expect("--max-publishers N"),
-            other => {
-                panic!("unknown flag {other}; see the header of examples/rtmp_ingest_bench.rs")
-            }
-        }
-    }
     assert!(
         args.seconds > 0 && args.max_publishers > 0,
         "both must be positive"

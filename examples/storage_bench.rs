@@ -20,22 +20,15 @@ use std::time::{Duration, Instant};
 use verge_manager::db::Db;
 use verge_protocol::index::IndexRow;
 use verge_testkit::edge::{Edge, EdgeOptions, Synthetic};
-use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks};
+use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks, numeric_flags};
 use verge_testkit::{TempDir, reserve_port, wait_for};
 
 fn args() -> (u32, u32, u64) {
-    let (mut cap, mut seconds, mut mib) = (4000, 30, 128);
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().expect("a value after each flag");
-        match flag.as_str() {
-            "--cap-kbps" => cap = value.parse().expect("--cap-kbps N"),
-            "--seconds" => seconds = value.parse().expect("--seconds N"),
-            "--mib" => mib = value.parse().expect("--mib N"),
-            other => panic!("unknown option {other}"),
-        }
-    }
-    (cap.max(100), seconds.max(10), mib.max(8))
+    let [cap, seconds, mib] = numeric_flags(
+        "storage_bench",
+        [("--cap-kbps", 4000), ("--seconds", 30), ("--mib", 128)],
+    );
+    (cap.max(100) as u32, seconds.max(10) as u32, mib.max(8))
 }
 
 /// Bytes of every file under `dir`.

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use verge::whep::{Viewer, ViewerOptions};
 use verge_testkit::edge::{Edge, EdgeOptions, encode_clip, publish_loop};
-use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks, percentile, pin, rss_kib};
+use verge_testkit::measure::{TICKS_PER_SEC, cpu_ticks, numeric_flags, percentile, pin, rss_kib};
 use verge_testkit::wait_for;
 
 const FPS: f64 = 30.0;
@@ -45,25 +45,15 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        sessions: 40,
-        max_viewers: 400,
-        seconds: 5,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().and_then(|v| v.parse::<usize>().ok());
-        match (flag.as_str(), value) {
-            ("--sessions", Some(v)) => a.sessions = v.max(2),
-            ("--max-viewers", Some(v)) => a.max_viewers = v.max(1),
-            ("--seconds", Some(v)) => a.seconds = v.max(1) as u64,
-            _ => {
-                eprintln!("usage: whep_bench [--sessions N] [--max-viewers N] [--seconds N]");
-                std::process::exit(2);
-            }
-        }
+    let [sessions, max_viewers, seconds] = numeric_flags(
+        "whep_bench",
+        [("--sessions", 40), ("--max-viewers", 400), ("--seconds", 5)],
+    );
+    Args {
+        sessions: sessions.max(2) as usize,
+        max_viewers: max_viewers.max(1) as usize,
+        seconds: seconds.max(1),
     }
-    a
 }
 
 fn main() {

@@ -48,6 +48,38 @@ pub fn pin(pid: u32, cpus: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// A benchmark's numeric flags (`--name N`, in any order), each starting at its default. An
+/// unknown flag, or a value that is not a whole number, ends the run with a usage line (exit
+/// code 2).
+pub fn numeric_flags<const N: usize>(program: &str, defaults: [(&str, u64); N]) -> [u64; N] {
+    parse_flags(std::env::args().skip(1), defaults).unwrap_or_else(|usage| {
+        eprintln!("usage: {program} {usage}");
+        std::process::exit(2)
+    })
+}
+
+/// [`numeric_flags`] of `args`; the usage line when they do not read.
+fn parse_flags<const N: usize>(
+    mut args: impl Iterator<Item = String>,
+    defaults: [(&str, u64); N],
+) -> Result<[u64; N], String> {
+    let mut values = defaults.map(|(_, default)| default);
+    while let Some(flag) = args.next() {
+        let known = defaults.iter().position(|(name, _)| *name == flag);
+        match (known, args.next().and_then(|v| v.parse().ok())) {
+            (Some(i), Some(value)) => values[i] = value,
+            _ => {
+                let usage: Vec<String> = defaults
+                    .iter()
+                    .map(|(name, default)| format!("[{name} N ({default})]"))
+                    .collect();
+                return Err(usage.join(" "));
+            }
+        }
+    }
+    Ok(values)
+}
+
 /// 90 kHz RTP timestamps, unwrapped past their 32-bit wrap, from the first one seen.
 #[derive(Debug, Default)]
 pub struct RtpClock {
@@ -76,6 +108,30 @@ impl RtpClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_take_their_defaults_and_refuse_what_does_not_read() {
+        let args = |a: &[&str]| {
+            a.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        let defaults = [("--rows", 5000), ("--tasks", 8)];
+        assert_eq!(parse_flags(args(&[]), defaults), Ok([5000, 8]));
+        assert_eq!(
+            parse_flags(args(&["--tasks", "2"]), defaults),
+            Ok([5000, 2])
+        );
+        let usage = "[--rows N (5000)] [--tasks N (8)]".to_string();
+        for bad in [&["--rows"][..], &["--rows", "x"], &["--other", "1"], &["2"]] {
+            assert_eq!(
+                parse_flags(args(bad), defaults),
+                Err(usage.clone()),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn rtp_time_unwraps_past_its_32_bits() {
