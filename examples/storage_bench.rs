@@ -105,14 +105,12 @@ fn main() {
     let mut s3 = Some(verge_testkit::s3::start(root.path(), s3_addr));
     let edge = Edge::start(
         "storage-bench",
-        &EdgeOptions {
-            manager_toml: verge_testkit::s3::storage_toml(s3_addr),
-            agent_toml: format!(
+        &EdgeOptions::noauth()
+            .manager(&verge_testkit::s3::storage_toml(s3_addr))
+            .agent(&format!(
                 "[record]\ndir = \"{{dir}}/rec\"\nstreams = [\"live/cam\"]\nsegment_secs = 1\n\
                  [record.upload]\nmax_kbps = {cap}\n"
-            ),
-            ..EdgeOptions::noauth()
-        },
+            )),
     );
     let objects = verge_testkit::s3::objects(root.path());
 

@@ -59,14 +59,7 @@ fn start_agent(b: &Edge, id: &str, secret: &str) -> Proc {
 #[test]
 fn agents_enrolled_at_run_time_connect_and_revoked_ones_are_cut_off() {
     let broker = reserve_port();
-    let mut b = Edge::start(
-        "agents",
-        &EdgeOptions {
-            noauth: true,
-            broker_listen: Some(broker.addr()),
-            ..EdgeOptions::default()
-        },
-    );
+    let mut b = Edge::start("agents", &EdgeOptions::noauth().broker(broker.addr()));
 
     let added = verge(b.manager_http, &["agents", "add", "edge-7", "--json"]);
     assert!(

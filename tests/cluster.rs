@@ -60,13 +60,11 @@ fn cloud_nodes_carry_the_viewers_the_box_has_no_room_for() {
     let _one = exclusive();
     let edge = Edge::start(
         "cluster",
-        &EdgeOptions {
-            manager_toml: "[[agents]]\nid = \"cloud-a\"\nsecret = \"sa\"\n\
+        &EdgeOptions::noauth().manager(
+            "[[agents]]\nid = \"cloud-a\"\nsecret = \"sa\"\n\
                            [[agents]]\nid = \"cloud-b\"\nsecret = \"sb\"\n\
-                           [cluster]\nedge_viewers = 2\n[cascade]\nmaximum_idle_time = 3000\n"
-                .into(),
-            ..EdgeOptions::noauth()
-        },
+                           [cluster]\nedge_viewers = 2\n[cascade]\nmaximum_idle_time = 3000\n",
+        ),
     );
     let manager = edge.manager_http;
     let cloud_a = edge.start_cloud_node("cloud-a", "sa");
@@ -501,13 +499,10 @@ fn relays_outlive_a_manager_restart() {
     let broker = verge_testkit::reserve_port();
     let mut edge = Edge::start(
         "cluster-restart",
-        &EdgeOptions {
-            broker_listen: Some(broker.addr()),
-            manager_toml: "[[agents]]\nid = \"cloud-a\"\nsecret = \"sa\"\n\
-                           [cluster]\nedge_viewers = 0\n"
-                .into(),
-            ..EdgeOptions::noauth()
-        },
+        &EdgeOptions::noauth().broker(broker.addr()).manager(
+            "[[agents]]\nid = \"cloud-a\"\nsecret = \"sa\"\n\
+                           [cluster]\nedge_viewers = 0\n",
+        ),
     );
     let _cloud = edge.start_cloud_node("cloud-a", "sa");
     let both_online = |manager: SocketAddr| {

@@ -67,18 +67,14 @@ fn the_dashboard_shows_the_fleet_and_acts_on_it() {
     }
     let b = Edge::start(
         "dashboard",
-        &EdgeOptions {
-            noauth: false,
-            manager_toml: format!(
+        &EdgeOptions::default()
+            .token(STATIC)
+            .manager(&format!(
                 "[auth]\ntokens = [\"{STATIC}\"]\nsecret = \"dashboard-secret\"\n\
                  [[auth.accounts]]\nusername = \"ops\"\npassword = \"ops-password\"\n\
                  [rtmp]\nlisten = \"{ANY_PORT}\"\n"
-            ),
-            agent_toml:
-                "[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/cam\"]\nsegment_secs = 1\n".into(),
-            api_token: Some(STATIC.into()),
-            ..EdgeOptions::default()
-        },
+            ))
+            .agent("[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/cam\"]\nsegment_secs = 1\n"),
     );
     let shots = Shots {
         dir: std::env::var_os("VERGE_SCREENSHOTS")

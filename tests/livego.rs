@@ -43,14 +43,9 @@ fn livegos_control_api_issues_resets_and_deletes_channel_keys() {
     // The box wants channel keys (LiveGo's default); the manager's API wants a token.
     let edge = Edge::start(
         "livego",
-        &EdgeOptions {
-            noauth: false,
-            manager_toml: format!(
-                "[auth]\ntokens = [\"{ADMIN}\"]\n[[agents]]\nid = \"edge-2\"\nsecret = \"s-edge-2\"\n"
-            ),
-            api_token: Some(ADMIN.into()),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions::default().token(ADMIN).manager(&format!(
+            "[auth]\ntokens = [\"{ADMIN}\"]\n[[agents]]\nid = \"edge-2\"\nsecret = \"s-edge-2\"\n"
+        )),
     );
     let m = edge.manager_http;
     let token = Some(ADMIN);

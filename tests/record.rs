@@ -474,13 +474,9 @@ fn a_day_recorded_while_the_box_is_cut_off_is_indexed_once_the_manager_is_back()
     let broker = verge_testkit::reserve_port();
     let mut b = Edge::start(
         "record-cut-off",
-        &EdgeOptions {
-            noauth: true,
-            agent_toml: "[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/*\"]\nsegment_secs = 2\n"
-                .into(),
-            broker_listen: Some(broker.addr()),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions::noauth()
+            .broker(broker.addr())
+            .agent("[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/*\"]\nsegment_secs = 2\n"),
     );
     // The manager, and with it the broker, goes away: the box records on its own.
     b.stop_manager();

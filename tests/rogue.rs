@@ -38,14 +38,8 @@ fn a_client_with_another_agents_credentials_reads_and_changes_nothing() {
     let broker = reserve_port();
     let mut b = Edge::start(
         "rogue",
-        &EdgeOptions {
-            noauth: false,
-            broker_listen: Some(broker.addr()),
-            manager_toml: "[[agents]]\nid = \"edge-2\"\nsecret = \"s2\"\n\
-                 [extra_ice.coturn]\nsecret = \"turn-secret\"\nurls = [\"turn:127.0.0.1:3478\"]\nttl = 600\n"
-                .into(),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions::default().broker(broker.addr()).manager("[[agents]]\nid = \"edge-2\"\nsecret = \"s2\"\n\
+                 [extra_ice.coturn]\nsecret = \"turn-secret\"\nurls = [\"turn:127.0.0.1:3478\"]\nttl = 600\n"),
     );
     let (_cam, key) = b.publish_with_key("cam", "cam", &Synthetic::lasting(120));
 

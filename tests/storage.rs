@@ -39,12 +39,9 @@ fn record_upload_and_lose_the_box(
 ) -> (Edge, String) {
     let mut edge = Edge::start(
         label,
-        &EdgeOptions {
-            manager_toml: storage_toml.into(),
-            agent_toml:
-                "[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/cam\"]\nsegment_secs = 1\n".into(),
-            ..EdgeOptions::noauth()
-        },
+        &EdgeOptions::noauth()
+            .manager(storage_toml)
+            .agent("[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/cam\"]\nsegment_secs = 1\n"),
     );
     let mut ffmpeg = edge.publish(
         "ffmpeg",
@@ -176,14 +173,12 @@ fn a_minute_recorded_through_an_outage_and_a_restart_plays_from_s3_without_the_b
     let mut s3 = Some(verge_testkit::s3::start(root.path(), addr));
     let mut edge = Edge::start(
         "storage-s3",
-        &EdgeOptions {
-            manager_toml: verge_testkit::s3::storage_toml(addr),
-            agent_toml:
+        &EdgeOptions::noauth()
+            .manager(&verge_testkit::s3::storage_toml(addr))
+            .agent(
                 "[record]\ndir = \"{dir}/rec\"\nstreams = [\"live/cam\"]\nsegment_secs = 1\n\
-                         [record.upload]\nmax_kbps = 1000\n"
-                    .into(),
-            ..EdgeOptions::noauth()
-        },
+                         [record.upload]\nmax_kbps = 1000\n",
+            ),
     );
     let m = edge.manager_http;
     let media = Synthetic {

@@ -68,18 +68,15 @@ fn links(r: &Response) -> Vec<String> {
 fn edge(label: &str, agent_toml: &str) -> Edge {
     Edge::start(
         label,
-        &EdgeOptions {
-            noauth: true,
-            manager_toml: format!(
+        &EdgeOptions::noauth()
+            .token(STATIC)
+            .manager(&format!(
                 "[auth]\ntokens = [\"{STATIC}\"]\nsecret = \"{SECRET}\"\n\
                  [[extra_ice.ice_servers]]\nurls = [\"turn:turn.example.net:3478\"]\n\
                  username = \"turn-user\"\ncredential = \"turn-password\"\n\
                  [enrollment]\nsecret = \"surface-enrollment\"\n"
-            ),
-            agent_toml: agent_toml.into(),
-            api_token: Some(STATIC.into()),
-            ..EdgeOptions::default()
-        },
+            ))
+            .agent(agent_toml),
     )
 }
 

@@ -55,6 +55,18 @@ impl EdgeOptions {
         self.agent_toml.push_str(toml);
         self
     }
+
+    /// The embedded broker on `addr` (a reserved port, so a restarted manager keeps it).
+    pub fn broker(mut self, addr: SocketAddr) -> Self {
+        self.broker_listen = Some(addr);
+        self
+    }
+
+    /// The fixture's own API calls carry `token` (one of the manager's `[auth] tokens`).
+    pub fn token(mut self, token: &str) -> Self {
+        self.api_token = Some(token.to_string());
+        self
+    }
 }
 
 pub struct Edge {
