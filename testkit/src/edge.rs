@@ -172,11 +172,15 @@ impl Edge {
                 )
             }
         };
+        // The agent itself: liveion nodes (`[[nodes]]`) are listed with an `online` too.
         let online = wait_for(READY_TIMEOUT, || {
             let nodes = get(manager_http, &with_token("/api/nodes/", &opts.api_token))
                 .ok()?
                 .json();
-            (nodes[0]["online"] == true).then_some(())
+            let mut nodes = nodes.as_array()?.iter();
+            nodes
+                .any(|n| n["alias"] == "edge-1" && n["kind"] == "verge" && n["online"] == true)
+                .then_some(())
         });
         assert!(
             online.is_some(),
