@@ -209,17 +209,7 @@ fn two_managers_on_one_database_and_a_broker_cluster_serve_one_fleet() {
         let deleted = send("DELETE", b.http, &first.session_url.path);
         assert_eq!(deleted.status, 200, "{}", deleted.text());
         let mut first = first;
-        let end = tokio::time::timeout(PATIENCE, async {
-            loop {
-                match first.next_frame(Duration::from_secs(10)).await {
-                    Ok(Some(_)) => continue,
-                    other => break other,
-                }
-            }
-        })
-        .await
-        .expect("the session deleted through B did not end");
-        assert!(matches!(end, Ok(None)), "{end:?}");
+        verge_testkit::whep::ends(&mut first, PATIENCE, "when deleted through B").await;
 
         // The viewer that will outlive manager A.
         let playing = watching(&format!("http://{}/whep/cam", a.http), "WHEP through A").await;

@@ -248,17 +248,7 @@ fn a_viewer_through_the_manager_gets_every_frame_until_delete_or_publisher_end()
 
         // DELETE ends the session: the agent closes the connection and frees the viewer.
         assert_eq!(viewer.delete().await.expect("DELETE"), 200);
-        let end = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                match viewer.next_frame(Duration::from_secs(10)).await {
-                    Ok(Some(_)) => continue,
-                    other => break other,
-                }
-            }
-        })
-        .await
-        .expect("the session did not end after DELETE");
-        assert!(matches!(end, Ok(None)), "{end:?}");
+        verge_testkit::whep::ends(&mut viewer, Duration::from_secs(20), "after DELETE").await;
         assert_eq!(viewer.delete().await.expect("second DELETE"), 404);
 
         // The agent's own endpoint (the LAN path) serves the same stream; the publisher's end

@@ -97,106 +97,7 @@ impl RpcClient {
         timeout: Duration,
     ) -> Result<Value, CallError> {
         let started = Instant::now();
-        // One measure over every way the call can end (the body returns early on each).
-        let result: Result<Value, CallError> = async {
-            let record = self
-                .registry
-                .get(agent)
-                .ok_or_else(|| CallError::UnknownAgent(agent.to_string()))?;
-            // Claimed is enough to ask: the answer is what proves it.
-            if !record.claims_online() {
-                return Err(CallError::Offline(agent.to_string()));
-            }
-            let secret = self
-                .wire
-                .credentials
-                .secret_of(agent)
-                .ok_or_else(|| CallError::UnknownAgent(agent.to_string()))?;
-            let (tx, rx) = oneshot::channel();
-            let id = self
-                .lock_calls()
-                .start(
-                    Waiter {
-                        agent: agent.to_string(),
-                        tx,
-                    },
-                    started,
-                    timeout,
-                )
-                .map_err(|e| CallError::Overloaded(e.0))?;
-            // SDP and TURN credentials ride in params and results: sealed for this agent alone.
-            let private = PrivateKey::new(&secret);
-            let params = match private.seal(Way::Request, &params) {
-                Ok(sealed) => sealed,
-                Err(e) => {
-                    self.lock_calls().finish(id);
-                    return Err(CallError::Link(e.to_string()));
-                }
-            };
-            let request = Request {
-                id: id.into(),
-                method: method.to_string(),
-                params,
-                timeout_ms: timeout.as_millis() as u64,
-                reply_to: self.wire.manager_id.clone(),
-            };
-            let payload = envelope::seal(
-                &MacKey::new(&secret),
-                &self.wire.manager_id,
-                verge_protocol::now_ms(),
-                &request,
-            );
-            let timed_out = || CallError::Timeout {
-                agent: agent.to_string(),
-                method: method.to_string(),
-                timeout,
-            };
-            let publish = self.wire.client.publish(
-                self.wire.topics.request(agent),
-                QoS::AtMostOnce,
-                false,
-                payload,
-            );
-            let outcome = tokio::time::timeout(timeout, async {
-                publish.await.map_err(|e| CallError::Link(e.to_string()))?;
-                rx.await
-                    .map_err(|_| CallError::Link("the MQTT session ended".into()))
-            })
-            .await;
-            let outcome = match outcome {
-                Ok(Ok(outcome)) => outcome,
-                Ok(Err(e)) => {
-                    self.lock_calls().finish(id);
-                    return Err(e);
-                }
-                Err(_) => {
-                    self.lock_calls().finish(id);
-                    return Err(timed_out());
-                }
-            };
-            let rtt_ms = started.elapsed().as_secs_f64() * 1000.0;
-            self.registry.heard_from(agent, Some(rtt_ms));
-            match outcome {
-                Outcome::Ok(value) => {
-                    private
-                        .open(Way::Reply, &value)
-                        .map_err(|e| CallError::Agent {
-                            agent: agent.to_string(),
-                            method: method.to_string(),
-                            error: RpcError::new(
-                                verge_protocol::rpc::ErrorCode::Internal,
-                                e.to_string(),
-                            ),
-                        })
-                }
-                Outcome::Err(error) => Err(CallError::Agent {
-                    agent: agent.to_string(),
-                    method: method.to_string(),
-                    error,
-                }),
-            }
-        }
-        .await;
+        let result = self.call_unmeasured(agent, method, params, timeout).await;
         match &result {
             Ok(_) | Err(CallError::Agent { .. }) => self
                 .metrics
@@ -208,6 +109,107 @@ impl RpcClient {
             self.metrics.rpc_errors.add(&[method, e.code()], 1);
         }
         result
+    }
+
+    async fn call_unmeasured(
+        &self,
+        agent: &str,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let record = self
+            .registry
+            .get(agent)
+            .ok_or_else(|| CallError::UnknownAgent(agent.to_string()))?;
+        // Claimed is enough to ask: the answer is what proves it.
+        if !record.claims_online() {
+            return Err(CallError::Offline(agent.to_string()));
+        }
+        let secret = self
+            .wire
+            .credentials
+            .secret_of(agent)
+            .ok_or_else(|| CallError::UnknownAgent(agent.to_string()))?;
+        let started = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let id = self
+            .lock_calls()
+            .start(
+                Waiter {
+                    agent: agent.to_string(),
+                    tx,
+                },
+                started,
+                timeout,
+            )
+            .map_err(|e| CallError::Overloaded(e.0))?;
+        // SDP and TURN credentials ride in params and results: sealed for this agent alone.
+        let private = PrivateKey::new(&secret);
+        let params = match private.seal(Way::Request, &params) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                self.lock_calls().finish(id);
+                return Err(CallError::Link(e.to_string()));
+            }
+        };
+        let request = Request {
+            id: id.into(),
+            method: method.to_string(),
+            params,
+            timeout_ms: timeout.as_millis() as u64,
+            reply_to: self.wire.manager_id.clone(),
+        };
+        let payload = envelope::seal(
+            &MacKey::new(&secret),
+            &self.wire.manager_id,
+            verge_protocol::now_ms(),
+            &request,
+        );
+        let timed_out = || CallError::Timeout {
+            agent: agent.to_string(),
+            method: method.to_string(),
+            timeout,
+        };
+        let publish = self.wire.client.publish(
+            self.wire.topics.request(agent),
+            QoS::AtMostOnce,
+            false,
+            payload,
+        );
+        let outcome = tokio::time::timeout(timeout, async {
+            publish.await.map_err(|e| CallError::Link(e.to_string()))?;
+            rx.await
+                .map_err(|_| CallError::Link("the MQTT session ended".into()))
+        })
+        .await;
+        let outcome = match outcome {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => {
+                self.lock_calls().finish(id);
+                return Err(e);
+            }
+            Err(_) => {
+                self.lock_calls().finish(id);
+                return Err(timed_out());
+            }
+        };
+        let rtt_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.registry.heard_from(agent, Some(rtt_ms));
+        match outcome {
+            Outcome::Ok(value) => private
+                .open(Way::Reply, &value)
+                .map_err(|e| CallError::Agent {
+                    agent: agent.to_string(),
+                    method: method.to_string(),
+                    error: RpcError::new(verge_protocol::rpc::ErrorCode::Internal, e.to_string()),
+                }),
+            Outcome::Err(error) => Err(CallError::Agent {
+                agent: agent.to_string(),
+                method: method.to_string(),
+                error,
+            }),
+        }
     }
 
     /// Routes a payload from this manager's `res` topic to the call waiting for it.

@@ -32,3 +32,19 @@ pub async fn watching(url: &str, what: &str) -> Viewer {
     assert!(first.keyframe, "{}", viewer.stats);
     viewer
 }
+
+/// Reads `viewer`'s frames until its session ends (the stream closed: `None`), then asserts it
+/// ended cleanly; panics, naming `why`, if it has not ended within `within`.
+pub async fn ends(viewer: &mut Viewer, within: Duration, why: &str) {
+    let end = tokio::time::timeout(within, async {
+        loop {
+            match viewer.next_frame(Duration::from_secs(10)).await {
+                Ok(Some(_)) => continue,
+                other => break other,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the session did not end {why}"));
+    assert!(matches!(end, Ok(None)), "{end:?}");
+}
