@@ -97,27 +97,30 @@ impl RpcClient {
         timeout: Duration,
     ) -> Result<Value, CallError> {
         let started = Instant::now();
-        let result = self.call_unmeasured(agent, method, params, timeout).await;
-        match &result {
+        let result = match self.secret_for(agent) {
+            Ok(secret) => self.exchange(agent, &secret, method, params, timeout).await,
+            Err(e) => Err(e),
+        };
+        self.measure(method, started, &result);
+        result
+    }
+
+    /// Times answered calls (an agent's refusal is an answer) and counts every failure by code.
+    fn measure(&self, method: &str, started: Instant, result: &Result<Value, CallError>) {
+        match result {
             Ok(_) | Err(CallError::Agent { .. }) => self
                 .metrics
                 .rpc_seconds
                 .observe(&[method], started.elapsed().as_secs_f64()),
             Err(_) => {}
         }
-        if let Err(e) = &result {
+        if let Err(e) = result {
             self.metrics.rpc_errors.add(&[method, e.code()], 1);
         }
-        result
     }
 
-    async fn call_unmeasured(
-        &self,
-        agent: &str,
-        method: &str,
-        params: Value,
-        timeout: Duration,
-    ) -> Result<Value, CallError> {
+    /// The secret of an agent that may be called now.
+    fn secret_for(&self, agent: &str) -> Result<String, CallError> {
         let record = self
             .registry
             .get(agent)
@@ -126,11 +129,21 @@ impl RpcClient {
         if !record.claims_online() {
             return Err(CallError::Offline(agent.to_string()));
         }
-        let secret = self
-            .wire
+        self.wire
             .credentials
             .secret_of(agent)
-            .ok_or_else(|| CallError::UnknownAgent(agent.to_string()))?;
+            .ok_or_else(|| CallError::UnknownAgent(agent.to_string()))
+    }
+
+    /// One sealed request to `agent` and its reply, under `timeout`.
+    async fn exchange(
+        &self,
+        agent: &str,
+        secret: &str,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
         let started = Instant::now();
         let (tx, rx) = oneshot::channel();
         let id = self
@@ -145,7 +158,7 @@ impl RpcClient {
             )
             .map_err(|e| CallError::Overloaded(e.0))?;
         // SDP and TURN credentials ride in params and results: sealed for this agent alone.
-        let private = PrivateKey::new(&secret);
+        let private = PrivateKey::new(secret);
         let params = match private.seal(Way::Request, &params) {
             Ok(sealed) => sealed,
             Err(e) => {
@@ -161,7 +174,7 @@ impl RpcClient {
             reply_to: self.wire.manager_id.clone(),
         };
         let payload = envelope::seal(
-            &MacKey::new(&secret),
+            &MacKey::new(secret),
             &self.wire.manager_id,
             verge_protocol::now_ms(),
             &request,
