@@ -27,15 +27,10 @@ async function showStats(pc) {
   report.forEach((s) => {
     if (s.type !== "inbound-rtp") return;
     if (s.kind === "video") {
-      lines.push("framesDecoded=" + (s.framesDecoded || 0));
-      lines.push("framesReceived=" + (s.framesReceived || 0));
-      lines.push("frameWidth=" + (s.frameWidth || 0));
-      lines.push("frameHeight=" + (s.frameHeight || 0));
-      lines.push("bytesReceived=" + (s.bytesReceived || 0));
-      lines.push("packetsLost=" + (s.packetsLost || 0));
-      lines.push("keyFramesDecoded=" + (s.keyFramesDecoded || 0));
-      lines.push("framesPerSecond=" + (s.framesPerSecond || 0));
-      lines.push("freezeCount=" + (s.freezeCount || 0));
+      counters(lines, s, [
+        "framesDecoded", "framesReceived", "frameWidth", "frameHeight", "bytesReceived",
+        "packetsLost", "keyFramesDecoded", "framesPerSecond", "freezeCount",
+      ]);
       lines.push("totalFreezesDuration=" + Math.round((s.totalFreezesDuration || 0) * 1000));
       // When these counts were taken (ms): rates come out right whenever the page is read.
       lines.push("statsAtMs=" + Math.round(s.timestamp));

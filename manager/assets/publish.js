@@ -35,10 +35,7 @@ async function showStats(pc) {
   report.forEach((s) => {
     if (s.type !== "outbound-rtp") return;
     if (s.kind === "video") {
-      lines.push("framesSent=" + (s.framesSent || 0));
-      lines.push("frameWidth=" + (s.frameWidth || 0));
-      lines.push("nackCount=" + (s.nackCount || 0));
-      lines.push("pliCount=" + (s.pliCount || 0));
+      counters(lines, s, ["framesSent", "frameWidth", "nackCount", "pliCount"]);
       const codec = s.codecId && report.get(s.codecId);
       if (codec) lines.push("videoCodec=" + codec.mimeType);
     } else if (s.kind === "audio") {

@@ -79,6 +79,11 @@ function status(text, isError) {
   $("status").className = isError ? "error" : "";
 }
 
+// Appends `name=value` for each of `names` in the stats entry `s` (0 until the browser has one).
+function counters(lines, s, names) {
+  for (const name of names) lines.push(name + "=" + (s[name] || 0));
+}
+
 // The video bytes `pc` has received so far.
 async function videoBytes(pc) {
   let bytes = 0;
